@@ -1,0 +1,28 @@
+# The commands people type. `make run` for the demo, `make test` for everything CI checks.
+CARGO ?= cargo
+
+.PHONY: run test lint unit build bench fuzz doc
+
+run:
+	$(CARGO) run --release --locked -p hotline-client --bin hotline -- demo
+
+build:
+	$(CARGO) build --workspace --all-targets --locked
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	RUSTDOCFLAGS=-Dwarnings $(CARGO) doc --workspace --no-deps --document-private-items --locked
+
+unit:
+	$(CARGO) nextest run --workspace --locked --no-fail-fast || $(CARGO) test --workspace --locked
+
+test: lint
+	$(CARGO) build --workspace --bins --locked
+	$(CARGO) test --workspace --locked
+
+bench:
+	$(CARGO) bench -p hotline-proto --locked
+
+fuzz:
+	cd crates/proto/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -s none decode_frame -- -max_total_time=60

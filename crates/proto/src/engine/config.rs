@@ -1,0 +1,211 @@
+//! Engine tunables: deadlines per precedence, retransmission, windows, link tests.
+
+use std::time::Duration;
+
+use crate::types::Precedence;
+
+/// A tunable out of its allowed range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The value is outside `min..=max`.
+    #[error("{name} must be between {min:?} and {max:?}, got {value:?}")]
+    OutOfRange {
+        /// Which tunable.
+        name: &'static str,
+        /// The rejected value.
+        value: Duration,
+        /// Smallest allowed.
+        min: Duration,
+        /// Largest allowed.
+        max: Duration,
+    },
+    /// A count outside its allowed range.
+    #[error("{name} must be between {min} and {max}, got {value}")]
+    CountOutOfRange {
+        /// Which tunable.
+        name: &'static str,
+        /// The rejected value.
+        value: u64,
+        /// Smallest allowed.
+        min: u64,
+        /// Largest allowed.
+        max: u64,
+    },
+}
+
+/// Engine tunables. Construct with [`EngineConfig::default`] and adjust with the setters, which
+/// reject values that would make the engine misbehave.
+///
+/// Defaults (delivered / acknowledged deadlines, counted from submission):
+///
+/// | precedence | delivered | acknowledged |
+/// |------------|-----------|--------------|
+/// | flash      | 10 s      | 2 min        |
+/// | immediate  | 30 s      | 10 min       |
+/// | priority   | 2 min     | 1 h          |
+/// | routine    | 10 min    | none         |
+///
+/// Retransmission until `accepted`: 1 s, doubling to 30 s. Link tests every 2 s; the link is
+/// degraded after 3 missed intervals. Receive window: 65,536 messages per lane.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineConfig {
+    delivered_deadline: [Duration; 4],
+    acknowledged_deadline: [Option<Duration>; 4],
+    retransmit_initial: Duration,
+    retransmit_max: Duration,
+    link_test_interval: Duration,
+    receive_window: u64,
+    key_lifetime: Duration,
+    max_outbox: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        let s = Duration::from_secs;
+        Self {
+            delivered_deadline: [s(600), s(120), s(30), s(10)],
+            acknowledged_deadline: [None, Some(s(3600)), Some(s(600)), Some(s(120))],
+            retransmit_initial: s(1),
+            retransmit_max: s(30),
+            link_test_interval: s(2),
+            receive_window: 65_536,
+            key_lifetime: s(30 * 24 * 3600),
+            max_outbox: 1_000_000,
+        }
+    }
+}
+
+fn check(name: &'static str, value: Duration, min: Duration, max: Duration) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::OutOfRange { name, value, min, max });
+    }
+    Ok(())
+}
+
+const MIN_DEADLINE: Duration = Duration::from_millis(100);
+const MAX_DEADLINE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+impl EngineConfig {
+    /// Deadline for `delivered`, from submission (and from each escalation).
+    pub fn delivered_deadline(&self, p: Precedence) -> Duration {
+        self.delivered_deadline[p.index()]
+    }
+
+    /// Deadline for `acknowledged`, from submission (and from each escalation); `None` = no
+    /// acknowledgement expected.
+    pub fn acknowledged_deadline(&self, p: Precedence) -> Option<Duration> {
+        self.acknowledged_deadline[p.index()]
+    }
+
+    /// First retransmission interval while not `accepted`.
+    pub fn retransmit_initial(&self) -> Duration {
+        self.retransmit_initial
+    }
+
+    /// Longest retransmission interval.
+    pub fn retransmit_max(&self) -> Duration {
+        self.retransmit_max
+    }
+
+    /// Interval between link tests.
+    pub fn link_test_interval(&self) -> Duration {
+        self.link_test_interval
+    }
+
+    /// Messages per lane the receiver buffers ahead of the next deliverable one.
+    pub fn receive_window(&self) -> u64 {
+        self.receive_window
+    }
+
+    /// Lifetime of an announced sealing key.
+    pub fn key_lifetime(&self) -> Duration {
+        self.key_lifetime
+    }
+
+    /// Messages the sender keeps before refusing new ones with back-pressure.
+    pub fn max_outbox(&self) -> usize {
+        self.max_outbox
+    }
+
+    /// Sets the `delivered` deadline of one precedence (100 ms ..= 7 days).
+    pub fn set_delivered_deadline(&mut self, p: Precedence, d: Duration) -> Result<&mut Self, ConfigError> {
+        check("delivered deadline", d, MIN_DEADLINE, MAX_DEADLINE)?;
+        self.delivered_deadline[p.index()] = d;
+        Ok(self)
+    }
+
+    /// Sets the `acknowledged` deadline of one precedence (100 ms ..= 7 days, or none).
+    pub fn set_acknowledged_deadline(
+        &mut self,
+        p: Precedence,
+        d: Option<Duration>,
+    ) -> Result<&mut Self, ConfigError> {
+        if let Some(d) = d {
+            check("acknowledged deadline", d, MIN_DEADLINE, MAX_DEADLINE)?;
+        }
+        self.acknowledged_deadline[p.index()] = d;
+        Ok(self)
+    }
+
+    /// Sets the retransmission backoff (initial 10 ms ..= 60 s, max ≥ initial, ≤ 10 min).
+    pub fn set_retransmit(&mut self, initial: Duration, max: Duration) -> Result<&mut Self, ConfigError> {
+        check("retransmit initial", initial, Duration::from_millis(10), Duration::from_secs(60))?;
+        check("retransmit max", max, initial, Duration::from_secs(600))?;
+        self.retransmit_initial = initial;
+        self.retransmit_max = max;
+        Ok(self)
+    }
+
+    /// Sets the link-test interval (100 ms ..= 10 min).
+    pub fn set_link_test_interval(&mut self, d: Duration) -> Result<&mut Self, ConfigError> {
+        check("link test interval", d, Duration::from_millis(100), Duration::from_secs(600))?;
+        self.link_test_interval = d;
+        Ok(self)
+    }
+
+    /// Sets the per-lane receive window (16 ..= 1,048,576 messages).
+    pub fn set_receive_window(&mut self, n: u64) -> Result<&mut Self, ConfigError> {
+        if !(16..=1 << 20).contains(&n) {
+            return Err(ConfigError::CountOutOfRange { name: "receive window", value: n, min: 16, max: 1 << 20 });
+        }
+        self.receive_window = n;
+        Ok(self)
+    }
+
+    /// Sets the sealing-key lifetime (1 hour ..= 1 year).
+    pub fn set_key_lifetime(&mut self, d: Duration) -> Result<&mut Self, ConfigError> {
+        check("key lifetime", d, Duration::from_secs(3600), Duration::from_secs(366 * 24 * 3600))?;
+        self.key_lifetime = d;
+        Ok(self)
+    }
+
+    /// Sets the outbox bound (1 ..= 100,000,000 messages).
+    pub fn set_max_outbox(&mut self, n: usize) -> Result<&mut Self, ConfigError> {
+        if !(1..=100_000_000).contains(&n) {
+            return Err(ConfigError::CountOutOfRange {
+                name: "max outbox",
+                value: n as u64,
+                min: 1,
+                max: 100_000_000,
+            });
+        }
+        self.max_outbox = n;
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn setters_reject_out_of_range() {
+        let mut c = EngineConfig::default();
+        assert!(c.set_delivered_deadline(Precedence::Flash, Duration::from_millis(1)).is_err());
+        assert!(c.set_delivered_deadline(Precedence::Flash, Duration::from_secs(1)).is_ok());
+        assert_eq!(c.delivered_deadline(Precedence::Flash), Duration::from_secs(1));
+        assert!(c.set_retransmit(Duration::from_secs(2), Duration::from_secs(1)).is_err());
+        assert!(c.set_receive_window(1).is_err());
+        assert!(c.set_acknowledged_deadline(Precedence::Routine, None).is_ok());
+    }
+}
