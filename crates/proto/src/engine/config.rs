@@ -75,9 +75,19 @@ impl Default for EngineConfig {
     }
 }
 
-fn check(name: &'static str, value: Duration, min: Duration, max: Duration) -> Result<(), ConfigError> {
+fn check(
+    name: &'static str,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<(), ConfigError> {
     if value < min || value > max {
-        return Err(ConfigError::OutOfRange { name, value, min, max });
+        return Err(ConfigError::OutOfRange {
+            name,
+            value,
+            min,
+            max,
+        });
     }
     Ok(())
 }
@@ -128,7 +138,11 @@ impl EngineConfig {
     }
 
     /// Sets the `delivered` deadline of one precedence (100 ms ..= 7 days).
-    pub fn set_delivered_deadline(&mut self, p: Precedence, d: Duration) -> Result<&mut Self, ConfigError> {
+    pub fn set_delivered_deadline(
+        &mut self,
+        p: Precedence,
+        d: Duration,
+    ) -> Result<&mut Self, ConfigError> {
         check("delivered deadline", d, MIN_DEADLINE, MAX_DEADLINE)?;
         self.delivered_deadline[p.index()] = d;
         Ok(self)
@@ -148,8 +162,17 @@ impl EngineConfig {
     }
 
     /// Sets the retransmission backoff (initial 10 ms ..= 60 s, max ≥ initial, ≤ 10 min).
-    pub fn set_retransmit(&mut self, initial: Duration, max: Duration) -> Result<&mut Self, ConfigError> {
-        check("retransmit initial", initial, Duration::from_millis(10), Duration::from_secs(60))?;
+    pub fn set_retransmit(
+        &mut self,
+        initial: Duration,
+        max: Duration,
+    ) -> Result<&mut Self, ConfigError> {
+        check(
+            "retransmit initial",
+            initial,
+            Duration::from_millis(10),
+            Duration::from_secs(60),
+        )?;
         check("retransmit max", max, initial, Duration::from_secs(600))?;
         self.retransmit_initial = initial;
         self.retransmit_max = max;
@@ -158,7 +181,12 @@ impl EngineConfig {
 
     /// Sets the link-test interval (100 ms ..= 10 min).
     pub fn set_link_test_interval(&mut self, d: Duration) -> Result<&mut Self, ConfigError> {
-        check("link test interval", d, Duration::from_millis(100), Duration::from_secs(600))?;
+        check(
+            "link test interval",
+            d,
+            Duration::from_millis(100),
+            Duration::from_secs(600),
+        )?;
         self.link_test_interval = d;
         Ok(self)
     }
@@ -166,7 +194,12 @@ impl EngineConfig {
     /// Sets the per-lane receive window (16 ..= 1,048,576 messages).
     pub fn set_receive_window(&mut self, n: u64) -> Result<&mut Self, ConfigError> {
         if !(16..=1 << 20).contains(&n) {
-            return Err(ConfigError::CountOutOfRange { name: "receive window", value: n, min: 16, max: 1 << 20 });
+            return Err(ConfigError::CountOutOfRange {
+                name: "receive window",
+                value: n,
+                min: 16,
+                max: 1 << 20,
+            });
         }
         self.receive_window = n;
         Ok(self)
@@ -174,7 +207,12 @@ impl EngineConfig {
 
     /// Sets the sealing-key lifetime (1 hour ..= 1 year).
     pub fn set_key_lifetime(&mut self, d: Duration) -> Result<&mut Self, ConfigError> {
-        check("key lifetime", d, Duration::from_secs(3600), Duration::from_secs(366 * 24 * 3600))?;
+        check(
+            "key lifetime",
+            d,
+            Duration::from_secs(3600),
+            Duration::from_secs(366 * 24 * 3600),
+        )?;
         self.key_lifetime = d;
         Ok(self)
     }
@@ -201,11 +239,26 @@ mod tests {
     #[test]
     fn setters_reject_out_of_range() {
         let mut c = EngineConfig::default();
-        assert!(c.set_delivered_deadline(Precedence::Flash, Duration::from_millis(1)).is_err());
-        assert!(c.set_delivered_deadline(Precedence::Flash, Duration::from_secs(1)).is_ok());
-        assert_eq!(c.delivered_deadline(Precedence::Flash), Duration::from_secs(1));
-        assert!(c.set_retransmit(Duration::from_secs(2), Duration::from_secs(1)).is_err());
+        assert!(
+            c.set_delivered_deadline(Precedence::Flash, Duration::from_millis(1))
+                .is_err()
+        );
+        assert!(
+            c.set_delivered_deadline(Precedence::Flash, Duration::from_secs(1))
+                .is_ok()
+        );
+        assert_eq!(
+            c.delivered_deadline(Precedence::Flash),
+            Duration::from_secs(1)
+        );
+        assert!(
+            c.set_retransmit(Duration::from_secs(2), Duration::from_secs(1))
+                .is_err()
+        );
         assert!(c.set_receive_window(1).is_err());
-        assert!(c.set_acknowledged_deadline(Precedence::Routine, None).is_ok());
+        assert!(
+            c.set_acknowledged_deadline(Precedence::Routine, None)
+                .is_ok()
+        );
     }
 }

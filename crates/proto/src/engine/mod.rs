@@ -31,10 +31,10 @@ use crate::envelope::{
     Announcement, ChainHead, Envelope, EscalationNotice, Header, LinkTest, Plaintext, Receipt,
     ReceiptKind, SessionSetup, Signed, VerifyError, sign_head, verify_head,
 };
+use crate::types::{Channel, EndpointId, MessageId, Precedence, Seq, Time};
 use crate::wire::{
     self, Accepted, EnvelopeFrame, Frame, MAX_BODY_LEN, Presence, Refusal, RefusalCode,
 };
-use crate::types::{Channel, EndpointId, MessageId, Precedence, Seq, Time};
 
 /// Identifies one `Persist` action; confirmations are cumulative (see
 /// [`Engine::handle_persisted`]).
@@ -538,7 +538,11 @@ impl<R: CryptoRng> Engine<R> {
         if self.outbox.len() >= self.cfg.max_outbox() {
             return Err(SubmitError::Backpressure(out));
         }
-        let Outgoing { channel, precedence, body } = out;
+        let Outgoing {
+            channel,
+            precedence,
+            body,
+        } = out;
         let mut after = [0u64; 4];
         for p in Precedence::ALL.into_iter().filter(|p| *p >= precedence) {
             after[p.index()] = self
@@ -546,9 +550,17 @@ impl<R: CryptoRng> Engine<R> {
                 .get(&(channel.clone(), p))
                 .map_or(0, |l| l.last_seq.0);
         }
-        let lane = self.out_lanes.entry((channel.clone(), precedence)).or_default();
+        let lane = self
+            .out_lanes
+            .entry((channel.clone(), precedence))
+            .or_default();
         lane.last_seq = lane.last_seq.next();
-        let id = MessageId { sender: self.me.clone(), channel, precedence, seq: lane.last_seq };
+        let id = MessageId {
+            sender: self.me.clone(),
+            channel,
+            precedence,
+            seq: lane.last_seq,
+        };
         let sent_at = self.now;
         let msg = OutMsg {
             sent_at,
@@ -561,29 +573,59 @@ impl<R: CryptoRng> Engine<R> {
             delivered: None,
             acknowledged: None,
             delivered_deadline: sent_at.add(self.cfg.delivered_deadline(precedence)),
-            ack_deadline: self.cfg.acknowledged_deadline(precedence).map(|d| sent_at.add(d)),
+            ack_deadline: self
+                .cfg
+                .acknowledged_deadline(precedence)
+                .map(|d| sent_at.add(d)),
             retransmit_at: None,
             rto: self.cfg.retransmit_initial(),
         };
         self.outbox.insert(id.clone(), msg);
-        self.timers.insert((self.outbox[&id].delivered_deadline, TimerKind::Delivered, id.clone()));
-        let sealed = if self.awaiting_key.is_empty() { self.seal(&id) } else { None };
+        self.timers.insert((
+            self.outbox[&id].delivered_deadline,
+            TimerKind::Delivered,
+            id.clone(),
+        ));
+        let sealed = if self.awaiting_key.is_empty() {
+            self.seal(&id)
+        } else {
+            None
+        };
         let record = match sealed {
-            Some(envelope) => Record::Outgoing { id: id.clone(), after, sent_at, body: None, envelope: Some(envelope) },
+            Some(envelope) => Record::Outgoing {
+                id: id.clone(),
+                after,
+                sent_at,
+                body: None,
+                envelope: Some(envelope),
+            },
             None => {
                 let body = match &self.outbox[&id].state {
                     OutState::AwaitingKey { body } => body.clone(),
                     OutState::Sealed { .. } => Vec::new(),
                 };
                 self.awaiting_key.insert((sent_at, id.clone()));
-                Record::Outgoing { id: id.clone(), after, sent_at, body: Some(body), envelope: None }
+                Record::Outgoing {
+                    id: id.clone(),
+                    after,
+                    sent_at,
+                    body: Some(body),
+                    envelope: None,
+                }
             }
         };
         let write = self.persist(record);
         if let Some(m) = self.outbox.get_mut(&id) {
             m.write = write;
         }
-        self.gate(write, Action::Report(Report { id: id.clone(), level: AckLevel::Stored, at: sent_at }));
+        self.gate(
+            write,
+            Action::Report(Report {
+                id: id.clone(),
+                level: AckLevel::Stored,
+                at: sent_at,
+            }),
+        );
         if matches!(self.outbox[&id].state, OutState::Sealed { .. }) {
             self.send_queue.insert(id.clone());
         }
@@ -610,12 +652,18 @@ impl<R: CryptoRng> Engine<R> {
                 to: self.partner.clone(),
                 channel: id.channel.clone(),
                 precedence: id.precedence,
-                kind: ReceiptKind::Acknowledged { seq: id.seq, hash: msg.hash },
+                kind: ReceiptKind::Acknowledged {
+                    seq: id.seq,
+                    hash: msg.hash,
+                },
                 at,
             },
             &self.key,
         );
-        let write = self.persist(Record::OperatorAck { id: id.clone(), receipt: receipt.clone() });
+        let write = self.persist(Record::OperatorAck {
+            id: id.clone(),
+            receipt: receipt.clone(),
+        });
         if let Some(msg) = self.inbox.get_mut(id) {
             msg.acknowledged = Some(at);
             msg.ack_receipt = Some((write, receipt.clone()));
@@ -631,7 +679,11 @@ impl<R: CryptoRng> Engine<R> {
         let epoch = self.sealing.keys().next_back().map_or(1, |e| e + 1);
         let key = SealingKey::generate(&mut self.rng);
         let expires_at = self.now.add(self.cfg.key_lifetime());
-        self.persist(Record::SealingKey { epoch, secret: key.secret_bytes(), expires_at });
+        self.persist(Record::SealingKey {
+            epoch,
+            secret: key.secret_bytes(),
+            expires_at,
+        });
         self.install_sealing_key(epoch, key, expires_at);
         if self.connected {
             self.send_announcement();
@@ -664,8 +716,11 @@ impl<R: CryptoRng> Engine<R> {
             }
             self.send_queue.insert(id);
         }
-        let receipts: Vec<(WriteId, Signed<Receipt>)> =
-            self.in_lanes.values().filter_map(|l| l.last_receipt.clone()).collect();
+        let receipts: Vec<(WriteId, Signed<Receipt>)> = self
+            .in_lanes
+            .values()
+            .filter_map(|l| l.last_receipt.clone())
+            .collect();
         for (write, receipt) in receipts {
             self.gate(write, send_control(&Frame::Receipt(receipt)));
         }
@@ -692,7 +747,9 @@ impl<R: CryptoRng> Engine<R> {
         let frame = match wire::decode_frame(bytes) {
             Ok((frame, used)) if used == bytes.len() => frame,
             Ok(_) => return Err(VerifyError::Malformed("trailing bytes after frame")),
-            Err(wire::DecodeError::UnknownVersion(v)) => return Err(VerifyError::UnknownVersion(v)),
+            Err(wire::DecodeError::UnknownVersion(v)) => {
+                return Err(VerifyError::UnknownVersion(v));
+            }
             Err(wire::DecodeError::UnknownSuite(s)) => return Err(VerifyError::UnknownSuite(s)),
             Err(_) => return Err(VerifyError::Malformed("frame does not decode")),
         };
@@ -750,7 +807,11 @@ impl<R: CryptoRng> Engine<R> {
         self.stopped = true;
         self.gated.clear();
         self.send_queue.clear();
-        self.alarm(AlarmKind::StoreFailed, None, format!("write {} failed: {detail}", id.0));
+        self.alarm(
+            AlarmKind::StoreFailed,
+            None,
+            format!("write {} failed: {detail}", id.0),
+        );
     }
 
     /// Time passed: retransmit, escalate, test the link.
@@ -792,7 +853,11 @@ impl<R: CryptoRng> Engine<R> {
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Time> {
         let timer = self.timers.first().map(|(t, _, _)| *t);
-        let link = if self.connected { self.next_link_test } else { None };
+        let link = if self.connected {
+            self.next_link_test
+        } else {
+            None
+        };
         let degrade = match (self.link, self.last_heard) {
             (LinkState::Up, Some(h)) => Some(h.add(self.degraded_after())),
             _ => None,
@@ -807,7 +872,9 @@ impl<R: CryptoRng> Engine<R> {
             let d = &mut lanes[id.precedence.index()];
             match m.state {
                 OutState::AwaitingKey { .. } => d.awaiting_key += 1,
-                OutState::Sealed { .. } if m.accepted.is_none() && m.delivered.is_none() => d.unaccepted += 1,
+                OutState::Sealed { .. } if m.accepted.is_none() && m.delivered.is_none() => {
+                    d.unaccepted += 1
+                }
                 OutState::Sealed { .. } => {}
             }
             if m.delivered.is_none() {
@@ -885,19 +952,40 @@ impl<R: CryptoRng> Engine<R> {
     /// Seals message `id` if the partner's key is known; returns the envelope.
     fn seal(&mut self, id: &MessageId) -> Option<Envelope> {
         let ann = self.partner_announcement.as_ref()?.body.clone();
-        if !self.send_sessions.get(&id.channel).is_some_and(|s| s.epoch == ann.epoch) {
+        if !self
+            .send_sessions
+            .get(&id.channel)
+            .is_some_and(|s| s.epoch == ann.epoch)
+        {
             let info = session_info(&self.me, &self.partner, ann.epoch);
-            let (session, enc) = match SendSession::establish(&mut self.rng, &ann.sealing_key, &info) {
-                Ok(s) => s,
-                Err(e) => {
-                    self.alarm(AlarmKind::Security(VerifyError::Malformed("partner sealing key")), None, e.to_string());
-                    return None;
-                }
+            let (session, enc) =
+                match SendSession::establish(&mut self.rng, &ann.sealing_key, &info) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        self.alarm(
+                            AlarmKind::Security(VerifyError::Malformed("partner sealing key")),
+                            None,
+                            e.to_string(),
+                        );
+                        return None;
+                    }
+                };
+            let setup = SessionSetup {
+                epoch: ann.epoch,
+                encapsulated: enc,
             };
-            let setup = SessionSetup { epoch: ann.epoch, encapsulated: enc };
-            self.persist(Record::SendSession { id: session.id(), setup: setup.clone() });
+            self.persist(Record::SendSession {
+                id: session.id(),
+                setup: setup.clone(),
+            });
             self.session_setups.insert(session.id(), (setup, false));
-            self.send_sessions.insert(id.channel.clone(), SendSessionState { session, epoch: ann.epoch });
+            self.send_sessions.insert(
+                id.channel.clone(),
+                SendSessionState {
+                    session,
+                    epoch: ann.epoch,
+                },
+            );
         }
         let session = self.send_sessions.get(&id.channel)?;
         let msg = self.outbox.get(id)?;
@@ -905,7 +993,11 @@ impl<R: CryptoRng> Engine<R> {
             return None;
         };
         let lane = self.out_lanes.get(&(id.channel.clone(), id.precedence))?;
-        let plaintext = postcard::to_allocvec(&Plaintext { sent_at: msg.sent_at, body: body.clone() }).ok()?;
+        let plaintext = postcard::to_allocvec(&Plaintext {
+            sent_at: msg.sent_at,
+            body: body.clone(),
+        })
+        .ok()?;
         let mut header = Header {
             sender: self.me.clone(),
             recipient: self.partner.clone(),
@@ -920,14 +1012,20 @@ impl<R: CryptoRng> Engine<R> {
         };
         // AEAD adds a 16-byte tag.
         header.sealed_len = (plaintext.len() + 16) as u32;
-        let sealed = session.session.seal(id.precedence as u8, id.seq.0, &header.encode(), &plaintext).ok()?;
+        let sealed = session
+            .session
+            .seal(id.precedence as u8, id.seq.0, &header.encode(), &plaintext)
+            .ok()?;
         let envelope = Envelope { header, sealed };
         let hash = envelope.hash();
         if let Some(lane) = self.out_lanes.get_mut(&(id.channel.clone(), id.precedence)) {
             lane.last_hash = hash;
         }
         if let Some(m) = self.outbox.get_mut(id) {
-            m.state = OutState::Sealed { envelope: envelope.clone(), hash };
+            m.state = OutState::Sealed {
+                envelope: envelope.clone(),
+                hash,
+            };
         }
         Some(envelope)
     }
@@ -942,7 +1040,10 @@ impl<R: CryptoRng> Engine<R> {
                 return;
             };
             self.awaiting_key.remove(&(at, id.clone()));
-            let write = self.persist(Record::Sealed { id: id.clone(), envelope });
+            let write = self.persist(Record::Sealed {
+                id: id.clone(),
+                envelope,
+            });
             if let Some(m) = self.outbox.get_mut(&id) {
                 m.write = write;
             }
@@ -957,7 +1058,11 @@ impl<R: CryptoRng> Engine<R> {
         let ready: Vec<MessageId> = self
             .send_queue
             .iter()
-            .filter(|id| self.outbox.get(*id).is_some_and(|m| m.write.0 <= self.persisted))
+            .filter(|id| {
+                self.outbox
+                    .get(*id)
+                    .is_some_and(|m| m.write.0 <= self.persisted)
+            })
             .cloned()
             .collect();
         // Highest precedence first; within a lane, in sequence order.
@@ -969,11 +1074,15 @@ impl<R: CryptoRng> Engine<R> {
                 .get(i + 1)
                 .is_none_or(|n| n.channel != id.channel || n.precedence != id.precedence);
             let now = self.now;
-            let Some(m) = self.outbox.get_mut(id) else { continue };
+            let Some(m) = self.outbox.get_mut(id) else {
+                continue;
+            };
             if m.delivered.is_some() {
                 continue;
             }
-            let OutState::Sealed { envelope, hash } = &m.state else { continue };
+            let OutState::Sealed { envelope, hash } = &m.state else {
+                continue;
+            };
             let head = last_in_lane.then(|| sign_head(&ChainHead::of(envelope, *hash), &self.key));
             let setup = self
                 .session_setups
@@ -993,15 +1102,24 @@ impl<R: CryptoRng> Engine<R> {
                 m.rto = (m.rto * 2).min(self.cfg.retransmit_max());
                 self.timers.insert((at, TimerKind::Retransmit, id.clone()));
             }
-            self.actions.push_back(Action::Send { lane, frame: wire::encode_frame(&frame) });
+            self.actions.push_back(Action::Send {
+                lane,
+                frame: wire::encode_frame(&frame),
+            });
         }
     }
 
     fn fire(&mut self, at: Time, kind: TimerKind, id: &MessageId) {
-        let Some(m) = self.outbox.get_mut(id) else { return };
+        let Some(m) = self.outbox.get_mut(id) else {
+            return;
+        };
         match kind {
             TimerKind::Retransmit => {
-                if m.retransmit_at == Some(at) && m.accepted.is_none() && m.delivered.is_none() && self.connected {
+                if m.retransmit_at == Some(at)
+                    && m.accepted.is_none()
+                    && m.delivered.is_none()
+                    && self.connected
+                {
                     m.retransmit_at = None;
                     self.send_queue.insert(id.clone());
                 }
@@ -1032,10 +1150,14 @@ impl<R: CryptoRng> Engine<R> {
                 }
                 m.transport = m.transport.raised();
                 m.escalations += 1;
-                m.ack_deadline = self.cfg.acknowledged_deadline(m.transport).map(|d| self.now.add(d));
+                m.ack_deadline = self
+                    .cfg
+                    .acknowledged_deadline(m.transport)
+                    .map(|d| self.now.add(d));
                 let (to, count, next) = (m.transport, m.escalations, m.ack_deadline);
                 if let Some(next) = next {
-                    self.timers.insert((next, TimerKind::Acknowledged, id.clone()));
+                    self.timers
+                        .insert((next, TimerKind::Acknowledged, id.clone()));
                 }
                 self.escalate(id, DeadlineKind::Acknowledged, to, count);
                 let notice = Signed::sign(
@@ -1050,7 +1172,8 @@ impl<R: CryptoRng> Engine<R> {
                     &self.key,
                 );
                 if self.connected {
-                    self.actions.push_back(send_control(&Frame::Escalation(notice)));
+                    self.actions
+                        .push_back(send_control(&Frame::Escalation(notice)));
                 }
             }
         }
@@ -1058,7 +1181,12 @@ impl<R: CryptoRng> Engine<R> {
 
     fn escalate(&mut self, id: &MessageId, kind: DeadlineKind, to: Precedence, count: u32) {
         let at = self.now;
-        let write = self.persist(Record::Escalated { id: id.clone(), kind, to, at });
+        let write = self.persist(Record::Escalated {
+            id: id.clone(),
+            kind,
+            to,
+            at,
+        });
         let _ = write;
         self.actions.push_back(Action::Escalate(Escalation {
             id: id.clone(),
@@ -1073,7 +1201,9 @@ impl<R: CryptoRng> Engine<R> {
         if a.id.sender != self.me {
             return;
         }
-        let Some(m) = self.outbox.get_mut(&a.id) else { return };
+        let Some(m) = self.outbox.get_mut(&a.id) else {
+            return;
+        };
         if m.accepted.is_some() || m.delivered.is_some() {
             return;
         }
@@ -1145,7 +1275,9 @@ impl<R: CryptoRng> Engine<R> {
                     .map(|(id, _)| id.clone())
                     .collect();
                 for id in ids {
-                    let Some(m) = self.outbox.get_mut(&id) else { continue };
+                    let Some(m) = self.outbox.get_mut(&id) else {
+                        continue;
+                    };
                     m.delivered = Some(body.at);
                     m.retransmit_at = None;
                     if let OutState::Sealed { envelope, .. } = &m.state {
@@ -1165,7 +1297,9 @@ impl<R: CryptoRng> Engine<R> {
             }
             ReceiptKind::Acknowledged { seq, hash } => {
                 let id = id_at(*seq);
-                let Some(m) = self.outbox.get_mut(&id) else { return Ok(()) };
+                let Some(m) = self.outbox.get_mut(&id) else {
+                    return Ok(());
+                };
                 if let OutState::Sealed { hash: h, .. } = &m.state {
                     if h != hash {
                         return Err(VerifyError::ReceiptMismatch(id));
@@ -1200,7 +1334,8 @@ impl<R: CryptoRng> Engine<R> {
             self.outbox.remove(id);
             self.send_queue.remove(id);
         } else if let Some(at) = m.ack_deadline {
-            self.timers.insert((at, TimerKind::Acknowledged, id.clone()));
+            self.timers
+                .insert((at, TimerKind::Acknowledged, id.clone()));
         }
     }
 
@@ -1253,7 +1388,11 @@ impl<R: CryptoRng> Engine<R> {
                     let head = ChainHead::of(&f.envelope, hash);
                     if let Some(sig) = f.head {
                         verify_head(&head, &sig, &self.partner_key)?;
-                        if let Some(p) = self.in_lanes.get_mut(&key).and_then(|l| l.buffer.get_mut(&h.seq)) {
+                        if let Some(p) = self
+                            .in_lanes
+                            .get_mut(&key)
+                            .and_then(|l| l.buffer.get_mut(&h.seq))
+                        {
                             p.signature = Some(sig);
                         }
                         return self.release(&key.0);
@@ -1310,23 +1449,30 @@ impl<R: CryptoRng> Engine<R> {
         epoch: u32,
         setup: Option<&SessionSetup>,
     ) -> Result<&RecvSession, VerifyError> {
+        let Some(key) = self.sealing.get(&epoch) else {
+            return Err(VerifyError::StaleEpoch { epoch });
+        };
         if !self.recv_sessions.contains_key(&id) {
-            let Some(key) = self.sealing.get(&epoch) else {
-                return Err(VerifyError::StaleEpoch { epoch });
-            };
             let Some(setup) = setup else {
                 return Err(VerifyError::Malformed("unknown session and no setup"));
             };
             if setup.epoch != epoch || SessionId::of_encapsulated(&setup.encapsulated) != id {
-                return Err(VerifyError::Malformed("session setup does not match header"));
+                return Err(VerifyError::Malformed(
+                    "session setup does not match header",
+                ));
             }
             let info = session_info(&self.partner, &self.me, epoch);
             let session = RecvSession::accept(key, &setup.encapsulated, &info)
                 .map_err(|_| VerifyError::DecryptFailed)?;
-            self.persist(Record::RecvSession { id, setup: setup.clone() });
+            self.persist(Record::RecvSession {
+                id,
+                setup: setup.clone(),
+            });
             self.recv_sessions.insert(id, session);
         }
-        self.recv_sessions.get(&id).ok_or(VerifyError::Malformed("session"))
+        self.recv_sessions
+            .get(&id)
+            .ok_or(VerifyError::Malformed("session"))
     }
 
     /// Releases every buffered message the ordering rule allows, highest lane first, and queues
@@ -1342,12 +1488,16 @@ impl<R: CryptoRng> Engine<R> {
                         error = Err(e);
                     }
                     let key = (channel.clone(), p);
-                    let Some(lane) = self.in_lanes.get(&key) else { break };
+                    let Some(lane) = self.in_lanes.get(&key) else {
+                        break;
+                    };
                     let next = lane.delivered.next();
                     if lane.verified < next {
                         break;
                     }
-                    let Some(pending) = lane.buffer.get(&next) else { break };
+                    let Some(pending) = lane.buffer.get(&next) else {
+                        break;
+                    };
                     let after = pending.envelope.header.after;
                     let deps_met = Precedence::ALL.into_iter().filter(|q| *q > p).all(|q| {
                         self.in_lanes
@@ -1369,14 +1519,19 @@ impl<R: CryptoRng> Engine<R> {
         }
         for p in advanced {
             let key = (channel.clone(), p);
-            let Some(lane) = self.in_lanes.get(&key) else { continue };
+            let Some(lane) = self.in_lanes.get(&key) else {
+                continue;
+            };
             let receipt = Signed::sign(
                 Receipt {
                     from: self.me.clone(),
                     to: self.partner.clone(),
                     channel: channel.clone(),
                     precedence: p,
-                    kind: ReceiptKind::Delivered { upto: lane.delivered, head: lane.last_hash },
+                    kind: ReceiptKind::Delivered {
+                        upto: lane.delivered,
+                        head: lane.last_hash,
+                    },
                     at: self.now,
                 },
                 &self.key,
@@ -1393,7 +1548,9 @@ impl<R: CryptoRng> Engine<R> {
     /// Advances `verified` over the contiguous buffered run that a signed head covers.
     fn verify_chain(&mut self, channel: &Channel, p: Precedence) -> Result<(), VerifyError> {
         let key = (channel.clone(), p);
-        let Some(lane) = self.in_lanes.get_mut(&key) else { return Ok(()) };
+        let Some(lane) = self.in_lanes.get_mut(&key) else {
+            return Ok(());
+        };
         let mut expected = lane.last_hash;
         let mut seq = lane.delivered.next();
         let mut covered = lane.verified;
@@ -1415,8 +1572,12 @@ impl<R: CryptoRng> Engine<R> {
 
     fn deliver(&mut self, channel: &Channel, p: Precedence, seq: Seq) {
         let key = (channel.clone(), p);
-        let Some(lane) = self.in_lanes.get_mut(&key) else { return };
-        let Some(pending) = lane.buffer.remove(&seq) else { return };
+        let Some(lane) = self.in_lanes.get_mut(&key) else {
+            return;
+        };
+        let Some(pending) = lane.buffer.remove(&seq) else {
+            return;
+        };
         lane.delivered = seq;
         lane.last_hash = pending.hash;
         lane.delivered_hashes.insert(seq, pending.hash);
@@ -1433,7 +1594,15 @@ impl<R: CryptoRng> Engine<R> {
             body: pending.plaintext.body,
         };
         let expects_ack = self.cfg.acknowledged_deadline(p).is_some();
-        self.inbox.insert(id, InMsg { hash: pending.hash, acknowledged: None, ack_receipt: None, expects_ack });
+        self.inbox.insert(
+            id,
+            InMsg {
+                hash: pending.hash,
+                acknowledged: None,
+                ack_receipt: None,
+                expects_ack,
+            },
+        );
         let write = self.persist(Record::Received {
             delivery: delivery.clone(),
             envelope: pending.envelope,
@@ -1497,7 +1666,10 @@ impl<R: CryptoRng> Engine<R> {
     }
 
     fn on_escalation(&mut self, e: Signed<EscalationNotice>) -> Result<(), VerifyError> {
-        if e.body.from != self.partner || e.body.to != self.me || e.body.message.sender != self.partner {
+        if e.body.from != self.partner
+            || e.body.to != self.me
+            || e.body.message.sender != self.partner
+        {
             return Err(VerifyError::NotForMe);
         }
         e.verify(&self.partner_key)?;
@@ -1509,7 +1681,10 @@ impl<R: CryptoRng> Engine<R> {
                 return Ok(());
             }
         }
-        self.persist(Record::PartnerEscalated { id: e.body.message.clone(), level: e.body.level });
+        self.persist(Record::PartnerEscalated {
+            id: e.body.message.clone(),
+            level: e.body.level,
+        });
         self.actions.push_back(Action::Realert(e.body));
         Ok(())
     }
@@ -1565,7 +1740,9 @@ impl<R: CryptoRng> Engine<R> {
     }
 
     fn update_link(&mut self) {
-        let heard_recently = self.last_heard.is_some_and(|h| self.now < h.add(self.degraded_after()));
+        let heard_recently = self
+            .last_heard
+            .is_some_and(|h| self.now < h.add(self.degraded_after()));
         let state = if !self.connected {
             LinkState::Down
         } else if heard_recently && self.partner_online != Some(false) {
@@ -1576,7 +1753,10 @@ impl<R: CryptoRng> Engine<R> {
         if state != self.link {
             self.link = state;
             self.link_since = self.now;
-            self.actions.push_back(Action::Link { state, since: self.now });
+            self.actions.push_back(Action::Link {
+                state,
+                since: self.now,
+            });
         }
     }
 
@@ -1596,7 +1776,12 @@ impl<R: CryptoRng> Engine<R> {
     }
 
     fn alarm(&mut self, kind: AlarmKind, message: Option<MessageId>, detail: String) {
-        let alarm = Alarm { at: self.now, kind, message, detail };
+        let alarm = Alarm {
+            at: self.now,
+            kind,
+            message,
+            detail,
+        };
         if self.alarms.len() == MAX_RECENT_ALARMS {
             self.alarms.pop_front();
         }
@@ -1608,21 +1793,31 @@ impl<R: CryptoRng> Engine<R> {
         self.timers.clear();
         for (id, m) in &self.outbox {
             if m.delivered.is_none() {
-                self.timers.insert((m.delivered_deadline, TimerKind::Delivered, id.clone()));
+                self.timers
+                    .insert((m.delivered_deadline, TimerKind::Delivered, id.clone()));
             }
             if let Some(at) = m.ack_deadline {
                 if m.acknowledged.is_none() {
-                    self.timers.insert((at, TimerKind::Acknowledged, id.clone()));
+                    self.timers
+                        .insert((at, TimerKind::Acknowledged, id.clone()));
                 }
             }
         }
     }
 
     fn apply(&mut self, index: usize, record: Record) -> Result<(), RestoreError> {
-        let inconsistent = |detail: &str| RestoreError::Inconsistent { index, detail: detail.to_owned() };
+        let inconsistent = |detail: &str| RestoreError::Inconsistent {
+            index,
+            detail: detail.to_owned(),
+        };
         match record {
-            Record::SealingKey { epoch, secret, expires_at } => {
-                let key = SealingKey::from_secret(&secret).map_err(|e| RestoreError::Key(e.to_string()))?;
+            Record::SealingKey {
+                epoch,
+                secret,
+                expires_at,
+            } => {
+                let key = SealingKey::from_secret(&secret)
+                    .map_err(|e| RestoreError::Key(e.to_string()))?;
                 self.install_sealing_key(epoch, key, expires_at);
             }
             Record::PartnerAnnouncement(a) => {
@@ -1632,8 +1827,17 @@ impl<R: CryptoRng> Engine<R> {
             Record::SendSession { id, setup } => {
                 self.session_setups.insert(id, (setup, false));
             }
-            Record::Outgoing { id, after, sent_at, body, envelope } => {
-                let lane = self.out_lanes.entry((id.channel.clone(), id.precedence)).or_default();
+            Record::Outgoing {
+                id,
+                after,
+                sent_at,
+                body,
+                envelope,
+            } => {
+                let lane = self
+                    .out_lanes
+                    .entry((id.channel.clone(), id.precedence))
+                    .or_default();
                 lane.last_seq = lane.last_seq.max(id.seq);
                 let state = match (body, envelope) {
                     (_, Some(envelope)) => {
@@ -1645,30 +1849,43 @@ impl<R: CryptoRng> Engine<R> {
                         self.awaiting_key.insert((sent_at, id.clone()));
                         OutState::AwaitingKey { body }
                     }
-                    (None, None) => return Err(inconsistent("outgoing record with neither body nor envelope")),
+                    (None, None) => {
+                        return Err(inconsistent(
+                            "outgoing record with neither body nor envelope",
+                        ));
+                    }
                 };
                 let p = id.precedence;
-                self.outbox.insert(id, OutMsg {
-                    sent_at,
-                    after,
-                    state,
-                    write: WriteId(0),
-                    transport: p,
-                    escalations: 0,
-                    accepted: None,
-                    delivered: None,
-                    acknowledged: None,
-                    delivered_deadline: sent_at.add(self.cfg.delivered_deadline(p)),
-                    ack_deadline: self.cfg.acknowledged_deadline(p).map(|d| sent_at.add(d)),
-                    retransmit_at: None,
-                    rto: self.cfg.retransmit_initial(),
-                });
+                self.outbox.insert(
+                    id,
+                    OutMsg {
+                        sent_at,
+                        after,
+                        state,
+                        write: WriteId(0),
+                        transport: p,
+                        escalations: 0,
+                        accepted: None,
+                        delivered: None,
+                        acknowledged: None,
+                        delivered_deadline: sent_at.add(self.cfg.delivered_deadline(p)),
+                        ack_deadline: self.cfg.acknowledged_deadline(p).map(|d| sent_at.add(d)),
+                        retransmit_at: None,
+                        rto: self.cfg.retransmit_initial(),
+                    },
+                );
             }
             Record::Sealed { id, envelope } => {
                 let hash = envelope.hash();
-                let lane = self.out_lanes.entry((id.channel.clone(), id.precedence)).or_default();
+                let lane = self
+                    .out_lanes
+                    .entry((id.channel.clone(), id.precedence))
+                    .or_default();
                 lane.last_hash = hash;
-                let m = self.outbox.get_mut(&id).ok_or_else(|| inconsistent("sealed record for unknown message"))?;
+                let m = self
+                    .outbox
+                    .get_mut(&id)
+                    .ok_or_else(|| inconsistent("sealed record for unknown message"))?;
                 m.state = OutState::Sealed { envelope, hash };
                 self.awaiting_key.retain(|(_, i)| *i != id);
             }
@@ -1677,7 +1894,9 @@ impl<R: CryptoRng> Engine<R> {
                     m.transport = to;
                     m.escalations += 1;
                     match kind {
-                        DeadlineKind::Delivered => m.delivered_deadline = at.add(self.cfg.delivered_deadline(to)),
+                        DeadlineKind::Delivered => {
+                            m.delivered_deadline = at.add(self.cfg.delivered_deadline(to))
+                        }
                         DeadlineKind::Acknowledged => {
                             m.ack_deadline = self.cfg.acknowledged_deadline(to).map(|d| at.add(d));
                         }
@@ -1685,19 +1904,30 @@ impl<R: CryptoRng> Engine<R> {
                 }
             }
             Record::ReceiptReceived(r) => {
-                self.apply_receipt(&r, false).map_err(|e| inconsistent(&e.to_string()))?;
+                self.apply_receipt(&r, false)
+                    .map_err(|e| inconsistent(&e.to_string()))?;
             }
             Record::RecvSession { id, setup } => {
-                let key = self.sealing.get(&setup.epoch).ok_or_else(|| inconsistent("session for unknown epoch"))?;
+                let key = self
+                    .sealing
+                    .get(&setup.epoch)
+                    .ok_or_else(|| inconsistent("session for unknown epoch"))?;
                 let info = session_info(&self.partner, &self.me, setup.epoch);
                 let session = RecvSession::accept(key, &setup.encapsulated, &info)
                     .map_err(|e| RestoreError::Key(e.to_string()))?;
                 self.recv_sessions.insert(id, session);
             }
-            Record::Received { delivery, envelope, head: _ } => {
+            Record::Received {
+                delivery,
+                envelope,
+                head: _,
+            } => {
                 let hash = envelope.hash();
                 let id = delivery.id;
-                let lane = self.in_lanes.entry((id.channel.clone(), id.precedence)).or_default();
+                let lane = self
+                    .in_lanes
+                    .entry((id.channel.clone(), id.precedence))
+                    .or_default();
                 if id.seq != lane.delivered.next() {
                     return Err(inconsistent("received record out of sequence"));
                 }
@@ -1714,17 +1944,31 @@ impl<R: CryptoRng> Engine<R> {
                         to: self.partner.clone(),
                         channel: id.channel.clone(),
                         precedence: id.precedence,
-                        kind: ReceiptKind::Delivered { upto: id.seq, head: hash },
+                        kind: ReceiptKind::Delivered {
+                            upto: id.seq,
+                            head: hash,
+                        },
                         at: delivery.received_at,
                     },
                     &self.key,
                 );
                 lane.last_receipt = Some((WriteId(0), receipt));
                 let expects_ack = self.cfg.acknowledged_deadline(id.precedence).is_some();
-                self.inbox.insert(id, InMsg { hash, acknowledged: None, ack_receipt: None, expects_ack });
+                self.inbox.insert(
+                    id,
+                    InMsg {
+                        hash,
+                        acknowledged: None,
+                        ack_receipt: None,
+                        expects_ack,
+                    },
+                );
             }
             Record::OperatorAck { id, receipt } => {
-                let m = self.inbox.get_mut(&id).ok_or_else(|| inconsistent("ack for unknown message"))?;
+                let m = self
+                    .inbox
+                    .get_mut(&id)
+                    .ok_or_else(|| inconsistent("ack for unknown message"))?;
                 m.acknowledged = Some(receipt.body.at);
                 m.ack_receipt = Some((WriteId(0), receipt));
             }
@@ -1735,7 +1979,10 @@ impl<R: CryptoRng> Engine<R> {
 }
 
 fn send_control(frame: &Frame) -> Action {
-    Action::Send { lane: SendLane::Control, frame: wire::encode_frame(frame) }
+    Action::Send {
+        lane: SendLane::Control,
+        frame: wire::encode_frame(frame),
+    }
 }
 
 /// HPKE `info` for a session: binds direction and epoch. Each channel gets its own session;

@@ -7,8 +7,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::{SessionId, Signature};
-use crate::envelope::{Envelope, Receipt, SessionSetup, Signed};
 use crate::envelope::Announcement;
+use crate::envelope::{Envelope, Receipt, SessionSetup, Signed};
 use crate::types::{MessageId, Precedence, Time};
 
 use super::{DeadlineKind, Delivery};

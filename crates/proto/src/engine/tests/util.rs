@@ -1,0 +1,447 @@
+//! A deterministic two-engine harness with a simulated relay, in the manner of
+//! `quinn-proto/src/tests/util.rs`: virtual time jumps straight to the next deadline, and the
+//! relay can lose, duplicate, reorder and delay frames.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::{Rng, SeedableRng};
+
+use crate::crypto::IdentityKey;
+use crate::engine::{
+    Action, Alarm, Delivery, Engine, EngineConfig, Escalation, Local, Outgoing, Partner, Record,
+    Report, SendLane, WriteId,
+};
+use crate::envelope::EscalationNotice;
+use crate::types::{Channel, EndpointId, MessageId, Precedence, Time};
+use crate::wire::{self, Accepted, Frame};
+
+/// Which end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Side {
+    A,
+    B,
+}
+
+impl Side {
+    pub(crate) fn other(self) -> Self {
+        match self {
+            Self::A => Self::B,
+            Self::B => Self::A,
+        }
+    }
+}
+
+/// One endpoint: its engine plus everything it has been asked to do.
+pub(crate) struct Node {
+    pub(crate) engine: Engine<ChaCha20Rng>,
+    pub(crate) id: EndpointId,
+    seed: u8,
+    partner: Partner,
+    cfg: EngineConfig,
+    pub(crate) durable: Vec<Record>,
+    pending: Vec<(WriteId, Record)>,
+    /// When false, writes stay pending until `confirm` (to test the durability gate).
+    pub(crate) auto_persist: bool,
+    pub(crate) delivered: Vec<Delivery>,
+    pub(crate) reports: Vec<Report>,
+    pub(crate) escalations: Vec<Escalation>,
+    pub(crate) realerts: Vec<EscalationNotice>,
+    pub(crate) alarms: Vec<Alarm>,
+    pub(crate) sent_frames: Vec<(SendLane, Frame)>,
+    rng_counter: u64,
+}
+
+impl Node {
+    fn new(
+        name: &str,
+        seed: u8,
+        partner_name: &str,
+        partner_seed: u8,
+        cfg: EngineConfig,
+        now: Time,
+    ) -> Self {
+        let id = EndpointId::new(name).unwrap();
+        let partner = Partner {
+            id: EndpointId::new(partner_name).unwrap(),
+            key: IdentityKey::from_seed(&[partner_seed; 32]).public(),
+        };
+        let local = Local {
+            id: id.clone(),
+            key: IdentityKey::from_seed(&[seed; 32]),
+        };
+        let engine = Engine::new(
+            cfg.clone(),
+            local,
+            partner.clone(),
+            ChaCha20Rng::seed_from_u64(seed as u64),
+            now,
+        );
+        Self {
+            engine,
+            id,
+            seed,
+            partner,
+            cfg,
+            durable: Vec::new(),
+            pending: Vec::new(),
+            auto_persist: true,
+            delivered: Vec::new(),
+            reports: Vec::new(),
+            escalations: Vec::new(),
+            realerts: Vec::new(),
+            alarms: Vec::new(),
+            sent_frames: Vec::new(),
+            rng_counter: 0,
+        }
+    }
+
+    /// Makes pending writes durable and tells the engine.
+    pub(crate) fn confirm(&mut self, now: Time) {
+        if let Some((last, _)) = self.pending.last() {
+            let last = *last;
+            self.durable.extend(self.pending.drain(..).map(|(_, r)| r));
+            self.engine.handle_persisted(now, last);
+        }
+    }
+
+    /// Loses unconfirmed writes and everything in memory; restores from durable records.
+    pub(crate) fn crash_and_restore(&mut self, now: Time) {
+        self.pending.clear();
+        self.rng_counter += 1;
+        let local = Local {
+            id: self.id.clone(),
+            key: IdentityKey::from_seed(&[self.seed; 32]),
+        };
+        let rng = ChaCha20Rng::seed_from_u64(((self.seed as u64) << 32) | self.rng_counter);
+        self.engine = Engine::restore(
+            self.cfg.clone(),
+            local,
+            self.partner.clone(),
+            rng,
+            now,
+            self.durable.clone(),
+        )
+        .expect("restore from durable records");
+    }
+
+    pub(crate) fn delivered_ids(&self) -> Vec<MessageId> {
+        self.delivered.iter().map(|d| d.id.clone()).collect()
+    }
+}
+
+/// Network fault knobs for the simulated relay.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Faults {
+    /// Probability a frame is lost on each hop.
+    pub(crate) loss: f64,
+    /// Probability a frame is delivered twice.
+    pub(crate) duplicate: f64,
+    /// One-way latency range per hop, in microseconds (reordering comes from the spread).
+    pub(crate) latency_us: (u64, u64),
+}
+
+impl Faults {
+    pub(crate) const NONE: Self = Self {
+        loss: 0.0,
+        duplicate: 0.0,
+        latency_us: (1_000, 1_000),
+    };
+}
+
+/// Two engines and a relay between them.
+pub(crate) struct Pair {
+    pub(crate) now: Time,
+    pub(crate) a: Node,
+    pub(crate) b: Node,
+    pub(crate) faults: Faults,
+    rng: ChaCha20Rng,
+    /// (arrival time, tie-breaker) → (destination, frame bytes).
+    in_flight: BTreeMap<(Time, u64), (Side, Vec<u8>)>,
+    counter: u64,
+    /// Frames the "relay" dropped because the destination's link was down.
+    pub(crate) link_up: [bool; 2],
+    /// When set, frames to this side are held (recipient not reading).
+    pub(crate) hold: Option<Side>,
+    held: Vec<Vec<u8>>,
+    /// Envelope frames for these ids are dropped once each (targeted loss).
+    pub(crate) drop_once: Vec<MessageId>,
+    /// The relay's queue: envelopes kept until the recipient's delivered receipt covers them,
+    /// resent when the recipient reconnects (as the real relay does).
+    queued: BTreeMap<MessageId, (Side, Vec<u8>)>,
+}
+
+pub(crate) const START: Time = Time(1_700_000_000_000_000);
+
+impl Pair {
+    pub(crate) fn new(cfg: EngineConfig, seed: u64) -> Self {
+        Self::with(cfg, seed, true)
+    }
+
+    pub(crate) fn with(cfg: EngineConfig, seed: u64, connect_b: bool) -> Self {
+        let mut pair = Self {
+            now: START,
+            a: Node::new("us", 1, "jp", 2, cfg.clone(), START),
+            b: Node::new("jp", 2, "us", 1, cfg, START),
+            faults: Faults::NONE,
+            rng: ChaCha20Rng::seed_from_u64(seed),
+            in_flight: BTreeMap::new(),
+            counter: 0,
+            link_up: [false, false],
+            hold: None,
+            held: Vec::new(),
+            drop_once: Vec::new(),
+            queued: BTreeMap::new(),
+        };
+        pair.connect(Side::A);
+        if connect_b {
+            pair.connect(Side::B);
+        }
+        pair.drive_for(Duration::from_millis(100));
+        pair
+    }
+
+    pub(crate) fn node(&mut self, side: Side) -> &mut Node {
+        match side {
+            Side::A => &mut self.a,
+            Side::B => &mut self.b,
+        }
+    }
+
+    pub(crate) fn connect(&mut self, side: Side) {
+        self.link_up[side as usize] = true;
+        let now = self.now;
+        self.node(side).engine.handle_connected(now);
+        let queued: Vec<Vec<u8>> = self
+            .queued
+            .values()
+            .filter(|(to, _)| *to == side)
+            .map(|(_, f)| f.clone())
+            .collect();
+        for frame in queued {
+            self.schedule(side, frame);
+        }
+    }
+
+    pub(crate) fn disconnect(&mut self, side: Side) {
+        self.link_up[side as usize] = false;
+        let now = self.now;
+        self.node(side).engine.handle_disconnected(now);
+    }
+
+    pub(crate) fn crash(&mut self, side: Side) {
+        let now = self.now;
+        self.link_up[side as usize] = false;
+        self.node(side).crash_and_restore(now);
+        self.connect(side);
+    }
+
+    pub(crate) fn send(&mut self, side: Side, precedence: Precedence, body: &str) -> MessageId {
+        let now = self.now;
+        self.node(side)
+            .engine
+            .submit(
+                now,
+                Outgoing {
+                    channel: Channel::default(),
+                    precedence,
+                    body: body.as_bytes().to_vec(),
+                },
+            )
+            .expect("submit")
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        p > 0.0 && (self.rng.next_u64() as f64 / u64::MAX as f64) < p
+    }
+
+    fn latency(&mut self) -> Duration {
+        let (lo, hi) = self.faults.latency_us;
+        Duration::from_micros(lo + self.rng.next_u64() % (hi - lo + 1))
+    }
+
+    fn schedule(&mut self, to: Side, frame: Vec<u8>) {
+        if self.chance(self.faults.loss) {
+            return;
+        }
+        let copies = if self.chance(self.faults.duplicate) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let at = self.now.add(self.latency());
+            self.counter += 1;
+            self.in_flight
+                .insert((at, self.counter), (to, frame.clone()));
+        }
+    }
+
+    /// The relay's part: answer `accepted` for envelopes and forward everything to the partner.
+    fn relay(&mut self, from: Side, frame_bytes: Vec<u8>) {
+        if !self.link_up[from as usize] {
+            return;
+        }
+        let Ok((frame, _)) = wire::decode_frame(&frame_bytes) else {
+            return;
+        };
+        if let Frame::Envelope(e) = &frame {
+            let id = e.envelope.header.message_id();
+            if let Some(i) = self.drop_once.iter().position(|d| *d == id) {
+                self.drop_once.remove(i);
+                return;
+            }
+            let accepted = wire::encode_frame(&Frame::Accepted(Accepted {
+                id: id.clone(),
+                durable: true,
+            }));
+            self.schedule(from, accepted);
+            // A re-offer replaces the queued copy (its transport precedence may have been raised)
+            // and is forwarded again; the recipient answers duplicates with its receipt.
+            self.queued.insert(id, (from.other(), frame_bytes.clone()));
+        }
+        if let Frame::Receipt(r) = &frame {
+            if let crate::envelope::ReceiptKind::Delivered { upto, .. } = r.body.kind {
+                let lane = MessageId {
+                    sender: r.body.to.clone(),
+                    channel: r.body.channel.clone(),
+                    precedence: r.body.precedence,
+                    seq: crate::types::Seq(0),
+                };
+                let done: Vec<MessageId> = self
+                    .queued
+                    .range(lane.clone()..)
+                    .take_while(|(id, _)| {
+                        id.channel == lane.channel
+                            && id.precedence == lane.precedence
+                            && id.sender == lane.sender
+                            && id.seq <= upto
+                    })
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for id in done {
+                    self.queued.remove(&id);
+                }
+            }
+        }
+        self.schedule(from.other(), frame_bytes);
+    }
+
+    /// Drains both engines' actions until quiet.
+    fn drain(&mut self) -> bool {
+        let mut any = false;
+        for side in [Side::A, Side::B] {
+            loop {
+                let mut sends = Vec::new();
+                let node = self.node(side);
+                let mut progressed = false;
+                while let Some(action) = node.engine.poll_action() {
+                    progressed = true;
+                    match action {
+                        Action::Send { lane, frame } => {
+                            if let Ok((f, _)) = wire::decode_frame(&frame) {
+                                node.sent_frames.push((lane, f));
+                            }
+                            sends.push(frame);
+                        }
+                        Action::Persist { id, record } => node.pending.push((id, record)),
+                        Action::Deliver(d) => node.delivered.push(d),
+                        Action::Report(r) => node.reports.push(r),
+                        Action::Escalate(e) => node.escalations.push(e),
+                        Action::Realert(n) => node.realerts.push(n),
+                        Action::Alarm(a) => node.alarms.push(a),
+                        Action::Link { .. } => {}
+                    }
+                }
+                let now = self.now;
+                let node = self.node(side);
+                if node.auto_persist && !node.pending.is_empty() {
+                    node.confirm(now);
+                    progressed = true;
+                }
+                for frame in sends {
+                    self.relay(side, frame);
+                }
+                any |= progressed;
+                if !progressed {
+                    break;
+                }
+            }
+        }
+        any
+    }
+
+    /// Runs until nothing is in flight and no engine has work before `until`.
+    pub(crate) fn drive_until(&mut self, until: Time) {
+        for _ in 0..1_000_000 {
+            self.drain();
+            let next_frame = self.in_flight.keys().next().map(|(t, _)| *t);
+            let next_timer = [self.a.engine.poll_timeout(), self.b.engine.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            let Some(next) = [next_frame, next_timer].into_iter().flatten().min() else {
+                return;
+            };
+            if next > until {
+                self.now = until;
+                self.a.engine.handle_timeout(until);
+                self.b.engine.handle_timeout(until);
+                self.drain();
+                return;
+            }
+            self.now = self.now.max(next);
+            if next_frame == Some(next) {
+                let Some((_, (to, frame))) = self.in_flight.pop_first() else {
+                    continue;
+                };
+                if !self.link_up[to as usize] {
+                    continue;
+                }
+                if self.hold == Some(to) {
+                    self.held.push(frame);
+                    continue;
+                }
+                let now = self.now;
+                let _ = self.node(to).engine.handle_frame(now, &frame);
+            } else {
+                let now = self.now;
+                self.a.engine.handle_timeout(now);
+                self.b.engine.handle_timeout(now);
+            }
+        }
+        panic!("harness did not settle");
+    }
+
+    pub(crate) fn drive_for(&mut self, d: Duration) {
+        let until = self.now.add(d);
+        self.drive_until(until);
+    }
+
+    /// Drives only until the network is quiet (ignores far timers like link tests), at most `d`.
+    pub(crate) fn settle(&mut self, d: Duration) {
+        let until = self.now.add(d);
+        for _ in 0..1_000_000 {
+            self.drain();
+            if self.in_flight.is_empty() || self.now >= until {
+                return;
+            }
+            let Some(((at, _), (to, frame))) = self.in_flight.pop_first() else {
+                return;
+            };
+            self.now = self.now.max(at);
+            self.a.engine.handle_timeout(self.now);
+            self.b.engine.handle_timeout(self.now);
+            if !self.link_up[to as usize] {
+                continue;
+            }
+            if self.hold == Some(to) {
+                self.held.push(frame);
+                continue;
+            }
+            let now = self.now;
+            let _ = self.node(to).engine.handle_frame(now, &frame);
+        }
+    }
+}
