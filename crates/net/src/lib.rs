@@ -1,0 +1,23 @@
+//! QUIC and mutual-TLS plumbing shared by the relay, the node and the bench, plus the
+//! exercise PKI.
+//!
+//! - [`pki`]: makes an exercise CA, a relay certificate and one certificate per endpoint, the
+//!   endpoint id carried as URI SAN `urn:hotline:endpoint:<id>` and the endpoint's Ed25519
+//!   identity key as the certificate key.
+//! - [`tls`]: loads PEM files and builds rustls (ring provider, TLS 1.3 only, ALPN `hotline/1`,
+//!   no 0-RTT) server and client configurations with mutual authentication; reads the endpoint
+//!   identity out of a peer certificate.
+//! - [`quic`]: quinn endpoints with Hotline's keep-alive and idle timeouts and a persisted
+//!   stateless-reset key, so a restarted relay resets stale connections at once.
+//! - [`framed`]: reading and writing length-prefixed [`hotline_proto::wire`] frames on quinn
+//!   streams, with the size limit checked before any allocation.
+//!
+//! It holds no protocol logic: what a frame means is `hotline-proto`'s business.
+
+pub mod framed;
+pub mod pki;
+pub mod quic;
+pub mod tls;
+
+/// The ALPN protocol id of Hotline over QUIC.
+pub const ALPN: &[u8] = b"hotline/1";

@@ -1,0 +1,219 @@
+//! The exercise PKI: a CA, a relay certificate and one certificate per endpoint.
+//!
+//! Endpoint certificates carry the endpoint id as URI SAN `urn:hotline:endpoint:<id>` and an
+//! Ed25519 key, which is also the endpoint's identity key for signing envelopes and receipts
+//! (its partner pins it). These keys are for exercises and development, never production.
+
+use std::path::{Path, PathBuf};
+
+use hotline_proto::EndpointId;
+use hotline_proto::crypto::IdentityPublicKey;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+
+use crate::tls::ENDPOINT_URI_PREFIX;
+
+/// Why the PKI could not be made or written.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// Certificate generation failed.
+    #[error("certificate generation: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// A file could not be written.
+    #[error("writing {}: {source}", path.display())]
+    Write {
+        /// Which file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A certificate and its key, PEM-encoded.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// Certificate PEM.
+    pub cert_pem: String,
+    /// Private key PEM (PKCS#8).
+    pub key_pem: String,
+}
+
+/// An endpoint's issued certificate and identity key.
+#[derive(Debug, Clone)]
+pub struct IssuedEndpoint {
+    /// Endpoint id.
+    pub id: EndpointId,
+    /// Certificate and key.
+    pub issued: Issued,
+    /// The Ed25519 identity public key (to pin).
+    pub identity: IdentityPublicKey,
+}
+
+/// A freshly made exercise PKI.
+#[derive(Debug)]
+pub struct ExercisePki {
+    /// The CA.
+    pub ca: Issued,
+    /// The relay.
+    pub relay: Issued,
+    /// The endpoints.
+    pub endpoints: Vec<IssuedEndpoint>,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+fn name(cn: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "Hotline exercise PKI");
+    dn.push(DnType::CommonName, cn);
+    dn
+}
+
+impl ExercisePki {
+    /// Makes a CA, a relay certificate for `relay_name` (plus `localhost`, `127.0.0.1`, `::1`)
+    /// and one certificate per endpoint.
+    pub fn generate(relay_name: &str, endpoints: &[EndpointId]) -> Result<Self, PkiError> {
+        let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.distinguished_name = name("Hotline exercise CA");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca_params.self_signed(&ca_key)?;
+        let ca = Issued {
+            cert_pem: ca_cert.pem(),
+            key_pem: ca_key.serialize_pem(),
+        };
+        let issuer = Issuer::new(ca_params, ca_key);
+
+        let mut sans = vec![relay_name.to_owned(), "localhost".to_owned()];
+        sans.dedup();
+        let relay_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut relay_params = CertificateParams::new(sans)?;
+        relay_params.subject_alt_names.push(SanType::IpAddress(
+            "127.0.0.1"
+                .parse()
+                .map_err(|_| rcgen::Error::CouldNotParseCertificate)?,
+        ));
+        relay_params.subject_alt_names.push(SanType::IpAddress(
+            "::1"
+                .parse()
+                .map_err(|_| rcgen::Error::CouldNotParseCertificate)?,
+        ));
+        relay_params.distinguished_name = name(relay_name);
+        relay_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let relay_cert = relay_params.signed_by(&relay_key, &issuer)?;
+        let relay = Issued {
+            cert_pem: relay_cert.pem(),
+            key_pem: relay_key.serialize_pem(),
+        };
+
+        let mut pki = Self {
+            ca,
+            relay,
+            endpoints: Vec::new(),
+            issuer,
+        };
+        for id in endpoints {
+            let e = pki.issue_endpoint(id)?;
+            pki.endpoints.push(e);
+        }
+        Ok(pki)
+    }
+
+    /// Issues one more endpoint certificate from this CA (e.g. a second `jp` key, to test pins).
+    pub fn issue_endpoint(&self, id: &EndpointId) -> Result<IssuedEndpoint, PkiError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = name(&format!("endpoint {id}"));
+        let uri = format!("{ENDPOINT_URI_PREFIX}{id}");
+        params.subject_alt_names.push(SanType::URI(uri.try_into()?));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let raw: [u8; 32] = key
+            .public_key_raw()
+            .try_into()
+            .map_err(|_| rcgen::Error::KeyGenerationUnavailable)?;
+        Ok(IssuedEndpoint {
+            id: id.clone(),
+            issued: Issued {
+                cert_pem: cert.pem(),
+                key_pem: key.serialize_pem(),
+            },
+            identity: IdentityPublicKey(raw),
+        })
+    }
+
+    /// Writes `ca.pem`, `ca.key`, `relay.pem`, `relay.key`, `<id>.pem`, `<id>.key` into `dir`
+    /// (keys mode 0600).
+    pub fn write(&self, dir: &Path) -> Result<(), PkiError> {
+        write_issued(dir, "ca", &self.ca)?;
+        write_issued(dir, "relay", &self.relay)?;
+        for e in &self.endpoints {
+            write_issued(dir, e.id.as_str(), &e.issued)?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes `<stem>.pem` and `<stem>.key` (0600) into `dir`.
+pub fn write_issued(dir: &Path, stem: &str, issued: &Issued) -> Result<(), PkiError> {
+    let cert = dir.join(format!("{stem}.pem"));
+    std::fs::write(&cert, &issued.cert_pem)
+        .map_err(|source| PkiError::Write { path: cert, source })?;
+    let key = dir.join(format!("{stem}.key"));
+    crate::quic::write_private(&key, issued.key_pem.as_bytes())
+        .map_err(|source| PkiError::Write { path: key, source })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::tls;
+
+    #[test]
+    fn endpoint_certificates_carry_id_and_identity_key() {
+        let us = EndpointId::new("us").unwrap();
+        let pki = ExercisePki::generate("relay.test", std::slice::from_ref(&us)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        pki.write(dir.path()).unwrap();
+        let certs = tls::load_certs(&dir.path().join("us.pem")).unwrap();
+        assert_eq!(tls::endpoint_id(&certs[0]).unwrap(), us);
+        assert_eq!(
+            tls::identity_key(&certs[0]).unwrap(),
+            pki.endpoints[0].identity
+        );
+        tls::check_valid_now(&certs[0]).unwrap();
+        // The PKCS#8 key loads as the engine's identity key and matches the certificate.
+        let key = std::fs::read_to_string(dir.path().join("us.key")).unwrap();
+        use rustls::pki_types::pem::PemObject;
+        let der = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let id = hotline_proto::crypto::IdentityKey::from_pkcs8(der.secret_der()).unwrap();
+        assert_eq!(id.public(), pki.endpoints[0].identity);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("us.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let relay = tls::load_certs(&dir.path().join("relay.pem")).unwrap();
+        assert!(matches!(
+            tls::endpoint_id(&relay[0]),
+            Err(tls::TlsError::NoEndpointId)
+        ));
+    }
+
+    #[test]
+    fn bad_files_name_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.pem");
+        std::fs::write(&p, "hello").unwrap();
+        let e = tls::load_certs(&p).unwrap_err().to_string();
+        assert!(e.contains("x.pem") && e.contains("no certificate"), "{e}");
+        let e = tls::load_key(&dir.path().join("missing.key"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing.key"), "{e}");
+    }
+}

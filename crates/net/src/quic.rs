@@ -1,0 +1,136 @@
+//! quinn endpoints with Hotline's transport settings.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Keep-alive and idle timeout. Defaults: 1 s and 5 s, so a dead peer is noticed in seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// QUIC keep-alive interval.
+    pub keep_alive: Duration,
+    /// QUIC idle timeout.
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            keep_alive: Duration::from_secs(1),
+            idle: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Per-stream receive window: how far a relay may write ahead on one lane of a node that is not
+/// reading. This is the per-lane write-ahead bound.
+pub const LANE_WINDOW_BYTES: u32 = 256 * 1024;
+
+/// Transport configuration shared by both sides.
+pub fn transport(timeouts: Timeouts) -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(timeouts.keep_alive));
+    // Cannot fail for durations far below the QUIC varint limit (2^62 ms).
+    t.max_idle_timeout(quinn::IdleTimeout::try_from(timeouts.idle).ok());
+    t.stream_receive_window(quinn::VarInt::from_u32(LANE_WINDOW_BYTES));
+    t.receive_window(quinn::VarInt::from_u32(16 * 1024 * 1024));
+    t.send_window(16 * 1024 * 1024);
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(16));
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(4));
+    Arc::new(t)
+}
+
+/// Why an endpoint could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    /// Socket or file trouble.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// Loads (or creates, mode 0600) the 32-byte stateless-reset key at `path`.
+pub fn reset_key(path: &Path) -> Result<ring::hmac::Key, EndpointError> {
+    let io = |what: String| move |source| EndpointError::Io { what, source };
+    let bytes = match std::fs::read(path) {
+        Ok(b) if b.len() == 32 => b,
+        Ok(_) | Err(_) => {
+            let mut b = [0u8; 32];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).map_err(
+                |_| EndpointError::Io {
+                    what: "generating reset key".into(),
+                    source: std::io::Error::other("system RNG failed"),
+                },
+            )?;
+            write_private(path, &b).map_err(io(format!("writing {}", path.display())))?;
+            b.to_vec()
+        }
+    };
+    Ok(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &bytes))
+}
+
+/// Writes a file readable only by its owner.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// A server endpoint on an already-bound socket (tests bind port 0).
+pub fn server(
+    socket: UdpSocket,
+    config: quinn::ServerConfig,
+    reset_key: Option<ring::hmac::Key>,
+) -> Result<quinn::Endpoint, EndpointError> {
+    let mut ep_config = quinn::EndpointConfig::default();
+    if let Some(key) = reset_key {
+        ep_config = quinn::EndpointConfig::new(Arc::new(key));
+    }
+    let runtime = quinn::default_runtime().ok_or_else(|| EndpointError::Io {
+        what: "starting QUIC".into(),
+        source: std::io::Error::other("no async runtime"),
+    })?;
+    quinn::Endpoint::new(ep_config, Some(config), socket, runtime).map_err(|source| {
+        EndpointError::Io {
+            what: "creating QUIC endpoint".into(),
+            source,
+        }
+    })
+}
+
+/// A client endpoint on an ephemeral loopback-or-any port matching `remote`'s family.
+pub fn client(
+    remote: SocketAddr,
+    config: quinn::ClientConfig,
+) -> Result<quinn::Endpoint, EndpointError> {
+    let bind: SocketAddr = if remote.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    }
+    .parse()
+    .map_err(|_| EndpointError::Io {
+        what: "bind address".into(),
+        source: std::io::Error::other("parse"),
+    })?;
+    let mut ep = quinn::Endpoint::client(bind).map_err(|source| EndpointError::Io {
+        what: format!("binding UDP socket {bind}"),
+        source,
+    })?;
+    ep.set_default_client_config(config);
+    Ok(ep)
+}
