@@ -1,0 +1,394 @@
+//! `hotline`: run an endpoint node and talk to it.
+//!
+//! Parses arguments, installs logging and hands off to `hotline_client`; every failure is one
+//! `error: …` line and a non-zero exit.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use hotline_client::certs::{self, DeadlineOverrides, InitRequest};
+use hotline_client::config::NodeConfig;
+use hotline_client::control::{self, ControlClient, Event, Request, WaitLevel};
+
+/// Hotline endpoint node and operator CLI.
+///
+/// Quick start (three terminals):
+///   hotline certs init --out ex --relay localhost --endpoint us --endpoint jp
+///   hotline-relay --config ex/relay.toml
+///   hotline node --config ex/us.toml        (and ex/jp.toml)
+///   hotline send --config ex/us.toml --precedence flash --wait delivered "hello"
+///   hotline inbox --config ex/jp.toml
+#[derive(Debug, Parser)]
+#[command(name = "hotline", version, verbatim_doc_comment)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Exercise PKI and ready-to-run configs.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCmd,
+    },
+    /// Run an endpoint node (serves the CLI on <data_dir>/control.sock).
+    ///
+    /// Example: hotline node --config ex/us.toml
+    Node {
+        /// Node config (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Send a message; prints its id once it is durably in the outbox.
+    ///
+    /// Example: hotline send --config ex/us.toml --precedence flash --wait acknowledged --timeout 60 "Confirm status"
+    Send {
+        /// Node config (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Recipient; may be left out when the node has exactly one partner.
+        #[arg(long)]
+        to: Option<String>,
+        /// Channel.
+        #[arg(long, default_value = "main")]
+        channel: String,
+        /// routine, priority, immediate or flash.
+        #[arg(long, default_value = "routine")]
+        precedence: String,
+        /// Block until this ack level is reached.
+        #[arg(long, value_enum)]
+        wait: Option<WaitLevel>,
+        /// Give up waiting after SECS seconds (exit 1).
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<f64>,
+        /// The text, or - to read it from stdin.
+        text: String,
+    },
+    /// List received messages in delivery order.
+    ///
+    /// Example: hotline inbox --config ex/jp.toml --json --follow
+    Inbox {
+        /// Node config (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Keep printing new messages as they arrive.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Acknowledge a received message (sends a signed receipt).
+    ///
+    /// Example: hotline ack --config ex/jp.toml us:main:flash:1
+    Ack {
+        /// Node config (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Message id, as shown by `inbox`.
+        id: String,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Link state, queue depths, pending acknowledgements, escalations and alarms.
+    Status {
+        /// Node config (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Relay and two nodes on loopback, with a scripted exchange across all precedences.
+    Demo {
+        /// Keep the demo directory (PKI, configs, logs, stores) afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCmd {
+    /// Write an exercise CA, relay and endpoint certificates, relay.toml and <endpoint>.toml.
+    ///
+    /// Example: hotline certs init --out ex --relay localhost --endpoint us --endpoint jp
+    Init {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Relay DNS name (its certificate also covers localhost, 127.0.0.1 and ::1).
+        #[arg(long)]
+        relay: String,
+        /// An endpoint id (repeat).
+        #[arg(long = "endpoint", required = true)]
+        endpoints: Vec<String>,
+        /// A hotline a:b (repeat); two endpoints are paired by default.
+        #[arg(long = "pair")]
+        pairs: Vec<String>,
+        /// Relay address written into the configs.
+        #[arg(long, default_value = "127.0.0.1:4433")]
+        relay_addr: SocketAddr,
+        /// Overwrite an existing PKI in --out.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let verbose = matches!(cli.command, Cmd::Node { .. });
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(if verbose { "info" } else { "warn" })
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(run(cli.command)) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Certs {
+            command:
+                CertsCmd::Init {
+                    out,
+                    relay,
+                    endpoints,
+                    pairs,
+                    relay_addr,
+                    force,
+                },
+        } => {
+            let made = certs::init(
+                &out,
+                &InitRequest {
+                    relay_name: relay,
+                    endpoints: endpoints.clone(),
+                    pairs,
+                    relay_addr,
+                    force,
+                },
+                &DeadlineOverrides::new(),
+            )?;
+            println!(
+                "wrote exercise PKI and configs to {} (never use these keys in production)",
+                out.display()
+            );
+            println!(
+                "  relay:     hotline-relay --config {}",
+                out.join("relay.toml").display()
+            );
+            for e in &endpoints {
+                println!(
+                    "  endpoint:  hotline node --config {}",
+                    out.join(format!("{e}.toml")).display()
+                );
+            }
+            for (a, b) in made {
+                println!("  hotline:   {a} <-> {b}");
+            }
+            Ok(())
+        }
+        Cmd::Node { config } => {
+            let cfg = NodeConfig::load(&config)?;
+            hotline_client::node::run(cfg, shutdown_signal()).await
+        }
+        Cmd::Send {
+            config,
+            to,
+            channel,
+            precedence,
+            wait,
+            timeout,
+            text,
+        } => {
+            let body = if text == "-" {
+                let mut s = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut s)
+                    .context("reading the message from stdin")?;
+                s
+            } else {
+                text
+            };
+            if let Some(t) = timeout {
+                if !(t > 0.0 && t.is_finite()) {
+                    bail!("--timeout must be a positive number of seconds");
+                }
+            }
+            let mut c = ControlClient::connect(&control::socket_for(&config)?).await?;
+            let tag = c
+                .request(Request::Send {
+                    to,
+                    channel: Some(channel),
+                    precedence: Some(precedence),
+                    body,
+                    wait,
+                    timeout_ms: timeout.map(|t| (t * 1000.0) as u64),
+                })
+                .await?;
+            loop {
+                let Some(line) = c.next().await? else {
+                    bail!("node closed the control connection")
+                };
+                if line.tag != tag {
+                    continue;
+                }
+                match line.event {
+                    Event::Stored { id, .. } => println!("{id}"),
+                    Event::Level { level, at, .. } => println!("{level} at {at}"),
+                    Event::Done { ok: true, .. } => return Ok(()),
+                    Event::Done { ok: false, error } => bail!("{}", error.unwrap_or_default()),
+                    _ => {}
+                }
+            }
+        }
+        Cmd::Inbox {
+            config,
+            json,
+            follow,
+        } => {
+            let mut c = ControlClient::connect(&control::socket_for(&config)?).await?;
+            let tag = c.request(Request::Inbox { follow }).await?;
+            loop {
+                let Some(line) = c.next().await? else {
+                    bail!("node closed the control connection")
+                };
+                if line.tag != tag {
+                    continue;
+                }
+                match line.event {
+                    Event::Message(m) => {
+                        if json {
+                            println!("{}", serde_json::to_string(&m)?);
+                        } else {
+                            println!(
+                                "{}  {:<9} {}{}{}  {}",
+                                m.received_at,
+                                m.precedence,
+                                m.id,
+                                m.escalated_to
+                                    .as_ref()
+                                    .map(|e| format!(" [escalated to {e}]"))
+                                    .unwrap_or_default(),
+                                if m.acknowledged.is_some() {
+                                    " [acknowledged]"
+                                } else {
+                                    ""
+                                },
+                                m.body
+                            );
+                        }
+                    }
+                    Event::Done { ok: true, .. } => return Ok(()),
+                    Event::Done { ok: false, error } => bail!("{}", error.unwrap_or_default()),
+                    _ => {}
+                }
+            }
+        }
+        Cmd::Ack { config, id, json } => {
+            let mut c = ControlClient::connect(&control::socket_for(&config)?).await?;
+            c.call(Request::Ack { id: id.clone() }).await?;
+            if json {
+                println!("{}", serde_json::json!({ "id": id, "acknowledged": true }));
+            } else {
+                println!("acknowledged {id}");
+            }
+            Ok(())
+        }
+        Cmd::Status { config, json } => {
+            let mut c = ControlClient::connect(&control::socket_for(&config)?).await?;
+            for e in c.call(Request::Status).await? {
+                if let Event::Status(s) = e {
+                    if json {
+                        println!("{}", serde_json::to_string(&s)?);
+                    } else {
+                        print_status(&s);
+                    }
+                }
+            }
+            Ok(())
+        }
+        Cmd::Demo { keep } => hotline_client::demo::run(keep, &mut |line| println!("{line}")).await,
+    }
+}
+
+fn print_status(s: &control::StatusView) {
+    println!("endpoint {} ↔ partner {}", s.endpoint, s.partner);
+    println!(
+        "link {} since {} (relay {}, partner {})",
+        s.link,
+        s.link_since,
+        if s.connected {
+            "connected"
+        } else {
+            "not connected"
+        },
+        match s.partner_online {
+            Some(true) => "online",
+            Some(false) => "offline",
+            None => "unknown",
+        }
+    );
+    if let Some(e) = &s.last_error {
+        println!("last connection error: {e}");
+    }
+    println!(
+        "{:<10} {:>12} {:>10} {:>11} {:>14} {:>9}",
+        "lane", "awaiting-key", "unaccepted", "undelivered", "unacknowledged", "buffered"
+    );
+    for (name, l) in s.lanes.iter().rev() {
+        println!(
+            "{:<10} {:>12} {:>10} {:>11} {:>14} {:>9}",
+            name, l.awaiting_key, l.unaccepted, l.undelivered, l.unacknowledged, l.receive_buffered
+        );
+    }
+    println!(
+        "inbox: {} message(s); awaiting our acknowledgement: {}",
+        s.inbox,
+        s.pending_acks.len()
+    );
+    for id in &s.pending_acks {
+        println!("  pending ack: {id}");
+    }
+    for e in &s.open_escalations {
+        println!(
+            "  ESCALATED: {} → {} ({} time(s))",
+            e.id, e.escalated_to, e.count
+        );
+    }
+    for a in &s.alarms {
+        println!("  ALARM {} {}: {}", a.at, a.kind, a.detail);
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

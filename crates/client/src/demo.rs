@@ -1,0 +1,372 @@
+//! `hotline demo`: a dev PKI in a temporary directory, a relay and two nodes as real processes
+//! on free loopback ports, and a scripted crisis exchange across all four precedences.
+//!
+//! One flash is deliberately left unacknowledged under a short acknowledgement deadline so the
+//! audience sees an escalation: the sender's operator is alarmed and the partner re-alerted.
+//! Every process the demo starts is stopped before it returns.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::certs::{self, DeadlineOverrides, InitRequest};
+use crate::control::{ControlClient, Event, Request, StatusView, WaitLevel};
+
+/// Flash acknowledgement deadline used by the demo, to show an escalation quickly.
+const DEMO_FLASH_ACK_MS: u64 = 4000;
+
+/// One line of the timeline.
+#[derive(Debug, Clone)]
+pub struct TimelineRow {
+    /// Sender endpoint.
+    pub from: String,
+    /// Message id.
+    pub id: String,
+    /// Precedence.
+    pub precedence: String,
+    /// The text.
+    pub body: String,
+    /// Milliseconds from send to each level.
+    pub accepted_ms: Option<f64>,
+    /// To `delivered`.
+    pub delivered_ms: Option<f64>,
+    /// To `acknowledged`.
+    pub acknowledged_ms: Option<f64>,
+    /// `accepted` wording (`accepted (relay memory)` until the relay stores durably).
+    pub accepted_label: String,
+}
+
+/// Child processes that are killed when dropped.
+struct Processes(Vec<(String, Child)>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.0 {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for (_, child) in &mut self.0 {
+            while Instant::now() < deadline {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs the demo; prints the timeline to stdout via `print`.
+pub async fn run(keep: bool, print: &mut dyn FnMut(&str)) -> Result<()> {
+    let tmp = tempfile::Builder::new().prefix("hotline-demo-").tempdir()?;
+    let dir = tmp.path().to_owned();
+    let relay_addr = free_udp_port()?;
+    let mut deadlines = DeadlineOverrides::new();
+    deadlines.insert("flash".into(), (None, Some(DEMO_FLASH_ACK_MS)));
+    certs::init(
+        &dir,
+        &InitRequest {
+            relay_name: "localhost".into(),
+            endpoints: vec!["us".into(), "jp".into()],
+            pairs: vec![],
+            relay_addr,
+            force: false,
+        },
+        &deadlines,
+    )?;
+    print(&format!(
+        "dev PKI and configs in {} (exercise keys only)",
+        dir.display()
+    ));
+
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .map(Path::to_path_buf)
+        .context("locating binaries")?;
+    let relay_bin = bin_dir.join("hotline-relay");
+    if !relay_bin.exists() {
+        bail!(
+            "{} not found: build it with `cargo build --bins` (make run does)",
+            relay_bin.display()
+        );
+    }
+    let hotline_bin = std::env::current_exe()?;
+    let mut procs = Processes(Vec::new());
+    procs.0.push((
+        "relay".into(),
+        spawn(
+            &relay_bin,
+            &["--config"],
+            &dir.join("relay.toml"),
+            &dir,
+            "relay",
+        )?,
+    ));
+    for ep in ["us", "jp"] {
+        procs.0.push((
+            ep.into(),
+            spawn(
+                &hotline_bin,
+                &["node", "--config"],
+                &dir.join(format!("{ep}.toml")),
+                &dir,
+                ep,
+            )?,
+        ));
+    }
+    print(&format!(
+        "relay on {relay_addr}, nodes us and jp started (logs in {})",
+        dir.display()
+    ));
+
+    let us_sock = dir.join("data/us/control.sock");
+    let jp_sock = dir.join("data/jp/control.sock");
+    for (name, sock) in [("us", &us_sock), ("jp", &jp_sock)] {
+        wait_link_up(name, sock, &mut procs).await?;
+    }
+    print("link up on both sides\n");
+
+    let script: [(&str, &str, &str, bool); 5] = [
+        (
+            "us",
+            "flash",
+            "Unidentified launch detected over the Sea of Japan. Confirm status.",
+            true,
+        ),
+        (
+            "jp",
+            "immediate",
+            "No launch from our territory. We are tracking it too.",
+            true,
+        ),
+        (
+            "us",
+            "priority",
+            "Requesting a joint assessment call at 14:00Z.",
+            true,
+        ),
+        (
+            "jp",
+            "routine",
+            "Assessment team assembled; data link open.",
+            false,
+        ),
+        (
+            "us",
+            "flash",
+            "Second track detected. Acknowledge immediately.",
+            false,
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (from, precedence, body, ack) in script {
+        let (sender, receiver) = if from == "us" {
+            (&us_sock, &jp_sock)
+        } else {
+            (&jp_sock, &us_sock)
+        };
+        let row = exchange(from, sender, receiver, precedence, body, ack).await?;
+        print(&format!(
+            "{:<3} → {:<3} {:<9} {:<22} {}",
+            from,
+            if from == "us" { "jp" } else { "us" },
+            precedence,
+            row.id,
+            body
+        ));
+        rows.push(row);
+    }
+
+    print("\nwaiting for the unacknowledged flash to miss its acknowledgement deadline…");
+    let escalation = wait_escalation(&us_sock).await?;
+    print(&format!(
+        "ESCALATION at us: {} escalated {} time(s), transport now {}; jp's operator re-alerted",
+        escalation.id, escalation.count, escalation.escalated_to
+    ));
+    let jp_status = status(&jp_sock).await?;
+    let mut inbox = ControlClient::connect(&jp_sock).await?;
+    let entries = inbox.call(Request::Inbox { follow: false }).await?;
+    for e in entries {
+        if let Event::Message(m) = e {
+            if m.escalated_to.is_some() {
+                print(&format!(
+                    "jp inbox: {} escalated_to={} acknowledged={}",
+                    m.id,
+                    m.escalated_to.unwrap_or_default(),
+                    m.acknowledged.as_deref().unwrap_or("no")
+                ));
+            }
+        }
+    }
+    print(&format!(
+        "jp pending acknowledgements: {}",
+        jp_status.pending_acks.join(", ")
+    ));
+
+    print("\ntimeline (milliseconds from send):");
+    print(&format!(
+        "{:<5} {:<22} {:<10} {:>26} {:>10} {:>13}",
+        "from", "message", "precedence", "accepted", "delivered", "acknowledged"
+    ));
+    let fmt = |v: Option<f64>| v.map_or("—".to_string(), |ms| format!("{ms:.1}"));
+    for r in &rows {
+        let accepted = r.accepted_ms.map_or("—".into(), |ms| {
+            format!(
+                "{ms:.1} {}",
+                if r.accepted_label.contains("memory") {
+                    "(relay memory)"
+                } else {
+                    ""
+                }
+            )
+        });
+        print(&format!(
+            "{:<5} {:<22} {:<10} {:>26} {:>10} {:>13}",
+            r.from,
+            r.id,
+            r.precedence,
+            accepted,
+            fmt(r.delivered_ms),
+            fmt(r.acknowledged_ms),
+        ));
+    }
+    drop(procs);
+    if keep {
+        let kept: PathBuf = tmp.keep();
+        print(&format!("\nkept {}", kept.display()));
+    }
+    print("\ndemo finished: every process stopped");
+    Ok(())
+}
+
+fn free_udp_port() -> Result<SocketAddr> {
+    let s = UdpSocket::bind("127.0.0.1:0")?;
+    Ok(s.local_addr()?)
+}
+
+fn spawn(bin: &Path, args: &[&str], config: &Path, dir: &Path, name: &str) -> Result<Child> {
+    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+    Command::new(bin)
+        .args(args)
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))
+}
+
+async fn wait_link_up(name: &str, sock: &Path, procs: &mut Processes) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for (pname, child) in &mut procs.0 {
+            if let Ok(Some(status)) = child.try_wait() {
+                bail!("{pname} exited early ({status}); see its log in the demo directory");
+            }
+        }
+        if let Ok(s) = status(sock).await {
+            if s.link == "up" {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{name} did not report the link up within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn status(sock: &Path) -> Result<StatusView> {
+    let mut c = ControlClient::connect(sock).await?;
+    for e in c.call(Request::Status).await? {
+        if let Event::Status(s) = e {
+            return Ok(*s);
+        }
+    }
+    bail!("no status from node")
+}
+
+async fn exchange(
+    from: &str,
+    sender: &Path,
+    receiver: &Path,
+    precedence: &str,
+    body: &str,
+    ack: bool,
+) -> Result<TimelineRow> {
+    let mut c = ControlClient::connect(sender).await?;
+    let started = Instant::now();
+    let tag = c
+        .request(Request::Send {
+            to: None,
+            channel: None,
+            precedence: Some(precedence.into()),
+            body: body.into(),
+            wait: Some(if ack {
+                WaitLevel::Acknowledged
+            } else {
+                WaitLevel::Delivered
+            }),
+            timeout_ms: Some(30_000),
+        })
+        .await?;
+    let mut row = TimelineRow {
+        from: from.into(),
+        id: String::new(),
+        precedence: precedence.into(),
+        body: body.into(),
+        accepted_ms: None,
+        delivered_ms: None,
+        acknowledged_ms: None,
+        accepted_label: String::new(),
+    };
+    let mut acked = false;
+    loop {
+        let Some(line) = c.next().await? else {
+            bail!("node closed the control connection")
+        };
+        if line.tag != tag {
+            continue;
+        }
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        match line.event {
+            Event::Stored { id, .. } => row.id = id,
+            Event::Level { level, .. } if level.starts_with("accepted") => {
+                row.accepted_ms = Some(ms);
+                row.accepted_label = level;
+            }
+            Event::Level { level, .. } if level == "delivered" => {
+                row.delivered_ms = Some(ms);
+                if ack && !acked {
+                    acked = true;
+                    let mut r = ControlClient::connect(receiver).await?;
+                    r.call(Request::Ack { id: row.id.clone() }).await?;
+                }
+            }
+            Event::Level { level, .. } if level == "acknowledged" => row.acknowledged_ms = Some(ms),
+            Event::Done { ok: true, .. } => return Ok(row),
+            Event::Done { ok: false, error } => bail!("send failed: {}", error.unwrap_or_default()),
+            _ => {}
+        }
+    }
+}
+
+async fn wait_escalation(sock: &Path) -> Result<crate::control::EscalationView> {
+    let deadline = Instant::now() + Duration::from_millis(DEMO_FLASH_ACK_MS * 3);
+    loop {
+        let s = status(sock).await?;
+        if let Some(e) = s.open_escalations.into_iter().next() {
+            return Ok(e);
+        }
+        if Instant::now() > deadline {
+            bail!("no escalation appeared");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

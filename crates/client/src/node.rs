@@ -1,0 +1,937 @@
+//! The endpoint node: a thin async shell around the channel engine.
+//!
+//! Tasks, each with one job:
+//! - the **engine loop** owns the [`Engine`] and the operator-facing state (inbox, waiters);
+//!   a biased `select!` takes store confirmations first, then control frames, flash, operator
+//!   commands, and the lower lanes in precedence order; after each input it drains
+//!   `poll_action` and re-arms its timer from `poll_timeout`, checking the clock rather than
+//!   trusting the sleep (as quinn's `ConnectionDriver` does);
+//! - the **store thread** group-commits `Persist` records to redb (everything queued while the
+//!   previous commit ran goes into the next one) and confirms them back, in order;
+//! - the **connection task** dials the relay (backoff 100 ms → 5 s), opens the control stream
+//!   and four lane streams, and feeds frames from the relay into per-lane channels;
+//! - the **control server** serves the CLI on a Unix socket (mode 0600).
+//!
+//! Nothing acknowledged is lost on a crash: every record that made a receipt, a delivery or a
+//! `stored` report possible was committed first (the engine's durability contract).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result, anyhow};
+use hotline_net::framed::{self, LaneTag};
+use hotline_proto::engine::{
+    AckLevel, Action, Alarm, AlarmKind, Delivery, Engine, LinkState, Local, Outgoing, Record,
+    Report, SendLane, WriteId,
+};
+use hotline_proto::types::Time;
+use hotline_proto::wire::{self, Frame, Hello};
+use hotline_proto::{Channel, MessageId, Precedence};
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::config::NodeConfig;
+use crate::control::{
+    AlarmView, EscalationView, Event, InboxEntry, LaneView, Request, RequestLine, ResponseLine,
+    StatusView, WaitLevel,
+};
+use crate::store::Store;
+
+/// Runs a node until `shutdown` resolves or a fatal error (store failure) occurs.
+pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+    create_private_dir(&cfg.data_dir)?;
+    let (mut store, records) = Store::open(&cfg.data_dir)?;
+    let now = wall_now();
+    let local = Local {
+        id: cfg.local.clone(),
+        key: cfg.identity_key()?,
+    };
+    let rng = ChaCha20Rng::from_seed(os_seed()?);
+    let fresh = records.is_empty();
+    let inbox = InboxIndex::from_records(&records);
+    let engine = if fresh {
+        Engine::new(cfg.engine.clone(), local, cfg.partner.clone(), rng, now)
+    } else {
+        Engine::restore(
+            cfg.engine.clone(),
+            local,
+            cfg.partner.clone(),
+            rng,
+            now,
+            records,
+        )
+        .context("restoring the engine from the store")?
+    };
+    info!(endpoint = %cfg.local, partner = %cfg.partner.id, records = store.len(), "node starting");
+
+    // Store thread: group commit.
+    let (persist_tx, mut persist_rx) = mpsc::unbounded_channel::<(WriteId, Record)>();
+    let (persisted_tx, persisted_rx) =
+        mpsc::unbounded_channel::<Result<WriteId, (WriteId, String)>>();
+    let store_thread = std::thread::Builder::new()
+        .name("store".into())
+        .spawn(move || {
+            let mut batch = Vec::new();
+            while let Some(first) = persist_rx.blocking_recv() {
+                batch.push(first);
+                while let Ok(more) = persist_rx.try_recv() {
+                    batch.push(more);
+                }
+                let last = batch.last().map(|(id, _)| *id).unwrap_or(WriteId(0));
+                let records: Vec<Record> = batch.drain(..).map(|(_, r)| r).collect();
+                let result = store
+                    .append(&records)
+                    .map(|()| last)
+                    .map_err(|e| (last, e.to_string()));
+                let failed = result.is_err();
+                if persisted_tx.send(result).is_err() || failed {
+                    break;
+                }
+            }
+        })?;
+
+    // Control socket.
+    let socket_path = cfg.data_dir.join("control.sock");
+    let _ = std::fs::remove_file(&socket_path);
+    let listener = UnixListener::bind(&socket_path)
+        .with_context(|| format!("binding control socket {}", socket_path.display()))?;
+    set_mode(&socket_path, 0o600)?;
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel::<Command>();
+    let control = tokio::spawn(serve_control(listener, cmd_tx));
+
+    // Connection manager.
+    let (net_tx, net_rx) = lane_channels();
+    let (conn_tx, conn_rx) = mpsc::unbounded_channel::<ConnEvent>();
+    let client_config = cfg.client_config()?;
+    let connection = tokio::spawn(
+        connect_loop(
+            cfg.relay,
+            cfg.relay_name.clone(),
+            client_config,
+            net_tx,
+            conn_tx,
+        )
+        .instrument(info_span!("conn", relay = %cfg.relay)),
+    );
+
+    let mut driver = Driver {
+        engine,
+        local: cfg.local.clone(),
+        partner: cfg.partner.id.clone(),
+        persist_tx,
+        writers: None,
+        inbox,
+        followers: Vec::new(),
+        subscribers: BTreeMap::new(),
+        last_error: None,
+        fatal: None,
+    };
+    let result = driver
+        .run(persisted_rx, net_rx, cmd_rx, conn_rx, shutdown)
+        .await;
+    control.abort();
+    connection.abort();
+    drop(driver);
+    let _ = store_thread.join();
+    let _ = std::fs::remove_file(&socket_path);
+    result
+}
+
+/// Wall-clock now as engine time.
+pub fn wall_now() -> Time {
+    Time::from_unix(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default(),
+    )
+}
+
+/// RFC 3339 with microseconds.
+pub fn format_time(t: Time) -> String {
+    humantime::format_rfc3339_micros(SystemTime::UNIX_EPOCH + Duration::from_micros(t.0))
+        .to_string()
+}
+
+fn os_seed() -> Result<[u8; 32]> {
+    let mut seed = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
+        .map_err(|_| anyhow!("the system random generator failed"))?;
+    Ok(seed)
+}
+
+fn create_private_dir(dir: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
+    set_mode(dir, 0o700)
+}
+
+fn set_mode(path: &std::path::Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting permissions on {}", path.display()))
+}
+
+// ----- engine loop ---------------------------------------------------------------------------
+
+enum Command {
+    Send {
+        out: Outgoing,
+        to: Option<String>,
+        events: mpsc::UnboundedSender<Report>,
+        submitted: oneshot::Sender<Result<MessageId, String>>,
+    },
+    Inbox {
+        follow: bool,
+        entries: mpsc::UnboundedSender<InboxEntry>,
+    },
+    Ack {
+        id: String,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Status {
+        reply: oneshot::Sender<StatusView>,
+    },
+}
+
+enum ConnEvent {
+    Connected(Writers),
+    Disconnected(String),
+    Failed(String),
+}
+
+/// Senders feeding the per-stream writer tasks of the current connection.
+struct Writers {
+    control: mpsc::UnboundedSender<Vec<u8>>,
+    lanes: [mpsc::UnboundedSender<Vec<u8>>; 4],
+}
+
+type LaneSenders = [mpsc::Sender<Vec<u8>>; 5];
+type LaneReceivers = [mpsc::Receiver<Vec<u8>>; 5];
+
+/// Index 0 is control, then flash, immediate, priority, routine.
+fn lane_channels() -> (LaneSenders, LaneReceivers) {
+    let (a, ar) = mpsc::channel(1024);
+    let (b, br) = mpsc::channel(1024);
+    let (c, cr) = mpsc::channel(1024);
+    let (d, dr) = mpsc::channel(1024);
+    let (e, er) = mpsc::channel(1024);
+    ([a, b, c, d, e], [ar, br, cr, dr, er])
+}
+
+fn lane_slot(p: Precedence) -> usize {
+    4 - p.index()
+}
+
+struct Driver {
+    engine: Engine<ChaCha20Rng>,
+    local: hotline_proto::EndpointId,
+    partner: hotline_proto::EndpointId,
+    persist_tx: mpsc::UnboundedSender<(WriteId, Record)>,
+    writers: Option<Writers>,
+    inbox: InboxIndex,
+    followers: Vec<mpsc::UnboundedSender<InboxEntry>>,
+    subscribers: BTreeMap<MessageId, Vec<mpsc::UnboundedSender<Report>>>,
+    last_error: Option<String>,
+    fatal: Option<String>,
+}
+
+impl Driver {
+    async fn run(
+        &mut self,
+        mut persisted: mpsc::UnboundedReceiver<Result<WriteId, (WriteId, String)>>,
+        net: LaneReceivers,
+        mut cmds: mpsc::UnboundedReceiver<Command>,
+        mut conn: mpsc::UnboundedReceiver<ConnEvent>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<()> {
+        let [
+            mut control,
+            mut flash,
+            mut immediate,
+            mut priority,
+            mut routine,
+        ] = net;
+        tokio::pin!(shutdown);
+        self.drain();
+        loop {
+            let deadline = self.engine.poll_timeout();
+            let sleep_for = deadline.map_or(Duration::from_secs(3600), |d| d.since(wall_now()));
+            tokio::select! {
+                biased;
+                // Confirmations first: they release receipts and deliveries.
+                Some(r) = persisted.recv() => match r {
+                    Ok(id) => self.engine.handle_persisted(wall_now(), id),
+                    Err((id, e)) => {
+                        error!(error = %e, "store write failed; stopping");
+                        self.engine.handle_persist_failed(wall_now(), id, &e);
+                        self.fatal = Some(e);
+                    }
+                },
+                Some(f) = control.recv() => self.frame(&f),
+                Some(f) = flash.recv() => self.frame(&f),
+                Some(c) = cmds.recv() => self.command(c),
+                Some(f) = immediate.recv() => self.frame(&f),
+                Some(f) = priority.recv() => self.frame(&f),
+                Some(f) = routine.recv() => self.frame(&f),
+                Some(ev) = conn.recv() => self.connection(ev),
+                () = tokio::time::sleep(sleep_for) => {}
+                () = &mut shutdown => {
+                    info!("shutting down");
+                    return Ok(());
+                }
+            }
+            let now = wall_now();
+            if deadline.is_some_and(|d| d <= now) {
+                self.engine.handle_timeout(now);
+            }
+            self.drain();
+            if let Some(e) = self.fatal.take() {
+                return Err(anyhow!("store write failed: {e}"));
+            }
+        }
+    }
+
+    fn frame(&mut self, bytes: &[u8]) {
+        if let Err(e) = self.engine.handle_frame(wall_now(), bytes) {
+            warn!(error = %e, "frame rejected");
+        }
+    }
+
+    fn connection(&mut self, ev: ConnEvent) {
+        match ev {
+            ConnEvent::Connected(w) => {
+                self.writers = Some(w);
+                self.last_error = None;
+                self.engine.handle_connected(wall_now());
+            }
+            ConnEvent::Disconnected(reason) => {
+                self.writers = None;
+                self.last_error = Some(reason);
+                self.engine.handle_disconnected(wall_now());
+            }
+            ConnEvent::Failed(reason) => self.last_error = Some(reason),
+        }
+    }
+
+    fn command(&mut self, c: Command) {
+        let now = wall_now();
+        match c {
+            Command::Send {
+                out,
+                to,
+                events,
+                submitted,
+            } => {
+                if let Some(to) = to {
+                    if to != self.partner.as_str() {
+                        let _ = submitted.send(Err(format!(
+                            "{to} is not a partner of {} (partner: {})",
+                            self.local, self.partner
+                        )));
+                        return;
+                    }
+                }
+                match self.engine.submit(now, out) {
+                    Ok(id) => {
+                        self.subscribers.entry(id.clone()).or_default().push(events);
+                        let _ = submitted.send(Ok(id));
+                    }
+                    Err(e) => {
+                        let _ = submitted.send(Err(e.to_string()));
+                    }
+                }
+            }
+            Command::Inbox { follow, entries } => {
+                for e in self.inbox.entries() {
+                    if entries.send(e).is_err() {
+                        return;
+                    }
+                }
+                if follow {
+                    self.followers.push(entries);
+                }
+            }
+            Command::Ack { id, reply } => {
+                let result = id
+                    .parse::<MessageId>()
+                    .map_err(|e| e.to_string())
+                    .and_then(|id| {
+                        self.engine
+                            .acknowledge(now, &id)
+                            .map(|()| id)
+                            .map_err(|e| e.to_string())
+                    });
+                if let Ok(id) = &result {
+                    self.inbox.acknowledged(id, now);
+                }
+                let _ = reply.send(result.map(|_| ()));
+            }
+            Command::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(action) = self.engine.poll_action() {
+            match action {
+                Action::Send { lane, frame } => {
+                    if let Some(w) = &self.writers {
+                        let tx = match lane {
+                            SendLane::Control => &w.control,
+                            SendLane::Lane(p) => &w.lanes[p.index()],
+                        };
+                        let _ = tx.send(frame);
+                    }
+                }
+                Action::Persist { id, record } => {
+                    let _ = self.persist_tx.send((id, record));
+                }
+                Action::Deliver(d) => self.deliver(d),
+                Action::Report(r) => self.report(r),
+                Action::Escalate(e) => {
+                    warn!(id = %e.id, kind = ?e.kind, escalated_to = %e.escalated_to, count = e.count, "ESCALATION: deadline missed");
+                }
+                Action::Realert(n) => {
+                    warn!(id = %n.message, level = %n.level, count = n.count, "RE-ALERT from partner: acknowledge this message");
+                    self.inbox.realerted(&n.message, n.level);
+                }
+                Action::Alarm(a) => log_alarm(&a),
+                Action::Link { state, since } => {
+                    info!(state = ?state, since = %format_time(since), "link state");
+                }
+            }
+        }
+    }
+
+    fn deliver(&mut self, d: Delivery) {
+        info!(id = %d.id, transport = %d.transport, "delivered to inbox");
+        let entry = self.inbox.push(&d);
+        self.followers.retain(|f| f.send(entry.clone()).is_ok());
+    }
+
+    fn report(&mut self, r: Report) {
+        debug!(id = %r.id, level = ?r.level, "ack level");
+        let done = matches!(r.level, AckLevel::Acknowledged);
+        if let Some(subs) = self.subscribers.get_mut(&r.id) {
+            subs.retain(|s| s.send(r.clone()).is_ok());
+            if subs.is_empty() || done {
+                self.subscribers.remove(&r.id);
+            }
+        }
+    }
+
+    fn status(&self) -> StatusView {
+        let s = self.engine.status();
+        let lanes = Precedence::ALL
+            .into_iter()
+            .map(|p| {
+                let l = s.lanes[p.index()];
+                (
+                    p.to_string(),
+                    LaneView {
+                        awaiting_key: l.awaiting_key,
+                        unaccepted: l.unaccepted,
+                        undelivered: l.undelivered,
+                        unacknowledged: l.unacknowledged,
+                        receive_buffered: l.receive_buffered,
+                    },
+                )
+            })
+            .collect();
+        StatusView {
+            endpoint: self.local.to_string(),
+            partner: self.partner.to_string(),
+            link: match s.link {
+                LinkState::Up => "up",
+                LinkState::Degraded => "degraded",
+                LinkState::Down => "down",
+            }
+            .into(),
+            link_since: format_time(s.link_since),
+            connected: s.connected,
+            partner_online: s.partner_online,
+            last_error: self.last_error.clone(),
+            lanes,
+            pending_acks: s
+                .pending_operator_acks
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            open_escalations: s
+                .open_escalations
+                .iter()
+                .map(|(id, to, count)| EscalationView {
+                    id: id.to_string(),
+                    escalated_to: to.to_string(),
+                    count: *count,
+                })
+                .collect(),
+            alarms: s
+                .alarms
+                .iter()
+                .map(|a| AlarmView {
+                    at: format_time(a.at),
+                    kind: alarm_kind(&a.kind),
+                    message: a.message.as_ref().map(ToString::to_string),
+                    detail: a.detail.clone(),
+                })
+                .collect(),
+            inbox: self.inbox.len(),
+        }
+    }
+}
+
+fn alarm_kind(k: &AlarmKind) -> String {
+    match k {
+        AlarmKind::Security(e) => format!("security: {e}"),
+        AlarmKind::PartnerKeyChanged => "partner identity key changed".into(),
+        AlarmKind::Refused(code) => format!("refused by relay: {code:?}"),
+        AlarmKind::StoreFailed => "store failed".into(),
+    }
+}
+
+fn log_alarm(a: &Alarm) {
+    match &a.kind {
+        AlarmKind::Refused(_) => warn!(kind = %alarm_kind(&a.kind), detail = %a.detail, "ALARM"),
+        _ => error!(kind = %alarm_kind(&a.kind), detail = %a.detail, "SECURITY ALARM"),
+    }
+}
+
+/// The operator's inbox in delivery order, rebuilt from records at start-up.
+#[derive(Debug, Default)]
+struct InboxIndex {
+    entries: Vec<InboxEntry>,
+    by_id: BTreeMap<MessageId, usize>,
+}
+
+impl InboxIndex {
+    fn from_records(records: &[Record]) -> Self {
+        let mut index = Self::default();
+        for r in records {
+            match r {
+                Record::Received { delivery, .. } => {
+                    index.push(delivery);
+                }
+                Record::OperatorAck { id, receipt } => index.acknowledged(id, receipt.body.at),
+                Record::PartnerEscalated { id, level } => index.realerted(id, *level),
+                _ => {}
+            }
+        }
+        index
+    }
+
+    fn push(&mut self, d: &Delivery) -> InboxEntry {
+        let escalated = (d.transport > d.id.precedence).then(|| d.transport.to_string());
+        let entry = InboxEntry {
+            id: d.id.to_string(),
+            from: d.id.sender.to_string(),
+            to: d.to.to_string(),
+            channel: d.id.channel.to_string(),
+            precedence: d.id.precedence.to_string(),
+            seq: d.id.seq.0,
+            body: String::from_utf8_lossy(&d.body).into_owned(),
+            sent_at: format_time(d.sent_at),
+            received_at: format_time(d.received_at),
+            acknowledged: None,
+            escalated_to: escalated,
+        };
+        self.by_id.insert(d.id.clone(), self.entries.len());
+        self.entries.push(entry.clone());
+        entry
+    }
+
+    fn acknowledged(&mut self, id: &MessageId, at: Time) {
+        if let Some(&i) = self.by_id.get(id) {
+            self.entries[i].acknowledged = Some(format_time(at));
+        }
+    }
+
+    fn realerted(&mut self, id: &MessageId, level: Precedence) {
+        if let Some(&i) = self.by_id.get(id) {
+            self.entries[i].escalated_to = Some(level.to_string());
+        }
+    }
+
+    fn entries(&self) -> impl Iterator<Item = InboxEntry> + '_ {
+        self.entries.iter().cloned()
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+// ----- connection ----------------------------------------------------------------------------
+
+async fn connect_loop(
+    relay: std::net::SocketAddr,
+    relay_name: String,
+    client_config: quinn::ClientConfig,
+    net: LaneSenders,
+    events: mpsc::UnboundedSender<ConnEvent>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let endpoint = match hotline_net::quic::client(relay, client_config) {
+        Ok(e) => e,
+        Err(e) => {
+            error!(error = %e, "cannot create QUIC endpoint");
+            let _ = events.send(ConnEvent::Failed(e.to_string()));
+            return;
+        }
+    };
+    loop {
+        match connect_once(&endpoint, relay, &relay_name).await {
+            Ok((conn, writers, readers)) => {
+                backoff = Duration::from_millis(100);
+                info!("connected to relay");
+                if events.send(ConnEvent::Connected(writers)).is_err() {
+                    return;
+                }
+                let reason = serve_connection(&conn, readers, &net).await;
+                warn!(reason = %reason, "relay connection lost");
+                if events.send(ConnEvent::Disconnected(reason)).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                warn!(error = %msg, "cannot connect to relay");
+                if events.send(ConnEvent::Failed(msg)).is_err() {
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+struct Readers {
+    control: quinn::RecvStream,
+}
+
+async fn connect_once(
+    endpoint: &quinn::Endpoint,
+    relay: std::net::SocketAddr,
+    relay_name: &str,
+) -> Result<(quinn::Connection, Writers, Readers)> {
+    let conn = endpoint
+        .connect(relay, relay_name)
+        .context("connecting")?
+        .await
+        .with_context(|| format!("handshake with relay {relay} as {relay_name:?}"))?;
+    let (mut ctrl_send, ctrl_recv) = conn.open_bi().await.context("opening control stream")?;
+    ctrl_send.set_priority(framed::priority(None)).ok();
+    let hello = wire::encode_frame(&Frame::Hello(Hello {
+        version: wire::PROTOCOL_VERSION,
+        agent: format!("hotline-node/{}", env!("CARGO_PKG_VERSION")),
+    }));
+    framed::write_frame(&mut ctrl_send, &hello)
+        .await
+        .context("sending hello")?;
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    tokio::spawn(write_stream(ctrl_send, control_rx));
+    let mut lanes = Vec::new();
+    for p in Precedence::ALL {
+        let mut s = conn.open_uni().await.context("opening lane stream")?;
+        s.set_priority(framed::priority(Some(p))).ok();
+        LaneTag(p).write(&mut s).await.context("writing lane tag")?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_stream(s, rx));
+        lanes.push(tx);
+    }
+    let lanes: [mpsc::UnboundedSender<Vec<u8>>; 4] = lanes
+        .try_into()
+        .map_err(|_| anyhow!("four lanes expected"))?;
+    Ok((
+        conn,
+        Writers {
+            control: control_tx,
+            lanes,
+        },
+        Readers { control: ctrl_recv },
+    ))
+}
+
+async fn write_stream(mut stream: quinn::SendStream, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
+    while let Some(frame) = rx.recv().await {
+        if framed::write_frame(&mut stream, &frame).await.is_err() {
+            return;
+        }
+    }
+    let _ = stream.finish();
+}
+
+/// Reads the control stream and the relay's lane streams until the connection ends.
+async fn serve_connection(conn: &quinn::Connection, readers: Readers, net: &LaneSenders) -> String {
+    let control_tx = net[0].clone();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut control = readers.control;
+    tasks.spawn(async move { read_into(&mut control, control_tx).await });
+    loop {
+        tokio::select! {
+            uni = conn.accept_uni() => match uni {
+                Ok(mut stream) => {
+                    let net = net.clone();
+                    tasks.spawn(async move {
+                        let lane = match LaneTag::read(&mut stream).await {
+                            Ok(LaneTag(p)) => p,
+                            Err(e) => return format!("bad lane stream: {e}"),
+                        };
+                        read_into(&mut stream, net[lane_slot(lane)].clone()).await
+                    });
+                }
+                Err(e) => {
+                    tasks.abort_all();
+                    return e.to_string();
+                }
+            },
+            Some(done) = tasks.join_next() => {
+                if let Ok(reason) = done {
+                    if !reason.is_empty() {
+                        conn.close(1u32.into(), b"stream error");
+                        tasks.abort_all();
+                        return reason;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn read_into(stream: &mut quinn::RecvStream, tx: mpsc::Sender<Vec<u8>>) -> String {
+    loop {
+        match framed::read_frame(stream).await {
+            Ok(Some(frame)) => {
+                if tx.send(frame).await.is_err() {
+                    return "node stopping".into();
+                }
+            }
+            Ok(None) => return String::new(),
+            Err(e) => return e.to_string(),
+        }
+    }
+}
+
+// ----- control server ------------------------------------------------------------------------
+
+async fn serve_control(listener: UnixListener, cmds: mpsc::UnboundedSender<Command>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(serve_control_conn(stream, cmds.clone()));
+            }
+            Err(e) => {
+                warn!(error = %e, "control socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn serve_control_conn(stream: UnixStream, cmds: mpsc::UnboundedSender<Command>) {
+    let (r, mut w) = stream.into_split();
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<ResponseLine>();
+    let writer = tokio::spawn(async move {
+        while let Some(line) = out_rx.recv().await {
+            let Ok(mut bytes) = serde_json::to_vec(&line) else {
+                continue;
+            };
+            bytes.push(b'\n');
+            if w.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut lines = BufReader::new(r).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let out = out_tx.clone();
+        match serde_json::from_str::<RequestLine>(&line) {
+            Ok(req) => {
+                tokio::spawn(handle_request(req, cmds.clone(), out));
+            }
+            Err(e) => {
+                let _ = out.send(ResponseLine {
+                    tag: 0,
+                    event: Event::Done {
+                        ok: false,
+                        error: Some(format!("bad request: {e}")),
+                    },
+                });
+            }
+        }
+    }
+    drop(out_tx);
+    let _ = writer.await;
+}
+
+async fn handle_request(
+    req: RequestLine,
+    cmds: mpsc::UnboundedSender<Command>,
+    out: mpsc::UnboundedSender<ResponseLine>,
+) {
+    let tag = req.tag;
+    let emit = |event: Event| {
+        let _ = out.send(ResponseLine { tag, event });
+    };
+    let result = match req.request {
+        Request::Send {
+            to,
+            channel,
+            precedence,
+            body,
+            wait,
+            timeout_ms,
+        } => {
+            send_request(
+                &cmds, to, channel, precedence, body, wait, timeout_ms, &emit,
+            )
+            .await
+        }
+        Request::Inbox { follow } => {
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            if cmds
+                .send(Command::Inbox {
+                    follow,
+                    entries: tx,
+                })
+                .is_err()
+            {
+                Err("node is stopping".to_string())
+            } else {
+                while let Some(e) = rx.recv().await {
+                    emit(Event::Message(e));
+                }
+                Ok(())
+            }
+        }
+        Request::Ack { id } => {
+            let (tx, rx) = oneshot::channel();
+            let _ = cmds.send(Command::Ack { id, reply: tx });
+            rx.await.unwrap_or_else(|_| Err("node is stopping".into()))
+        }
+        Request::Status => {
+            let (tx, rx) = oneshot::channel();
+            let _ = cmds.send(Command::Status { reply: tx });
+            match rx.await {
+                Ok(s) => {
+                    emit(Event::Status(Box::new(s)));
+                    Ok(())
+                }
+                Err(_) => Err("node is stopping".into()),
+            }
+        }
+    };
+    emit(match result {
+        Ok(()) => Event::Done {
+            ok: true,
+            error: None,
+        },
+        Err(e) => Event::Done {
+            ok: false,
+            error: Some(e),
+        },
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send_request(
+    cmds: &mpsc::UnboundedSender<Command>,
+    to: Option<String>,
+    channel: Option<String>,
+    precedence: Option<String>,
+    body: String,
+    wait: Option<WaitLevel>,
+    timeout_ms: Option<u64>,
+    emit: &impl Fn(Event),
+) -> Result<(), String> {
+    let channel = match channel {
+        Some(c) => c.parse::<Channel>().map_err(|e| format!("channel: {e}"))?,
+        None => Channel::default(),
+    };
+    let precedence = match precedence {
+        Some(p) => p.parse::<Precedence>().map_err(|e| e.to_string())?,
+        None => Precedence::Routine,
+    };
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let (sub_tx, sub_rx) = oneshot::channel();
+    cmds.send(Command::Send {
+        out: Outgoing {
+            channel,
+            precedence,
+            body: body.into_bytes(),
+        },
+        to,
+        events: events_tx,
+        submitted: sub_tx,
+    })
+    .map_err(|_| "node is stopping".to_string())?;
+    let id = sub_rx.await.map_err(|_| "node is stopping".to_string())??;
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(timeout_ms.unwrap_or(u64::MAX / 4));
+    let mut stored = false;
+    loop {
+        let next = tokio::time::timeout_at(deadline, events.recv()).await;
+        let report = match next {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err("node is stopping".into()),
+            Err(_) => {
+                return Err(format!(
+                    "timed out waiting for {} of {id}",
+                    wait.map_or("stored", |w| match w {
+                        WaitLevel::Accepted => "accepted",
+                        WaitLevel::Delivered => "delivered",
+                        WaitLevel::Acknowledged => "acknowledged",
+                    })
+                ));
+            }
+        };
+        let reached = match report.level {
+            AckLevel::Stored => {
+                stored = true;
+                emit(Event::Stored {
+                    id: id.to_string(),
+                    at: format_time(report.at),
+                });
+                None
+            }
+            AckLevel::Accepted { durable } => Some((
+                WaitLevel::Accepted,
+                if durable {
+                    "accepted".to_string()
+                } else {
+                    "accepted (relay memory)".to_string()
+                },
+            )),
+            AckLevel::Delivered => Some((WaitLevel::Delivered, "delivered".into())),
+            AckLevel::Acknowledged => Some((WaitLevel::Acknowledged, "acknowledged".into())),
+            AckLevel::Refused(code) => {
+                emit(Event::Level {
+                    id: id.to_string(),
+                    level: format!("refused: {code:?} (kept in outbox, will retry)"),
+                    at: format_time(report.at),
+                    at_us: report.at.0,
+                });
+                None
+            }
+        };
+        if let Some((level, text)) = reached {
+            emit(Event::Level {
+                id: id.to_string(),
+                level: text,
+                at: format_time(report.at),
+                at_us: report.at.0,
+            });
+            if wait.is_some_and(|w| level >= w) {
+                return Ok(());
+            }
+        }
+        if stored && wait.is_none() {
+            return Ok(());
+        }
+    }
+}
