@@ -1,1 +1,433 @@
+//! Fixtures for end-to-end tests: an exercise directory made by the real `hotline certs init`,
+//! and real `hotline-relay` / `hotline node` processes on free loopback ports.
+//!
+//! The binaries are taken from the same target directory as the test executable; `make test`
+//! builds them first (`cargo build --workspace --bins`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use hotline_client::control::{ControlClient, Event, InboxEntry, Request, StatusView, WaitLevel};
+
+/// Generous limit for anything a test waits for; no test asserts on timing.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Directory holding the workspace binaries.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/<test> → target/debug
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf();
+    for b in ["hotline", "hotline-relay"] {
+        assert!(
+            dir.join(b).exists(),
+            "{} missing: run `cargo build --workspace --bins` first (make test does)",
+            dir.join(b).display()
+        );
+    }
+    dir
+}
+
+/// Runs `hotline` with arguments and returns its output.
+pub fn hotline(args: &[&str]) -> Output {
+    Command::new(bin_dir().join("hotline"))
+        .args(args)
+        .output()
+        .expect("running hotline")
+}
+
+/// A free UDP port on 127.0.0.1.
+pub fn free_port() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A process that is killed when dropped.
+#[derive(Debug)]
+pub struct Proc {
+    /// Name for messages.
+    pub name: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// The process's stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait (up to PATIENCE), then SIGKILL.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + PATIENCE;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends a signal (e.g. SIGSTOP / SIGCONT).
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        if let Some(c) = &self.child {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig);
+        }
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// An exercise directory: PKI and configs from `hotline certs init`.
+#[derive(Debug)]
+pub struct Exercise {
+    /// The directory (deleted on drop).
+    pub dir: tempfile::TempDir,
+    /// Relay address.
+    pub relay_addr: SocketAddr,
+}
+
+impl Exercise {
+    /// `hotline certs init` for `endpoints` (paired by `pairs`, or the two by default).
+    pub fn new(endpoints: &[&str], pairs: &[&str]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("hotline-e2e-")
+            .tempdir()
+            .unwrap();
+        let relay_addr = free_port();
+        let out = dir.path().to_str().unwrap().to_owned();
+        let addr = relay_addr.to_string();
+        let mut args = vec![
+            "certs",
+            "init",
+            "--out",
+            &out,
+            "--relay",
+            "localhost",
+            "--relay-addr",
+            &addr,
+        ];
+        for e in endpoints {
+            args.push("--endpoint");
+            args.push(e);
+        }
+        for p in pairs {
+            args.push("--pair");
+            args.push(p);
+        }
+        let o = hotline(&args);
+        assert!(
+            o.status.success(),
+            "certs init failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Self { dir, relay_addr }
+    }
+
+    /// Path of a file in the exercise directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The config of an endpoint.
+    pub fn config(&self, endpoint: &str) -> PathBuf {
+        self.path(&format!("{endpoint}.toml"))
+    }
+
+    /// Rewrites keys in an endpoint's TOML config.
+    pub fn edit_config(&self, endpoint: &str, edit: impl FnOnce(&mut toml::Table)) {
+        let path = self.config(endpoint);
+        let mut t: toml::Table = std::fs::read_to_string(&path).unwrap().parse().unwrap();
+        edit(&mut t);
+        std::fs::write(&path, toml::to_string(&t).unwrap()).unwrap();
+    }
+
+    /// Starts the relay.
+    pub fn start_relay(&self) -> Proc {
+        self.spawn(
+            "relay",
+            &bin_dir().join("hotline-relay"),
+            &["--config", self.path("relay.toml").to_str().unwrap()],
+        )
+    }
+
+    /// Starts an endpoint node.
+    pub fn start_node(&self, endpoint: &str) -> Proc {
+        let cfg = self.config(endpoint);
+        self.spawn(
+            endpoint,
+            &bin_dir().join("hotline"),
+            &["node", "--config", cfg.to_str().unwrap()],
+        )
+    }
+
+    fn spawn(&self, name: &str, bin: &Path, args: &[&str]) -> Proc {
+        let n = (0..)
+            .find(|i| !self.path(&format!("{name}.{i}.log")).exists())
+            .unwrap();
+        let log = self.path(&format!("{name}.{n}.log"));
+        let child = Command::new(bin)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Proc {
+            name: name.into(),
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// The control socket of an endpoint.
+    pub fn socket(&self, endpoint: &str) -> PathBuf {
+        self.path(&format!("data/{endpoint}/control.sock"))
+    }
+
+    /// Connects to an endpoint's control socket, waiting for the node to start.
+    pub async fn control(&self, endpoint: &str) -> ControlClient {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            match ControlClient::connect(&self.socket(endpoint)).await {
+                Ok(c) => return c,
+                Err(e) if Instant::now() > deadline => panic!("{endpoint} control socket: {e:#}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// An endpoint's status.
+    pub async fn status(&self, endpoint: &str) -> StatusView {
+        let mut c = self.control(endpoint).await;
+        for e in c.call(Request::Status).await.unwrap() {
+            if let Event::Status(s) = e {
+                return *s;
+            }
+        }
+        panic!("no status");
+    }
+
+    /// An endpoint's inbox in delivery order.
+    pub async fn inbox(&self, endpoint: &str) -> Vec<InboxEntry> {
+        let mut c = self.control(endpoint).await;
+        c.call(Request::Inbox { follow: false })
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Message(m) => Some(m),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Waits until `check` holds for the endpoint's status.
+    pub async fn wait_status(
+        &self,
+        endpoint: &str,
+        what: &str,
+        check: impl Fn(&StatusView) -> bool,
+    ) -> StatusView {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let s = self.status(endpoint).await;
+            if check(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{endpoint}: {what} did not happen; last status {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the endpoint's inbox has at least `n` messages.
+    pub async fn wait_inbox(&self, endpoint: &str, n: usize) -> Vec<InboxEntry> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let inbox = self.inbox(endpoint).await;
+            if inbox.len() >= n {
+                return inbox;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{endpoint}: inbox has {} of {n} messages",
+                inbox.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// One message to send in a pipelined batch.
+#[derive(Debug, Clone)]
+pub struct Msg {
+    /// Precedence name.
+    pub precedence: String,
+    /// Body.
+    pub body: String,
+}
+
+/// What happened to one sent message.
+#[derive(Debug, Clone, Default)]
+pub struct Sent {
+    /// Its id.
+    pub id: String,
+    /// Ack levels seen, in order.
+    pub levels: Vec<String>,
+}
+
+/// Sends `msgs` pipelined on one control connection (so they enter the outbox in this order),
+/// each waiting for `wait`; returns one `Sent` per message, in send order.
+pub async fn send_all(
+    client: &mut ControlClient,
+    msgs: &[Msg],
+    wait: Option<WaitLevel>,
+) -> Result<Vec<Sent>> {
+    let mut tags = BTreeMap::new();
+    for (i, m) in msgs.iter().enumerate() {
+        let tag = client
+            .request(Request::Send {
+                to: None,
+                channel: None,
+                precedence: Some(m.precedence.clone()),
+                body: m.body.clone(),
+                wait,
+                timeout_ms: Some(PATIENCE.as_millis() as u64 * 3),
+            })
+            .await?;
+        tags.insert(tag, i);
+    }
+    let mut out = vec![Sent::default(); msgs.len()];
+    let mut done = 0;
+    while done < msgs.len() {
+        let Some(line) = client.next().await? else {
+            bail!("node closed the control connection")
+        };
+        let Some(&i) = tags.get(&line.tag) else {
+            continue;
+        };
+        match line.event {
+            Event::Stored { id, .. } => out[i].id = id,
+            Event::Level { level, .. } => out[i].levels.push(level),
+            Event::Done { ok: true, .. } => done += 1,
+            Event::Done { ok: false, error } => {
+                bail!("send {i} failed: {}", error.unwrap_or_default())
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Checks the ordering rule on `inbox` (one sender) against the send order of `sent`
+/// (ids with precedences): nothing overtakes an earlier message of the same or higher
+/// precedence; no duplicates; returns the first violation.
+pub fn check_order(sent: &[(String, String)], inbox: &[InboxEntry]) -> Result<()> {
+    let rank = |p: &str| {
+        ["routine", "priority", "immediate", "flash"]
+            .iter()
+            .position(|x| *x == p)
+            .unwrap_or(0)
+    };
+    let pos: BTreeMap<&str, usize> = inbox
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.id.as_str(), i))
+        .collect();
+    if pos.len() != inbox.len() {
+        bail!("duplicate in inbox");
+    }
+    for (j, (id, p)) in sent.iter().enumerate() {
+        let Some(&at) = pos.get(id.as_str()) else {
+            continue;
+        };
+        for (earlier, q) in &sent[..j] {
+            if rank(q) >= rank(p) {
+                match pos.get(earlier.as_str()) {
+                    Some(&e) if e < at => {}
+                    _ => bail!("{id} was delivered before {earlier}, which it may not overtake"),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Acknowledges ids on `endpoint`, pipelined.
+pub async fn ack_all(client: &mut ControlClient, ids: &[String]) -> Result<()> {
+    let mut tags = std::collections::BTreeSet::new();
+    for id in ids {
+        tags.insert(client.request(Request::Ack { id: id.clone() }).await?);
+    }
+    while !tags.is_empty() {
+        let Some(line) = client.next().await? else {
+            bail!("node closed the control connection")
+        };
+        if let Event::Done { ok, error } = line.event {
+            if tags.remove(&line.tag) && !ok {
+                bail!("ack failed: {}", error.unwrap_or_default());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A waiting helper for conditions on logs.
+pub fn wait_log(p: &Proc, needle: &str) -> Result<()> {
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        if p.log().contains(needle) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!(
+        "{} log never contained {needle:?}; log:\n{}",
+        p.name,
+        p.log()
+    )
+}
+
+/// Context for a failing check.
+pub fn ctx<T>(r: Result<T>, what: &str) -> T {
+    r.context(what.to_owned()).unwrap()
+}

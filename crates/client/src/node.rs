@@ -752,6 +752,43 @@ async fn serve_control_conn(stream: UnixStream, cmds: mpsc::UnboundedSender<Comm
         let out = out_tx.clone();
         match serde_json::from_str::<RequestLine>(&line) {
             Ok(req) => {
+                // Sends are submitted here, in line order, so one connection's messages enter
+                // the outbox in the order the client wrote them; waiting happens in a task.
+                let req = match req.request {
+                    Request::Send {
+                        to,
+                        channel,
+                        precedence,
+                        body,
+                        wait,
+                        timeout_ms,
+                    } => {
+                        let tag = req.tag;
+                        match submit(&cmds, to, channel, precedence, body) {
+                            Ok(pending) => {
+                                tokio::spawn(async move {
+                                    let emit = |event: Event| {
+                                        let _ = out.send(ResponseLine { tag, event });
+                                    };
+                                    let result =
+                                        await_levels(pending, wait, timeout_ms, &emit).await;
+                                    emit(done(result));
+                                });
+                            }
+                            Err(e) => {
+                                let _ = out.send(ResponseLine {
+                                    tag,
+                                    event: done(Err(e)),
+                                });
+                            }
+                        }
+                        continue;
+                    }
+                    request => RequestLine {
+                        tag: req.tag,
+                        request,
+                    },
+                };
                 tokio::spawn(handle_request(req, cmds.clone(), out));
             }
             Err(e) => {
@@ -779,19 +816,7 @@ async fn handle_request(
         let _ = out.send(ResponseLine { tag, event });
     };
     let result = match req.request {
-        Request::Send {
-            to,
-            channel,
-            precedence,
-            body,
-            wait,
-            timeout_ms,
-        } => {
-            send_request(
-                &cmds, to, channel, precedence, body, wait, timeout_ms, &emit,
-            )
-            .await
-        }
+        Request::Send { .. } => Err("internal: send handled by the connection reader".to_string()),
         Request::Inbox { follow } => {
             let (tx, mut rx) = mpsc::unbounded_channel();
             if cmds
@@ -826,7 +851,11 @@ async fn handle_request(
             }
         }
     };
-    emit(match result {
+    emit(done(result));
+}
+
+fn done(result: Result<(), String>) -> Event {
+    match result {
         Ok(()) => Event::Done {
             ok: true,
             error: None,
@@ -835,20 +864,22 @@ async fn handle_request(
             ok: false,
             error: Some(e),
         },
-    });
+    }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn send_request(
+/// A submitted send whose id and ack levels are still to come.
+struct PendingSend {
+    events: mpsc::UnboundedReceiver<Report>,
+    submitted: oneshot::Receiver<Result<MessageId, String>>,
+}
+
+fn submit(
     cmds: &mpsc::UnboundedSender<Command>,
     to: Option<String>,
     channel: Option<String>,
     precedence: Option<String>,
     body: String,
-    wait: Option<WaitLevel>,
-    timeout_ms: Option<u64>,
-    emit: &impl Fn(Event),
-) -> Result<(), String> {
+) -> Result<PendingSend, String> {
     let channel = match channel {
         Some(c) => c.parse::<Channel>().map_err(|e| format!("channel: {e}"))?,
         None => Channel::default(),
@@ -857,8 +888,8 @@ async fn send_request(
         Some(p) => p.parse::<Precedence>().map_err(|e| e.to_string())?,
         None => Precedence::Routine,
     };
-    let (events_tx, mut events) = mpsc::unbounded_channel();
-    let (sub_tx, sub_rx) = oneshot::channel();
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let (sub_tx, submitted) = oneshot::channel();
     cmds.send(Command::Send {
         out: Outgoing {
             channel,
@@ -870,7 +901,22 @@ async fn send_request(
         submitted: sub_tx,
     })
     .map_err(|_| "node is stopping".to_string())?;
-    let id = sub_rx.await.map_err(|_| "node is stopping".to_string())??;
+    Ok(PendingSend { events, submitted })
+}
+
+async fn await_levels(
+    pending: PendingSend,
+    wait: Option<WaitLevel>,
+    timeout_ms: Option<u64>,
+    emit: &impl Fn(Event),
+) -> Result<(), String> {
+    let PendingSend {
+        mut events,
+        submitted,
+    } = pending;
+    let id = submitted
+        .await
+        .map_err(|_| "node is stopping".to_string())??;
     let deadline =
         tokio::time::Instant::now() + Duration::from_millis(timeout_ms.unwrap_or(u64::MAX / 4));
     let mut stored = false;

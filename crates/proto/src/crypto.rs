@@ -135,10 +135,12 @@ impl fmt::Display for Digest {
 /// Lower-case hex of some bytes.
 pub fn hex(bytes: &[u8]) -> String {
     use fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// An Ed25519 signature.
@@ -182,7 +184,12 @@ pub struct IdentityPublicKey(pub [u8; 32]);
 
 impl IdentityPublicKey {
     /// Verifies `sig` over `domain ‖ payload`.
-    pub fn verify(&self, domain: Domain, payload: &[u8], sig: &Signature) -> Result<(), CryptoError> {
+    pub fn verify(
+        &self,
+        domain: Domain,
+        payload: &[u8],
+        sig: &Signature,
+    ) -> Result<(), CryptoError> {
         let mut msg = Vec::with_capacity(domain.prefix().len() + payload.len());
         msg.extend_from_slice(domain.prefix());
         msg.extend_from_slice(payload);
@@ -198,7 +205,9 @@ impl IdentityPublicKey {
 
     /// Parses 64 hex digits.
     pub fn from_hex(s: &str) -> Result<Self, CryptoError> {
-        let bad = CryptoError::MalformedKey { what: "identity public" };
+        let bad = CryptoError::MalformedKey {
+            what: "identity public",
+        };
         let s = s.trim();
         if s.len() != 64 || !s.is_ascii() {
             return Err(bad);
@@ -231,15 +240,20 @@ pub struct IdentityKey {
 
 impl fmt::Debug for IdentityKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("IdentityKey").field("public", &self.public).finish_non_exhaustive()
+        f.debug_struct("IdentityKey")
+            .field("public", &self.public)
+            .finish_non_exhaustive()
     }
 }
 
 impl IdentityKey {
     /// Loads a PKCS#8 v1 or v2 Ed25519 private key (as written by rcgen).
     pub fn from_pkcs8(der: &[u8]) -> Result<Self, CryptoError> {
-        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
-            .map_err(|_| CryptoError::MalformedKey { what: "Ed25519 PKCS#8 identity" })?;
+        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(|_| {
+            CryptoError::MalformedKey {
+                what: "Ed25519 PKCS#8 identity",
+            }
+        })?;
         Ok(Self::wrap(pair))
     }
 
@@ -254,7 +268,10 @@ impl IdentityKey {
     fn wrap(pair: Ed25519KeyPair) -> Self {
         let mut public = [0u8; 32];
         public.copy_from_slice(pair.public_key().as_ref());
-        Self { pair, public: IdentityPublicKey(public) }
+        Self {
+            pair,
+            public: IdentityPublicKey(public),
+        }
     }
 
     /// The public half.
@@ -295,8 +312,11 @@ impl SealingKey {
 
     /// Restores a key pair from its 32-byte secret (as persisted).
     pub fn from_secret(bytes: &[u8]) -> Result<Self, CryptoError> {
-        let secret = <HpkeKem as hpke::Kem>::PrivateKey::from_bytes(bytes)
-            .map_err(|_| CryptoError::MalformedKey { what: "sealing secret" })?;
+        let secret = <HpkeKem as hpke::Kem>::PrivateKey::from_bytes(bytes).map_err(|_| {
+            CryptoError::MalformedKey {
+                what: "sealing secret",
+            }
+        })?;
         let public = HpkeKem::sk_to_pk(&secret);
         Ok(Self { secret, public })
     }
@@ -320,7 +340,9 @@ pub struct SendSession {
 
 impl fmt::Debug for SendSession {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SendSession").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("SendSession")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -352,8 +374,11 @@ impl SendSession {
         recipient_public: &[u8],
         info: &[u8],
     ) -> Result<(Self, Vec<u8>), CryptoError> {
-        let pk = <HpkeKem as hpke::Kem>::PublicKey::from_bytes(recipient_public)
-            .map_err(|_| CryptoError::MalformedKey { what: "sealing public" })?;
+        let pk = <HpkeKem as hpke::Kem>::PublicKey::from_bytes(recipient_public).map_err(|_| {
+            CryptoError::MalformedKey {
+                what: "sealing public",
+            }
+        })?;
         let (enc, ctx) = hpke::setup_sender_with_rng::<HpkeAead, HpkeKdf, HpkeKem>(
             &hpke::OpModeS::Base,
             &pk,
@@ -372,7 +397,13 @@ impl SendSession {
     }
 
     /// Seals one message under its own derived key; `aad` is the encoded header.
-    pub fn seal(&self, lane: u8, seq: u64, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    pub fn seal(
+        &self,
+        lane: u8,
+        seq: u64,
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
         let mut key = [0u8; 32];
         self.ctx
             .export(&message_key_label(lane, seq), &mut key)
@@ -395,8 +426,11 @@ impl fmt::Debug for RecvSession {
 impl RecvSession {
     /// Decapsulates `enc` with our sealing key.
     pub fn accept(key: &SealingKey, enc: &[u8], info: &[u8]) -> Result<Self, CryptoError> {
-        let enc = <HpkeKem as hpke::Kem>::EncappedKey::from_bytes(enc)
-            .map_err(|_| CryptoError::MalformedKey { what: "encapsulated" })?;
+        let enc = <HpkeKem as hpke::Kem>::EncappedKey::from_bytes(enc).map_err(|_| {
+            CryptoError::MalformedKey {
+                what: "encapsulated",
+            }
+        })?;
         let ctx = hpke::setup_receiver::<HpkeAead, HpkeKdf, HpkeKem>(
             &hpke::OpModeR::Base,
             &key.secret,
@@ -408,7 +442,13 @@ impl RecvSession {
     }
 
     /// Opens one message sealed by [`SendSession::seal`].
-    pub fn open(&self, lane: u8, seq: u64, aad: &[u8], ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    pub fn open(
+        &self,
+        lane: u8,
+        seq: u64,
+        aad: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
         let mut key = [0u8; 32];
         self.ctx
             .export(&message_key_label(lane, seq), &mut key)
@@ -434,8 +474,12 @@ fn aead_seal(key: &[u8; 32], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, Cr
             .map_err(|_| CryptoError::MalformedKey { what: "message" })?,
     );
     let mut buf = plaintext.to_vec();
-    key.seal_in_place_append_tag(aead::Nonce::assume_unique_for_key([0; 12]), aead::Aad::from(aad), &mut buf)
-        .map_err(|_| CryptoError::Hpke("seal failed"))?;
+    key.seal_in_place_append_tag(
+        aead::Nonce::assume_unique_for_key([0; 12]),
+        aead::Aad::from(aad),
+        &mut buf,
+    )
+    .map_err(|_| CryptoError::Hpke("seal failed"))?;
     Ok(buf)
 }
 
@@ -447,7 +491,11 @@ fn aead_open(key: &[u8; 32], aad: &[u8], ciphertext: &[u8]) -> Result<Vec<u8>, C
     );
     let mut buf = ciphertext.to_vec();
     let len = key
-        .open_in_place(aead::Nonce::assume_unique_for_key([0; 12]), aead::Aad::from(aad), &mut buf)
+        .open_in_place(
+            aead::Nonce::assume_unique_for_key([0; 12]),
+            aead::Aad::from(aad),
+            &mut buf,
+        )
         .map_err(|_| CryptoError::DecryptFailed)?
         .len();
     buf.truncate(len);
@@ -465,8 +513,14 @@ mod tests {
         let k = IdentityKey::from_seed(&[7; 32]);
         let sig = k.sign(Domain::Receipt, b"x");
         assert!(k.public().verify(Domain::Receipt, b"x", &sig).is_ok());
-        assert_eq!(k.public().verify(Domain::LinkTest, b"x", &sig), Err(CryptoError::BadSignature));
-        assert_eq!(k.public().verify(Domain::Receipt, b"y", &sig), Err(CryptoError::BadSignature));
+        assert_eq!(
+            k.public().verify(Domain::LinkTest, b"x", &sig),
+            Err(CryptoError::BadSignature)
+        );
+        assert_eq!(
+            k.public().verify(Domain::Receipt, b"y", &sig),
+            Err(CryptoError::BadSignature)
+        );
     }
 
     #[test]
@@ -491,7 +545,10 @@ mod tests {
         assert_eq!(rx.open(0, 1, b"h2", &c1), Err(CryptoError::DecryptFailed));
         assert_eq!(rx.open(1, 1, b"h1", &c1), Err(CryptoError::DecryptFailed));
         let other = RecvSession::accept(&key, &enc, b"other info").unwrap();
-        assert_eq!(other.open(0, 1, b"h1", &c1), Err(CryptoError::DecryptFailed));
+        assert_eq!(
+            other.open(0, 1, b"h1", &c1),
+            Err(CryptoError::DecryptFailed)
+        );
         let restored = SealingKey::from_secret(&key.secret_bytes()).unwrap();
         assert_eq!(restored.public_bytes(), key.public_bytes());
     }

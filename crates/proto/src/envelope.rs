@@ -311,7 +311,11 @@ pub fn sign_head(head: &ChainHead, key: &IdentityKey) -> Signature {
 }
 
 /// Verifies a chain-head signature.
-pub fn verify_head(head: &ChainHead, sig: &Signature, key: &IdentityPublicKey) -> Result<(), VerifyError> {
+pub fn verify_head(
+    head: &ChainHead,
+    sig: &Signature,
+    key: &IdentityPublicKey,
+) -> Result<(), VerifyError> {
     key.verify(Domain::ChainHead, &encode_statement(head), sig)
         .map_err(|_| VerifyError::BadSignature)
 }

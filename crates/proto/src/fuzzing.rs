@@ -12,7 +12,8 @@ pub fn decode_frame(data: &[u8]) {
     if let Ok((frame, used)) = wire::decode_frame(data) {
         assert!(used <= data.len());
         let again = wire::encode_frame(&frame);
-        let (back, _) = wire::decode_frame(&again).unwrap_or_else(|e| panic!("re-decode failed: {e}"));
+        let (back, _) =
+            wire::decode_frame(&again).unwrap_or_else(|e| panic!("re-decode failed: {e}"));
         assert_eq!(back, frame);
     }
 }
@@ -21,8 +22,14 @@ pub fn decode_frame(data: &[u8]) {
 pub fn open_envelope(data: &[u8]) {
     let mut rng = FixedRng(0x9e37_79b9_7f4a_7c15);
     let id = |s: &str| EndpointId::new(s).unwrap_or_else(|e| panic!("{e}"));
-    let local = Local { id: id("jp"), key: IdentityKey::from_seed(&[2; 32]) };
-    let partner = Partner { id: id("us"), key: IdentityKey::from_seed(&[1; 32]).public() };
+    let local = Local {
+        id: id("jp"),
+        key: IdentityKey::from_seed(&[2; 32]),
+    };
+    let partner = Partner {
+        id: id("us"),
+        key: IdentityKey::from_seed(&[1; 32]).public(),
+    };
     let mut engine = Engine::new(EngineConfig::default(), local, partner, &mut rng, Time(1));
     let _ = engine.handle_frame(Time(2), data);
     while engine.poll_action().is_some() {}

@@ -208,8 +208,11 @@ pub struct Time(pub u64);
 
 impl Time {
     /// `self + d`, saturating.
-    pub fn add(self, d: std::time::Duration) -> Self {
-        Self(self.0.saturating_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX)))
+    pub fn plus(self, d: std::time::Duration) -> Self {
+        Self(
+            self.0
+                .saturating_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+        )
     }
 
     /// Time elapsed from `earlier` to `self`, zero if `earlier` is later.
@@ -239,7 +242,11 @@ pub struct MessageId {
 
 impl fmt::Display for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}:{}", self.sender, self.channel, self.precedence, self.seq)
+        write!(
+            f,
+            "{}:{}:{}:{}",
+            self.sender, self.channel, self.precedence, self.seq
+        )
     }
 }
 
@@ -274,8 +281,14 @@ mod tests {
     fn names_are_validated() {
         assert!(EndpointId::new("us").is_ok());
         assert_eq!(EndpointId::new(""), Err(NameError::Empty));
-        assert!(matches!(EndpointId::new("US"), Err(NameError::BadCharacter { .. })));
-        assert!(matches!(Channel::new("a:b"), Err(NameError::BadCharacter { .. })));
+        assert!(matches!(
+            EndpointId::new("US"),
+            Err(NameError::BadCharacter { .. })
+        ));
+        assert!(matches!(
+            Channel::new("a:b"),
+            Err(NameError::BadCharacter { .. })
+        ));
         assert!(matches!(
             Channel::new("x".repeat(65)),
             Err(NameError::TooLong { len: 65 })

@@ -174,7 +174,9 @@ pub fn frame_len(prefix: [u8; LEN_PREFIX]) -> Result<usize, DecodeError> {
         return Err(DecodeError::TooLarge { len });
     }
     if len < 2 {
-        return Err(DecodeError::Malformed("frame shorter than its version and suite".into()));
+        return Err(DecodeError::Malformed(
+            "frame shorter than its version and suite".into(),
+        ));
     }
     Ok(len)
 }
@@ -197,7 +199,9 @@ pub fn decode_frame(buf: &[u8]) -> Result<(Frame, usize), DecodeError> {
 /// Decodes a frame's payload (the bytes after the length prefix: version, suite, postcard).
 pub fn decode_payload(body: &[u8]) -> Result<Frame, DecodeError> {
     let [version, suite, rest @ ..] = body else {
-        return Err(DecodeError::Malformed("frame shorter than its version and suite".into()));
+        return Err(DecodeError::Malformed(
+            "frame shorter than its version and suite".into(),
+        ));
     };
     if *version != PROTOCOL_VERSION {
         return Err(DecodeError::UnknownVersion(*version));
@@ -205,10 +209,13 @@ pub fn decode_payload(body: &[u8]) -> Result<Frame, DecodeError> {
     if *suite != SUITE_XWING_CHACHA20_ED25519 {
         return Err(DecodeError::UnknownSuite(*suite));
     }
-    let (frame, tail) =
-        postcard::take_from_bytes::<Frame>(rest).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let (frame, tail) = postcard::take_from_bytes::<Frame>(rest)
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if !tail.is_empty() {
-        return Err(DecodeError::Malformed(format!("{} trailing bytes", tail.len())));
+        return Err(DecodeError::Malformed(format!(
+            "{} trailing bytes",
+            tail.len()
+        )));
     }
     Ok(frame)
 }

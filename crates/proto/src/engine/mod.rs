@@ -51,6 +51,9 @@ pub enum SendLane {
 }
 
 /// What the engine asks the caller to do, in order.
+// Actions are moved once from the queue to the caller; boxing the large variants would cost an
+// allocation per action on the hot path for no gain.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Action {
     /// Write these bytes (a whole frame, length prefix included) on `lane`.
@@ -310,6 +313,7 @@ pub struct OutboxEntry {
 const MAX_RECENT_ALARMS: usize = 64;
 const DEGRADED_AFTER_INTERVALS: u32 = 3;
 
+#[allow(clippy::large_enum_variant)] // one per outbox message; sealed is the common state
 #[derive(Debug)]
 enum OutState {
     AwaitingKey { body: Vec<u8> },
@@ -572,11 +576,11 @@ impl<R: CryptoRng> Engine<R> {
             accepted: None,
             delivered: None,
             acknowledged: None,
-            delivered_deadline: sent_at.add(self.cfg.delivered_deadline(precedence)),
+            delivered_deadline: sent_at.plus(self.cfg.delivered_deadline(precedence)),
             ack_deadline: self
                 .cfg
                 .acknowledged_deadline(precedence)
-                .map(|d| sent_at.add(d)),
+                .map(|d| sent_at.plus(d)),
             retransmit_at: None,
             rto: self.cfg.retransmit_initial(),
         };
@@ -678,7 +682,7 @@ impl<R: CryptoRng> Engine<R> {
         self.tick(now);
         let epoch = self.sealing.keys().next_back().map_or(1, |e| e + 1);
         let key = SealingKey::generate(&mut self.rng);
-        let expires_at = self.now.add(self.cfg.key_lifetime());
+        let expires_at = self.now.plus(self.cfg.key_lifetime());
         self.persist(Record::SealingKey {
             epoch,
             secret: key.secret_bytes(),
@@ -830,7 +834,7 @@ impl<R: CryptoRng> Engine<R> {
         if let Some(at) = self.next_link_test {
             if at <= self.now && self.connected {
                 self.send_link_test();
-                self.next_link_test = Some(self.now.add(self.cfg.link_test_interval()));
+                self.next_link_test = Some(self.now.plus(self.cfg.link_test_interval()));
             }
         }
         self.update_link();
@@ -859,7 +863,7 @@ impl<R: CryptoRng> Engine<R> {
             None
         };
         let degrade = match (self.link, self.last_heard) {
-            (LinkState::Up, Some(h)) => Some(h.add(self.degraded_after())),
+            (LinkState::Up, Some(h)) => Some(h.plus(self.degraded_after())),
             _ => None,
         };
         [timer, link, degrade].into_iter().flatten().min()
@@ -952,10 +956,10 @@ impl<R: CryptoRng> Engine<R> {
     /// Seals message `id` if the partner's key is known; returns the envelope.
     fn seal(&mut self, id: &MessageId) -> Option<Envelope> {
         let ann = self.partner_announcement.as_ref()?.body.clone();
-        if !self
+        if self
             .send_sessions
             .get(&id.channel)
-            .is_some_and(|s| s.epoch == ann.epoch)
+            .is_none_or(|s| s.epoch != ann.epoch)
         {
             let info = session_info(&self.me, &self.partner, ann.epoch);
             let (session, enc) =
@@ -1097,7 +1101,7 @@ impl<R: CryptoRng> Engine<R> {
             });
             let lane = SendLane::Lane(m.transport);
             if m.accepted.is_none() {
-                let at = now.add(m.rto);
+                let at = now.plus(m.rto);
                 m.retransmit_at = Some(at);
                 m.rto = (m.rto * 2).min(self.cfg.retransmit_max());
                 self.timers.insert((at, TimerKind::Retransmit, id.clone()));
@@ -1130,7 +1134,7 @@ impl<R: CryptoRng> Engine<R> {
                 }
                 m.transport = m.transport.raised();
                 m.escalations += 1;
-                m.delivered_deadline = self.now.add(self.cfg.delivered_deadline(m.transport));
+                m.delivered_deadline = self.now.plus(self.cfg.delivered_deadline(m.transport));
                 let (to, count, next) = (m.transport, m.escalations, m.delivered_deadline);
                 if let OutState::Sealed { envelope, .. } = &m.state {
                     // The recipient may have lost the session; offer the setup again.
@@ -1153,7 +1157,7 @@ impl<R: CryptoRng> Engine<R> {
                 m.ack_deadline = self
                     .cfg
                     .acknowledged_deadline(m.transport)
-                    .map(|d| self.now.add(d));
+                    .map(|d| self.now.plus(d));
                 let (to, count, next) = (m.transport, m.escalations, m.ack_deadline);
                 if let Some(next) = next {
                     self.timers
@@ -1221,7 +1225,7 @@ impl<R: CryptoRng> Engine<R> {
         if let Some(id) = &id {
             if let Some(m) = self.outbox.get_mut(id) {
                 // Keep the message; try again after the backoff.
-                let at = self.now.add(m.rto);
+                let at = self.now.plus(m.rto);
                 m.retransmit_at = Some(at);
                 m.accepted = None;
                 m.rto = (m.rto * 2).min(self.cfg.retransmit_max());
@@ -1298,6 +1302,15 @@ impl<R: CryptoRng> Engine<R> {
             ReceiptKind::Acknowledged { seq, hash } => {
                 let id = id_at(*seq);
                 let Some(m) = self.outbox.get_mut(&id) else {
+                    // No acknowledgement was expected, so the message left memory once
+                    // delivered; the signed receipt still tells the operator.
+                    if report && self.forgotten_unacked(&id) {
+                        self.actions.push_back(Action::Report(Report {
+                            id,
+                            level: AckLevel::Acknowledged,
+                            at: body.at,
+                        }));
+                    }
                     return Ok(());
                 };
                 if let OutState::Sealed { hash: h, .. } = &m.state {
@@ -1324,6 +1337,15 @@ impl<R: CryptoRng> Engine<R> {
             }
         }
         Ok(())
+    }
+
+    /// Whether `id` was ours, delivered and dropped from memory without an expected ack.
+    fn forgotten_unacked(&self, id: &MessageId) -> bool {
+        self.cfg.acknowledged_deadline(id.precedence).is_none()
+            && self
+                .out_lanes
+                .get(&(id.channel.clone(), id.precedence))
+                .is_some_and(|l| id.seq <= l.last_seq)
     }
 
     /// Drops a finished message from memory (the store keeps its history).
@@ -1742,7 +1764,7 @@ impl<R: CryptoRng> Engine<R> {
     fn update_link(&mut self) {
         let heard_recently = self
             .last_heard
-            .is_some_and(|h| self.now < h.add(self.degraded_after()));
+            .is_some_and(|h| self.now < h.plus(self.degraded_after()));
         let state = if !self.connected {
             LinkState::Down
         } else if heard_recently && self.partner_online != Some(false) {
@@ -1868,8 +1890,8 @@ impl<R: CryptoRng> Engine<R> {
                         accepted: None,
                         delivered: None,
                         acknowledged: None,
-                        delivered_deadline: sent_at.add(self.cfg.delivered_deadline(p)),
-                        ack_deadline: self.cfg.acknowledged_deadline(p).map(|d| sent_at.add(d)),
+                        delivered_deadline: sent_at.plus(self.cfg.delivered_deadline(p)),
+                        ack_deadline: self.cfg.acknowledged_deadline(p).map(|d| sent_at.plus(d)),
                         retransmit_at: None,
                         rto: self.cfg.retransmit_initial(),
                     },
@@ -1895,10 +1917,10 @@ impl<R: CryptoRng> Engine<R> {
                     m.escalations += 1;
                     match kind {
                         DeadlineKind::Delivered => {
-                            m.delivered_deadline = at.add(self.cfg.delivered_deadline(to))
+                            m.delivered_deadline = at.plus(self.cfg.delivered_deadline(to))
                         }
                         DeadlineKind::Acknowledged => {
-                            m.ack_deadline = self.cfg.acknowledged_deadline(to).map(|d| at.add(d));
+                            m.ack_deadline = self.cfg.acknowledged_deadline(to).map(|d| at.plus(d));
                         }
                     }
                 }

@@ -271,7 +271,7 @@ impl Pair {
             1
         };
         for _ in 0..copies {
-            let at = self.now.add(self.latency());
+            let at = self.now.plus(self.latency());
             self.counter += 1;
             self.in_flight
                 .insert((at, self.counter), (to, frame.clone()));
@@ -415,13 +415,13 @@ impl Pair {
     }
 
     pub(crate) fn drive_for(&mut self, d: Duration) {
-        let until = self.now.add(d);
+        let until = self.now.plus(d);
         self.drive_until(until);
     }
 
     /// Drives only until the network is quiet (ignores far timers like link tests), at most `d`.
     pub(crate) fn settle(&mut self, d: Duration) {
-        let until = self.now.add(d);
+        let until = self.now.plus(d);
         for _ in 0..1_000_000 {
             self.drain();
             if self.in_flight.is_empty() || self.now >= until {

@@ -1,0 +1,76 @@
+//! Preemption by position, not timing: 5,000 routine messages of 1 KiB are queued at the
+//! relay for a recipient that is not reading, then one flash; once the recipient reads, the
+//! flash's inbox position is within the per-lane write-ahead bound, not behind the backlog.
+//!
+//! The bound: a relay writes at most one QUIC stream receive window
+//! (`hotline_net::quic::LANE_WINDOW_BYTES`, 256 KiB) ahead on the routine lane of a node that
+//! is not reading, i.e. at most 256 KiB / ~1.1 KiB ≈ 230 routine frames can sit in front of
+//! the flash; we assert the flash is within the first 256 positions.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use hotline_e2e::{Exercise, Msg, send_all};
+use hotline_net::quic::LANE_WINDOW_BYTES;
+
+const BACKLOG: usize = 5000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn flash_overtakes_a_5000_message_routine_backlog() {
+    let ex = Exercise::new(&["us", "jp"], &[]);
+    let _relay = ex.start_relay();
+    let _us = ex.start_node("us");
+    let mut jp = ex.start_node("jp");
+    for e in ["us", "jp"] {
+        ex.wait_status(e, "link up", |s| s.link == "up").await;
+    }
+    // us now holds jp's sealing key; take jp away so the relay queues everything.
+    jp.stop();
+    ex.wait_status("us", "partner offline", |s| s.partner_online == Some(false))
+        .await;
+
+    let body = "r".repeat(1024);
+    let routine: Vec<Msg> = (0..BACKLOG)
+        .map(|_| Msg {
+            precedence: "routine".into(),
+            body: body.clone(),
+        })
+        .collect();
+    let mut us = ex.control("us").await;
+    let sent = send_all(
+        &mut us,
+        &routine,
+        Some(hotline_client::control::WaitLevel::Accepted),
+    )
+    .await
+    .unwrap();
+    assert_eq!(sent.len(), BACKLOG);
+    let flash = send_all(
+        &mut us,
+        &[Msg {
+            precedence: "flash".into(),
+            body: "FLASH".into(),
+        }],
+        Some(hotline_client::control::WaitLevel::Accepted),
+    )
+    .await
+    .unwrap();
+    let flash_id = flash[0].id.clone();
+
+    let _jp = ex.start_node("jp");
+    let inbox = ex.wait_inbox("jp", BACKLOG + 1).await;
+    let position = inbox
+        .iter()
+        .position(|m| m.id == flash_id)
+        .expect("flash delivered");
+    let bound = LANE_WINDOW_BYTES as usize / 1024;
+    assert!(
+        position <= bound,
+        "flash delivered at position {position}, behind more than the {bound}-frame write-ahead bound"
+    );
+    // Routine order is intact.
+    let routine_seqs: Vec<u64> = inbox
+        .iter()
+        .filter(|m| m.precedence == "routine")
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(routine_seqs, (1..=BACKLOG as u64).collect::<Vec<_>>());
+}
