@@ -4,7 +4,8 @@ CARGO ?= cargo
 .PHONY: run test lint unit build bench fuzz doc
 
 run:
-	$(CARGO) run --release --locked -p hotline-client --bin hotline -- demo
+	$(CARGO) build --workspace --bins --locked
+	./target/debug/hotline demo
 
 build:
 	$(CARGO) build --workspace --all-targets --locked
@@ -13,9 +14,6 @@ lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	RUSTDOCFLAGS=-Dwarnings $(CARGO) doc --workspace --no-deps --document-private-items --locked
-
-unit:
-	$(CARGO) nextest run --workspace --locked --no-fail-fast || $(CARGO) test --workspace --locked
 
 test: lint
 	$(CARGO) build --workspace --bins --locked
