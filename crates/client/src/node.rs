@@ -400,6 +400,9 @@ impl Driver {
                     self.inbox.realerted(&n.message, n.level);
                 }
                 Action::Alarm(a) => log_alarm(&a),
+                Action::PartnerAuditHead(t) => {
+                    debug!(len = t.body.audit_len, head = %t.body.audit_head, "partner audit head");
+                }
                 Action::Link { state, since } => {
                     info!(state = ?state, since = %format_time(since), "link state");
                 }

@@ -1,1 +1,33 @@
+//! `hotline-relay`: the QUIC relay between Hotline endpoint nodes.
+//!
+//! The relay forwards sealed envelopes, receipts, announcements, link tests and escalation
+//! notices between the two endpoints of each configured hotline. It reads routing headers
+//! only: it cannot open a body nor forge a signature, and it never re-encodes what it forwards.
+//! It authenticates every node by its client certificate, refuses what an endpoint may not send
+//! (a typed `Refused` reply, logged), queues per destination and per precedence lane, and keeps
+//! every envelope until the destination's signed `Delivered` receipt passes through.
+//!
+//! - [`router`]: the sans-IO routing and queueing state machine ([`router::Router`]), where
+//!   every rule lives and is unit-tested.
+//! - [`Server`]: the tokio + quinn shell, spawned from a typed [`ServerConfig`]; dropping it
+//!   stops everything.
+//!
+//! It will not persist queues yet: `Accepted` says `durable: false`.
+//!
+//! ```no_run
+//! # async fn run(config: hotline_relay::ServerConfig) -> Result<(), hotline_relay::SpawnError> {
+//! let server = hotline_relay::Server::spawn(config).await?;
+//! println!("listening on {}", server.local_addr());
+//! tokio::signal::ctrl_c().await.ok();
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
 
+mod metrics;
+pub mod router;
+mod server;
+
+pub use hotline_net::quic::Timeouts;
+pub use hotline_net::tls::Credentials;
+pub use router::Limits;
+pub use server::{AGENT, CloseReason, RESET_KEY_FILE, Server, ServerConfig, SpawnError};

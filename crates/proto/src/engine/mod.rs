@@ -80,6 +80,9 @@ pub enum Action {
     Realert(EscalationNotice),
     /// Something is wrong: security or configuration.
     Alarm(Alarm),
+    /// The partner's signed audit-log head changed (carried in a verified link test); store it
+    /// so either side can later show the other's log was not rewritten.
+    PartnerAuditHead(Signed<LinkTest>),
     /// The hotline's link state changed.
     Link {
         /// New state.
@@ -436,7 +439,12 @@ pub struct Engine<R> {
     audit_head: (u64, Digest),
     partner_audit_head: Option<(u64, Digest)>,
     alarms: VecDeque<Alarm>,
+    /// Our latest acknowledgement receipts, resent on reconnect in case they were lost.
+    recent_acks: VecDeque<(WriteId, Signed<Receipt>)>,
 }
+
+/// Acknowledgement receipts resent on every reconnect.
+const RECENT_ACKS: usize = 256;
 
 /// The local endpoint's identity.
 #[derive(Debug)]
@@ -524,6 +532,7 @@ impl<R: CryptoRng> Engine<R> {
             audit_head: (0, Digest::default()),
             partner_audit_head: None,
             alarms: VecDeque::new(),
+            recent_acks: VecDeque::new(),
         }
     }
 
@@ -672,6 +681,7 @@ impl<R: CryptoRng> Engine<R> {
             msg.acknowledged = Some(at);
             msg.ack_receipt = Some((write, receipt.clone()));
         }
+        self.remember_ack(write, receipt.clone());
         self.gate(write, send_control(&Frame::Receipt(receipt)));
         Ok(())
     }
@@ -725,7 +735,8 @@ impl<R: CryptoRng> Engine<R> {
             .values()
             .filter_map(|l| l.last_receipt.clone())
             .collect();
-        for (write, receipt) in receipts {
+        let acks: Vec<(WriteId, Signed<Receipt>)> = self.recent_acks.iter().cloned().collect();
+        for (write, receipt) in receipts.into_iter().chain(acks) {
             self.gate(write, send_control(&Frame::Receipt(receipt)));
         }
         self.next_link_test = Some(self.now);
@@ -1680,7 +1691,11 @@ impl<R: CryptoRng> Engine<R> {
             return Err(VerifyError::NotForMe);
         }
         t.verify(&self.partner_key)?;
-        self.partner_audit_head = Some((t.body.audit_len, t.body.audit_head));
+        let head = (t.body.audit_len, t.body.audit_head);
+        if self.partner_audit_head != Some(head) {
+            self.actions.push_back(Action::PartnerAuditHead(t));
+        }
+        self.partner_audit_head = Some(head);
         self.last_heard = Some(self.now);
         self.partner_online = Some(true);
         self.update_link();
@@ -1780,6 +1795,13 @@ impl<R: CryptoRng> Engine<R> {
                 since: self.now,
             });
         }
+    }
+
+    fn remember_ack(&mut self, write: WriteId, receipt: Signed<Receipt>) {
+        if self.recent_acks.len() == RECENT_ACKS {
+            self.recent_acks.pop_front();
+        }
+        self.recent_acks.push_back((write, receipt));
     }
 
     fn persist(&mut self, record: Record) -> WriteId {
@@ -1992,7 +2014,8 @@ impl<R: CryptoRng> Engine<R> {
                     .get_mut(&id)
                     .ok_or_else(|| inconsistent("ack for unknown message"))?;
                 m.acknowledged = Some(receipt.body.at);
-                m.ack_receipt = Some((WriteId(0), receipt));
+                m.ack_receipt = Some((WriteId(0), receipt.clone()));
+                self.remember_ack(WriteId(0), receipt);
             }
             Record::PartnerEscalated { .. } => {}
         }

@@ -351,7 +351,7 @@ impl Pair {
                         Action::Escalate(e) => node.escalations.push(e),
                         Action::Realert(n) => node.realerts.push(n),
                         Action::Alarm(a) => node.alarms.push(a),
-                        Action::Link { .. } => {}
+                        Action::Link { .. } | Action::PartnerAuditHead(_) => {}
                     }
                 }
                 let now = self.now;

@@ -1,0 +1,434 @@
+//! `hotline-relay`: runs a Hotline relay from a TOML file, or checks that file.
+//!
+//! Thin on purpose: it parses arguments, turns the TOML file into the library's typed
+//! [`ServerConfig`] (loading and checking the certificates on the way), installs the tracing
+//! subscriber and runs [`Server`] until SIGINT or SIGTERM. `check` runs the same conversion and
+//! stops there. Every error is one `error: …` line on stderr and exit status 1.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{CommandFactory, Parser, Subcommand};
+use hotline_net::tls;
+use hotline_proto::EndpointId;
+use hotline_relay::{Credentials, Server, ServerConfig, Timeouts};
+use rustls_pki_types::CertificateDer;
+use serde::Deserialize;
+use tracing::info;
+use x509_parser::certificate::X509Certificate;
+
+const EXAMPLES: &str = "\
+Examples:
+  hotline-relay --config relay.toml          run the relay
+  hotline-relay check --config relay.toml    validate config and certificates, then exit
+  RUST_LOG=hotline_relay=debug hotline-relay --config relay.toml
+
+The configuration format is documented in deploy/relay.example.toml; `hotline certs init`
+writes a ready-to-run relay.toml. Relative paths in it are resolved against its directory.";
+
+/// Hotline relay: forwards sealed messages between the endpoints of each configured hotline.
+#[derive(Debug, Parser)]
+#[command(name = "hotline-relay", version, after_help = EXAMPLES)]
+struct Cli {
+    /// The relay's TOML configuration file.
+    #[arg(long, short, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate the configuration and certificates (validity, CA, key matches certificate),
+    /// print one `ok:` line and exit.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Some(config) = cli.config else {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "--config FILE is required",
+            )
+            .exit()
+    };
+    let result = match cli.command {
+        Some(Command::Check) => check(&config),
+        None => run(&config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &Path) -> anyhow::Result<()> {
+    let config = load(path)?;
+    let endpoints: std::collections::BTreeSet<_> =
+        config.hotlines.iter().flat_map(|(a, b)| [a, b]).collect();
+    println!(
+        "ok: {}: listen {}, {} hotline(s) between {} endpoint(s), certificates valid",
+        path.display(),
+        config.listen,
+        config.hotlines.len(),
+        endpoints.len()
+    );
+    Ok(())
+}
+
+fn run(path: &Path) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let config = load(path)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        // Handlers first: a signal that arrives while the relay starts must not kill it.
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut interrupt =
+            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let mut terminate =
+            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let server = Server::spawn(config).await.context("starting the relay")?;
+        let signal = tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        };
+        info!(signal, "shutting down");
+        server.shutdown().await;
+        Ok(())
+    })
+}
+
+/// The relay configuration file. Every key is documented, with its default, in
+/// `deploy/relay.example.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    /// UDP address to listen on.
+    listen: SocketAddr,
+    /// State directory (holds the stateless-reset key).
+    data_dir: PathBuf,
+    /// CA certificate(s), PEM.
+    ca: PathBuf,
+    /// Relay certificate chain, PEM.
+    cert: PathBuf,
+    /// Relay private key, PEM.
+    key: PathBuf,
+    /// Certificate revocation list, PEM; none by default.
+    #[serde(default)]
+    crl: Option<PathBuf>,
+    /// TCP address for `GET /metrics`; off by default.
+    #[serde(default)]
+    metrics: Option<SocketAddr>,
+    /// QUIC keep-alive interval in milliseconds.
+    #[serde(default = "cfg_defaults::keep_alive_ms")]
+    keep_alive_ms: u64,
+    /// QUIC idle timeout in milliseconds.
+    #[serde(default = "cfg_defaults::idle_timeout_ms")]
+    idle_timeout_ms: u64,
+    /// Bytes queued for one endpoint past which routine messages are refused.
+    #[serde(default = "cfg_defaults::max_queue_bytes_per_endpoint")]
+    max_queue_bytes_per_endpoint: u64,
+    /// The hotlines, `[[hotline]]` tables.
+    #[serde(default, rename = "hotline")]
+    hotlines: Vec<HotlineConfig>,
+}
+
+/// One `[[hotline]]`: two endpoint ids, as in their certificates.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HotlineConfig {
+    a: EndpointId,
+    b: EndpointId,
+}
+
+mod cfg_defaults {
+    pub(crate) fn keep_alive_ms() -> u64 {
+        1000
+    }
+    pub(crate) fn idle_timeout_ms() -> u64 {
+        5000
+    }
+    pub(crate) fn max_queue_bytes_per_endpoint() -> u64 {
+        hotline_relay::Limits::DEFAULT_MAX_QUEUE_BYTES
+    }
+}
+
+/// Reads `path` and turns it into a [`ServerConfig`]: parses, resolves relative paths against
+/// the file's directory, loads the CA, certificate, key and CRL, checks that the certificates
+/// are valid now and that the TLS configuration builds (the key matches the certificate).
+fn load(path: &Path) -> anyhow::Result<ServerConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let config: Config = toml::from_str(&text).map_err(|e| {
+        // A missing key has no line of its own (its span is the enclosing table).
+        let line = e
+            .span()
+            .filter(|_| !e.message().starts_with("missing field"))
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        let message = e.message().replace('\n', " ");
+        match line {
+            Some(line) => anyhow::anyhow!("{} line {line}: {message}", path.display()),
+            None => anyhow::anyhow!("{}: {message}", path.display()),
+        }
+    })?;
+    config
+        .into_server_config(path.parent().unwrap_or(Path::new(".")))
+        .with_context(|| path.display().to_string())
+}
+
+impl Config {
+    fn into_server_config(self, base: &Path) -> anyhow::Result<ServerConfig> {
+        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        if self.hotlines.is_empty() {
+            bail!("no [[hotline]] configured");
+        }
+        let mut hotlines = Vec::with_capacity(self.hotlines.len());
+        for h in self.hotlines {
+            if h.a == h.b {
+                bail!("hotline {}:{} pairs an endpoint with itself", h.a, h.b);
+            }
+            hotlines.push((h.a, h.b));
+        }
+        if self.keep_alive_ms == 0 {
+            bail!("keep_alive_ms must be greater than zero");
+        }
+        if self.keep_alive_ms >= self.idle_timeout_ms {
+            bail!(
+                "keep_alive_ms ({}) must be less than idle_timeout_ms ({})",
+                self.keep_alive_ms,
+                self.idle_timeout_ms
+            );
+        }
+        if self.max_queue_bytes_per_endpoint == 0 {
+            bail!("max_queue_bytes_per_endpoint must be greater than zero");
+        }
+
+        let ca_path = resolve(self.ca);
+        let ca = tls::load_certs(&ca_path).map_err(one_line)?;
+        for cert in &ca {
+            tls::check_valid_now(cert)
+                .map_err(one_line)
+                .with_context(|| format!("ca {}", ca_path.display()))?;
+            check_is_ca(cert).with_context(|| format!("ca {}", ca_path.display()))?;
+        }
+        let (cert_path, key_path) = (resolve(self.cert), resolve(self.key));
+        let credentials = Credentials::load(&cert_path, &key_path).map_err(one_line)?;
+        for cert in &credentials.certs {
+            tls::check_valid_now(cert)
+                .map_err(one_line)
+                .with_context(|| format!("cert {}", cert_path.display()))?;
+        }
+        if let Some(leaf) = credentials.certs.first() {
+            check_server_usage(leaf).with_context(|| format!("cert {}", cert_path.display()))?;
+        }
+        check_issued_by(&credentials.certs, &ca).with_context(|| {
+            format!(
+                "cert {} is not issued by ca {}",
+                cert_path.display(),
+                ca_path.display()
+            )
+        })?;
+        let crls = match self.crl {
+            Some(p) => vec![tls::load_crl(&resolve(p)).map_err(one_line)?],
+            None => Vec::new(),
+        };
+        let config = ServerConfig {
+            listen: self.listen,
+            ca,
+            credentials,
+            crls,
+            data_dir: resolve(self.data_dir),
+            hotlines,
+            timeouts: Timeouts {
+                keep_alive: Duration::from_millis(self.keep_alive_ms),
+                idle: Duration::from_millis(self.idle_timeout_ms),
+            },
+            max_queue_bytes_per_endpoint: self.max_queue_bytes_per_endpoint,
+            metrics: self.metrics,
+        };
+        config.quic_config().map_err(one_line).with_context(|| {
+            format!(
+                "cert {} with key {}",
+                cert_path.display(),
+                key_path.display()
+            )
+        })?;
+        Ok(config)
+    }
+}
+
+/// A TLS error as one clause: its own message only (its source repeats it), and words for the
+/// common mistake of a key that belongs to another certificate.
+fn one_line(e: tls::TlsError) -> anyhow::Error {
+    match e {
+        tls::TlsError::Rustls(rustls::Error::InconsistentKeys(_)) => {
+            anyhow::anyhow!("the key does not match the certificate")
+        }
+        e => anyhow::anyhow!("{e}"),
+    }
+}
+
+fn parse<'a>(cert: &'a CertificateDer<'_>) -> anyhow::Result<X509Certificate<'a>> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| anyhow::anyhow!("certificate does not parse: {e}"))?;
+    Ok(parsed)
+}
+
+/// A trust anchor must be a CA certificate: a node or relay certificate named as `ca` would
+/// otherwise be accepted by the verifier and fail every handshake.
+fn check_is_ca(cert: &CertificateDer<'_>) -> anyhow::Result<()> {
+    let parsed = parse(cert)?;
+    if !parsed.is_ca() {
+        bail!("{} is not a CA certificate", parsed.subject());
+    }
+    Ok(())
+}
+
+/// Nodes verify the relay as a TLS server: its certificate must allow server authentication.
+fn check_server_usage(cert: &CertificateDer<'_>) -> anyhow::Result<()> {
+    let parsed = parse(cert)?;
+    let eku = parsed
+        .extended_key_usage()
+        .map_err(|e| anyhow::anyhow!("bad extended key usage: {e}"))?;
+    if let Some(eku) = eku {
+        if !eku.value.any && !eku.value.server_auth {
+            bail!(
+                "{} is not a server certificate (no serverAuth extended key usage)",
+                parsed.subject()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Each certificate of `chain` is signed by the next, and the last by (or equal to) one of `ca`,
+/// so nodes trusting `ca` will accept the relay.
+fn check_issued_by(chain: &[CertificateDer<'_>], ca: &[CertificateDer<'_>]) -> anyhow::Result<()> {
+    let parsed = chain
+        .iter()
+        .map(parse)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for pair in parsed.windows(2) {
+        pair[0]
+            .verify_signature(Some(pair[1].public_key()))
+            .map_err(|_| {
+                anyhow::anyhow!("{} does not sign {}", pair[1].subject(), pair[0].subject())
+            })?;
+    }
+    let (Some(top), Some(top_der)) = (parsed.last(), chain.last()) else {
+        bail!("empty certificate chain");
+    };
+    if ca.iter().any(|c| c == top_der) {
+        return Ok(());
+    }
+    for anchor in ca {
+        if top
+            .verify_signature(Some(parse(anchor)?.public_key()))
+            .is_ok()
+        {
+            return Ok(());
+        }
+    }
+    bail!("its issuer is {}", top.issuer())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use hotline_net::pki::ExercisePki;
+
+    use super::*;
+
+    fn pki_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = [
+            EndpointId::new("us").unwrap(),
+            EndpointId::new("jp").unwrap(),
+        ];
+        ExercisePki::generate("relay.test", &ids)
+            .unwrap()
+            .write(dir.path())
+            .unwrap();
+        dir
+    }
+
+    const MINIMAL: &str = r#"
+listen = "127.0.0.1:0"
+data_dir = "data/relay"
+ca = "ca.pem"
+cert = "relay.pem"
+key = "relay.key"
+[[hotline]]
+a = "us"
+b = "jp"
+"#;
+
+    fn load_text(dir: &Path, text: &str) -> anyhow::Result<ServerConfig> {
+        let path = dir.join("relay.toml");
+        std::fs::write(&path, text).unwrap();
+        load(&path)
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults_and_resolved_paths() {
+        let dir = pki_dir();
+        let c = load_text(dir.path(), MINIMAL).unwrap();
+        assert_eq!(c.data_dir, dir.path().join("data/relay"));
+        assert_eq!(c.timeouts, Timeouts::default());
+        assert_eq!(c.max_queue_bytes_per_endpoint, 256 * 1024 * 1024);
+        assert_eq!(c.metrics, None);
+        assert!(c.crls.is_empty());
+        assert_eq!(c.hotlines.len(), 1);
+    }
+
+    #[test]
+    fn the_example_file_parses() {
+        let example = include_str!("../../../deploy/relay.example.toml");
+        let config: Config = toml::from_str(example).unwrap();
+        assert_eq!(config.keep_alive_ms, 1000);
+        assert_eq!(config.idle_timeout_ms, 5000);
+        assert_eq!(config.max_queue_bytes_per_endpoint, 268_435_456);
+        assert_eq!(config.hotlines.len(), 2);
+    }
+
+    #[test]
+    fn errors_are_one_line_naming_the_problem() {
+        let dir = pki_dir();
+        let err = |text: &str| format!("{:#}", load_text(dir.path(), text).unwrap_err());
+
+        let e = err(&format!("listen_port = 4\n{MINIMAL}"));
+        assert!(e.contains("listen_port") && e.contains("line"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+
+        let e = err(&MINIMAL.replace("b = \"jp\"", "b = \"us\""));
+        assert!(e.contains("us:us"), "{e}");
+
+        let e = err(&MINIMAL.replace("b = \"jp\"", "b = \"JP\""));
+        assert!(e.contains("line 9"), "{e}");
+
+        let e = err(&MINIMAL.replace("relay.key", "us.key"));
+        assert!(e.contains("relay.pem") && e.contains("us.key"), "{e}");
+
+        let e = err(&MINIMAL.replace("ca.pem", "missing.pem"));
+        assert!(e.contains("missing.pem"), "{e}");
+
+        let e = err(&format!("keep_alive_ms = 9000\n{MINIMAL}"));
+        assert!(e.contains("keep_alive_ms"), "{e}");
+    }
+}

@@ -1,0 +1,243 @@
+//! Prometheus metrics of a relay, and the minimal HTTP endpoint that serves them.
+//!
+//! Metrics (all prefixed `hotline_relay_`):
+//! - `connections`: registered node connections (gauge);
+//! - `queued_frames{stream}`, `queued_bytes{stream}`: what waits per lane and on control
+//!   streams, summed over destinations (gauges, refreshed on each scrape);
+//! - `forwarded_frames_total{stream}`: frames written to nodes (counter);
+//! - `refusals_total{code}`: `Refused` replies by refusal code (counter);
+//! - `rejected_connections_total{reason}`: connections closed before registration (counter).
+//!
+//! The endpoint answers `GET /metrics` with the OpenMetrics text format and anything else with
+//! 404; it reads at most [`MAX_REQUEST_BYTES`] of a request and closes every connection after
+//! one answer. It serves nothing else and never reads a body.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hotline_proto::wire::RefusalCode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tracing::debug;
+
+use crate::router::{Stats, Stream};
+
+/// Largest HTTP request head the metrics endpoint reads.
+pub(crate) const MAX_REQUEST_BYTES: usize = 8 * 1024;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StreamLabel {
+    stream: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabel {
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// The relay's metric handles and their registry.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    registry: Registry,
+    connections: Gauge,
+    queued_frames: Family<StreamLabel, Gauge>,
+    queued_bytes: Family<StreamLabel, Gauge>,
+    forwarded: Family<StreamLabel, Counter>,
+    refusals: Family<CodeLabel, Counter>,
+    rejected: Family<ReasonLabel, Counter>,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        let mut registry = Registry::with_prefix("hotline_relay");
+        let connections = Gauge::default();
+        let queued_frames = Family::<StreamLabel, Gauge>::default();
+        let queued_bytes = Family::<StreamLabel, Gauge>::default();
+        let forwarded = Family::<StreamLabel, Counter>::default();
+        let refusals = Family::<CodeLabel, Counter>::default();
+        let rejected = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "connections",
+            "Registered node connections",
+            connections.clone(),
+        );
+        registry.register(
+            "queued_frames",
+            "Frames queued for nodes, per lane or control stream",
+            queued_frames.clone(),
+        );
+        registry.register(
+            "queued_bytes",
+            "Bytes queued for nodes, per lane or control stream",
+            queued_bytes.clone(),
+        );
+        registry.register(
+            "forwarded_frames",
+            "Frames written to nodes, per lane or control stream",
+            forwarded.clone(),
+        );
+        registry.register(
+            "refusals",
+            "Refused replies sent, by refusal code",
+            refusals.clone(),
+        );
+        registry.register(
+            "rejected_connections",
+            "Connections closed before registration, by reason",
+            rejected.clone(),
+        );
+        // Every series exists from the start, so a dashboard sees zeros rather than gaps.
+        for stream in Stream::ALL {
+            let label = StreamLabel {
+                stream: stream.as_str(),
+            };
+            let _ = queued_frames.get_or_create(&label);
+            let _ = queued_bytes.get_or_create(&label);
+            let _ = forwarded.get_or_create(&label);
+        }
+        Self {
+            registry,
+            connections,
+            queued_frames,
+            queued_bytes,
+            forwarded,
+            refusals,
+            rejected,
+        }
+    }
+
+    pub(crate) fn forwarded(&self, stream: Stream) {
+        self.forwarded
+            .get_or_create(&StreamLabel {
+                stream: stream.as_str(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn refused(&self, code: RefusalCode) {
+        self.refusals
+            .get_or_create(&CodeLabel {
+                code: code_name(code),
+            })
+            .inc();
+    }
+
+    pub(crate) fn rejected(&self, reason: &'static str) {
+        self.rejected.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// The text exposition, with gauges set from `stats`.
+    pub(crate) fn render(&self, stats: &Stats) -> String {
+        self.connections
+            .set(i64::try_from(stats.connections).unwrap_or(i64::MAX));
+        for stream in Stream::ALL {
+            let label = StreamLabel {
+                stream: stream.as_str(),
+            };
+            let i = stream.index();
+            self.queued_frames
+                .get_or_create(&label)
+                .set(i64::try_from(stats.queued_frames[i]).unwrap_or(i64::MAX));
+            self.queued_bytes
+                .get_or_create(&label)
+                .set(i64::try_from(stats.queued_bytes[i]).unwrap_or(i64::MAX));
+        }
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+fn code_name(code: RefusalCode) -> &'static str {
+    match code {
+        RefusalCode::NotPaired => "not_paired",
+        RefusalCode::SenderMismatch => "sender_mismatch",
+        RefusalCode::Overloaded => "overloaded",
+        RefusalCode::Malformed => "malformed",
+        RefusalCode::Expired => "expired",
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until the task is dropped; `render` produces the body.
+pub(crate) async fn serve(listener: TcpListener, render: Arc<dyn Fn() -> String + Send + Sync>) {
+    let mut requests = JoinSet::new();
+    loop {
+        tokio::select! {
+            // Reap finished requests first so the set stays small.
+            Some(_) = requests.join_next(), if !requests.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    let render = render.clone();
+                    requests.spawn(async move {
+                        if let Err(e) = answer(socket, &*render).await {
+                            debug!(%peer, error = %e, "metrics request failed");
+                        }
+                    });
+                }
+                Err(e) => {
+                    debug!(error = %e, "metrics accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+}
+
+async fn answer(
+    mut socket: TcpStream,
+    render: &(dyn Fn() -> String + Send + Sync),
+) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(1024);
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST_BYTES {
+            let n = socket.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    match read {
+        Ok(r) => r?,
+        Err(_) => return Ok(()),
+    }
+    let line = head.split(|b| *b == b'\r').next().unwrap_or_default();
+    let mut parts = line.split(|b| *b == b' ');
+    let (method, target) = (parts.next(), parts.next());
+    let path = target.map(|t| t.split(|b| *b == b'?').next().unwrap_or_default());
+    let (status, content_type, body) = match (method, path) {
+        (Some(b"GET"), Some(b"/metrics")) => (
+            "200 OK",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            render(),
+        ),
+        (Some(b"GET"), _) => ("404 Not Found", "text/plain", "not found\n".to_owned()),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "only GET /metrics\n".to_owned(),
+        ),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    socket.write_all(response.as_bytes()).await?;
+    socket.shutdown().await
+}

@@ -1,0 +1,1027 @@
+//! The relay's routing and queueing state machine, sans IO.
+//!
+//! [`Router`] decides where every frame goes and what stays queued. It never touches a socket,
+//! a task or the clock: the shell ([`crate::Server`]) feeds it inputs and carries out its
+//! outputs, so every routing rule is tested here without QUIC.
+//!
+//! - Inputs: [`Router::handle_connected`], [`Router::handle_disconnected`],
+//!   [`Router::handle_frame`] (whole frames, length prefix included, exactly as read), and
+//!   [`Router::handle_written`] (the shell handed a [`Transmit`] to its stream).
+//! - Outputs: [`Router::poll_transmit`] (the next frame for one stream of one connection; the
+//!   shell's one writer per stream pulls it only when it can write) and [`Router::poll_output`]
+//!   ([`Output::Wake`] a writer, [`Output::Close`] a replaced connection, [`Output::Refused`]
+//!   for metrics).
+//!
+//! Routing rules (see `DESIGN.md`, "Delivery"):
+//! - An envelope must name the connection's identity as sender ([`RefusalCode::SenderMismatch`])
+//!   and one of its partners as recipient ([`RefusalCode::NotPaired`]). It is queued per
+//!   destination and per *transport* lane in arrival order, deduplicated by
+//!   (sender, recipient, channel, precedence, seq); a duplicate with a higher transport moves the
+//!   queued copy to that lane and makes it eligible to be written again. The sender gets
+//!   [`Frame::Accepted`] with `durable: false` (the queue is in memory).
+//! - A queued envelope is deleted only when a `Delivered` receipt covering it passes through;
+//!   on every (re)connection of its destination, everything still queued is written again.
+//! - Receipts and escalation notices go to their addressee's control stream and wait there
+//!   while it is offline; link tests are forwarded only to an online partner; the latest
+//!   announcement per endpoint is kept and replayed to its partners when they connect;
+//!   presence changes go to online partners.
+//! - Overload: past `max_queue_bytes` queued for one destination, `routine` is refused with
+//!   [`RefusalCode::Overloaded`]; `priority` and `immediate` past 125 %, `flash`, receipts and
+//!   escalation notices past 150 %. Nothing is dropped without telling its sender.
+//!
+//! Invariant: for each destination, every queued envelope is in exactly one lane, and is listed
+//! as unwritten in that lane exactly when its state is [`ItemState::Unwritten`]; queued byte
+//! counts equal the sum of the queued frames' lengths.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+
+use bytes::Bytes;
+use hotline_proto::envelope::{EscalationNotice, LinkTest, Receipt, ReceiptKind, Signed};
+use hotline_proto::wire::{self, Accepted, EnvelopeFrame, Frame, Presence, Refusal, RefusalCode};
+use hotline_proto::{Channel, EndpointId, MessageId, Precedence, Seq};
+use tracing::{debug, trace, warn};
+
+/// Identifies one QUIC connection for its lifetime; never reused by a shell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u64);
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// One of the five streams the relay writes to a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Stream {
+    /// The control stream: replies, receipts, presence, announcements, link tests, notices.
+    Control,
+    /// The unidirectional stream of one transport lane.
+    Lane(Precedence),
+}
+
+impl Stream {
+    /// All five, control first, then lanes from flash down.
+    pub const ALL: [Self; 5] = [
+        Self::Control,
+        Self::Lane(Precedence::Flash),
+        Self::Lane(Precedence::Immediate),
+        Self::Lane(Precedence::Priority),
+        Self::Lane(Precedence::Routine),
+    ];
+
+    /// A dense index 0..5: lanes by precedence index, control last.
+    pub fn index(self) -> usize {
+        match self {
+            Self::Lane(p) => p.index(),
+            Self::Control => 4,
+        }
+    }
+
+    /// `control` or the lane's name, for logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Control => "control",
+            Self::Lane(p) => p.as_str(),
+        }
+    }
+}
+
+impl fmt::Display for Stream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Per-destination queue bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes queued for one destination (envelopes plus control frames) past which `routine`
+    /// envelopes are refused; other precedences get 125 % and 150 % of it.
+    pub max_queue_bytes: u64,
+}
+
+impl Limits {
+    /// Default per-destination bound: 256 MiB.
+    pub const DEFAULT_MAX_QUEUE_BYTES: u64 = 256 * 1024 * 1024;
+
+    /// The bound that applies to an envelope on `transport`.
+    pub fn bound(&self, transport: Precedence) -> u64 {
+        let b = self.max_queue_bytes;
+        match transport {
+            Precedence::Routine => b,
+            Precedence::Priority | Precedence::Immediate => b.saturating_add(b / 4),
+            Precedence::Flash => self.control_bound(),
+        }
+    }
+
+    /// The bound for receipts and escalation notices waiting for their addressee: 150 %.
+    pub fn control_bound(&self) -> u64 {
+        self.max_queue_bytes
+            .saturating_add(self.max_queue_bytes / 2)
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_queue_bytes: Self::DEFAULT_MAX_QUEUE_BYTES,
+        }
+    }
+}
+
+/// Why a hotline configuration was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A hotline pairs an endpoint with itself.
+    #[error("hotline {0}:{0} pairs an endpoint with itself")]
+    SelfPaired(EndpointId),
+    /// No hotline is configured at all.
+    #[error("no hotline configured")]
+    NoHotlines,
+    /// The queue bound is zero.
+    #[error("max_queue_bytes_per_endpoint must be greater than zero")]
+    ZeroQueueBound,
+}
+
+/// Why a connection was not registered.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    /// The endpoint is in no configured hotline.
+    #[error("endpoint {0} is in no configured hotline")]
+    NotConfigured(EndpointId),
+    /// The shell reused a connection id (a bug in the shell).
+    #[error("connection id {0} is already registered")]
+    DuplicateConn(ConnId),
+}
+
+/// Something the shell must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Frames are ready on this stream: wake its writer.
+    Wake {
+        /// Which connection.
+        conn: ConnId,
+        /// Which of its streams.
+        stream: Stream,
+    },
+    /// Close this connection: a newer connection with the same identity replaced it.
+    Close {
+        /// Which connection.
+        conn: ConnId,
+        /// Why, in words.
+        reason: &'static str,
+    },
+    /// A refusal was queued to this connection (already logged; for metrics).
+    Refused {
+        /// The connection that is told.
+        conn: ConnId,
+        /// Why.
+        code: RefusalCode,
+    },
+}
+
+/// One frame for one stream, from [`Router::poll_transmit`]. Hand it back to
+/// [`Router::handle_written`] once written.
+#[derive(Clone, Debug)]
+pub struct Transmit {
+    /// The frame, length prefix included, byte for byte as it arrived (or as the relay made it).
+    pub bytes: Bytes,
+    stream: Stream,
+    item: Option<(ItemKey, u64)>,
+}
+
+impl Transmit {
+    /// The stream it goes to.
+    pub fn stream(&self) -> Stream {
+        self.stream
+    }
+}
+
+/// Totals for metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Registered connections.
+    pub connections: u64,
+    /// Frames queued per stream, by [`Stream::index`].
+    pub queued_frames: [u64; 5],
+    /// Bytes queued per stream, by [`Stream::index`].
+    pub queued_bytes: [u64; 5],
+}
+
+/// Whether a queued envelope still has to be written to its destination's current connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ItemState {
+    /// Waiting for its lane writer.
+    Unwritten,
+    /// Taken by the lane writer, not yet reported written.
+    InFlight,
+    /// Written to the current connection; kept until a `Delivered` receipt covers it.
+    Written,
+}
+
+/// A queued envelope as seen from outside (tests, status).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedEnvelope {
+    /// The message.
+    pub id: MessageId,
+    /// The lane it is scheduled on.
+    pub transport: Precedence,
+    /// Where it stands.
+    pub state: ItemState,
+}
+
+/// The routing and queueing state of a relay. See the module docs for the rules.
+#[derive(Debug)]
+pub struct Router {
+    limits: Limits,
+    endpoints: BTreeMap<EndpointId, Endpoint>,
+    conns: BTreeMap<ConnId, EndpointId>,
+    next_order: u64,
+    outputs: VecDeque<Output>,
+}
+
+impl Router {
+    /// A router for these hotlines (pairs of endpoints; an endpoint may be in several).
+    pub fn new(hotlines: &[(EndpointId, EndpointId)], limits: Limits) -> Result<Self, ConfigError> {
+        if hotlines.is_empty() {
+            return Err(ConfigError::NoHotlines);
+        }
+        if limits.max_queue_bytes == 0 {
+            return Err(ConfigError::ZeroQueueBound);
+        }
+        let mut endpoints = BTreeMap::<EndpointId, Endpoint>::new();
+        for (a, b) in hotlines {
+            if a == b {
+                return Err(ConfigError::SelfPaired(a.clone()));
+            }
+            endpoints
+                .entry(a.clone())
+                .or_default()
+                .partners
+                .insert(b.clone());
+            endpoints
+                .entry(b.clone())
+                .or_default()
+                .partners
+                .insert(a.clone());
+        }
+        Ok(Self {
+            limits,
+            endpoints,
+            conns: BTreeMap::new(),
+            next_order: 0,
+            outputs: VecDeque::new(),
+        })
+    }
+
+    /// Whether `endpoint` is in some configured hotline.
+    pub fn is_configured(&self, endpoint: &EndpointId) -> bool {
+        self.endpoints.contains_key(endpoint)
+    }
+
+    /// Number of configured endpoints.
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    /// Whether `a` and `b` share a configured hotline.
+    pub fn is_paired(&self, a: &EndpointId, b: &EndpointId) -> bool {
+        self.endpoints
+            .get(a)
+            .is_some_and(|e| e.partners.contains(b))
+    }
+
+    /// The endpoint behind a registered connection.
+    pub fn endpoint_of(&self, conn: ConnId) -> Option<&EndpointId> {
+        self.conns.get(&conn)
+    }
+
+    /// `endpoint` connected as `conn` (after the hello exchange). Replaces (and asks the shell to
+    /// close) an older connection of the same identity; queues presence and the partners'
+    /// announcements for it; makes everything queued for it eligible to be written again.
+    pub fn handle_connected(
+        &mut self,
+        conn: ConnId,
+        endpoint: EndpointId,
+    ) -> Result<(), ConnectError> {
+        if self.conns.contains_key(&conn) {
+            return Err(ConnectError::DuplicateConn(conn));
+        }
+        let Some(ep) = self.endpoints.get_mut(&endpoint) else {
+            return Err(ConnectError::NotConfigured(endpoint));
+        };
+        if let Some(old) = ep.conn.replace(conn) {
+            self.conns.remove(&old);
+            self.outputs.push_back(Output::Close {
+                conn: old,
+                reason: "replaced by a newer connection with the same identity",
+            });
+        }
+        self.conns.insert(conn, endpoint.clone());
+        ep.rewind();
+        let partners: Vec<EndpointId> = ep.partners.iter().cloned().collect();
+
+        // What the new connection learns first: each partner's presence, then its announcement,
+        // then whatever receipts and notices waited for it.
+        let mut greeting = Vec::new();
+        for p in &partners {
+            let online = self.endpoints.get(p).is_some_and(|e| e.conn.is_some());
+            greeting.push(encode(&Frame::Presence(Presence {
+                endpoint: p.clone(),
+                online,
+            })));
+        }
+        for p in &partners {
+            if let Some((_, ann)) = self.endpoints.get(p).and_then(|e| e.announcement.as_ref()) {
+                greeting.push(ann.clone());
+            }
+        }
+        if let Some(ep) = self.endpoints.get_mut(&endpoint) {
+            for bytes in greeting.into_iter().rev() {
+                ep.push_control_front(ControlFrame {
+                    bytes,
+                    keep_offline: false,
+                });
+            }
+        }
+        for stream in Stream::ALL {
+            self.outputs.push_back(Output::Wake { conn, stream });
+        }
+        self.tell_partners_presence(&endpoint, &partners, true);
+        debug!(peer = %endpoint, conn = %conn, "registered");
+        Ok(())
+    }
+
+    /// `conn` is gone. Ignored if it was already replaced.
+    pub fn handle_disconnected(&mut self, conn: ConnId) {
+        let Some(endpoint) = self.conns.remove(&conn) else {
+            return;
+        };
+        let Some(ep) = self.endpoints.get_mut(&endpoint) else {
+            return;
+        };
+        if ep.conn != Some(conn) {
+            return;
+        }
+        ep.conn = None;
+        ep.drop_session_frames();
+        let partners: Vec<EndpointId> = ep.partners.iter().cloned().collect();
+        self.tell_partners_presence(&endpoint, &partners, false);
+        debug!(peer = %endpoint, conn = %conn, "unregistered");
+    }
+
+    /// One whole frame (length prefix included) arrived on `conn`. Frames from a connection that
+    /// is not registered (already replaced or closed) are ignored.
+    pub fn handle_frame(&mut self, conn: ConnId, bytes: Bytes) {
+        let Some(from) = self.conns.get(&conn).cloned() else {
+            debug!(conn = %conn, "frame from an unregistered connection ignored");
+            return;
+        };
+        let frame = match wire::decode_frame(&bytes) {
+            Ok((frame, used)) if used == bytes.len() => frame,
+            Ok((_, used)) => {
+                let detail = format!("{} bytes after the frame", bytes.len() - used);
+                self.refuse(conn, &from, None, RefusalCode::Malformed, detail);
+                return;
+            }
+            Err(e) => {
+                self.refuse(conn, &from, None, RefusalCode::Malformed, e.to_string());
+                return;
+            }
+        };
+        match frame {
+            Frame::Hello(_) => debug!(peer = %from, "repeated hello ignored"),
+            Frame::Envelope(env) => self.handle_envelope(conn, &from, env, bytes),
+            Frame::Receipt(r) => self.handle_receipt(conn, &from, &r, bytes),
+            Frame::Escalation(n) => self.handle_escalation(conn, &from, &n, bytes),
+            Frame::Announcement(a) => {
+                let (endpoint, epoch) = (a.body.endpoint.clone(), a.body.epoch);
+                self.handle_announcement(conn, &from, &endpoint, epoch, bytes);
+            }
+            Frame::LinkTest(l) => self.handle_link_test(conn, &from, &l, bytes),
+            Frame::Accepted(_) | Frame::Refused(_) | Frame::Presence(_) => {
+                let detail = "relay-to-node frame sent by a node".to_owned();
+                self.refuse(conn, &from, None, RefusalCode::Malformed, detail);
+            }
+        }
+    }
+
+    /// The next frame for `stream` of `conn`, if any. Envelopes are taken in arrival order per
+    /// lane; the caller calls this only when it is ready to write, which bounds write-ahead.
+    #[must_use]
+    pub fn poll_transmit(&mut self, conn: ConnId, stream: Stream) -> Option<Transmit> {
+        let endpoint = self.conns.get(&conn)?;
+        let ep = self.endpoints.get_mut(endpoint)?;
+        match stream {
+            Stream::Control => {
+                if ep.control_in_flight.is_some() {
+                    return None;
+                }
+                let frame = ep.control.pop_front()?;
+                let bytes = frame.bytes.clone();
+                ep.control_in_flight = Some(frame);
+                Some(Transmit {
+                    bytes,
+                    stream,
+                    item: None,
+                })
+            }
+            Stream::Lane(lane) => loop {
+                let (order, key) = ep.unwritten[lane.index()].pop_first()?;
+                let Some(item) = ep.items.get_mut(&key) else {
+                    // The index only lists queued items; tolerate a stale entry all the same.
+                    continue;
+                };
+                item.state = ItemState::InFlight;
+                return Some(Transmit {
+                    bytes: item.bytes.clone(),
+                    stream,
+                    item: Some((key, order)),
+                });
+            },
+        }
+    }
+
+    /// The shell wrote `transmit` to `conn`'s stream.
+    pub fn handle_written(&mut self, conn: ConnId, transmit: Transmit) {
+        let Some(endpoint) = self.conns.get(&conn) else {
+            return;
+        };
+        let Some(ep) = self.endpoints.get_mut(endpoint) else {
+            return;
+        };
+        match transmit.item {
+            None => {
+                if let Some(frame) = ep.control_in_flight.take() {
+                    ep.control_bytes -= len(&frame.bytes);
+                }
+                if !ep.control.is_empty() {
+                    self.outputs.push_back(Output::Wake {
+                        conn,
+                        stream: Stream::Control,
+                    });
+                }
+            }
+            Some((key, order)) => {
+                if let Some(item) = ep.items.get_mut(&key) {
+                    // An escalation meanwhile made it unwritten on a higher lane: leave it so.
+                    if item.order == order && item.state == ItemState::InFlight {
+                        item.state = ItemState::Written;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next thing the shell must do.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// Bytes waiting on (or being written to) `conn`'s control stream. The shell stops reading
+    /// from a node whose own control backlog is large, so a node that never reads its replies
+    /// cannot grow them without bound.
+    pub fn control_backlog(&self, conn: ConnId) -> u64 {
+        self.conns
+            .get(&conn)
+            .and_then(|e| self.endpoints.get(e))
+            .map_or(0, |ep| ep.control_bytes)
+    }
+
+    /// Bytes queued for `endpoint`: envelopes on every lane plus control frames.
+    pub fn queued_bytes(&self, endpoint: &EndpointId) -> u64 {
+        self.endpoints
+            .get(endpoint)
+            .map_or(0, Endpoint::queued_bytes)
+    }
+
+    /// The envelopes queued for `endpoint`, in key order.
+    pub fn queued_envelopes(&self, endpoint: &EndpointId) -> Vec<QueuedEnvelope> {
+        let Some(ep) = self.endpoints.get(endpoint) else {
+            return Vec::new();
+        };
+        ep.items
+            .iter()
+            .map(|(k, item)| QueuedEnvelope {
+                id: MessageId {
+                    sender: k.sender.clone(),
+                    channel: k.channel.clone(),
+                    precedence: k.precedence,
+                    seq: k.seq,
+                },
+                transport: item.lane,
+                state: item.state,
+            })
+            .collect()
+    }
+
+    /// Totals for metrics.
+    pub fn stats(&self) -> Stats {
+        let mut stats = Stats {
+            connections: self.conns.len() as u64,
+            ..Stats::default()
+        };
+        for ep in self.endpoints.values() {
+            for lane in 0..4 {
+                stats.queued_frames[lane] += ep.lane_frames[lane];
+                stats.queued_bytes[lane] += ep.lane_bytes[lane];
+            }
+            let control = Stream::Control.index();
+            stats.queued_frames[control] +=
+                ep.control.len() as u64 + u64::from(ep.control_in_flight.is_some());
+            stats.queued_bytes[control] += ep.control_bytes;
+        }
+        stats
+    }
+
+    fn handle_envelope(
+        &mut self,
+        conn: ConnId,
+        from: &EndpointId,
+        frame: EnvelopeFrame,
+        bytes: Bytes,
+    ) {
+        let header = &frame.envelope.header;
+        let id = header.message_id();
+        if &header.sender != from {
+            let detail = format!(
+                "envelope sender {} is not this connection's identity {from}",
+                header.sender
+            );
+            self.refuse(conn, from, Some(id), RefusalCode::SenderMismatch, detail);
+            return;
+        }
+        if !self.is_paired(from, &header.recipient) {
+            let detail = format!("{} is not a partner of {from}", header.recipient);
+            self.refuse(conn, from, Some(id), RefusalCode::NotPaired, detail);
+            return;
+        }
+        let key = ItemKey {
+            sender: header.sender.clone(),
+            channel: header.channel.clone(),
+            precedence: header.precedence,
+            seq: header.seq,
+        };
+        let recipient = header.recipient.clone();
+        let transport = frame.transport;
+        let limits = self.limits;
+        let order = self.next_order;
+        let Some(dest) = self.endpoints.get_mut(&recipient) else {
+            return;
+        };
+        let dest_conn = dest.conn;
+        let outcome = if let Some(old) = dest.items.get(&key).map(|i| i.lane) {
+            if transport > old {
+                dest.escalate(&key, transport, bytes);
+                trace!(peer = %from, %id, %old, new = %transport, "queued envelope escalated");
+                Outcome::Queued
+            } else {
+                trace!(peer = %from, %id, "duplicate envelope already queued");
+                Outcome::Duplicate
+            }
+        } else {
+            let queued = dest.queued_bytes();
+            let bound = limits.bound(transport);
+            if queued.saturating_add(len(&bytes)) > bound {
+                Outcome::Overloaded { queued, bound }
+            } else {
+                dest.insert(key, transport, order, bytes);
+                self.next_order += 1;
+                Outcome::Queued
+            }
+        };
+        match outcome {
+            Outcome::Overloaded { queued, bound } => {
+                let detail = format!(
+                    "{recipient} has {queued} bytes queued; {transport} is refused above {bound}"
+                );
+                self.refuse(conn, from, Some(id), RefusalCode::Overloaded, detail);
+            }
+            Outcome::Queued | Outcome::Duplicate => {
+                if let (Outcome::Queued, Some(dest_conn)) = (&outcome, dest_conn) {
+                    self.outputs.push_back(Output::Wake {
+                        conn: dest_conn,
+                        stream: Stream::Lane(transport),
+                    });
+                }
+                let reply = encode(&Frame::Accepted(Accepted { id, durable: false }));
+                self.reply(conn, from, reply);
+            }
+        }
+    }
+
+    fn handle_receipt(
+        &mut self,
+        conn: ConnId,
+        from: &EndpointId,
+        receipt: &Signed<Receipt>,
+        bytes: Bytes,
+    ) {
+        let r = &receipt.body;
+        let id = match r.kind {
+            ReceiptKind::Delivered { upto, .. } => Some(MessageId {
+                sender: r.to.clone(),
+                channel: r.channel.clone(),
+                precedence: r.precedence,
+                seq: upto,
+            }),
+            ReceiptKind::Acknowledged { seq, .. } => Some(MessageId {
+                sender: r.to.clone(),
+                channel: r.channel.clone(),
+                precedence: r.precedence,
+                seq,
+            }),
+        };
+        if !self.check_signer(conn, from, &r.from, id.clone(), "receipt")
+            || !self.check_addressee(conn, from, &r.to, id.clone(), "receipt")
+        {
+            return;
+        }
+        if let ReceiptKind::Delivered { upto, .. } = r.kind {
+            if let Some(ep) = self.endpoints.get_mut(from) {
+                let removed = ep.remove_delivered(&r.to, &r.channel, r.precedence, upto);
+                trace!(peer = %from, removed, "delivered receipt released queued envelopes");
+            }
+        }
+        self.forward_durable(conn, from, &r.to, id, bytes, "receipt");
+    }
+
+    fn handle_escalation(
+        &mut self,
+        conn: ConnId,
+        from: &EndpointId,
+        notice: &Signed<EscalationNotice>,
+        bytes: Bytes,
+    ) {
+        let n = &notice.body;
+        let id = Some(n.message.clone());
+        if !self.check_signer(conn, from, &n.from, id.clone(), "escalation notice")
+            || !self.check_addressee(conn, from, &n.to, id.clone(), "escalation notice")
+        {
+            return;
+        }
+        self.forward_durable(conn, from, &n.to, id, bytes, "escalation notice");
+    }
+
+    fn handle_announcement(
+        &mut self,
+        conn: ConnId,
+        from: &EndpointId,
+        endpoint: &EndpointId,
+        epoch: u32,
+        bytes: Bytes,
+    ) {
+        if !self.check_signer(conn, from, endpoint, None, "announcement") {
+            return;
+        }
+        let Some(ep) = self.endpoints.get_mut(from) else {
+            return;
+        };
+        if ep.announcement.as_ref().is_some_and(|(e, _)| *e > epoch) {
+            debug!(peer = %from, epoch, "announcement older than the stored one ignored");
+            return;
+        }
+        ep.announcement = Some((epoch, bytes.clone()));
+        let partners: Vec<EndpointId> = ep.partners.iter().cloned().collect();
+        for p in partners {
+            self.push_control(
+                &p,
+                ControlFrame {
+                    bytes: bytes.clone(),
+                    keep_offline: false,
+                },
+            );
+        }
+    }
+
+    fn handle_link_test(
+        &mut self,
+        conn: ConnId,
+        from: &EndpointId,
+        link: &Signed<LinkTest>,
+        bytes: Bytes,
+    ) {
+        let l = &link.body;
+        if !self.check_signer(conn, from, &l.from, None, "link test")
+            || !self.check_addressee(conn, from, &l.to, None, "link test")
+        {
+            return;
+        }
+        let limits = self.limits;
+        let Some(dest) = self.endpoints.get(&l.to) else {
+            return;
+        };
+        if dest.conn.is_none() {
+            trace!(peer = %from, to = %l.to, "link test for an offline partner dropped");
+            return;
+        }
+        if dest.queued_bytes().saturating_add(len(&bytes)) > limits.control_bound() {
+            debug!(peer = %from, to = %l.to, "link test for an overloaded partner dropped");
+            return;
+        }
+        self.push_control(
+            &l.to,
+            ControlFrame {
+                bytes,
+                keep_offline: false,
+            },
+        );
+    }
+
+    fn check_signer(
+        &mut self,
+        conn: ConnId,
+        from: &EndpointId,
+        signer: &EndpointId,
+        id: Option<MessageId>,
+        what: &str,
+    ) -> bool {
+        if signer == from {
+            return true;
+        }
+        let detail = format!("{what} signed as {signer} is not this connection's identity {from}");
+        self.refuse(conn, from, id, RefusalCode::SenderMismatch, detail);
+        false
+    }
+
+    fn check_addressee(
+        &mut self,
+        conn: ConnId,
+        from: &EndpointId,
+        to: &EndpointId,
+        id: Option<MessageId>,
+        what: &str,
+    ) -> bool {
+        if self.is_paired(from, to) {
+            return true;
+        }
+        let detail = format!("{what} addressed to {to}, which is not a partner of {from}");
+        self.refuse(conn, from, id, RefusalCode::NotPaired, detail);
+        false
+    }
+
+    /// Queues a receipt or notice for `to`, online or not, within the control bound.
+    fn forward_durable(
+        &mut self,
+        conn: ConnId,
+        from: &EndpointId,
+        to: &EndpointId,
+        id: Option<MessageId>,
+        bytes: Bytes,
+        what: &str,
+    ) {
+        let bound = self.limits.control_bound();
+        let queued = self.queued_bytes(to);
+        if queued.saturating_add(len(&bytes)) > bound {
+            let detail = format!("{to} has {queued} bytes queued; {what} refused above {bound}");
+            self.refuse(conn, from, id, RefusalCode::Overloaded, detail);
+            return;
+        }
+        self.push_control(
+            to,
+            ControlFrame {
+                bytes,
+                keep_offline: true,
+            },
+        );
+    }
+
+    fn tell_partners_presence(
+        &mut self,
+        endpoint: &EndpointId,
+        partners: &[EndpointId],
+        online: bool,
+    ) {
+        let frame = encode(&Frame::Presence(Presence {
+            endpoint: endpoint.clone(),
+            online,
+        }));
+        for p in partners {
+            self.push_control(
+                p,
+                ControlFrame {
+                    bytes: frame.clone(),
+                    keep_offline: false,
+                },
+            );
+        }
+    }
+
+    /// A reply to the connection that sent the frame.
+    fn reply(&mut self, conn: ConnId, to: &EndpointId, bytes: Bytes) {
+        if self.conns.get(&conn) == Some(to) {
+            self.push_control(
+                to,
+                ControlFrame {
+                    bytes,
+                    keep_offline: false,
+                },
+            );
+        }
+    }
+
+    fn refuse(
+        &mut self,
+        conn: ConnId,
+        to: &EndpointId,
+        id: Option<MessageId>,
+        code: RefusalCode,
+        detail: String,
+    ) {
+        let message_id = id.as_ref().map(ToString::to_string);
+        if code == RefusalCode::Overloaded {
+            // Load, not misbehaviour: counted in the metrics, and the sender is told.
+            debug!(peer = %to, ?code, message_id = message_id.as_deref(), %detail, "refused");
+        } else {
+            warn!(peer = %to, ?code, message_id = message_id.as_deref(), %detail, "refused");
+        }
+        let frame = encode(&Frame::Refused(Refusal { id, code, detail }));
+        self.reply(conn, to, frame);
+        self.outputs.push_back(Output::Refused { conn, code });
+    }
+
+    /// Appends to `to`'s control queue; frames that only make sense on a live connection are
+    /// skipped while it is offline.
+    fn push_control(&mut self, to: &EndpointId, frame: ControlFrame) {
+        let Some(ep) = self.endpoints.get_mut(to) else {
+            return;
+        };
+        if ep.conn.is_none() && !frame.keep_offline {
+            return;
+        }
+        ep.control_bytes += len(&frame.bytes);
+        ep.control.push_back(frame);
+        if let Some(conn) = ep.conn {
+            self.outputs.push_back(Output::Wake {
+                conn,
+                stream: Stream::Control,
+            });
+        }
+    }
+}
+
+enum Outcome {
+    Queued,
+    Duplicate,
+    Overloaded { queued: u64, bound: u64 },
+}
+
+/// Dedupe key of a queued envelope within its destination.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct ItemKey {
+    sender: EndpointId,
+    channel: Channel,
+    precedence: Precedence,
+    seq: Seq,
+}
+
+#[derive(Debug)]
+struct Item {
+    /// Current transport lane.
+    lane: Precedence,
+    /// Arrival order; position in the lane's unwritten index.
+    order: u64,
+    bytes: Bytes,
+    state: ItemState,
+}
+
+#[derive(Debug)]
+struct ControlFrame {
+    bytes: Bytes,
+    /// Receipts and notices wait for an offline addressee; presence, replies and the like do not.
+    keep_offline: bool,
+}
+
+/// Everything the relay holds for one endpoint.
+#[derive(Debug, Default)]
+struct Endpoint {
+    partners: BTreeSet<EndpointId>,
+    conn: Option<ConnId>,
+    control: VecDeque<ControlFrame>,
+    control_in_flight: Option<ControlFrame>,
+    /// Bytes in `control` and `control_in_flight`.
+    control_bytes: u64,
+    items: BTreeMap<ItemKey, Item>,
+    /// Per lane, the unwritten items by arrival order.
+    unwritten: [BTreeMap<u64, ItemKey>; 4],
+    lane_frames: [u64; 4],
+    lane_bytes: [u64; 4],
+    /// The latest announcement: its epoch and frame.
+    announcement: Option<(u32, Bytes)>,
+}
+
+impl Endpoint {
+    fn queued_bytes(&self) -> u64 {
+        self.lane_bytes.iter().sum::<u64>() + self.control_bytes
+    }
+
+    fn insert(&mut self, key: ItemKey, lane: Precedence, order: u64, bytes: Bytes) {
+        self.lane_frames[lane.index()] += 1;
+        self.lane_bytes[lane.index()] += len(&bytes);
+        self.unwritten[lane.index()].insert(order, key.clone());
+        self.items.insert(
+            key,
+            Item {
+                lane,
+                order,
+                bytes,
+                state: ItemState::Unwritten,
+            },
+        );
+    }
+
+    /// Moves a queued envelope to a higher lane with the new frame's bytes, unwritten, keeping
+    /// its arrival order.
+    fn escalate(&mut self, key: &ItemKey, lane: Precedence, bytes: Bytes) {
+        let Some(item) = self.items.get_mut(key) else {
+            return;
+        };
+        let old = item.lane.index();
+        self.unwritten[old].remove(&item.order);
+        self.lane_frames[old] -= 1;
+        self.lane_bytes[old] -= len(&item.bytes);
+        item.lane = lane;
+        item.bytes = bytes;
+        item.state = ItemState::Unwritten;
+        self.lane_frames[lane.index()] += 1;
+        self.lane_bytes[lane.index()] += len(&item.bytes);
+        self.unwritten[lane.index()].insert(item.order, key.clone());
+    }
+
+    /// Deletes the envelopes from `sender` on (`channel`, `precedence`) with seq <= `upto`.
+    fn remove_delivered(
+        &mut self,
+        sender: &EndpointId,
+        channel: &Channel,
+        precedence: Precedence,
+        upto: Seq,
+    ) -> usize {
+        let lo = ItemKey {
+            sender: sender.clone(),
+            channel: channel.clone(),
+            precedence,
+            seq: Seq(0),
+        };
+        let hi = ItemKey {
+            seq: upto,
+            ..lo.clone()
+        };
+        if hi < lo {
+            return 0;
+        }
+        let keys: Vec<ItemKey> = self.items.range(lo..=hi).map(|(k, _)| k.clone()).collect();
+        for key in &keys {
+            if let Some(item) = self.items.remove(key) {
+                let lane = item.lane.index();
+                self.unwritten[lane].remove(&item.order);
+                self.lane_frames[lane] -= 1;
+                self.lane_bytes[lane] -= len(&item.bytes);
+            }
+        }
+        keys.len()
+    }
+
+    /// A new connection: every queued envelope is to be written again; control frames meant for
+    /// the old connection go, receipts and notices stay.
+    fn rewind(&mut self) {
+        for (key, item) in &mut self.items {
+            if item.state != ItemState::Unwritten {
+                item.state = ItemState::Unwritten;
+                self.unwritten[item.lane.index()].insert(item.order, key.clone());
+            }
+        }
+        self.drop_session_frames();
+    }
+
+    /// Forgets frames meant for a connection that no longer exists. A receipt or notice that was
+    /// being written when it went away goes back to the front.
+    fn drop_session_frames(&mut self) {
+        if let Some(frame) = self.control_in_flight.take() {
+            self.control.push_front(frame);
+        }
+        let before = self.control.len();
+        self.control.retain(|f| f.keep_offline);
+        if self.control.len() != before {
+            self.control_bytes = self.control.iter().map(|f| len(&f.bytes)).sum();
+        }
+    }
+
+    fn push_control_front(&mut self, frame: ControlFrame) {
+        self.control_bytes += len(&frame.bytes);
+        self.control.push_front(frame);
+    }
+}
+
+fn encode(frame: &Frame) -> Bytes {
+    Bytes::from(wire::encode_frame(frame))
+}
+
+fn len(bytes: &Bytes) -> u64 {
+    bytes.len() as u64
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,537 @@
+//! An in-process relay on 127.0.0.1:0 and raw quinn nodes speaking the wire protocol.
+//!
+//! No timing assertions: every wait has a generous timeout that only turns a hang into a failure.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hotline_net::framed::{self, LaneTag};
+use hotline_net::pki::ExercisePki;
+use hotline_net::quic::{self, Timeouts};
+use hotline_net::tls::{self, Credentials};
+use hotline_proto::crypto::{Digest, IdentityKey, SessionId};
+use hotline_proto::envelope::{Envelope, Header, Receipt, ReceiptKind, Signed};
+use hotline_proto::wire::{
+    self, Accepted, EnvelopeFrame, Frame, Hello, MAX_FRAME_LEN, PROTOCOL_VERSION, Presence,
+    RefusalCode,
+};
+use hotline_proto::{Channel, EndpointId, MessageId, Precedence, Seq, Time};
+use hotline_relay::router::Stream;
+use hotline_relay::{CloseReason, Server, ServerConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn id(s: &str) -> EndpointId {
+    EndpointId::new(s).unwrap()
+}
+
+fn subscribe() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("hotline_relay=debug")),
+        )
+        .try_init();
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    server: Server,
+}
+
+/// Endpoints `us`, `jp`, `uk`, `fr`, `xx`; hotlines us–jp and uk–fr (`xx` is in none).
+async fn fixture() -> Fixture {
+    subscribe();
+    let dir = tempfile::tempdir().unwrap();
+    let ids: Vec<_> = ["us", "jp", "uk", "fr", "xx"].map(id).into();
+    ExercisePki::generate("relay.test", &ids)
+        .unwrap()
+        .write(dir.path())
+        .unwrap();
+    let ca = tls::load_certs(&dir.path().join("ca.pem")).unwrap();
+    let creds =
+        Credentials::load(&dir.path().join("relay.pem"), &dir.path().join("relay.key")).unwrap();
+    let mut config = ServerConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        ca,
+        creds,
+        dir.path().join("data"),
+        vec![(id("us"), id("jp")), (id("uk"), id("fr"))],
+    );
+    config.metrics = Some("127.0.0.1:0".parse().unwrap());
+    let server = Server::spawn(config).await.unwrap();
+    Fixture { dir, server }
+}
+
+/// A raw node: control stream, four lane streams each way, every received frame in `rx`.
+struct Node {
+    conn: quinn::Connection,
+    control: quinn::SendStream,
+    lanes: Vec<(Precedence, quinn::SendStream)>,
+    rx: mpsc::UnboundedReceiver<(Stream, Bytes)>,
+    _endpoint: quinn::Endpoint,
+    _tasks: JoinSet<()>,
+}
+
+async fn connect_with(
+    addr: SocketAddr,
+    ca_dir: &Path,
+    cert_dir: &Path,
+    name: &str,
+    stall: Option<Precedence>,
+) -> anyhow::Result<Node> {
+    let ca = tls::load_certs(&ca_dir.join("ca.pem"))?;
+    let creds = Credentials::load(
+        &cert_dir.join(format!("{name}.pem")),
+        &cert_dir.join(format!("{name}.key")),
+    )?;
+    let config = tls::client_config(&ca, creds, Timeouts::default())?;
+    let endpoint = quic::client(addr, config)?;
+    let conn = endpoint.connect(addr, "localhost")?.await?;
+    let (mut control, mut control_recv) = conn.open_bi().await?;
+    let hello = wire::encode_frame(&Frame::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        agent: "test-node".into(),
+    }));
+    framed::write_frame(&mut control, &hello).await?;
+    let first = framed::read_frame(&mut control_recv)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("control stream finished before hello"))?;
+    let (Frame::Hello(_), _) = wire::decode_frame(&first)? else {
+        anyhow::bail!("relay's first frame is not a hello");
+    };
+    let mut lanes = Vec::new();
+    for lane in Precedence::ALL {
+        let mut send = conn.open_uni().await?;
+        LaneTag(lane).write(&mut send).await?;
+        lanes.push((lane, send));
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut tasks = JoinSet::new();
+    let control_tx = tx.clone();
+    tasks.spawn(async move {
+        while let Ok(Some(f)) = framed::read_frame(&mut control_recv).await {
+            let _ = control_tx.send((Stream::Control, Bytes::from(f)));
+        }
+    });
+    let accept_conn = conn.clone();
+    tasks.spawn(async move {
+        let mut readers = JoinSet::new();
+        while let Ok(mut recv) = accept_conn.accept_uni().await {
+            let tx = tx.clone();
+            readers.spawn(async move {
+                let Ok(LaneTag(lane)) = LaneTag::read(&mut recv).await else {
+                    return;
+                };
+                if stall == Some(lane) {
+                    // Never read this lane: the relay's writes to it hit flow control.
+                    std::future::pending::<()>().await;
+                }
+                while let Ok(Some(f)) = framed::read_frame(&mut recv).await {
+                    let _ = tx.send((Stream::Lane(lane), Bytes::from(f)));
+                }
+            });
+        }
+    });
+    Ok(Node {
+        conn,
+        control,
+        lanes,
+        rx,
+        _endpoint: endpoint,
+        _tasks: tasks,
+    })
+}
+
+impl Fixture {
+    async fn connect(&self, name: &str) -> Node {
+        self.connect_stalling(name, None).await
+    }
+
+    /// A node that never reads the relay's stream for `stall`.
+    async fn connect_stalling(&self, name: &str, stall: Option<Precedence>) -> Node {
+        let (addr, dir) = (self.server.local_addr(), self.dir.path());
+        connect_with(addr, dir, dir, name, stall).await.unwrap()
+    }
+}
+
+impl Node {
+    async fn send_control(&mut self, bytes: &[u8]) {
+        framed::write_frame(&mut self.control, bytes).await.unwrap();
+    }
+
+    async fn send_lane(&mut self, lane: Precedence, bytes: &[u8]) {
+        let (_, s) = self.lanes.iter_mut().find(|(l, _)| *l == lane).unwrap();
+        framed::write_frame(s, bytes).await.unwrap();
+    }
+
+    /// The next received frame for which `pick` says yes; others are skipped.
+    async fn recv_where(&mut self, mut pick: impl FnMut(&Frame) -> bool) -> (Stream, Bytes, Frame) {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let (stream, bytes) = self.rx.recv().await.expect("node connection ended");
+                let (frame, _) = wire::decode_frame(&bytes).unwrap();
+                if pick(&frame) {
+                    return (stream, bytes, frame);
+                }
+            }
+        })
+        .await
+        .expect("timed out waiting for a frame")
+    }
+
+    async fn next_envelope(&mut self) -> (Stream, Bytes, EnvelopeFrame) {
+        let (stream, bytes, frame) = self.recv_where(|f| matches!(f, Frame::Envelope(_))).await;
+        let Frame::Envelope(e) = frame else {
+            unreachable!()
+        };
+        (stream, bytes, e)
+    }
+
+    async fn next_reply(&mut self) -> Frame {
+        self.recv_where(|f| matches!(f, Frame::Accepted(_) | Frame::Refused(_)))
+            .await
+            .2
+    }
+
+    async fn closed_with(&self) -> quinn::ConnectionError {
+        tokio::time::timeout(WAIT, self.conn.closed())
+            .await
+            .unwrap()
+    }
+}
+
+fn envelope(sender: &str, recipient: &str, precedence: Precedence, seq: u64) -> Vec<u8> {
+    envelope_on(sender, recipient, precedence, seq, precedence)
+}
+
+fn envelope_on(
+    sender: &str,
+    recipient: &str,
+    precedence: Precedence,
+    seq: u64,
+    transport: Precedence,
+) -> Vec<u8> {
+    envelope_sized(sender, recipient, precedence, seq, transport, 64)
+}
+
+fn envelope_sized(
+    sender: &str,
+    recipient: &str,
+    precedence: Precedence,
+    seq: u64,
+    transport: Precedence,
+    sealed: usize,
+) -> Vec<u8> {
+    let sealed = vec![0x5A; sealed];
+    let header = Header {
+        sender: id(sender),
+        recipient: id(recipient),
+        channel: Channel::default(),
+        precedence,
+        seq: Seq(seq),
+        after: [0; 4],
+        epoch: 1,
+        session: SessionId([3; 16]),
+        prev: Digest::default(),
+        sealed_len: sealed.len() as u32,
+    };
+    wire::encode_frame(&Frame::Envelope(EnvelopeFrame {
+        transport,
+        envelope: Envelope { header, sealed },
+        head: None,
+        setup: None,
+    }))
+}
+
+fn message_id(sender: &str, precedence: Precedence, seq: u64) -> MessageId {
+    MessageId {
+        sender: id(sender),
+        channel: Channel::default(),
+        precedence,
+        seq: Seq(seq),
+    }
+}
+
+fn delivered(from: &str, to: &str, precedence: Precedence, upto: u64) -> Vec<u8> {
+    let receipt = Receipt {
+        from: id(from),
+        to: id(to),
+        channel: Channel::default(),
+        precedence,
+        kind: ReceiptKind::Delivered {
+            upto: Seq(upto),
+            head: Digest::default(),
+        },
+        at: Time(1),
+    };
+    let key = IdentityKey::from_seed(&[9; 32]);
+    wire::encode_frame(&Frame::Receipt(Signed::sign(receipt, &key)))
+}
+
+fn app_close_code(e: &quinn::ConnectionError) -> Option<CloseReason> {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            CloseReason::from_code(close.error_code)
+        }
+        _ => None,
+    }
+}
+
+const R: Precedence = Precedence::Routine;
+const F: Precedence = Precedence::Flash;
+
+#[tokio::test]
+async fn certificate_from_another_ca_is_refused() {
+    let fx = fixture().await;
+    let other = tempfile::tempdir().unwrap();
+    ExercisePki::generate("relay.test", &[id("us")])
+        .unwrap()
+        .write(other.path())
+        .unwrap();
+    // Trusts the real CA (so the relay is accepted) but presents a `us` from another CA.
+    let result = tokio::time::timeout(
+        WAIT,
+        connect_with(
+            fx.server.local_addr(),
+            fx.dir.path(),
+            other.path(),
+            "us",
+            None,
+        ),
+    )
+    .await
+    .expect("the refused handshake should end, not hang");
+    assert!(result.is_err(), "a foreign certificate was accepted");
+}
+
+#[tokio::test]
+async fn endpoint_in_no_hotline_is_closed_with_a_reason() {
+    let fx = fixture().await;
+    let addr = fx.server.local_addr();
+    let ca = tls::load_certs(&fx.dir.path().join("ca.pem")).unwrap();
+    let creds =
+        Credentials::load(&fx.dir.path().join("xx.pem"), &fx.dir.path().join("xx.key")).unwrap();
+    let endpoint = quic::client(
+        addr,
+        tls::client_config(&ca, creds, Timeouts::default()).unwrap(),
+    )
+    .unwrap();
+    let error = match endpoint.connect(addr, "localhost").unwrap().await {
+        Ok(conn) => tokio::time::timeout(WAIT, conn.closed()).await.unwrap(),
+        Err(e) => e,
+    };
+    assert_eq!(
+        app_close_code(&error),
+        Some(CloseReason::NotConfigured),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn envelope_queued_for_an_offline_partner_is_forwarded_when_it_connects() {
+    let fx = fixture().await;
+    let mut us = fx.connect("us").await;
+    let sent = envelope("us", "jp", R, 1);
+    us.send_lane(R, &sent).await;
+    assert_eq!(
+        us.next_reply().await,
+        Frame::Accepted(Accepted {
+            id: message_id("us", R, 1),
+            durable: false
+        })
+    );
+
+    let mut jp = fx.connect("jp").await;
+    let (stream, bytes, _) = jp.next_envelope().await;
+    assert_eq!(stream, Stream::Lane(R));
+    assert_eq!(&bytes[..], &sent[..], "forwarded byte for byte");
+    // us learns that jp came online.
+    us.recv_where(|f| {
+        *f == Frame::Presence(Presence {
+            endpoint: id("jp"),
+            online: true,
+        })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn wrong_sender_and_unpaired_recipient_are_refused() {
+    let fx = fixture().await;
+    let mut us = fx.connect("us").await;
+    us.send_lane(R, &envelope("jp", "us", R, 1)).await;
+    let Frame::Refused(r) = us.next_reply().await else {
+        panic!("expected a refusal")
+    };
+    assert_eq!(r.code, RefusalCode::SenderMismatch);
+    assert_eq!(r.id, Some(message_id("jp", R, 1)));
+
+    us.send_lane(R, &envelope("us", "uk", R, 1)).await;
+    let Frame::Refused(r) = us.next_reply().await else {
+        panic!("expected a refusal")
+    };
+    assert_eq!(r.code, RefusalCode::NotPaired);
+
+    // A malformed frame is refused too, and the connection stays usable.
+    let garbage = vec![0, 0, 0, 6, PROTOCOL_VERSION, 1, 0xFF, 0xFF, 0xFF, 0xFF];
+    us.send_control(&garbage).await;
+    let Frame::Refused(r) = us.next_reply().await else {
+        panic!("expected a refusal")
+    };
+    assert_eq!(r.code, RefusalCode::Malformed);
+    us.send_lane(R, &envelope("us", "jp", R, 1)).await;
+    assert!(matches!(us.next_reply().await, Frame::Accepted(_)));
+
+    // The refusals are counted in the metrics.
+    let metrics = http_get(fx.server.metrics_addr().unwrap(), "/metrics").await;
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(
+        metrics.contains("hotline_relay_refusals_total{code=\"sender_mismatch\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hotline_relay_queued_frames{stream=\"routine\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("hotline_relay_connections 1"), "{metrics}");
+    let missing = http_get(fx.server.metrics_addr().unwrap(), "/other").await;
+    assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+}
+
+#[tokio::test]
+async fn delivered_receipt_removes_the_queued_envelope() {
+    let fx = fixture().await;
+    let mut us = fx.connect("us").await;
+    us.send_lane(R, &envelope("us", "jp", R, 1)).await;
+    assert!(matches!(us.next_reply().await, Frame::Accepted(_)));
+
+    let mut jp = fx.connect("jp").await;
+    let (_, _, e) = jp.next_envelope().await;
+    assert_eq!(e.envelope.header.seq, Seq(1));
+    let receipt = delivered("jp", "us", R, 1);
+    jp.send_control(&receipt).await;
+    let (stream, bytes, _) = us.recv_where(|f| matches!(f, Frame::Receipt(_))).await;
+    assert_eq!(stream, Stream::Control);
+    assert_eq!(&bytes[..], &receipt[..]);
+    jp.conn.close(0u32.into(), b"bye");
+    drop(jp);
+
+    // A reconnecting jp gets only what is not yet delivered: seq 2, not seq 1 again.
+    let mut jp = fx.connect("jp").await;
+    us.send_lane(R, &envelope("us", "jp", R, 2)).await;
+    let (_, _, e) = jp.next_envelope().await;
+    assert_eq!(e.envelope.header.seq, Seq(2));
+}
+
+#[tokio::test]
+async fn undelivered_envelopes_are_written_again_on_reconnection() {
+    let fx = fixture().await;
+    let mut us = fx.connect("us").await;
+    let mut jp = fx.connect("jp").await;
+    us.send_lane(R, &envelope("us", "jp", R, 1)).await;
+    let (_, _, e) = jp.next_envelope().await;
+    assert_eq!(e.envelope.header.seq, Seq(1));
+    // No receipt: a new connection of jp replaces the old one and gets it again.
+    let mut jp2 = fx.connect("jp").await;
+    assert_eq!(
+        app_close_code(&jp.closed_with().await),
+        Some(CloseReason::Replaced)
+    );
+    let (_, _, e) = jp2.next_envelope().await;
+    assert_eq!(e.envelope.header.seq, Seq(1));
+}
+
+#[tokio::test]
+async fn escalated_envelope_moves_to_the_flash_stream() {
+    let fx = fixture().await;
+    let mut us = fx.connect("us").await;
+    us.send_lane(R, &envelope("us", "jp", R, 1)).await;
+    assert!(matches!(us.next_reply().await, Frame::Accepted(_)));
+    let escalated = envelope_on("us", "jp", R, 1, F);
+    us.send_lane(F, &escalated).await;
+    assert!(matches!(us.next_reply().await, Frame::Accepted(_)));
+    let mut jp = fx.connect("jp").await;
+    let (stream, bytes, e) = jp.next_envelope().await;
+    assert_eq!(stream, Stream::Lane(F));
+    assert_eq!(&bytes[..], &escalated[..]);
+    assert_eq!(e.transport, F);
+}
+
+#[tokio::test]
+async fn flash_gets_through_while_the_routine_lane_is_stuck() {
+    let fx = fixture().await;
+    let mut us = fx.connect("us").await;
+    // jp never reads its routine stream, so the relay can write at most one flow-control
+    // window of routine traffic; the rest stays queued in the relay.
+    let mut jp = fx.connect_stalling("jp", Some(R)).await;
+    let window = quic::LANE_WINDOW_BYTES as usize;
+    let body = 200 * 1024;
+    let count = (4 * window / body + 1) as u64;
+    for seq in 1..=count {
+        us.send_lane(R, &envelope_sized("us", "jp", R, seq, R, body))
+            .await;
+    }
+    for _ in 1..=count {
+        assert!(matches!(us.next_reply().await, Frame::Accepted(_)));
+    }
+    let flash = envelope("us", "jp", F, 1);
+    us.send_lane(F, &flash).await;
+    let (stream, bytes, _) = jp.next_envelope().await;
+    assert_eq!(stream, Stream::Lane(F));
+    assert_eq!(&bytes[..], &flash[..]);
+    // The stuck routine envelopes are still held by the relay (nothing was dropped).
+    let metrics = http_get(fx.server.metrics_addr().unwrap(), "/metrics").await;
+    assert!(
+        metrics.contains(&format!(
+            "hotline_relay_queued_frames{{stream=\"routine\"}} {count}"
+        )),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn oversized_frame_closes_the_connection() {
+    let fx = fixture().await;
+    let mut us = fx.connect("us").await;
+    let prefix = ((MAX_FRAME_LEN + 1) as u32).to_be_bytes();
+    us.send_lane(R, &prefix).await;
+    assert_eq!(
+        app_close_code(&us.closed_with().await),
+        Some(CloseReason::FrameTooLarge)
+    );
+}
+
+#[tokio::test]
+async fn shutdown_closes_connections_with_a_reason() {
+    let fx = fixture().await;
+    let us = fx.connect("us").await;
+    let Fixture { dir: _dir, server } = fx;
+    tokio::time::timeout(WAIT, server.shutdown()).await.unwrap();
+    assert_eq!(
+        app_close_code(&us.closed_with().await),
+        Some(CloseReason::Shutdown)
+    );
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> String {
+    tokio::time::timeout(WAIT, async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    })
+    .await
+    .unwrap()
+}
