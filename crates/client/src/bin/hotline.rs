@@ -35,7 +35,7 @@ enum Cmd {
         #[command(subcommand)]
         command: CertsCmd,
     },
-    /// Run an endpoint node (serves the CLI on <data_dir>/control.sock).
+    /// Run an endpoint node (serves the CLI on DATA_DIR/control.sock).
     ///
     /// Example: hotline node --config ex/us.toml
     Node {
@@ -114,7 +114,7 @@ enum Cmd {
 
 #[derive(Debug, Subcommand)]
 enum CertsCmd {
-    /// Write an exercise CA, relay and endpoint certificates, relay.toml and <endpoint>.toml.
+    /// Write an exercise CA, relay and endpoint certificates, relay.toml and ENDPOINT.toml.
     ///
     /// Example: hotline certs init --out ex --relay localhost --endpoint us --endpoint jp
     Init {
