@@ -105,6 +105,18 @@ impl Proc {
             .as_mut()
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
+
+    /// Waits (up to PATIENCE) for the process to exit on its own; returns whether it did.
+    pub fn wait_exit(&mut self) -> bool {
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline {
+            if !self.running() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
 }
 
 impl Drop for Proc {
@@ -188,21 +200,28 @@ impl Exercise {
 
     /// Starts an endpoint node.
     pub fn start_node(&self, endpoint: &str) -> Proc {
+        self.start_node_with(endpoint, &[])
+    }
+
+    /// Starts an endpoint node with extra environment (e.g. a failpoint).
+    pub fn start_node_with(&self, endpoint: &str, env: &[(&str, &str)]) -> Proc {
         let cfg = self.config(endpoint);
-        self.spawn(
-            endpoint,
-            &bin_dir().join("hotline"),
-            &["node", "--config", cfg.to_str().unwrap()],
-        )
+        let args = ["node", "--config", cfg.to_str().unwrap()];
+        self.spawn_env(endpoint, &bin_dir().join("hotline"), &args, env)
     }
 
     fn spawn(&self, name: &str, bin: &Path, args: &[&str]) -> Proc {
+        self.spawn_env(name, bin, args, &[])
+    }
+
+    fn spawn_env(&self, name: &str, bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
         let n = (0..)
             .find(|i| !self.path(&format!("{name}.{i}.log")).exists())
             .unwrap();
         let log = self.path(&format!("{name}.{n}.log"));
         let child = Command::new(bin)
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -82,6 +82,12 @@ pub enum Request {
     },
     /// Link state, queues, escalations, alarms.
     Status,
+    /// Verify the audit log (and with `export`, list it).
+    Audit {
+        /// Also list every entry and head.
+        #[serde(default)]
+        export: bool,
+    },
 }
 
 /// One response line.
@@ -120,6 +126,11 @@ pub enum Event {
     Message(InboxEntry),
     /// A status snapshot.
     Status(Box<StatusView>),
+    /// An audit entry, head or the verification report.
+    Audit {
+        /// The value.
+        value: serde_json::Value,
+    },
     /// The last line for a request.
     Done {
         /// Success.

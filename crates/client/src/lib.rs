@@ -8,9 +8,11 @@
 //! - [`certs`]: `hotline certs init`, an exercise PKI plus ready-to-run configs.
 //! - [`demo`]: `hotline demo`, a relay and two nodes on loopback with a scripted exchange.
 
+pub mod audit;
 pub mod certs;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod failpoint;
 pub mod node;
 pub mod store;

@@ -34,12 +34,17 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::audit::{self, AuditEvent};
 use crate::config::NodeConfig;
 use crate::control::{
     AlarmView, EscalationView, Event, InboxEntry, LaneView, Request, RequestLine, ResponseLine,
     StatusView, WaitLevel,
 };
-use crate::store::Store;
+use crate::failpoint;
+use crate::store::{Batch, Store};
+use hotline_proto::crypto::{Digest, IdentityPublicKey};
+use hotline_proto::envelope::{LinkTest, Signed};
+use std::sync::Arc;
 
 /// Runs a node until `shutdown` resolves or a fatal error (store failure) occurs.
 pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
@@ -68,27 +73,59 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
     };
     info!(endpoint = %cfg.local, partner = %cfg.partner.id, records = store.len(), "node starting");
 
-    // Store thread: group commit.
-    let (persist_tx, mut persist_rx) = mpsc::unbounded_channel::<(WriteId, Record)>();
-    let (persisted_tx, persisted_rx) =
-        mpsc::unbounded_channel::<Result<WriteId, (WriteId, String)>>();
+    // Store thread: group commit of records and the audit entries they imply.
+    store.set_signer(cfg.identity_key()?, cfg.local.clone());
+    let audit = AuditCtx {
+        db: store.database(),
+        own: cfg.identity_key()?.public(),
+        partner: cfg.partner.key,
+    };
+    let initial_head = store.audit_head();
+    let (persist_tx, mut persist_rx) = mpsc::unbounded_channel::<StoreMsg>();
+    let (persisted_tx, persisted_rx) = mpsc::unbounded_channel::<Persisted>();
     let store_thread = std::thread::Builder::new()
         .name("store".into())
         .spawn(move || {
-            let mut batch = Vec::new();
+            let mut msgs = Vec::new();
             while let Some(first) = persist_rx.blocking_recv() {
-                batch.push(first);
+                msgs.push(first);
                 while let Ok(more) = persist_rx.try_recv() {
-                    batch.push(more);
+                    msgs.push(more);
                 }
-                let last = batch.last().map(|(id, _)| *id).unwrap_or(WriteId(0));
-                let records: Vec<Record> = batch.drain(..).map(|(_, r)| r).collect();
-                let result = store
-                    .append(&records)
-                    .map(|()| last)
-                    .map_err(|e| (last, e.to_string()));
+                let mut batch = Batch::default();
+                let mut last = None;
+                for m in msgs.drain(..) {
+                    match m {
+                        StoreMsg::Record(id, r) => {
+                            last = Some(id);
+                            batch.records.push(r);
+                        }
+                        StoreMsg::Event(e) => batch.events.push(e),
+                        StoreMsg::PartnerHead(t) => batch.partner_heads.push(t),
+                    }
+                }
+                let result = store.commit(&batch, wall_now());
+                if result.is_ok() {
+                    let has = |f: fn(&Record) -> bool| batch.records.iter().any(f);
+                    if has(|r| matches!(r, Record::Outgoing { .. })) {
+                        failpoint::hit("after-outbox-append");
+                    }
+                    if has(|r| matches!(r, Record::Received { .. })) {
+                        failpoint::hit("after-inbox-commit-before-receipt");
+                    }
+                    if has(|r| matches!(r, Record::OperatorAck { .. })) {
+                        failpoint::hit("after-ack-commit");
+                    }
+                }
                 let failed = result.is_err();
-                if persisted_tx.send(result).is_err() || failed {
+                let msg = match result {
+                    Ok(head) => Persisted::Ok { last, head },
+                    Err(e) => Persisted::Failed {
+                        last: last.unwrap_or(WriteId(0)),
+                        error: e.to_string(),
+                    },
+                };
+                if persisted_tx.send(msg).is_err() || failed {
                     break;
                 }
             }
@@ -118,7 +155,10 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         .instrument(info_span!("conn", relay = %cfg.relay)),
     );
 
+    let mut engine = engine;
+    engine.set_audit_head(initial_head.0, initial_head.1);
     let mut driver = Driver {
+        audit,
         engine,
         local: cfg.local.clone(),
         partner: cfg.partner.id.clone(),
@@ -129,6 +169,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         subscribers: BTreeMap::new(),
         last_error: None,
         fatal: None,
+        ack_waiters: Vec::new(),
     };
     let result = driver
         .run(persisted_rx, net_rx, cmd_rx, conn_rx, shutdown)
@@ -194,6 +235,10 @@ enum Command {
     Status {
         reply: oneshot::Sender<StatusView>,
     },
+    Audit {
+        export: bool,
+        reply: oneshot::Sender<Result<Vec<serde_json::Value>, String>>,
+    },
 }
 
 enum ConnEvent {
@@ -225,23 +270,61 @@ fn lane_slot(p: Precedence) -> usize {
     4 - p.index()
 }
 
+/// An operator acknowledgement waiting for its write (known once emitted) to commit.
+type AckWaiter = (
+    MessageId,
+    Option<WriteId>,
+    oneshot::Sender<Result<(), String>>,
+);
+
+/// What the store thread is asked to write.
+#[allow(clippy::large_enum_variant)] // moved once into the store thread's batch
+enum StoreMsg {
+    Record(WriteId, Record),
+    Event(AuditEvent),
+    PartnerHead(Signed<LinkTest>),
+}
+
+/// What the store thread reports back.
+enum Persisted {
+    Ok {
+        last: Option<WriteId>,
+        head: (u64, Digest),
+    },
+    Failed {
+        last: WriteId,
+        error: String,
+    },
+}
+
+/// What `audit verify/export` needs while the node runs.
+#[derive(Clone)]
+struct AuditCtx {
+    db: Arc<redb::Database>,
+    own: IdentityPublicKey,
+    partner: IdentityPublicKey,
+}
+
 struct Driver {
+    audit: AuditCtx,
     engine: Engine<ChaCha20Rng>,
     local: hotline_proto::EndpointId,
     partner: hotline_proto::EndpointId,
-    persist_tx: mpsc::UnboundedSender<(WriteId, Record)>,
+    persist_tx: mpsc::UnboundedSender<StoreMsg>,
     writers: Option<Writers>,
     inbox: InboxIndex,
     followers: Vec<mpsc::UnboundedSender<InboxEntry>>,
     subscribers: BTreeMap<MessageId, Vec<mpsc::UnboundedSender<Report>>>,
     last_error: Option<String>,
     fatal: Option<String>,
+    /// Acknowledgements waiting for their write to commit.
+    ack_waiters: Vec<AckWaiter>,
 }
 
 impl Driver {
     async fn run(
         &mut self,
-        mut persisted: mpsc::UnboundedReceiver<Result<WriteId, (WriteId, String)>>,
+        mut persisted: mpsc::UnboundedReceiver<Persisted>,
         net: LaneReceivers,
         mut cmds: mpsc::UnboundedReceiver<Command>,
         mut conn: mpsc::UnboundedReceiver<ConnEvent>,
@@ -263,11 +346,23 @@ impl Driver {
                 biased;
                 // Confirmations first: they release receipts and deliveries.
                 Some(r) = persisted.recv() => match r {
-                    Ok(id) => self.engine.handle_persisted(wall_now(), id),
-                    Err((id, e)) => {
-                        error!(error = %e, "store write failed; stopping");
-                        self.engine.handle_persist_failed(wall_now(), id, &e);
-                        self.fatal = Some(e);
+                    Persisted::Ok { last, head } => {
+                        self.engine.set_audit_head(head.0, head.1);
+                        if let Some(id) = last {
+                            self.engine.handle_persisted(wall_now(), id);
+                            let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.ack_waiters)
+                                .into_iter()
+                                .partition(|w| w.1.is_some_and(|w| w <= id));
+                            self.ack_waiters = waiting;
+                            for (_, _, reply) in done {
+                                let _ = reply.send(Ok(()));
+                            }
+                        }
+                    }
+                    Persisted::Failed { last, error } => {
+                        error!(error = %error, "store write failed; stopping");
+                        self.engine.handle_persist_failed(wall_now(), last, &error);
+                        self.fatal = Some(error);
                     }
                 },
                 Some(f) = control.recv() => self.frame(&f),
@@ -364,13 +459,25 @@ impl Driver {
                             .map(|()| id)
                             .map_err(|e| e.to_string())
                     });
-                if let Ok(id) = &result {
-                    self.inbox.acknowledged(id, now);
+                match result {
+                    Ok(id) => {
+                        self.inbox.acknowledged(&id, now);
+                        // Answer only once the acknowledgement is durable.
+                        self.ack_waiters.push((id, None, reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
                 }
-                let _ = reply.send(result.map(|_| ()));
             }
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
+            }
+            Command::Audit { export, reply } => {
+                let ctx = self.audit.clone();
+                tokio::task::spawn_blocking(move || {
+                    let _ = reply.send(audit_report(&ctx.db, &ctx.own, &ctx.partner, export));
+                });
             }
         }
     }
@@ -388,7 +495,16 @@ impl Driver {
                     }
                 }
                 Action::Persist { id, record } => {
-                    let _ = self.persist_tx.send((id, record));
+                    if let Record::OperatorAck { id: acked, .. } = &record {
+                        for w in self
+                            .ack_waiters
+                            .iter_mut()
+                            .filter(|w| &w.0 == acked && w.1.is_none())
+                        {
+                            w.1 = Some(id);
+                        }
+                    }
+                    let _ = self.persist_tx.send(StoreMsg::Record(id, record));
                 }
                 Action::Deliver(d) => self.deliver(d),
                 Action::Report(r) => self.report(r),
@@ -399,11 +515,21 @@ impl Driver {
                     warn!(id = %n.message, level = %n.level, count = n.count, "RE-ALERT from partner: acknowledge this message");
                     self.inbox.realerted(&n.message, n.level);
                 }
-                Action::Alarm(a) => log_alarm(&a),
+                Action::Alarm(a) => {
+                    log_alarm(&a);
+                    let _ = self.persist_tx.send(StoreMsg::Event(AuditEvent::Alarm {
+                        kind: alarm_kind(&a.kind),
+                        detail: a.detail.clone(),
+                    }));
+                }
                 Action::PartnerAuditHead(t) => {
                     debug!(len = t.body.audit_len, head = %t.body.audit_head, "partner audit head");
+                    let _ = self.persist_tx.send(StoreMsg::PartnerHead(t));
                 }
                 Action::Link { state, since } => {
+                    let _ = self.persist_tx.send(StoreMsg::Event(AuditEvent::LinkState {
+                        state: link_name(state).into(),
+                    }));
                     info!(state = ?state, since = %format_time(since), "link state");
                 }
             }
@@ -448,12 +574,7 @@ impl Driver {
         StatusView {
             endpoint: self.local.to_string(),
             partner: self.partner.to_string(),
-            link: match s.link {
-                LinkState::Up => "up",
-                LinkState::Degraded => "degraded",
-                LinkState::Down => "down",
-            }
-            .into(),
+            link: link_name(s.link).into(),
             link_since: format_time(s.link_since),
             connected: s.connected,
             partner_online: s.partner_online,
@@ -485,6 +606,14 @@ impl Driver {
                 .collect(),
             inbox: self.inbox.len(),
         }
+    }
+}
+
+fn link_name(s: LinkState) -> &'static str {
+    match s {
+        LinkState::Up => "up",
+        LinkState::Degraded => "degraded",
+        LinkState::Down => "down",
     }
 }
 
@@ -566,6 +695,45 @@ impl InboxIndex {
     fn len(&self) -> usize {
         self.entries.len()
     }
+}
+
+/// Verifies (or exports) the audit log in `db`: one JSON value per line of output.
+pub fn audit_report(
+    db: &redb::Database,
+    own: &IdentityPublicKey,
+    partner: &IdentityPublicKey,
+    export: bool,
+) -> Result<Vec<serde_json::Value>, String> {
+    let data = Store::read_audit(db).map_err(|e| e.to_string())?;
+    let report = audit::verify(&data, own, partner);
+    let mut out = Vec::new();
+    if export {
+        for e in &data.entries {
+            out.push(serde_json::json!({
+                "type": "entry",
+                "index": e.entry.index,
+                "at": format_time(e.entry.at),
+                "prev": e.entry.prev.to_hex(),
+                "hash": e.hash.to_hex(),
+                "event": e.entry.event,
+            }));
+        }
+        for h in &data.heads {
+            out.push(serde_json::json!({
+                "type": "signed_head", "endpoint": h.endpoint.to_string(), "len": h.len,
+                "head": h.head.to_hex(), "at": format_time(h.at), "signature": hotline_proto::crypto::hex(&h.signature.0),
+            }));
+        }
+        for t in &data.partner_heads {
+            out.push(serde_json::json!({
+                "type": "partner_head", "endpoint": t.body.from.to_string(), "len": t.body.audit_len,
+                "head": t.body.audit_head.to_hex(), "at": format_time(t.body.at),
+                "signature": hotline_proto::crypto::hex(&t.signature.0),
+            }));
+        }
+    }
+    out.push(serde_json::json!({ "type": "verify", "report": report }));
+    Ok(out)
 }
 
 // ----- connection ----------------------------------------------------------------------------
@@ -841,6 +1009,20 @@ async fn handle_request(
             let (tx, rx) = oneshot::channel();
             let _ = cmds.send(Command::Ack { id, reply: tx });
             rx.await.unwrap_or_else(|_| Err("node is stopping".into()))
+        }
+        Request::Audit { export } => {
+            let (tx, rx) = oneshot::channel();
+            let _ = cmds.send(Command::Audit { export, reply: tx });
+            match rx.await {
+                Ok(Ok(values)) => {
+                    for value in values {
+                        emit(Event::Audit { value });
+                    }
+                    Ok(())
+                }
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err("node is stopping".into()),
+            }
         }
         Request::Status => {
             let (tx, rx) = oneshot::channel();

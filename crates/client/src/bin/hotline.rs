@@ -104,11 +104,42 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Check or export the hash-chained audit log (works whether or not the node runs).
+    ///
+    /// Example: hotline audit verify --config ex/us.toml
+    Audit {
+        #[command(subcommand)]
+        command: AuditCmd,
+    },
     /// Relay and two nodes on loopback, with a scripted exchange across all precedences.
     Demo {
         /// Keep the demo directory (PKI, configs, logs, stores) afterwards.
         #[arg(long)]
         keep: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCmd {
+    /// Check the chain, every signed head and the partner's signed heads; name the first bad
+    /// record. Exit 1 if anything is wrong.
+    Verify {
+        /// Node config (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print every entry, signed head and partner head (for oversight bodies), then the
+    /// verification report.
+    Export {
+        /// Node config (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -326,7 +357,77 @@ async fn run(cmd: Cmd) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Audit { command } => {
+            let (config, json, export) = match command {
+                AuditCmd::Verify { config, json } => (config, json, false),
+                AuditCmd::Export { config, json } => (config, json, true),
+            };
+            let values = audit_values(&config, export).await?;
+            let mut report = None;
+            for v in values {
+                if v["type"] == "verify" {
+                    report = Some(v["report"].clone());
+                    continue;
+                }
+                if json {
+                    println!("{v}");
+                } else {
+                    match v["type"].as_str() {
+                        Some("entry") => println!(
+                            "{:>6} {} {} {}",
+                            v["index"],
+                            v["at"].as_str().unwrap_or(""),
+                            &v["hash"].as_str().unwrap_or("")
+                                [..12.min(v["hash"].as_str().unwrap_or("").len())],
+                            v["event"]
+                        ),
+                        _ => println!("{v}"),
+                    }
+                }
+            }
+            let report = report.context("no verification report")?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "type": "verify", "report": report })
+                );
+            }
+            match report["first_bad"].as_str() {
+                Some(bad) => bail!("audit log does not verify: {bad}"),
+                None => {
+                    if !json {
+                        println!(
+                            "audit log ok: {} records, {} signed heads, {} partner heads verified",
+                            report["entries"], report["signed_heads"], report["partner_heads"]
+                        );
+                    }
+                    Ok(())
+                }
+            }
+        }
         Cmd::Demo { keep } => hotline_client::demo::run(keep, &mut |line| println!("{line}")).await,
+    }
+}
+
+/// Asks the running node, or reads the store directly when the node is stopped.
+async fn audit_values(config: &std::path::Path, export: bool) -> Result<Vec<serde_json::Value>> {
+    match ControlClient::connect(&control::socket_for(config)?).await {
+        Ok(mut c) => Ok(c
+            .call(Request::Audit { export })
+            .await?
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Audit { value } => Some(value),
+                _ => None,
+            })
+            .collect()),
+        Err(_) => {
+            let cfg = NodeConfig::load(config)?;
+            let (store, _) = hotline_client::store::Store::open(&cfg.data_dir)?;
+            let own = cfg.identity_key()?.public();
+            hotline_client::node::audit_report(&store.database(), &own, &cfg.partner.key, export)
+                .map_err(|e| anyhow::anyhow!(e))
+        }
     }
 }
 

@@ -1,0 +1,221 @@
+//! Crash recovery, proven with processes aborted at named failpoints and killed with SIGKILL.
+//!
+//! After each crash and restart: every message `send` reported is in the recipient's inbox
+//! exactly once, the ordering rule holds, acknowledgements given before the crash are still
+//! there, and deadlines pending at the crash still fire.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use hotline_client::control::WaitLevel;
+use hotline_e2e::{Exercise, Msg, PATIENCE, check_order, hotline, send_all};
+
+async fn up(ex: &Exercise) {
+    for e in ["us", "jp"] {
+        ex.wait_status(e, "link up", |s| s.link == "up").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sender_aborted_after_outbox_append_still_delivers() {
+    let ex = Exercise::new(&["us", "jp"], &[]);
+    let _relay = ex.start_relay();
+    let _jp = ex.start_node("jp");
+    let mut us = ex.start_node_with("us", &[("HOTLINE_FAILPOINT", "after-outbox-append")]);
+    up(&ex).await;
+    let out = hotline(&[
+        "send",
+        "--config",
+        ex.config("us").to_str().unwrap(),
+        "--precedence",
+        "flash",
+        "survives",
+    ]);
+    assert!(
+        !out.status.success(),
+        "the node aborted before confirming the send"
+    );
+    assert!(us.wait_exit(), "us aborted at the failpoint");
+    let _us = ex.start_node("us");
+    let inbox = ex.wait_inbox("jp", 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let inbox2 = ex.inbox("jp").await;
+    assert_eq!(inbox2.len(), 1, "delivered exactly once: {inbox2:?}");
+    assert_eq!(inbox[0].body, "survives");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_aborted_after_inbox_commit_neither_loses_nor_duplicates() {
+    let ex = Exercise::new(&["us", "jp"], &[]);
+    let _relay = ex.start_relay();
+    let _us = ex.start_node("us");
+    let mut jp = ex.start_node_with(
+        "jp",
+        &[("HOTLINE_FAILPOINT", "after-inbox-commit-before-receipt")],
+    );
+    up(&ex).await;
+    let mut c = ex.control("us").await;
+    let sent = send_all(
+        &mut c,
+        &[Msg {
+            precedence: "immediate".into(),
+            body: "once".into(),
+        }],
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(
+        jp.wait_exit(),
+        "jp aborted after committing the inbox record"
+    );
+    let _jp = ex.start_node("jp");
+    ex.wait_status("us", "delivered receipt after jp restarts", |s| {
+        s.lanes["immediate"].undelivered == 0
+    })
+    .await;
+    let inbox = ex.inbox("jp").await;
+    assert_eq!(inbox.len(), 1, "{inbox:?}");
+    assert_eq!(inbox[0].id, sent[0].id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledgement_committed_before_a_crash_survives_and_reaches_the_sender() {
+    let ex = Exercise::new(&["us", "jp"], &[]);
+    let _relay = ex.start_relay();
+    let _us = ex.start_node("us");
+    let mut jp = ex.start_node_with("jp", &[("HOTLINE_FAILPOINT", "after-ack-commit")]);
+    up(&ex).await;
+    let mut c = ex.control("us").await;
+    let sent = send_all(
+        &mut c,
+        &[Msg {
+            precedence: "flash".into(),
+            body: "ack me".into(),
+        }],
+        Some(WaitLevel::Delivered),
+    )
+    .await
+    .unwrap();
+    let out = hotline(&[
+        "ack",
+        "--config",
+        ex.config("jp").to_str().unwrap(),
+        &sent[0].id,
+    ]);
+    assert!(!out.status.success(), "jp aborted before answering");
+    assert!(jp.wait_exit());
+    let _jp = ex.start_node("jp");
+    let inbox = ex.wait_inbox("jp", 1).await;
+    assert!(
+        inbox[0].acknowledged.is_some(),
+        "the acknowledgement survived the crash"
+    );
+    ex.wait_status("us", "acknowledged receipt", |s| {
+        s.lanes["flash"].unacknowledged == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_in_the_middle_of_a_group_commit_loses_nothing_reported() {
+    let ex = Exercise::new(&["us", "jp"], &[]);
+    let _relay = ex.start_relay();
+    let _jp = ex.start_node("jp");
+    let mut us = ex.start_node_with(
+        "us",
+        &[
+            ("HOTLINE_FAILPOINT", "mid-group-commit"),
+            ("HOTLINE_FAILPOINT_SKIP", "30"),
+        ],
+    );
+    up(&ex).await;
+    let precedences = ["routine", "priority", "immediate", "flash"];
+    let msgs: Vec<Msg> = (0..300)
+        .map(|i| Msg {
+            precedence: precedences[i % 4].into(),
+            body: format!("g{i}"),
+        })
+        .collect();
+    let mut c = ex.control("us").await;
+    // One send at a time, so each is its own commit; the node dies part-way. Collect what
+    // was reported stored before it did.
+    let mut stored = Vec::new();
+    for (i, m) in msgs.iter().enumerate() {
+        match send_all(&mut c, std::slice::from_ref(m), None).await {
+            Ok(s) => stored.push((i, s[0].id.clone())),
+            Err(_) => break,
+        }
+    }
+    assert!(us.wait_exit(), "us aborted mid group commit");
+    assert!(
+        !stored.is_empty() && stored.len() < msgs.len(),
+        "the crash came part-way ({} stored)",
+        stored.len()
+    );
+    let _us = ex.start_node("us");
+    let inbox = ex.wait_inbox("jp", stored.len()).await;
+    stored.sort();
+    for (_, id) in &stored {
+        assert_eq!(
+            inbox.iter().filter(|m| &m.id == id).count(),
+            1,
+            "{id} delivered exactly once"
+        );
+    }
+    let order: Vec<(String, String)> = stored
+        .iter()
+        .map(|(i, id)| (id.clone(), msgs[*i].precedence.clone()))
+        .collect();
+    check_order(&order, &inbox).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escalation_pending_at_a_crash_still_fires_after_restart() {
+    let ex = Exercise::new(&["us", "jp"], &[]);
+    ex.edit_config("us", |t| {
+        let mut flash = toml::Table::new();
+        flash.insert("acknowledged_ms".into(), 3000.into());
+        let mut d = toml::Table::new();
+        d.insert("flash".into(), flash.into());
+        t.insert("deadlines".into(), d.into());
+    });
+    let _relay = ex.start_relay();
+    let _jp = ex.start_node("jp");
+    let mut us = ex.start_node("us");
+    up(&ex).await;
+    let mut c = ex.control("us").await;
+    let sent = send_all(
+        &mut c,
+        &[Msg {
+            precedence: "flash".into(),
+            body: "unanswered".into(),
+        }],
+        Some(WaitLevel::Delivered),
+    )
+    .await
+    .unwrap();
+    us.kill9();
+    // Stay down past the deadline.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let _us = ex.start_node("us");
+    let s = ex
+        .wait_status("us", "the escalation pending at the crash", |s| {
+            !s.open_escalations.is_empty()
+        })
+        .await;
+    assert_eq!(s.open_escalations[0].id, sent[0].id);
+    // The partner's operator is re-alerted: the inbox shows the escalation.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let inbox = ex.wait_inbox("jp", 1).await;
+        if inbox[0].escalated_to.is_some() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "jp never re-alerted: {inbox:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
