@@ -1,7 +1,7 @@
 # The commands people type. `make run` for the demo, `make test` for everything CI checks.
 CARGO ?= cargo
 
-.PHONY: run test lint unit build bench fuzz doc
+.PHONY: run test lint build bench fuzz soak
 
 run:
 	$(CARGO) build --workspace --bins --locked
@@ -21,6 +21,9 @@ test: lint
 
 bench:
 	$(CARGO) bench -p hotline-proto --locked
+
+soak: build
+	HOTLINE_SOAK=1 $(CARGO) test -p hotline-e2e --locked --test kill_rounds -- --nocapture
 
 fuzz:
 	cd crates/proto/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -s none decode_frame -- -max_total_time=60
