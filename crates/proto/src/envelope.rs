@@ -105,6 +105,7 @@ pub struct Plaintext {
     /// Sender's wall-clock time at submission.
     pub sent_at: Time,
     /// The operator's text.
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
 }
 
@@ -114,6 +115,7 @@ pub struct Envelope {
     /// Routing header.
     pub header: Header,
     /// ChaCha20-Poly1305 ciphertext of a postcard-encoded [`Plaintext`].
+    #[serde(with = "serde_bytes")]
     pub sealed: Vec<u8>,
 }
 
@@ -131,6 +133,7 @@ pub struct SessionSetup {
     /// The recipient epoch the key was encapsulated to.
     pub epoch: u32,
     /// The X-Wing encapsulated key.
+    #[serde(with = "serde_bytes")]
     pub encapsulated: Vec<u8>,
 }
 
@@ -215,6 +218,7 @@ pub struct Announcement {
     /// Cipher suite id.
     pub suite: u8,
     /// X-Wing public key.
+    #[serde(with = "serde_bytes")]
     pub sealing_key: Vec<u8>,
     /// After this, senders should wait for a newer announcement.
     pub expires_at: Time,

@@ -106,6 +106,7 @@ pub struct Delivery {
     /// Transport precedence it arrived at (above `id.precedence` if escalated).
     pub transport: Precedence,
     /// The text.
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
 }
 

@@ -21,6 +21,7 @@ pub enum Record {
         /// Epoch.
         epoch: u32,
         /// X-Wing secret key bytes.
+        #[serde(with = "serde_bytes")]
         secret: Vec<u8>,
         /// Announced expiry.
         expires_at: Time,
