@@ -9,10 +9,12 @@
 //!
 //! - [`router`]: the sans-IO routing and queueing state machine ([`router::Router`]), where
 //!   every rule lives and is unit-tested.
+//! - [`store`]: the redb store in `data_dir/relay.redb` that keeps the queues across crashes,
+//!   and its group-commit loop. `Accepted` (always `durable: true`) is sent only once the
+//!   envelope is committed.
 //! - [`Server`]: the tokio + quinn shell, spawned from a typed [`ServerConfig`]; dropping it
 //!   stops everything.
-//!
-//! It will not persist queues yet: `Accepted` says `durable: false`.
+//! - [`failpoint`]: crash points for recovery tests (`HOTLINE_FAILPOINT`).
 //!
 //! ```no_run
 //! # async fn run(config: hotline_relay::ServerConfig) -> Result<(), hotline_relay::SpawnError> {
@@ -23,11 +25,14 @@
 //! # Ok(()) }
 //! ```
 
+pub mod failpoint;
 mod metrics;
 pub mod router;
 mod server;
+pub mod store;
 
 pub use hotline_net::quic::Timeouts;
 pub use hotline_net::tls::Credentials;
-pub use router::Limits;
+pub use router::{Limits, Ttl};
 pub use server::{AGENT, CloseReason, RESET_KEY_FILE, Server, ServerConfig, SpawnError};
+pub use store::StoreError;

@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use clap::{CommandFactory, Parser, Subcommand};
 use hotline_net::tls;
 use hotline_proto::EndpointId;
-use hotline_relay::{Credentials, Server, ServerConfig, Timeouts};
+use hotline_relay::{Credentials, Server, ServerConfig, Timeouts, Ttl};
 use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
 use tracing::info;
@@ -102,10 +102,14 @@ fn run(path: &Path) -> anyhow::Result<()> {
             signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let mut terminate =
             signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-        let server = Server::spawn(config).await.context("starting the relay")?;
+        let mut server = Server::spawn(config).await.context("starting the relay")?;
         let signal = tokio::select! {
             _ = interrupt.recv() => "SIGINT",
             _ = terminate.recv() => "SIGTERM",
+            e = server.store_failure() => {
+                server.shutdown().await;
+                return Err(anyhow::Error::new(e).context("the relay's store failed"));
+            }
         };
         info!(signal, "shutting down");
         server.shutdown().await;
@@ -120,7 +124,7 @@ fn run(path: &Path) -> anyhow::Result<()> {
 struct Config {
     /// UDP address to listen on.
     listen: SocketAddr,
-    /// State directory (holds the stateless-reset key).
+    /// State directory (holds the store `relay.redb` and the stateless-reset key).
     data_dir: PathBuf,
     /// CA certificate(s), PEM.
     ca: PathBuf,
@@ -143,6 +147,9 @@ struct Config {
     /// Bytes queued for one endpoint past which routine messages are refused.
     #[serde(default = "cfg_defaults::max_queue_bytes_per_endpoint")]
     max_queue_bytes_per_endpoint: u64,
+    /// Time-to-live of queued envelopes per transport lane, `[ttl]`.
+    #[serde(default)]
+    ttl: TtlConfig,
     /// The hotlines, `[[hotline]]` tables.
     #[serde(default, rename = "hotline")]
     hotlines: Vec<HotlineConfig>,
@@ -156,7 +163,63 @@ struct HotlineConfig {
     b: EndpointId,
 }
 
+/// `[ttl]`: seconds a queued envelope is held per transport lane; 0 holds it until delivered.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TtlConfig {
+    /// Default 86400 (one day).
+    #[serde(default = "cfg_defaults::ttl_routine_s")]
+    routine_s: u64,
+    /// Default 172800 (two days).
+    #[serde(default = "cfg_defaults::ttl_priority_s")]
+    priority_s: u64,
+    /// Default 259200 (three days).
+    #[serde(default = "cfg_defaults::ttl_immediate_s")]
+    immediate_s: u64,
+    /// Default 604800 (seven days).
+    #[serde(default = "cfg_defaults::ttl_flash_s")]
+    flash_s: u64,
+}
+
+impl Default for TtlConfig {
+    fn default() -> Self {
+        Self {
+            routine_s: cfg_defaults::ttl_routine_s(),
+            priority_s: cfg_defaults::ttl_priority_s(),
+            immediate_s: cfg_defaults::ttl_immediate_s(),
+            flash_s: cfg_defaults::ttl_flash_s(),
+        }
+    }
+}
+
+impl TtlConfig {
+    fn into_ttl(self) -> Ttl {
+        let secs = |s: u64| (s != 0).then(|| Duration::from_secs(s));
+        Ttl {
+            routine: secs(self.routine_s),
+            priority: secs(self.priority_s),
+            immediate: secs(self.immediate_s),
+            flash: secs(self.flash_s),
+        }
+    }
+}
+
 mod cfg_defaults {
+    use hotline_relay::Ttl;
+
+    pub(crate) fn ttl_routine_s() -> u64 {
+        Ttl::DEFAULT_ROUTINE.as_secs()
+    }
+    pub(crate) fn ttl_priority_s() -> u64 {
+        Ttl::DEFAULT_PRIORITY.as_secs()
+    }
+    pub(crate) fn ttl_immediate_s() -> u64 {
+        Ttl::DEFAULT_IMMEDIATE.as_secs()
+    }
+    pub(crate) fn ttl_flash_s() -> u64 {
+        Ttl::DEFAULT_FLASH.as_secs()
+    }
+
     pub(crate) fn keep_alive_ms() -> u64 {
         1000
     }
@@ -259,6 +322,7 @@ impl Config {
                 idle: Duration::from_millis(self.idle_timeout_ms),
             },
             max_queue_bytes_per_endpoint: self.max_queue_bytes_per_endpoint,
+            ttl: self.ttl.into_ttl(),
             metrics: self.metrics,
         };
         config.quic_config().map_err(one_line).with_context(|| {
@@ -392,6 +456,8 @@ b = "jp"
         assert_eq!(c.data_dir, dir.path().join("data/relay"));
         assert_eq!(c.timeouts, Timeouts::default());
         assert_eq!(c.max_queue_bytes_per_endpoint, 256 * 1024 * 1024);
+        assert_eq!(c.ttl, Ttl::default());
+        assert_eq!(c.ttl.routine, Some(Duration::from_secs(86_400)));
         assert_eq!(c.metrics, None);
         assert!(c.crls.is_empty());
         assert_eq!(c.hotlines.len(), 1);
@@ -404,7 +470,24 @@ b = "jp"
         assert_eq!(config.keep_alive_ms, 1000);
         assert_eq!(config.idle_timeout_ms, 5000);
         assert_eq!(config.max_queue_bytes_per_endpoint, 268_435_456);
+        assert_eq!(config.ttl.into_ttl(), Ttl::default());
         assert_eq!(config.hotlines.len(), 2);
+    }
+
+    #[test]
+    fn ttl_keys_are_seconds_and_zero_is_never() {
+        let dir = pki_dir();
+        let text = MINIMAL.replace(
+            "[[hotline]]",
+            "[ttl]\nroutine_s = 60\nflash_s = 0\n[[hotline]]",
+        );
+        let c = load_text(dir.path(), &text).unwrap();
+        assert_eq!(c.ttl.routine, Some(Duration::from_secs(60)));
+        assert_eq!(c.ttl.priority, Some(Ttl::DEFAULT_PRIORITY));
+        assert_eq!(c.ttl.flash, None);
+        let bad = MINIMAL.replace("[[hotline]]", "[ttl]\nroutine = 60\n[[hotline]]");
+        let e = format!("{:#}", load_text(dir.path(), &bad).unwrap_err());
+        assert!(e.contains("routine") && e.contains("line"), "{e}");
     }
 
     #[test]

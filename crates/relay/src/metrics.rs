@@ -6,7 +6,9 @@
 //!   streams, summed over destinations (gauges, refreshed on each scrape);
 //! - `forwarded_frames_total{stream}`: frames written to nodes (counter);
 //! - `refusals_total{code}`: `Refused` replies by refusal code (counter);
-//! - `rejected_connections_total{reason}`: connections closed before registration (counter).
+//! - `rejected_connections_total{reason}`: connections closed before registration (counter);
+//! - `store_commits_total`, `store_ops_total`: group commits of the store and the operations
+//!   they held (counters; their ratio is the mean batch size).
 //!
 //! The endpoint answers `GET /metrics` with the OpenMetrics text format and anything else with
 //! 404; it reads at most [`MAX_REQUEST_BYTES`] of a request and closes every connection after
@@ -57,6 +59,8 @@ pub(crate) struct Metrics {
     forwarded: Family<StreamLabel, Counter>,
     refusals: Family<CodeLabel, Counter>,
     rejected: Family<ReasonLabel, Counter>,
+    store_commits: Counter,
+    store_ops: Counter,
 }
 
 impl Metrics {
@@ -68,6 +72,8 @@ impl Metrics {
         let forwarded = Family::<StreamLabel, Counter>::default();
         let refusals = Family::<CodeLabel, Counter>::default();
         let rejected = Family::<ReasonLabel, Counter>::default();
+        let store_commits = Counter::default();
+        let store_ops = Counter::default();
         registry.register(
             "connections",
             "Registered node connections",
@@ -98,6 +104,16 @@ impl Metrics {
             "Connections closed before registration, by reason",
             rejected.clone(),
         );
+        registry.register(
+            "store_commits",
+            "Store transactions committed (each one fsync)",
+            store_commits.clone(),
+        );
+        registry.register(
+            "store_ops",
+            "Store operations committed (envelopes, receipts, deletions, announcements)",
+            store_ops.clone(),
+        );
         // Every series exists from the start, so a dashboard sees zeros rather than gaps.
         for stream in Stream::ALL {
             let label = StreamLabel {
@@ -115,7 +131,14 @@ impl Metrics {
             forwarded,
             refusals,
             rejected,
+            store_commits,
+            store_ops,
         }
+    }
+
+    pub(crate) fn committed(&self, ops: usize) {
+        self.store_commits.inc();
+        self.store_ops.inc_by(ops as u64);
     }
 
     pub(crate) fn forwarded(&self, stream: Stream) {

@@ -1,26 +1,41 @@
 //! The relay's routing and queueing state machine, sans IO.
 //!
-//! [`Router`] decides where every frame goes and what stays queued. It never touches a socket,
-//! a task or the clock: the shell ([`crate::Server`]) feeds it inputs and carries out its
-//! outputs, so every routing rule is tested here without QUIC.
+//! [`Router`] decides where every frame goes, what stays queued and what must be made durable.
+//! It never touches a socket, a file, a task or the clock: the shell ([`crate::Server`]) feeds it
+//! inputs and carries out its outputs, so every routing rule is tested here without QUIC or
+//! disk.
 //!
-//! - Inputs: [`Router::handle_connected`], [`Router::handle_disconnected`],
-//!   [`Router::handle_frame`] (whole frames, length prefix included, exactly as read), and
-//!   [`Router::handle_written`] (the shell handed a [`Transmit`] to its stream).
+//! - Inputs: [`Router::restore`] (once, at startup, from the store), [`Router::handle_connected`],
+//!   [`Router::handle_disconnected`], [`Router::handle_frame`] (whole frames, length prefix
+//!   included, exactly as read, with the wall-clock time), [`Router::handle_written`] (the shell
+//!   handed a [`Transmit`] to its stream), [`Router::handle_persisted`] (a write committed) and
+//!   [`Router::handle_timeout`].
 //! - Outputs: [`Router::poll_transmit`] (the next frame for one stream of one connection; the
-//!   shell's one writer per stream pulls it only when it can write) and [`Router::poll_output`]
-//!   ([`Output::Wake`] a writer, [`Output::Close`] a replaced connection, [`Output::Refused`]
-//!   for metrics).
+//!   shell's one writer per stream pulls it only when it can write), [`Router::poll_output`]
+//!   ([`Output::Persist`] a batch of store operations, [`Output::Wake`] a writer,
+//!   [`Output::Close`] a replaced connection, [`Output::Refused`] for metrics) and
+//!   [`Router::poll_timeout`] (when to call [`Router::handle_timeout`]).
 //!
-//! Routing rules (see `DESIGN.md`, "Delivery"):
+//! Contract, as in quinn-proto: after any `handle_*` call drain [`Router::poll_output`] in order,
+//! then re-arm the timer from [`Router::poll_timeout`]; an early `handle_timeout` does nothing.
+//! Commit the [`Output::Persist`] writes in the order they were emitted.
+//!
+//! Routing rules (see `DESIGN.md`, "Delivery" and "Durability"):
 //! - An envelope must name the connection's identity as sender ([`RefusalCode::SenderMismatch`])
 //!   and one of its partners as recipient ([`RefusalCode::NotPaired`]). It is queued per
 //!   destination and per *transport* lane in arrival order, deduplicated by
 //!   (sender, recipient, channel, precedence, seq); a duplicate with a higher transport moves the
-//!   queued copy to that lane and makes it eligible to be written again. The sender gets
-//!   [`Frame::Accepted`] with `durable: false` (the queue is in memory).
-//! - A queued envelope is deleted only when a `Delivered` receipt covering it passes through;
-//!   on every (re)connection of its destination, everything still queued is written again.
+//!   queued copy to that lane and makes it eligible to be written again.
+//! - Durability: every change to what is queued is emitted as an [`Output::Persist`]. The sender
+//!   gets [`Frame::Accepted`] with `durable: true` only once the write that holds the envelope
+//!   (and every write before it) has committed; a duplicate's `Accepted` waits for every write
+//!   issued so far. Receipts, escalation notices and `Expired` refusals are stored before they
+//!   are forwarded, so a sender that sees a `Delivered` receipt knows the covered envelopes are
+//!   durably gone from the relay.
+//! - A queued envelope is deleted only when a `Delivered` receipt covering it passes through, or
+//!   when its time-to-live ([`Ttl`], per transport lane, counted from its first arrival) runs
+//!   out: then its sender is told `Refused{Expired}` (and keeps the message).
+//!   On every (re)connection of its destination, everything still queued is written again.
 //! - Receipts and escalation notices go to their addressee's control stream and wait there
 //!   while it is offline; link tests are forwarded only to an online partner; the latest
 //!   announcement per endpoint is kept and replayed to its partners when they connect;
@@ -31,16 +46,25 @@
 //!
 //! Invariant: for each destination, every queued envelope is in exactly one lane, and is listed
 //! as unwritten in that lane exactly when its state is [`ItemState::Unwritten`]; queued byte
-//! counts equal the sum of the queued frames' lengths.
+//! counts equal the sum of the queued frames' lengths; every queued envelope with a time-to-live
+//! is in the expiry index exactly once.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
+use std::time::Duration;
 
 use bytes::Bytes;
-use hotline_proto::envelope::{EscalationNotice, LinkTest, Receipt, ReceiptKind, Signed};
+use hotline_proto::envelope::{EscalationNotice, Header, LinkTest, Receipt, ReceiptKind, Signed};
 use hotline_proto::wire::{self, Accepted, EnvelopeFrame, Frame, Presence, Refusal, RefusalCode};
-use hotline_proto::{Channel, EndpointId, MessageId, Precedence, Seq};
-use tracing::{debug, trace, warn};
+use hotline_proto::{Channel, EndpointId, MessageId, Precedence, Seq, Time};
+use tracing::{debug, info, trace, warn};
+
+mod persist;
+
+pub use persist::{
+    RestoreError, Restored, Snapshot, StoreOp, StoredAnnouncement, StoredControl, StoredEnvelope,
+    WriteId,
+};
 
 /// Identifies one QUIC connection for its lifetime; never reused by a shell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -94,12 +118,14 @@ impl fmt::Display for Stream {
     }
 }
 
-/// Per-destination queue bounds.
+/// Per-destination queue bounds and time-to-live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Bytes queued for one destination (envelopes plus control frames) past which `routine`
     /// envelopes are refused; other precedences get 125 % and 150 % of it.
     pub max_queue_bytes: u64,
+    /// How long a queued envelope is held, per transport lane.
+    pub ttl: Ttl,
 }
 
 impl Limits {
@@ -127,6 +153,65 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_queue_bytes: Self::DEFAULT_MAX_QUEUE_BYTES,
+            ttl: Ttl::default(),
+        }
+    }
+}
+
+/// How long the relay holds a queued envelope for an absent destination, per *transport* lane,
+/// counted from the envelope's first arrival. When it runs out the relay frees the space and
+/// tells the sender `Refused{Expired}`; the sender keeps the message and offers it again later.
+/// `None` holds it until it is delivered.
+///
+/// Defaults: `routine` 1 day, `priority` 2 days, `immediate` 3 days, `flash` 7 days.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ttl {
+    /// For envelopes on the `routine` lane.
+    pub routine: Option<Duration>,
+    /// For envelopes on the `priority` lane.
+    pub priority: Option<Duration>,
+    /// For envelopes on the `immediate` lane.
+    pub immediate: Option<Duration>,
+    /// For envelopes on the `flash` lane.
+    pub flash: Option<Duration>,
+}
+
+impl Ttl {
+    /// Default for `routine`: one day.
+    pub const DEFAULT_ROUTINE: Duration = Duration::from_secs(24 * 3600);
+    /// Default for `priority`: two days.
+    pub const DEFAULT_PRIORITY: Duration = Duration::from_secs(2 * 24 * 3600);
+    /// Default for `immediate`: three days.
+    pub const DEFAULT_IMMEDIATE: Duration = Duration::from_secs(3 * 24 * 3600);
+    /// Default for `flash`: seven days.
+    pub const DEFAULT_FLASH: Duration = Duration::from_secs(7 * 24 * 3600);
+
+    /// Nothing ever expires.
+    pub const NEVER: Self = Self {
+        routine: None,
+        priority: None,
+        immediate: None,
+        flash: None,
+    };
+
+    /// The time-to-live of an envelope on `lane`.
+    pub fn for_lane(&self, lane: Precedence) -> Option<Duration> {
+        match lane {
+            Precedence::Routine => self.routine,
+            Precedence::Priority => self.priority,
+            Precedence::Immediate => self.immediate,
+            Precedence::Flash => self.flash,
+        }
+    }
+}
+
+impl Default for Ttl {
+    fn default() -> Self {
+        Self {
+            routine: Some(Self::DEFAULT_ROUTINE),
+            priority: Some(Self::DEFAULT_PRIORITY),
+            immediate: Some(Self::DEFAULT_IMMEDIATE),
+            flash: Some(Self::DEFAULT_FLASH),
         }
     }
 }
@@ -159,6 +244,14 @@ pub enum ConnectError {
 /// Something the shell must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
+    /// Commit these operations durably (in emission order, possibly together with neighbouring
+    /// writes), then call [`Router::handle_persisted`] with `write` or a later id.
+    Persist {
+        /// Which write.
+        write: WriteId,
+        /// What to change, in order.
+        ops: Vec<StoreOp>,
+    },
     /// Frames are ready on this stream: wake its writer.
     Wake {
         /// Which connection.
@@ -173,10 +266,11 @@ pub enum Output {
         /// Why, in words.
         reason: &'static str,
     },
-    /// A refusal was queued to this connection (already logged; for metrics).
+    /// A refusal was queued (already logged; for metrics).
     Refused {
-        /// The connection that is told.
-        conn: ConnId,
+        /// The connection that is told, if the refusal answers a frame; `None` for an
+        /// `Expired` refusal, which waits for its sender to be online.
+        conn: Option<ConnId>,
         /// Why.
         code: RefusalCode,
     },
@@ -230,6 +324,10 @@ pub struct QueuedEnvelope {
     pub transport: Precedence,
     /// Where it stands.
     pub state: ItemState,
+    /// When it first arrived (wall clock).
+    pub queued_at: Time,
+    /// When its time-to-live runs out, if it has one.
+    pub expires_at: Option<Time>,
 }
 
 /// The routing and queueing state of a relay. See the module docs for the rules.
@@ -238,8 +336,25 @@ pub struct Router {
     limits: Limits,
     endpoints: BTreeMap<EndpointId, Endpoint>,
     conns: BTreeMap<ConnId, EndpointId>,
+    /// Arrival order of the next new envelope (its store row key).
     next_order: u64,
+    /// Store row key of the next durable control frame.
+    next_control: u64,
     outputs: VecDeque<Output>,
+    /// Store operations of the current input, emitted as one write when it returns.
+    staged: Vec<StoreOp>,
+    /// The last [`WriteId`] emitted.
+    issued: u64,
+    /// The last [`WriteId`] reported committed.
+    committed: u64,
+    /// Frames that may leave only once the write numbered with them has committed.
+    deferred: VecDeque<(u64, Deferred)>,
+    /// Per write issued and not yet committed: the envelope bytes it puts, per lane.
+    uncommitted: VecDeque<(u64, [u64; 4])>,
+    /// The sum of `uncommitted`, per lane.
+    uncommitted_bytes: [u64; 4],
+    /// Queued envelopes by expiry time, then arrival order.
+    expiries: BTreeMap<(Time, u64), (EndpointId, ItemKey)>,
 }
 
 impl Router {
@@ -272,8 +387,107 @@ impl Router {
             endpoints,
             conns: BTreeMap::new(),
             next_order: 0,
+            next_control: 0,
             outputs: VecDeque::new(),
+            staged: Vec::new(),
+            issued: 0,
+            committed: 0,
+            deferred: VecDeque::new(),
+            uncommitted: VecDeque::new(),
+            uncommitted_bytes: [0; 4],
+            expiries: BTreeMap::new(),
         })
+    }
+
+    /// Loads what a store held, before any connection: queued envelopes go back to their lanes
+    /// in arrival order (all unwritten), control frames back to their addressees' queues in key
+    /// order, announcements back in place. Rows for endpoints that are in no configured hotline
+    /// are left in the store, unserved, and reported. Expired envelopes expire at the next
+    /// [`Router::handle_timeout`].
+    pub fn restore(&mut self, snapshot: Snapshot) -> Result<Restored, RestoreError> {
+        if !self.conns.is_empty()
+            || self.issued != 0
+            || self.next_order != 0
+            || self.next_control != 0
+            || self.endpoints.values().any(|e| e.announcement.is_some())
+        {
+            return Err(RestoreError::NotFresh);
+        }
+        let Snapshot {
+            mut envelopes,
+            mut control,
+            announcements,
+        } = snapshot;
+        envelopes.sort_by_key(|e| e.order);
+        control.sort_by_key(|c| c.key);
+        let mut restored = Restored::default();
+        let mut unconfigured = BTreeMap::<EndpointId, usize>::new();
+        let ttl = self.limits.ttl;
+
+        for stored in envelopes {
+            let StoredEnvelope {
+                order,
+                destination,
+                lane,
+                queued_at,
+                bytes,
+            } = stored;
+            self.next_order = self.next_order.max(order.saturating_add(1));
+            let bad = |detail: String| RestoreError::BadEnvelope { order, detail };
+            let header = match wire::decode_frame(&bytes) {
+                Ok((Frame::Envelope(e), used)) if used == bytes.len() => e.envelope.header,
+                Ok(_) => return Err(bad("not exactly one envelope frame".into())),
+                Err(e) => return Err(bad(e.to_string())),
+            };
+            if header.recipient != destination {
+                return Err(bad(format!(
+                    "addressed to {}, stored for {destination}",
+                    header.recipient
+                )));
+            }
+            let Some(dest) = self.endpoints.get_mut(&destination) else {
+                *unconfigured.entry(destination).or_default() += 1;
+                continue;
+            };
+            let key = ItemKey::of(&header);
+            if let Some(first) = dest.items.get(&key) {
+                return Err(RestoreError::DuplicateEnvelope {
+                    first: first.order,
+                    second: order,
+                });
+            }
+            let expires_at = ttl.for_lane(lane).map(|t| queued_at.plus(t));
+            if let Some(at) = expires_at {
+                self.expiries
+                    .insert((at, order), (destination.clone(), key.clone()));
+            }
+            dest.insert(key, lane, order, queued_at, expires_at, bytes);
+            restored.envelopes += 1;
+        }
+        for stored in control {
+            self.next_control = self.next_control.max(stored.key.saturating_add(1));
+            let Some(ep) = self.endpoints.get_mut(&stored.addressee) else {
+                *unconfigured.entry(stored.addressee).or_default() += 1;
+                continue;
+            };
+            ep.control_bytes += len(&stored.bytes);
+            ep.control.push_back(ControlFrame {
+                bytes: stored.bytes,
+                keep_offline: true,
+                stored: Some(stored.key),
+            });
+            restored.control += 1;
+        }
+        for stored in announcements {
+            let Some(ep) = self.endpoints.get_mut(&stored.endpoint) else {
+                *unconfigured.entry(stored.endpoint).or_default() += 1;
+                continue;
+            };
+            ep.announcement = Some((stored.epoch, stored.bytes));
+            restored.announcements += 1;
+        }
+        restored.unconfigured = unconfigured.into_iter().collect();
+        Ok(restored)
     }
 
     /// Whether `endpoint` is in some configured hotline.
@@ -343,6 +557,7 @@ impl Router {
                 ep.push_control_front(ControlFrame {
                     bytes,
                     keep_offline: false,
+                    stored: None,
                 });
             }
         }
@@ -372,9 +587,14 @@ impl Router {
         debug!(peer = %endpoint, conn = %conn, "unregistered");
     }
 
-    /// One whole frame (length prefix included) arrived on `conn`. Frames from a connection that
-    /// is not registered (already replaced or closed) are ignored.
-    pub fn handle_frame(&mut self, conn: ConnId, bytes: Bytes) {
+    /// One whole frame (length prefix included) arrived on `conn` at wall-clock time `now`.
+    /// Frames from a connection that is not registered (already replaced or closed) are ignored.
+    pub fn handle_frame(&mut self, now: Time, conn: ConnId, bytes: Bytes) {
+        self.route_frame(now, conn, bytes);
+        self.flush();
+    }
+
+    fn route_frame(&mut self, now: Time, conn: ConnId, bytes: Bytes) {
         let Some(from) = self.conns.get(&conn).cloned() else {
             debug!(conn = %conn, "frame from an unregistered connection ignored");
             return;
@@ -393,7 +613,7 @@ impl Router {
         };
         match frame {
             Frame::Hello(_) => debug!(peer = %from, "repeated hello ignored"),
-            Frame::Envelope(env) => self.handle_envelope(conn, &from, env, bytes),
+            Frame::Envelope(env) => self.handle_envelope(now, conn, &from, env, bytes),
             Frame::Receipt(r) => self.handle_receipt(conn, &from, &r, bytes),
             Frame::Escalation(n) => self.handle_escalation(conn, &from, &n, bytes),
             Frame::Announcement(a) => {
@@ -456,6 +676,9 @@ impl Router {
             None => {
                 if let Some(frame) = ep.control_in_flight.take() {
                     ep.control_bytes -= len(&frame.bytes);
+                    if let Some(key) = frame.stored {
+                        self.staged.push(StoreOp::DeleteControl { key });
+                    }
                 }
                 if !ep.control.is_empty() {
                     self.outputs.push_back(Output::Wake {
@@ -473,12 +696,70 @@ impl Router {
                 }
             }
         }
+        self.flush();
+    }
+
+    /// Writes up to and including `write` are durable: releases the frames that waited for them
+    /// (`Accepted` replies, receipts, notices, `Expired` refusals), in order.
+    pub fn handle_persisted(&mut self, write: WriteId) {
+        self.committed = self.committed.max(write.0);
+        while let Some((w, _)) = self.uncommitted.front() {
+            if *w > self.committed {
+                break;
+            }
+            if let Some((_, bytes)) = self.uncommitted.pop_front() {
+                for (total, b) in self.uncommitted_bytes.iter_mut().zip(bytes) {
+                    *total -= b;
+                }
+            }
+        }
+        while let Some((w, _)) = self.deferred.front() {
+            if *w > self.committed {
+                break;
+            }
+            if let Some((_, frame)) = self.deferred.pop_front() {
+                self.release(frame);
+            }
+        }
+    }
+
+    /// When [`Router::handle_timeout`] has something to do: the earliest expiry of a queued
+    /// envelope, if any.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Time> {
+        self.expiries.keys().next().map(|(at, _)| *at)
+    }
+
+    /// Wall-clock time is `now`: every queued envelope whose time-to-live has run out is freed,
+    /// and its sender told `Refused{Expired}` (stored, so an offline sender hears it later).
+    pub fn handle_timeout(&mut self, now: Time) {
+        while let Some(entry) = self.expiries.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let ((at, order), (destination, key)) = entry.remove_entry();
+            self.expire(at, order, &destination, &key);
+        }
+        self.flush();
     }
 
     /// The next thing the shell must do.
     #[must_use]
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
+    }
+
+    /// The last write reported committed.
+    pub fn committed(&self) -> WriteId {
+        WriteId(self.committed)
+    }
+
+    /// Bytes of envelopes arrived on `lane` whose write has not committed yet. The shell stops
+    /// reading a lane while its own backlog is large, so a store slower than the network slows
+    /// the senders of that lane (through QUIC flow control) instead of growing memory, and a
+    /// lane never waits for another lane's backlog.
+    pub fn uncommitted_bytes(&self, lane: Precedence) -> u64 {
+        self.uncommitted_bytes[lane.index()]
     }
 
     /// Bytes waiting on (or being written to) `conn`'s control stream. The shell stops reading
@@ -506,14 +787,11 @@ impl Router {
         ep.items
             .iter()
             .map(|(k, item)| QueuedEnvelope {
-                id: MessageId {
-                    sender: k.sender.clone(),
-                    channel: k.channel.clone(),
-                    precedence: k.precedence,
-                    seq: k.seq,
-                },
+                id: k.message_id(),
                 transport: item.lane,
                 state: item.state,
+                queued_at: item.queued_at,
+                expires_at: item.expires_at,
             })
             .collect()
     }
@@ -539,6 +817,7 @@ impl Router {
 
     fn handle_envelope(
         &mut self,
+        now: Time,
         conn: ConnId,
         from: &EndpointId,
         frame: EnvelopeFrame,
@@ -559,23 +838,37 @@ impl Router {
             self.refuse(conn, from, Some(id), RefusalCode::NotPaired, detail);
             return;
         }
-        let key = ItemKey {
-            sender: header.sender.clone(),
-            channel: header.channel.clone(),
-            precedence: header.precedence,
-            seq: header.seq,
-        };
+        let key = ItemKey::of(header);
         let recipient = header.recipient.clone();
         let transport = frame.transport;
         let limits = self.limits;
-        let order = self.next_order;
         let Some(dest) = self.endpoints.get_mut(&recipient) else {
             return;
         };
         let dest_conn = dest.conn;
         let outcome = if let Some(old) = dest.items.get(&key).map(|i| i.lane) {
-            if transport > old {
-                dest.escalate(&key, transport, bytes);
+            let escalated = if transport > old {
+                dest.escalate(&key, transport, bytes.clone())
+            } else {
+                None
+            };
+            if let Some((order, queued_at, old_expiry)) = escalated {
+                let expires_at = limits.ttl.for_lane(transport).map(|t| queued_at.plus(t));
+                dest.set_expiry(&key, expires_at);
+                if let Some(at) = old_expiry {
+                    self.expiries.remove(&(at, order));
+                }
+                if let Some(at) = expires_at {
+                    self.expiries
+                        .insert((at, order), (recipient.clone(), key.clone()));
+                }
+                self.staged.push(StoreOp::PutEnvelope(StoredEnvelope {
+                    order,
+                    destination: recipient.clone(),
+                    lane: transport,
+                    queued_at,
+                    bytes,
+                }));
                 trace!(peer = %from, %id, %old, new = %transport, "queued envelope escalated");
                 Outcome::Queued
             } else {
@@ -588,8 +881,27 @@ impl Router {
             if queued.saturating_add(len(&bytes)) > bound {
                 Outcome::Overloaded { queued, bound }
             } else {
-                dest.insert(key, transport, order, bytes);
+                let order = self.next_order;
                 self.next_order += 1;
+                let expires_at = limits.ttl.for_lane(transport).map(|t| now.plus(t));
+                dest.insert(
+                    key.clone(),
+                    transport,
+                    order,
+                    now,
+                    expires_at,
+                    bytes.clone(),
+                );
+                if let Some(at) = expires_at {
+                    self.expiries.insert((at, order), (recipient.clone(), key));
+                }
+                self.staged.push(StoreOp::PutEnvelope(StoredEnvelope {
+                    order,
+                    destination: recipient.clone(),
+                    lane: transport,
+                    queued_at: now,
+                    bytes,
+                }));
                 Outcome::Queued
             }
         };
@@ -607,8 +919,13 @@ impl Router {
                         stream: Stream::Lane(transport),
                     });
                 }
-                let reply = encode(&Frame::Accepted(Accepted { id, durable: false }));
-                self.reply(conn, from, reply);
+                // The write that holds it (or, for a duplicate, every write so far) first.
+                let reply = encode(&Frame::Accepted(Accepted { id, durable: true }));
+                self.after_commit(Deferred::Reply {
+                    conn,
+                    to: from.clone(),
+                    bytes: reply,
+                });
             }
         }
     }
@@ -643,9 +960,21 @@ impl Router {
         if let ReceiptKind::Delivered { upto, .. } = r.kind {
             if let Some(ep) = self.endpoints.get_mut(from) {
                 let removed = ep.remove_delivered(&r.to, &r.channel, r.precedence, upto);
-                trace!(peer = %from, removed, "delivered receipt released queued envelopes");
+                trace!(
+                    peer = %from,
+                    removed = removed.len(),
+                    "delivered receipt released queued envelopes"
+                );
+                for (order, expires_at) in removed {
+                    if let Some(at) = expires_at {
+                        self.expiries.remove(&(at, order));
+                    }
+                    self.staged.push(StoreOp::DeleteEnvelope { order });
+                }
             }
         }
+        // Stored in the same write as the deletions, and forwarded only once it commits: a
+        // sender that sees the receipt will not see the envelopes come back after a crash.
         self.forward_durable(conn, from, &r.to, id, bytes, "receipt");
     }
 
@@ -685,6 +1014,12 @@ impl Router {
             return;
         }
         ep.announcement = Some((epoch, bytes.clone()));
+        self.staged
+            .push(StoreOp::PutAnnouncement(StoredAnnouncement {
+                endpoint: from.clone(),
+                epoch,
+                bytes: bytes.clone(),
+            }));
         let partners: Vec<EndpointId> = ep.partners.iter().cloned().collect();
         for p in partners {
             self.push_control(
@@ -692,6 +1027,7 @@ impl Router {
                 ControlFrame {
                     bytes: bytes.clone(),
                     keep_offline: false,
+                    stored: None,
                 },
             );
         }
@@ -727,6 +1063,7 @@ impl Router {
             ControlFrame {
                 bytes,
                 keep_offline: false,
+                stored: None,
             },
         );
     }
@@ -780,13 +1117,118 @@ impl Router {
             self.refuse(conn, from, id, RefusalCode::Overloaded, detail);
             return;
         }
-        self.push_control(
+        self.store_control(to.clone(), bytes);
+    }
+
+    /// Stores a frame for `to` (online or not) and queues it to `to` once that write commits.
+    fn store_control(&mut self, to: EndpointId, bytes: Bytes) {
+        let key = self.next_control;
+        self.next_control += 1;
+        self.staged.push(StoreOp::PutControl(StoredControl {
+            key,
+            addressee: to.clone(),
+            bytes: bytes.clone(),
+        }));
+        self.after_commit(Deferred::Control {
             to,
-            ControlFrame {
+            frame: ControlFrame {
                 bytes,
                 keep_offline: true,
+                stored: Some(key),
             },
+        });
+    }
+
+    /// A queued envelope's time-to-live ran out: free it, tell its sender.
+    fn expire(&mut self, at: Time, order: u64, destination: &EndpointId, key: &ItemKey) {
+        let Some(dest) = self.endpoints.get_mut(destination) else {
+            return;
+        };
+        // The index names exactly the queued items (the invariant); tolerate a stale entry.
+        let current = dest
+            .items
+            .get(key)
+            .is_some_and(|i| i.order == order && i.expires_at == Some(at));
+        if !current {
+            return;
+        }
+        let Some(item) = dest.remove(key) else {
+            return;
+        };
+        self.staged.push(StoreOp::DeleteEnvelope { order });
+        let id = key.message_id();
+        let held = at.since(item.queued_at);
+        info!(
+            to = %destination,
+            message_id = %id,
+            lane = %item.lane,
+            held_s = held.as_secs(),
+            "queued envelope expired; telling its sender"
         );
+        let detail = format!(
+            "the relay held it {}s for {destination} on the {} lane, its time-to-live; \
+             offer it again later",
+            held.as_secs(),
+            item.lane
+        );
+        let frame = encode(&Frame::Refused(Refusal {
+            id: Some(id),
+            code: RefusalCode::Expired,
+            detail,
+        }));
+        // Always queued, whatever the sender's backlog: a refusal that frees an envelope must
+        // not itself be refused.
+        self.store_control(key.sender.clone(), frame);
+        self.outputs.push_back(Output::Refused {
+            conn: None,
+            code: RefusalCode::Expired,
+        });
+    }
+
+    /// Queues `frame` now if the writes it depends on have committed, or when they do. A frame
+    /// depends on the write being staged by the current input, or on the last one issued.
+    fn after_commit(&mut self, frame: Deferred) {
+        let write = if self.staged.is_empty() {
+            self.issued
+        } else {
+            self.issued + 1
+        };
+        if write <= self.committed {
+            self.release(frame);
+        } else {
+            self.deferred.push_back((write, frame));
+        }
+    }
+
+    fn release(&mut self, frame: Deferred) {
+        match frame {
+            Deferred::Reply { conn, to, bytes } => self.reply(conn, &to, bytes),
+            Deferred::Control { to, frame } => self.push_control(&to, frame),
+        }
+    }
+
+    /// Emits what the current input staged as one write.
+    fn flush(&mut self) {
+        if self.staged.is_empty() {
+            return;
+        }
+        self.issued += 1;
+        let mut lanes = [0u64; 4];
+        for op in &self.staged {
+            if let StoreOp::PutEnvelope(e) = op {
+                lanes[e.lane.index()] += len(&e.bytes);
+            }
+        }
+        if lanes != [0; 4] {
+            for (total, b) in self.uncommitted_bytes.iter_mut().zip(lanes) {
+                *total += b;
+            }
+            self.uncommitted.push_back((self.issued, lanes));
+        }
+        self.outputs.push_back(Output::Persist {
+            write: WriteId(self.issued),
+            ops: std::mem::take(&mut self.staged),
+        });
     }
 
     fn tell_partners_presence(
@@ -805,6 +1247,7 @@ impl Router {
                 ControlFrame {
                     bytes: frame.clone(),
                     keep_offline: false,
+                    stored: None,
                 },
             );
         }
@@ -818,6 +1261,7 @@ impl Router {
                 ControlFrame {
                     bytes,
                     keep_offline: false,
+                    stored: None,
                 },
             );
         }
@@ -840,7 +1284,10 @@ impl Router {
         }
         let frame = encode(&Frame::Refused(Refusal { id, code, detail }));
         self.reply(conn, to, frame);
-        self.outputs.push_back(Output::Refused { conn, code });
+        self.outputs.push_back(Output::Refused {
+            conn: Some(conn),
+            code,
+        });
     }
 
     /// Appends to `to`'s control queue; frames that only make sense on a live connection are
@@ -869,6 +1316,19 @@ enum Outcome {
     Overloaded { queued: u64, bound: u64 },
 }
 
+/// A frame held back until a write commits.
+#[derive(Debug)]
+enum Deferred {
+    /// An `Accepted` reply to the connection that sent the envelope.
+    Reply {
+        conn: ConnId,
+        to: EndpointId,
+        bytes: Bytes,
+    },
+    /// A stored receipt, notice or refusal for its addressee.
+    Control { to: EndpointId, frame: ControlFrame },
+}
+
 /// Dedupe key of a queued envelope within its destination.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct ItemKey {
@@ -878,12 +1338,36 @@ struct ItemKey {
     seq: Seq,
 }
 
+impl ItemKey {
+    fn of(header: &Header) -> Self {
+        Self {
+            sender: header.sender.clone(),
+            channel: header.channel.clone(),
+            precedence: header.precedence,
+            seq: header.seq,
+        }
+    }
+
+    fn message_id(&self) -> MessageId {
+        MessageId {
+            sender: self.sender.clone(),
+            channel: self.channel.clone(),
+            precedence: self.precedence,
+            seq: self.seq,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Item {
     /// Current transport lane.
     lane: Precedence,
-    /// Arrival order; position in the lane's unwritten index.
+    /// Arrival order; position in the lane's unwritten index and the store row key.
     order: u64,
+    /// First arrival, wall clock.
+    queued_at: Time,
+    /// `queued_at` plus the time-to-live of `lane`.
+    expires_at: Option<Time>,
     bytes: Bytes,
     state: ItemState,
 }
@@ -893,6 +1377,8 @@ struct ControlFrame {
     bytes: Bytes,
     /// Receipts and notices wait for an offline addressee; presence, replies and the like do not.
     keep_offline: bool,
+    /// The store row holding it, deleted once it is written.
+    stored: Option<u64>,
 }
 
 /// Everything the relay holds for one endpoint.
@@ -918,7 +1404,15 @@ impl Endpoint {
         self.lane_bytes.iter().sum::<u64>() + self.control_bytes
     }
 
-    fn insert(&mut self, key: ItemKey, lane: Precedence, order: u64, bytes: Bytes) {
+    fn insert(
+        &mut self,
+        key: ItemKey,
+        lane: Precedence,
+        order: u64,
+        queued_at: Time,
+        expires_at: Option<Time>,
+        bytes: Bytes,
+    ) {
         self.lane_frames[lane.index()] += 1;
         self.lane_bytes[lane.index()] += len(&bytes);
         self.unwritten[lane.index()].insert(order, key.clone());
@@ -927,6 +1421,8 @@ impl Endpoint {
             Item {
                 lane,
                 order,
+                queued_at,
+                expires_at,
                 bytes,
                 state: ItemState::Unwritten,
             },
@@ -934,11 +1430,14 @@ impl Endpoint {
     }
 
     /// Moves a queued envelope to a higher lane with the new frame's bytes, unwritten, keeping
-    /// its arrival order.
-    fn escalate(&mut self, key: &ItemKey, lane: Precedence, bytes: Bytes) {
-        let Some(item) = self.items.get_mut(key) else {
-            return;
-        };
+    /// its arrival order. Returns that order, the first arrival time and the old expiry.
+    fn escalate(
+        &mut self,
+        key: &ItemKey,
+        lane: Precedence,
+        bytes: Bytes,
+    ) -> Option<(u64, Time, Option<Time>)> {
+        let item = self.items.get_mut(key)?;
         let old = item.lane.index();
         self.unwritten[old].remove(&item.order);
         self.lane_frames[old] -= 1;
@@ -949,16 +1448,34 @@ impl Endpoint {
         self.lane_frames[lane.index()] += 1;
         self.lane_bytes[lane.index()] += len(&item.bytes);
         self.unwritten[lane.index()].insert(item.order, key.clone());
+        Some((item.order, item.queued_at, item.expires_at))
     }
 
-    /// Deletes the envelopes from `sender` on (`channel`, `precedence`) with seq <= `upto`.
+    fn set_expiry(&mut self, key: &ItemKey, expires_at: Option<Time>) {
+        if let Some(item) = self.items.get_mut(key) {
+            item.expires_at = expires_at;
+        }
+    }
+
+    /// Takes one queued envelope out of its lane.
+    fn remove(&mut self, key: &ItemKey) -> Option<Item> {
+        let item = self.items.remove(key)?;
+        let lane = item.lane.index();
+        self.unwritten[lane].remove(&item.order);
+        self.lane_frames[lane] -= 1;
+        self.lane_bytes[lane] -= len(&item.bytes);
+        Some(item)
+    }
+
+    /// Deletes the envelopes from `sender` on (`channel`, `precedence`) with seq <= `upto`;
+    /// returns the arrival order and expiry of each.
     fn remove_delivered(
         &mut self,
         sender: &EndpointId,
         channel: &Channel,
         precedence: Precedence,
         upto: Seq,
-    ) -> usize {
+    ) -> Vec<(u64, Option<Time>)> {
         let lo = ItemKey {
             sender: sender.clone(),
             channel: channel.clone(),
@@ -970,18 +1487,13 @@ impl Endpoint {
             ..lo.clone()
         };
         if hi < lo {
-            return 0;
+            return Vec::new();
         }
         let keys: Vec<ItemKey> = self.items.range(lo..=hi).map(|(k, _)| k.clone()).collect();
-        for key in &keys {
-            if let Some(item) = self.items.remove(key) {
-                let lane = item.lane.index();
-                self.unwritten[lane].remove(&item.order);
-                self.lane_frames[lane] -= 1;
-                self.lane_bytes[lane] -= len(&item.bytes);
-            }
-        }
-        keys.len()
+        keys.iter()
+            .filter_map(|key| self.remove(key))
+            .map(|item| (item.order, item.expires_at))
+            .collect()
     }
 
     /// A new connection: every queued envelope is to be written again; control frames meant for

@@ -6,6 +6,20 @@
 //! (server → accept loop → connection → its stream readers and writers), so none outlives the
 //! handle.
 //!
+//! Durability: [`Server::spawn`] opens `data_dir/relay.redb` (see [`crate::store`]) before it binds
+//! anything, so a second relay on the same data directory fails at once, and reloads the
+//! router's queues from it. One writer thread runs [`store::group_commit`]: the router's
+//! [`Output::Persist`] writes go to it in order, each batch is committed (fsync) and only then is
+//! the router told ([`Router::handle_persisted`]), which releases the `Accepted` replies, receipts
+//! and notices that waited for it. A store error stops the writer, so nothing more is
+//! acknowledged; [`Server::store_failure`] reports it and the binary exits. Each lane reader
+//! pauses while more than [`STORE_BACKLOG_BYTES`] of its own lane wait for a commit, so a slow
+//! disk slows that lane's senders (QUIC flow control) rather than filling memory, and bounds
+//! how long a flash waits behind a routine batch.
+//!
+//! One timer task calls [`Router::handle_timeout`] at [`Router::poll_timeout`] (time-to-live
+//! expiry), re-armed whenever a router call moves the deadline.
+//!
 //! Per connection (span `conn{peer, conn_id}`):
 //! - the peer's endpoint id comes from its client certificate (verified against the CA by
 //!   rustls); an endpoint in no configured hotline is closed with [`CloseReason::NotConfigured`];
@@ -27,23 +41,28 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use hotline_net::framed::{self, LaneTag, ReadError};
 use hotline_net::quic::{self, EndpointError, Timeouts};
 use hotline_net::tls::{self, Credentials, TlsError};
 use hotline_proto::wire::{self, DecodeError, Frame, Hello, MAX_FRAME_LEN, PROTOCOL_VERSION};
-use hotline_proto::{EndpointId, Precedence};
+use hotline_proto::{EndpointId, Precedence, Time};
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinSet;
-use tracing::{Instrument, debug, field, info, info_span, warn};
+use tracing::{Instrument, debug, error, field, info, info_span, warn};
 
+use crate::failpoint;
 use crate::metrics::{self, Metrics};
-use crate::router::{ConfigError, ConnId, ConnectError, Limits, Output, Router, Stream};
+use crate::router::{
+    ConfigError, ConnId, ConnectError, Limits, Output, RestoreError, Router, Stream, Ttl,
+};
+use crate::store::{self, Request, Store, StoreError};
 
 /// File in `data_dir` holding the stateless-reset key, so a restarted relay resets stale
 /// connections at once instead of leaving nodes to time out.
@@ -59,8 +78,21 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// that never reads its replies cannot grow them without bound.
 const CONTROL_BACKLOG_BYTES: u64 = 4 * 1024 * 1024;
 
+/// Reading a lane stream (from every node) pauses while this many bytes of envelopes that
+/// arrived on that lane wait for the store's commit. It bounds memory when the disk is slower
+/// than the network, and the size of a group commit, hence how long a flash can wait behind a
+/// routine batch (one commit of at most about this much per lane). A lane never waits for
+/// another lane's backlog.
+const STORE_BACKLOG_BYTES: u64 = 4 * 1024 * 1024;
+
 /// How long [`Server::shutdown`] waits for connections to finish closing.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// How long [`Server::shutdown`] waits for the store's last commit.
+const STORE_STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// Longest the timer sleeps before looking at the wall clock again, so a clock step is noticed.
+const MAX_TIMER_SLEEP: Duration = Duration::from_secs(60);
 
 /// A relay's configuration, typed: everything here is already loaded and parsed.
 #[derive(Debug)]
@@ -73,7 +105,8 @@ pub struct ServerConfig {
     pub credentials: Credentials,
     /// Certificate revocation lists; empty for none.
     pub crls: Vec<CertificateRevocationListDer<'static>>,
-    /// Directory for the relay's state (the stateless-reset key); created if missing.
+    /// Directory for the relay's state (the store `relay.redb` and the stateless-reset key);
+    /// created if missing.
     pub data_dir: PathBuf,
     /// The hotlines: pairs of endpoints allowed to talk. An endpoint may be in several.
     pub hotlines: Vec<(EndpointId, EndpointId)>,
@@ -81,12 +114,15 @@ pub struct ServerConfig {
     pub timeouts: Timeouts,
     /// Bytes queued for one destination past which `routine` is refused (see [`Limits`]).
     pub max_queue_bytes_per_endpoint: u64,
+    /// How long a queued envelope is held, per transport lane (see [`Ttl`]).
+    pub ttl: Ttl,
     /// TCP address for `GET /metrics`, if any; port 0 picks a free one.
     pub metrics: Option<SocketAddr>,
 }
 
 impl ServerConfig {
-    /// A configuration with default timeouts and queue bound, no CRL and no metrics.
+    /// A configuration with default timeouts, queue bound and time-to-live, no CRL and no
+    /// metrics.
     pub fn new(
         listen: SocketAddr,
         ca: Vec<CertificateDer<'static>>,
@@ -103,6 +139,7 @@ impl ServerConfig {
             hotlines,
             timeouts: Timeouts::default(),
             max_queue_bytes_per_endpoint: Limits::DEFAULT_MAX_QUEUE_BYTES,
+            ttl: Ttl::default(),
             metrics: None,
         }
     }
@@ -121,6 +158,7 @@ impl ServerConfig {
     pub fn limits(&self) -> Limits {
         Limits {
             max_queue_bytes: self.max_queue_bytes_per_endpoint,
+            ttl: self.ttl,
         }
     }
 }
@@ -139,6 +177,15 @@ pub enum SpawnError {
         /// Why.
         source: std::io::Error,
     },
+    /// The store could not be opened (locked by another relay, unknown schema, I/O).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The store holds something the router cannot load.
+    #[error("loading the store: {0}")]
+    Restore(#[from] RestoreError),
+    /// The store's writer thread could not be started.
+    #[error("starting the store writer: {0}")]
+    StoreThread(std::io::Error),
     /// The stateless-reset key could not be read or written.
     #[error("stateless reset key: {0}")]
     ResetKey(EndpointError),
@@ -233,17 +280,45 @@ pub struct Server {
     metrics_addr: Option<SocketAddr>,
     endpoint: quinn::Endpoint,
     tasks: JoinSet<()>,
+    writer: Writer,
+}
+
+/// The store's writer thread, from the server's side.
+#[derive(Debug)]
+struct Writer {
+    requests: mpsc::Sender<Request>,
+    /// The thread's result: `Ok` when stopped, the error that stopped it otherwise.
+    done: Option<oneshot::Receiver<Result<(), StoreError>>>,
 }
 
 impl Server {
     /// Binds the listen address (and the metrics address, if any) and starts serving. Must be
     /// called inside a tokio runtime.
     pub async fn spawn(config: ServerConfig) -> Result<Self, SpawnError> {
-        let router = Router::new(&config.hotlines, config.limits())?;
+        let mut router = Router::new(&config.hotlines, config.limits())?;
         std::fs::create_dir_all(&config.data_dir).map_err(|source| SpawnError::DataDir {
             path: config.data_dir.clone(),
             source,
         })?;
+        if let Some((name, skip)) = failpoint::armed() {
+            warn!(
+                failpoint = name,
+                skip,
+                known = failpoint::ALL.contains(&name),
+                "failpoint armed: this relay will abort on purpose"
+            );
+        }
+        // First, so that a second relay on this data directory stops here, having touched
+        // nothing.
+        let (store, snapshot) = Store::open(&config.data_dir)?;
+        let restored = router.restore(snapshot)?;
+        for (endpoint, rows) in &restored.unconfigured {
+            warn!(
+                %endpoint,
+                rows,
+                "stored rows for an endpoint in no configured hotline are kept, not served"
+            );
+        }
         let reset_key =
             quic::reset_key(&config.data_dir.join(RESET_KEY_FILE)).map_err(SpawnError::ResetKey)?;
         let quic_config = config.quic_config()?;
@@ -257,13 +332,19 @@ impl Server {
         let local_addr = endpoint.local_addr().map_err(bind)?;
 
         let endpoints = router.endpoint_count();
+        let (requests, requests_rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 router,
                 conns: HashMap::new(),
+                armed: None,
             }),
             metrics: Metrics::new(),
+            store: requests.clone(),
+            timer: Notify::new(),
+            committed: Notify::new(),
         });
+        let writer = Writer::spawn(store, requests, requests_rx, Arc::downgrade(&shared))?;
         let mut tasks = JoinSet::new();
         let metrics_addr = match config.metrics {
             Some(addr) => {
@@ -280,11 +361,16 @@ impl Server {
             }
             None => None,
         };
+        tasks.spawn(run_timer(shared.clone()).instrument(info_span!("timer")));
         tasks.spawn(accept_loop(endpoint.clone(), shared));
         info!(
             addr = %local_addr,
             hotlines = config.hotlines.len(),
             endpoints,
+            queued = restored.envelopes,
+            waiting_control = restored.control,
+            announcements = restored.announcements,
+            store = %config.data_dir.join(store::FILE_NAME).display(),
             metrics = %metrics_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
             "relay listening"
         );
@@ -293,6 +379,7 @@ impl Server {
             metrics_addr,
             endpoint,
             tasks,
+            writer,
         })
     }
 
@@ -306,11 +393,33 @@ impl Server {
         self.metrics_addr
     }
 
-    /// Closes every connection ([`CloseReason::Shutdown`]), stops every task and waits briefly
-    /// for the closes to reach the nodes.
+    /// Resolves if the store fails (I/O error, full disk): the relay then acknowledges nothing
+    /// more, and should be stopped. Pending forever otherwise.
+    pub async fn store_failure(&mut self) -> StoreError {
+        if let Some(done) = &mut self.writer.done {
+            if let Ok(Err(e)) = done.await {
+                self.writer.done = None;
+                return e;
+            }
+            self.writer.done = None;
+        }
+        std::future::pending().await
+    }
+
+    /// Closes every connection ([`CloseReason::Shutdown`]), stops every task, lets the store
+    /// commit what it was given and close (releasing its lock), and waits briefly for the
+    /// closes to reach the nodes.
     pub async fn shutdown(mut self) {
         CloseReason::Shutdown.close_endpoint(&self.endpoint);
         self.tasks.shutdown().await;
+        let _ = self.writer.requests.send(Request::Stop);
+        if let Some(done) = self.writer.done.take() {
+            match tokio::time::timeout(STORE_STOP_GRACE, done).await {
+                Ok(Ok(Err(e))) => error!(error = %e, "store failed"),
+                Ok(_) => debug!("store closed"),
+                Err(_) => warn!("store writer did not stop in time"),
+            }
+        }
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.endpoint.wait_idle()).await;
     }
 }
@@ -319,6 +428,42 @@ impl Drop for Server {
     fn drop(&mut self) {
         // The tasks are aborted when `tasks` drops; closing first tells the nodes why.
         CloseReason::Shutdown.close_endpoint(&self.endpoint);
+        // The writer commits what it was given, then closes the store.
+        let _ = self.writer.requests.send(Request::Stop);
+    }
+}
+
+impl Writer {
+    /// Starts the thread that runs [`store::group_commit`] and tells the router of each commit.
+    fn spawn(
+        mut store: Store,
+        requests: mpsc::Sender<Request>,
+        requests_rx: mpsc::Receiver<Request>,
+        shared: Weak<Shared>,
+    ) -> Result<Self, SpawnError> {
+        let (done_tx, done) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("relay-store".into())
+            .spawn(move || {
+                let result = store::group_commit(&mut store, &requests_rx, |committed| {
+                    let Some(shared) = shared.upgrade() else {
+                        return;
+                    };
+                    shared.metrics.committed(committed.ops);
+                    shared.run(|r| r.handle_persisted(committed.upto));
+                    shared.committed.notify_waiters();
+                });
+                if let Err(e) = &result {
+                    error!(error = %e, "store failed; nothing more will be acknowledged");
+                }
+                drop(store);
+                let _ = done_tx.send(result);
+            })
+            .map_err(SpawnError::StoreThread)?;
+        Ok(Self {
+            requests,
+            done: Some(done),
+        })
     }
 }
 
@@ -328,12 +473,20 @@ impl Drop for Server {
 struct Shared {
     state: Mutex<State>,
     metrics: Metrics,
+    /// The store writer's queue; requests are sent under the state lock, so in write order.
+    store: mpsc::Sender<Request>,
+    /// Wakes the timer task when the router's deadline moved.
+    timer: Notify,
+    /// Signalled after each commit, for lane readers waiting on the store backlog.
+    committed: Notify,
 }
 
 #[derive(Debug)]
 struct State {
     router: Router,
     conns: HashMap<ConnId, Arc<ConnHandle>>,
+    /// The deadline the timer task was last told about.
+    armed: Option<Time>,
 }
 
 /// What other tasks need to reach one connection.
@@ -364,6 +517,11 @@ impl Shared {
     fn apply_outputs(&self, state: &mut State) {
         while let Some(output) = state.router.poll_output() {
             match output {
+                Output::Persist { write, ops } => {
+                    // If the writer is gone (store failure, shutdown), the write never commits
+                    // and nothing that waits on it is sent: no false promise.
+                    let _ = self.store.send(Request::Write { id: write, ops });
+                }
                 Output::Wake { conn, stream } => {
                     if let Some(handle) = state.conns.get(&conn) {
                         handle.wake[stream.index()].notify_one();
@@ -377,6 +535,11 @@ impl Shared {
                 }
                 Output::Refused { code, .. } => self.metrics.refused(code),
             }
+        }
+        let deadline = state.router.poll_timeout();
+        if deadline != state.armed {
+            state.armed = deadline;
+            self.timer.notify_one();
         }
     }
 
@@ -401,6 +564,19 @@ impl Shared {
         state.conns.remove(&conn);
         state.router.handle_disconnected(conn);
         self.apply_outputs(&mut state);
+    }
+
+    /// Waits until the envelopes of `lane` waiting for the store are few enough to read more.
+    async fn room_to_store(&self, lane: Precedence) {
+        loop {
+            let committed = self.committed.notified();
+            tokio::pin!(committed);
+            committed.as_mut().enable();
+            if self.lock().router.uncommitted_bytes(lane) <= STORE_BACKLOG_BYTES {
+                return;
+            }
+            committed.await;
+        }
     }
 
     fn render_metrics(&self) -> String {
@@ -690,8 +866,14 @@ async fn read_stream(
 ) {
     loop {
         handle.room_to_read(&shared, conn).await;
+        if let Stream::Lane(lane) = stream {
+            shared.room_to_store(lane).await;
+        }
         match framed::read_frame(&mut recv).await {
-            Ok(Some(frame)) => shared.run(|r| r.handle_frame(conn, Bytes::from(frame))),
+            Ok(Some(frame)) => {
+                let now = wall_clock();
+                shared.run(|r| r.handle_frame(now, conn, Bytes::from(frame)));
+            }
             Ok(None) => {
                 debug!(%stream, "node finished a stream");
                 return;
@@ -702,6 +884,39 @@ async fn read_stream(
             }
         }
     }
+}
+
+/// Calls [`Router::handle_timeout`] whenever [`Router::poll_timeout`] is due, comparing the wall
+/// clock with the deadline rather than trusting a sleep.
+async fn run_timer(shared: Arc<Shared>) {
+    loop {
+        // Registered before reading the deadline, so a change in between is not missed.
+        let changed = shared.timer.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let deadline = shared.lock().router.poll_timeout();
+        let now = wall_clock();
+        match deadline {
+            Some(at) if at <= now => shared.run(|r| r.handle_timeout(now)),
+            Some(at) => {
+                let sleep = at.since(now).min(MAX_TIMER_SLEEP);
+                tokio::select! {
+                    () = tokio::time::sleep(sleep) => {}
+                    () = &mut changed => {}
+                }
+            }
+            None => changed.await,
+        }
+    }
+}
+
+/// Wall-clock time now, as the router counts it (time-to-live survives restarts).
+fn wall_clock() -> Time {
+    Time::from_unix(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default(),
+    )
 }
 
 fn on_read_error(connection: &quinn::Connection, stream: Stream, e: &ReadError) {

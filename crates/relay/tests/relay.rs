@@ -4,43 +4,23 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
-use bytes::Bytes;
-use hotline_net::framed::{self, LaneTag};
+use common::*;
 use hotline_net::pki::ExercisePki;
 use hotline_net::quic::{self, Timeouts};
 use hotline_net::tls::{self, Credentials};
-use hotline_proto::crypto::{Digest, IdentityKey, SessionId};
-use hotline_proto::envelope::{Envelope, Header, Receipt, ReceiptKind, Signed};
+use hotline_proto::Precedence;
+use hotline_proto::Seq;
 use hotline_proto::wire::{
-    self, Accepted, EnvelopeFrame, Frame, Hello, MAX_FRAME_LEN, PROTOCOL_VERSION, Presence,
-    RefusalCode,
+    Accepted, Frame, MAX_FRAME_LEN, PROTOCOL_VERSION, Presence, RefusalCode,
 };
-use hotline_proto::{Channel, EndpointId, MessageId, Precedence, Seq, Time};
 use hotline_relay::router::Stream;
-use hotline_relay::{CloseReason, Server, ServerConfig};
+use hotline_relay::{CloseReason, Server, ServerConfig, Ttl};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
-
-const WAIT: Duration = Duration::from_secs(30);
-
-fn id(s: &str) -> EndpointId {
-    EndpointId::new(s).unwrap()
-}
-
-fn subscribe() {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("hotline_relay=debug")),
-        )
-        .try_init();
-}
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -49,6 +29,10 @@ struct Fixture {
 
 /// Endpoints `us`, `jp`, `uk`, `fr`, `xx`; hotlines us–jp and uk–fr (`xx` is in none).
 async fn fixture() -> Fixture {
+    fixture_with(|_| {}).await
+}
+
+async fn fixture_with(edit: impl FnOnce(&mut ServerConfig)) -> Fixture {
     subscribe();
     let dir = tempfile::tempdir().unwrap();
     let ids: Vec<_> = ["us", "jp", "uk", "fr", "xx"].map(id).into();
@@ -67,90 +51,12 @@ async fn fixture() -> Fixture {
         vec![(id("us"), id("jp")), (id("uk"), id("fr"))],
     );
     config.metrics = Some("127.0.0.1:0".parse().unwrap());
+    edit(&mut config);
     let server = Server::spawn(config).await.unwrap();
     Fixture { dir, server }
 }
 
 /// A raw node: control stream, four lane streams each way, every received frame in `rx`.
-struct Node {
-    conn: quinn::Connection,
-    control: quinn::SendStream,
-    lanes: Vec<(Precedence, quinn::SendStream)>,
-    rx: mpsc::UnboundedReceiver<(Stream, Bytes)>,
-    _endpoint: quinn::Endpoint,
-    _tasks: JoinSet<()>,
-}
-
-async fn connect_with(
-    addr: SocketAddr,
-    ca_dir: &Path,
-    cert_dir: &Path,
-    name: &str,
-    stall: Option<Precedence>,
-) -> anyhow::Result<Node> {
-    let ca = tls::load_certs(&ca_dir.join("ca.pem"))?;
-    let creds = Credentials::load(
-        &cert_dir.join(format!("{name}.pem")),
-        &cert_dir.join(format!("{name}.key")),
-    )?;
-    let config = tls::client_config(&ca, creds, Timeouts::default())?;
-    let endpoint = quic::client(addr, config)?;
-    let conn = endpoint.connect(addr, "localhost")?.await?;
-    let (mut control, mut control_recv) = conn.open_bi().await?;
-    let hello = wire::encode_frame(&Frame::Hello(Hello {
-        version: PROTOCOL_VERSION,
-        agent: "test-node".into(),
-    }));
-    framed::write_frame(&mut control, &hello).await?;
-    let first = framed::read_frame(&mut control_recv)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("control stream finished before hello"))?;
-    let (Frame::Hello(_), _) = wire::decode_frame(&first)? else {
-        anyhow::bail!("relay's first frame is not a hello");
-    };
-    let mut lanes = Vec::new();
-    for lane in Precedence::ALL {
-        let mut send = conn.open_uni().await?;
-        LaneTag(lane).write(&mut send).await?;
-        lanes.push((lane, send));
-    }
-    let (tx, rx) = mpsc::unbounded_channel();
-    let mut tasks = JoinSet::new();
-    let control_tx = tx.clone();
-    tasks.spawn(async move {
-        while let Ok(Some(f)) = framed::read_frame(&mut control_recv).await {
-            let _ = control_tx.send((Stream::Control, Bytes::from(f)));
-        }
-    });
-    let accept_conn = conn.clone();
-    tasks.spawn(async move {
-        let mut readers = JoinSet::new();
-        while let Ok(mut recv) = accept_conn.accept_uni().await {
-            let tx = tx.clone();
-            readers.spawn(async move {
-                let Ok(LaneTag(lane)) = LaneTag::read(&mut recv).await else {
-                    return;
-                };
-                if stall == Some(lane) {
-                    // Never read this lane: the relay's writes to it hit flow control.
-                    std::future::pending::<()>().await;
-                }
-                while let Ok(Some(f)) = framed::read_frame(&mut recv).await {
-                    let _ = tx.send((Stream::Lane(lane), Bytes::from(f)));
-                }
-            });
-        }
-    });
-    Ok(Node {
-        conn,
-        control,
-        lanes,
-        rx,
-        _endpoint: endpoint,
-        _tasks: tasks,
-    })
-}
-
 impl Fixture {
     async fn connect(&self, name: &str) -> Node {
         self.connect_stalling(name, None).await
@@ -161,120 +67,6 @@ impl Fixture {
         let (addr, dir) = (self.server.local_addr(), self.dir.path());
         connect_with(addr, dir, dir, name, stall).await.unwrap()
     }
-}
-
-impl Node {
-    async fn send_control(&mut self, bytes: &[u8]) {
-        framed::write_frame(&mut self.control, bytes).await.unwrap();
-    }
-
-    async fn send_lane(&mut self, lane: Precedence, bytes: &[u8]) {
-        let (_, s) = self.lanes.iter_mut().find(|(l, _)| *l == lane).unwrap();
-        framed::write_frame(s, bytes).await.unwrap();
-    }
-
-    /// The next received frame for which `pick` says yes; others are skipped.
-    async fn recv_where(&mut self, mut pick: impl FnMut(&Frame) -> bool) -> (Stream, Bytes, Frame) {
-        tokio::time::timeout(WAIT, async {
-            loop {
-                let (stream, bytes) = self.rx.recv().await.expect("node connection ended");
-                let (frame, _) = wire::decode_frame(&bytes).unwrap();
-                if pick(&frame) {
-                    return (stream, bytes, frame);
-                }
-            }
-        })
-        .await
-        .expect("timed out waiting for a frame")
-    }
-
-    async fn next_envelope(&mut self) -> (Stream, Bytes, EnvelopeFrame) {
-        let (stream, bytes, frame) = self.recv_where(|f| matches!(f, Frame::Envelope(_))).await;
-        let Frame::Envelope(e) = frame else {
-            unreachable!()
-        };
-        (stream, bytes, e)
-    }
-
-    async fn next_reply(&mut self) -> Frame {
-        self.recv_where(|f| matches!(f, Frame::Accepted(_) | Frame::Refused(_)))
-            .await
-            .2
-    }
-
-    async fn closed_with(&self) -> quinn::ConnectionError {
-        tokio::time::timeout(WAIT, self.conn.closed())
-            .await
-            .unwrap()
-    }
-}
-
-fn envelope(sender: &str, recipient: &str, precedence: Precedence, seq: u64) -> Vec<u8> {
-    envelope_on(sender, recipient, precedence, seq, precedence)
-}
-
-fn envelope_on(
-    sender: &str,
-    recipient: &str,
-    precedence: Precedence,
-    seq: u64,
-    transport: Precedence,
-) -> Vec<u8> {
-    envelope_sized(sender, recipient, precedence, seq, transport, 64)
-}
-
-fn envelope_sized(
-    sender: &str,
-    recipient: &str,
-    precedence: Precedence,
-    seq: u64,
-    transport: Precedence,
-    sealed: usize,
-) -> Vec<u8> {
-    let sealed = vec![0x5A; sealed];
-    let header = Header {
-        sender: id(sender),
-        recipient: id(recipient),
-        channel: Channel::default(),
-        precedence,
-        seq: Seq(seq),
-        after: [0; 4],
-        epoch: 1,
-        session: SessionId([3; 16]),
-        prev: Digest::default(),
-        sealed_len: sealed.len() as u32,
-    };
-    wire::encode_frame(&Frame::Envelope(EnvelopeFrame {
-        transport,
-        envelope: Envelope { header, sealed },
-        head: None,
-        setup: None,
-    }))
-}
-
-fn message_id(sender: &str, precedence: Precedence, seq: u64) -> MessageId {
-    MessageId {
-        sender: id(sender),
-        channel: Channel::default(),
-        precedence,
-        seq: Seq(seq),
-    }
-}
-
-fn delivered(from: &str, to: &str, precedence: Precedence, upto: u64) -> Vec<u8> {
-    let receipt = Receipt {
-        from: id(from),
-        to: id(to),
-        channel: Channel::default(),
-        precedence,
-        kind: ReceiptKind::Delivered {
-            upto: Seq(upto),
-            head: Digest::default(),
-        },
-        at: Time(1),
-    };
-    let key = IdentityKey::from_seed(&[9; 32]);
-    wire::encode_frame(&Frame::Receipt(Signed::sign(receipt, &key)))
 }
 
 fn app_close_code(e: &quinn::ConnectionError) -> Option<CloseReason> {
@@ -346,7 +138,7 @@ async fn envelope_queued_for_an_offline_partner_is_forwarded_when_it_connects() 
         us.next_reply().await,
         Frame::Accepted(Accepted {
             id: message_id("us", R, 1),
-            durable: false
+            durable: true
         })
     );
 
@@ -496,6 +288,42 @@ async fn flash_gets_through_while_the_routine_lane_is_stuck() {
         )),
         "{metrics}"
     );
+}
+
+#[tokio::test]
+async fn expired_envelope_is_refused_to_its_sender_and_freed() {
+    let fx = fixture_with(|c| {
+        c.ttl = Ttl {
+            routine: Some(Duration::from_secs(1)),
+            ..Ttl::NEVER
+        }
+    })
+    .await;
+    let mut us = fx.connect("us").await;
+    us.send_lane(R, &envelope("us", "jp", R, 1)).await;
+    us.send_lane(F, &envelope("us", "jp", F, 1)).await;
+    for _ in 0..2 {
+        assert!(matches!(us.next_reply().await, Frame::Accepted(_)));
+    }
+    // jp never comes; after a second the routine one is freed and us is told.
+    let Frame::Refused(r) = us.next_reply().await else {
+        panic!("expected a refusal")
+    };
+    assert_eq!(r.code, RefusalCode::Expired);
+    assert_eq!(r.id, Some(message_id("us", R, 1)));
+    let metrics = http_get(fx.server.metrics_addr().unwrap(), "/metrics").await;
+    assert!(
+        metrics.contains("hotline_relay_refusals_total{code=\"expired\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hotline_relay_queued_frames{stream=\"routine\"} 0"),
+        "{metrics}"
+    );
+    // The flash one has no time-to-live and is still delivered.
+    let mut jp = fx.connect("jp").await;
+    let (stream, _, _) = jp.next_envelope().await;
+    assert_eq!(stream, Stream::Lane(F));
 }
 
 #[tokio::test]

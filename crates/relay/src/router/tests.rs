@@ -1,5 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
+use std::time::Duration;
+
 use hotline_proto::crypto::{Digest, IdentityKey, SessionId};
 use hotline_proto::envelope::{Announcement, Envelope, Header};
 use hotline_proto::wire::Hello;
@@ -101,8 +103,34 @@ fn decode(bytes: &Bytes) -> Frame {
     wire::decode_frame(bytes).unwrap().0
 }
 
-/// Everything the writer of `stream` would write now, reported as written.
+/// Commits every write the router asked for (a store that never fails); keeps other outputs.
+/// Returns the operations committed.
+fn commit(r: &mut Router) -> Vec<StoreOp> {
+    let mut ops = Vec::new();
+    loop {
+        let mut upto = None;
+        let mut kept = VecDeque::new();
+        for o in r.outputs.drain(..) {
+            match o {
+                Output::Persist { write, ops: more } => {
+                    upto = Some(write);
+                    ops.extend(more);
+                }
+                o => kept.push_back(o),
+            }
+        }
+        r.outputs = kept;
+        match upto {
+            Some(w) => r.handle_persisted(w),
+            None => return ops,
+        }
+    }
+}
+
+/// Everything the writer of `stream` would write now, reported as written (after committing
+/// every pending write).
 fn drain(r: &mut Router, conn: ConnId, stream: Stream) -> Vec<Bytes> {
+    let _ = commit(r);
     let mut out = Vec::new();
     while let Some(t) = r.poll_transmit(conn, stream) {
         out.push(t.bytes.clone());
@@ -115,7 +143,9 @@ fn drain_frames(r: &mut Router, conn: ConnId, stream: Stream) -> Vec<Frame> {
     drain(r, conn, stream).iter().map(decode).collect()
 }
 
+/// Outputs other than writes, after committing the writes.
 fn outputs(r: &mut Router) -> Vec<Output> {
+    let _ = commit(r);
     std::iter::from_fn(|| r.poll_output()).collect()
 }
 
@@ -127,7 +157,7 @@ fn accepted(seq: u64, precedence: Precedence) -> Frame {
             precedence,
             seq: Seq(seq),
         },
-        durable: false,
+        durable: true,
     })
 }
 
@@ -141,6 +171,7 @@ fn refusals(frames: &[Frame]) -> Vec<RefusalCode> {
         .collect()
 }
 
+const T0: Time = Time(1_000_000_000);
 const US: ConnId = ConnId(1);
 const JP: ConnId = ConnId(2);
 const R: Precedence = Precedence::Routine;
@@ -152,7 +183,7 @@ fn queued_envelope_is_written_when_the_destination_connects() {
     r.handle_connected(US, id("us")).unwrap();
     let _ = drain(&mut r, US, Stream::Control);
     let env = envelope("us", "jp", R, 1);
-    r.handle_frame(US, env.clone());
+    r.handle_frame(T0, US, env.clone());
     assert_eq!(drain_frames(&mut r, US, Stream::Control), [accepted(1, R)]);
     assert_eq!(r.queued_envelopes(&id("jp")).len(), 1);
 
@@ -175,7 +206,7 @@ fn duplicates_are_queued_once_and_accepted_each_time() {
     r.handle_connected(US, id("us")).unwrap();
     let _ = drain(&mut r, US, Stream::Control);
     for _ in 0..3 {
-        r.handle_frame(US, envelope("us", "jp", R, 1));
+        r.handle_frame(T0, US, envelope("us", "jp", R, 1));
     }
     assert_eq!(
         drain_frames(&mut r, US, Stream::Control),
@@ -191,13 +222,13 @@ fn escalation_moves_the_queued_copy_to_the_higher_lane() {
     let mut r = router();
     r.handle_connected(US, id("us")).unwrap();
     r.handle_connected(JP, id("jp")).unwrap();
-    r.handle_frame(US, envelope("us", "jp", R, 1));
-    r.handle_frame(US, envelope("us", "jp", R, 2));
+    r.handle_frame(T0, US, envelope("us", "jp", R, 1));
+    r.handle_frame(T0, US, envelope("us", "jp", R, 2));
     assert_eq!(drain(&mut r, JP, Stream::Lane(R)).len(), 2);
 
     // Seq 1 is escalated to flash: written again on the flash lane, with the new bytes.
     let escalated = envelope_sized("us", "jp", R, 1, F, 16);
-    r.handle_frame(US, escalated.clone());
+    r.handle_frame(T0, US, escalated.clone());
     let _ = outputs(&mut r);
     let q = r.queued_envelopes(&id("jp"));
     assert_eq!((q[0].transport, q[0].state), (F, ItemState::Unwritten));
@@ -206,7 +237,7 @@ fn escalation_moves_the_queued_copy_to_the_higher_lane() {
     assert!(drain(&mut r, JP, Stream::Lane(R)).is_empty());
 
     // A lower transport for a queued message changes nothing.
-    r.handle_frame(US, envelope("us", "jp", R, 1));
+    r.handle_frame(T0, US, envelope("us", "jp", R, 1));
     assert_eq!(r.queued_envelopes(&id("jp"))[0].transport, F);
     assert!(drain(&mut r, JP, Stream::Lane(R)).is_empty());
     assert!(drain(&mut r, JP, Stream::Lane(F)).is_empty());
@@ -219,9 +250,9 @@ fn escalation_while_in_flight_is_written_again() {
     let mut r = router();
     r.handle_connected(US, id("us")).unwrap();
     r.handle_connected(JP, id("jp")).unwrap();
-    r.handle_frame(US, envelope("us", "jp", R, 1));
+    r.handle_frame(T0, US, envelope("us", "jp", R, 1));
     let t = r.poll_transmit(JP, Stream::Lane(R)).unwrap();
-    r.handle_frame(US, envelope_sized("us", "jp", R, 1, F, 16));
+    r.handle_frame(T0, US, envelope_sized("us", "jp", R, 1, F, 16));
     r.handle_written(JP, t);
     assert_eq!(r.queued_envelopes(&id("jp"))[0].state, ItemState::Unwritten);
     assert_eq!(drain(&mut r, JP, Stream::Lane(F)).len(), 1);
@@ -233,12 +264,12 @@ fn delivered_receipt_deletes_covered_envelopes_and_reaches_the_sender() {
     r.handle_connected(US, id("us")).unwrap();
     r.handle_connected(JP, id("jp")).unwrap();
     for seq in 1..=3 {
-        r.handle_frame(US, envelope("us", "jp", R, seq));
+        r.handle_frame(T0, US, envelope("us", "jp", R, seq));
     }
-    r.handle_frame(US, envelope("us", "jp", F, 1));
+    r.handle_frame(T0, US, envelope("us", "jp", F, 1));
     let _ = drain(&mut r, US, Stream::Control);
     let receipt = delivered("jp", "us", R, 2);
-    r.handle_frame(JP, receipt.clone());
+    r.handle_frame(T0, JP, receipt.clone());
     let left: Vec<_> = r
         .queued_envelopes(&id("jp"))
         .into_iter()
@@ -253,10 +284,10 @@ fn reconnection_writes_everything_still_queued_again() {
     let mut r = router();
     r.handle_connected(US, id("us")).unwrap();
     r.handle_connected(JP, id("jp")).unwrap();
-    r.handle_frame(US, envelope("us", "jp", R, 1));
-    r.handle_frame(US, envelope("us", "jp", R, 2));
+    r.handle_frame(T0, US, envelope("us", "jp", R, 1));
+    r.handle_frame(T0, US, envelope("us", "jp", R, 2));
     assert_eq!(drain(&mut r, JP, Stream::Lane(R)).len(), 2);
-    r.handle_frame(JP, delivered("jp", "us", R, 1));
+    r.handle_frame(T0, JP, delivered("jp", "us", R, 1));
     r.handle_disconnected(JP);
     let jp2 = ConnId(3);
     r.handle_connected(jp2, id("jp")).unwrap();
@@ -273,12 +304,12 @@ fn wrong_sender_and_unpaired_recipient_are_refused() {
     let mut r = router();
     r.handle_connected(US, id("us")).unwrap();
     let _ = drain(&mut r, US, Stream::Control);
-    r.handle_frame(US, envelope("jp", "us", R, 1));
-    r.handle_frame(US, envelope("us", "uk", R, 1));
-    r.handle_frame(US, delivered("jp", "us", R, 1)); // signed as jp
-    r.handle_frame(US, delivered("us", "fr", R, 1)); // addressed outside the hotline
-    r.handle_frame(US, announcement("jp", 1));
-    r.handle_frame(US, link_test("us", "uk"));
+    r.handle_frame(T0, US, envelope("jp", "us", R, 1));
+    r.handle_frame(T0, US, envelope("us", "uk", R, 1));
+    r.handle_frame(T0, US, delivered("jp", "us", R, 1)); // signed as jp
+    r.handle_frame(T0, US, delivered("us", "fr", R, 1)); // addressed outside the hotline
+    r.handle_frame(T0, US, announcement("jp", 1));
+    r.handle_frame(T0, US, link_test("us", "uk"));
     let frames = drain_frames(&mut r, US, Stream::Control);
     use RefusalCode::*;
     assert_eq!(
@@ -344,8 +375,8 @@ fn announcements_are_stored_and_replayed_to_partners() {
     let mut r = router();
     r.handle_connected(US, id("us")).unwrap();
     let a1 = announcement("us", 1);
-    r.handle_frame(US, a1.clone());
-    r.handle_frame(US, announcement("us", 0)); // older: ignored
+    r.handle_frame(T0, US, a1.clone());
+    r.handle_frame(T0, US, announcement("us", 0)); // older: ignored
     r.handle_disconnected(US);
 
     // jp connects while us is offline and still gets us's latest announcement.
@@ -359,7 +390,7 @@ fn announcements_are_stored_and_replayed_to_partners() {
     r.handle_connected(us2, id("us")).unwrap();
     let _ = drain(&mut r, JP, Stream::Control);
     let a2 = announcement("us", 2);
-    r.handle_frame(us2, a2.clone());
+    r.handle_frame(T0, us2, a2.clone());
     assert_eq!(
         drain(&mut r, JP, Stream::Control),
         std::slice::from_ref(&a2)
@@ -376,11 +407,12 @@ fn overload_refuses_routine_first_then_higher_lanes() {
     // Room for exactly 10 envelopes of this size below the bound.
     let mut r = router_with(Limits {
         max_queue_bytes: probe * 10,
+        ..Limits::default()
     });
     r.handle_connected(US, id("us")).unwrap();
     let _ = drain(&mut r, US, Stream::Control);
     let send = |r: &mut Router, p: Precedence, seq: u64| -> Frame {
-        r.handle_frame(US, envelope_sized("us", "jp", p, seq, p, 100));
+        r.handle_frame(T0, US, envelope_sized("us", "jp", p, seq, p, 100));
         let mut f = drain_frames(r, US, Stream::Control);
         assert_eq!(f.len(), 1);
         f.remove(0)
@@ -404,7 +436,7 @@ fn overload_refuses_routine_first_then_higher_lanes() {
     assert_eq!(r.queued_envelopes(&id("jp")).len(), 15);
     // A delivered receipt frees space again.
     r.handle_connected(JP, id("jp")).unwrap();
-    r.handle_frame(JP, delivered("jp", "us", R, 10));
+    r.handle_frame(T0, JP, delivered("jp", "us", R, 10));
     let _ = drain(&mut r, US, Stream::Control); // presence and the receipt
     assert_eq!(send(&mut r, R, 11), accepted(11, R));
 }
@@ -414,8 +446,8 @@ fn receipts_wait_for_an_offline_addressee() {
     let mut r = router();
     r.handle_connected(JP, id("jp")).unwrap();
     let receipt = delivered("jp", "us", R, 1);
-    r.handle_frame(JP, receipt.clone());
-    r.handle_frame(JP, link_test("jp", "us")); // offline partner: dropped
+    r.handle_frame(T0, JP, receipt.clone());
+    r.handle_frame(T0, JP, link_test("jp", "us")); // offline partner: dropped
     r.handle_connected(US, id("us")).unwrap();
     let frames = drain(&mut r, US, Stream::Control);
     assert_eq!(frames.len(), 2, "presence, then the receipt: {frames:?}");
@@ -429,7 +461,8 @@ fn receipt_being_written_when_the_connection_drops_is_kept() {
     r.handle_connected(JP, id("jp")).unwrap();
     let _ = drain(&mut r, US, Stream::Control);
     let receipt = delivered("jp", "us", R, 1);
-    r.handle_frame(JP, receipt.clone());
+    r.handle_frame(T0, JP, receipt.clone());
+    let _ = commit(&mut r);
     let t = r.poll_transmit(US, Stream::Control).unwrap();
     r.handle_disconnected(US);
     r.handle_written(US, t); // too late: that connection is gone
@@ -445,7 +478,7 @@ fn link_tests_go_to_online_partners_only() {
     r.handle_connected(JP, id("jp")).unwrap();
     let _ = drain(&mut r, JP, Stream::Control);
     let lt = link_test("us", "jp");
-    r.handle_frame(US, lt.clone());
+    r.handle_frame(T0, US, lt.clone());
     assert_eq!(drain(&mut r, JP, Stream::Control), [lt]);
 }
 
@@ -455,10 +488,11 @@ fn malformed_frames_are_refused_and_the_connection_kept() {
     r.handle_connected(US, id("us")).unwrap();
     let _ = drain(&mut r, US, Stream::Control);
     let mut garbage = vec![0, 0, 0, 5, 1, 1, 0xFF, 0xFF, 0xFF];
-    r.handle_frame(US, Bytes::from(garbage.clone()));
+    r.handle_frame(T0, US, Bytes::from(garbage.clone()));
     garbage[5] = 9; // unknown suite
-    r.handle_frame(US, Bytes::from(garbage));
+    r.handle_frame(T0, US, Bytes::from(garbage));
     r.handle_frame(
+        T0,
         US,
         encode(&Frame::Presence(Presence {
             endpoint: id("us"),
@@ -469,11 +503,11 @@ fn malformed_frames_are_refused_and_the_connection_kept() {
         version: 1,
         agent: "again".into(),
     }));
-    r.handle_frame(US, hello);
+    r.handle_frame(T0, US, hello);
     let frames = drain_frames(&mut r, US, Stream::Control);
     assert_eq!(refusals(&frames), [RefusalCode::Malformed; 3]);
     assert_eq!(frames.len(), 3, "a repeated hello is ignored");
-    r.handle_frame(US, envelope("us", "jp", R, 1));
+    r.handle_frame(T0, US, envelope("us", "jp", R, 1));
     assert_eq!(drain_frames(&mut r, US, Stream::Control), [accepted(1, R)]);
 }
 
@@ -489,7 +523,7 @@ fn a_new_connection_replaces_the_old_one() {
         reason: "replaced by a newer connection with the same identity",
     }));
     // Frames and the late disconnect of the old connection change nothing.
-    r.handle_frame(US, envelope("us", "jp", R, 1));
+    r.handle_frame(T0, US, envelope("us", "jp", R, 1));
     r.handle_disconnected(US);
     assert!(r.queued_envelopes(&id("jp")).is_empty());
     assert_eq!(r.endpoint_of(us2), Some(&id("us")));
@@ -520,16 +554,569 @@ fn queued_byte_counts_stay_exact() {
     let _ = drain(&mut r, US, Stream::Control);
     let a = envelope("us", "jp", R, 1);
     let b = envelope_sized("us", "jp", R, 1, F, 16);
-    r.handle_frame(US, a);
-    r.handle_frame(US, b.clone());
+    r.handle_frame(T0, US, a);
+    r.handle_frame(T0, US, b.clone());
     let _ = drain(&mut r, US, Stream::Control);
     assert_eq!(r.queued_bytes(&id("jp")), b.len() as u64);
     r.handle_connected(JP, id("jp")).unwrap();
-    r.handle_frame(JP, delivered("jp", "us", R, 1));
+    r.handle_frame(T0, JP, delivered("jp", "us", R, 1));
     // The receipt waits on us's control stream; jp's queue is empty.
     let _ = drain(&mut r, JP, Stream::Control);
     assert_eq!(r.queued_bytes(&id("jp")), 0);
     let _ = drain(&mut r, US, Stream::Control);
     assert_eq!(r.queued_bytes(&id("us")), 0);
     assert_eq!(r.stats().queued_bytes, [0; 5]);
+}
+
+// Durability: writes, deferred replies, time-to-live, restore.
+
+/// The writes emitted so far, without committing them; other outputs are kept.
+fn take_writes(r: &mut Router) -> Vec<(WriteId, Vec<StoreOp>)> {
+    let mut writes = Vec::new();
+    let mut kept = VecDeque::new();
+    for o in r.outputs.drain(..) {
+        match o {
+            Output::Persist { write, ops } => writes.push((write, ops)),
+            o => kept.push_back(o),
+        }
+    }
+    r.outputs = kept;
+    writes
+}
+
+/// Frames waiting on `conn`'s control stream, without committing anything.
+fn pending_control(r: &mut Router, conn: ConnId) -> Vec<Frame> {
+    let mut out = Vec::new();
+    while let Some(t) = r.poll_transmit(conn, Stream::Control) {
+        out.push(decode(&t.bytes));
+        r.handle_written(conn, t);
+    }
+    out
+}
+
+/// A store that never fails, kept in memory: what the router's writes leave behind.
+#[derive(Debug, Default)]
+struct MemStore {
+    envelopes: BTreeMap<u64, StoredEnvelope>,
+    control: BTreeMap<u64, StoredControl>,
+    announcements: BTreeMap<EndpointId, StoredAnnouncement>,
+}
+
+impl MemStore {
+    fn apply(&mut self, ops: Vec<StoreOp>) {
+        for op in ops {
+            match op {
+                StoreOp::PutEnvelope(e) => {
+                    self.envelopes.insert(e.order, e);
+                }
+                StoreOp::DeleteEnvelope { order } => {
+                    self.envelopes.remove(&order);
+                }
+                StoreOp::PutControl(c) => {
+                    self.control.insert(c.key, c);
+                }
+                StoreOp::DeleteControl { key } => {
+                    self.control.remove(&key);
+                }
+                StoreOp::PutAnnouncement(a) => {
+                    self.announcements.insert(a.endpoint.clone(), a);
+                }
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            // Reversed: restore must not depend on the order rows come back in.
+            envelopes: self.envelopes.values().rev().cloned().collect(),
+            control: self.control.values().rev().cloned().collect(),
+            announcements: self.announcements.values().cloned().collect(),
+        }
+    }
+}
+
+fn with_ttl(ttl: Ttl) -> Router {
+    router_with(Limits {
+        ttl,
+        ..Limits::default()
+    })
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+const P: Precedence = Precedence::Priority;
+
+#[test]
+fn accepted_is_durable_and_waits_for_the_write_that_holds_the_envelope() {
+    let mut r = router();
+    r.handle_connected(US, id("us")).unwrap();
+    let _ = drain(&mut r, US, Stream::Control);
+    let env = envelope("us", "jp", R, 1);
+    r.handle_frame(T0, US, env.clone());
+    let writes = take_writes(&mut r);
+    assert_eq!(writes.len(), 1);
+    let (write, ops) = &writes[0];
+    let [StoreOp::PutEnvelope(stored)] = &ops[..] else {
+        panic!("{ops:?}")
+    };
+    assert_eq!(stored.destination, id("jp"));
+    assert_eq!(stored.lane, R);
+    assert_eq!(stored.queued_at, T0);
+    assert_eq!(stored.bytes, env);
+    assert!(
+        pending_control(&mut r, US).is_empty(),
+        "nothing before commit"
+    );
+
+    // A duplicate while the first write is pending waits too, even though it writes nothing.
+    r.handle_frame(T0, US, env);
+    assert!(take_writes(&mut r).is_empty());
+    assert!(pending_control(&mut r, US).is_empty());
+
+    r.handle_persisted(*write);
+    assert_eq!(r.committed(), *write);
+    assert_eq!(
+        pending_control(&mut r, US),
+        [accepted(1, R), accepted(1, R)]
+    );
+    let Frame::Accepted(a) = accepted(1, R) else {
+        unreachable!()
+    };
+    assert!(a.durable);
+
+    // Once everything is committed, a duplicate's Accepted leaves at once.
+    r.handle_frame(T0, US, envelope("us", "jp", R, 1));
+    assert!(take_writes(&mut r).is_empty());
+    assert_eq!(pending_control(&mut r, US), [accepted(1, R)]);
+}
+
+#[test]
+fn a_commit_releases_every_earlier_write_in_order() {
+    let mut r = router();
+    r.handle_connected(US, id("us")).unwrap();
+    let _ = drain(&mut r, US, Stream::Control);
+    for seq in 1..=3 {
+        r.handle_frame(T0, US, envelope("us", "jp", R, seq));
+    }
+    r.handle_frame(T0, US, envelope("us", "jp", F, 1));
+    let writes = take_writes(&mut r);
+    let ids: Vec<u64> = writes.iter().map(|(w, _)| w.0).collect();
+    assert_eq!(ids, [1, 2, 3, 4]);
+    r.handle_persisted(WriteId(2));
+    assert_eq!(
+        pending_control(&mut r, US),
+        [accepted(1, R), accepted(2, R)]
+    );
+    // One group commit covering the rest.
+    r.handle_persisted(WriteId(4));
+    assert_eq!(
+        pending_control(&mut r, US),
+        [accepted(3, R), accepted(1, F)]
+    );
+    // A late report of an older write changes nothing.
+    r.handle_persisted(WriteId(1));
+    assert_eq!(r.committed(), WriteId(4));
+}
+
+#[test]
+fn a_refused_envelope_writes_nothing_and_is_answered_at_once() {
+    let mut r = router();
+    r.handle_connected(US, id("us")).unwrap();
+    let _ = drain(&mut r, US, Stream::Control);
+    r.handle_frame(T0, US, envelope("us", "uk", R, 1));
+    assert!(take_writes(&mut r).is_empty());
+    assert_eq!(
+        refusals(&pending_control(&mut r, US)),
+        [RefusalCode::NotPaired]
+    );
+}
+
+#[test]
+fn delivered_receipt_is_stored_with_its_deletions_and_forwarded_after_the_commit() {
+    let mut r = router();
+    r.handle_connected(US, id("us")).unwrap();
+    r.handle_connected(JP, id("jp")).unwrap();
+    r.handle_frame(T0, US, envelope("us", "jp", R, 1));
+    r.handle_frame(T0, US, envelope("us", "jp", R, 2));
+    let _ = drain(&mut r, US, Stream::Control);
+    assert_eq!(drain(&mut r, JP, Stream::Lane(R)).len(), 2);
+
+    let receipt = delivered("jp", "us", R, 2);
+    r.handle_frame(T0, JP, receipt.clone());
+    let writes = take_writes(&mut r);
+    assert_eq!(
+        writes.len(),
+        1,
+        "one write: deletions and the stored receipt"
+    );
+    let (write, ops) = &writes[0];
+    assert!(matches!(
+        &ops[..],
+        [
+            StoreOp::DeleteEnvelope { order: 0 },
+            StoreOp::DeleteEnvelope { order: 1 },
+            StoreOp::PutControl(c),
+        ] if c.addressee == id("us") && c.bytes == receipt
+    ));
+    assert!(
+        pending_control(&mut r, US).is_empty(),
+        "not before the commit"
+    );
+    r.handle_persisted(*write);
+    let t = r.poll_transmit(US, Stream::Control).unwrap();
+    assert_eq!(t.bytes, receipt);
+    r.handle_written(US, t);
+    // Written: its row goes.
+    let writes = take_writes(&mut r);
+    let StoreOp::PutControl(c) = &ops[2] else {
+        unreachable!()
+    };
+    assert_eq!(writes[0].1, [StoreOp::DeleteControl { key: c.key }]);
+}
+
+#[test]
+fn announcements_are_stored() {
+    let mut r = router();
+    r.handle_connected(US, id("us")).unwrap();
+    let a = announcement("us", 3);
+    r.handle_frame(T0, US, a.clone());
+    let ops = commit(&mut r);
+    assert_eq!(
+        ops,
+        [StoreOp::PutAnnouncement(StoredAnnouncement {
+            endpoint: id("us"),
+            epoch: 3,
+            bytes: a
+        })]
+    );
+}
+
+#[test]
+fn expired_envelope_is_freed_and_its_sender_told() {
+    let mut r = with_ttl(Ttl {
+        routine: Some(60 * SECOND),
+        ..Ttl::NEVER
+    });
+    r.handle_connected(US, id("us")).unwrap();
+    let _ = drain(&mut r, US, Stream::Control);
+    let env = envelope("us", "jp", R, 1);
+    r.handle_frame(T0, US, env.clone());
+    r.handle_frame(T0.plus(10 * SECOND), US, envelope("us", "jp", R, 2));
+    r.handle_frame(T0, US, envelope("us", "jp", F, 1)); // flash: no time-to-live
+    let _ = drain(&mut r, US, Stream::Control);
+    let deadline = T0.plus(60 * SECOND);
+    assert_eq!(r.poll_timeout(), Some(deadline));
+    assert_eq!(r.queued_envelopes(&id("jp"))[0].expires_at, Some(deadline));
+
+    // Early: nothing happens.
+    r.handle_timeout(T0.plus(59 * SECOND));
+    assert!(take_writes(&mut r).is_empty());
+    assert_eq!(r.queued_envelopes(&id("jp")).len(), 3);
+
+    let before = r.queued_bytes(&id("jp"));
+    r.handle_timeout(deadline);
+    let writes = take_writes(&mut r);
+    assert_eq!(writes.len(), 1);
+    let ops = &writes[0].1;
+    assert!(
+        matches!(&ops[..], [StoreOp::DeleteEnvelope { order: 0 }, StoreOp::PutControl(c)]
+            if c.addressee == id("us")),
+        "{ops:?}"
+    );
+    assert_eq!(r.queued_bytes(&id("jp")), before - env.len() as u64);
+    assert_eq!(r.poll_timeout(), Some(T0.plus(70 * SECOND)));
+    assert!(r.outputs.contains(&Output::Refused {
+        conn: None,
+        code: RefusalCode::Expired
+    }));
+    // The refusal leaves once stored.
+    assert!(pending_control(&mut r, US).is_empty());
+    r.handle_persisted(writes[0].0);
+    let frames = pending_control(&mut r, US);
+    let [Frame::Refused(refusal)] = &frames[..] else {
+        panic!("{frames:?}")
+    };
+    assert_eq!(refusal.code, RefusalCode::Expired);
+    assert_eq!(
+        refusal.id.as_ref().map(|m| (m.precedence, m.seq)),
+        Some((R, Seq(1)))
+    );
+    assert!(refusal.detail.contains("jp"), "{}", refusal.detail);
+    let left: Vec<_> = r
+        .queued_envelopes(&id("jp"))
+        .into_iter()
+        .map(|q| (q.id.precedence, q.id.seq))
+        .collect();
+    assert_eq!(left, [(R, Seq(2)), (F, Seq(1))]);
+}
+
+#[test]
+fn expired_refusal_waits_for_an_offline_sender() {
+    let mut r = with_ttl(Ttl {
+        routine: Some(SECOND),
+        ..Ttl::NEVER
+    });
+    r.handle_connected(US, id("us")).unwrap();
+    r.handle_frame(T0, US, envelope("us", "jp", R, 1));
+    let _ = drain(&mut r, US, Stream::Control);
+    r.handle_disconnected(US);
+    r.handle_timeout(T0.plus(SECOND));
+    let _ = commit(&mut r);
+    assert!(r.queued_envelopes(&id("jp")).is_empty());
+    assert_eq!(r.poll_timeout(), None);
+    let us2 = ConnId(5);
+    r.handle_connected(us2, id("us")).unwrap();
+    let frames = drain_frames(&mut r, us2, Stream::Control);
+    assert_eq!(refusals(&frames), [RefusalCode::Expired]);
+}
+
+#[test]
+fn escalation_moves_the_expiry_to_the_new_lane_and_delivery_clears_it() {
+    let mut r = with_ttl(Ttl {
+        routine: Some(60 * SECOND),
+        priority: Some(600 * SECOND),
+        ..Ttl::NEVER
+    });
+    r.handle_connected(US, id("us")).unwrap();
+    r.handle_frame(T0, US, envelope("us", "jp", R, 1));
+    r.handle_frame(T0, US, envelope("us", "jp", R, 2));
+    // Escalated to priority later on: its time-to-live is priority's, from its first arrival.
+    r.handle_frame(
+        T0.plus(30 * SECOND),
+        US,
+        envelope_sized("us", "jp", R, 1, P, 16),
+    );
+    let ops = commit(&mut r);
+    assert!(matches!(
+        ops.last(),
+        Some(StoreOp::PutEnvelope(e)) if e.order == 0 && e.lane == P && e.queued_at == T0
+    ));
+    let q = r.queued_envelopes(&id("jp"));
+    assert_eq!(q[0].expires_at, Some(T0.plus(600 * SECOND)));
+    assert_eq!(r.poll_timeout(), Some(T0.plus(60 * SECOND)));
+
+    r.handle_connected(JP, id("jp")).unwrap();
+    r.handle_frame(T0, JP, delivered("jp", "us", R, 2));
+    let _ = commit(&mut r);
+    assert_eq!(
+        r.poll_timeout(),
+        None,
+        "delivered envelopes leave the expiry index"
+    );
+    r.handle_timeout(T0.plus(3600 * SECOND));
+    assert!(take_writes(&mut r).is_empty());
+}
+
+#[test]
+fn restore_reproduces_queues_lanes_and_waiting_frames() {
+    let mut store = MemStore::default();
+    let mut r = router();
+    r.handle_connected(US, id("us")).unwrap();
+    // Interleaved lanes; seq 2 escalated to flash after seq 3 arrived.
+    r.handle_frame(T0, US, envelope("us", "jp", R, 1));
+    r.handle_frame(T0, US, envelope("us", "jp", R, 2));
+    r.handle_frame(T0, US, envelope("us", "jp", F, 1));
+    r.handle_frame(T0, US, envelope("us", "jp", R, 3));
+    r.handle_frame(T0, US, envelope_sized("us", "jp", R, 2, F, 16));
+    r.handle_frame(T0, US, envelope("us", "jp", P, 1));
+    r.handle_frame(T0, US, announcement("us", 4));
+    // While us is away, jp reports us's routine seq 1 delivered and sends us a message.
+    r.handle_disconnected(US);
+    r.handle_connected(JP, id("jp")).unwrap();
+    r.handle_frame(T0, JP, envelope("jp", "us", R, 1));
+    r.handle_frame(T0, JP, delivered("jp", "us", R, 1));
+    r.handle_frame(T0, JP, announcement("jp", 2));
+    store.apply(commit(&mut r));
+
+    let lanes = |r: &mut Router, conn: ConnId| -> Vec<(Stream, Vec<Bytes>)> {
+        Stream::ALL[1..]
+            .iter()
+            .map(|s| (*s, drain(r, conn, *s)))
+            .collect()
+    };
+    let mut fresh = router();
+    let restored = fresh.restore(store.snapshot()).unwrap();
+    assert_eq!(
+        restored.envelopes, 5,
+        "4 of us's messages for jp, jp's one for us"
+    );
+    assert_eq!(restored.control, 1, "the receipt waiting for us");
+    assert_eq!(restored.announcements, 2);
+    assert!(restored.unconfigured.is_empty());
+    assert_eq!(
+        fresh
+            .queued_envelopes(&id("jp"))
+            .iter()
+            .map(|q| (q.id.clone(), q.transport))
+            .collect::<Vec<_>>(),
+        r.queued_envelopes(&id("jp"))
+            .iter()
+            .map(|q| (q.id.clone(), q.transport))
+            .collect::<Vec<_>>(),
+    );
+    // Lanes only: the original's control queues also hold frames for its live connections.
+    assert_eq!(fresh.stats().queued_bytes[..4], r.stats().queued_bytes[..4]);
+    assert_eq!(
+        fresh.stats().queued_frames[..4],
+        r.stats().queued_frames[..4]
+    );
+
+    // Same lanes, same order, byte for byte, as the original would write them now.
+    let us2 = ConnId(10);
+    r.handle_connected(us2, id("us")).unwrap();
+    fresh.handle_connected(us2, id("us")).unwrap();
+    let original_us = drain(&mut r, us2, Stream::Control);
+    let restored_us = drain(&mut fresh, us2, Stream::Control);
+    // Presence differs (jp is online in the original only); then jp's announcement, the receipt.
+    assert_eq!(restored_us.len(), 3);
+    assert_eq!(restored_us[1..], original_us[1..]);
+    assert_eq!(
+        drain(&mut fresh, us2, Stream::Lane(R)),
+        [envelope("jp", "us", R, 1)]
+    );
+    r.handle_disconnected(JP);
+    let jp2 = ConnId(11);
+    r.handle_connected(jp2, id("jp")).unwrap();
+    fresh.handle_connected(jp2, id("jp")).unwrap();
+    let expected = lanes(&mut r, jp2);
+    let got = lanes(&mut fresh, jp2);
+    assert_eq!(got, expected);
+    let seqs = |bytes: &[Bytes]| -> Vec<(Precedence, u64)> {
+        bytes
+            .iter()
+            .map(|b| match decode(b) {
+                Frame::Envelope(e) => (e.envelope.header.precedence, e.envelope.header.seq.0),
+                f => panic!("{f:?}"),
+            })
+            .collect()
+    };
+    // Escalated routine seq 2 keeps its first arrival, which is before flash seq 1.
+    assert_eq!(
+        seqs(&got[0].1),
+        [(R, 2), (F, 1)],
+        "flash lane in arrival order"
+    );
+    assert_eq!(seqs(&got[2].1), [(P, 1)]);
+    assert_eq!(seqs(&got[3].1), [(R, 3)], "seq 1 was delivered");
+    assert_eq!(
+        drain(&mut fresh, jp2, Stream::Control)[1],
+        announcement("us", 4)
+    );
+
+    // New envelopes get orders after the restored ones.
+    fresh.handle_frame(T0, us2, envelope("us", "jp", R, 4));
+    let ops = commit(&mut fresh);
+    assert!(
+        matches!(&ops[..], [StoreOp::PutEnvelope(e)] if e.order == 6),
+        "{ops:?}"
+    );
+}
+
+#[test]
+fn restore_keeps_rows_of_unconfigured_endpoints_out_of_the_queues() {
+    let mut store = MemStore::default();
+    let mut r = Router::new(
+        &[(id("us"), id("jp")), (id("us"), id("de"))],
+        Limits::default(),
+    )
+    .unwrap();
+    r.handle_connected(US, id("us")).unwrap();
+    r.handle_frame(T0, US, envelope("us", "de", R, 1));
+    r.handle_frame(T0, US, envelope("us", "jp", R, 1));
+    store.apply(commit(&mut r));
+    // de's hotline was removed from the configuration.
+    let mut fresh = router();
+    let restored = fresh.restore(store.snapshot()).unwrap();
+    assert_eq!(restored.envelopes, 1);
+    assert_eq!(restored.unconfigured, [(id("de"), 1)]);
+    // Its row's order is not reused.
+    fresh.handle_connected(US, id("us")).unwrap();
+    fresh.handle_frame(T0, US, envelope("us", "jp", R, 2));
+    let ops = commit(&mut fresh);
+    assert!(
+        matches!(&ops[..], [StoreOp::PutEnvelope(e)] if e.order == 2),
+        "{ops:?}"
+    );
+}
+
+#[test]
+fn restore_applies_the_time_to_live_from_the_first_arrival() {
+    let mut store = MemStore::default();
+    let mut r = router();
+    r.handle_connected(US, id("us")).unwrap();
+    r.handle_frame(T0, US, envelope("us", "jp", R, 1));
+    store.apply(commit(&mut r));
+    let mut fresh = with_ttl(Ttl {
+        routine: Some(SECOND),
+        ..Ttl::NEVER
+    });
+    fresh.restore(store.snapshot()).unwrap();
+    assert_eq!(fresh.poll_timeout(), Some(T0.plus(SECOND)));
+    fresh.handle_timeout(T0.plus(3600 * SECOND));
+    let ops = commit(&mut fresh);
+    assert!(matches!(
+        &ops[..],
+        [StoreOp::DeleteEnvelope { order: 0 }, StoreOp::PutControl(_)]
+    ));
+}
+
+#[test]
+fn restore_refuses_what_the_router_never_writes() {
+    let stored = |order, destination: &str, bytes: Bytes| StoredEnvelope {
+        order,
+        destination: id(destination),
+        lane: R,
+        queued_at: T0,
+        bytes,
+    };
+    let restore = |envelopes| {
+        router().restore(Snapshot {
+            envelopes,
+            ..Snapshot::default()
+        })
+    };
+    assert!(matches!(
+        restore(vec![stored(3, "us", envelope("us", "jp", R, 1))]),
+        Err(RestoreError::BadEnvelope { order: 3, .. })
+    ));
+    assert!(matches!(
+        restore(vec![stored(4, "jp", link_test("us", "jp"))]),
+        Err(RestoreError::BadEnvelope { order: 4, .. })
+    ));
+    assert_eq!(
+        restore(vec![
+            stored(1, "jp", envelope("us", "jp", R, 1)),
+            stored(2, "jp", envelope("us", "jp", R, 1)),
+        ]),
+        Err(RestoreError::DuplicateEnvelope {
+            first: 1,
+            second: 2
+        })
+    );
+    let mut used = router();
+    used.handle_connected(US, id("us")).unwrap();
+    used.handle_frame(T0, US, envelope("us", "jp", R, 1));
+    assert_eq!(
+        used.restore(Snapshot::default()),
+        Err(RestoreError::NotFresh)
+    );
+}
+
+#[test]
+fn uncommitted_bytes_are_counted_per_lane_until_the_commit() {
+    let mut r = router();
+    r.handle_connected(US, id("us")).unwrap();
+    let a = envelope("us", "jp", R, 1);
+    let b = envelope("us", "jp", F, 1);
+    r.handle_frame(T0, US, a.clone());
+    r.handle_frame(T0, US, b.clone());
+    r.handle_frame(T0, US, a.clone()); // a duplicate writes nothing
+    assert_eq!(r.uncommitted_bytes(R), a.len() as u64);
+    assert_eq!(r.uncommitted_bytes(F), b.len() as u64);
+    assert_eq!(r.uncommitted_bytes(P), 0);
+    let writes = take_writes(&mut r);
+    r.handle_persisted(writes[0].0);
+    assert_eq!(r.uncommitted_bytes(R), 0);
+    assert_eq!(r.uncommitted_bytes(F), b.len() as u64);
+    r.handle_persisted(writes[1].0);
+    assert_eq!(r.uncommitted_bytes(F), 0);
 }

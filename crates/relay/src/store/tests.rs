@@ -1,0 +1,317 @@
+#![allow(clippy::unwrap_used)]
+
+use std::sync::mpsc;
+
+use hotline_proto::crypto::{Digest, SessionId};
+use hotline_proto::envelope::{Envelope, Header};
+use hotline_proto::wire::{self, EnvelopeFrame, Frame};
+use hotline_proto::{Channel, Seq};
+
+use super::*;
+use crate::router::{ConnId, Limits, Output, Router, Stream};
+
+fn id(s: &str) -> EndpointId {
+    EndpointId::new(s).unwrap()
+}
+
+fn envelope(precedence: Precedence, seq: u64, transport: Precedence) -> Bytes {
+    let header = Header {
+        sender: id("us"),
+        recipient: id("jp"),
+        channel: Channel::default(),
+        precedence,
+        seq: Seq(seq),
+        after: [0; 4],
+        epoch: 1,
+        session: SessionId([1; 16]),
+        prev: Digest::default(),
+        sealed_len: 8,
+    };
+    Bytes::from(wire::encode_frame(&Frame::Envelope(EnvelopeFrame {
+        transport,
+        envelope: Envelope {
+            header,
+            sealed: vec![0xCD; 8],
+        },
+        head: None,
+        setup: None,
+    })))
+}
+
+fn put(order: u64, lane: Precedence, bytes: Bytes) -> StoreOp {
+    StoreOp::PutEnvelope(StoredEnvelope {
+        order,
+        destination: id("jp"),
+        lane,
+        queued_at: Time(order * 10),
+        bytes,
+    })
+}
+
+/// Hands every write the router emitted to `store`, one commit each, and reports them.
+fn persist(router: &mut Router, store: &mut Store) {
+    loop {
+        let mut writes = Vec::new();
+        let mut kept = Vec::new();
+        while let Some(o) = router.poll_output() {
+            match o {
+                Output::Persist { write, ops } => writes.push((write, ops)),
+                o => kept.push(o),
+            }
+        }
+        if writes.is_empty() {
+            return;
+        }
+        for (write, ops) in writes {
+            store.commit(&ops).unwrap();
+            router.handle_persisted(write);
+        }
+    }
+}
+
+fn lane_order(router: &mut Router, conn: ConnId) -> Vec<(Stream, Vec<Bytes>)> {
+    Stream::ALL[1..]
+        .iter()
+        .map(|&stream| {
+            let mut out = Vec::new();
+            while let Some(t) = router.poll_transmit(conn, stream) {
+                out.push(t.bytes.clone());
+                router.handle_written(conn, t);
+            }
+            (stream, out)
+        })
+        .collect()
+}
+
+const R: Precedence = Precedence::Routine;
+const P: Precedence = Precedence::Priority;
+const F: Precedence = Precedence::Flash;
+
+#[test]
+fn committed_operations_are_read_back_after_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let receipt = Bytes::from_static(b"receipt-frame");
+    let ann = |epoch| StoredAnnouncement {
+        endpoint: id("us"),
+        epoch,
+        bytes: Bytes::from(format!("announcement {epoch}")),
+    };
+    {
+        let (mut store, snapshot) = Store::open(dir.path()).unwrap();
+        assert_eq!(snapshot, Snapshot::default());
+        store
+            .commit(&[
+                put(0, R, envelope(R, 1, R)),
+                put(1, R, envelope(R, 2, R)),
+                put(2, F, envelope(F, 1, F)),
+                StoreOp::PutAnnouncement(ann(1)),
+            ])
+            .unwrap();
+        store
+            .commit(&[
+                // seq 2 escalated: same row, new lane and bytes.
+                put(1, P, envelope(R, 2, P)),
+                StoreOp::DeleteEnvelope { order: 0 },
+                StoreOp::PutControl(StoredControl {
+                    key: 0,
+                    addressee: id("us"),
+                    bytes: receipt.clone(),
+                }),
+                StoreOp::PutControl(StoredControl {
+                    key: 1,
+                    addressee: id("us"),
+                    bytes: Bytes::from_static(b"written already"),
+                }),
+                StoreOp::DeleteControl { key: 1 },
+                StoreOp::PutAnnouncement(ann(2)),
+            ])
+            .unwrap();
+        assert_eq!(store.commits(), 2);
+    }
+    let (_store, snapshot) = Store::open(dir.path()).unwrap();
+    let StoreOp::PutEnvelope(escalated) = put(1, P, envelope(R, 2, P)) else {
+        unreachable!()
+    };
+    let StoreOp::PutEnvelope(flash) = put(2, F, envelope(F, 1, F)) else {
+        unreachable!()
+    };
+    assert_eq!(snapshot.envelopes, [escalated, flash]);
+    assert_eq!(
+        snapshot.control,
+        [StoredControl {
+            key: 0,
+            addressee: id("us"),
+            bytes: receipt,
+        }]
+    );
+    assert_eq!(snapshot.announcements, [ann(2)]);
+}
+
+#[test]
+fn a_router_restored_from_the_reopened_store_has_the_same_queues_in_the_same_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let hotlines = [(id("us"), id("jp"))];
+    let (us, jp) = (ConnId(1), ConnId(2));
+    let now = Time(5_000_000);
+    let mut original = Router::new(&hotlines, Limits::default()).unwrap();
+    {
+        let (mut store, _) = Store::open(dir.path()).unwrap();
+        original.handle_connected(us, id("us")).unwrap();
+        for (p, seq, t) in [
+            (R, 1, R),
+            (R, 2, R),
+            (F, 1, F),
+            (P, 1, P),
+            (R, 3, R),
+            (R, 2, F), // escalated: moves to flash, keeps its place by arrival
+            (P, 2, P),
+        ] {
+            original.handle_frame(now, us, envelope(p, seq, t));
+            persist(&mut original, &mut store);
+        }
+    }
+    let (_store, snapshot) = Store::open(dir.path()).unwrap();
+    let mut restored = Router::new(&hotlines, Limits::default()).unwrap();
+    let report = restored.restore(snapshot).unwrap();
+    assert_eq!(report.envelopes, 6);
+    assert_eq!(
+        restored.queued_envelopes(&id("jp")),
+        original
+            .queued_envelopes(&id("jp"))
+            .into_iter()
+            .map(|mut q| {
+                q.state = crate::router::ItemState::Unwritten;
+                q
+            })
+            .collect::<Vec<_>>()
+    );
+    original.handle_connected(jp, id("jp")).unwrap();
+    restored.handle_connected(jp, id("jp")).unwrap();
+    let got = lane_order(&mut restored, jp);
+    assert_eq!(got, lane_order(&mut original, jp));
+    assert_eq!(
+        got[0].1,
+        [envelope(R, 2, F), envelope(F, 1, F)],
+        "flash lane by first arrival"
+    );
+    assert_eq!(got[3].1, [envelope(R, 1, R), envelope(R, 3, R)]);
+}
+
+#[test]
+fn a_second_open_of_the_same_store_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = Store::open(dir.path()).unwrap();
+    let err = Store::open(dir.path()).unwrap_err();
+    assert!(matches!(err, StoreError::Locked(_)), "{err}");
+    let line = err.to_string();
+    assert!(line.contains("already running"), "{line}");
+    assert!(!line.contains('\n'), "{line}");
+}
+
+#[test]
+fn an_unknown_schema_version_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(FILE_NAME);
+    {
+        let database = Database::create(&path).unwrap();
+        let txn = database.begin_write().unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert("schema_version", 99)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let err = Store::open(dir.path()).unwrap_err();
+    assert!(
+        matches!(err, StoreError::UnknownSchema { found: 99, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("schema version 99"), "{err}");
+    // Still version 99: refusing changed nothing.
+    let database = Database::create(&path).unwrap();
+    let txn = database.begin_read().unwrap();
+    let meta = txn.open_table(META).unwrap();
+    assert_eq!(meta.get("schema_version").unwrap().unwrap().value(), 99);
+}
+
+#[test]
+fn a_file_without_a_schema_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let database = Database::create(dir.path().join(FILE_NAME)).unwrap();
+        let txn = database.begin_write().unwrap();
+        let other: TableDefinition<'_, u64, u64> = TableDefinition::new("records");
+        txn.open_table(other).unwrap().insert(1, 1).unwrap();
+        txn.commit().unwrap();
+    }
+    let err = Store::open(dir.path()).unwrap_err();
+    assert!(matches!(err, StoreError::MissingSchema(_)), "{err}");
+}
+
+#[test]
+fn group_commit_takes_everything_queued_in_one_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = Store::open(dir.path()).unwrap();
+    let (tx, rx) = mpsc::channel();
+    for order in 0..5 {
+        tx.send(Request::Write {
+            id: WriteId(order + 1),
+            ops: vec![put(order, R, envelope(R, order + 1, R))],
+        })
+        .unwrap();
+    }
+    tx.send(Request::Stop).unwrap();
+    // Sent after Stop: never taken.
+    tx.send(Request::Write {
+        id: WriteId(6),
+        ops: vec![put(5, R, envelope(R, 6, R))],
+    })
+    .unwrap();
+    let mut reports = Vec::new();
+    group_commit(&mut store, &rx, |c| reports.push(c)).unwrap();
+    assert_eq!(
+        reports,
+        [Committed {
+            upto: WriteId(5),
+            writes: 5,
+            ops: 5
+        }]
+    );
+    assert_eq!(store.commits(), 1);
+    drop(store);
+    let (_store, snapshot) = Store::open(dir.path()).unwrap();
+    assert_eq!(snapshot.envelopes.len(), 5);
+}
+
+#[test]
+fn group_commit_commits_again_as_soon_as_the_previous_commit_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = Store::open(dir.path()).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let feeder = tx.clone();
+    tx.send(Request::Write {
+        id: WriteId(1),
+        ops: vec![put(0, R, envelope(R, 1, R))],
+    })
+    .unwrap();
+    let mut reports = Vec::new();
+    let mut next = 2;
+    // Each report queues one more write, as new envelopes would arrive during a commit.
+    group_commit(&mut store, &rx, |c| {
+        reports.push(c.upto);
+        if next <= 4 {
+            feeder
+                .send(Request::Write {
+                    id: WriteId(next),
+                    ops: vec![put(next - 1, F, envelope(F, next, F))],
+                })
+                .unwrap();
+            next += 1;
+        } else {
+            feeder.send(Request::Stop).unwrap();
+        }
+    })
+    .unwrap();
+    assert_eq!(reports, [WriteId(1), WriteId(2), WriteId(3), WriteId(4)]);
+    assert_eq!(store.commits(), 4);
+}
