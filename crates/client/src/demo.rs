@@ -211,27 +211,22 @@ pub async fn run(keep: bool, print: &mut dyn FnMut(&str)) -> Result<()> {
 
     print("\ntimeline (milliseconds from send):");
     print(&format!(
-        "{:<5} {:<22} {:<10} {:>26} {:>10} {:>13}",
+        "{:<5} {:<22} {:<10} {:>10} {:>10} {:>13}",
         "from", "message", "precedence", "accepted", "delivered", "acknowledged"
     ));
     let fmt = |v: Option<f64>| v.map_or("—".to_string(), |ms| format!("{ms:.1}"));
     for r in &rows {
-        let accepted = r.accepted_ms.map_or("—".into(), |ms| {
-            format!(
-                "{ms:.1} {}",
-                if r.accepted_label.contains("memory") {
-                    "(relay memory)"
-                } else {
-                    ""
-                }
-            )
-        });
+        let memory = if r.accepted_label.contains("memory") {
+            " (relay memory)"
+        } else {
+            ""
+        };
         print(&format!(
-            "{:<5} {:<22} {:<10} {:>26} {:>10} {:>13}",
+            "{:<5} {:<22} {:<10} {:>10} {:>10} {:>13}{memory}",
             r.from,
             r.id,
             r.precedence,
-            accepted,
+            fmt(r.accepted_ms),
             fmt(r.delivered_ms),
             fmt(r.acknowledged_ms),
         ));
