@@ -427,36 +427,7 @@ fn drain<R: rand_core::CryptoRng>(engine: &mut Engine<R>) -> Vec<Vec<u8>> {
     }
 }
 
-/// The start state of `hotline_proto::fuzzing`'s generator.
-const FUZZ_RNG_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
-
-/// The same splitmix64 generator as `hotline_proto::fuzzing` uses, so the engine built here
-/// draws the same sealing key as the fuzzing engine.
-#[derive(Debug)]
-struct FuzzRng(u64);
-
-impl rand_core::TryRng for FuzzRng {
-    type Error = core::convert::Infallible;
-    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
-        self.try_next_u64().map(|v| v as u32)
-    }
-    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        Ok(z ^ (z >> 31))
-    }
-    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
-        for chunk in dst.chunks_mut(8) {
-            let v = self.try_next_u64()?.to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-        Ok(())
-    }
-}
-
-impl rand_core::TryCryptoRng for FuzzRng {}
+use hotline_proto::fuzzing::{FIXED_RNG_SEED as FUZZ_RNG_SEED, FixedRng as FuzzRng};
 
 fn manifest_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
