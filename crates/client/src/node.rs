@@ -138,7 +138,14 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         .with_context(|| format!("binding control socket {}", socket_path.display()))?;
     set_mode(&socket_path, 0o600)?;
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel::<Command>();
-    let control = tokio::spawn(serve_control(listener, cmd_tx));
+    let (urgent_tx, urgent_rx) = mpsc::unbounded_channel::<Command>();
+    let control = tokio::spawn(serve_control(
+        listener,
+        Commands {
+            normal: cmd_tx,
+            urgent: urgent_tx,
+        },
+    ));
 
     // Connection manager.
     let (net_tx, net_rx) = lane_channels();
@@ -170,9 +177,10 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
         last_error: None,
         fatal: None,
         ack_waiters: Vec::new(),
+        reports: 0,
     };
     let result = driver
-        .run(persisted_rx, net_rx, cmd_rx, conn_rx, shutdown)
+        .run(persisted_rx, net_rx, (urgent_rx, cmd_rx), conn_rx, shutdown)
         .await;
     control.abort();
     connection.abort();
@@ -319,6 +327,8 @@ struct Driver {
     fatal: Option<String>,
     /// Acknowledgements waiting for their write to commit.
     ack_waiters: Vec<AckWaiter>,
+    /// Reports seen, to sweep closed subscribers now and then.
+    reports: u64,
 }
 
 impl Driver {
@@ -326,7 +336,10 @@ impl Driver {
         &mut self,
         mut persisted: mpsc::UnboundedReceiver<Persisted>,
         net: LaneReceivers,
-        mut cmds: mpsc::UnboundedReceiver<Command>,
+        (mut urgent, mut cmds): (
+            mpsc::UnboundedReceiver<Command>,
+            mpsc::UnboundedReceiver<Command>,
+        ),
         mut conn: mpsc::UnboundedReceiver<ConnEvent>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<()> {
@@ -367,6 +380,8 @@ impl Driver {
                 },
                 Some(f) = control.recv() => self.frame(&f),
                 Some(f) = flash.recv() => self.frame(&f),
+                // Flash sends and operator queries never wait behind queued routine sends.
+                Some(c) = urgent.recv() => self.command(c),
                 Some(c) = cmds.recv() => self.command(c),
                 Some(f) = immediate.recv() => self.frame(&f),
                 Some(f) = priority.recv() => self.frame(&f),
@@ -544,6 +559,15 @@ impl Driver {
 
     fn report(&mut self, r: Report) {
         debug!(id = %r.id, level = ?r.level, "ack level");
+        self.reports += 1;
+        if self.reports % 4096 == 0 {
+            // Waiters that stopped listening (e.g. `--wait delivered` on a message nobody
+            // will acknowledge) would otherwise stay subscribed forever.
+            self.subscribers.retain(|_, subs| {
+                subs.retain(|s| !s.is_closed());
+                !subs.is_empty()
+            });
+        }
         let done = matches!(r.level, AckLevel::Acknowledged);
         if let Some(subs) = self.subscribers.get_mut(&r.id) {
             subs.retain(|s| s.send(r.clone()).is_ok());
@@ -890,7 +914,15 @@ async fn read_into(stream: &mut quinn::RecvStream, tx: mpsc::Sender<Vec<u8>>) ->
 
 // ----- control server ------------------------------------------------------------------------
 
-async fn serve_control(listener: UnixListener, cmds: mpsc::UnboundedSender<Command>) {
+/// The engine loop's two command queues: flash sends and operator queries go to `urgent`,
+/// which the loop serves first; other sends keep their order in `normal`.
+#[derive(Clone)]
+struct Commands {
+    normal: mpsc::UnboundedSender<Command>,
+    urgent: mpsc::UnboundedSender<Command>,
+}
+
+async fn serve_control(listener: UnixListener, cmds: Commands) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
@@ -904,7 +936,7 @@ async fn serve_control(listener: UnixListener, cmds: mpsc::UnboundedSender<Comma
     }
 }
 
-async fn serve_control_conn(stream: UnixStream, cmds: mpsc::UnboundedSender<Command>) {
+async fn serve_control_conn(stream: UnixStream, cmds: Commands) {
     let (r, mut w) = stream.into_split();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<ResponseLine>();
     let writer = tokio::spawn(async move {
@@ -935,7 +967,14 @@ async fn serve_control_conn(stream: UnixStream, cmds: mpsc::UnboundedSender<Comm
                         timeout_ms,
                     } => {
                         let tag = req.tag;
-                        match submit(&cmds, to, channel, precedence, body) {
+                        // Only flash may jump the queue: a flash overtakes lower precedences
+                        // anyway, so the ordering rule is unaffected.
+                        let queue = if precedence.as_deref() == Some("flash") {
+                            &cmds.urgent
+                        } else {
+                            &cmds.normal
+                        };
+                        match submit(queue, to, channel, precedence, body) {
                             Ok(pending) => {
                                 tokio::spawn(async move {
                                     let emit = |event: Event| {
@@ -960,7 +999,7 @@ async fn serve_control_conn(stream: UnixStream, cmds: mpsc::UnboundedSender<Comm
                         request,
                     },
                 };
-                tokio::spawn(handle_request(req, cmds.clone(), out));
+                tokio::spawn(handle_request(req, cmds.urgent.clone(), out));
             }
             Err(e) => {
                 let _ = out.send(ResponseLine {

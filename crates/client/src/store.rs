@@ -24,6 +24,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use crate::audit::{AuditData, AuditEntry, AuditEvent, SignedHead, StoredEntry, events_of};
 use crate::failpoint;
 
+/// Page cache of the redb store.
+const STORE_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 const RECORDS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("records");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 const AUDIT: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("audit");
@@ -105,7 +108,12 @@ impl Store {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Db(format!("creating {}: {e}", dir.display())))?;
         let path = dir.join("node.redb");
-        let db = match Database::create(&path) {
+        // redb's default page cache (1 GiB) would let a long-running process grow towards it;
+        // appends and the start-up scan need far less.
+        let db = match Database::builder()
+            .set_cache_size(STORE_CACHE_BYTES)
+            .create(&path)
+        {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                 return Err(StoreError::Locked(dir.to_owned()));

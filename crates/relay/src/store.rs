@@ -46,6 +46,9 @@ pub const FILE_NAME: &str = "relay.redb";
 /// The schema this build writes and reads.
 pub const SCHEMA_VERSION: u64 = 1;
 
+/// Page cache of the redb store.
+const STORE_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 const ENVELOPES: TableDefinition<'_, u64, (&str, u8, u64, &[u8])> =
     TableDefinition::new("envelopes");
@@ -115,7 +118,12 @@ impl Store {
             source,
         })?;
         let path = dir.join(FILE_NAME);
-        let db = match Database::create(&path) {
+        // redb's default page cache (1 GiB) would let a long-running process grow towards it;
+        // appends and the start-up scan need far less.
+        let db = match Database::builder()
+            .set_cache_size(STORE_CACHE_BYTES)
+            .create(&path)
+        {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                 return Err(StoreError::Locked(dir.to_owned()));
