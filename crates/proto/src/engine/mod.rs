@@ -1295,7 +1295,9 @@ impl<R: CryptoRng> Engine<R> {
                         continue;
                     };
                     m.delivered = Some(body.at);
-                    m.retransmit_at = None;
+                    if let Some(at) = m.retransmit_at.take() {
+                        self.timers.remove(&(at, TimerKind::Retransmit, id.clone()));
+                    }
                     if let OutState::Sealed { envelope, .. } = &m.state {
                         if let Some(s) = self.session_setups.get_mut(&envelope.header.session) {
                             s.1 = true;
@@ -1364,7 +1366,18 @@ impl<R: CryptoRng> Engine<R> {
     fn forget_if_done(&mut self, id: &MessageId) {
         let Some(m) = self.outbox.get(id) else { return };
         let done = m.delivered.is_some() && (m.acknowledged.is_some() || m.ack_deadline.is_none());
+        // Timers are deleted lazily when they fire; drop the ones that can no longer matter
+        // so memory does not hold one entry per message until its deadline.
+        self.timers
+            .remove(&(m.delivered_deadline, TimerKind::Delivered, id.clone()));
+        if let Some(at) = m.retransmit_at {
+            self.timers.remove(&(at, TimerKind::Retransmit, id.clone()));
+        }
         if done {
+            if let Some(at) = m.ack_deadline {
+                self.timers
+                    .remove(&(at, TimerKind::Acknowledged, id.clone()));
+            }
             self.outbox.remove(id);
             self.send_queue.remove(id);
         } else if let Some(at) = m.ack_deadline {
