@@ -110,6 +110,11 @@ pub struct Options {
         value_name = "MODE"
     )]
     pub nodes: NodeMode,
+    /// Spread the nodes the bench starts over K `hotline node` processes (each hosting a
+    /// share of the endpoints) instead of one process per endpoint or all inside the bench.
+    /// Example: --processes 4
+    #[arg(long, global = true, value_name = "K", value_parser = clap::value_parser!(u16).range(1..))]
+    pub processes: Option<u16>,
     /// RUST_LOG for the relay and nodes the bench starts (logs go to files in the run
     /// directory). Example: --log info
     #[arg(long, global = true, default_value = "warn", value_name = "FILTER")]

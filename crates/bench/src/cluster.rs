@@ -74,6 +74,8 @@ pub struct ClusterOptions {
     pub certs: Option<PathBuf>,
     /// The pid of a running relay, to read its memory.
     pub relay_pid: Option<u32>,
+    /// Host the started nodes in this many `hotline node` processes.
+    pub processes: Option<usize>,
 }
 
 /// One endpoint.
@@ -268,9 +270,17 @@ impl Cluster {
             bail!("{n} pairs asked for, {} prepared", self.pairs.len());
         }
         let new: Vec<Pair> = self.pairs[self.started..n].to_vec();
-        for pair in &new {
-            for ep in [&pair.sender, &pair.receiver] {
-                self.start_node(ep).await?;
+        if let Some(k) = self.opts.processes {
+            let endpoints: Vec<Endpoint> = new
+                .iter()
+                .flat_map(|p| [p.sender.clone(), p.receiver.clone()])
+                .collect();
+            self.start_node_hosts(&endpoints, k)?;
+        } else {
+            for pair in &new {
+                for ep in [&pair.sender, &pair.receiver] {
+                    self.start_node(ep).await?;
+                }
             }
         }
         // Wait for every new node's link, a bounded number at a time.
@@ -325,6 +335,32 @@ impl Cluster {
             )?),
         };
         self.nodes.push(node);
+        Ok(())
+    }
+
+    /// Starts `endpoints` spread over `k` `hotline node` processes (`--processes K`).
+    fn start_node_hosts(&mut self, endpoints: &[Endpoint], k: usize) -> Result<()> {
+        let per = endpoints.len().div_ceil(k.max(1)).max(1);
+        for (i, group) in endpoints.chunks(per).enumerate() {
+            let configs: Vec<PathBuf> = group
+                .iter()
+                .map(|ep| self.node_config(ep))
+                .collect::<Result<_>>()?;
+            let mut args: Vec<&std::ffi::OsStr> = vec!["node".as_ref()];
+            for c in &configs {
+                args.push("--config".as_ref());
+                args.push(c.as_os_str());
+            }
+            let name = format!("nodes-{}-{i}", self.nodes.len());
+            let proc = Proc::spawn(
+                &name,
+                &self.opts.bin_dir.join("hotline"),
+                &args,
+                &self.dir,
+                &self.opts.log,
+            )?;
+            self.nodes.push(Node::Process(proc));
+        }
         Ok(())
     }
 

@@ -106,6 +106,7 @@ fn cluster_options(opts: &Options) -> Result<ClusterOptions> {
     Ok(ClusterOptions {
         bin_dir,
         node_mode: opts.nodes,
+        processes: opts.processes.map(usize::from),
         log: opts.log.clone(),
         keep: opts.keep,
         relay: opts.relay,

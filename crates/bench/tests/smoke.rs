@@ -177,6 +177,24 @@ fn scale() {
 }
 
 #[test]
+fn pairs_spread_over_processes() {
+    let r = run(&[
+        "baseline",
+        "--pairs",
+        "3",
+        "--processes",
+        "2",
+        "--rate",
+        "60",
+        "--duration",
+        "1.5",
+        "--warmup",
+        "0.5",
+    ]);
+    assert_eq!(r["params"]["pairs"], 3);
+}
+
+#[test]
 fn soak() {
     let r = run(&[
         "soak",

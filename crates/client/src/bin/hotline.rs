@@ -37,11 +37,14 @@ enum Cmd {
     },
     /// Run an endpoint node (serves the CLI on DATA_DIR/control.sock).
     ///
+    /// Repeat --config to host several endpoints in one process (load tests spread
+    /// endpoints over a few processes this way); each keeps its own store and socket.
+    ///
     /// Example: hotline node --config ex/us.toml
     Node {
-        /// Node config (TOML).
-        #[arg(long)]
-        config: PathBuf,
+        /// Node config (TOML); repeat for several endpoints in one process.
+        #[arg(long, required = true)]
+        config: Vec<PathBuf>,
     },
     /// Send a message; prints its id once it is durably in the outbox.
     ///
@@ -238,8 +241,30 @@ async fn run(cmd: Cmd) -> Result<()> {
             Ok(())
         }
         Cmd::Node { config } => {
-            let cfg = NodeConfig::load(&config)?;
-            hotline_client::node::run(cfg, shutdown_signal()).await
+            let configs = config
+                .iter()
+                .map(|c| NodeConfig::load(c))
+                .collect::<Result<Vec<_>>>()?;
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let mut nodes = tokio::task::JoinSet::new();
+            for cfg in configs {
+                let mut stopped = stopped.clone();
+                nodes.spawn(hotline_client::node::run(cfg, async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                }));
+            }
+            let mut result = Ok(());
+            tokio::select! {
+                () = shutdown_signal() => {}
+                Some(done) = nodes.join_next() => result = done.context("node task")?,
+            }
+            let _ = stop.send(true);
+            while let Some(done) = nodes.join_next().await {
+                if let (Ok(()), Ok(Err(e))) = (&result, done) {
+                    result = Err(e);
+                }
+            }
+            result
         }
         Cmd::Send {
             config,
