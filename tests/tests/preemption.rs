@@ -62,11 +62,71 @@ async fn flash_overtakes_a_5000_message_routine_backlog() {
         .position(|m| m.id == flash_id)
         .expect("flash delivered");
     let bound = LANE_WINDOW_BYTES as usize / 1024;
+    eprintln!(
+        "flash delivered at inbox position {position} of {} (bound {bound})",
+        inbox.len()
+    );
     assert!(
         position <= bound,
         "flash delivered at position {position}, behind more than the {bound}-frame write-ahead bound"
     );
     // Routine order is intact.
+    let routine_seqs: Vec<u64> = inbox
+        .iter()
+        .filter(|m| m.precedence == "routine")
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(routine_seqs, (1..=BACKLOG as u64).collect::<Vec<_>>());
+}
+
+/// The same with the recipient connected but not reading (SIGSTOP), so the relay's routine
+/// lane really fills the recipient's stream window before the flash arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn flash_overtakes_a_backlog_at_a_stalled_recipient() {
+    use nix::sys::signal::Signal;
+    let ex = Exercise::new(&["us", "jp"], &[]);
+    let _relay = ex.start_relay();
+    let _us = ex.start_node("us");
+    let jp = ex.start_node("jp");
+    for e in ["us", "jp"] {
+        ex.wait_status(e, "link up", |s| s.link == "up").await;
+    }
+    let mut us = ex.control("us").await;
+    jp.signal(Signal::SIGSTOP);
+    let body = "r".repeat(1024);
+    let routine: Vec<Msg> = (0..BACKLOG)
+        .map(|_| Msg {
+            precedence: "routine".into(),
+            body: body.clone(),
+        })
+        .collect();
+    let accepted = Some(hotline_client::control::WaitLevel::Accepted);
+    send_all(&mut us, &routine, accepted).await.unwrap();
+    let flash = send_all(
+        &mut us,
+        &[Msg {
+            precedence: "flash".into(),
+            body: "FLASH".into(),
+        }],
+        accepted,
+    )
+    .await
+    .unwrap();
+    jp.signal(Signal::SIGCONT);
+    let inbox = ex.wait_inbox("jp", BACKLOG + 1).await;
+    let position = inbox
+        .iter()
+        .position(|m| m.id == flash[0].id)
+        .expect("flash delivered");
+    let bound = LANE_WINDOW_BYTES as usize / 1024;
+    eprintln!(
+        "stalled recipient: flash delivered at inbox position {position} of {} (bound {bound})",
+        inbox.len()
+    );
+    assert!(
+        position <= bound,
+        "flash at position {position}, behind more than the {bound}-frame bound"
+    );
     let routine_seqs: Vec<u64> = inbox
         .iter()
         .filter(|m| m.precedence == "routine")
