@@ -121,7 +121,12 @@ impl Cluster {
         if max_pairs == 0 {
             bail!("at least one pair is needed");
         }
-        let mode = opts.node_mode.resolve(max_pairs);
+        // `--processes K` hosts every node in `hotline node` processes.
+        let mode = if opts.processes.is_some() {
+            NodeMode::Process
+        } else {
+            opts.node_mode.resolve(max_pairs)
+        };
         if let Some(dir) = opts.certs.clone() {
             return Self::existing(opts, dir, max_pairs, mode);
         }
