@@ -470,8 +470,7 @@ impl Router {
                 *unconfigured.entry(stored.addressee).or_default() += 1;
                 continue;
             };
-            ep.control_bytes += len(&stored.bytes);
-            ep.control.push_back(ControlFrame {
+            ep.push_control_back(ControlFrame {
                 bytes: stored.bytes,
                 keep_offline: true,
                 stored: Some(stored.key),
@@ -554,7 +553,8 @@ impl Router {
         }
         if let Some(ep) = self.endpoints.get_mut(&endpoint) {
             for bytes in greeting.into_iter().rev() {
-                ep.push_control_front(ControlFrame {
+                // Presence and announcements describe the new connection: they go first.
+                ep.push_urgent_front(ControlFrame {
                     bytes,
                     keep_offline: false,
                     stored: None,
@@ -639,7 +639,7 @@ impl Router {
                 if ep.control_in_flight.is_some() {
                     return None;
                 }
-                let frame = ep.control.pop_front()?;
+                let frame = ep.pop_control()?;
                 let bytes = frame.bytes.clone();
                 ep.control_in_flight = Some(frame);
                 Some(Transmit {
@@ -680,7 +680,7 @@ impl Router {
                         self.staged.push(StoreOp::DeleteControl { key });
                     }
                 }
-                if !ep.control.is_empty() {
+                if ep.control_len() > 0 {
                     self.outputs.push_back(Output::Wake {
                         conn,
                         stream: Stream::Control,
@@ -809,7 +809,7 @@ impl Router {
             }
             let control = Stream::Control.index();
             stats.queued_frames[control] +=
-                ep.control.len() as u64 + u64::from(ep.control_in_flight.is_some());
+                ep.control_len() as u64 + u64::from(ep.control_in_flight.is_some());
             stats.queued_bytes[control] += ep.control_bytes;
         }
         stats
@@ -1299,8 +1299,7 @@ impl Router {
         if ep.conn.is_none() && !frame.keep_offline {
             return;
         }
-        ep.control_bytes += len(&frame.bytes);
-        ep.control.push_back(frame);
+        ep.push_control_back(frame);
         if let Some(conn) = ep.conn {
             self.outputs.push_back(Output::Wake {
                 conn,
@@ -1386,6 +1385,11 @@ struct ControlFrame {
 struct Endpoint {
     partners: BTreeSet<EndpointId>,
     conn: Option<ConnId>,
+    /// Receipts and escalation notices (and refusals kept for offline senders): written before
+    /// the other control frames, so a flash receipt never waits behind a flood's `Accepted`
+    /// replies. Each class stays in order.
+    control_urgent: VecDeque<ControlFrame>,
+    /// Replies, presence, announcements, link tests.
     control: VecDeque<ControlFrame>,
     control_in_flight: Option<ControlFrame>,
     /// Bytes in `control` and `control_in_flight`.
@@ -1512,18 +1516,52 @@ impl Endpoint {
     /// being written when it went away goes back to the front.
     fn drop_session_frames(&mut self) {
         if let Some(frame) = self.control_in_flight.take() {
-            self.control.push_front(frame);
+            self.push_control_front(frame);
         }
-        let before = self.control.len();
+        let before = self.control_len();
         self.control.retain(|f| f.keep_offline);
-        if self.control.len() != before {
-            self.control_bytes = self.control.iter().map(|f| len(&f.bytes)).sum();
+        self.control_urgent.retain(|f| f.keep_offline);
+        if self.control_len() != before {
+            self.control_bytes = self
+                .control
+                .iter()
+                .chain(&self.control_urgent)
+                .map(|f| len(&f.bytes))
+                .sum();
+        }
+    }
+
+    fn queue_for(&mut self, frame: &ControlFrame) -> &mut VecDeque<ControlFrame> {
+        if frame.keep_offline {
+            &mut self.control_urgent
+        } else {
+            &mut self.control
         }
     }
 
     fn push_control_front(&mut self, frame: ControlFrame) {
         self.control_bytes += len(&frame.bytes);
-        self.control.push_front(frame);
+        self.queue_for(&frame).push_front(frame);
+    }
+
+    fn push_urgent_front(&mut self, frame: ControlFrame) {
+        self.control_bytes += len(&frame.bytes);
+        self.control_urgent.push_front(frame);
+    }
+
+    fn push_control_back(&mut self, frame: ControlFrame) {
+        self.control_bytes += len(&frame.bytes);
+        self.queue_for(&frame).push_back(frame);
+    }
+
+    fn pop_control(&mut self) -> Option<ControlFrame> {
+        self.control_urgent
+            .pop_front()
+            .or_else(|| self.control.pop_front())
+    }
+
+    fn control_len(&self) -> usize {
+        self.control_urgent.len() + self.control.len()
     }
 }
 

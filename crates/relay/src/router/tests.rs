@@ -1120,3 +1120,25 @@ fn uncommitted_bytes_are_counted_per_lane_until_the_commit() {
     r.handle_persisted(writes[1].0);
     assert_eq!(r.uncommitted_bytes(F), 0);
 }
+
+#[test]
+fn receipts_overtake_queued_replies_on_the_control_stream() {
+    let mut r = router();
+    r.handle_connected(US, id("us")).unwrap();
+    r.handle_connected(JP, id("jp")).unwrap();
+    let _ = drain(&mut r, US, Stream::Control);
+    // A burst of envelopes from us leaves `Accepted` replies queued on us's control stream.
+    for seq in 1..=5 {
+        r.handle_frame(T0, US, envelope("us", "jp", R, seq));
+    }
+    let _ = commit(&mut r);
+    let receipt = delivered("jp", "us", R, 1);
+    r.handle_frame(T0, JP, receipt.clone());
+    let _ = commit(&mut r);
+    let frames = drain(&mut r, US, Stream::Control);
+    assert_eq!(
+        frames.first(),
+        Some(&receipt),
+        "the receipt goes before the queued replies"
+    );
+}
