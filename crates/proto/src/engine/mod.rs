@@ -353,6 +353,12 @@ struct SendSessionState {
     epoch: u32,
 }
 
+impl Pending {
+    fn size(&self) -> usize {
+        self.envelope.sealed.len() + self.plaintext.body.len()
+    }
+}
+
 #[derive(Debug)]
 struct Pending {
     envelope: Envelope,
@@ -442,7 +448,20 @@ pub struct Engine<R> {
     alarms: VecDeque<Alarm>,
     /// Our latest acknowledgement receipts, resent on reconnect in case they were lost.
     recent_acks: VecDeque<(WriteId, Signed<Receipt>)>,
+    /// Sessions opened from a setup but not yet vouched for by a signed chain head. Anyone
+    /// (the relay included) can encapsulate to our public sealing key, so these are neither
+    /// persisted nor kept beyond [`MAX_UNVERIFIED_SESSIONS`] until a message from them is
+    /// verified and delivered.
+    unverified_sessions: VecDeque<(SessionId, SessionSetup)>,
+    /// Bytes of received envelopes buffered while waiting for earlier ones.
+    buffered_bytes: usize,
 }
+
+/// Sessions kept on trust before one of their messages verifies.
+const MAX_UNVERIFIED_SESSIONS: usize = 16;
+/// Buffered out-of-order envelopes across all lanes; beyond it new ones are dropped (the
+/// sender offers them again), so hostile traffic cannot grow memory without bound.
+const MAX_BUFFERED_BYTES: usize = 64 * 1024 * 1024;
 
 /// Acknowledgement receipts resent on every reconnect.
 const RECENT_ACKS: usize = 256;
@@ -534,6 +553,8 @@ impl<R: CryptoRng> Engine<R> {
             partner_audit_head: None,
             alarms: VecDeque::new(),
             recent_acks: VecDeque::new(),
+            unverified_sessions: VecDeque::new(),
+            buffered_bytes: 0,
         }
     }
 
@@ -1472,6 +1493,11 @@ impl<R: CryptoRng> Engine<R> {
         let plaintext: Plaintext =
             postcard::from_bytes(&opened).map_err(|_| VerifyError::Malformed("plaintext"))?;
         let seq = h.seq;
+        let size = f.envelope.sealed.len() + plaintext.body.len();
+        if self.buffered_bytes + size > MAX_BUFFERED_BYTES {
+            // Full: the sender offers it again later.
+            return Ok(());
+        }
         let pending = Pending {
             envelope: f.envelope,
             hash,
@@ -1480,7 +1506,10 @@ impl<R: CryptoRng> Engine<R> {
             transport: f.transport,
         };
         if let Some(lane) = self.in_lanes.get_mut(&key) {
-            lane.buffer.insert(seq, pending);
+            self.buffered_bytes += size;
+            if let Some(old) = lane.buffer.insert(seq, pending) {
+                self.buffered_bytes -= old.size();
+            }
         }
         self.last_heard = Some(self.now);
         let released = self.release(&key.0);
@@ -1511,11 +1540,13 @@ impl<R: CryptoRng> Engine<R> {
             let info = session_info(&self.partner, &self.me, epoch);
             let session = RecvSession::accept(key, &setup.encapsulated, &info)
                 .map_err(|_| VerifyError::DecryptFailed)?;
-            self.persist(Record::RecvSession {
-                id,
-                setup: setup.clone(),
-            });
             self.recv_sessions.insert(id, session);
+            self.unverified_sessions.push_back((id, setup.clone()));
+            if self.unverified_sessions.len() > MAX_UNVERIFIED_SESSIONS {
+                if let Some((old, _)) = self.unverified_sessions.pop_front() {
+                    self.recv_sessions.remove(&old);
+                }
+            }
         }
         self.recv_sessions
             .get(&id)
@@ -1604,7 +1635,9 @@ impl<R: CryptoRng> Engine<R> {
         while let Some(pending) = lane.buffer.get(&seq) {
             if pending.envelope.header.prev != expected {
                 let id = pending.envelope.header.message_id();
-                lane.buffer.remove(&seq);
+                if let Some(p) = lane.buffer.remove(&seq) {
+                    self.buffered_bytes -= p.size();
+                }
                 return Err(VerifyError::BrokenChain(id));
             }
             expected = pending.hash;
@@ -1625,6 +1658,7 @@ impl<R: CryptoRng> Engine<R> {
         let Some(pending) = lane.buffer.remove(&seq) else {
             return;
         };
+        self.buffered_bytes -= pending.size();
         lane.delivered = seq;
         lane.last_hash = pending.hash;
         lane.delivered_hashes.insert(seq, pending.hash);
@@ -1650,6 +1684,17 @@ impl<R: CryptoRng> Engine<R> {
                 expects_ack,
             },
         );
+        let session = pending.envelope.header.session;
+        if let Some(i) = self
+            .unverified_sessions
+            .iter()
+            .position(|(s, _)| *s == session)
+        {
+            // A verified message vouches for its session: keep it across restarts from now on.
+            if let Some((id, setup)) = self.unverified_sessions.remove(i) {
+                self.persist(Record::RecvSession { id, setup });
+            }
+        }
         let write = self.persist(Record::Received {
             delivery: delivery.clone(),
             envelope: pending.envelope,

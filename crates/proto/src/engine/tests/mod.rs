@@ -432,6 +432,12 @@ fn tampered_envelopes_are_refused_with_the_right_error() {
 /// A second engine holding A's identity key (a compromised or rolled-back sender) that seals
 /// its own chain to B's real sealing key. Returns the envelope frames it sends.
 fn rogue_envelopes(pair: &Pair, bodies: &[&str]) -> Vec<wire::EnvelopeFrame> {
+    let msgs: Vec<(&str, &str)> = bodies.iter().map(|b| ("main", *b)).collect();
+    rogue_envelopes_on(pair, &msgs)
+}
+
+/// Like [`rogue_envelopes`], each message on its own named channel.
+fn rogue_envelopes_on(pair: &Pair, msgs: &[(&str, &str)]) -> Vec<wire::EnvelopeFrame> {
     use rand_core::SeedableRng;
     let local = super::Local {
         id: pair.a.id.clone(),
@@ -452,12 +458,12 @@ fn rogue_envelopes(pair: &Pair, bodies: &[&str]) -> Vec<wire::EnvelopeFrame> {
     rogue.handle_connected(now);
     let ann = pair.b.engine.announcement().unwrap().clone();
     rogue.handle_decoded(Frame::Announcement(ann)).unwrap();
-    for body in bodies {
+    for (channel, body) in msgs {
         rogue
             .submit(
                 now,
                 super::Outgoing {
-                    channel: Channel::default(),
+                    channel: channel.parse().unwrap(),
                     precedence: Routine,
                     body: body.as_bytes().to_vec(),
                 },
@@ -606,5 +612,44 @@ fn changed_partner_key_and_bad_receipts_are_alarms() {
     assert_eq!(
         feed(&mut pair, Side::A, &Frame::Receipt(unsigned)),
         Err(VerifyError::BadSignature)
+    );
+}
+
+#[test]
+fn unvouched_sessions_are_bounded_and_never_persisted() {
+    let mut pair = Pair::new(EngineConfig::default(), 24);
+    // Anyone can encapsulate to jp's public sealing key: 40 sessions on 40 channels whose
+    // envelopes carry no chain-head signature (so nothing vouches for them).
+    let names: Vec<String> = (0..40).map(|i| format!("c{i}")).collect();
+    let msgs: Vec<(&str, &str)> = names.iter().map(|c| (c.as_str(), "x")).collect();
+    let mut forged = rogue_envelopes_on(&pair, &msgs);
+    for f in &mut forged {
+        assert!(f.setup.is_some());
+        f.head = None;
+    }
+    for f in forged {
+        let _ = feed(&mut pair, Side::B, &Frame::Envelope(f));
+    }
+    pair.b.confirm(pair.now);
+    assert!(pair.b.engine.unverified_sessions.len() <= super::MAX_UNVERIFIED_SESSIONS);
+    assert!(pair.b.engine.recv_sessions.len() <= super::MAX_UNVERIFIED_SESSIONS);
+    assert!(
+        !pair
+            .b
+            .durable
+            .iter()
+            .any(|r| matches!(r, super::Record::RecvSession { .. })),
+        "no record for a session nothing vouched for"
+    );
+    assert!(pair.b.delivered.is_empty());
+    // A genuine message still gets through, and its session is then persisted.
+    let m = pair.send(Side::A, Flash, "genuine");
+    pair.settle(Duration::from_secs(1));
+    assert_eq!(pair.b.delivered_ids(), vec![m]);
+    assert!(
+        pair.b
+            .durable
+            .iter()
+            .any(|r| matches!(r, super::Record::RecvSession { .. }))
     );
 }
