@@ -1,50 +1,17 @@
-//! Named failpoints for crash tests.
+//! The node's named failpoints (mechanism in [`hotline_net::failpoint`]).
 //!
-//! `HOTLINE_FAILPOINT=<name>` makes the process abort (no unwinding, no flushing: like a
-//! power cut after the last fsync) the first time it reaches that point;
-//! `HOTLINE_FAILPOINT_SKIP=<n>` lets the first `n` hits pass. Unset, a failpoint costs one
-//! relaxed load.
-//!
-//! Node failpoints: `after-outbox-append`, `after-inbox-commit-before-receipt`,
-//! `after-ack-commit`, `mid-group-commit`.
+//! - [`AFTER_OUTBOX_APPEND`]: a send is committed to the outbox, `stored` not yet reported;
+//! - [`AFTER_INBOX_COMMIT_BEFORE_RECEIPT`]: a delivery is committed, its receipt not yet sent;
+//! - [`AFTER_ACK_COMMIT`]: an operator acknowledgement is committed, its receipt not yet sent;
+//! - [`MID_GROUP_COMMIT`]: inside the store transaction, after the inserts, before the commit.
 
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+pub use hotline_net::failpoint::{ENV, ENV_SKIP, armed, hit};
 
-struct Armed {
-    name: String,
-    skip: u64,
-    hits: AtomicU64,
-}
-
-fn armed() -> Option<&'static Armed> {
-    static ARMED: OnceLock<Option<Armed>> = OnceLock::new();
-    ARMED
-        .get_or_init(|| {
-            let name = std::env::var("HOTLINE_FAILPOINT")
-                .ok()
-                .filter(|s| !s.is_empty())?;
-            let skip = std::env::var("HOTLINE_FAILPOINT_SKIP")
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            Some(Armed {
-                name,
-                skip,
-                hits: AtomicU64::new(0),
-            })
-        })
-        .as_ref()
-}
-
-/// Aborts the process if `name` is the armed failpoint (after its skip count).
-pub fn hit(name: &str) {
-    let Some(a) = armed() else { return };
-    if a.name != name {
-        return;
-    }
-    if a.hits.fetch_add(1, Ordering::Relaxed) >= a.skip {
-        eprintln!("failpoint {name}: aborting");
-        std::process::abort();
-    }
-}
+/// A send is committed to the outbox; `stored` is not yet reported.
+pub const AFTER_OUTBOX_APPEND: &str = "after-outbox-append";
+/// A delivery is committed; its receipt has not left.
+pub const AFTER_INBOX_COMMIT_BEFORE_RECEIPT: &str = "after-inbox-commit-before-receipt";
+/// An operator acknowledgement is committed; its receipt has not left.
+pub const AFTER_ACK_COMMIT: &str = "after-ack-commit";
+/// Inside the store transaction, after the inserts, before the commit.
+pub const MID_GROUP_COMMIT: &str = "mid-group-commit";

@@ -108,13 +108,13 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<
                 if result.is_ok() {
                     let has = |f: fn(&Record) -> bool| batch.records.iter().any(f);
                     if has(|r| matches!(r, Record::Outgoing { .. })) {
-                        failpoint::hit("after-outbox-append");
+                        failpoint::hit(failpoint::AFTER_OUTBOX_APPEND);
                     }
                     if has(|r| matches!(r, Record::Received { .. })) {
-                        failpoint::hit("after-inbox-commit-before-receipt");
+                        failpoint::hit(failpoint::AFTER_INBOX_COMMIT_BEFORE_RECEIPT);
                     }
                     if has(|r| matches!(r, Record::OperatorAck { .. })) {
-                        failpoint::hit("after-ack-commit");
+                        failpoint::hit(failpoint::AFTER_ACK_COMMIT);
                     }
                 }
                 let failed = result.is_err();

@@ -292,7 +292,7 @@ impl Store {
                 }
             }
         }
-        failpoint::hit("mid-group-commit");
+        failpoint::hit(failpoint::MID_GROUP_COMMIT);
         txn.commit().map_err(db_err)?;
         self.next_key = key;
         self.audit_len = len;

@@ -12,8 +12,11 @@
 //! - [`framed`]: reading and writing length-prefixed [`hotline_proto::wire`] frames on quinn
 //!   streams, with the size limit checked before any allocation.
 //!
+//! - [`failpoint`]: named crash points for recovery tests.
+//!
 //! It holds no protocol logic: what a frame means is `hotline-proto`'s business.
 
+pub mod failpoint;
 pub mod framed;
 pub mod pki;
 pub mod quic;

@@ -12,9 +12,6 @@
 //! - [`AFTER_COMMIT_BEFORE_ACCEPTED`]: committed, but the router not yet told, so no `Accepted`
 //!   for the batch has been sent.
 
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
-
 /// A batch of envelopes (and other store operations) is about to be committed.
 pub const BEFORE_COMMIT: &str = "relay-before-commit";
 /// Inside the group-commit transaction, after the inserts, before the commit.
@@ -29,53 +26,4 @@ pub const ALL: [&str; 3] = [
     AFTER_COMMIT_BEFORE_ACCEPTED,
 ];
 
-/// The environment variable naming the armed failpoint.
-pub const ENV: &str = "HOTLINE_FAILPOINT";
-/// The environment variable with the number of hits to let pass first.
-pub const ENV_SKIP: &str = "HOTLINE_FAILPOINT_SKIP";
-
-#[derive(Debug)]
-struct Armed {
-    name: String,
-    skip: u64,
-    hits: AtomicU64,
-}
-
-fn armed_point() -> Option<&'static Armed> {
-    static ARMED: OnceLock<Option<Armed>> = OnceLock::new();
-    ARMED
-        .get_or_init(|| {
-            let name = std::env::var(ENV).ok().filter(|n| !n.is_empty())?;
-            let skip = std::env::var(ENV_SKIP)
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .unwrap_or(0);
-            Some(Armed {
-                name,
-                skip,
-                hits: AtomicU64::new(0),
-            })
-        })
-        .as_ref()
-}
-
-/// The armed failpoint and its skip count, if the environment arms one (for a startup warning).
-pub fn armed() -> Option<(&'static str, u64)> {
-    armed_point().map(|a| (a.name.as_str(), a.skip))
-}
-
-/// Aborts the process if `name` is armed and its skip count is used up.
-pub(crate) fn hit(name: &'static str) {
-    let Some(armed) = armed_point() else {
-        return;
-    };
-    if armed.name != name {
-        return;
-    }
-    let n = armed.hits.fetch_add(1, Ordering::SeqCst);
-    if n < armed.skip {
-        return;
-    }
-    eprintln!("failpoint {name} hit (hit {}); aborting", n + 1);
-    std::process::abort();
-}
+pub use hotline_net::failpoint::{ENV, ENV_SKIP, armed, hit};
