@@ -8,25 +8,16 @@
 //! the flash; we assert the flash is within the first 256 positions.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use hotline_client::control::WaitLevel;
 use hotline_e2e::{Exercise, Msg, send_all};
 use hotline_net::quic::LANE_WINDOW_BYTES;
 
 const BACKLOG: usize = 5000;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn flash_overtakes_a_5000_message_routine_backlog() {
-    let ex = Exercise::new(&["us", "jp"], &[]);
-    let _relay = ex.start_relay();
-    let _us = ex.start_node("us");
-    let mut jp = ex.start_node("jp");
-    for e in ["us", "jp"] {
-        ex.wait_status(e, "link up", |s| s.link == "up").await;
-    }
-    // us now holds jp's sealing key; take jp away so the relay queues everything.
-    jp.stop();
-    ex.wait_status("us", "partner offline", |s| s.partner_online == Some(false))
-        .await;
-
+/// Queues `BACKLOG` routine messages of 1 KiB, then one flash, all up to `accepted`; returns
+/// the flash's id.
+async fn backlog_then_flash(ex: &Exercise) -> String {
+    let accepted = Some(WaitLevel::Accepted);
     let body = "r".repeat(1024);
     let routine: Vec<Msg> = (0..BACKLOG)
         .map(|_| Msg {
@@ -35,27 +26,19 @@ async fn flash_overtakes_a_5000_message_routine_backlog() {
         })
         .collect();
     let mut us = ex.control("us").await;
-    let sent = send_all(
-        &mut us,
-        &routine,
-        Some(hotline_client::control::WaitLevel::Accepted),
-    )
-    .await
-    .unwrap();
+    let sent = send_all(&mut us, &routine, accepted).await.unwrap();
     assert_eq!(sent.len(), BACKLOG);
-    let flash = send_all(
-        &mut us,
-        &[Msg {
-            precedence: "flash".into(),
-            body: "FLASH".into(),
-        }],
-        Some(hotline_client::control::WaitLevel::Accepted),
-    )
-    .await
-    .unwrap();
-    let flash_id = flash[0].id.clone();
+    let flash = [Msg {
+        precedence: "flash".into(),
+        body: "FLASH".into(),
+    }];
+    send_all(&mut us, &flash, accepted).await.unwrap()[0]
+        .id
+        .clone()
+}
 
-    let _jp = ex.start_node("jp");
+/// Once jp has everything: the flash is within the write-ahead bound and routine order holds.
+async fn assert_flash_within_bound(ex: &Exercise, flash_id: &str, what: &str) {
     let inbox = ex.wait_inbox("jp", BACKLOG + 1).await;
     let position = inbox
         .iter()
@@ -63,20 +46,45 @@ async fn flash_overtakes_a_5000_message_routine_backlog() {
         .expect("flash delivered");
     let bound = LANE_WINDOW_BYTES as usize / 1024;
     eprintln!(
-        "flash delivered at inbox position {position} of {} (bound {bound})",
+        "{what}: flash delivered at inbox position {position} of {} (bound {bound})",
         inbox.len()
     );
     assert!(
         position <= bound,
-        "flash delivered at position {position}, behind more than the {bound}-frame write-ahead bound"
+        "{what}: flash delivered at position {position}, behind more than the {bound}-frame write-ahead bound"
     );
-    // Routine order is intact.
     let routine_seqs: Vec<u64> = inbox
         .iter()
         .filter(|m| m.precedence == "routine")
         .map(|m| m.seq)
         .collect();
-    assert_eq!(routine_seqs, (1..=BACKLOG as u64).collect::<Vec<_>>());
+    assert_eq!(
+        routine_seqs,
+        (1..=BACKLOG as u64).collect::<Vec<_>>(),
+        "routine order is intact"
+    );
+}
+
+async fn up(ex: &Exercise) {
+    for e in ["us", "jp"] {
+        ex.wait_status(e, "link up", |s| s.link == "up").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn flash_overtakes_a_5000_message_routine_backlog() {
+    let ex = Exercise::new(&["us", "jp"], &[]);
+    let _relay = ex.start_relay();
+    let _us = ex.start_node("us");
+    let mut jp = ex.start_node("jp");
+    up(&ex).await;
+    // us now holds jp's sealing key; take jp away so the relay queues everything.
+    jp.stop();
+    ex.wait_status("us", "partner offline", |s| s.partner_online == Some(false))
+        .await;
+    let flash_id = backlog_then_flash(&ex).await;
+    let _jp = ex.start_node("jp");
+    assert_flash_within_bound(&ex, &flash_id, "offline recipient").await;
 }
 
 /// The same with the recipient connected but not reading (SIGSTOP), so the relay's routine
@@ -88,49 +96,9 @@ async fn flash_overtakes_a_backlog_at_a_stalled_recipient() {
     let _relay = ex.start_relay();
     let _us = ex.start_node("us");
     let jp = ex.start_node("jp");
-    for e in ["us", "jp"] {
-        ex.wait_status(e, "link up", |s| s.link == "up").await;
-    }
-    let mut us = ex.control("us").await;
+    up(&ex).await;
     jp.signal(Signal::SIGSTOP);
-    let body = "r".repeat(1024);
-    let routine: Vec<Msg> = (0..BACKLOG)
-        .map(|_| Msg {
-            precedence: "routine".into(),
-            body: body.clone(),
-        })
-        .collect();
-    let accepted = Some(hotline_client::control::WaitLevel::Accepted);
-    send_all(&mut us, &routine, accepted).await.unwrap();
-    let flash = send_all(
-        &mut us,
-        &[Msg {
-            precedence: "flash".into(),
-            body: "FLASH".into(),
-        }],
-        accepted,
-    )
-    .await
-    .unwrap();
+    let flash_id = backlog_then_flash(&ex).await;
     jp.signal(Signal::SIGCONT);
-    let inbox = ex.wait_inbox("jp", BACKLOG + 1).await;
-    let position = inbox
-        .iter()
-        .position(|m| m.id == flash[0].id)
-        .expect("flash delivered");
-    let bound = LANE_WINDOW_BYTES as usize / 1024;
-    eprintln!(
-        "stalled recipient: flash delivered at inbox position {position} of {} (bound {bound})",
-        inbox.len()
-    );
-    assert!(
-        position <= bound,
-        "flash at position {position}, behind more than the {bound}-frame bound"
-    );
-    let routine_seqs: Vec<u64> = inbox
-        .iter()
-        .filter(|m| m.precedence == "routine")
-        .map(|m| m.seq)
-        .collect();
-    assert_eq!(routine_seqs, (1..=BACKLOG as u64).collect::<Vec<_>>());
+    assert_flash_within_bound(&ex, &flash_id, "stalled recipient").await;
 }
