@@ -108,7 +108,7 @@ impl AuditEntry {
     pub fn hash(&self) -> Digest {
         Digest::of(
             Domain::AuditRecord,
-            &[&postcard::to_allocvec(self).unwrap_or_default()],
+            &[&hotline_proto::wire::encode_value(self)],
         )
     }
 }
@@ -138,7 +138,7 @@ pub struct SignedHead {
 }
 
 fn head_payload(endpoint: &EndpointId, len: u64, head: &Digest, at: Time) -> Vec<u8> {
-    postcard::to_allocvec(&(endpoint, len, head, at)).unwrap_or_default()
+    hotline_proto::wire::encode_value(&(endpoint, len, head, at))
 }
 
 impl SignedHead {

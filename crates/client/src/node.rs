@@ -22,11 +22,11 @@ use anyhow::{Context, Result, anyhow};
 use hotline_net::framed::{self, LaneTag};
 use hotline_proto::engine::{
     AckLevel, Action, Alarm, AlarmKind, Delivery, Engine, LinkState, Local, Outgoing, Record,
-    Report, SendLane, WriteId,
+    Report, WriteId,
 };
 use hotline_proto::types::Time;
 use hotline_proto::wire::{self, Frame, Hello};
-use hotline_proto::{Channel, MessageId, Precedence};
+use hotline_proto::{Channel, Lane, MessageId, Precedence};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -255,27 +255,17 @@ enum ConnEvent {
     Failed(String),
 }
 
-/// Senders feeding the per-stream writer tasks of the current connection.
-struct Writers {
-    control: mpsc::UnboundedSender<Vec<u8>>,
-    lanes: [mpsc::UnboundedSender<Vec<u8>>; 4],
-}
+/// Senders feeding the per-stream writer tasks of the current connection, by [`Lane::index`].
+struct Writers([mpsc::UnboundedSender<Vec<u8>>; Lane::COUNT]);
 
-type LaneSenders = [mpsc::Sender<Vec<u8>>; 5];
-type LaneReceivers = [mpsc::Receiver<Vec<u8>>; 5];
+/// Frames read from the relay, one channel per lane, by [`Lane::index`].
+type LaneSenders = [mpsc::Sender<Vec<u8>>; Lane::COUNT];
+type LaneReceivers = [mpsc::Receiver<Vec<u8>>; Lane::COUNT];
 
-/// Index 0 is control, then flash, immediate, priority, routine.
 fn lane_channels() -> (LaneSenders, LaneReceivers) {
-    let (a, ar) = mpsc::channel(1024);
-    let (b, br) = mpsc::channel(1024);
-    let (c, cr) = mpsc::channel(1024);
-    let (d, dr) = mpsc::channel(1024);
-    let (e, er) = mpsc::channel(1024);
-    ([a, b, c, d, e], [ar, br, cr, dr, er])
-}
-
-fn lane_slot(p: Precedence) -> usize {
-    4 - p.index()
+    let pairs: [_; Lane::COUNT] = std::array::from_fn(|_| mpsc::channel(1024));
+    let senders = pairs.each_ref().map(|(tx, _)| tx.clone());
+    (senders, pairs.map(|(_, rx)| rx))
 }
 
 /// An operator acknowledgement waiting for its write (known once emitted) to commit.
@@ -502,11 +492,7 @@ impl Driver {
             match action {
                 Action::Send { lane, frame } => {
                     if let Some(w) = &self.writers {
-                        let tx = match lane {
-                            SendLane::Control => &w.control,
-                            SendLane::Lane(p) => &w.lanes[p.index()],
-                        };
-                        let _ = tx.send(frame);
+                        let _ = w.0[lane.index()].send(frame);
                     }
                 }
                 Action::Persist { id, record } => {
@@ -820,7 +806,7 @@ async fn connect_once(
         .await
         .with_context(|| format!("handshake with relay {relay} as {relay_name:?}"))?;
     let (mut ctrl_send, ctrl_recv) = conn.open_bi().await.context("opening control stream")?;
-    ctrl_send.set_priority(framed::priority(None)).ok();
+    ctrl_send.set_priority(Lane::Control.priority()).ok();
     let hello = wire::encode_frame(&Frame::Hello(Hello {
         version: wire::PROTOCOL_VERSION,
         agent: format!("hotline-node/{}", env!("CARGO_PKG_VERSION")),
@@ -828,28 +814,23 @@ async fn connect_once(
     framed::write_frame(&mut ctrl_send, &hello)
         .await
         .context("sending hello")?;
-    let (control_tx, control_rx) = mpsc::unbounded_channel();
-    tokio::spawn(write_stream(ctrl_send, control_rx));
-    let mut lanes = Vec::new();
-    for p in Precedence::ALL {
+    let mut writers = Vec::with_capacity(Lane::COUNT);
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(write_stream(ctrl_send, rx));
+    writers.push(tx);
+    for lane in &Lane::ALL[Lane::Control.index() + 1..] {
+        let Some(p) = lane.precedence() else { continue };
         let mut s = conn.open_uni().await.context("opening lane stream")?;
-        s.set_priority(framed::priority(Some(p))).ok();
+        s.set_priority(lane.priority()).ok();
         LaneTag(p).write(&mut s).await.context("writing lane tag")?;
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(write_stream(s, rx));
-        lanes.push(tx);
+        writers.push(tx);
     }
-    let lanes: [mpsc::UnboundedSender<Vec<u8>>; 4] = lanes
+    let writers = writers
         .try_into()
-        .map_err(|_| anyhow!("four lanes expected"))?;
-    Ok((
-        conn,
-        Writers {
-            control: control_tx,
-            lanes,
-        },
-        Readers { control: ctrl_recv },
-    ))
+        .map_err(|_| anyhow!("one writer per lane expected"))?;
+    Ok((conn, Writers(writers), Readers { control: ctrl_recv }))
 }
 
 async fn write_stream(mut stream: quinn::SendStream, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
@@ -863,7 +844,7 @@ async fn write_stream(mut stream: quinn::SendStream, mut rx: mpsc::UnboundedRece
 
 /// Reads the control stream and the relay's lane streams until the connection ends.
 async fn serve_connection(conn: &quinn::Connection, readers: Readers, net: &LaneSenders) -> String {
-    let control_tx = net[0].clone();
+    let control_tx = net[Lane::Control.index()].clone();
     let mut tasks = tokio::task::JoinSet::new();
     let mut control = readers.control;
     tasks.spawn(async move { read_into(&mut control, control_tx).await });
@@ -877,7 +858,7 @@ async fn serve_connection(conn: &quinn::Connection, readers: Readers, net: &Lane
                             Ok(LaneTag(p)) => p,
                             Err(e) => return format!("bad lane stream: {e}"),
                         };
-                        read_into(&mut stream, net[lane_slot(lane)].clone()).await
+                        read_into(&mut stream, net[Lane::Precedence(lane).index()].clone()).await
                     });
                 }
                 Err(e) => {

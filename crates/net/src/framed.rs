@@ -62,11 +62,3 @@ pub async fn write_frame(
 ) -> Result<(), quinn::WriteError> {
     stream.write_all(frame).await
 }
-
-/// Quinn stream priority for a lane: control traffic above flash, then by precedence.
-pub fn priority(lane: Option<Precedence>) -> i32 {
-    match lane {
-        None => 10,
-        Some(p) => p.index() as i32,
-    }
-}

@@ -94,8 +94,7 @@ impl Header {
 
     /// The header as bound into the AEAD (associated data) and the envelope hash.
     pub fn encode(&self) -> Vec<u8> {
-        // postcard cannot fail to serialize this struct: no maps, no unsized sequences.
-        postcard::to_allocvec(self).unwrap_or_default()
+        crate::wire::encode_value(self)
     }
 }
 
@@ -290,8 +289,7 @@ impl Statement for EscalationNotice {
 }
 
 fn encode_statement<T: Serialize>(body: &T) -> Vec<u8> {
-    // Statements are plain structs of fixed-shape fields; postcard serialization cannot fail.
-    postcard::to_allocvec(body).unwrap_or_default()
+    crate::wire::encode_value(body)
 }
 
 impl<T: Statement> Signed<T> {

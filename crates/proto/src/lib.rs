@@ -70,4 +70,4 @@ pub mod wire;
 #[doc(hidden)]
 pub mod fuzzing;
 
-pub use types::{Channel, EndpointId, MessageId, NameError, Precedence, Seq, Time};
+pub use types::{Channel, EndpointId, Lane, MessageId, NameError, Precedence, Seq, Time};

@@ -179,6 +179,73 @@ impl FromStr for Precedence {
     }
 }
 
+/// One of the five streams a frame travels on between a node and the relay, in priority order:
+/// control traffic (accepted, receipts, link tests, announcements, notices) above flash, then the
+/// four precedence lanes from flash down. Node writers and readers, stream priorities and the
+/// relay's queues all number lanes through [`Lane::index`], so there is one numbering.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// The bidirectional control stream.
+    Control,
+    /// The unidirectional stream of one transport precedence.
+    Precedence(Precedence),
+}
+
+impl Lane {
+    /// How many lanes there are.
+    pub const COUNT: usize = 5;
+
+    /// All five, most urgent first: `ALL[l.index()] == l`.
+    pub const ALL: [Self; Self::COUNT] = [
+        Self::Control,
+        Self::Precedence(Precedence::Flash),
+        Self::Precedence(Precedence::Immediate),
+        Self::Precedence(Precedence::Priority),
+        Self::Precedence(Precedence::Routine),
+    ];
+
+    /// Dense index 0..5 in priority order: control 0, flash 1, … routine 4.
+    pub fn index(self) -> usize {
+        match self {
+            Self::Control => 0,
+            Self::Precedence(p) => Self::COUNT - 1 - p.index(),
+        }
+    }
+
+    /// QUIC stream priority (higher is sent first): control 4, flash 3, … routine 0.
+    pub fn priority(self) -> i32 {
+        (Self::COUNT - 1 - self.index()) as i32
+    }
+
+    /// The precedence lane's precedence; `None` for control.
+    pub fn precedence(self) -> Option<Precedence> {
+        match self {
+            Self::Control => None,
+            Self::Precedence(p) => Some(p),
+        }
+    }
+
+    /// `control` or the precedence's name, for logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Control => "control",
+            Self::Precedence(p) => p.as_str(),
+        }
+    }
+}
+
+impl From<Precedence> for Lane {
+    fn from(p: Precedence) -> Self {
+        Self::Precedence(p)
+    }
+}
+
+impl fmt::Display for Lane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A sequence number within one lane (channel, direction, precedence). The first message is 1;
 /// 0 means "none yet".
 #[derive(
@@ -317,5 +384,17 @@ mod tests {
         assert!(Precedence::Flash > Precedence::Routine);
         assert_eq!(Precedence::Routine.raised(), Precedence::Priority);
         assert_eq!(Precedence::Flash.raised(), Precedence::Flash);
+    }
+
+    #[test]
+    fn lanes_have_one_numbering_in_priority_order() {
+        for (i, lane) in Lane::ALL.into_iter().enumerate() {
+            assert_eq!(lane.index(), i);
+        }
+        let priorities: Vec<i32> = Lane::ALL.into_iter().map(Lane::priority).collect();
+        assert_eq!(priorities, [4, 3, 2, 1, 0]);
+        assert_eq!(Lane::from(Precedence::Flash).index(), 1);
+        assert_eq!(Lane::Control.precedence(), None);
+        assert_eq!(Lane::from(Precedence::Routine).to_string(), "routine");
     }
 }

@@ -17,6 +17,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use hotline_proto::Lane;
 use hotline_proto::wire::RefusalCode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -28,7 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tracing::debug;
 
-use crate::router::{Stats, Stream};
+use crate::router::Stats;
 
 /// Largest HTTP request head the metrics endpoint reads.
 pub(crate) const MAX_REQUEST_BYTES: usize = 8 * 1024;
@@ -115,7 +116,7 @@ impl Metrics {
             store_ops.clone(),
         );
         // Every series exists from the start, so a dashboard sees zeros rather than gaps.
-        for stream in Stream::ALL {
+        for stream in Lane::ALL {
             let label = StreamLabel {
                 stream: stream.as_str(),
             };
@@ -141,7 +142,7 @@ impl Metrics {
         self.store_ops.inc_by(ops as u64);
     }
 
-    pub(crate) fn forwarded(&self, stream: Stream) {
+    pub(crate) fn forwarded(&self, stream: Lane) {
         self.forwarded
             .get_or_create(&StreamLabel {
                 stream: stream.as_str(),
@@ -165,7 +166,7 @@ impl Metrics {
     pub(crate) fn render(&self, stats: &Stats) -> String {
         self.connections
             .set(i64::try_from(stats.connections).unwrap_or(i64::MAX));
-        for stream in Stream::ALL {
+        for stream in Lane::ALL {
             let label = StreamLabel {
                 stream: stream.as_str(),
             };

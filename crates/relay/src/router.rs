@@ -54,6 +54,7 @@ use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
+pub use hotline_proto::Lane;
 use hotline_proto::envelope::{EscalationNotice, Header, LinkTest, Receipt, ReceiptKind, Signed};
 use hotline_proto::wire::{self, Accepted, EnvelopeFrame, Frame, Presence, Refusal, RefusalCode};
 use hotline_proto::{Channel, EndpointId, MessageId, Precedence, Seq, Time};
@@ -73,48 +74,6 @@ pub struct ConnId(pub u64);
 impl fmt::Display for ConnId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
-    }
-}
-
-/// One of the five streams the relay writes to a node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Stream {
-    /// The control stream: replies, receipts, presence, announcements, link tests, notices.
-    Control,
-    /// The unidirectional stream of one transport lane.
-    Lane(Precedence),
-}
-
-impl Stream {
-    /// All five, control first, then lanes from flash down.
-    pub const ALL: [Self; 5] = [
-        Self::Control,
-        Self::Lane(Precedence::Flash),
-        Self::Lane(Precedence::Immediate),
-        Self::Lane(Precedence::Priority),
-        Self::Lane(Precedence::Routine),
-    ];
-
-    /// A dense index 0..5: lanes by precedence index, control last.
-    pub fn index(self) -> usize {
-        match self {
-            Self::Lane(p) => p.index(),
-            Self::Control => 4,
-        }
-    }
-
-    /// `control` or the lane's name, for logs and metric labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Control => "control",
-            Self::Lane(p) => p.as_str(),
-        }
-    }
-}
-
-impl fmt::Display for Stream {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -257,7 +216,7 @@ pub enum Output {
         /// Which connection.
         conn: ConnId,
         /// Which of its streams.
-        stream: Stream,
+        stream: Lane,
     },
     /// Close this connection: a newer connection with the same identity replaced it.
     Close {
@@ -282,13 +241,13 @@ pub enum Output {
 pub struct Transmit {
     /// The frame, length prefix included, byte for byte as it arrived (or as the relay made it).
     pub bytes: Bytes,
-    stream: Stream,
+    stream: Lane,
     item: Option<(ItemKey, u64)>,
 }
 
 impl Transmit {
     /// The stream it goes to.
-    pub fn stream(&self) -> Stream {
+    pub fn stream(&self) -> Lane {
         self.stream
     }
 }
@@ -298,10 +257,10 @@ impl Transmit {
 pub struct Stats {
     /// Registered connections.
     pub connections: u64,
-    /// Frames queued per stream, by [`Stream::index`].
-    pub queued_frames: [u64; 5],
-    /// Bytes queued per stream, by [`Stream::index`].
-    pub queued_bytes: [u64; 5],
+    /// Frames queued per stream, by [`Lane::index`].
+    pub queued_frames: [u64; Lane::COUNT],
+    /// Bytes queued per stream, by [`Lane::index`].
+    pub queued_bytes: [u64; Lane::COUNT],
 }
 
 /// Whether a queued envelope still has to be written to its destination's current connection.
@@ -561,7 +520,7 @@ impl Router {
                 });
             }
         }
-        for stream in Stream::ALL {
+        for stream in Lane::ALL {
             self.outputs.push_back(Output::Wake { conn, stream });
         }
         self.tell_partners_presence(&endpoint, &partners, true);
@@ -631,11 +590,11 @@ impl Router {
     /// The next frame for `stream` of `conn`, if any. Envelopes are taken in arrival order per
     /// lane; the caller calls this only when it is ready to write, which bounds write-ahead.
     #[must_use]
-    pub fn poll_transmit(&mut self, conn: ConnId, stream: Stream) -> Option<Transmit> {
+    pub fn poll_transmit(&mut self, conn: ConnId, stream: Lane) -> Option<Transmit> {
         let endpoint = self.conns.get(&conn)?;
         let ep = self.endpoints.get_mut(endpoint)?;
         match stream {
-            Stream::Control => {
+            Lane::Control => {
                 if ep.control_in_flight.is_some() {
                     return None;
                 }
@@ -648,7 +607,7 @@ impl Router {
                     item: None,
                 })
             }
-            Stream::Lane(lane) => loop {
+            Lane::Precedence(lane) => loop {
                 let (order, key) = ep.unwritten[lane.index()].pop_first()?;
                 let Some(item) = ep.items.get_mut(&key) else {
                     // The index only lists queued items; tolerate a stale entry all the same.
@@ -683,7 +642,7 @@ impl Router {
                 if ep.control_len() > 0 {
                     self.outputs.push_back(Output::Wake {
                         conn,
-                        stream: Stream::Control,
+                        stream: Lane::Control,
                     });
                 }
             }
@@ -803,11 +762,12 @@ impl Router {
             ..Stats::default()
         };
         for ep in self.endpoints.values() {
-            for lane in 0..4 {
-                stats.queued_frames[lane] += ep.lane_frames[lane];
-                stats.queued_bytes[lane] += ep.lane_bytes[lane];
+            for p in Precedence::ALL {
+                let lane = Lane::Precedence(p).index();
+                stats.queued_frames[lane] += ep.lane_frames[p.index()];
+                stats.queued_bytes[lane] += ep.lane_bytes[p.index()];
             }
-            let control = Stream::Control.index();
+            let control = Lane::Control.index();
             stats.queued_frames[control] +=
                 ep.control_len() as u64 + u64::from(ep.control_in_flight.is_some());
             stats.queued_bytes[control] += ep.control_bytes;
@@ -916,7 +876,7 @@ impl Router {
                 if let (Outcome::Queued, Some(dest_conn)) = (&outcome, dest_conn) {
                     self.outputs.push_back(Output::Wake {
                         conn: dest_conn,
-                        stream: Stream::Lane(transport),
+                        stream: Lane::Precedence(transport),
                     });
                 }
                 // The write that holds it (or, for a duplicate, every write so far) first.
@@ -1303,7 +1263,7 @@ impl Router {
         if let Some(conn) = ep.conn {
             self.outputs.push_back(Output::Wake {
                 conn,
-                stream: Stream::Control,
+                stream: Lane::Control,
             });
         }
     }

@@ -36,7 +36,7 @@
 //! that window plus one frame ([`MAX_FRAME_LEN`]) of a lane is ever committed to the connection
 //! ahead of the frames still queued in the router; everything else waits there, where an
 //! escalation or a delivered receipt can still move or delete it. Among streams with data to
-//! send, quinn sends by [`framed::priority`]: control first, then flash down to routine.
+//! send, quinn sends by [`Lane::priority`]: control first, then flash down to routine.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -50,7 +50,7 @@ use hotline_net::framed::{self, LaneTag, ReadError};
 use hotline_net::quic::{self, EndpointError, Timeouts};
 use hotline_net::tls::{self, Credentials, TlsError};
 use hotline_proto::wire::{self, DecodeError, Frame, Hello, MAX_FRAME_LEN, PROTOCOL_VERSION};
-use hotline_proto::{EndpointId, Precedence, Time};
+use hotline_proto::{EndpointId, Lane, Precedence, Time};
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, oneshot};
@@ -59,9 +59,7 @@ use tracing::{Instrument, debug, error, field, info, info_span, warn};
 
 use crate::failpoint;
 use crate::metrics::{self, Metrics};
-use crate::router::{
-    ConfigError, ConnId, ConnectError, Limits, Output, RestoreError, Router, Stream, Ttl,
-};
+use crate::router::{ConfigError, ConnId, ConnectError, Limits, Output, RestoreError, Router, Ttl};
 use crate::store::{self, Request, Store, StoreError};
 
 /// File in `data_dir` holding the stateless-reset key, so a restarted relay resets stale
@@ -493,7 +491,7 @@ struct State {
 #[derive(Debug)]
 struct ConnHandle {
     connection: quinn::Connection,
-    /// One per [`Stream::index`]: wakes that stream's writer.
+    /// One per [`Lane::index`]: wakes that stream's writer.
     wake: [Notify; 5],
     /// Signalled after each control-stream write, for readers waiting on the backlog.
     drained: Notify,
@@ -727,7 +725,7 @@ async fn serve(
         tokio::time::timeout(HELLO_TIMEOUT, connection.accept_bi())
             .await
             .map_err(|_| ServeError::Timeout("control stream"))??;
-    control_send.set_priority(framed::priority(None))?;
+    control_send.set_priority(Lane::Control.priority())?;
     let hello = wire::encode_frame(&Frame::Hello(Hello {
         version: PROTOCOL_VERSION,
         agent: AGENT.to_owned(),
@@ -763,21 +761,21 @@ async fn serve(
             shared.clone(),
             handle.clone(),
             conn,
-            Stream::Control,
+            Lane::Control,
             control_send,
         )
         .in_current_span(),
     );
     for lane in Precedence::ALL.into_iter().rev() {
         let mut send = connection.open_uni().await?;
-        send.set_priority(framed::priority(Some(lane)))?;
+        send.set_priority(Lane::Precedence(lane).priority())?;
         LaneTag(lane).write(&mut send).await?;
         tasks.spawn(
             write_stream(
                 shared.clone(),
                 handle.clone(),
                 conn,
-                Stream::Lane(lane),
+                Lane::Precedence(lane),
                 send,
             )
             .in_current_span(),
@@ -789,7 +787,7 @@ async fn serve(
             handle.clone(),
             conn,
             control_recv,
-            Stream::Control,
+            Lane::Control,
         )
         .in_current_span(),
     );
@@ -803,7 +801,7 @@ async fn write_stream(
     shared: Arc<Shared>,
     handle: Arc<ConnHandle>,
     conn: ConnId,
-    stream: Stream,
+    stream: Lane,
     mut send: quinn::SendStream,
 ) {
     let wake = &handle.wake[stream.index()];
@@ -826,7 +824,7 @@ async fn write_stream(
         }
         shared.metrics.forwarded(stream);
         shared.run(|r| r.handle_written(conn, transmit));
-        if stream == Stream::Control {
+        if stream == Lane::Control {
             handle.drained.notify_waiters();
         }
     }
@@ -846,9 +844,9 @@ async fn accept_lanes(shared: Arc<Shared>, handle: Arc<ConnHandle>, conn: ConnId
                     match LaneTag::read(&mut recv).await {
                         Ok(LaneTag(lane)) => {
                             debug!(%lane, "lane stream opened");
-                            read_stream(shared, handle, conn, recv, Stream::Lane(lane)).await;
+                            read_stream(shared, handle, conn, recv, Lane::Precedence(lane)).await;
                         }
-                        Err(e) => on_read_error(&handle.connection, Stream::Control, &e),
+                        Err(e) => on_read_error(&handle.connection, Lane::Control, &e),
                     }
                 }.in_current_span());
             }
@@ -862,11 +860,11 @@ async fn read_stream(
     handle: Arc<ConnHandle>,
     conn: ConnId,
     mut recv: quinn::RecvStream,
-    stream: Stream,
+    stream: Lane,
 ) {
     loop {
         handle.room_to_read(&shared, conn).await;
-        if let Stream::Lane(lane) = stream {
+        if let Lane::Precedence(lane) = stream {
             shared.room_to_store(lane).await;
         }
         match framed::read_frame(&mut recv).await {
@@ -919,7 +917,7 @@ fn wall_clock() -> Time {
     )
 }
 
-fn on_read_error(connection: &quinn::Connection, stream: Stream, e: &ReadError) {
+fn on_read_error(connection: &quinn::Connection, stream: Lane, e: &ReadError) {
     match read_error_reason(e) {
         Some(reason) => {
             warn!(%stream, error = %e, limit = MAX_FRAME_LEN, "unreadable stream; closing");

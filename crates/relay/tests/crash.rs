@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use hotline_net::pki::ExercisePki;
+use hotline_proto::Lane;
 use hotline_proto::Precedence;
 use hotline_proto::wire::{Accepted, Frame};
 use hotline_relay::failpoint;
-use hotline_relay::router::Stream;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hotline-relay");
 
@@ -195,7 +195,7 @@ async fn routine_seqs_until(jp: &mut Node, last: u64) -> Vec<u64> {
     let mut seqs = Vec::new();
     loop {
         let (stream, _, e) = jp.next_envelope().await;
-        assert_eq!(stream, Stream::Lane(R));
+        assert_eq!(stream, Lane::Precedence(R));
         let seq = e.envelope.header.seq.0;
         seqs.push(seq);
         if seq == last {
@@ -344,7 +344,7 @@ async fn kill_9_keeps_everything_accepted_in_order_and_nothing_delivered() {
     for _ in 0..sent.len() {
         let (stream, _, e) = jp.next_envelope().await;
         let h = &e.envelope.header;
-        assert_eq!(stream, Stream::Lane(h.precedence));
+        assert_eq!(stream, Lane::Precedence(h.precedence));
         by_lane[usize::from(h.precedence == F)].push(h.seq.0);
     }
     assert_eq!(by_lane[0], (1..=30).collect::<Vec<_>>());

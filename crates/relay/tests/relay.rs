@@ -13,12 +13,12 @@ use common::*;
 use hotline_net::pki::ExercisePki;
 use hotline_net::quic::{self, Timeouts};
 use hotline_net::tls::{self, Credentials};
+use hotline_proto::Lane;
 use hotline_proto::Precedence;
 use hotline_proto::Seq;
 use hotline_proto::wire::{
     Accepted, Frame, MAX_FRAME_LEN, PROTOCOL_VERSION, Presence, RefusalCode,
 };
-use hotline_relay::router::Stream;
 use hotline_relay::{CloseReason, Server, ServerConfig, Ttl};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -144,7 +144,7 @@ async fn envelope_queued_for_an_offline_partner_is_forwarded_when_it_connects() 
 
     let mut jp = fx.connect("jp").await;
     let (stream, bytes, _) = jp.next_envelope().await;
-    assert_eq!(stream, Stream::Lane(R));
+    assert_eq!(stream, Lane::Precedence(R));
     assert_eq!(&bytes[..], &sent[..], "forwarded byte for byte");
     // us learns that jp came online.
     us.recv_where(|f| {
@@ -212,7 +212,7 @@ async fn delivered_receipt_removes_the_queued_envelope() {
     let receipt = delivered("jp", "us", R, 1);
     jp.send_control(&receipt).await;
     let (stream, bytes, _) = us.recv_where(|f| matches!(f, Frame::Receipt(_))).await;
-    assert_eq!(stream, Stream::Control);
+    assert_eq!(stream, Lane::Control);
     assert_eq!(&bytes[..], &receipt[..]);
     jp.conn.close(0u32.into(), b"bye");
     drop(jp);
@@ -253,7 +253,7 @@ async fn escalated_envelope_moves_to_the_flash_stream() {
     assert!(matches!(us.next_reply().await, Frame::Accepted(_)));
     let mut jp = fx.connect("jp").await;
     let (stream, bytes, e) = jp.next_envelope().await;
-    assert_eq!(stream, Stream::Lane(F));
+    assert_eq!(stream, Lane::Precedence(F));
     assert_eq!(&bytes[..], &escalated[..]);
     assert_eq!(e.transport, F);
 }
@@ -278,7 +278,7 @@ async fn flash_gets_through_while_the_routine_lane_is_stuck() {
     let flash = envelope("us", "jp", F, 1);
     us.send_lane(F, &flash).await;
     let (stream, bytes, _) = jp.next_envelope().await;
-    assert_eq!(stream, Stream::Lane(F));
+    assert_eq!(stream, Lane::Precedence(F));
     assert_eq!(&bytes[..], &flash[..]);
     // The stuck routine envelopes are still held by the relay (nothing was dropped).
     let metrics = http_get(fx.server.metrics_addr().unwrap(), "/metrics").await;
@@ -323,7 +323,7 @@ async fn expired_envelope_is_refused_to_its_sender_and_freed() {
     // The flash one has no time-to-live and is still delivered.
     let mut jp = fx.connect("jp").await;
     let (stream, _, _) = jp.next_envelope().await;
-    assert_eq!(stream, Stream::Lane(F));
+    assert_eq!(stream, Lane::Precedence(F));
 }
 
 #[tokio::test]

@@ -31,7 +31,7 @@ use crate::envelope::{
     Announcement, ChainHead, Envelope, EscalationNotice, Header, LinkTest, Plaintext, Receipt,
     ReceiptKind, SessionSetup, Signed, VerifyError, sign_head, verify_head,
 };
-use crate::types::{Channel, EndpointId, MessageId, Precedence, Seq, Time};
+use crate::types::{Channel, EndpointId, Lane, MessageId, Precedence, Seq, Time};
 use crate::wire::{
     self, Accepted, EnvelopeFrame, Frame, MAX_BODY_LEN, Presence, Refusal, RefusalCode,
 };
@@ -40,15 +40,6 @@ use crate::wire::{
 /// [`Engine::handle_persisted`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct WriteId(pub u64);
-
-/// Which QUIC stream a frame goes on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum SendLane {
-    /// Control traffic (accepted, receipts, link tests, announcements), above flash.
-    Control,
-    /// An envelope's transport precedence.
-    Lane(Precedence),
-}
 
 /// What the engine asks the caller to do, in order.
 // Actions are moved once from the queue to the caller; boxing the large variants would cost an
@@ -59,7 +50,7 @@ pub enum Action {
     /// Write these bytes (a whole frame, length prefix included) on `lane`.
     Send {
         /// Stream to use.
-        lane: SendLane,
+        lane: Lane,
         /// Encoded frame.
         frame: Vec<u8>,
     },
@@ -332,7 +323,10 @@ struct OutMsg {
     write: WriteId,
     transport: Precedence,
     escalations: u32,
+    /// When the relay first accepted it (reported once).
     accepted: Option<Time>,
+    /// The relay on the current connection holds it: no retransmission needed.
+    relay_holds: bool,
     delivered: Option<Time>,
     acknowledged: Option<Time>,
     delivered_deadline: Time,
@@ -455,7 +449,13 @@ pub struct Engine<R> {
     unverified_sessions: VecDeque<(SessionId, SessionSetup)>,
     /// Bytes of received envelopes buffered while waiting for earlier ones.
     buffered_bytes: usize,
+    /// Finished messages whose `accepted` reply has not arrived yet (a partner's receipt can
+    /// overtake it), so the level is still reported once when it comes.
+    late_accepted: BTreeSet<MessageId>,
 }
+
+/// Finished messages remembered for a late `accepted`; the oldest are dropped beyond it.
+const MAX_LATE_ACCEPTED: usize = 4096;
 
 /// Sessions kept on trust before one of their messages verifies.
 const MAX_UNVERIFIED_SESSIONS: usize = 16;
@@ -510,6 +510,7 @@ impl<R: CryptoRng> Engine<R> {
         if engine.sealing.is_empty() {
             engine.rotate_sealing_key(now);
         }
+        engine.late_accepted.clear();
         engine.rebuild_timers();
         engine.seal_awaiting();
         Ok(engine)
@@ -555,6 +556,7 @@ impl<R: CryptoRng> Engine<R> {
             recent_acks: VecDeque::new(),
             unverified_sessions: VecDeque::new(),
             buffered_bytes: 0,
+            late_accepted: BTreeSet::new(),
         }
     }
 
@@ -605,6 +607,7 @@ impl<R: CryptoRng> Engine<R> {
             transport: precedence,
             escalations: 0,
             accepted: None,
+            relay_holds: false,
             delivered: None,
             acknowledged: None,
             delivered_deadline: sent_at.plus(self.cfg.delivered_deadline(precedence)),
@@ -748,7 +751,7 @@ impl<R: CryptoRng> Engine<R> {
         for id in undelivered {
             if let Some(m) = self.outbox.get_mut(&id) {
                 m.rto = self.cfg.retransmit_initial();
-                m.accepted = None;
+                m.relay_holds = false;
             }
             self.send_queue.insert(id);
         }
@@ -771,6 +774,8 @@ impl<R: CryptoRng> Engine<R> {
         self.connected = false;
         self.partner_online = None;
         self.send_queue.clear();
+        // Replies on the lost connection will not come.
+        self.late_accepted.clear();
         for m in self.outbox.values_mut() {
             m.retransmit_at = None;
         }
@@ -1132,8 +1137,8 @@ impl<R: CryptoRng> Engine<R> {
                 head,
                 setup,
             });
-            let lane = SendLane::Lane(m.transport);
-            if m.accepted.is_none() {
+            let lane = Lane::Precedence(m.transport);
+            if !m.relay_holds {
                 let at = now.plus(m.rto);
                 m.retransmit_at = Some(at);
                 m.rto = (m.rto * 2).min(self.cfg.retransmit_max());
@@ -1153,7 +1158,7 @@ impl<R: CryptoRng> Engine<R> {
         match kind {
             TimerKind::Retransmit => {
                 if m.retransmit_at == Some(at)
-                    && m.accepted.is_none()
+                    && !m.relay_holds
                     && m.delivered.is_none()
                     && self.connected
                 {
@@ -1239,13 +1244,23 @@ impl<R: CryptoRng> Engine<R> {
             return;
         }
         let Some(m) = self.outbox.get_mut(&a.id) else {
+            // Delivered (and forgotten) before the relay's reply arrived: still report the level
+            // once, stamped now.
+            if self.late_accepted.remove(&a.id) {
+                self.actions.push_back(Action::Report(Report {
+                    id: a.id,
+                    level: AckLevel::Accepted { durable: a.durable },
+                    at: self.now,
+                }));
+            }
             return;
         };
-        if m.accepted.is_some() || m.delivered.is_some() {
+        m.relay_holds = true;
+        m.retransmit_at = None;
+        if m.accepted.is_some() {
             return;
         }
         m.accepted = Some(self.now);
-        m.retransmit_at = None;
         self.actions.push_back(Action::Report(Report {
             id: a.id,
             level: AckLevel::Accepted { durable: a.durable },
@@ -1260,7 +1275,7 @@ impl<R: CryptoRng> Engine<R> {
                 // Keep the message; try again after the backoff.
                 let at = self.now.plus(m.rto);
                 m.retransmit_at = Some(at);
-                m.accepted = None;
+                m.relay_holds = false;
                 m.rto = (m.rto * 2).min(self.cfg.retransmit_max());
                 self.timers.insert((at, TimerKind::Retransmit, id.clone()));
                 self.actions.push_back(Action::Report(Report {
@@ -1398,6 +1413,12 @@ impl<R: CryptoRng> Engine<R> {
             if let Some(at) = m.ack_deadline {
                 self.timers
                     .remove(&(at, TimerKind::Acknowledged, id.clone()));
+            }
+            if m.accepted.is_none() {
+                if self.late_accepted.len() >= MAX_LATE_ACCEPTED {
+                    self.late_accepted.pop_first();
+                }
+                self.late_accepted.insert(id.clone());
             }
             self.outbox.remove(id);
             self.send_queue.remove(id);
@@ -1969,6 +1990,7 @@ impl<R: CryptoRng> Engine<R> {
                         transport: p,
                         escalations: 0,
                         accepted: None,
+                        relay_holds: false,
                         delivered: None,
                         acknowledged: None,
                         delivered_deadline: sent_at.plus(self.cfg.delivered_deadline(p)),
@@ -2084,7 +2106,7 @@ impl<R: CryptoRng> Engine<R> {
 
 fn send_control(frame: &Frame) -> Action {
     Action::Send {
-        lane: SendLane::Control,
+        lane: Lane::Control,
         frame: wire::encode_frame(frame),
     }
 }

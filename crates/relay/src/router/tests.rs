@@ -129,7 +129,7 @@ fn commit(r: &mut Router) -> Vec<StoreOp> {
 
 /// Everything the writer of `stream` would write now, reported as written (after committing
 /// every pending write).
-fn drain(r: &mut Router, conn: ConnId, stream: Stream) -> Vec<Bytes> {
+fn drain(r: &mut Router, conn: ConnId, stream: Lane) -> Vec<Bytes> {
     let _ = commit(r);
     let mut out = Vec::new();
     while let Some(t) = r.poll_transmit(conn, stream) {
@@ -139,7 +139,7 @@ fn drain(r: &mut Router, conn: ConnId, stream: Stream) -> Vec<Bytes> {
     out
 }
 
-fn drain_frames(r: &mut Router, conn: ConnId, stream: Stream) -> Vec<Frame> {
+fn drain_frames(r: &mut Router, conn: ConnId, stream: Lane) -> Vec<Frame> {
     drain(r, conn, stream).iter().map(decode).collect()
 }
 
@@ -181,21 +181,21 @@ const F: Precedence = Precedence::Flash;
 fn queued_envelope_is_written_when_the_destination_connects() {
     let mut r = router();
     r.handle_connected(US, id("us")).unwrap();
-    let _ = drain(&mut r, US, Stream::Control);
+    let _ = drain(&mut r, US, Lane::Control);
     let env = envelope("us", "jp", R, 1);
     r.handle_frame(T0, US, env.clone());
-    assert_eq!(drain_frames(&mut r, US, Stream::Control), [accepted(1, R)]);
+    assert_eq!(drain_frames(&mut r, US, Lane::Control), [accepted(1, R)]);
     assert_eq!(r.queued_envelopes(&id("jp")).len(), 1);
 
     r.handle_connected(JP, id("jp")).unwrap();
     let wakes = outputs(&mut r);
     assert!(wakes.contains(&Output::Wake {
         conn: JP,
-        stream: Stream::Lane(R)
+        stream: Lane::Precedence(R)
     }));
     // Byte for byte, on the lane of its transport precedence.
-    assert_eq!(drain(&mut r, JP, Stream::Lane(R)), [env]);
-    assert!(drain(&mut r, JP, Stream::Lane(F)).is_empty());
+    assert_eq!(drain(&mut r, JP, Lane::Precedence(R)), [env]);
+    assert!(drain(&mut r, JP, Lane::Precedence(F)).is_empty());
     // Written is not delivered: still queued.
     assert_eq!(r.queued_envelopes(&id("jp"))[0].state, ItemState::Written);
 }
@@ -204,17 +204,17 @@ fn queued_envelope_is_written_when_the_destination_connects() {
 fn duplicates_are_queued_once_and_accepted_each_time() {
     let mut r = router();
     r.handle_connected(US, id("us")).unwrap();
-    let _ = drain(&mut r, US, Stream::Control);
+    let _ = drain(&mut r, US, Lane::Control);
     for _ in 0..3 {
         r.handle_frame(T0, US, envelope("us", "jp", R, 1));
     }
     assert_eq!(
-        drain_frames(&mut r, US, Stream::Control),
+        drain_frames(&mut r, US, Lane::Control),
         [accepted(1, R), accepted(1, R), accepted(1, R)]
     );
     assert_eq!(r.queued_envelopes(&id("jp")).len(), 1);
     r.handle_connected(JP, id("jp")).unwrap();
-    assert_eq!(drain(&mut r, JP, Stream::Lane(R)).len(), 1);
+    assert_eq!(drain(&mut r, JP, Lane::Precedence(R)).len(), 1);
 }
 
 #[test]
@@ -224,7 +224,7 @@ fn escalation_moves_the_queued_copy_to_the_higher_lane() {
     r.handle_connected(JP, id("jp")).unwrap();
     r.handle_frame(T0, US, envelope("us", "jp", R, 1));
     r.handle_frame(T0, US, envelope("us", "jp", R, 2));
-    assert_eq!(drain(&mut r, JP, Stream::Lane(R)).len(), 2);
+    assert_eq!(drain(&mut r, JP, Lane::Precedence(R)).len(), 2);
 
     // Seq 1 is escalated to flash: written again on the flash lane, with the new bytes.
     let escalated = envelope_sized("us", "jp", R, 1, F, 16);
@@ -233,16 +233,16 @@ fn escalation_moves_the_queued_copy_to_the_higher_lane() {
     let q = r.queued_envelopes(&id("jp"));
     assert_eq!((q[0].transport, q[0].state), (F, ItemState::Unwritten));
     assert_eq!((q[1].transport, q[1].state), (R, ItemState::Written));
-    assert_eq!(drain(&mut r, JP, Stream::Lane(F)), [escalated]);
-    assert!(drain(&mut r, JP, Stream::Lane(R)).is_empty());
+    assert_eq!(drain(&mut r, JP, Lane::Precedence(F)), [escalated]);
+    assert!(drain(&mut r, JP, Lane::Precedence(R)).is_empty());
 
     // A lower transport for a queued message changes nothing.
     r.handle_frame(T0, US, envelope("us", "jp", R, 1));
     assert_eq!(r.queued_envelopes(&id("jp"))[0].transport, F);
-    assert!(drain(&mut r, JP, Stream::Lane(R)).is_empty());
-    assert!(drain(&mut r, JP, Stream::Lane(F)).is_empty());
-    assert_eq!(r.stats().queued_frames[F.index()], 1);
-    assert_eq!(r.stats().queued_frames[R.index()], 1);
+    assert!(drain(&mut r, JP, Lane::Precedence(R)).is_empty());
+    assert!(drain(&mut r, JP, Lane::Precedence(F)).is_empty());
+    assert_eq!(r.stats().queued_frames[Lane::Precedence(F).index()], 1);
+    assert_eq!(r.stats().queued_frames[Lane::Precedence(R).index()], 1);
 }
 
 #[test]
@@ -251,11 +251,11 @@ fn escalation_while_in_flight_is_written_again() {
     r.handle_connected(US, id("us")).unwrap();
     r.handle_connected(JP, id("jp")).unwrap();
     r.handle_frame(T0, US, envelope("us", "jp", R, 1));
-    let t = r.poll_transmit(JP, Stream::Lane(R)).unwrap();
+    let t = r.poll_transmit(JP, Lane::Precedence(R)).unwrap();
     r.handle_frame(T0, US, envelope_sized("us", "jp", R, 1, F, 16));
     r.handle_written(JP, t);
     assert_eq!(r.queued_envelopes(&id("jp"))[0].state, ItemState::Unwritten);
-    assert_eq!(drain(&mut r, JP, Stream::Lane(F)).len(), 1);
+    assert_eq!(drain(&mut r, JP, Lane::Precedence(F)).len(), 1);
 }
 
 #[test]
@@ -267,7 +267,7 @@ fn delivered_receipt_deletes_covered_envelopes_and_reaches_the_sender() {
         r.handle_frame(T0, US, envelope("us", "jp", R, seq));
     }
     r.handle_frame(T0, US, envelope("us", "jp", F, 1));
-    let _ = drain(&mut r, US, Stream::Control);
+    let _ = drain(&mut r, US, Lane::Control);
     let receipt = delivered("jp", "us", R, 2);
     r.handle_frame(T0, JP, receipt.clone());
     let left: Vec<_> = r
@@ -276,7 +276,7 @@ fn delivered_receipt_deletes_covered_envelopes_and_reaches_the_sender() {
         .map(|q| (q.id.precedence, q.id.seq))
         .collect();
     assert_eq!(left, [(R, Seq(3)), (F, Seq(1))]);
-    assert_eq!(drain(&mut r, US, Stream::Control), [receipt]);
+    assert_eq!(drain(&mut r, US, Lane::Control), [receipt]);
 }
 
 #[test]
@@ -286,12 +286,12 @@ fn reconnection_writes_everything_still_queued_again() {
     r.handle_connected(JP, id("jp")).unwrap();
     r.handle_frame(T0, US, envelope("us", "jp", R, 1));
     r.handle_frame(T0, US, envelope("us", "jp", R, 2));
-    assert_eq!(drain(&mut r, JP, Stream::Lane(R)).len(), 2);
+    assert_eq!(drain(&mut r, JP, Lane::Precedence(R)).len(), 2);
     r.handle_frame(T0, JP, delivered("jp", "us", R, 1));
     r.handle_disconnected(JP);
     let jp2 = ConnId(3);
     r.handle_connected(jp2, id("jp")).unwrap();
-    let again: Vec<_> = drain_frames(&mut r, jp2, Stream::Lane(R));
+    let again: Vec<_> = drain_frames(&mut r, jp2, Lane::Precedence(R));
     assert_eq!(again.len(), 1);
     let Frame::Envelope(e) = &again[0] else {
         panic!("{again:?}")
@@ -303,14 +303,14 @@ fn reconnection_writes_everything_still_queued_again() {
 fn wrong_sender_and_unpaired_recipient_are_refused() {
     let mut r = router();
     r.handle_connected(US, id("us")).unwrap();
-    let _ = drain(&mut r, US, Stream::Control);
+    let _ = drain(&mut r, US, Lane::Control);
     r.handle_frame(T0, US, envelope("jp", "us", R, 1));
     r.handle_frame(T0, US, envelope("us", "uk", R, 1));
     r.handle_frame(T0, US, delivered("jp", "us", R, 1)); // signed as jp
     r.handle_frame(T0, US, delivered("us", "fr", R, 1)); // addressed outside the hotline
     r.handle_frame(T0, US, announcement("jp", 1));
     r.handle_frame(T0, US, link_test("us", "uk"));
-    let frames = drain_frames(&mut r, US, Stream::Control);
+    let frames = drain_frames(&mut r, US, Lane::Control);
     use RefusalCode::*;
     assert_eq!(
         refusals(&frames),
@@ -347,27 +347,27 @@ fn presence_follows_connections() {
         })
     };
     assert_eq!(
-        drain_frames(&mut r, US, Stream::Control),
+        drain_frames(&mut r, US, Lane::Control),
         [presence("jp", false)]
     );
     r.handle_connected(JP, id("jp")).unwrap();
     assert_eq!(
-        drain_frames(&mut r, JP, Stream::Control),
+        drain_frames(&mut r, JP, Lane::Control),
         [presence("us", true)]
     );
     assert_eq!(
-        drain_frames(&mut r, US, Stream::Control),
+        drain_frames(&mut r, US, Lane::Control),
         [presence("jp", true)]
     );
     r.handle_disconnected(JP);
     assert_eq!(
-        drain_frames(&mut r, US, Stream::Control),
+        drain_frames(&mut r, US, Lane::Control),
         [presence("jp", false)]
     );
     // Unrelated hotlines hear nothing.
     let uk = ConnId(9);
     r.handle_connected(uk, id("uk")).unwrap();
-    assert!(drain(&mut r, US, Stream::Control).is_empty());
+    assert!(drain(&mut r, US, Lane::Control).is_empty());
 }
 
 #[test]
@@ -381,24 +381,21 @@ fn announcements_are_stored_and_replayed_to_partners() {
 
     // jp connects while us is offline and still gets us's latest announcement.
     r.handle_connected(JP, id("jp")).unwrap();
-    let frames = drain(&mut r, JP, Stream::Control);
+    let frames = drain(&mut r, JP, Lane::Control);
     assert_eq!(frames.len(), 2, "presence, then the announcement");
     assert_eq!(frames[1], a1);
 
     // A newer one is forwarded to the online partner at once.
     let us2 = ConnId(5);
     r.handle_connected(us2, id("us")).unwrap();
-    let _ = drain(&mut r, JP, Stream::Control);
+    let _ = drain(&mut r, JP, Lane::Control);
     let a2 = announcement("us", 2);
     r.handle_frame(T0, us2, a2.clone());
-    assert_eq!(
-        drain(&mut r, JP, Stream::Control),
-        std::slice::from_ref(&a2)
-    );
+    assert_eq!(drain(&mut r, JP, Lane::Control), std::slice::from_ref(&a2));
     r.handle_disconnected(JP);
     let jp2 = ConnId(6);
     r.handle_connected(jp2, id("jp")).unwrap();
-    assert_eq!(drain(&mut r, jp2, Stream::Control)[1], a2);
+    assert_eq!(drain(&mut r, jp2, Lane::Control)[1], a2);
 }
 
 #[test]
@@ -410,10 +407,10 @@ fn overload_refuses_routine_first_then_higher_lanes() {
         ..Limits::default()
     });
     r.handle_connected(US, id("us")).unwrap();
-    let _ = drain(&mut r, US, Stream::Control);
+    let _ = drain(&mut r, US, Lane::Control);
     let send = |r: &mut Router, p: Precedence, seq: u64| -> Frame {
         r.handle_frame(T0, US, envelope_sized("us", "jp", p, seq, p, 100));
-        let mut f = drain_frames(r, US, Stream::Control);
+        let mut f = drain_frames(r, US, Lane::Control);
         assert_eq!(f.len(), 1);
         f.remove(0)
     };
@@ -437,7 +434,7 @@ fn overload_refuses_routine_first_then_higher_lanes() {
     // A delivered receipt frees space again.
     r.handle_connected(JP, id("jp")).unwrap();
     r.handle_frame(T0, JP, delivered("jp", "us", R, 10));
-    let _ = drain(&mut r, US, Stream::Control); // presence and the receipt
+    let _ = drain(&mut r, US, Lane::Control); // presence and the receipt
     assert_eq!(send(&mut r, R, 11), accepted(11, R));
 }
 
@@ -449,7 +446,7 @@ fn receipts_wait_for_an_offline_addressee() {
     r.handle_frame(T0, JP, receipt.clone());
     r.handle_frame(T0, JP, link_test("jp", "us")); // offline partner: dropped
     r.handle_connected(US, id("us")).unwrap();
-    let frames = drain(&mut r, US, Stream::Control);
+    let frames = drain(&mut r, US, Lane::Control);
     assert_eq!(frames.len(), 2, "presence, then the receipt: {frames:?}");
     assert_eq!(frames[1], receipt);
 }
@@ -459,16 +456,16 @@ fn receipt_being_written_when_the_connection_drops_is_kept() {
     let mut r = router();
     r.handle_connected(US, id("us")).unwrap();
     r.handle_connected(JP, id("jp")).unwrap();
-    let _ = drain(&mut r, US, Stream::Control);
+    let _ = drain(&mut r, US, Lane::Control);
     let receipt = delivered("jp", "us", R, 1);
     r.handle_frame(T0, JP, receipt.clone());
     let _ = commit(&mut r);
-    let t = r.poll_transmit(US, Stream::Control).unwrap();
+    let t = r.poll_transmit(US, Lane::Control).unwrap();
     r.handle_disconnected(US);
     r.handle_written(US, t); // too late: that connection is gone
     let us2 = ConnId(7);
     r.handle_connected(us2, id("us")).unwrap();
-    assert_eq!(drain(&mut r, us2, Stream::Control)[1], receipt);
+    assert_eq!(drain(&mut r, us2, Lane::Control)[1], receipt);
 }
 
 #[test]
@@ -476,17 +473,17 @@ fn link_tests_go_to_online_partners_only() {
     let mut r = router();
     r.handle_connected(US, id("us")).unwrap();
     r.handle_connected(JP, id("jp")).unwrap();
-    let _ = drain(&mut r, JP, Stream::Control);
+    let _ = drain(&mut r, JP, Lane::Control);
     let lt = link_test("us", "jp");
     r.handle_frame(T0, US, lt.clone());
-    assert_eq!(drain(&mut r, JP, Stream::Control), [lt]);
+    assert_eq!(drain(&mut r, JP, Lane::Control), [lt]);
 }
 
 #[test]
 fn malformed_frames_are_refused_and_the_connection_kept() {
     let mut r = router();
     r.handle_connected(US, id("us")).unwrap();
-    let _ = drain(&mut r, US, Stream::Control);
+    let _ = drain(&mut r, US, Lane::Control);
     let mut garbage = vec![0, 0, 0, 5, 1, 1, 0xFF, 0xFF, 0xFF];
     r.handle_frame(T0, US, Bytes::from(garbage.clone()));
     garbage[5] = 9; // unknown suite
@@ -504,11 +501,11 @@ fn malformed_frames_are_refused_and_the_connection_kept() {
         agent: "again".into(),
     }));
     r.handle_frame(T0, US, hello);
-    let frames = drain_frames(&mut r, US, Stream::Control);
+    let frames = drain_frames(&mut r, US, Lane::Control);
     assert_eq!(refusals(&frames), [RefusalCode::Malformed; 3]);
     assert_eq!(frames.len(), 3, "a repeated hello is ignored");
     r.handle_frame(T0, US, envelope("us", "jp", R, 1));
-    assert_eq!(drain_frames(&mut r, US, Stream::Control), [accepted(1, R)]);
+    assert_eq!(drain_frames(&mut r, US, Lane::Control), [accepted(1, R)]);
 }
 
 #[test]
@@ -551,19 +548,19 @@ fn unconfigured_endpoints_and_bad_configs_are_refused() {
 fn queued_byte_counts_stay_exact() {
     let mut r = router();
     r.handle_connected(US, id("us")).unwrap();
-    let _ = drain(&mut r, US, Stream::Control);
+    let _ = drain(&mut r, US, Lane::Control);
     let a = envelope("us", "jp", R, 1);
     let b = envelope_sized("us", "jp", R, 1, F, 16);
     r.handle_frame(T0, US, a);
     r.handle_frame(T0, US, b.clone());
-    let _ = drain(&mut r, US, Stream::Control);
+    let _ = drain(&mut r, US, Lane::Control);
     assert_eq!(r.queued_bytes(&id("jp")), b.len() as u64);
     r.handle_connected(JP, id("jp")).unwrap();
     r.handle_frame(T0, JP, delivered("jp", "us", R, 1));
     // The receipt waits on us's control stream; jp's queue is empty.
-    let _ = drain(&mut r, JP, Stream::Control);
+    let _ = drain(&mut r, JP, Lane::Control);
     assert_eq!(r.queued_bytes(&id("jp")), 0);
-    let _ = drain(&mut r, US, Stream::Control);
+    let _ = drain(&mut r, US, Lane::Control);
     assert_eq!(r.queued_bytes(&id("us")), 0);
     assert_eq!(r.stats().queued_bytes, [0; 5]);
 }
@@ -587,7 +584,7 @@ fn take_writes(r: &mut Router) -> Vec<(WriteId, Vec<StoreOp>)> {
 /// Frames waiting on `conn`'s control stream, without committing anything.
 fn pending_control(r: &mut Router, conn: ConnId) -> Vec<Frame> {
     let mut out = Vec::new();
-    while let Some(t) = r.poll_transmit(conn, Stream::Control) {
+    while let Some(t) = r.poll_transmit(conn, Lane::Control) {
         out.push(decode(&t.bytes));
         r.handle_written(conn, t);
     }
@@ -649,7 +646,7 @@ const P: Precedence = Precedence::Priority;
 fn accepted_is_durable_and_waits_for_the_write_that_holds_the_envelope() {
     let mut r = router();
     r.handle_connected(US, id("us")).unwrap();
-    let _ = drain(&mut r, US, Stream::Control);
+    let _ = drain(&mut r, US, Lane::Control);
     let env = envelope("us", "jp", R, 1);
     r.handle_frame(T0, US, env.clone());
     let writes = take_writes(&mut r);
@@ -693,7 +690,7 @@ fn accepted_is_durable_and_waits_for_the_write_that_holds_the_envelope() {
 fn a_commit_releases_every_earlier_write_in_order() {
     let mut r = router();
     r.handle_connected(US, id("us")).unwrap();
-    let _ = drain(&mut r, US, Stream::Control);
+    let _ = drain(&mut r, US, Lane::Control);
     for seq in 1..=3 {
         r.handle_frame(T0, US, envelope("us", "jp", R, seq));
     }
@@ -721,7 +718,7 @@ fn a_commit_releases_every_earlier_write_in_order() {
 fn a_refused_envelope_writes_nothing_and_is_answered_at_once() {
     let mut r = router();
     r.handle_connected(US, id("us")).unwrap();
-    let _ = drain(&mut r, US, Stream::Control);
+    let _ = drain(&mut r, US, Lane::Control);
     r.handle_frame(T0, US, envelope("us", "uk", R, 1));
     assert!(take_writes(&mut r).is_empty());
     assert_eq!(
@@ -737,8 +734,8 @@ fn delivered_receipt_is_stored_with_its_deletions_and_forwarded_after_the_commit
     r.handle_connected(JP, id("jp")).unwrap();
     r.handle_frame(T0, US, envelope("us", "jp", R, 1));
     r.handle_frame(T0, US, envelope("us", "jp", R, 2));
-    let _ = drain(&mut r, US, Stream::Control);
-    assert_eq!(drain(&mut r, JP, Stream::Lane(R)).len(), 2);
+    let _ = drain(&mut r, US, Lane::Control);
+    assert_eq!(drain(&mut r, JP, Lane::Precedence(R)).len(), 2);
 
     let receipt = delivered("jp", "us", R, 2);
     r.handle_frame(T0, JP, receipt.clone());
@@ -762,7 +759,7 @@ fn delivered_receipt_is_stored_with_its_deletions_and_forwarded_after_the_commit
         "not before the commit"
     );
     r.handle_persisted(*write);
-    let t = r.poll_transmit(US, Stream::Control).unwrap();
+    let t = r.poll_transmit(US, Lane::Control).unwrap();
     assert_eq!(t.bytes, receipt);
     r.handle_written(US, t);
     // Written: its row goes.
@@ -797,12 +794,12 @@ fn expired_envelope_is_freed_and_its_sender_told() {
         ..Ttl::NEVER
     });
     r.handle_connected(US, id("us")).unwrap();
-    let _ = drain(&mut r, US, Stream::Control);
+    let _ = drain(&mut r, US, Lane::Control);
     let env = envelope("us", "jp", R, 1);
     r.handle_frame(T0, US, env.clone());
     r.handle_frame(T0.plus(10 * SECOND), US, envelope("us", "jp", R, 2));
     r.handle_frame(T0, US, envelope("us", "jp", F, 1)); // flash: no time-to-live
-    let _ = drain(&mut r, US, Stream::Control);
+    let _ = drain(&mut r, US, Lane::Control);
     let deadline = T0.plus(60 * SECOND);
     assert_eq!(r.poll_timeout(), Some(deadline));
     assert_eq!(r.queued_envelopes(&id("jp"))[0].expires_at, Some(deadline));
@@ -857,7 +854,7 @@ fn expired_refusal_waits_for_an_offline_sender() {
     });
     r.handle_connected(US, id("us")).unwrap();
     r.handle_frame(T0, US, envelope("us", "jp", R, 1));
-    let _ = drain(&mut r, US, Stream::Control);
+    let _ = drain(&mut r, US, Lane::Control);
     r.handle_disconnected(US);
     r.handle_timeout(T0.plus(SECOND));
     let _ = commit(&mut r);
@@ -865,7 +862,7 @@ fn expired_refusal_waits_for_an_offline_sender() {
     assert_eq!(r.poll_timeout(), None);
     let us2 = ConnId(5);
     r.handle_connected(us2, id("us")).unwrap();
-    let frames = drain_frames(&mut r, us2, Stream::Control);
+    let frames = drain_frames(&mut r, us2, Lane::Control);
     assert_eq!(refusals(&frames), [RefusalCode::Expired]);
 }
 
@@ -927,8 +924,8 @@ fn restore_reproduces_queues_lanes_and_waiting_frames() {
     r.handle_frame(T0, JP, announcement("jp", 2));
     store.apply(commit(&mut r));
 
-    let lanes = |r: &mut Router, conn: ConnId| -> Vec<(Stream, Vec<Bytes>)> {
-        Stream::ALL[1..]
+    let lanes = |r: &mut Router, conn: ConnId| -> Vec<(Lane, Vec<Bytes>)> {
+        Lane::ALL[1..]
             .iter()
             .map(|s| (*s, drain(r, conn, *s)))
             .collect()
@@ -964,13 +961,13 @@ fn restore_reproduces_queues_lanes_and_waiting_frames() {
     let us2 = ConnId(10);
     r.handle_connected(us2, id("us")).unwrap();
     fresh.handle_connected(us2, id("us")).unwrap();
-    let original_us = drain(&mut r, us2, Stream::Control);
-    let restored_us = drain(&mut fresh, us2, Stream::Control);
+    let original_us = drain(&mut r, us2, Lane::Control);
+    let restored_us = drain(&mut fresh, us2, Lane::Control);
     // Presence differs (jp is online in the original only); then jp's announcement, the receipt.
     assert_eq!(restored_us.len(), 3);
     assert_eq!(restored_us[1..], original_us[1..]);
     assert_eq!(
-        drain(&mut fresh, us2, Stream::Lane(R)),
+        drain(&mut fresh, us2, Lane::Precedence(R)),
         [envelope("jp", "us", R, 1)]
     );
     r.handle_disconnected(JP);
@@ -998,7 +995,7 @@ fn restore_reproduces_queues_lanes_and_waiting_frames() {
     assert_eq!(seqs(&got[2].1), [(P, 1)]);
     assert_eq!(seqs(&got[3].1), [(R, 3)], "seq 1 was delivered");
     assert_eq!(
-        drain(&mut fresh, jp2, Stream::Control)[1],
+        drain(&mut fresh, jp2, Lane::Control)[1],
         announcement("us", 4)
     );
 
@@ -1126,7 +1123,7 @@ fn receipts_overtake_queued_replies_on_the_control_stream() {
     let mut r = router();
     r.handle_connected(US, id("us")).unwrap();
     r.handle_connected(JP, id("jp")).unwrap();
-    let _ = drain(&mut r, US, Stream::Control);
+    let _ = drain(&mut r, US, Lane::Control);
     // A burst of envelopes from us leaves `Accepted` replies queued on us's control stream.
     for seq in 1..=5 {
         r.handle_frame(T0, US, envelope("us", "jp", R, seq));
@@ -1135,7 +1132,7 @@ fn receipts_overtake_queued_replies_on_the_control_stream() {
     let receipt = delivered("jp", "us", R, 1);
     r.handle_frame(T0, JP, receipt.clone());
     let _ = commit(&mut r);
-    let frames = drain(&mut r, US, Stream::Control);
+    let frames = drain(&mut r, US, Lane::Control);
     assert_eq!(
         frames.first(),
         Some(&receipt),

@@ -8,7 +8,7 @@ use hotline_proto::wire::{self, EnvelopeFrame, Frame};
 use hotline_proto::{Channel, Seq};
 
 use super::*;
-use crate::router::{ConnId, Limits, Output, Router, Stream};
+use crate::router::{ConnId, Lane, Limits, Output, Router};
 
 fn id(s: &str) -> EndpointId {
     EndpointId::new(s).unwrap()
@@ -69,8 +69,8 @@ fn persist(router: &mut Router, store: &mut Store) {
     }
 }
 
-fn lane_order(router: &mut Router, conn: ConnId) -> Vec<(Stream, Vec<Bytes>)> {
-    Stream::ALL[1..]
+fn lane_order(router: &mut Router, conn: ConnId) -> Vec<(Lane, Vec<Bytes>)> {
+    Lane::ALL[1..]
         .iter()
         .map(|&stream| {
             let mut out = Vec::new();

@@ -11,11 +11,11 @@ use bytes::Bytes;
 use hotline_net::framed::{self, LaneTag};
 use hotline_net::quic::{self, Timeouts};
 use hotline_net::tls::{self, Credentials};
+use hotline_proto::Lane;
 use hotline_proto::crypto::{Digest, IdentityKey, SessionId};
 use hotline_proto::envelope::{Envelope, Header, Receipt, ReceiptKind, Signed};
 use hotline_proto::wire::{self, EnvelopeFrame, Frame, Hello, PROTOCOL_VERSION};
 use hotline_proto::{Channel, EndpointId, MessageId, Precedence, Seq, Time};
-use hotline_relay::router::Stream;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -39,7 +39,7 @@ pub struct Node {
     pub conn: quinn::Connection,
     pub control: quinn::SendStream,
     pub lanes: Vec<(Precedence, quinn::SendStream)>,
-    pub rx: mpsc::UnboundedReceiver<(Stream, Bytes)>,
+    pub rx: mpsc::UnboundedReceiver<(Lane, Bytes)>,
     _endpoint: quinn::Endpoint,
     _tasks: JoinSet<()>,
 }
@@ -82,7 +82,7 @@ pub async fn connect_with(
     let control_tx = tx.clone();
     tasks.spawn(async move {
         while let Ok(Some(f)) = framed::read_frame(&mut control_recv).await {
-            let _ = control_tx.send((Stream::Control, Bytes::from(f)));
+            let _ = control_tx.send((Lane::Control, Bytes::from(f)));
         }
     });
     let accept_conn = conn.clone();
@@ -99,7 +99,7 @@ pub async fn connect_with(
                     std::future::pending::<()>().await;
                 }
                 while let Ok(Some(f)) = framed::read_frame(&mut recv).await {
-                    let _ = tx.send((Stream::Lane(lane), Bytes::from(f)));
+                    let _ = tx.send((Lane::Precedence(lane), Bytes::from(f)));
                 }
             });
         }
@@ -128,7 +128,7 @@ impl Node {
     pub async fn recv_where(
         &mut self,
         mut pick: impl FnMut(&Frame) -> bool,
-    ) -> (Stream, Bytes, Frame) {
+    ) -> (Lane, Bytes, Frame) {
         tokio::time::timeout(WAIT, async {
             loop {
                 let (stream, bytes) = self.rx.recv().await.expect("node connection ended");
@@ -142,7 +142,7 @@ impl Node {
         .expect("timed out waiting for a frame")
     }
 
-    pub async fn next_envelope(&mut self) -> (Stream, Bytes, EnvelopeFrame) {
+    pub async fn next_envelope(&mut self) -> (Lane, Bytes, EnvelopeFrame) {
         let (stream, bytes, frame) = self.recv_where(|f| matches!(f, Frame::Envelope(_))).await;
         let Frame::Envelope(e) = frame else {
             unreachable!()

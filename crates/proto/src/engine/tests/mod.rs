@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use util::{Faults, Pair, Side};
 
-use super::{AckLevel, AlarmKind, DeadlineKind, EngineConfig, SendLane};
+use super::{AckLevel, AlarmKind, DeadlineKind, EngineConfig};
+use crate::Lane;
 use crate::crypto::{Digest, IdentityKey};
 use crate::envelope::{Announcement, Receipt, ReceiptKind, Signed, VerifyError};
 use crate::types::{Channel, MessageId, Precedence, Seq};
@@ -57,6 +58,66 @@ fn messages_reach_every_ack_level_in_order() {
         pair.b.engine.acknowledge(pair.now, &ids[3]),
         Err(super::AckError::AlreadyAcknowledged(_))
     ));
+}
+
+#[test]
+fn accepted_is_reported_even_after_delivered() {
+    for p in [Routine, Flash] {
+        let mut pair = Pair::new(EngineConfig::default(), 7);
+        pair.accepted_delay = Duration::from_millis(50);
+        let id = pair.send(Side::A, p, "late accepted");
+        pair.settle(Duration::from_secs(1));
+        assert_eq!(pair.b.delivered_ids(), std::slice::from_ref(&id));
+        let got = levels(&pair, &id);
+        assert_eq!(
+            got,
+            [
+                AckLevel::Stored,
+                AckLevel::Delivered,
+                AckLevel::Accepted { durable: true }
+            ],
+            "{p}: every level once, in the order reached"
+        );
+        let accepted_at = pair
+            .a
+            .reports
+            .iter()
+            .find(|r| r.id == id && matches!(r.level, AckLevel::Accepted { .. }))
+            .unwrap()
+            .at;
+        let delivered_at = pair
+            .a
+            .reports
+            .iter()
+            .find(|r| r.id == id && r.level == AckLevel::Delivered)
+            .unwrap()
+            .at;
+        assert!(
+            accepted_at > delivered_at,
+            "stamped when reached, not back-dated"
+        );
+    }
+}
+
+#[test]
+fn reconnecting_does_not_report_accepted_twice() {
+    let mut pair = Pair::new(EngineConfig::default(), 8);
+    pair.disconnect(Side::B);
+    let id = pair.send(Side::A, Routine, "offered twice");
+    pair.settle(Duration::from_secs(1));
+    pair.disconnect(Side::A);
+    pair.connect(Side::A);
+    pair.settle(Duration::from_secs(1));
+    pair.connect(Side::B);
+    pair.settle(Duration::from_secs(1));
+    assert_eq!(
+        levels(&pair, &id),
+        [
+            AckLevel::Stored,
+            AckLevel::Accepted { durable: true },
+            AckLevel::Delivered
+        ]
+    );
 }
 
 #[test]
@@ -124,7 +185,7 @@ fn escalated_message_keeps_its_ordering_position() {
     assert_eq!(pair.b.delivered[0].transport, Priority);
     assert_eq!(pair.b.delivered[0].id.precedence, Routine);
     let sent_on_priority = pair.a.sent_frames.iter().any(|(lane, f)| {
-        *lane == SendLane::Lane(Priority)
+        *lane == Lane::Precedence(Priority)
             && matches!(f, Frame::Envelope(e) if e.envelope.header.message_id() == r1)
     });
     assert!(
@@ -148,7 +209,7 @@ fn missed_delivered_deadline_raises_reoffers_and_alarms() {
         (m.clone(), DeadlineKind::Delivered, Flash, 1)
     );
     let reoffered = pair.a.sent_frames.iter().filter(|(lane, f)| {
-        *lane == SendLane::Lane(Flash)
+        *lane == Lane::Precedence(Flash)
             && matches!(f, Frame::Envelope(e) if e.envelope.header.message_id() == m)
     });
     assert_eq!(reoffered.count(), 1);

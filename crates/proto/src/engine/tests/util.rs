@@ -11,7 +11,7 @@ use rand_core::{Rng, SeedableRng};
 use crate::crypto::IdentityKey;
 use crate::engine::{
     Action, Alarm, Delivery, Engine, EngineConfig, Escalation, Local, Outgoing, Partner, Record,
-    Report, SendLane, WriteId,
+    Report, WriteId,
 };
 use crate::envelope::EscalationNotice;
 use crate::types::{Channel, EndpointId, MessageId, Precedence, Time};
@@ -49,7 +49,7 @@ pub(crate) struct Node {
     pub(crate) escalations: Vec<Escalation>,
     pub(crate) realerts: Vec<EscalationNotice>,
     pub(crate) alarms: Vec<Alarm>,
-    pub(crate) sent_frames: Vec<(SendLane, Frame)>,
+    pub(crate) sent_frames: Vec<(crate::Lane, Frame)>,
     rng_counter: u64,
 }
 
@@ -167,6 +167,8 @@ pub(crate) struct Pair {
     held: Vec<Vec<u8>>,
     /// Envelope frames for these ids are dropped once each (targeted loss).
     pub(crate) drop_once: Vec<MessageId>,
+    /// Extra delay on `accepted` replies, so a partner's receipt can overtake them.
+    pub(crate) accepted_delay: Duration,
     /// The relay's queue: envelopes kept until the recipient's delivered receipt covers them,
     /// resent when the recipient reconnects (as the real relay does).
     queued: BTreeMap<MessageId, (Side, Vec<u8>)>,
@@ -192,6 +194,7 @@ impl Pair {
             hold: None,
             held: Vec::new(),
             drop_once: Vec::new(),
+            accepted_delay: Duration::ZERO,
             queued: BTreeMap::new(),
         };
         pair.connect(Side::A);
@@ -262,6 +265,10 @@ impl Pair {
     }
 
     fn schedule(&mut self, to: Side, frame: Vec<u8>) {
+        self.schedule_after(Duration::ZERO, to, frame);
+    }
+
+    fn schedule_after(&mut self, delay: Duration, to: Side, frame: Vec<u8>) {
         if self.chance(self.faults.loss) {
             return;
         }
@@ -271,7 +278,7 @@ impl Pair {
             1
         };
         for _ in 0..copies {
-            let at = self.now.plus(self.latency());
+            let at = self.now.plus(delay + self.latency());
             self.counter += 1;
             self.in_flight
                 .insert((at, self.counter), (to, frame.clone()));
@@ -296,7 +303,7 @@ impl Pair {
                 id: id.clone(),
                 durable: true,
             }));
-            self.schedule(from, accepted);
+            self.schedule_after(self.accepted_delay, from, accepted);
             // A re-offer replaces the queued copy (its transport precedence may have been raised)
             // and is forwarded again; the recipient answers duplicates with its receipt.
             self.queued.insert(id, (from.other(), frame_bytes.clone()));
