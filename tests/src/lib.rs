@@ -347,7 +347,7 @@ pub async fn send_all(
             .request(Request::Send {
                 to: None,
                 channel: None,
-                precedence: Some(m.precedence.clone()),
+                precedence: Some(m.precedence.parse()?),
                 body: m.body.clone(),
                 wait,
                 timeout_ms: Some(PATIENCE.as_millis() as u64 * 3),
@@ -415,7 +415,7 @@ pub fn check_order(sent: &[(String, String)], inbox: &[InboxEntry]) -> Result<()
 pub async fn ack_all(client: &mut ControlClient, ids: &[String]) -> Result<()> {
     let mut tags = std::collections::BTreeSet::new();
     for id in ids {
-        tags.insert(client.request(Request::Ack { id: id.clone() }).await?);
+        tags.insert(client.request(Request::Ack { id: id.parse()? }).await?);
     }
     while !tags.is_empty() {
         let Some(line) = client.next().await? else {

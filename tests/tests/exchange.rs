@@ -45,7 +45,12 @@ async fn auto_ack(ex: &Exercise, endpoint: &str, n: usize) {
         }
         if let Event::Message(m) = line.event {
             if m.acknowledged.is_none() {
-                acker.call(Request::Ack { id: m.id }).await.unwrap();
+                acker
+                    .call(Request::Ack {
+                        id: m.id.parse().unwrap(),
+                    })
+                    .await
+                    .unwrap();
             }
             acked += 1;
         }

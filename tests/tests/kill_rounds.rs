@@ -71,7 +71,7 @@ async fn sender(ex: Arc<Exercise>, total: usize, ledger: Arc<Mutex<Ledger>>, see
             let req = Request::Send {
                 to: None,
                 channel: None,
-                precedence: Some(p.into()),
+                precedence: Some(p.parse().unwrap()),
                 body: format!("soak {i}"),
                 wait: None,
                 timeout_ms: None,
@@ -123,7 +123,12 @@ async fn acker(ex: Arc<Exercise>, ledger: Arc<Mutex<Ledger>>, stop: Arc<Mutex<bo
             })
             .collect();
         for id in pending.into_iter().filter(|_| rng.below(4) == 0).take(5) {
-            if c.call(Request::Ack { id: id.clone() }).await.is_ok() {
+            if c.call(Request::Ack {
+                id: id.parse().unwrap(),
+            })
+            .await
+            .is_ok()
+            {
                 ledger.lock().unwrap().acked.insert(id);
             }
         }

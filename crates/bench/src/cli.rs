@@ -100,7 +100,7 @@ pub struct Options {
     #[arg(long, global = true, value_name = "PID")]
     pub relay_pid: Option<u32>,
     /// How nodes run: auto (processes up to 16 pairs, in-process above), process (one
-    /// `hotline node` per endpoint) or in-process (`node::run` tasks in the bench).
+    /// `hotline node` per endpoint) or in-process (`hotline_client::node::Node`s in the bench).
     /// Example: --nodes process
     #[arg(
         long,

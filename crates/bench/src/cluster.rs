@@ -6,7 +6,7 @@
 //! `hotline-relay` as a separate process on a free UDP port (with its metrics endpoint on a free
 //! TCP port, for queue depths) and, pair by pair as [`Cluster::start_pairs`] asks, the nodes:
 //! either `hotline node` processes (the binaries next to this one, as `hotline demo` does) or,
-//! for many pairs, `hotline_client::node::run` tasks inside this process. Either way the bench
+//! for many pairs, `hotline_client::node::Node::spawn` tasks inside this process. Either way the bench
 //! then talks to every node over its control socket only.
 //!
 //! With `--certs DIR` it uses an existing exercise directory instead: the pairs are the
@@ -27,12 +27,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use hotline_client::certs::{self, DeadlineOverrides, InitRequest};
 use hotline_client::config::{NodeConfig, NodeFile};
-use hotline_client::control::{Event, Request, StatusView};
+use hotline_client::control::{ControlClient, Event, Request, StatusView};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-
-use crate::control;
 
 /// How endpoint nodes are run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -42,7 +40,7 @@ pub enum NodeMode {
     Auto,
     /// One `hotline node` process per endpoint.
     Process,
-    /// `hotline_client::node::run` tasks inside the bench.
+    /// `hotline_client::node::Node`s inside the bench.
     InProcess,
 }
 
@@ -111,7 +109,7 @@ pub struct Cluster {
     metrics: Option<SocketAddr>,
     pairs: Vec<Pair>,
     started: usize,
-    nodes: Vec<Node>,
+    nodes: Vec<RunningNode>,
     mode: NodeMode,
 }
 
@@ -313,7 +311,7 @@ impl Cluster {
     }
 
     async fn start_node(&mut self, ep: &Endpoint) -> Result<()> {
-        if self.opts.certs.is_some() && control::connect(&ep.socket).await.is_ok() {
+        if self.opts.certs.is_some() && ControlClient::connect(&ep.socket).await.is_ok() {
             // A node of the exercise is running already: use it as it is.
             return Ok(());
         }
@@ -321,17 +319,12 @@ impl Cluster {
         let node = match self.mode {
             NodeMode::InProcess => {
                 let cfg = NodeConfig::load(&config)?;
-                let (stop, mut stopped) = watch::channel(false);
-                let task = tokio::spawn(hotline_client::node::run(cfg, async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                }));
-                Node::InProcess {
-                    name: ep.id.clone(),
-                    stop,
-                    task,
-                }
+                let node = hotline_client::node::Node::spawn(cfg)
+                    .await
+                    .with_context(|| format!("starting in-process node {}", ep.id))?;
+                RunningNode::InProcess(node)
             }
-            _ => Node::Process(Proc::spawn(
+            _ => RunningNode::Process(Proc::spawn(
                 &ep.id,
                 &self.opts.bin_dir.join("hotline"),
                 &["node".as_ref(), "--config".as_ref(), config.as_os_str()],
@@ -364,7 +357,7 @@ impl Cluster {
                 &self.dir,
                 &self.opts.log,
             )?;
-            self.nodes.push(Node::Process(proc));
+            self.nodes.push(RunningNode::Process(proc));
         }
         Ok(())
     }
@@ -411,8 +404,8 @@ impl Cluster {
             .relay
             .iter_mut()
             .chain(self.nodes.iter_mut().filter_map(|n| match n {
-                Node::Process(p) => Some(p),
-                Node::InProcess { .. } => None,
+                RunningNode::Process(p) => Some(p),
+                RunningNode::InProcess(_) => None,
             }));
         for p in procs {
             if let Some(status) = p.exited() {
@@ -420,9 +413,9 @@ impl Cluster {
             }
         }
         for n in &self.nodes {
-            if let Node::InProcess { name, task, .. } = n {
-                if task.is_finished() {
-                    bail!("in-process node {name} stopped");
+            if let RunningNode::InProcess(node) = n {
+                if node.is_finished() {
+                    bail!("in-process node {} stopped", node.endpoint());
                 }
             }
         }
@@ -444,8 +437,8 @@ impl Cluster {
             .nodes
             .iter()
             .filter_map(|n| match n {
-                Node::Process(p) => Some(p.pid()),
-                Node::InProcess { .. } => None,
+                RunningNode::Process(p) => Some(p.pid()),
+                RunningNode::InProcess(_) => None,
             })
             .collect();
         if pids.is_empty() {
@@ -461,8 +454,8 @@ impl Cluster {
             .nodes
             .iter()
             .filter_map(|n| match n {
-                Node::Process(p) => Some(p.pid()),
-                Node::InProcess { .. } => None,
+                RunningNode::Process(p) => Some(p.pid()),
+                RunningNode::InProcess(_) => None,
             })
             .collect();
         CpuTimes {
@@ -494,24 +487,21 @@ impl Cluster {
     }
 
     async fn stop_all(&mut self) {
-        let mut tasks = Vec::new();
+        let mut in_process = JoinSet::new();
         for n in &mut self.nodes {
-            match n {
-                Node::Process(p) => p.terminate(),
-                Node::InProcess { stop, .. } => {
-                    let _ = stop.send(true);
-                }
+            if let RunningNode::Process(p) = n {
+                p.terminate();
             }
         }
         for n in self.nodes.drain(..) {
             match n {
-                Node::Process(mut p) => p.reap(),
-                Node::InProcess { task, .. } => tasks.push(task),
+                RunningNode::Process(mut p) => p.reap(),
+                RunningNode::InProcess(node) => {
+                    in_process.spawn(node.shutdown());
+                }
             }
         }
-        for t in tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
-        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), in_process.join_all()).await;
         if let Some(mut r) = self.relay.take() {
             r.terminate();
             r.reap();
@@ -523,15 +513,13 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         for n in &mut self.nodes {
             match n {
-                Node::Process(p) => p.terminate(),
-                Node::InProcess { stop, task, .. } => {
-                    let _ = stop.send(true);
-                    task.abort();
-                }
+                RunningNode::Process(p) => p.terminate(),
+                // Dropping the handle stops the node.
+                RunningNode::InProcess(_) => {}
             }
         }
         for n in &mut self.nodes {
-            if let Node::Process(p) = n {
+            if let RunningNode::Process(p) = n {
                 p.reap();
             }
         }
@@ -543,13 +531,9 @@ impl Drop for Cluster {
 }
 
 #[derive(Debug)]
-enum Node {
+enum RunningNode {
     Process(Proc),
-    InProcess {
-        name: String,
-        stop: watch::Sender<bool>,
-        task: tokio::task::JoinHandle<Result<()>>,
-    },
+    InProcess(hotline_client::node::Node),
 }
 
 /// A child process with its stderr in `<dir>/<name>.log`.
@@ -715,20 +699,13 @@ fn parse_vm_rss(status: &str) -> Option<u64> {
 
 /// A node's status over its control socket.
 pub async fn status(socket: &Path) -> Result<StatusView> {
-    let (mut w, mut r) = control::connect(socket).await?;
-    let tag = w.push(Request::Status)?;
-    w.flush().await?;
-    while let Some(line) = r.next().await? {
-        if line.tag != tag {
-            continue;
-        }
-        match line.event {
-            Event::Status(s) => return Ok(*s),
-            Event::Done { error, .. } => bail!("status: {}", error.unwrap_or_default()),
-            _ => {}
+    let mut c = ControlClient::connect(socket).await?;
+    for event in c.call(Request::Status).await.context("status")? {
+        if let Event::Status(s) = event {
+            return Ok(*s);
         }
     }
-    bail!("node closed the control connection")
+    bail!("node answered status without a status")
 }
 
 async fn wait_link_up(ep: &Endpoint, deadline: Instant) -> Result<()> {

@@ -26,8 +26,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
-use hotline_client::control::{Event, Request, WaitLevel};
-use hotline_proto::Precedence;
+use hotline_client::control::{
+    ControlClient, ControlReader, ControlWriter, Event, Request, WaitLevel,
+};
+use hotline_proto::{MessageId, Precedence};
 use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -35,7 +37,6 @@ use tokio::task::JoinSet;
 use crate::check::{self, Verdict};
 use crate::clock::{Clock, Ticker};
 use crate::cluster::{self, Cluster, CpuTimes, Pair};
-use crate::control;
 use crate::schedule::{Mix, Pacer, Schedule, latency_us};
 use crate::stats::{self, Group, LatencyStats, Level, Summary};
 
@@ -339,14 +340,16 @@ pub async fn run_phase(
     // Connect everything first, so the schedule does not start with connection set-up.
     let mut conns = Vec::with_capacity(pairs.len());
     for pair in pairs {
-        let sender = control::connect(&pair.sender.socket)
+        let sender = ControlClient::connect(&pair.sender.socket)
             .await
+            .map(ControlClient::split)
             .with_context(|| format!("sender {}", pair.sender.id))?;
-        let follow = control::connect(&pair.receiver.socket)
+        let follow = ControlClient::connect(&pair.receiver.socket)
             .await
+            .map(ControlClient::split)
             .with_context(|| format!("receiver {}", pair.receiver.id))?;
         let ack = if phase.auto_ack {
-            Some(control::connect(&pair.receiver.socket).await?)
+            Some(ControlClient::connect(&pair.receiver.socket).await?.split())
         } else {
             None
         };
@@ -682,7 +685,7 @@ type ClosedLoop = (Arc<Semaphore>, Mix, Duration, Duration);
 async fn write_loop(
     ctx: Arc<Ctx>,
     pair: usize,
-    mut w: control::Writer,
+    mut w: ControlWriter,
     state: Arc<Mutex<PairState>>,
     mut sched: Schedule,
     closed: Option<ClosedLoop>,
@@ -733,10 +736,10 @@ async fn write_loop(
             let mut s = lock(&state);
             for &(intended, precedence) in &batch {
                 let index = s.msgs.len() as u64;
-                let tag = w.push(Request::Send {
+                let tag = w.push(&Request::Send {
                     to: None,
                     channel: None,
-                    precedence: Some(precedence.as_str().into()),
+                    precedence: Some(precedence),
                     body: body(&ctx.run, pair, index, ctx.size),
                     wait: Some(ctx.wait),
                     timeout_ms: Some(ctx.timeout_ms),
@@ -759,7 +762,7 @@ async fn write_loop(
 
 async fn read_loop(
     ctx: Arc<Ctx>,
-    mut r: control::Reader,
+    mut r: ControlReader,
     state: Arc<Mutex<PairState>>,
     permits: Option<Arc<Semaphore>>,
 ) -> Result<()> {
@@ -877,12 +880,12 @@ async fn read_loop(
 async fn follow_loop(
     ctx: Arc<Ctx>,
     pair: usize,
-    mut w: control::Writer,
-    mut r: control::Reader,
+    mut w: ControlWriter,
+    mut r: ControlReader,
     state: Arc<Mutex<PairState>>,
-    acks: Option<mpsc::UnboundedSender<String>>,
+    acks: Option<mpsc::UnboundedSender<MessageId>>,
 ) -> Result<()> {
-    w.push(Request::Inbox { follow: true })?;
+    w.push(&Request::Inbox { follow: true })?;
     w.flush().await?;
     while let Some(line) = r.next().await? {
         let Event::Message(m) = line.event else {
@@ -896,24 +899,26 @@ async fn follow_loop(
         };
         lock(&state).received.push(check::Msg { index, precedence });
         if let Some(tx) = &acks {
-            let _ = tx.send(m.id);
+            if let Ok(id) = m.id.parse() {
+                let _ = tx.send(id);
+            }
         }
     }
     Ok(())
 }
 
-async fn ack_loop(mut w: control::Writer, mut ids: mpsc::UnboundedReceiver<String>) -> Result<()> {
+async fn ack_loop(mut w: ControlWriter, mut ids: mpsc::UnboundedReceiver<MessageId>) -> Result<()> {
     while let Some(id) = ids.recv().await {
-        w.push(Request::Ack { id })?;
+        w.push(&Request::Ack { id })?;
         while let Ok(id) = ids.try_recv() {
-            w.push(Request::Ack { id })?;
+            w.push(&Request::Ack { id })?;
         }
         w.flush().await?;
     }
     Ok(())
 }
 
-async fn drain_replies(mut r: control::Reader) -> Result<()> {
+async fn drain_replies(mut r: ControlReader) -> Result<()> {
     while r.next().await?.is_some() {}
     Ok(())
 }

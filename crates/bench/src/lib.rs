@@ -1,7 +1,7 @@
 //! `hotline-bench`: load tests for Hotline that an exercise organiser can trust.
 //!
 //! It drives real relays and nodes over QUIC — its own `hotline-relay` process and `hotline
-//! node` processes (or `hotline_client::node::run` tasks) from a fresh exercise PKI, or a
+//! node` processes (or in-process `hotline_client::node::Node`s) from a fresh exercise PKI, or a
 //! running exercise — through the nodes' control sockets, the same path an operator's
 //! `hotline send` takes. It measures honestly: open-loop pacing with latency taken from each
 //! message's intended send time, HDR histograms per ack level and precedence, and a
@@ -16,7 +16,6 @@
 //! - [`schedule`], [`clock`]: intended send times, precedence mixes, precise sleeping.
 //! - [`stats`], [`check`]: histograms and percentiles; lost / duplicated / out-of-order.
 //! - [`report`], [`plot`]: the table, `--json` and `--plot`.
-//! - [`control`]: a node's control socket, split for pipelining.
 //!
 //! It will not judge timing: a run fails (exit 2) only on lost, duplicated, out-of-order or
 //! unconfirmed messages; targets are for people reading the figures.
@@ -25,7 +24,6 @@ pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod cluster;
-pub mod control;
 pub mod driver;
 pub mod floor;
 pub mod plot;

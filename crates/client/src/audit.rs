@@ -207,7 +207,7 @@ pub fn events_of(record: &Record) -> Vec<AuditEvent> {
             vec![AuditEvent::ReceiptReceived {
                 kind: kind.into(),
                 id: id.to_string(),
-                at: crate::node::format_time(b.at),
+                at: crate::time::format_time(b.at),
             }]
         }
         Record::OperatorAck { id, .. } => {
@@ -313,7 +313,7 @@ pub fn verify(
                 report.first_bad = Some(format!(
                     "signed head at length {} (signed {}) does not match the log: records before it were rewritten",
                     h.len,
-                    crate::node::format_time(h.at)
+                    crate::time::format_time(h.at)
                 ));
                 return report;
             }
@@ -330,4 +330,54 @@ pub fn verify(
         }
     }
     report
+}
+
+/// `audit verify` (and with `export`, `audit export`) over the log in `db`: one JSON value per
+/// output line, the verification report last.
+pub fn report(
+    db: &redb::Database,
+    own: &IdentityPublicKey,
+    partner: &IdentityPublicKey,
+    export: bool,
+) -> Result<Vec<serde_json::Value>, crate::store::StoreError> {
+    use crate::time::format_time;
+    use hotline_proto::crypto::hex;
+
+    let data = crate::store::Store::read_audit(db)?;
+    let report = verify(&data, own, partner);
+    let mut out = Vec::new();
+    if export {
+        for e in &data.entries {
+            out.push(serde_json::json!({
+                "type": "entry",
+                "index": e.entry.index,
+                "at": format_time(e.entry.at),
+                "prev": e.entry.prev.to_hex(),
+                "hash": e.hash.to_hex(),
+                "event": e.entry.event,
+            }));
+        }
+        for h in &data.heads {
+            out.push(serde_json::json!({
+                "type": "signed_head",
+                "endpoint": h.endpoint.to_string(),
+                "len": h.len,
+                "head": h.head.to_hex(),
+                "at": format_time(h.at),
+                "signature": hex(&h.signature.0),
+            }));
+        }
+        for t in &data.partner_heads {
+            out.push(serde_json::json!({
+                "type": "partner_head",
+                "endpoint": t.body.from.to_string(),
+                "len": t.body.audit_len,
+                "head": t.body.audit_head.to_hex(),
+                "at": format_time(t.body.at),
+                "signature": hex(&t.signature.0),
+            }));
+        }
+    }
+    out.push(serde_json::json!({ "type": "verify", "report": report }));
+    Ok(out)
 }

@@ -161,8 +161,8 @@ impl NodeConfig {
             .with_context(|| format!("certificate {}", file.cert.display()))?;
         let cert_key = tls::identity_key(leaf)
             .with_context(|| format!("certificate {}", file.cert.display()))?;
-        let identity =
-            identity_key_from(&creds.key).with_context(|| format!("key {}", file.key.display()))?;
+        let identity = identity_key_from(&creds.key)
+            .map_err(|detail| anyhow::anyhow!("key {}: {detail}", file.key.display()))?;
         if identity.public() != cert_key {
             bail!(
                 "key {} does not match certificate {}",
@@ -227,22 +227,44 @@ impl NodeConfig {
         })
     }
 
-    /// Loads the identity key again (the engine takes ownership of one copy).
-    pub fn identity_key(&self) -> Result<IdentityKey> {
+    /// Loads the identity key again (the engine and the store each own a copy).
+    pub fn identity_key(&self) -> Result<IdentityKey, ConfigError> {
         let key = tls::load_key(&self.key_path)?;
-        identity_key_from(&key).with_context(|| format!("key {}", self.key_path.display()))
+        identity_key_from(&key).map_err(|detail| ConfigError::Key {
+            path: self.key_path.clone(),
+            detail,
+        })
     }
 
     /// Builds the QUIC client configuration.
-    pub fn client_config(&self) -> Result<quinn::ClientConfig> {
+    pub fn client_config(&self) -> Result<quinn::ClientConfig, ConfigError> {
         let creds = Credentials::load(&self.cert_path, &self.key_path)?;
         Ok(tls::client_config(&self.ca, creds, self.timeouts)?)
     }
 }
 
-fn identity_key_from(key: &PrivateKeyDer<'_>) -> Result<IdentityKey> {
+/// Why our key or certificates could not be loaded when the node starts (they were checked when
+/// the configuration was loaded; this is a file changed or removed since).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The identity key is not a usable Ed25519 key.
+    #[error("key {}: {detail}", path.display())]
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A certificate or key file did not load, or rustls refused them.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
+
+fn identity_key_from(key: &PrivateKeyDer<'_>) -> Result<IdentityKey, String> {
     match key {
-        PrivateKeyDer::Pkcs8(k) => Ok(IdentityKey::from_pkcs8(k.secret_pkcs8_der())?),
-        _ => bail!("endpoint key must be a PKCS#8 Ed25519 key"),
+        PrivateKeyDer::Pkcs8(k) => {
+            IdentityKey::from_pkcs8(k.secret_pkcs8_der()).map_err(|e| e.to_string())
+        }
+        _ => Err("endpoint key must be a PKCS#8 Ed25519 key".into()),
     }
 }

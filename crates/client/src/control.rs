@@ -15,7 +15,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use hotline_proto::{Channel, EndpointId, MessageId, Precedence};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -45,7 +45,8 @@ pub struct RequestLine {
     pub request: Request,
 }
 
-/// What the CLI asks.
+/// What the CLI asks. Values arrive typed: a bad channel, precedence or id is refused when the
+/// line is parsed, with the request's tag, before anything reaches the engine.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
@@ -53,13 +54,13 @@ pub enum Request {
     Send {
         /// Recipient (default: the only partner).
         #[serde(default)]
-        to: Option<String>,
+        to: Option<EndpointId>,
         /// Channel (default `main`).
         #[serde(default)]
-        channel: Option<String>,
+        channel: Option<Channel>,
         /// Precedence (default `routine`).
         #[serde(default)]
-        precedence: Option<String>,
+        precedence: Option<Precedence>,
         /// Text.
         body: String,
         /// Block until this level.
@@ -77,8 +78,9 @@ pub enum Request {
     },
     /// Acknowledge a delivered message.
     Ack {
-        /// Message id.
-        id: String,
+        /// Message id, written `sender:channel:precedence:seq`.
+        #[serde(with = "as_text")]
+        id: MessageId,
     },
     /// Link state, queues, escalations, alarms.
     Status,
@@ -88,6 +90,42 @@ pub enum Request {
         #[serde(default)]
         export: bool,
     },
+}
+
+impl RequestLine {
+    /// Parses one request line. A line that is JSON with a `tag` but not a valid request is
+    /// refused with that tag, so the client waiting on it hears why.
+    pub fn parse(line: &str) -> Result<Self, (u64, String)> {
+        #[derive(Deserialize)]
+        struct Tagged {
+            tag: u64,
+        }
+        serde_json::from_str::<Self>(line).map_err(|e| {
+            let tag = serde_json::from_str::<Tagged>(line).map_or(0, |t| t.tag);
+            (tag, format!("bad request: {e}"))
+        })
+    }
+}
+
+/// Serde as the value's text form (`Display`/`FromStr`), so ids read as in the CLI.
+mod as_text {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<T: Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+
+    pub(super) fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: FromStr<Err: Display>,
+        D: Deserializer<'de>,
+    {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// One response line.
@@ -236,93 +274,233 @@ pub struct StatusView {
     pub inbox: usize,
 }
 
-/// A connection to a node's control socket.
+/// Why talking to a node's control socket failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// No node listens on the socket.
+    #[error("node is not running (no control socket at {})", socket.display())]
+    NotRunning {
+        /// The socket path tried.
+        socket: PathBuf,
+    },
+    /// Reading or writing the socket failed.
+    #[error("control socket {}: {source}", socket.display())]
+    Io {
+        /// The socket path.
+        socket: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The node answered something that is not a response line.
+    #[error("bad response from node ({detail}): {line}")]
+    BadResponse {
+        /// The parse error.
+        detail: String,
+        /// The line, trimmed.
+        line: String,
+    },
+    /// The node closed the connection before answering.
+    #[error("node closed the control connection")]
+    Closed,
+    /// A request did not encode.
+    #[error("encoding a request: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// The node refused the request (its `done` error).
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// A connection to a node's control socket: a [`ControlWriter`] and a [`ControlReader`], which
+/// [`ControlClient::split`] separates so one task can pace requests while another reads.
 #[derive(Debug)]
 pub struct ControlClient {
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
-    next_tag: u64,
+    writer: ControlWriter,
+    reader: ControlReader,
 }
 
 impl ControlClient {
     /// Connects; a missing or dead socket means the node is not running, said in one line.
-    pub async fn connect(socket: &Path) -> Result<Self> {
-        let stream = match UnixStream::connect(socket).await {
-            Ok(s) => s,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-                ) =>
-            {
-                bail!(
-                    "node is not running (no control socket at {})",
-                    socket.display()
-                )
-            }
-            Err(e) => return Err(e).with_context(|| format!("connecting to {}", socket.display())),
-        };
+    pub async fn connect(socket: &Path) -> Result<Self, ControlError> {
+        let stream = UnixStream::connect(socket)
+            .await
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                    ControlError::NotRunning {
+                        socket: socket.to_owned(),
+                    }
+                }
+                _ => ControlError::Io {
+                    socket: socket.to_owned(),
+                    source: e,
+                },
+            })?;
         let (r, w) = stream.into_split();
         Ok(Self {
-            reader: BufReader::new(r),
-            writer: w,
-            next_tag: 1,
+            writer: ControlWriter {
+                inner: w,
+                socket: socket.to_owned(),
+                next_tag: 1,
+                buf: Vec::new(),
+            },
+            reader: ControlReader {
+                inner: BufReader::with_capacity(256 * 1024, r),
+                socket: socket.to_owned(),
+                line: String::new(),
+            },
         })
     }
 
-    /// Sends a request; returns its tag.
-    pub async fn request(&mut self, request: Request) -> Result<u64> {
-        let tag = self.next_tag;
-        self.next_tag += 1;
-        let mut line = serde_json::to_vec(&RequestLine { tag, request })?;
-        line.push(b'\n');
-        self.writer
-            .write_all(&line)
-            .await
-            .context("writing to the node's control socket")?;
+    /// The two halves.
+    pub fn split(self) -> (ControlWriter, ControlReader) {
+        (self.writer, self.reader)
+    }
+
+    /// Sends a request now; returns its tag.
+    pub async fn request(&mut self, request: Request) -> Result<u64, ControlError> {
+        let tag = self.writer.push(&request)?;
+        self.writer.flush().await?;
         Ok(tag)
     }
 
-    /// Reads the next response line; `None` when the node closed the connection.
-    pub async fn next(&mut self) -> Result<Option<ResponseLine>> {
-        let mut line = String::new();
-        let n = self
-            .reader
-            .read_line(&mut line)
-            .await
-            .context("reading from the node's control socket")?;
-        if n == 0 {
-            return Ok(None);
+    /// Reads the next response line, whatever its tag.
+    pub async fn next(&mut self) -> Result<Option<ResponseLine>, ControlError> {
+        self.reader.next().await
+    }
+
+    /// The events of request `tag`, in order, up to its `done`.
+    pub fn events_for(&mut self, tag: u64) -> EventsFor<'_> {
+        EventsFor {
+            reader: &mut self.reader,
+            tag,
         }
-        Ok(Some(serde_json::from_str(&line).with_context(|| {
-            format!("bad response from node: {line}")
-        })?))
     }
 
     /// Sends one request and collects its events up to (excluding) `done`; a `done` with an
-    /// error becomes the error.
-    pub async fn call(&mut self, request: Request) -> Result<Vec<Event>> {
+    /// error becomes [`ControlError::Refused`].
+    pub async fn call(&mut self, request: Request) -> Result<Vec<Event>, ControlError> {
         let tag = self.request(request).await?;
-        let mut events = Vec::new();
+        let mut events = self.events_for(tag);
+        let mut out = Vec::new();
+        while let Some(e) = events.next().await? {
+            out.push(e);
+        }
+        Ok(out)
+    }
+}
+
+/// The events of one request; see [`ControlClient::events_for`].
+#[derive(Debug)]
+pub struct EventsFor<'a> {
+    reader: &'a mut ControlReader,
+    tag: u64,
+}
+
+impl EventsFor<'_> {
+    /// The next event of this request; `None` after a successful `done`, the node's error after
+    /// a failed one. Lines of other requests are skipped.
+    pub async fn next(&mut self) -> Result<Option<Event>, ControlError> {
         loop {
-            let Some(line) = self.next().await? else {
-                bail!("node closed the control connection")
+            let Some(line) = self.reader.next().await? else {
+                return Err(ControlError::Closed);
             };
-            if line.tag != tag {
+            if line.tag != self.tag {
                 continue;
             }
-            match line.event {
-                Event::Done { ok: true, .. } => return Ok(events),
-                Event::Done { ok: false, error } => {
-                    bail!("{}", error.unwrap_or_else(|| "request failed".into()))
-                }
-                e => events.push(e),
-            }
+            return match line.event {
+                Event::Done { ok: true, .. } => Ok(None),
+                Event::Done { ok: false, error } => Err(ControlError::Refused(
+                    error.unwrap_or_else(|| "request failed".into()),
+                )),
+                e => Ok(Some(e)),
+            };
         }
     }
 }
 
+/// The writing half: requests are queued with [`ControlWriter::push`] and written by
+/// [`ControlWriter::flush`], so a burst goes out in one write.
+#[derive(Debug)]
+pub struct ControlWriter {
+    inner: OwnedWriteHalf,
+    socket: PathBuf,
+    next_tag: u64,
+    buf: Vec<u8>,
+}
+
+impl ControlWriter {
+    /// Queues a request; returns its tag (1, 2, 3, … on this connection).
+    pub fn push(&mut self, request: &Request) -> Result<u64, ControlError> {
+        let tag = self.next_tag;
+        serde_json::to_writer(&mut self.buf, &RequestRef { tag, request })?;
+        self.buf.push(b'\n');
+        self.next_tag += 1;
+        Ok(tag)
+    }
+
+    /// The tag the next [`ControlWriter::push`] returns.
+    pub fn next_tag(&self) -> u64 {
+        self.next_tag
+    }
+
+    /// Writes everything queued.
+    pub async fn flush(&mut self) -> Result<(), ControlError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.inner
+            .write_all(&self.buf)
+            .await
+            .map_err(|source| ControlError::Io {
+                socket: self.socket.clone(),
+                source,
+            })?;
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+/// [`RequestLine`] by reference, to serialize without cloning the body.
+#[derive(Serialize)]
+struct RequestRef<'a> {
+    tag: u64,
+    #[serde(flatten)]
+    request: &'a Request,
+}
+
+/// The reading half.
+#[derive(Debug)]
+pub struct ControlReader {
+    inner: BufReader<OwnedReadHalf>,
+    socket: PathBuf,
+    line: String,
+}
+
+impl ControlReader {
+    /// The next response line; `None` when the node closed the connection. Not
+    /// cancellation-safe: keep it out of `select!`.
+    pub async fn next(&mut self) -> Result<Option<ResponseLine>, ControlError> {
+        self.line.clear();
+        let n = self
+            .inner
+            .read_line(&mut self.line)
+            .await
+            .map_err(|source| ControlError::Io {
+                socket: self.socket.clone(),
+                source,
+            })?;
+        if n == 0 {
+            return Ok(None);
+        }
+        serde_json::from_str(&self.line)
+            .map(Some)
+            .map_err(|e| ControlError::BadResponse {
+                detail: e.to_string(),
+                line: self.line.trim_end().to_owned(),
+            })
+    }
+}
+
 /// The control socket of the node whose config is at `config`.
-pub fn socket_for(config: &Path) -> Result<PathBuf> {
+pub fn socket_for(config: &Path) -> anyhow::Result<PathBuf> {
     Ok(crate::config::NodeFile::read(config)?.control_socket())
 }

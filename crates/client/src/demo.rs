@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use hotline_proto::{MessageId, Precedence};
 
 use crate::certs::{self, DeadlineOverrides, InitRequest};
 use crate::control::{ControlClient, Event, Request, StatusView, WaitLevel};
@@ -132,34 +133,35 @@ pub async fn run(keep: bool, print: &mut dyn FnMut(&str)) -> Result<()> {
     }
     print("link up on both sides\n");
 
-    let script: [(&str, &str, &str, bool); 5] = [
+    use Precedence::{Flash, Immediate, Priority, Routine};
+    let script: [(&str, Precedence, &str, bool); 5] = [
         (
             "us",
-            "flash",
+            Flash,
             "Unidentified launch detected over the Sea of Japan. Confirm status.",
             true,
         ),
         (
             "jp",
-            "immediate",
+            Immediate,
             "No launch from our territory. We are tracking it too.",
             true,
         ),
         (
             "us",
-            "priority",
+            Priority,
             "Requesting a joint assessment call at 14:00Z.",
             true,
         ),
         (
             "jp",
-            "routine",
+            Routine,
             "Assessment team assembled; data link open.",
             false,
         ),
         (
             "us",
-            "flash",
+            Flash,
             "Second track detected. Acknowledge immediately.",
             false,
         ),
@@ -291,7 +293,7 @@ async fn exchange(
     from: &str,
     sender: &Path,
     receiver: &Path,
-    precedence: &str,
+    precedence: Precedence,
     body: &str,
     ack: bool,
 ) -> Result<TimelineRow> {
@@ -301,7 +303,7 @@ async fn exchange(
         .request(Request::Send {
             to: None,
             channel: None,
-            precedence: Some(precedence.into()),
+            precedence: Some(precedence),
             body: body.into(),
             wait: Some(if ack {
                 WaitLevel::Acknowledged
@@ -314,7 +316,7 @@ async fn exchange(
     let mut row = TimelineRow {
         from: from.into(),
         id: String::new(),
-        precedence: precedence.into(),
+        precedence: precedence.to_string(),
         body: body.into(),
         accepted_ms: None,
         delivered_ms: None,
@@ -322,15 +324,10 @@ async fn exchange(
         accepted_label: String::new(),
     };
     let mut acked = false;
-    loop {
-        let Some(line) = c.next().await? else {
-            bail!("node closed the control connection")
-        };
-        if line.tag != tag {
-            continue;
-        }
+    let mut events = c.events_for(tag);
+    while let Some(event) = events.next().await.context("send failed")? {
         let ms = started.elapsed().as_secs_f64() * 1000.0;
-        match line.event {
+        match event {
             Event::Stored { id, .. } => row.id = id,
             Event::Level { level, .. } if level.starts_with("accepted") => {
                 row.accepted_ms = Some(ms);
@@ -340,16 +337,16 @@ async fn exchange(
                 row.delivered_ms = Some(ms);
                 if ack && !acked {
                     acked = true;
+                    let id: MessageId = row.id.parse().context("message id from the node")?;
                     let mut r = ControlClient::connect(receiver).await?;
-                    r.call(Request::Ack { id: row.id.clone() }).await?;
+                    r.call(Request::Ack { id }).await?;
                 }
             }
             Event::Level { level, .. } if level == "acknowledged" => row.acknowledged_ms = Some(ms),
-            Event::Done { ok: true, .. } => return Ok(row),
-            Event::Done { ok: false, error } => bail!("send failed: {}", error.unwrap_or_default()),
             _ => {}
         }
     }
+    Ok(row)
 }
 
 async fn wait_escalation(sock: &Path) -> Result<crate::control::EscalationView> {

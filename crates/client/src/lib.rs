@@ -2,9 +2,13 @@
 //!
 //! - [`config`]: the node's TOML file and its validated form.
 //! - [`store`]: the durable record store (redb).
-//! - [`node`]: the async shell around `hotline_proto::engine::Engine` — relay connection,
-//!   group-committing store thread, control socket.
-//! - [`control`]: the JSON-lines protocol between the CLI and a running node.
+//! - [`node`]: the node as a library handle ([`node::Node::spawn`]): the async shell around
+//!   `hotline_proto::engine::Engine` — engine loop, store thread, relay link, control server,
+//!   inbox index.
+//! - [`control`]: the JSON-lines protocol between the CLI and a running node, and its client.
+//! - [`view`]: engine state rendered for operators (status, inbox lines, alarm names).
+//! - [`audit`]: the hash-chained audit log's entries, verification and report.
+//! - [`time`]: wall-clock time and its one text form.
 //! - [`certs`]: `hotline certs init`, an exercise PKI plus ready-to-run configs.
 //! - [`demo`]: `hotline demo`, a relay and two nodes on loopback with a scripted exchange.
 
@@ -16,3 +20,7 @@ pub mod demo;
 pub mod failpoint;
 pub mod node;
 pub mod store;
+#[cfg(feature = "test-utils")]
+pub mod testing;
+pub mod time;
+pub mod view;

@@ -12,6 +12,8 @@ use clap::{Parser, Subcommand};
 use hotline_client::certs::{self, DeadlineOverrides, InitRequest};
 use hotline_client::config::NodeConfig;
 use hotline_client::control::{self, ControlClient, Event, Request, WaitLevel};
+use hotline_client::node::Node;
+use hotline_proto::{Channel, EndpointId, MessageId, Precedence};
 
 /// Hotline endpoint node and operator CLI.
 ///
@@ -55,13 +57,13 @@ enum Cmd {
         config: PathBuf,
         /// Recipient; may be left out when the node has exactly one partner.
         #[arg(long)]
-        to: Option<String>,
+        to: Option<EndpointId>,
         /// Channel.
         #[arg(long, default_value = "main")]
-        channel: String,
+        channel: Channel,
         /// routine, priority, immediate or flash.
         #[arg(long, default_value = "routine")]
-        precedence: String,
+        precedence: Precedence,
         /// Block until this ack level is reached.
         #[arg(long, value_enum)]
         wait: Option<WaitLevel>,
@@ -93,7 +95,7 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
         /// Message id, as shown by `inbox`.
-        id: String,
+        id: MessageId,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -245,21 +247,39 @@ async fn run(cmd: Cmd) -> Result<()> {
                 .iter()
                 .map(|c| NodeConfig::load(c))
                 .collect::<Result<Vec<_>>>()?;
-            let (stop, stopped) = tokio::sync::watch::channel(false);
-            let mut nodes = tokio::task::JoinSet::new();
+            let mut nodes = Vec::with_capacity(configs.len());
             for cfg in configs {
-                let mut stopped = stopped.clone();
-                nodes.spawn(hotline_client::node::run(cfg, async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                }));
+                let local = cfg.local.clone();
+                let node = Node::spawn(cfg)
+                    .await
+                    .with_context(|| format!("starting node {local}"))?;
+                nodes.push(node);
+            }
+            // Runs until a signal, or until one node stops on its own (a store failure).
+            let (stop, stop_rx) = tokio::sync::watch::channel(false);
+            let mut tasks = tokio::task::JoinSet::new();
+            for mut node in nodes {
+                let mut stop = stop_rx.clone();
+                tasks.spawn(async move {
+                    let endpoint = node.endpoint().clone();
+                    let by_itself = tokio::select! {
+                        r = node.stopped() => Some(r),
+                        _ = stop.wait_for(|s| *s) => None,
+                    };
+                    let result = match by_itself {
+                        Some(r) => r,
+                        None => node.shutdown().await,
+                    };
+                    result.with_context(|| format!("node {endpoint}"))
+                });
             }
             let mut result = Ok(());
             tokio::select! {
                 () = shutdown_signal() => {}
-                Some(done) = nodes.join_next() => result = done.context("node task")?,
+                Some(done) = tasks.join_next() => result = done.context("node task")?,
             }
             let _ = stop.send(true);
-            while let Some(done) = nodes.join_next().await {
+            while let Some(done) = tasks.join_next().await {
                 if let (Ok(()), Ok(Err(e))) = (&result, done) {
                     result = Err(e);
                 }
@@ -300,21 +320,15 @@ async fn run(cmd: Cmd) -> Result<()> {
                     timeout_ms: timeout.map(|t| (t * 1000.0) as u64),
                 })
                 .await?;
-            loop {
-                let Some(line) = c.next().await? else {
-                    bail!("node closed the control connection")
-                };
-                if line.tag != tag {
-                    continue;
-                }
-                match line.event {
+            let mut events = c.events_for(tag);
+            while let Some(event) = events.next().await? {
+                match event {
                     Event::Stored { id, .. } => println!("{id}"),
                     Event::Level { level, at, .. } => println!("{level} at {at}"),
-                    Event::Done { ok: true, .. } => return Ok(()),
-                    Event::Done { ok: false, error } => bail!("{}", error.unwrap_or_default()),
                     _ => {}
                 }
             }
+            Ok(())
         }
         Cmd::Inbox {
             config,
@@ -323,41 +337,31 @@ async fn run(cmd: Cmd) -> Result<()> {
         } => {
             let mut c = ControlClient::connect(&control::socket_for(&config)?).await?;
             let tag = c.request(Request::Inbox { follow }).await?;
-            loop {
-                let Some(line) = c.next().await? else {
-                    bail!("node closed the control connection")
-                };
-                if line.tag != tag {
-                    continue;
-                }
-                match line.event {
-                    Event::Message(m) => {
-                        if json {
-                            println!("{}", serde_json::to_string(&m)?);
+            let mut events = c.events_for(tag);
+            while let Some(event) = events.next().await? {
+                let Event::Message(m) = event else { continue };
+                if json {
+                    println!("{}", serde_json::to_string(&m)?);
+                } else {
+                    println!(
+                        "{}  {:<9} {}{}{}  {}",
+                        m.received_at,
+                        m.precedence,
+                        m.id,
+                        m.escalated_to
+                            .as_ref()
+                            .map(|e| format!(" [escalated to {e}]"))
+                            .unwrap_or_default(),
+                        if m.acknowledged.is_some() {
+                            " [acknowledged]"
                         } else {
-                            println!(
-                                "{}  {:<9} {}{}{}  {}",
-                                m.received_at,
-                                m.precedence,
-                                m.id,
-                                m.escalated_to
-                                    .as_ref()
-                                    .map(|e| format!(" [escalated to {e}]"))
-                                    .unwrap_or_default(),
-                                if m.acknowledged.is_some() {
-                                    " [acknowledged]"
-                                } else {
-                                    ""
-                                },
-                                m.body
-                            );
-                        }
-                    }
-                    Event::Done { ok: true, .. } => return Ok(()),
-                    Event::Done { ok: false, error } => bail!("{}", error.unwrap_or_default()),
-                    _ => {}
+                            ""
+                        },
+                        m.body
+                    );
                 }
             }
+            Ok(())
         }
         Cmd::Ack { config, id, json } => {
             let mut c = ControlClient::connect(&control::socket_for(&config)?).await?;
@@ -450,8 +454,12 @@ async fn audit_values(config: &std::path::Path, export: bool) -> Result<Vec<serd
             let cfg = NodeConfig::load(config)?;
             let (store, _) = hotline_client::store::Store::open(&cfg.data_dir)?;
             let own = cfg.identity_key()?.public();
-            hotline_client::node::audit_report(&store.database(), &own, &cfg.partner.key, export)
-                .map_err(|e| anyhow::anyhow!(e))
+            Ok(hotline_client::audit::report(
+                &store.database(),
+                &own,
+                &cfg.partner.key,
+                export,
+            )?)
         }
     }
 }

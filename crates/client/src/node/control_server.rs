@@ -1,0 +1,302 @@
+//! The control server: the CLI's JSON-lines protocol ([`crate::control`]) on a Unix socket.
+//!
+//! Each connection is read line by line; a line is parsed into a typed [`Request`] once, here,
+//! and refused with its tag if it does not parse. Sends are submitted in line order, so one
+//! connection's messages enter the outbox in the order the client wrote them; waiting for their
+//! ack levels, and every other request, runs in its own task, so requests on one connection are
+//! served concurrently and their answers interleave by tag.
+//!
+//! Flash sends and queries go to the engine loop's urgent queue; other sends to the normal one.
+//! A flash overtakes lower precedences anyway, so the ordering rule is unaffected.
+
+use std::time::Duration;
+
+use hotline_proto::engine::{AckLevel, Outgoing, Report};
+use hotline_proto::{MessageId, Precedence};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+use tracing::warn;
+
+use super::RequestError;
+use super::engine_loop::Command;
+use crate::control::{Event, Request, RequestLine, ResponseLine, WaitLevel};
+use crate::time::format_time;
+
+/// The engine loop's two command queues.
+#[derive(Clone, Debug)]
+pub(super) struct Commands {
+    /// Served in order after urgent ones.
+    pub(super) normal: mpsc::UnboundedSender<Command>,
+    /// Flash sends and queries, served first.
+    pub(super) urgent: mpsc::UnboundedSender<Command>,
+}
+
+/// Accepts connections until the task is aborted.
+pub(super) async fn serve(listener: UnixListener, cmds: Commands) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(serve_connection(stream, cmds.clone()));
+            }
+            Err(e) => {
+                warn!(error = %e, "control socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Where a request's answers go: its tag and the connection's writer.
+#[derive(Clone, Debug)]
+struct Replies {
+    tag: u64,
+    out: mpsc::UnboundedSender<ResponseLine>,
+}
+
+impl Replies {
+    fn emit(&self, event: Event) {
+        let _ = self.out.send(ResponseLine {
+            tag: self.tag,
+            event,
+        });
+    }
+
+    fn done(&self, result: Result<(), RequestError>) {
+        self.emit(match result {
+            Ok(()) => Event::Done {
+                ok: true,
+                error: None,
+            },
+            Err(e) => Event::Done {
+                ok: false,
+                error: Some(e.to_string()),
+            },
+        });
+    }
+}
+
+async fn serve_connection(stream: UnixStream, cmds: Commands) {
+    let (r, mut w) = stream.into_split();
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<ResponseLine>();
+    let writer = tokio::spawn(async move {
+        let mut bytes = Vec::new();
+        while let Some(line) = out_rx.recv().await {
+            bytes.clear();
+            if serde_json::to_writer(&mut bytes, &line).is_err() {
+                continue;
+            }
+            bytes.push(b'\n');
+            if w.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut lines = BufReader::new(r).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let req = match RequestLine::parse(&line) {
+            Ok(req) => req,
+            Err((tag, error)) => {
+                let _ = out_tx.send(ResponseLine {
+                    tag,
+                    event: Event::Done {
+                        ok: false,
+                        error: Some(error),
+                    },
+                });
+                continue;
+            }
+        };
+        let replies = Replies {
+            tag: req.tag,
+            out: out_tx.clone(),
+        };
+        match req.request {
+            Request::Send {
+                to,
+                channel,
+                precedence,
+                body,
+                wait,
+                timeout_ms,
+            } => {
+                let precedence = precedence.unwrap_or(Precedence::Routine);
+                let queue = if precedence == Precedence::Flash {
+                    &cmds.urgent
+                } else {
+                    &cmds.normal
+                };
+                let out = Outgoing {
+                    channel: channel.unwrap_or_default(),
+                    precedence,
+                    body: body.into_bytes(),
+                };
+                match submit(queue, out, to) {
+                    Ok(pending) => {
+                        tokio::spawn(async move {
+                            let result = await_levels(pending, wait, timeout_ms, &replies).await;
+                            replies.done(result);
+                        });
+                    }
+                    Err(e) => replies.done(Err(e)),
+                }
+            }
+            request => {
+                tokio::spawn(handle_query(request, cmds.urgent.clone(), replies));
+            }
+        }
+    }
+    drop(out_tx);
+    let _ = writer.await;
+}
+
+/// Every request but `send`.
+async fn handle_query(request: Request, cmds: mpsc::UnboundedSender<Command>, replies: Replies) {
+    let result = match request {
+        Request::Send { .. } => Ok(()),
+        Request::Inbox { follow } => {
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            match cmds.send(Command::Inbox {
+                follow,
+                entries: tx,
+            }) {
+                Ok(()) => {
+                    while let Some(e) = rx.recv().await {
+                        replies.emit(Event::Message(e));
+                    }
+                    Ok(())
+                }
+                Err(_) => Err(RequestError::Stopping),
+            }
+        }
+        Request::Ack { id } => ask(&cmds, |reply| Command::Ack { id, reply })
+            .await
+            .and_then(|r| r),
+        Request::Audit { export } => ask(&cmds, |reply| Command::Audit { export, reply })
+            .await
+            .and_then(|r| r)
+            .map(|values| {
+                for value in values {
+                    replies.emit(Event::Audit { value });
+                }
+            }),
+        Request::Status => ask(&cmds, |reply| Command::Status { reply })
+            .await
+            .map(|s| replies.emit(Event::Status(Box::new(s)))),
+    };
+    replies.done(result);
+}
+
+/// Sends a command carrying a reply channel and waits for the answer.
+async fn ask<T>(
+    cmds: &mpsc::UnboundedSender<Command>,
+    command: impl FnOnce(oneshot::Sender<T>) -> Command,
+) -> Result<T, RequestError> {
+    let (tx, rx) = oneshot::channel();
+    cmds.send(command(tx)).map_err(|_| RequestError::Stopping)?;
+    rx.await.map_err(|_| RequestError::Stopping)
+}
+
+/// A submitted send whose id and ack levels are still to come.
+#[derive(Debug)]
+struct PendingSend {
+    events: mpsc::UnboundedReceiver<Report>,
+    submitted: oneshot::Receiver<Result<MessageId, RequestError>>,
+}
+
+fn submit(
+    cmds: &mpsc::UnboundedSender<Command>,
+    out: Outgoing,
+    to: Option<hotline_proto::EndpointId>,
+) -> Result<PendingSend, RequestError> {
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let (sub_tx, submitted) = oneshot::channel();
+    cmds.send(Command::Send {
+        out,
+        to,
+        events: events_tx,
+        submitted: sub_tx,
+    })
+    .map_err(|_| RequestError::Stopping)?;
+    Ok(PendingSend { events, submitted })
+}
+
+/// Emits `stored` and every ack level as it is reached; returns once `wait` is reached (or,
+/// without `wait`, once stored).
+async fn await_levels(
+    pending: PendingSend,
+    wait: Option<WaitLevel>,
+    timeout_ms: Option<u64>,
+    replies: &Replies,
+) -> Result<(), RequestError> {
+    let PendingSend {
+        mut events,
+        submitted,
+    } = pending;
+    let id = submitted.await.map_err(|_| RequestError::Stopping)??;
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(timeout_ms.unwrap_or(u64::MAX / 4));
+    let mut stored = false;
+    loop {
+        let report = match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err(RequestError::Stopping),
+            Err(_) => {
+                return Err(RequestError::Timeout {
+                    level: wait.map_or("stored", wait_name),
+                    id,
+                });
+            }
+        };
+        let at = format_time(report.at);
+        let level = |text: String| Event::Level {
+            id: id.to_string(),
+            level: text,
+            at: at.clone(),
+            at_us: report.at.0,
+        };
+        let reached = match report.level {
+            AckLevel::Stored => {
+                stored = true;
+                replies.emit(Event::Stored {
+                    id: id.to_string(),
+                    at: at.clone(),
+                });
+                None
+            }
+            AckLevel::Accepted { durable } => Some((
+                WaitLevel::Accepted,
+                if durable {
+                    "accepted"
+                } else {
+                    "accepted (relay memory)"
+                },
+            )),
+            AckLevel::Delivered => Some((WaitLevel::Delivered, "delivered")),
+            AckLevel::Acknowledged => Some((WaitLevel::Acknowledged, "acknowledged")),
+            AckLevel::Refused(code) => {
+                replies.emit(level(format!(
+                    "refused: {code:?} (kept in outbox, will retry)"
+                )));
+                None
+            }
+        };
+        if let Some((reached, text)) = reached {
+            replies.emit(level(text.into()));
+            if wait.is_some_and(|w| reached >= w) {
+                return Ok(());
+            }
+        }
+        if stored && wait.is_none() {
+            return Ok(());
+        }
+    }
+}
+
+fn wait_name(w: WaitLevel) -> &'static str {
+    match w {
+        WaitLevel::Accepted => "accepted",
+        WaitLevel::Delivered => "delivered",
+        WaitLevel::Acknowledged => "acknowledged",
+    }
+}

@@ -1,0 +1,386 @@
+//! The engine loop: the one task that owns the [`Engine`] and the operator-facing state.
+//!
+//! A biased `select!` takes, in order: store confirmations (they release receipts and
+//! deliveries), control frames, flash frames, urgent operator commands (flash sends and
+//! queries), other commands, the lower lanes by precedence, link events, the engine's timer, and
+//! the stop signal. After each input it drains [`Engine::poll_action`] and re-arms its timer from
+//! [`Engine::poll_timeout`], checking the clock rather than trusting the sleep (as quinn's
+//! `ConnectionDriver` does).
+//!
+//! It never blocks: writes go to the store thread, frames to the relay link's writers, answers
+//! to the control server's channels. A failed store write stops the loop with
+//! [`NodeError::StoreFailed`]; nothing after it is acknowledged.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hotline_proto::engine::{
+    AckLevel, Action, Alarm, AlarmKind, Delivery, Engine, Outgoing, Record, Report, WriteId,
+};
+use hotline_proto::{EndpointId, MessageId};
+use rand_chacha::ChaCha20Rng;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, info, warn};
+
+use super::inbox::InboxIndex;
+use super::relay_link::{LaneReceivers, LinkEvent, Writers};
+use super::store_thread::{Persisted, StoreMsg};
+use super::{AuditSource, NodeError, RequestError};
+use crate::audit::{self, AuditEvent};
+use crate::control::{InboxEntry, StatusView};
+use crate::time::{format_time, wall_now};
+use crate::view;
+
+/// An operator command from the control server.
+#[derive(Debug)]
+pub(super) enum Command {
+    /// Queue a message; progress goes to `events`.
+    Send {
+        out: Outgoing,
+        to: Option<EndpointId>,
+        events: mpsc::UnboundedSender<Report>,
+        submitted: oneshot::Sender<Result<MessageId, RequestError>>,
+    },
+    /// Stream the inbox (and, with `follow`, new deliveries).
+    Inbox {
+        follow: bool,
+        entries: mpsc::UnboundedSender<InboxEntry>,
+    },
+    /// Acknowledge; answered once the acknowledgement is durable.
+    Ack {
+        id: MessageId,
+        reply: oneshot::Sender<Result<(), RequestError>>,
+    },
+    /// A status snapshot.
+    Status { reply: oneshot::Sender<StatusView> },
+    /// Verify or export the audit log.
+    Audit {
+        export: bool,
+        reply: oneshot::Sender<Result<Vec<serde_json::Value>, RequestError>>,
+    },
+}
+
+/// Everything the loop listens to.
+#[derive(Debug)]
+pub(super) struct Inputs {
+    pub(super) persisted: mpsc::UnboundedReceiver<Persisted>,
+    pub(super) net: LaneReceivers,
+    /// Flash sends and queries, served before other sends.
+    pub(super) urgent: mpsc::UnboundedReceiver<Command>,
+    pub(super) normal: mpsc::UnboundedReceiver<Command>,
+    pub(super) link: mpsc::UnboundedReceiver<LinkEvent>,
+    pub(super) stop: oneshot::Receiver<()>,
+}
+
+/// An operator acknowledgement waiting for its write to commit.
+#[derive(Debug)]
+struct AckWaiter {
+    id: MessageId,
+    write: Option<WriteId>,
+    reply: oneshot::Sender<Result<(), RequestError>>,
+}
+
+/// The engine and what the shell keeps beside it.
+#[derive(Debug)]
+pub(super) struct EngineLoop {
+    pub(super) engine: Engine<ChaCha20Rng>,
+    pub(super) local: EndpointId,
+    pub(super) partner: EndpointId,
+    pub(super) audit: AuditSource,
+    pub(super) writes: mpsc::UnboundedSender<StoreMsg>,
+    pub(super) inbox: InboxIndex,
+    writers: Option<Writers>,
+    followers: Vec<mpsc::UnboundedSender<InboxEntry>>,
+    subscribers: BTreeMap<MessageId, Vec<mpsc::UnboundedSender<Report>>>,
+    last_error: Option<String>,
+    fatal: Option<NodeError>,
+    ack_waiters: Vec<AckWaiter>,
+    /// Reports seen, to sweep closed subscribers now and then.
+    reports: u64,
+}
+
+impl EngineLoop {
+    pub(super) fn new(
+        engine: Engine<ChaCha20Rng>,
+        local: EndpointId,
+        partner: EndpointId,
+        audit: AuditSource,
+        writes: mpsc::UnboundedSender<StoreMsg>,
+        inbox: InboxIndex,
+    ) -> Self {
+        Self {
+            engine,
+            local,
+            partner,
+            audit,
+            writes,
+            inbox,
+            writers: None,
+            followers: Vec::new(),
+            subscribers: BTreeMap::new(),
+            last_error: None,
+            fatal: None,
+            ack_waiters: Vec::new(),
+            reports: 0,
+        }
+    }
+
+    /// Runs until stopped or until a store write fails.
+    pub(super) async fn run(&mut self, inputs: Inputs) -> Result<(), NodeError> {
+        let Inputs {
+            mut persisted,
+            net,
+            mut urgent,
+            mut normal,
+            mut link,
+            mut stop,
+        } = inputs;
+        let [
+            mut control,
+            mut flash,
+            mut immediate,
+            mut priority,
+            mut routine,
+        ] = net;
+        self.drain();
+        loop {
+            let deadline = self.engine.poll_timeout();
+            let sleep_for = deadline.map_or(Duration::from_secs(3600), |d| d.since(wall_now()));
+            tokio::select! {
+                biased;
+                // Confirmations first: they release receipts and deliveries.
+                Some(p) = persisted.recv() => self.persisted(p),
+                Some(f) = control.recv() => self.frame(&f),
+                Some(f) = flash.recv() => self.frame(&f),
+                // Flash sends and operator queries never wait behind queued routine sends.
+                Some(c) = urgent.recv() => self.command(c),
+                Some(c) = normal.recv() => self.command(c),
+                Some(f) = immediate.recv() => self.frame(&f),
+                Some(f) = priority.recv() => self.frame(&f),
+                Some(f) = routine.recv() => self.frame(&f),
+                Some(ev) = link.recv() => self.link(ev),
+                () = tokio::time::sleep(sleep_for) => {}
+                _ = &mut stop => {
+                    info!("shutting down");
+                    return Ok(());
+                }
+            }
+            let now = wall_now();
+            if deadline.is_some_and(|d| d <= now) {
+                self.engine.handle_timeout(now);
+            }
+            self.drain();
+            if let Some(e) = self.fatal.take() {
+                return Err(e);
+            }
+        }
+    }
+
+    fn persisted(&mut self, p: Persisted) {
+        match p {
+            Persisted::Ok { last, head } => {
+                self.engine.set_audit_head(head.0, head.1);
+                if let Some(id) = last {
+                    self.engine.handle_persisted(wall_now(), id);
+                    let (done, waiting) = std::mem::take(&mut self.ack_waiters)
+                        .into_iter()
+                        .partition(|w| w.write.is_some_and(|w| w <= id));
+                    self.ack_waiters = waiting;
+                    for w in done {
+                        let _ = w.reply.send(Ok(()));
+                    }
+                }
+            }
+            Persisted::Failed { last, error } => {
+                error!(error = %error, "store write failed; stopping");
+                self.engine
+                    .handle_persist_failed(wall_now(), last, &error.to_string());
+                self.fatal = Some(NodeError::StoreFailed(error));
+            }
+        }
+    }
+
+    fn frame(&mut self, bytes: &[u8]) {
+        if let Err(e) = self.engine.handle_frame(wall_now(), bytes) {
+            warn!(error = %e, "frame rejected");
+        }
+    }
+
+    fn link(&mut self, ev: LinkEvent) {
+        match ev {
+            LinkEvent::Connected(w) => {
+                self.writers = Some(w);
+                self.last_error = None;
+                self.engine.handle_connected(wall_now());
+            }
+            LinkEvent::Disconnected(reason) => {
+                self.writers = None;
+                self.last_error = Some(reason);
+                self.engine.handle_disconnected(wall_now());
+            }
+            LinkEvent::Failed(reason) => self.last_error = Some(reason),
+        }
+    }
+
+    fn command(&mut self, c: Command) {
+        let now = wall_now();
+        match c {
+            Command::Send {
+                out,
+                to,
+                events,
+                submitted,
+            } => {
+                if let Some(to) = to.filter(|to| *to != self.partner) {
+                    let _ = submitted.send(Err(RequestError::NotPartner {
+                        to,
+                        local: self.local.clone(),
+                        partner: self.partner.clone(),
+                    }));
+                    return;
+                }
+                let result = self.engine.submit(now, out);
+                if let Ok(id) = &result {
+                    self.subscribers.entry(id.clone()).or_default().push(events);
+                }
+                let _ = submitted.send(result.map_err(RequestError::from));
+            }
+            Command::Inbox { follow, entries } => {
+                for e in self.inbox.entries() {
+                    if entries.send(e.clone()).is_err() {
+                        return;
+                    }
+                }
+                if follow {
+                    self.followers.push(entries);
+                }
+            }
+            Command::Ack { id, reply } => match self.engine.acknowledge(now, &id) {
+                Ok(()) => {
+                    self.inbox.acknowledged(&id, now);
+                    // Answered only once the acknowledgement is durable.
+                    self.ack_waiters.push(AckWaiter {
+                        id,
+                        write: None,
+                        reply,
+                    });
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e.into()));
+                }
+            },
+            Command::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Command::Audit { export, reply } => {
+                let source = self.audit.clone();
+                tokio::task::spawn_blocking(move || {
+                    let result = audit::report(&source.db, &source.own, &source.partner, export);
+                    let _ = reply.send(result.map_err(RequestError::from));
+                });
+            }
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(action) = self.engine.poll_action() {
+            match action {
+                Action::Send { lane, frame } => {
+                    if let Some(w) = &self.writers {
+                        w.send(lane, frame);
+                    }
+                }
+                Action::Persist { id, record } => {
+                    if let Record::OperatorAck { id: acked, .. } = &record {
+                        for w in self
+                            .ack_waiters
+                            .iter_mut()
+                            .filter(|w| &w.id == acked && w.write.is_none())
+                        {
+                            w.write = Some(id);
+                        }
+                    }
+                    self.write(StoreMsg::Record(id, record));
+                }
+                Action::Deliver(d) => self.deliver(&d),
+                Action::Report(r) => self.report(r),
+                Action::Escalate(e) => {
+                    warn!(id = %e.id, kind = ?e.kind, escalated_to = %e.escalated_to, count = e.count, "ESCALATION: deadline missed");
+                }
+                Action::Realert(n) => {
+                    warn!(id = %n.message, level = %n.level, count = n.count, "RE-ALERT from partner: acknowledge this message");
+                    self.inbox.realerted(&n.message, n.level);
+                }
+                Action::Alarm(a) => {
+                    log_alarm(&a);
+                    self.write(StoreMsg::Event(AuditEvent::Alarm {
+                        kind: view::alarm_kind(&a.kind),
+                        detail: a.detail,
+                    }));
+                }
+                Action::PartnerAuditHead(t) => {
+                    debug!(len = t.body.audit_len, head = %t.body.audit_head, "partner audit head");
+                    self.write(StoreMsg::PartnerHead(t));
+                }
+                Action::Link { state, since } => {
+                    self.write(StoreMsg::Event(AuditEvent::LinkState {
+                        state: view::link_name(state).into(),
+                    }));
+                    info!(state = ?state, since = %format_time(since), "link state");
+                }
+            }
+        }
+    }
+
+    /// Hands a write to the store thread. If the thread is gone it already reported why (a
+    /// failed commit), and the loop is stopping.
+    fn write(&self, msg: StoreMsg) {
+        let _ = self.writes.send(msg);
+    }
+
+    fn deliver(&mut self, d: &Delivery) {
+        info!(id = %d.id, transport = %d.transport, "delivered to inbox");
+        let entry = self.inbox.push(d);
+        self.followers.retain(|f| f.send(entry.clone()).is_ok());
+    }
+
+    fn report(&mut self, r: Report) {
+        debug!(id = %r.id, level = ?r.level, "ack level");
+        self.reports += 1;
+        if self.reports % 4096 == 0 {
+            // Waiters that stopped listening (e.g. `--wait delivered` on a message nobody
+            // will acknowledge) would otherwise stay subscribed forever.
+            self.subscribers.retain(|_, subs| {
+                subs.retain(|s| !s.is_closed());
+                !subs.is_empty()
+            });
+        }
+        let done = matches!(r.level, AckLevel::Acknowledged);
+        if let Some(subs) = self.subscribers.get_mut(&r.id) {
+            subs.retain(|s| s.send(r.clone()).is_ok());
+            if subs.is_empty() || done {
+                self.subscribers.remove(&r.id);
+            }
+        }
+    }
+
+    fn status(&self) -> StatusView {
+        view::status(
+            &self.engine.status(),
+            &view::ShellState {
+                local: &self.local,
+                partner: &self.partner,
+                last_error: self.last_error.as_deref(),
+                inbox: self.inbox.len(),
+            },
+        )
+    }
+}
+
+fn log_alarm(a: &Alarm) {
+    let kind = view::alarm_kind(&a.kind);
+    match &a.kind {
+        AlarmKind::Refused(_) => warn!(kind = %kind, detail = %a.detail, "ALARM"),
+        _ => error!(kind = %kind, detail = %a.detail, "SECURITY ALARM"),
+    }
+}

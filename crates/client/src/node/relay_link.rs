@@ -1,0 +1,207 @@
+//! The relay link: one QUIC connection to the relay, redialled with backoff while the node runs.
+//!
+//! Per connection the node opens the bidirectional control stream (starting with our `Hello`)
+//! and one unidirectional stream per precedence lane (starting with its lane byte), each fed by
+//! its own writer task, and stream priorities follow [`Lane::priority`]. Frames the relay sends
+//! are read whole and handed to the engine loop on one bounded channel per lane, so a flood on
+//! routine never queues ahead of flash or control.
+//!
+//! It does not interpret frames (the engine does) nor decide what to resend (the engine re-offers
+//! on [`LinkEvent::Connected`]).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use hotline_net::framed::{self, LaneTag};
+use hotline_proto::Lane;
+use hotline_proto::wire::{self, Frame, Hello};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+/// Frames from the relay waiting for the engine loop, per lane.
+const READ_QUEUE_FRAMES: usize = 1024;
+/// First redial delay after a failure; doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Senders feeding the per-stream writer tasks of the current connection, by [`Lane::index`].
+#[derive(Debug)]
+pub(super) struct Writers([mpsc::UnboundedSender<Vec<u8>>; Lane::COUNT]);
+
+impl Writers {
+    /// Queues `frame` on `lane`'s stream; dropped if the connection just went away (the engine
+    /// re-offers everything unconfirmed on the next connection).
+    pub(super) fn send(&self, lane: Lane, frame: Vec<u8>) {
+        let _ = self.0[lane.index()].send(frame);
+    }
+}
+
+/// Frames read from the relay, one channel per lane, by [`Lane::index`].
+pub(super) type LaneSenders = [mpsc::Sender<Vec<u8>>; Lane::COUNT];
+/// The engine loop's ends of [`LaneSenders`].
+pub(super) type LaneReceivers = [mpsc::Receiver<Vec<u8>>; Lane::COUNT];
+
+/// One bounded channel per lane.
+pub(super) fn lane_channels() -> (LaneSenders, LaneReceivers) {
+    let pairs: [_; Lane::COUNT] = std::array::from_fn(|_| mpsc::channel(READ_QUEUE_FRAMES));
+    let senders = pairs.each_ref().map(|(tx, _)| tx.clone());
+    (senders, pairs.map(|(_, rx)| rx))
+}
+
+/// What the link tells the engine loop.
+#[derive(Debug)]
+pub(super) enum LinkEvent {
+    /// A connection is up; frames for it go to these writers.
+    Connected(Writers),
+    /// The connection ended, for this reason.
+    Disconnected(String),
+    /// A dial failed, for this reason; the link retries.
+    Failed(String),
+}
+
+/// Where and how to reach the relay.
+#[derive(Debug)]
+pub(super) struct RelayTarget {
+    pub(super) addr: SocketAddr,
+    pub(super) name: String,
+    pub(super) endpoint: quinn::Endpoint,
+}
+
+/// Dials the relay, serves each connection until it ends, and redials with backoff; runs until
+/// the engine loop goes away.
+pub(super) async fn run(
+    target: RelayTarget,
+    net: LaneSenders,
+    events: mpsc::UnboundedSender<LinkEvent>,
+) {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let event = match connect_once(&target).await {
+            Ok((conn, writers, control)) => {
+                backoff = MIN_BACKOFF;
+                info!("connected to relay");
+                if events.send(LinkEvent::Connected(writers)).is_err() {
+                    return;
+                }
+                let reason = serve_connection(&conn, control, &net).await;
+                warn!(reason = %reason, "relay connection lost");
+                LinkEvent::Disconnected(reason)
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                warn!(error = %msg, "cannot connect to relay");
+                LinkEvent::Failed(msg)
+            }
+        };
+        if events.send(event).is_err() {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn connect_once(
+    target: &RelayTarget,
+) -> Result<(quinn::Connection, Writers, quinn::RecvStream)> {
+    let (addr, name) = (target.addr, target.name.as_str());
+    let conn = target
+        .endpoint
+        .connect(addr, name)
+        .context("connecting")?
+        .await
+        .with_context(|| format!("handshake with relay {addr} as {name:?}"))?;
+    let (mut control, control_recv) = conn.open_bi().await.context("opening control stream")?;
+    control.set_priority(Lane::Control.priority()).ok();
+    let hello = wire::encode_frame(&Frame::Hello(Hello {
+        version: wire::PROTOCOL_VERSION,
+        agent: format!("hotline-node/{}", env!("CARGO_PKG_VERSION")),
+    }));
+    framed::write_frame(&mut control, &hello)
+        .await
+        .context("sending hello")?;
+    let mut writers = Vec::with_capacity(Lane::COUNT);
+    writers.push(spawn_writer(control));
+    for lane in Lane::ALL {
+        let Some(p) = lane.precedence() else { continue };
+        let mut s = conn.open_uni().await.context("opening lane stream")?;
+        s.set_priority(lane.priority()).ok();
+        LaneTag(p).write(&mut s).await.context("writing lane tag")?;
+        writers.push(spawn_writer(s));
+    }
+    let writers = writers
+        .try_into()
+        .map_err(|_| anyhow!("one writer per lane expected"))?;
+    Ok((conn, Writers(writers), control_recv))
+}
+
+/// A task writing whole frames to `stream` in order, until its sender is dropped.
+fn spawn_writer(mut stream: quinn::SendStream) -> mpsc::UnboundedSender<Vec<u8>> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        while let Some(frame) = rx.recv().await {
+            if framed::write_frame(&mut stream, &frame).await.is_err() {
+                return;
+            }
+        }
+        let _ = stream.finish();
+    });
+    tx
+}
+
+/// Reads the control stream and the relay's lane streams until the connection ends; returns
+/// why it ended.
+async fn serve_connection(
+    conn: &quinn::Connection,
+    mut control: quinn::RecvStream,
+    net: &LaneSenders,
+) -> String {
+    let control_tx = net[Lane::Control.index()].clone();
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(async move { read_into(&mut control, control_tx).await });
+    loop {
+        tokio::select! {
+            uni = conn.accept_uni() => match uni {
+                Ok(mut stream) => {
+                    let net = net.clone();
+                    tasks.spawn(async move {
+                        let lane = match LaneTag::read(&mut stream).await {
+                            Ok(LaneTag(p)) => Lane::Precedence(p),
+                            Err(e) => return format!("bad lane stream: {e}"),
+                        };
+                        read_into(&mut stream, net[lane.index()].clone()).await
+                    });
+                }
+                Err(e) => {
+                    tasks.abort_all();
+                    return e.to_string();
+                }
+            },
+            Some(done) = tasks.join_next() => {
+                if let Ok(reason) = done {
+                    if !reason.is_empty() {
+                        conn.close(1u32.into(), b"stream error");
+                        tasks.abort_all();
+                        return reason;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Forwards whole frames from `stream` to `tx`; an empty string when the stream finished.
+async fn read_into(stream: &mut quinn::RecvStream, tx: mpsc::Sender<Vec<u8>>) -> String {
+    loop {
+        match framed::read_frame(stream).await {
+            Ok(Some(frame)) => {
+                if tx.send(frame).await.is_err() {
+                    return "node stopping".into();
+                }
+            }
+            Ok(None) => return String::new(),
+            Err(e) => return e.to_string(),
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! Wall-clock time for the node shell, and its one text form.
+//!
+//! The engine never reads the clock; the shell stamps every input with [`wall_now`]. Times shown
+//! to operators (CLI, JSON, audit export) go through [`format_time`] only.
+
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime};
+
+use hotline_proto::types::Time;
+
+/// Wall-clock now as engine time (the Unix epoch if the clock is set before it).
+pub fn wall_now() -> Time {
+    Time::from_unix(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default(),
+    )
+}
+
+/// RFC 3339 with microseconds. Times RFC 3339 cannot write (after the year 9999, which a
+/// hostile partner's clock may claim) are shown as a count, never a panic.
+pub fn format_time(t: Time) -> String {
+    let mut out = String::new();
+    let written = SystemTime::UNIX_EPOCH
+        .checked_add(Duration::from_micros(t.0))
+        .is_some_and(|st| write!(out, "{}", humantime::format_rfc3339_micros(st)).is_ok());
+    if !written {
+        out.clear();
+        let _ = write!(out, "{}us after the Unix epoch", t.0);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_rfc3339_and_survives_far_future_times() {
+        assert_eq!(format_time(Time(1_500_000)), "1970-01-01T00:00:01.500000Z");
+        assert_eq!(
+            format_time(Time(u64::MAX)),
+            format!("{}us after the Unix epoch", u64::MAX)
+        );
+    }
+}
