@@ -3,7 +3,11 @@
 //!
 //! The binaries are taken from the same target directory as the test executable; `make test`
 //! builds them first (`cargo build --workspace --bins`).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a failed step is the test failing"
+)]
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};

@@ -1,5 +1,4 @@
 //! `hotline audit verify|export` on real nodes, running and stopped.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use hotline_client::control::WaitLevel;
 use hotline_e2e::{Exercise, Msg, hotline, send_all};

@@ -1,5 +1,4 @@
 //! The CLI against a stopped node, bad arguments and bad configs: one clear line, non-zero exit.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use hotline_e2e::{Exercise, hotline};
 

@@ -3,7 +3,6 @@
 //! After each crash and restart: every message `send` reported is in the recipient's inbox
 //! exactly once, the ordering rule holds, acknowledgements given before the crash are still
 //! there, and deadlines pending at the crash still fire.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 

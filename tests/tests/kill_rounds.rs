@@ -6,7 +6,11 @@
 //! `make test` runs ~1,000 messages over 4 rounds; `make soak` runs the long version
 //! (`HOTLINE_SOAK=1`: 5,000 messages, 8 rounds). `HOTLINE_SEED=<n>` replays a schedule; the
 //! seed is printed at the start and in every failure.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a failed step is the test failing"
+)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};

@@ -6,7 +6,11 @@
 //! (`hotline_net::quic::LANE_WINDOW_BYTES`, 256 KiB) ahead on the routine lane of a node that
 //! is not reading, i.e. at most 256 KiB / ~1.1 KiB ≈ 230 routine frames can sit in front of
 //! the flash; we assert the flash is within the first 256 positions.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a failed step is the test failing"
+)]
 
 use hotline_client::control::WaitLevel;
 use hotline_e2e::{Exercise, Msg, send_all};

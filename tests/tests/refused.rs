@@ -1,7 +1,11 @@
 //! What must be refused: a certificate from another CA (at the handshake), an endpoint sending
 //! to someone else's partner, an envelope whose sender is not the connection's identity, a
 //! relay certificate for the wrong name (by the node), and a changed partner identity key.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a failed step is the test failing"
+)]
 
 use std::time::Duration;
 

@@ -1,6 +1,5 @@
 //! The relay is killed (SIGKILL) and restarted mid-run: nodes notice within seconds,
 //! reconnect, and every message still arrives exactly once, in order.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use hotline_client::control::WaitLevel;
 use hotline_e2e::{Exercise, Msg, check_order, send_all};

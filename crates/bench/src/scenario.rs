@@ -1,5 +1,11 @@
 //! The scenarios: each sets up what it needs, runs its phases, prints the final table and
 //! returns the JSON report.
+//!
+//! This is the bench's output module: its tables go to stdout.
+#![expect(
+    clippy::print_stdout,
+    reason = "the bench's report tables are its output"
+)]
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -126,7 +126,7 @@ impl Summary {
 pub fn histogram() -> Histogram<u64> {
     // Bounds and precision are constants that `new_with_bounds` accepts (low ≥ 1,
     // high ≥ 2 × low, sigfig ≤ 5), so this cannot fail.
-    #[allow(clippy::expect_used)]
+    #[expect(clippy::expect_used, reason = "constant bounds; see above")]
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds")
 }
 

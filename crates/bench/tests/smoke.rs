@@ -5,7 +5,11 @@
 //!
 //! Needs `hotline` and `hotline-relay` next to the bench binary: `cargo build --workspace
 //! --bins` (make test does).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a failed step is the test failing"
+)]
 
 use std::path::PathBuf;
 use std::process::Command;

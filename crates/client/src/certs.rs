@@ -158,7 +158,7 @@ fn write(dir: &Path, name: &str, text: &str) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     fn req(endpoints: &[&str], pairs: &[&str]) -> InitRequest {

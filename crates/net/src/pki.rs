@@ -168,7 +168,7 @@ pub fn write_issued(dir: &Path, stem: &str, issued: &Issued) -> Result<(), PkiEr
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+
     use super::*;
     use crate::tls;
 

@@ -1,7 +1,9 @@
 //! `hotline`: run an endpoint node and talk to it.
 //!
 //! Parses arguments, installs logging and hands off to `hotline_client`; every failure is one
-//! `error: …` line and a non-zero exit.
+//! `error: …` line and a non-zero exit. What a command prints on stdout is its output, so this
+//! file is where stdout is written.
+#![expect(clippy::print_stdout, reason = "the CLI's output")]
 
 use std::io::Read;
 use std::net::SocketAddr;
