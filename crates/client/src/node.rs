@@ -461,14 +461,14 @@ impl Driver {
                     .and_then(|id| {
                         self.engine
                             .acknowledge(now, &id)
-                            .map(|()| id)
+                            .map(|write| (id, write))
                             .map_err(|e| e.to_string())
                     });
                 match result {
-                    Ok(id) => {
+                    Ok((id, write)) => {
                         self.inbox.acknowledged(&id, now);
                         // Answer only once the acknowledgement is durable.
-                        self.ack_waiters.push((id, None, reply));
+                        self.ack_waiters.push((id, Some(write), reply));
                     }
                     Err(e) => {
                         let _ = reply.send(Err(e));
@@ -496,15 +496,6 @@ impl Driver {
                     }
                 }
                 Action::Persist { id, record } => {
-                    if let Record::OperatorAck { id: acked, .. } = &record {
-                        for w in self
-                            .ack_waiters
-                            .iter_mut()
-                            .filter(|w| &w.0 == acked && w.1.is_none())
-                        {
-                            w.1 = Some(id);
-                        }
-                    }
                     let _ = self.persist_tx.send(StoreMsg::Record(id, record));
                 }
                 Action::Deliver(d) => self.deliver(d),
