@@ -1,5 +1,4 @@
 //! Engine behaviour on virtual time: named cases, tamper cases and the reference-model proptest.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod model;
 mod util;
