@@ -4,8 +4,9 @@
 //!
 //! An envelope is checked (addressing, dependency vector, chain-head signature) before anything
 //! is stored, opened, buffered, and released once a signed chain head covers it and every
-//! higher-precedence message it depends on was delivered. It does not persist sessions' keys or
-//! decide the link state: the facade passes in [`Cx`] and records that it heard the partner.
+//! higher-precedence message it depends on was delivered. It owns no keys or sessions (it asks
+//! [`Keys`] through [`Cx`]) and does not decide the link state: the facade records that it
+//! heard the partner.
 //!
 //! Main types: [`Inbound`], [`InLane`], [`InMsg`] (one delivered message).
 //!

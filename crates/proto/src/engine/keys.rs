@@ -1,8 +1,9 @@
 //! Keys and sessions: our sealing keys by epoch with their signed announcement, the partner's
 //! announcement, and the HPKE sessions in each direction.
 //!
-//! It does not seal or open messages' ordering state, and it never decides when to announce:
-//! the facade asks it for a session and it hands one back (establishing and persisting a new
+//! It does not seal or open messages (the outbox and the inbound side do, with the sessions it
+//! hands out) and never decides when to announce: the facade asks it for a session and it hands
+//! one back (establishing and persisting a new
 //! send session when the partner's epoch changed). Receive sessions opened from a setup that no
 //! verified message has vouched for yet stay in memory only, at most
 //! [`MAX_UNVERIFIED_SESSIONS`] of them, because anyone (the relay included) can encapsulate to

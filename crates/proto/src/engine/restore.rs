@@ -2,8 +2,9 @@
 //!
 //! [`Engine::restore`] replays every record the engine emitted and the caller confirmed, in
 //! order, through [`Engine::apply`], one arm per [`Record`] variant, then re-arms deadlines and
-//! seals what still waited for the partner's key. It emits nothing while replaying (no reports,
-//! no sends); what it rebuilds is durable by construction.
+//! seals what still waited for the partner's key. Replaying emits nothing (no reports, no sends,
+//! no records): what it rebuilds is durable by construction. Only a missing sealing key is
+//! generated afresh, as [`Engine::new`] does.
 //!
 //! Invariant: a record that refers to something no earlier record created is an
 //! [`RestoreError::Inconsistent`] naming its position, never a panic.
