@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hotline_proto::engine::{
-    AckLevel, Action, Alarm, AlarmKind, Delivery, Engine, Outgoing, Record, Report, WriteId,
+    AckLevel, Action, Alarm, AlarmKind, Delivery, Engine, Outgoing, Report, WriteId,
 };
 use hotline_proto::{EndpointId, MessageId};
 use rand_chacha::ChaCha20Rng;
@@ -72,11 +72,10 @@ pub(super) struct Inputs {
     pub(super) stop: oneshot::Receiver<()>,
 }
 
-/// An operator acknowledgement waiting for its write to commit.
+/// An operator acknowledgement waiting for the write that makes it durable.
 #[derive(Debug)]
 struct AckWaiter {
-    id: MessageId,
-    write: Option<WriteId>,
+    write: WriteId,
     reply: oneshot::Sender<Result<(), RequestError>>,
 }
 
@@ -184,7 +183,7 @@ impl EngineLoop {
                     self.engine.handle_persisted(wall_now(), id);
                     let (done, waiting) = std::mem::take(&mut self.ack_waiters)
                         .into_iter()
-                        .partition(|w| w.write.is_some_and(|w| w <= id));
+                        .partition(|w| w.write <= id);
                     self.ack_waiters = waiting;
                     for w in done {
                         let _ = w.reply.send(Ok(()));
@@ -256,14 +255,10 @@ impl EngineLoop {
                 }
             }
             Command::Ack { id, reply } => match self.engine.acknowledge(now, &id) {
-                Ok(()) => {
+                Ok(write) => {
                     self.inbox.acknowledged(&id, now);
                     // Answered only once the acknowledgement is durable.
-                    self.ack_waiters.push(AckWaiter {
-                        id,
-                        write: None,
-                        reply,
-                    });
+                    self.ack_waiters.push(AckWaiter { write, reply });
                 }
                 Err(e) => {
                     let _ = reply.send(Err(e.into()));
@@ -290,18 +285,7 @@ impl EngineLoop {
                         w.send(lane, frame);
                     }
                 }
-                Action::Persist { id, record } => {
-                    if let Record::OperatorAck { id: acked, .. } = &record {
-                        for w in self
-                            .ack_waiters
-                            .iter_mut()
-                            .filter(|w| &w.id == acked && w.write.is_none())
-                        {
-                            w.write = Some(id);
-                        }
-                    }
-                    self.write(StoreMsg::Record(id, record));
-                }
+                Action::Persist { id, record } => self.write(StoreMsg::Record(id, record)),
                 Action::Deliver(d) => self.deliver(&d),
                 Action::Report(r) => self.report(r),
                 Action::Escalate(e) => {

@@ -204,32 +204,6 @@ impl EngineConfig {
         self.receive_window = n;
         Ok(self)
     }
-
-    /// Sets the sealing-key lifetime (1 hour ..= 1 year).
-    pub fn set_key_lifetime(&mut self, d: Duration) -> Result<&mut Self, ConfigError> {
-        check(
-            "key lifetime",
-            d,
-            Duration::from_secs(3600),
-            Duration::from_secs(366 * 24 * 3600),
-        )?;
-        self.key_lifetime = d;
-        Ok(self)
-    }
-
-    /// Sets the outbox bound (1 ..= 100,000,000 messages).
-    pub fn set_max_outbox(&mut self, n: usize) -> Result<&mut Self, ConfigError> {
-        if !(1..=100_000_000).contains(&n) {
-            return Err(ConfigError::CountOutOfRange {
-                name: "max outbox",
-                value: n as u64,
-                min: 1,
-                max: 100_000_000,
-            });
-        }
-        self.max_outbox = n;
-        Ok(self)
-    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,4 @@
 //! Engine behaviour on virtual time: named cases, tamper cases and the reference-model proptest.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod model;
 mod util;
@@ -408,10 +407,10 @@ fn capture_envelope(pair: &mut Pair, p: Precedence, body: &str) -> wire::Envelop
 fn feed(pair: &mut Pair, side: Side, frame: &Frame) -> Result<(), VerifyError> {
     let now = pair.now;
     let r = pair
-        .node(side)
+        .peer(side)
         .engine
         .handle_frame(now, &wire::encode_frame(frame));
-    while pair.node(side).engine.poll_action().is_some() {}
+    while pair.peer(side).engine.poll_action().is_some() {}
     r
 }
 
@@ -692,8 +691,8 @@ fn unvouched_sessions_are_bounded_and_never_persisted() {
         let _ = feed(&mut pair, Side::B, &Frame::Envelope(f));
     }
     pair.b.confirm(pair.now);
-    assert!(pair.b.engine.unverified_sessions.len() <= super::MAX_UNVERIFIED_SESSIONS);
-    assert!(pair.b.engine.recv_sessions.len() <= super::MAX_UNVERIFIED_SESSIONS);
+    assert!(pair.b.engine.keys.unverified_sessions.len() <= super::keys::MAX_UNVERIFIED_SESSIONS);
+    assert!(pair.b.engine.keys.recv_sessions.len() <= super::keys::MAX_UNVERIFIED_SESSIONS);
     assert!(
         !pair
             .b

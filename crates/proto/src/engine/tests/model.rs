@@ -124,17 +124,17 @@ fn run(ops: &[Op], seed: u64) -> Result<(), String> {
             }
             Op::Disconnect(s) => pair.disconnect(s),
             Op::Reconnect(s) => pair.connect(s),
-            Op::Stall(s) => pair.node(s).auto_persist = false,
+            Op::Stall(s) => pair.peer(s).auto_persist = false,
             Op::Flush(s) => {
                 let now = pair.now;
-                let node = pair.node(s);
+                let node = pair.peer(s);
                 node.auto_persist = true;
                 node.confirm(now);
             }
             Op::Crash(s) => pair.crash(s),
             Op::Ack(s, i) => {
                 let now = pair.now;
-                let node = pair.node(s);
+                let node = pair.peer(s);
                 if !node.delivered.is_empty() {
                     let id = node.delivered[usize::from(i) % node.delivered.len()]
                         .id
@@ -151,7 +151,7 @@ fn run(ops: &[Op], seed: u64) -> Result<(), String> {
     pair.faults = Faults::NONE;
     for s in [Side::A, Side::B] {
         let now = pair.now;
-        let node = pair.node(s);
+        let node = pair.peer(s);
         node.auto_persist = true;
         node.confirm(now);
         pair.disconnect(s);

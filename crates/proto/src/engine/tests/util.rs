@@ -34,7 +34,7 @@ impl Side {
 }
 
 /// One endpoint: its engine plus everything it has been asked to do.
-pub(crate) struct Node {
+pub(crate) struct Peer {
     pub(crate) engine: Engine<ChaCha20Rng>,
     pub(crate) id: EndpointId,
     seed: u8,
@@ -53,7 +53,7 @@ pub(crate) struct Node {
     rng_counter: u64,
 }
 
-impl Node {
+impl Peer {
     fn new(
         name: &str,
         seed: u8,
@@ -153,8 +153,8 @@ impl Faults {
 /// Two engines and a relay between them.
 pub(crate) struct Pair {
     pub(crate) now: Time,
-    pub(crate) a: Node,
-    pub(crate) b: Node,
+    pub(crate) a: Peer,
+    pub(crate) b: Peer,
     pub(crate) faults: Faults,
     rng: ChaCha20Rng,
     /// (arrival time, tie-breaker) → (destination, frame bytes).
@@ -184,8 +184,8 @@ impl Pair {
     pub(crate) fn with(cfg: EngineConfig, seed: u64, connect_b: bool) -> Self {
         let mut pair = Self {
             now: START,
-            a: Node::new("us", 1, "jp", 2, cfg.clone(), START),
-            b: Node::new("jp", 2, "us", 1, cfg, START),
+            a: Peer::new("us", 1, "jp", 2, cfg.clone(), START),
+            b: Peer::new("jp", 2, "us", 1, cfg, START),
             faults: Faults::NONE,
             rng: ChaCha20Rng::seed_from_u64(seed),
             in_flight: BTreeMap::new(),
@@ -205,7 +205,7 @@ impl Pair {
         pair
     }
 
-    pub(crate) fn node(&mut self, side: Side) -> &mut Node {
+    pub(crate) fn peer(&mut self, side: Side) -> &mut Peer {
         match side {
             Side::A => &mut self.a,
             Side::B => &mut self.b,
@@ -215,7 +215,7 @@ impl Pair {
     pub(crate) fn connect(&mut self, side: Side) {
         self.link_up[side as usize] = true;
         let now = self.now;
-        self.node(side).engine.handle_connected(now);
+        self.peer(side).engine.handle_connected(now);
         let queued: Vec<Vec<u8>> = self
             .queued
             .values()
@@ -230,19 +230,19 @@ impl Pair {
     pub(crate) fn disconnect(&mut self, side: Side) {
         self.link_up[side as usize] = false;
         let now = self.now;
-        self.node(side).engine.handle_disconnected(now);
+        self.peer(side).engine.handle_disconnected(now);
     }
 
     pub(crate) fn crash(&mut self, side: Side) {
         let now = self.now;
         self.link_up[side as usize] = false;
-        self.node(side).crash_and_restore(now);
+        self.peer(side).crash_and_restore(now);
         self.connect(side);
     }
 
     pub(crate) fn send(&mut self, side: Side, precedence: Precedence, body: &str) -> MessageId {
         let now = self.now;
-        self.node(side)
+        self.peer(side)
             .engine
             .submit(
                 now,
@@ -341,7 +341,7 @@ impl Pair {
         for side in [Side::A, Side::B] {
             loop {
                 let mut sends = Vec::new();
-                let node = self.node(side);
+                let node = self.peer(side);
                 let mut progressed = false;
                 while let Some(action) = node.engine.poll_action() {
                     progressed = true;
@@ -362,7 +362,7 @@ impl Pair {
                     }
                 }
                 let now = self.now;
-                let node = self.node(side);
+                let node = self.peer(side);
                 if node.auto_persist && !node.pending.is_empty() {
                     node.confirm(now);
                     progressed = true;
@@ -411,7 +411,7 @@ impl Pair {
                     continue;
                 }
                 let now = self.now;
-                let _ = self.node(to).engine.handle_frame(now, &frame);
+                let _ = self.peer(to).engine.handle_frame(now, &frame);
             } else {
                 let now = self.now;
                 self.a.engine.handle_timeout(now);
@@ -448,7 +448,7 @@ impl Pair {
                 continue;
             }
             let now = self.now;
-            let _ = self.node(to).engine.handle_frame(now, &frame);
+            let _ = self.peer(to).engine.handle_frame(now, &frame);
         }
     }
 }

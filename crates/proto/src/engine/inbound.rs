@@ -1,0 +1,487 @@
+//! The receive side: inbound lanes, the out-of-order buffer, chain verification, release in
+//! dependency order, duplicate and equivocation checks, our delivered and acknowledged
+//! receipts, and the inbox of delivered messages awaiting our operator.
+//!
+//! An envelope is checked (addressing, dependency vector, chain-head signature) before anything
+//! is stored, opened, buffered, and released once a signed chain head covers it and every
+//! higher-precedence message it depends on was delivered. It owns no keys or sessions (it asks
+//! [`Keys`] through [`Cx`]) and does not decide the link state: the facade records that it
+//! heard the partner.
+//!
+//! Main types: [`Inbound`], [`InLane`], [`InMsg`] (one delivered message).
+//!
+//! Invariant: per lane, messages are delivered in sequence with no gap and no duplicate, never
+//! ahead of a higher-precedence message they depend on; the buffer holds at most
+//! [`MAX_BUFFERED_BYTES`] and only messages beyond the last delivered one.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use super::gate::ALREADY_DURABLE;
+use super::{
+    AckError, Action, Delivery, DurabilityGate, EngineConfig, Keys, LaneDepth, Local, Partner,
+    Record, WriteId, send_control,
+};
+use crate::crypto::{Digest, Signature};
+use crate::envelope::{
+    ChainHead, Envelope, Plaintext, Receipt, ReceiptKind, Signed, VerifyError, verify_head,
+};
+use crate::types::{Channel, MessageId, Precedence, Seq, Time};
+use crate::wire::{EnvelopeFrame, Frame};
+
+/// Delivered hashes kept per lane for duplicate and equivocation checks.
+const DELIVERED_HASH_HISTORY: usize = 65_536;
+/// Buffered out-of-order envelopes across all lanes; beyond it new ones are dropped (the
+/// sender offers them again), so hostile traffic cannot grow memory without bound.
+const MAX_BUFFERED_BYTES: usize = 64 * 1024 * 1024;
+/// Acknowledgement receipts resent on every reconnect.
+const RECENT_ACKS: usize = 256;
+
+/// What the receive side borrows from the rest of the engine for one input.
+pub(super) struct Cx<'a> {
+    pub(super) now: Time,
+    pub(super) cfg: &'a EngineConfig,
+    pub(super) local: &'a Local,
+    pub(super) partner: &'a Partner,
+    pub(super) keys: &'a mut Keys,
+    pub(super) gate: &'a mut DurabilityGate,
+}
+
+/// What [`Inbound::accept`] did with an envelope.
+pub(super) enum Accepted {
+    /// Nothing new (a duplicate, or beyond the window or the buffer).
+    Nothing,
+    /// A buffered envelope's chain head arrived: try to release `channel`.
+    Signed { channel: Channel },
+    /// Opened and buffered (replacing an unsigned impostor if `conflict`); try to release
+    /// `channel`.
+    Buffered {
+        channel: Channel,
+        conflict: Option<MessageId>,
+    },
+}
+
+#[derive(Debug)]
+struct Pending {
+    envelope: Envelope,
+    hash: Digest,
+    plaintext: Plaintext,
+    signature: Option<Signature>,
+    transport: Precedence,
+}
+
+impl Pending {
+    fn size(&self) -> usize {
+        self.envelope.sealed.len() + self.plaintext.body.len()
+    }
+}
+
+#[derive(Debug, Default)]
+pub(super) struct InLane {
+    delivered: Seq,
+    last_hash: Digest,
+    verified: Seq,
+    buffer: BTreeMap<Seq, Pending>,
+    delivered_hashes: BTreeMap<Seq, Digest>,
+    /// Our latest delivered receipt for the lane and the write it waits for.
+    last_receipt: Option<(WriteId, Signed<Receipt>)>,
+}
+
+impl InLane {
+    fn mark_delivered(&mut self, seq: Seq, hash: Digest) {
+        self.delivered = seq;
+        self.last_hash = hash;
+        self.delivered_hashes.insert(seq, hash);
+        while self.delivered_hashes.len() > DELIVERED_HASH_HISTORY {
+            self.delivered_hashes.pop_first();
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct InMsg {
+    hash: Digest,
+    acknowledged: Option<Time>,
+    ack_receipt: Option<(WriteId, Signed<Receipt>)>,
+    expects_ack: bool,
+}
+
+impl InMsg {
+    fn new(hash: Digest, precedence: Precedence, cfg: &EngineConfig) -> Self {
+        Self {
+            hash,
+            acknowledged: None,
+            ack_receipt: None,
+            expects_ack: cfg.acknowledged_deadline(precedence).is_some(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Inbound {
+    lanes: BTreeMap<(Channel, Precedence), InLane>,
+    inbox: BTreeMap<MessageId, InMsg>,
+    /// Bytes of received envelopes buffered while waiting for earlier ones.
+    buffered_bytes: usize,
+    /// Our latest acknowledgement receipts, resent on reconnect in case they were lost.
+    recent_acks: VecDeque<(WriteId, Signed<Receipt>)>,
+}
+
+impl Inbound {
+    /// Checks an envelope from the partner and buffers it if new.
+    pub(super) fn accept(
+        &mut self,
+        f: EnvelopeFrame,
+        cx: &mut Cx<'_>,
+    ) -> Result<Accepted, VerifyError> {
+        let h = &f.envelope.header;
+        if h.recipient != cx.local.id || h.sender != cx.partner.id {
+            return Err(VerifyError::NotForMe);
+        }
+        let id = h.message_id();
+        if h.seq.0 == 0 || h.sealed_len as usize != f.envelope.sealed.len() {
+            return Err(VerifyError::Malformed("bad sequence or length"));
+        }
+        for p in Precedence::ALL {
+            let ok = if p < h.precedence {
+                h.after[p.index()] == 0
+            } else if p == h.precedence {
+                h.after[p.index()] == h.seq.0 - 1
+            } else {
+                true
+            };
+            if !ok {
+                return Err(VerifyError::Malformed("dependency vector"));
+            }
+        }
+        let hash = f.envelope.hash();
+        let key = (h.channel.clone(), h.precedence);
+        let window = cx.cfg.receive_window();
+        let lane = self.lanes.entry(key.clone()).or_default();
+        if h.seq <= lane.delivered {
+            return match lane.delivered_hashes.get(&h.seq) {
+                Some(known) if *known != hash => Err(VerifyError::Equivocation(id)),
+                _ => {
+                    // An identical duplicate: answer with the stored receipt, silently.
+                    if let Some((w, r)) = lane.last_receipt.clone() {
+                        cx.gate.after(w, send_control(&Frame::Receipt(r)));
+                    }
+                    Ok(Accepted::Nothing)
+                }
+            };
+        }
+        if h.seq.0 > lane.delivered.0 + window {
+            // Beyond the window: the sender will offer it again.
+            return Ok(Accepted::Nothing);
+        }
+        if let Some(existing) = lane.buffer.get_mut(&h.seq) {
+            if existing.hash == hash {
+                if existing.signature.is_none() {
+                    if let Some(sig) = f.head {
+                        verify_head(&ChainHead::of(&f.envelope, hash), &sig, &cx.partner.key)?;
+                        existing.signature = Some(sig);
+                        return Ok(Accepted::Signed { channel: key.0 });
+                    }
+                }
+                return Ok(Accepted::Nothing);
+            }
+        }
+        // Signatures are checked before anything is stored, so a forged head never displaces a
+        // genuine envelope.
+        if let Some(sig) = &f.head {
+            verify_head(&ChainHead::of(&f.envelope, hash), sig, &cx.partner.key)?;
+        }
+        let conflicting = lane.buffer.get(&h.seq).map(|p| p.signature.is_some());
+        if let Some(existing_signed) = conflicting {
+            if existing_signed || f.head.is_none() {
+                return Err(VerifyError::Equivocation(id));
+            }
+            // The signed one wins; the unsigned impostor is dropped below by insert.
+        }
+        let session =
+            cx.keys
+                .open_session(cx.local, cx.partner, h.session, h.epoch, f.setup.as_ref())?;
+        let opened = session
+            .open(h.precedence as u8, h.seq.0, &h.encode(), &f.envelope.sealed)
+            .map_err(|_| VerifyError::DecryptFailed)?;
+        let plaintext: Plaintext =
+            postcard::from_bytes(&opened).map_err(|_| VerifyError::Malformed("plaintext"))?;
+        let seq = h.seq;
+        let size = f.envelope.sealed.len() + plaintext.body.len();
+        if self.buffered_bytes + size > MAX_BUFFERED_BYTES {
+            // Full: the sender offers it again later.
+            return Ok(Accepted::Nothing);
+        }
+        let pending = Pending {
+            envelope: f.envelope,
+            hash,
+            plaintext,
+            signature: f.head,
+            transport: f.transport,
+        };
+        if let Some(lane) = self.lanes.get_mut(&key) {
+            self.buffered_bytes += size;
+            if let Some(old) = lane.buffer.insert(seq, pending) {
+                self.buffered_bytes -= old.size();
+            }
+        }
+        Ok(Accepted::Buffered {
+            channel: key.0,
+            conflict: conflicting.map(|_| id),
+        })
+    }
+
+    /// Releases every buffered message the ordering rule allows, highest lane first, and queues
+    /// one signed cumulative receipt per lane that advanced.
+    pub(super) fn release(
+        &mut self,
+        channel: &Channel,
+        cx: &mut Cx<'_>,
+    ) -> Result<(), VerifyError> {
+        let mut advanced: BTreeSet<Precedence> = BTreeSet::new();
+        let mut error = Ok(());
+        loop {
+            let mut progressed = false;
+            for p in Precedence::ALL.into_iter().rev() {
+                loop {
+                    if let Err(e) = self.verify_chain(channel, p) {
+                        error = Err(e);
+                    }
+                    let Some(lane) = self.lanes.get(&(channel.clone(), p)) else {
+                        break;
+                    };
+                    let next = lane.delivered.next();
+                    if lane.verified < next {
+                        break;
+                    }
+                    let Some(pending) = lane.buffer.get(&next) else {
+                        break;
+                    };
+                    let after = pending.envelope.header.after;
+                    let deps_met = Precedence::ALL.into_iter().filter(|q| *q > p).all(|q| {
+                        self.lanes
+                            .get(&(channel.clone(), q))
+                            .map_or(0, |l| l.delivered.0)
+                            >= after[q.index()]
+                    });
+                    if !deps_met {
+                        break;
+                    }
+                    self.deliver(channel, p, next, cx);
+                    advanced.insert(p);
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        for p in advanced {
+            let Some(lane) = self.lanes.get_mut(&(channel.clone(), p)) else {
+                continue;
+            };
+            let receipt = delivered_receipt(cx, channel, p, lane.delivered, lane.last_hash, cx.now);
+            // Sent once the deliveries it covers are durable.
+            let write = cx
+                .gate
+                .after_latest_write(send_control(&Frame::Receipt(receipt.clone())));
+            lane.last_receipt = Some((write, receipt));
+        }
+        error
+    }
+
+    /// Advances `verified` over the contiguous buffered run that a signed head covers.
+    fn verify_chain(&mut self, channel: &Channel, p: Precedence) -> Result<(), VerifyError> {
+        let Some(lane) = self.lanes.get_mut(&(channel.clone(), p)) else {
+            return Ok(());
+        };
+        let mut expected = lane.last_hash;
+        let mut seq = lane.delivered.next();
+        let mut covered = lane.verified;
+        while let Some(pending) = lane.buffer.get(&seq) {
+            if pending.envelope.header.prev != expected {
+                let id = pending.envelope.header.message_id();
+                if let Some(p) = lane.buffer.remove(&seq) {
+                    self.buffered_bytes -= p.size();
+                }
+                return Err(VerifyError::BrokenChain(id));
+            }
+            expected = pending.hash;
+            if pending.signature.is_some() {
+                covered = covered.max(seq);
+            }
+            seq = seq.next();
+        }
+        lane.verified = covered;
+        Ok(())
+    }
+
+    fn deliver(&mut self, channel: &Channel, p: Precedence, seq: Seq, cx: &mut Cx<'_>) {
+        let Some(lane) = self.lanes.get_mut(&(channel.clone(), p)) else {
+            return;
+        };
+        let Some(pending) = lane.buffer.remove(&seq) else {
+            return;
+        };
+        self.buffered_bytes -= pending.size();
+        lane.mark_delivered(seq, pending.hash);
+        let id = pending.envelope.header.message_id();
+        let delivery = Delivery {
+            id: id.clone(),
+            to: cx.local.id.clone(),
+            sent_at: pending.plaintext.sent_at,
+            received_at: cx.now,
+            transport: pending.transport,
+            body: pending.plaintext.body,
+        };
+        self.inbox.insert(id, InMsg::new(pending.hash, p, cx.cfg));
+        cx.keys.vouch(pending.envelope.header.session, cx.gate);
+        let write = cx.gate.persist(Record::Received {
+            delivery: delivery.clone(),
+            envelope: pending.envelope,
+            head: pending.signature,
+        });
+        cx.gate.after(write, Action::Deliver(delivery));
+    }
+
+    /// Our operator acknowledged `id`: persists and, once durable, sends the signed receipt.
+    pub(super) fn acknowledge(
+        &mut self,
+        id: &MessageId,
+        cx: &mut Cx<'_>,
+    ) -> Result<WriteId, AckError> {
+        let Some(msg) = self.inbox.get_mut(id) else {
+            return Err(AckError::Unknown(id.clone()));
+        };
+        if msg.acknowledged.is_some() {
+            return Err(AckError::AlreadyAcknowledged(id.clone()));
+        }
+        let receipt = Signed::sign(
+            Receipt {
+                from: cx.local.id.clone(),
+                to: cx.partner.id.clone(),
+                channel: id.channel.clone(),
+                precedence: id.precedence,
+                kind: ReceiptKind::Acknowledged {
+                    seq: id.seq,
+                    hash: msg.hash,
+                },
+                at: cx.now,
+            },
+            &cx.local.key,
+        );
+        let write = cx.gate.persist(Record::OperatorAck {
+            id: id.clone(),
+            receipt: receipt.clone(),
+        });
+        msg.acknowledged = Some(cx.now);
+        msg.ack_receipt = Some((write, receipt.clone()));
+        self.remember_ack(write, receipt.clone());
+        cx.gate.after(write, send_control(&Frame::Receipt(receipt)));
+        Ok(write)
+    }
+
+    fn remember_ack(&mut self, write: WriteId, receipt: Signed<Receipt>) {
+        if self.recent_acks.len() == RECENT_ACKS {
+            self.recent_acks.pop_front();
+        }
+        self.recent_acks.push_back((write, receipt));
+    }
+
+    /// Our acknowledgement receipt for `id`, if the operator acknowledged it.
+    pub(super) fn ack_receipt(&self, id: &MessageId) -> Option<(WriteId, Signed<Receipt>)> {
+        self.inbox.get(id).and_then(|m| m.ack_receipt.clone())
+    }
+
+    /// A new relay connection: resends our latest delivered receipt per lane and recent
+    /// acknowledgements, each once its write is durable.
+    pub(super) fn resend_receipts(&self, gate: &mut DurabilityGate) {
+        let delivered = self.lanes.values().filter_map(|l| l.last_receipt.as_ref());
+        for (write, receipt) in delivered.chain(&self.recent_acks) {
+            gate.after(*write, send_control(&Frame::Receipt(receipt.clone())));
+        }
+    }
+
+    /// Replays a `Received` record.
+    pub(super) fn restore_received(
+        &mut self,
+        delivery: &Delivery,
+        envelope: &Envelope,
+        cx: &Cx<'_>,
+    ) -> Result<(), &'static str> {
+        let hash = envelope.hash();
+        let id = &delivery.id;
+        let lane = self
+            .lanes
+            .entry((id.channel.clone(), id.precedence))
+            .or_default();
+        if id.seq != lane.delivered.next() {
+            return Err("received record out of sequence");
+        }
+        lane.mark_delivered(id.seq, hash);
+        lane.verified = id.seq;
+        let receipt = delivered_receipt(
+            cx,
+            &id.channel,
+            id.precedence,
+            id.seq,
+            hash,
+            delivery.received_at,
+        );
+        lane.last_receipt = Some((ALREADY_DURABLE, receipt));
+        self.inbox
+            .insert(id.clone(), InMsg::new(hash, id.precedence, cx.cfg));
+        Ok(())
+    }
+
+    /// Replays an `OperatorAck` record.
+    pub(super) fn restore_ack(
+        &mut self,
+        id: &MessageId,
+        receipt: Signed<Receipt>,
+    ) -> Result<(), &'static str> {
+        let m = self.inbox.get_mut(id).ok_or("ack for unknown message")?;
+        m.acknowledged = Some(receipt.body.at);
+        m.ack_receipt = Some((ALREADY_DURABLE, receipt.clone()));
+        self.remember_ack(ALREADY_DURABLE, receipt);
+        Ok(())
+    }
+
+    /// Adds buffered counts to per-precedence lane depths.
+    pub(super) fn count(&self, lanes: &mut [LaneDepth; 4]) {
+        for ((_, p), l) in &self.lanes {
+            lanes[p.index()].receive_buffered += l.buffer.len();
+        }
+    }
+
+    /// Delivered messages awaiting our operator's acknowledgement.
+    pub(super) fn pending_acks(&self) -> Vec<MessageId> {
+        self.inbox
+            .iter()
+            .filter(|(_, m)| m.acknowledged.is_none() && m.expects_ack)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+}
+
+/// Our signed receipt: every message on the lane up to `upto` (whose hash is `head`) is
+/// delivered.
+fn delivered_receipt(
+    cx: &Cx<'_>,
+    channel: &Channel,
+    precedence: Precedence,
+    upto: Seq,
+    head: Digest,
+    at: Time,
+) -> Signed<Receipt> {
+    Signed::sign(
+        Receipt {
+            from: cx.local.id.clone(),
+            to: cx.partner.id.clone(),
+            channel: channel.clone(),
+            precedence,
+            kind: ReceiptKind::Delivered { upto, head },
+            at,
+        },
+        &cx.local.key,
+    )
+}

@@ -1,0 +1,149 @@
+//! Link state: whether the hotline works end to end.
+//!
+//! Tracks the relay connection, the relay's word on the partner's presence and when we last
+//! heard from the partner, and turns them into [`LinkState`] (`Up`, `Degraded`, `Down`). Owns
+//! the link-test schedule and the signed audit heads that link tests carry. It does not verify
+//! frames or send anything itself: the facade hands it verified facts and emits what it builds.
+//!
+//! Main type: [`Link`].
+//!
+//! Invariant: `state` is what [`Link::update`] last computed, and a [`Action::Link`] was emitted
+//! for every change of it.
+
+use std::time::Duration;
+
+use super::{Action, EngineConfig, Local, Partner};
+use super::{DurabilityGate, LinkState};
+use crate::crypto::Digest;
+use crate::envelope::{LinkTest, Signed};
+use crate::types::Time;
+
+/// Link tests missed before the link counts as degraded.
+const DEGRADED_AFTER_INTERVALS: u32 = 3;
+
+#[derive(Debug)]
+pub(super) struct Link {
+    /// Connected to the relay.
+    pub(super) connected: bool,
+    /// The relay's word on whether the partner is connected.
+    pub(super) partner_online: Option<bool>,
+    /// Last verified frame from the partner.
+    last_heard: Option<Time>,
+    pub(super) state: LinkState,
+    pub(super) since: Time,
+    /// When to send the next link test (only while connected).
+    next_test: Option<Time>,
+    test_seq: u64,
+    audit_head: (u64, Digest),
+    pub(super) partner_audit_head: Option<(u64, Digest)>,
+}
+
+impl Link {
+    pub(super) fn new(now: Time) -> Self {
+        Self {
+            connected: false,
+            partner_online: None,
+            last_heard: None,
+            state: LinkState::Down,
+            since: now,
+            next_test: None,
+            test_seq: 0,
+            audit_head: (0, Digest::default()),
+            partner_audit_head: None,
+        }
+    }
+
+    /// The relay connection is up; test the link at once.
+    pub(super) fn connected(&mut self, now: Time) {
+        self.connected = true;
+        self.next_test = Some(now);
+    }
+
+    /// The relay connection is gone, and with it the relay's word on the partner.
+    pub(super) fn disconnected(&mut self) {
+        self.connected = false;
+        self.partner_online = None;
+    }
+
+    /// A verified frame from the partner arrived.
+    pub(super) fn heard(&mut self, now: Time) {
+        self.last_heard = Some(now);
+    }
+
+    pub(super) fn set_audit_head(&mut self, len: u64, head: Digest) {
+        self.audit_head = (len, head);
+    }
+
+    /// A verified link test from the partner; returns it if its audit head is new.
+    pub(super) fn on_link_test(
+        &mut self,
+        now: Time,
+        t: Signed<LinkTest>,
+    ) -> Option<Signed<LinkTest>> {
+        let head = (t.body.audit_len, t.body.audit_head);
+        let changed = self.partner_audit_head != Some(head);
+        self.partner_audit_head = Some(head);
+        self.heard(now);
+        self.partner_online = Some(true);
+        changed.then_some(t)
+    }
+
+    /// Our next link test, if one is due; schedules the one after.
+    pub(super) fn due_test(
+        &mut self,
+        now: Time,
+        cfg: &EngineConfig,
+        local: &Local,
+        partner: &Partner,
+    ) -> Option<Signed<LinkTest>> {
+        if !self.connected || self.next_test.is_none_or(|at| at > now) {
+            return None;
+        }
+        self.next_test = Some(now.plus(cfg.link_test_interval()));
+        self.test_seq += 1;
+        Some(Signed::sign(
+            LinkTest {
+                from: local.id.clone(),
+                to: partner.id.clone(),
+                seq: self.test_seq,
+                at: now,
+                audit_len: self.audit_head.0,
+                audit_head: self.audit_head.1,
+            },
+            &local.key,
+        ))
+    }
+
+    /// Recomputes the link state and reports a change.
+    pub(super) fn update(&mut self, now: Time, cfg: &EngineConfig, gate: &mut DurabilityGate) {
+        let heard_recently = self
+            .last_heard
+            .is_some_and(|h| now < h.plus(degraded_after(cfg)));
+        let state = if !self.connected {
+            LinkState::Down
+        } else if heard_recently && self.partner_online != Some(false) {
+            LinkState::Up
+        } else {
+            LinkState::Degraded
+        };
+        if state != self.state {
+            self.state = state;
+            self.since = now;
+            gate.push(Action::Link { state, since: now });
+        }
+    }
+
+    /// The earliest of the next link test and the moment an `Up` link degrades.
+    pub(super) fn poll_timeout(&self, cfg: &EngineConfig) -> Option<Time> {
+        let test = if self.connected { self.next_test } else { None };
+        let degrade = match (self.state, self.last_heard) {
+            (LinkState::Up, Some(h)) => Some(h.plus(degraded_after(cfg))),
+            _ => None,
+        };
+        [test, degrade].into_iter().flatten().min()
+    }
+}
+
+fn degraded_after(cfg: &EngineConfig) -> Duration {
+    cfg.link_test_interval() * DEGRADED_AFTER_INTERVALS
+}

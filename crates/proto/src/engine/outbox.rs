@@ -1,0 +1,494 @@
+//! The send side: outgoing lanes, the outbox of messages not yet finished, the send queue and
+//! the per-message timers (retransmission, delivered and acknowledged deadlines).
+//!
+//! A message enters with its dependency vector `after` (the last sequence of every lane of the
+//! same or higher precedence on its channel), is sealed once the partner's key is known, and is
+//! framed by [`Outbox::flush`] once its record is durable. It leaves memory when it is
+//! delivered and, where expected, acknowledged. It does not verify receipts' signatures or decide
+//! about escalation alarms: the facade does that and calls in with verified facts.
+//!
+//! Main types: [`Outbox`], [`OutMsg`] (one message), [`TimerKind`].
+//!
+//! Invariant: within a lane, sequence numbers are dense and each sealed envelope's `prev` is the
+//! hash of the one before; a message in the send queue is framed at most once per flush, and
+//! every armed timer belongs to a message still in the outbox.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use super::timer::TimerTable;
+use super::{
+    AckLevel, Action, DurabilityGate, EngineConfig, Keys, LaneDepth, Local, Partner, Report,
+    WriteId, gate::ALREADY_DURABLE, keys::SendSessionState,
+};
+use crate::crypto::Digest;
+use crate::envelope::{
+    ChainHead, Envelope, Header, Plaintext, Receipt, ReceiptKind, Signed, VerifyError, sign_head,
+};
+use crate::types::{Channel, EndpointId, Lane, MessageId, Precedence, Seq, Time};
+use crate::wire::{self, Accepted, EnvelopeFrame, Frame};
+
+/// Finished messages remembered for a late `accepted`; the oldest are dropped beyond it.
+const MAX_LATE_ACCEPTED: usize = 4096;
+
+/// What a message timer is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum TimerKind {
+    Retransmit,
+    Delivered,
+    Acknowledged,
+}
+
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per outbox message; sealed is the common state"
+)]
+#[derive(Debug)]
+pub(super) enum OutState {
+    AwaitingKey { body: Vec<u8> },
+    Sealed { envelope: Envelope, hash: Digest },
+}
+
+#[derive(Debug)]
+pub(super) struct OutMsg {
+    pub(super) sent_at: Time,
+    after: [u64; 4],
+    pub(super) state: OutState,
+    /// The record that must be durable before the message is sent.
+    pub(super) write: WriteId,
+    pub(super) transport: Precedence,
+    pub(super) escalations: u32,
+    /// When the relay first accepted it (reported once).
+    pub(super) accepted: Option<Time>,
+    /// The relay on the current connection holds it: no retransmission needed.
+    pub(super) relay_holds: bool,
+    pub(super) delivered: Option<Time>,
+    pub(super) acknowledged: Option<Time>,
+    pub(super) delivered_deadline: Time,
+    /// `None`: no acknowledgement expected.
+    pub(super) ack_deadline: Option<Time>,
+    rto: Duration,
+}
+
+impl OutMsg {
+    /// A message as submitted at `sent_at` (or read back from its record).
+    pub(super) fn new(
+        cfg: &EngineConfig,
+        precedence: Precedence,
+        sent_at: Time,
+        after: [u64; 4],
+        state: OutState,
+    ) -> Self {
+        Self {
+            sent_at,
+            after,
+            state,
+            write: ALREADY_DURABLE,
+            transport: precedence,
+            escalations: 0,
+            accepted: None,
+            relay_holds: false,
+            delivered: None,
+            acknowledged: None,
+            delivered_deadline: sent_at.plus(cfg.delivered_deadline(precedence)),
+            ack_deadline: cfg
+                .acknowledged_deadline(precedence)
+                .map(|d| sent_at.plus(d)),
+            rto: cfg.retransmit_initial(),
+        }
+    }
+
+    /// When to retransmit if nothing is heard, doubling the interval for the next time.
+    fn back_off(&mut self, now: Time, cfg: &EngineConfig) -> Time {
+        let at = now.plus(self.rto);
+        self.rto = (self.rto * 2).min(cfg.retransmit_max());
+        at
+    }
+
+    /// Raises the transport precedence after a missed deadline; returns the new one and the
+    /// escalation count.
+    pub(super) fn raise(&mut self) -> (Precedence, u32) {
+        self.transport = self.transport.raised();
+        self.escalations += 1;
+        (self.transport, self.escalations)
+    }
+}
+
+#[derive(Debug, Default)]
+pub(super) struct OutLane {
+    pub(super) last_seq: Seq,
+    pub(super) last_hash: Digest,
+}
+
+#[derive(Debug)]
+pub(super) struct Outbox {
+    pub(super) lanes: BTreeMap<(Channel, Precedence), OutLane>,
+    pub(super) msgs: BTreeMap<MessageId, OutMsg>,
+    /// Messages waiting for the partner's key, in submission order.
+    pub(super) awaiting_key: BTreeSet<(Time, MessageId)>,
+    /// Sealed messages to frame at the next flush.
+    pub(super) send_queue: BTreeSet<MessageId>,
+    pub(super) timers: TimerTable<(TimerKind, MessageId)>,
+    /// Finished messages whose `accepted` reply has not arrived yet (a partner's receipt can
+    /// overtake it), so the level is still reported once when it comes.
+    pub(super) late_accepted: BTreeSet<MessageId>,
+}
+
+impl Outbox {
+    pub(super) fn new() -> Self {
+        Self {
+            lanes: BTreeMap::new(),
+            msgs: BTreeMap::new(),
+            awaiting_key: BTreeSet::new(),
+            send_queue: BTreeSet::new(),
+            timers: TimerTable::new(),
+            late_accepted: BTreeSet::new(),
+        }
+    }
+
+    /// Allocates the next id on `channel` at `precedence` with its dependency vector: the last
+    /// sequence of every same-or-higher lane on the channel, its own lane included.
+    pub(super) fn next_id(
+        &mut self,
+        me: &EndpointId,
+        channel: Channel,
+        precedence: Precedence,
+    ) -> (MessageId, [u64; 4]) {
+        let mut after = [0u64; 4];
+        for p in Precedence::ALL.into_iter().filter(|p| *p >= precedence) {
+            after[p.index()] = self
+                .lanes
+                .get(&(channel.clone(), p))
+                .map_or(0, |l| l.last_seq.0);
+        }
+        let lane = self.lanes.entry((channel.clone(), precedence)).or_default();
+        lane.last_seq = lane.last_seq.next();
+        let id = MessageId {
+            sender: me.clone(),
+            channel,
+            precedence,
+            seq: lane.last_seq,
+        };
+        (id, after)
+    }
+
+    /// Seals message `id` in `session`, chaining it to its lane; returns the envelope.
+    pub(super) fn seal(
+        &mut self,
+        id: &MessageId,
+        session: &SendSessionState,
+        local: &Local,
+        partner: &Partner,
+    ) -> Option<Envelope> {
+        let msg = self.msgs.get(id)?;
+        let OutState::AwaitingKey { body } = &msg.state else {
+            return None;
+        };
+        let lane = self.lanes.get(&(id.channel.clone(), id.precedence))?;
+        let plaintext = postcard::to_allocvec(&Plaintext {
+            sent_at: msg.sent_at,
+            body: body.clone(),
+        })
+        .ok()?;
+        let mut header = Header {
+            sender: local.id.clone(),
+            recipient: partner.id.clone(),
+            channel: id.channel.clone(),
+            precedence: id.precedence,
+            seq: id.seq,
+            after: msg.after,
+            epoch: session.epoch,
+            session: session.session.id(),
+            prev: lane.last_hash,
+            sealed_len: 0,
+        };
+        // AEAD adds a 16-byte tag.
+        header.sealed_len = (plaintext.len() + 16) as u32;
+        let sealed = session
+            .session
+            .seal(id.precedence as u8, id.seq.0, &header.encode(), &plaintext)
+            .ok()?;
+        let envelope = Envelope { header, sealed };
+        let hash = envelope.hash();
+        if let Some(lane) = self.lanes.get_mut(&(id.channel.clone(), id.precedence)) {
+            lane.last_hash = hash;
+        }
+        if let Some(m) = self.msgs.get_mut(id) {
+            m.state = OutState::Sealed {
+                envelope: envelope.clone(),
+                hash,
+            };
+        }
+        Some(envelope)
+    }
+
+    /// Frames every queued message whose record is durable, highest precedence first and in
+    /// sequence order within a lane; the last envelope of each lane carries the signed chain
+    /// head. Arms retransmission for those the relay does not hold yet.
+    pub(super) fn flush(
+        &mut self,
+        now: Time,
+        cfg: &EngineConfig,
+        local: &Local,
+        keys: &Keys,
+        gate: &mut DurabilityGate,
+    ) {
+        if self.send_queue.is_empty() {
+            return;
+        }
+        let mut ready: Vec<MessageId> = self
+            .send_queue
+            .iter()
+            .filter(|id| self.msgs.get(*id).is_some_and(|m| gate.is_durable(m.write)))
+            .cloned()
+            .collect();
+        ready.sort_by(|a, b| b.precedence.cmp(&a.precedence).then(a.cmp(b)));
+        for (i, id) in ready.iter().enumerate() {
+            self.send_queue.remove(id);
+            let last_in_lane = ready
+                .get(i + 1)
+                .is_none_or(|n| n.channel != id.channel || n.precedence != id.precedence);
+            let Some(m) = self.msgs.get_mut(id) else {
+                continue;
+            };
+            if m.delivered.is_some() {
+                continue;
+            }
+            let OutState::Sealed { envelope, hash } = &m.state else {
+                continue;
+            };
+            let head = last_in_lane.then(|| sign_head(&ChainHead::of(envelope, *hash), &local.key));
+            let frame = Frame::Envelope(EnvelopeFrame {
+                transport: m.transport,
+                envelope: envelope.clone(),
+                head,
+                setup: keys.setup_to_offer(&envelope.header.session),
+            });
+            let lane = Lane::Precedence(m.transport);
+            if !m.relay_holds {
+                let at = m.back_off(now, cfg);
+                self.timers.set((TimerKind::Retransmit, id.clone()), at);
+            }
+            gate.push(Action::Send {
+                lane,
+                frame: wire::encode_frame(&frame),
+            });
+        }
+    }
+
+    /// A new relay connection: re-offer every sealed, undelivered message from a fresh backoff.
+    pub(super) fn reoffer_all(&mut self, cfg: &EngineConfig) {
+        for (id, m) in &mut self.msgs {
+            if m.delivered.is_none() && matches!(m.state, OutState::Sealed { .. }) {
+                m.rto = cfg.retransmit_initial();
+                m.relay_holds = false;
+                self.send_queue.insert(id.clone());
+            }
+        }
+    }
+
+    /// The relay connection is gone: nothing is in flight and no reply will come.
+    pub(super) fn disconnected(&mut self) {
+        self.send_queue.clear();
+        self.late_accepted.clear();
+        for id in self.msgs.keys() {
+            self.timers.stop(&(TimerKind::Retransmit, id.clone()));
+        }
+    }
+
+    pub(super) fn on_accepted(&mut self, now: Time, a: Accepted, gate: &mut DurabilityGate) {
+        let level = AckLevel::Accepted { durable: a.durable };
+        let Some(m) = self.msgs.get_mut(&a.id) else {
+            // Delivered (and forgotten) before the relay's reply arrived: still report the level
+            // once, stamped now.
+            if self.late_accepted.remove(&a.id) {
+                gate.push(Action::Report(Report {
+                    id: a.id,
+                    level,
+                    at: now,
+                }));
+            }
+            return;
+        };
+        m.relay_holds = true;
+        let first = m.accepted.is_none();
+        if first {
+            m.accepted = Some(now);
+        }
+        self.timers.stop(&(TimerKind::Retransmit, a.id.clone()));
+        if first {
+            gate.push(Action::Report(Report {
+                id: a.id,
+                level,
+                at: now,
+            }));
+        }
+    }
+
+    /// The relay refused `id` for now: keep it and try again after the backoff. Returns
+    /// whether the message is ours and still tracked.
+    pub(super) fn on_refused(&mut self, now: Time, id: &MessageId, cfg: &EngineConfig) -> bool {
+        let Some(m) = self.msgs.get_mut(id) else {
+            return false;
+        };
+        m.relay_holds = false;
+        let at = m.back_off(now, cfg);
+        self.timers.set((TimerKind::Retransmit, id.clone()), at);
+        true
+    }
+
+    /// Marks outgoing messages delivered/acknowledged by a verified receipt. `report` is false
+    /// during restore.
+    pub(super) fn apply_receipt(
+        &mut self,
+        r: &Signed<Receipt>,
+        report: bool,
+        cfg: &EngineConfig,
+        keys: &mut Keys,
+        gate: &mut DurabilityGate,
+    ) -> Result<(), VerifyError> {
+        let body = &r.body;
+        let id_at = |seq| MessageId {
+            sender: body.to.clone(),
+            channel: body.channel.clone(),
+            precedence: body.precedence,
+            seq,
+        };
+        let reached = |id, level| {
+            Action::Report(Report {
+                id,
+                level,
+                at: body.at,
+            })
+        };
+        match &body.kind {
+            ReceiptKind::Delivered { upto, head } => {
+                let head_id = id_at(*upto);
+                // The receipt must name the hash we sent at `upto`, if we still track it.
+                if let Some(OutState::Sealed { hash, .. }) =
+                    self.msgs.get(&head_id).map(|m| &m.state)
+                {
+                    if hash != head {
+                        return Err(VerifyError::ReceiptMismatch(head_id));
+                    }
+                }
+                let ids: Vec<MessageId> = self
+                    .msgs
+                    .range(id_at(Seq(0))..=head_id)
+                    .filter(|(_, m)| m.delivered.is_none())
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for id in ids {
+                    let Some(m) = self.msgs.get_mut(&id) else {
+                        continue;
+                    };
+                    m.delivered = Some(body.at);
+                    if let OutState::Sealed { envelope, .. } = &m.state {
+                        keys.set_setup_confirmed(&envelope.header.session, true);
+                    }
+                    self.timers.stop(&(TimerKind::Retransmit, id.clone()));
+                    if report {
+                        gate.push(reached(id.clone(), AckLevel::Delivered));
+                    }
+                    self.forget_if_done(&id);
+                }
+            }
+            ReceiptKind::Acknowledged { seq, hash } => {
+                let id = id_at(*seq);
+                let Some(m) = self.msgs.get_mut(&id) else {
+                    // No acknowledgement was expected, so the message left memory once
+                    // delivered; the signed receipt still tells the operator.
+                    if report && self.forgotten_unacked(&id, cfg) {
+                        gate.push(reached(id, AckLevel::Acknowledged));
+                    }
+                    return Ok(());
+                };
+                if let OutState::Sealed { hash: h, .. } = &m.state {
+                    if h != hash {
+                        return Err(VerifyError::ReceiptMismatch(id));
+                    }
+                }
+                if m.acknowledged.is_some() {
+                    return Ok(());
+                }
+                // An acknowledgement implies delivery.
+                if m.delivered.is_none() {
+                    m.delivered = Some(body.at);
+                }
+                m.acknowledged = Some(body.at);
+                if report {
+                    gate.push(reached(id.clone(), AckLevel::Acknowledged));
+                }
+                self.forget_if_done(&id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `id` was ours, delivered and dropped from memory without an expected ack.
+    fn forgotten_unacked(&self, id: &MessageId, cfg: &EngineConfig) -> bool {
+        cfg.acknowledged_deadline(id.precedence).is_none()
+            && self
+                .lanes
+                .get(&(id.channel.clone(), id.precedence))
+                .is_some_and(|l| id.seq <= l.last_seq)
+    }
+
+    /// After delivery: stops the timers that no longer matter, then either drops a finished
+    /// message from memory (the store keeps its history) or arms its acknowledged deadline.
+    fn forget_if_done(&mut self, id: &MessageId) {
+        let Some(m) = self.msgs.get(id) else { return };
+        let done = m.delivered.is_some() && (m.acknowledged.is_some() || m.ack_deadline.is_none());
+        let (accepted, ack_deadline) = (m.accepted, m.ack_deadline);
+        self.timers.stop(&(TimerKind::Delivered, id.clone()));
+        self.timers.stop(&(TimerKind::Retransmit, id.clone()));
+        if done {
+            self.timers.stop(&(TimerKind::Acknowledged, id.clone()));
+            if accepted.is_none() {
+                if self.late_accepted.len() >= MAX_LATE_ACCEPTED {
+                    self.late_accepted.pop_first();
+                }
+                self.late_accepted.insert(id.clone());
+            }
+            self.msgs.remove(id);
+            self.send_queue.remove(id);
+        } else if let Some(at) = ack_deadline {
+            self.timers.set((TimerKind::Acknowledged, id.clone()), at);
+        }
+    }
+
+    /// Arms the deadlines of restored messages (restore forgets timers armed while replaying).
+    pub(super) fn rebuild_timers(&mut self) {
+        self.timers.clear();
+        for (id, m) in &self.msgs {
+            if m.delivered.is_none() {
+                self.timers
+                    .set((TimerKind::Delivered, id.clone()), m.delivered_deadline);
+            }
+            if let Some(at) = m.ack_deadline {
+                if m.acknowledged.is_none() {
+                    self.timers.set((TimerKind::Acknowledged, id.clone()), at);
+                }
+            }
+        }
+    }
+
+    /// Adds this outbox's counts to per-precedence lane depths.
+    pub(super) fn count(&self, lanes: &mut [LaneDepth; 4]) {
+        for (id, m) in &self.msgs {
+            let d = &mut lanes[id.precedence.index()];
+            match m.state {
+                OutState::AwaitingKey { .. } => d.awaiting_key += 1,
+                OutState::Sealed { .. } if m.accepted.is_none() && m.delivered.is_none() => {
+                    d.unaccepted += 1
+                }
+                OutState::Sealed { .. } => {}
+            }
+            if m.delivered.is_none() {
+                d.undelivered += 1;
+            } else if m.acknowledged.is_none() && m.ack_deadline.is_some() {
+                d.unacknowledged += 1;
+            }
+        }
+    }
+}
