@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hotline_proto::{EndpointId, Precedence, Time};
-use hotline_relay::router::{StoreOp, StoredEnvelope, WriteId};
+use hotline_relay::router::{CommitId, StoreOp, StoredEnvelope};
 use hotline_relay::store::{self, Request, Store};
 
 const ENVELOPE_BYTES: usize = 1024;
@@ -110,7 +110,7 @@ fn group_commit(n: u64, window: Option<u64>) -> Run {
             }
         }
         tx.send(Request::Write {
-            id: WriteId(id),
+            id: CommitId(id),
             ops: vec![put(order, &frame, &destination)],
         })
         .unwrap();

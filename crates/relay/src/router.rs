@@ -63,8 +63,8 @@ use tracing::{debug, info, trace, warn};
 mod persist;
 
 pub use persist::{
-    RestoreError, Restored, Snapshot, StoreOp, StoredAnnouncement, StoredControl, StoredEnvelope,
-    WriteId,
+    CommitId, Restored, Snapshot, SnapshotError, StoreOp, StoredAnnouncement, StoredControl,
+    StoredEnvelope,
 };
 
 /// Identifies one QUIC connection for its lifetime; never reused by a shell.
@@ -177,7 +177,7 @@ impl Default for Ttl {
 
 /// Why a hotline configuration was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
+pub enum RouterConfigError {
     /// A hotline pairs an endpoint with itself.
     #[error("hotline {0}:{0} pairs an endpoint with itself")]
     SelfPaired(EndpointId),
@@ -207,7 +207,7 @@ pub enum Output {
     /// writes), then call [`Router::handle_persisted`] with `write` or a later id.
     Persist {
         /// Which write.
-        write: WriteId,
+        write: CommitId,
         /// What to change, in order.
         ops: Vec<StoreOp>,
     },
@@ -302,9 +302,9 @@ pub struct Router {
     outputs: VecDeque<Output>,
     /// Store operations of the current input, emitted as one write when it returns.
     staged: Vec<StoreOp>,
-    /// The last [`WriteId`] emitted.
+    /// The last [`CommitId`] emitted.
     issued: u64,
-    /// The last [`WriteId`] reported committed.
+    /// The last [`CommitId`] reported committed.
     committed: u64,
     /// Frames that may leave only once the write numbered with them has committed.
     deferred: VecDeque<(u64, Deferred)>,
@@ -318,17 +318,20 @@ pub struct Router {
 
 impl Router {
     /// A router for these hotlines (pairs of endpoints; an endpoint may be in several).
-    pub fn new(hotlines: &[(EndpointId, EndpointId)], limits: Limits) -> Result<Self, ConfigError> {
+    pub fn new(
+        hotlines: &[(EndpointId, EndpointId)],
+        limits: Limits,
+    ) -> Result<Self, RouterConfigError> {
         if hotlines.is_empty() {
-            return Err(ConfigError::NoHotlines);
+            return Err(RouterConfigError::NoHotlines);
         }
         if limits.max_queue_bytes == 0 {
-            return Err(ConfigError::ZeroQueueBound);
+            return Err(RouterConfigError::ZeroQueueBound);
         }
         let mut endpoints = BTreeMap::<EndpointId, Endpoint>::new();
         for (a, b) in hotlines {
             if a == b {
-                return Err(ConfigError::SelfPaired(a.clone()));
+                return Err(RouterConfigError::SelfPaired(a.clone()));
             }
             endpoints
                 .entry(a.clone())
@@ -363,14 +366,14 @@ impl Router {
     /// order, announcements back in place. Rows for endpoints that are in no configured hotline
     /// are left in the store, unserved, and reported. Expired envelopes expire at the next
     /// [`Router::handle_timeout`].
-    pub fn restore(&mut self, snapshot: Snapshot) -> Result<Restored, RestoreError> {
+    pub fn restore(&mut self, snapshot: Snapshot) -> Result<Restored, SnapshotError> {
         if !self.conns.is_empty()
             || self.issued != 0
             || self.next_order != 0
             || self.next_control != 0
             || self.endpoints.values().any(|e| e.announcement.is_some())
         {
-            return Err(RestoreError::NotFresh);
+            return Err(SnapshotError::NotFresh);
         }
         let Snapshot {
             mut envelopes,
@@ -392,17 +395,17 @@ impl Router {
                 bytes,
             } = stored;
             self.next_order = self.next_order.max(order.saturating_add(1));
-            let bad = |detail: String| RestoreError::BadEnvelope { order, detail };
             let header = match wire::decode_frame(&bytes) {
                 Ok((Frame::Envelope(e), used)) if used == bytes.len() => e.envelope.header,
-                Ok(_) => return Err(bad("not exactly one envelope frame".into())),
-                Err(e) => return Err(bad(e.to_string())),
+                Ok(_) => return Err(SnapshotError::NotAnEnvelope { order }),
+                Err(source) => return Err(SnapshotError::Undecodable { order, source }),
             };
             if header.recipient != destination {
-                return Err(bad(format!(
-                    "addressed to {}, stored for {destination}",
-                    header.recipient
-                )));
+                return Err(SnapshotError::Misaddressed {
+                    order,
+                    recipient: header.recipient,
+                    destination,
+                });
             }
             let Some(dest) = self.endpoints.get_mut(&destination) else {
                 *unconfigured.entry(destination).or_default() += 1;
@@ -410,7 +413,7 @@ impl Router {
             };
             let key = ItemKey::of(&header);
             if let Some(first) = dest.items.get(&key) {
-                return Err(RestoreError::DuplicateEnvelope {
+                return Err(SnapshotError::DuplicateEnvelope {
                     first: first.order,
                     second: order,
                 });
@@ -660,7 +663,7 @@ impl Router {
 
     /// Writes up to and including `write` are durable: releases the frames that waited for them
     /// (`Accepted` replies, receipts, notices, `Expired` refusals), in order.
-    pub fn handle_persisted(&mut self, write: WriteId) {
+    pub fn handle_persisted(&mut self, write: CommitId) {
         self.committed = self.committed.max(write.0);
         while let Some((w, _)) = self.uncommitted.front() {
             if *w > self.committed {
@@ -709,8 +712,8 @@ impl Router {
     }
 
     /// The last write reported committed.
-    pub fn committed(&self) -> WriteId {
-        WriteId(self.committed)
+    pub fn committed(&self) -> CommitId {
+        CommitId(self.committed)
     }
 
     /// Bytes of envelopes arrived on `lane` whose write has not committed yet. The shell stops
@@ -1186,7 +1189,7 @@ impl Router {
             self.uncommitted.push_back((self.issued, lanes));
         }
         self.outputs.push_back(Output::Persist {
-            write: WriteId(self.issued),
+            write: CommitId(self.issued),
             ops: std::mem::take(&mut self.staged),
         });
     }

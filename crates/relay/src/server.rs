@@ -49,7 +49,9 @@ use bytes::Bytes;
 use hotline_net::framed::{self, LaneTag, ReadError};
 use hotline_net::quic::{self, EndpointError, Timeouts};
 use hotline_net::tls::{self, Credentials, TlsError};
-use hotline_proto::wire::{self, DecodeError, Frame, Hello, MAX_FRAME_LEN, PROTOCOL_VERSION};
+use hotline_proto::wire::{
+    self, DecodeError, Frame, Hello, HelloError, MAX_FRAME_LEN, PROTOCOL_VERSION,
+};
 use hotline_proto::{EndpointId, Lane, Precedence, Time};
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 use tokio::net::TcpListener;
@@ -59,7 +61,9 @@ use tracing::{Instrument, debug, error, field, info, info_span, warn};
 
 use crate::failpoint;
 use crate::metrics::{self, Metrics};
-use crate::router::{ConfigError, ConnId, ConnectError, Limits, Output, RestoreError, Router, Ttl};
+use crate::router::{
+    ConnId, ConnectError, Limits, Output, Router, RouterConfigError, SnapshotError, Ttl,
+};
 use crate::store::{self, Request, Store, StoreError};
 
 /// File in `data_dir` holding the stateless-reset key, so a restarted relay resets stale
@@ -166,7 +170,7 @@ impl ServerConfig {
 pub enum SpawnError {
     /// The hotline list or queue bound is invalid.
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Config(#[from] RouterConfigError),
     /// The data directory could not be created.
     #[error("creating data directory {}: {source}", path.display())]
     DataDir {
@@ -180,7 +184,7 @@ pub enum SpawnError {
     Store(#[from] StoreError),
     /// The store holds something the router cannot load.
     #[error("loading the store: {0}")]
-    Restore(#[from] RestoreError),
+    Restore(#[from] SnapshotError),
     /// The store's writer thread could not be started.
     #[error("starting the store writer: {0}")]
     StoreThread(std::io::Error),
@@ -699,6 +703,8 @@ enum ServeError {
     Read(#[from] ReadError),
     #[error("{0}")]
     Protocol(String),
+    #[error("hello refused: {0}")]
+    Hello(#[from] HelloError),
     #[error("registration: {0}")]
     Register(#[from] ConnectError),
 }
@@ -706,7 +712,9 @@ enum ServeError {
 impl ServeError {
     fn close_reason(&self) -> Option<CloseReason> {
         match self {
-            Self::Timeout(_) | Self::Protocol(_) => Some(CloseReason::ProtocolViolation),
+            Self::Timeout(_) | Self::Protocol(_) | Self::Hello(_) => {
+                Some(CloseReason::ProtocolViolation)
+            }
             Self::Read(e) => read_error_reason(e),
             Self::Register(ConnectError::NotConfigured(_)) => Some(CloseReason::NotConfigured),
             _ => None,
@@ -735,17 +743,13 @@ async fn serve(
         .await
         .map_err(|_| ServeError::Timeout("hello"))??
         .ok_or_else(|| ServeError::Protocol("control stream finished before hello".into()))?;
-    let agent = match wire::decode_frame(&first) {
-        Ok((Frame::Hello(h), _)) if h.version >= PROTOCOL_VERSION => h.agent,
-        Ok((Frame::Hello(h), _)) => {
-            return Err(ServeError::Protocol(format!(
-                "node speaks protocol version {}, relay needs {PROTOCOL_VERSION}",
-                h.version
-            )));
-        }
+    let hello = match wire::decode_frame(&first) {
+        Ok((Frame::Hello(h), _)) => h,
         Ok(_) => return Err(ServeError::Protocol("first frame is not a hello".into())),
         Err(e) => return Err(ServeError::Protocol(format!("unreadable hello: {e}"))),
     };
+    hello.check()?;
+    let agent = hello.agent;
 
     let handle = Arc::new(ConnHandle::new(connection.clone()));
     shared.register(conn, peer, handle.clone())?;
