@@ -3,9 +3,11 @@
 use std::time::Duration;
 
 use hotline_proto::crypto::{Digest, IdentityKey, SessionId};
-use hotline_proto::envelope::{Announcement, Envelope, Header};
-use hotline_proto::wire::Hello;
-use hotline_proto::{Channel, Time};
+use hotline_proto::envelope::{
+    Announcement, Envelope, Header, LinkTest, Receipt, ReceiptKind, Signed,
+};
+use hotline_proto::wire::{Accepted, EnvelopeFrame, Hello};
+use hotline_proto::{Channel, Seq, Time};
 
 use super::*;
 
