@@ -5,6 +5,9 @@
 //! subscriber and runs [`Server`] until SIGINT or SIGTERM. `check` runs the same conversion and
 //! stops there. Every error is one `error: …` line on stderr and exit status 1.
 
+// Ahead of the workspace lints; stdout is `check`'s verdict only.
+#![warn(clippy::print_stdout, clippy::expect_used)]
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
     }
 }
 
+#[expect(clippy::print_stdout, reason = "`check` reports its verdict on stdout")]
 fn check(path: &Path) -> anyhow::Result<()> {
     let config = load(path)?;
     let endpoints: std::collections::BTreeSet<_> =
@@ -413,8 +417,6 @@ fn check_issued_by(chain: &[CertificateDer<'_>], ca: &[CertificateDer<'_>]) -> a
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
-
     use hotline_net::pki::ExercisePki;
 
     use super::*;

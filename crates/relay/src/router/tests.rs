@@ -1,5 +1,3 @@
-#![allow(clippy::unwrap_used)]
-
 use std::time::Duration;
 
 use hotline_proto::crypto::{Digest, IdentityKey, SessionId};

@@ -1,5 +1,3 @@
-#![allow(clippy::unwrap_used)]
-
 use std::sync::mpsc;
 
 use hotline_proto::crypto::{Digest, SessionId};
