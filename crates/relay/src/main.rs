@@ -417,33 +417,13 @@ fn check_issued_by(chain: &[CertificateDer<'_>], ca: &[CertificateDer<'_>]) -> a
 
 #[cfg(test)]
 mod tests {
-    use hotline_net::pki::ExercisePki;
+    use hotline_relay::testing::{RELAY_TOML as MINIMAL, TestPki};
 
     use super::*;
 
-    fn pki_dir() -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        let ids = [
-            EndpointId::new("us").unwrap(),
-            EndpointId::new("jp").unwrap(),
-        ];
-        ExercisePki::generate("relay.test", &ids)
-            .unwrap()
-            .write(dir.path())
-            .unwrap();
-        dir
+    fn pki_dir() -> TestPki {
+        TestPki::generate(&["us", "jp"])
     }
-
-    const MINIMAL: &str = r#"
-listen = "127.0.0.1:0"
-data_dir = "data/relay"
-ca = "ca.pem"
-cert = "relay.pem"
-key = "relay.key"
-[[hotline]]
-a = "us"
-b = "jp"
-"#;
 
     fn load_text(dir: &Path, text: &str) -> anyhow::Result<ServerConfig> {
         let path = dir.join("relay.toml");
