@@ -69,6 +69,33 @@ pub struct Hello {
     pub agent: String,
 }
 
+impl Hello {
+    /// Whether a peer that sent this hello can be served: it must speak at least
+    /// [`PROTOCOL_VERSION`]. Both sides call it on the hello they receive.
+    pub fn check(&self) -> Result<(), HelloError> {
+        if self.version < PROTOCOL_VERSION {
+            return Err(HelloError::UnsupportedVersion {
+                version: self.version,
+                needed: PROTOCOL_VERSION,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Why a peer's [`Hello`] was refused. Always the peer's fault.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HelloError {
+    /// The peer speaks only protocol versions older than ours.
+    #[error("peer speaks protocol version {version}, {needed} needed")]
+    UnsupportedVersion {
+        /// The highest version the peer speaks.
+        version: u8,
+        /// The version we need.
+        needed: u8,
+    },
+}
+
 /// An envelope with its transport metadata.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnvelopeFrame {

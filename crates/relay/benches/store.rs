@@ -13,7 +13,12 @@
 //! Environment: `HOTLINE_BENCH_ENVELOPES` (default 20000) for the group-commit runs;
 //! one-per-envelope runs a tenth of that (at least 200).
 
-#![allow(clippy::unwrap_used)]
+// Ahead of the workspace lints: the bench reports on stdout, from `Run::print` and `main` only.
+#![warn(clippy::print_stdout, clippy::expect_used)]
+#![expect(
+    clippy::unwrap_used,
+    reason = "a bench fails loudly on any setup or store error"
+)]
 
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
@@ -21,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hotline_proto::{EndpointId, Precedence, Time};
-use hotline_relay::router::{StoreOp, StoredEnvelope, WriteId};
+use hotline_relay::router::{CommitId, StoreOp, StoredEnvelope};
 use hotline_relay::store::{self, Request, Store};
 
 const ENVELOPE_BYTES: usize = 1024;
@@ -44,6 +49,7 @@ struct Run {
 }
 
 impl Run {
+    #[expect(clippy::print_stdout, reason = "the bench reports on stdout")]
     fn print(&self) {
         let secs = self.elapsed.as_secs_f64();
         println!(
@@ -110,7 +116,7 @@ fn group_commit(n: u64, window: Option<u64>) -> Run {
             }
         }
         tx.send(Request::Write {
-            id: WriteId(id),
+            id: CommitId(id),
             ops: vec![put(order, &frame, &destination)],
         })
         .unwrap();
@@ -128,6 +134,7 @@ fn group_commit(n: u64, window: Option<u64>) -> Run {
     }
 }
 
+#[expect(clippy::print_stdout, reason = "the bench reports on stdout")]
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` runs this too, so keep that short.
     let benching = std::env::args().any(|a| a == "--bench");

@@ -15,6 +15,8 @@
 //! - [`Server`]: the tokio + quinn shell, spawned from a typed [`ServerConfig`]; dropping it
 //!   stops everything.
 //! - [`failpoint`]: crash points for recovery tests (`HOTLINE_FAILPOINT`).
+//! - `testing` (feature `test-utils`): exercise PKI, a loopback [`ServerConfig`] and a raw
+//!   wire-speaking node, shared by the relay's tests and its users'.
 //!
 //! ```no_run
 //! # async fn run(config: hotline_relay::ServerConfig) -> Result<(), hotline_relay::SpawnError> {
@@ -25,11 +27,16 @@
 //! # Ok(()) }
 //! ```
 
+// Ahead of the workspace lints: the library neither prints nor panics on `expect`.
+#![warn(clippy::print_stdout, clippy::expect_used)]
+
 pub mod failpoint;
 mod metrics;
 pub mod router;
 mod server;
 pub mod store;
+#[cfg(feature = "test-utils")]
+pub mod testing;
 
 pub use hotline_net::quic::Timeouts;
 pub use hotline_net::tls::Credentials;

@@ -5,6 +5,9 @@
 //! subscriber and runs [`Server`] until SIGINT or SIGTERM. `check` runs the same conversion and
 //! stops there. Every error is one `error: …` line on stderr and exit status 1.
 
+// Ahead of the workspace lints; stdout is `check`'s verdict only.
+#![warn(clippy::print_stdout, clippy::expect_used)]
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
     }
 }
 
+#[expect(clippy::print_stdout, reason = "`check` reports its verdict on stdout")]
 fn check(path: &Path) -> anyhow::Result<()> {
     let config = load(path)?;
     let endpoints: std::collections::BTreeSet<_> =
@@ -413,35 +417,13 @@ fn check_issued_by(chain: &[CertificateDer<'_>], ca: &[CertificateDer<'_>]) -> a
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use hotline_net::pki::ExercisePki;
+    use hotline_relay::testing::{RELAY_TOML as MINIMAL, TestPki};
 
     use super::*;
 
-    fn pki_dir() -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        let ids = [
-            EndpointId::new("us").unwrap(),
-            EndpointId::new("jp").unwrap(),
-        ];
-        ExercisePki::generate("relay.test", &ids)
-            .unwrap()
-            .write(dir.path())
-            .unwrap();
-        dir
+    fn pki_dir() -> TestPki {
+        TestPki::generate(&["us", "jp"])
     }
-
-    const MINIMAL: &str = r#"
-listen = "127.0.0.1:0"
-data_dir = "data/relay"
-ca = "ca.pem"
-cert = "relay.pem"
-key = "relay.key"
-[[hotline]]
-a = "us"
-b = "jp"
-"#;
 
     fn load_text(dir: &Path, text: &str) -> anyhow::Result<ServerConfig> {
         let path = dir.join("relay.toml");

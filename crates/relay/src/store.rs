@@ -37,7 +37,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHand
 
 use crate::failpoint;
 use crate::router::{
-    Snapshot, StoreOp, StoredAnnouncement, StoredControl, StoredEnvelope, WriteId,
+    CommitId, Snapshot, StoreOp, StoredAnnouncement, StoredControl, StoredEnvelope,
 };
 
 /// The store's file name inside the data directory.
@@ -191,7 +191,7 @@ pub enum Request {
     /// Make these operations durable, then report `id` committed.
     Write {
         /// The router's id for this write.
-        id: WriteId,
+        id: CommitId,
         /// The operations, in order.
         ops: Vec<StoreOp>,
     },
@@ -203,7 +203,7 @@ pub enum Request {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Committed {
     /// The last write the commit held; it and every earlier one are durable.
-    pub upto: WriteId,
+    pub upto: CommitId,
     /// How many writes it held.
     pub writes: usize,
     /// How many operations it held.

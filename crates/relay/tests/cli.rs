@@ -1,40 +1,23 @@
 //! The `hotline-relay` binary: `check` verdicts and a run stopped by SIGTERM.
 
-#![allow(clippy::unwrap_used)]
+#![expect(
+    clippy::unwrap_used,
+    reason = "helpers outside #[test] functions fail the test loudly too"
+)]
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hotline_net::pki::ExercisePki;
-use hotline_proto::EndpointId;
+use hotline_relay::testing::{RELAY_TOML, TestPki};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hotline-relay");
 
-const CONFIG: &str = r#"
-listen = "127.0.0.1:0"
-data_dir = "data/relay"
-ca = "ca.pem"
-cert = "relay.pem"
-key = "relay.key"
-[[hotline]]
-a = "us"
-b = "jp"
-"#;
-
-fn setup(config: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let ids = [
-        EndpointId::new("us").unwrap(),
-        EndpointId::new("jp").unwrap(),
-    ];
-    ExercisePki::generate("relay.test", &ids)
-        .unwrap()
-        .write(dir.path())
-        .unwrap();
-    std::fs::write(dir.path().join("relay.toml"), config).unwrap();
-    dir
+fn setup(config: &str) -> TestPki {
+    let pki = TestPki::generate(&["us", "jp"]);
+    pki.write_config(config);
+    pki
 }
 
 fn check(dir: &Path) -> std::process::Output {
@@ -47,7 +30,7 @@ fn check(dir: &Path) -> std::process::Output {
 
 #[test]
 fn check_prints_one_ok_line() {
-    let dir = setup(CONFIG);
+    let dir = setup(RELAY_TOML);
     let out = check(dir.path());
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(out.status.success(), "{stdout}");
@@ -58,9 +41,9 @@ fn check_prints_one_ok_line() {
 #[test]
 fn check_names_what_is_wrong_in_one_line() {
     for (config, expect) in [
-        (CONFIG.replace("relay.key", "us.key"), "us.key"),
-        (CONFIG.replace("ca.pem", "nope.pem"), "nope.pem"),
-        (format!("colour = \"red\"\n{CONFIG}"), "colour"),
+        (RELAY_TOML.replace("relay.key", "us.key"), "us.key"),
+        (RELAY_TOML.replace("ca.pem", "nope.pem"), "nope.pem"),
+        (format!("colour = \"red\"\n{RELAY_TOML}"), "colour"),
     ] {
         let dir = setup(&config);
         let out = check(dir.path());
@@ -74,7 +57,7 @@ fn check_names_what_is_wrong_in_one_line() {
 
 #[test]
 fn run_stops_cleanly_on_sigterm() {
-    let dir = setup(CONFIG);
+    let dir = setup(RELAY_TOML);
     let mut child = Command::new(BIN)
         .arg("--config")
         .arg(dir.path().join("relay.toml"))

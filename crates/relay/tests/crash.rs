@@ -5,9 +5,10 @@
 //! log line), talks to it with raw quinn nodes, and restarts it on the same data directory.
 //! No timing assertions: every wait has a generous timeout that only turns a hang into a failure.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
+#![expect(
+    clippy::unwrap_used,
+    reason = "helpers outside #[test] functions fail the test loudly too"
+)]
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
@@ -18,25 +19,13 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
-use hotline_net::pki::ExercisePki;
 use hotline_proto::Lane;
 use hotline_proto::Precedence;
 use hotline_proto::wire::{Accepted, Frame};
 use hotline_relay::failpoint;
+use hotline_relay::testing::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hotline-relay");
-
-const CONFIG: &str = r#"
-listen = "127.0.0.1:0"
-data_dir = "data/relay"
-ca = "ca.pem"
-cert = "relay.pem"
-key = "relay.key"
-[[hotline]]
-a = "us"
-b = "jp"
-"#;
 
 const R: Precedence = Precedence::Routine;
 const F: Precedence = Precedence::Flash;
@@ -46,14 +35,10 @@ const SINGLES: u64 = 3;
 /// The last envelope of the burst.
 const LAST: u64 = 40;
 
-fn setup() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    ExercisePki::generate("relay.test", &[id("us"), id("jp")])
-        .unwrap()
-        .write(dir.path())
-        .unwrap();
-    std::fs::write(dir.path().join("relay.toml"), CONFIG).unwrap();
-    dir
+fn setup() -> TestPki {
+    let pki = TestPki::generate(&["us", "jp"]);
+    pki.write_config(RELAY_TOML);
+    pki
 }
 
 /// A running `hotline-relay` process; killed when dropped.
@@ -126,8 +111,8 @@ impl Relay {
         }
     }
 
-    async fn connect(&self, dir: &Path, name: &str) -> Node {
-        tokio::time::timeout(WAIT, connect_with(self.addr, dir, dir, name, None))
+    async fn connect(&self, dir: &Path, name: &str) -> TestNode {
+        tokio::time::timeout(WAIT, TestNode::connect(self.addr, dir, dir, name, None))
             .await
             .expect("connecting timed out")
             .unwrap()
@@ -179,7 +164,7 @@ fn field<'a>(line: &'a str, key: &str) -> &'a str {
 }
 
 /// Waits for the `Accepted` of (`precedence`, `seq`) from us's relay; it must say durable.
-async fn accepted(node: &mut Node, precedence: Precedence, seq: u64) {
+async fn accepted(node: &mut TestNode, precedence: Precedence, seq: u64) {
     let want = Frame::Accepted(Accepted {
         id: message_id("us", precedence, seq),
         durable: true,
@@ -191,7 +176,7 @@ async fn accepted(node: &mut Node, precedence: Precedence, seq: u64) {
 }
 
 /// The routine seqs `jp` receives up to and including `last`, in the order received.
-async fn routine_seqs_until(jp: &mut Node, last: u64) -> Vec<u64> {
+async fn routine_seqs_until(jp: &mut TestNode, last: u64) -> Vec<u64> {
     let mut seqs = Vec::new();
     loop {
         let (stream, _, e) = jp.next_envelope().await;

@@ -2,15 +2,14 @@
 //!
 //! No timing assertions: every wait has a generous timeout that only turns a hang into a failure.
 
-#![allow(clippy::unwrap_used)]
-
-mod common;
+#![expect(
+    clippy::unwrap_used,
+    reason = "helpers outside #[test] functions fail the test loudly too"
+)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::*;
-use hotline_net::pki::ExercisePki;
 use hotline_net::quic::{self, Timeouts};
 use hotline_net::tls::{self, Credentials};
 use hotline_proto::Lane;
@@ -19,11 +18,12 @@ use hotline_proto::Seq;
 use hotline_proto::wire::{
     Accepted, Frame, MAX_FRAME_LEN, PROTOCOL_VERSION, Presence, RefusalCode,
 };
+use hotline_relay::testing::*;
 use hotline_relay::{CloseReason, Server, ServerConfig, Ttl};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Fixture {
-    dir: tempfile::TempDir,
+    dir: TestPki,
     server: Server,
 }
 
@@ -34,22 +34,8 @@ async fn fixture() -> Fixture {
 
 async fn fixture_with(edit: impl FnOnce(&mut ServerConfig)) -> Fixture {
     subscribe();
-    let dir = tempfile::tempdir().unwrap();
-    let ids: Vec<_> = ["us", "jp", "uk", "fr", "xx"].map(id).into();
-    ExercisePki::generate("relay.test", &ids)
-        .unwrap()
-        .write(dir.path())
-        .unwrap();
-    let ca = tls::load_certs(&dir.path().join("ca.pem")).unwrap();
-    let creds =
-        Credentials::load(&dir.path().join("relay.pem"), &dir.path().join("relay.key")).unwrap();
-    let mut config = ServerConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        ca,
-        creds,
-        dir.path().join("data"),
-        vec![(id("us"), id("jp")), (id("uk"), id("fr"))],
-    );
+    let dir = TestPki::generate(&["us", "jp", "uk", "fr", "xx"]);
+    let mut config = dir.server_config(&[("us", "jp"), ("uk", "fr")]);
     config.metrics = Some("127.0.0.1:0".parse().unwrap());
     edit(&mut config);
     let server = Server::spawn(config).await.unwrap();
@@ -58,14 +44,16 @@ async fn fixture_with(edit: impl FnOnce(&mut ServerConfig)) -> Fixture {
 
 /// A raw node: control stream, four lane streams each way, every received frame in `rx`.
 impl Fixture {
-    async fn connect(&self, name: &str) -> Node {
+    async fn connect(&self, name: &str) -> TestNode {
         self.connect_stalling(name, None).await
     }
 
     /// A node that never reads the relay's stream for `stall`.
-    async fn connect_stalling(&self, name: &str, stall: Option<Precedence>) -> Node {
+    async fn connect_stalling(&self, name: &str, stall: Option<Precedence>) -> TestNode {
         let (addr, dir) = (self.server.local_addr(), self.dir.path());
-        connect_with(addr, dir, dir, name, stall).await.unwrap()
+        TestNode::connect(addr, dir, dir, name, stall)
+            .await
+            .unwrap()
     }
 }
 
@@ -84,15 +72,11 @@ const F: Precedence = Precedence::Flash;
 #[tokio::test]
 async fn certificate_from_another_ca_is_refused() {
     let fx = fixture().await;
-    let other = tempfile::tempdir().unwrap();
-    ExercisePki::generate("relay.test", &[id("us")])
-        .unwrap()
-        .write(other.path())
-        .unwrap();
+    let other = TestPki::generate(&["us"]);
     // Trusts the real CA (so the relay is accepted) but presents a `us` from another CA.
     let result = tokio::time::timeout(
         WAIT,
-        connect_with(
+        TestNode::connect(
             fx.server.local_addr(),
             fx.dir.path(),
             other.path(),

@@ -505,6 +505,34 @@ fn hostile_name() -> impl Strategy<Value = String> {
 // ----- fixed cases --------------------------------------------------------------------------
 
 #[test]
+fn hello_check_accepts_our_version_and_newer() {
+    for version in [PROTOCOL_VERSION, PROTOCOL_VERSION + 1, u8::MAX] {
+        let hello = Hello {
+            version,
+            agent: "test/1".into(),
+        };
+        assert_eq!(hello.check(), Ok(()), "version {version}");
+    }
+}
+
+#[test]
+fn hello_check_refuses_older_versions() {
+    for version in 0..PROTOCOL_VERSION {
+        let hello = Hello {
+            version,
+            agent: String::new(),
+        };
+        assert_eq!(
+            hello.check(),
+            Err(HelloError::UnsupportedVersion {
+                version,
+                needed: PROTOCOL_VERSION
+            })
+        );
+    }
+}
+
+#[test]
 fn header_bytes_are_length_version_suite() {
     let bytes = encode_frame(&Frame::Presence(Presence {
         endpoint: ep("jp"),

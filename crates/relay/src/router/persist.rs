@@ -1,7 +1,7 @@
 //! What the router asks the shell to keep on disk, and what it gets back at startup.
 //!
 //! The router never writes: it emits [`Output::Persist`](super::Output::Persist) with a
-//! [`WriteId`] and a list of [`StoreOp`]s, and holds back every reply that promises durability
+//! [`CommitId`] and a list of [`StoreOp`]s, and holds back every reply that promises durability
 //! (`Accepted`, forwarded receipts and notices, `Expired` refusals) until the shell reports that
 //! write, or a later one, committed with [`Router::handle_persisted`](super::Router::handle_persisted).
 //! Writes must be committed in the order they were issued; a commit may cover several.
@@ -16,13 +16,14 @@
 use std::fmt;
 
 use bytes::Bytes;
+use hotline_proto::wire::DecodeError;
 use hotline_proto::{EndpointId, Precedence, Time};
 
 /// Identifies one [`Output::Persist`](super::Output::Persist), in issue order (the first is 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct WriteId(pub u64);
+pub struct CommitId(pub u64);
 
-impl fmt::Display for WriteId {
+impl fmt::Display for CommitId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
     }
@@ -113,14 +114,30 @@ pub struct Restored {
 
 /// Why a snapshot could not be loaded: the store holds something this relay never writes.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum RestoreError {
-    /// A stored envelope row is not an envelope frame for its destination.
-    #[error("stored envelope {order} is unusable: {detail}")]
-    BadEnvelope {
+pub enum SnapshotError {
+    /// A stored envelope row does not decode as a frame.
+    #[error("stored envelope {order} does not decode: {source}")]
+    Undecodable {
         /// Its row key.
         order: u64,
-        /// What is wrong.
-        detail: String,
+        /// Why it does not decode.
+        source: DecodeError,
+    },
+    /// A stored envelope row decodes, but not as exactly one envelope frame.
+    #[error("stored envelope {order} is not exactly one envelope frame")]
+    NotAnEnvelope {
+        /// Its row key.
+        order: u64,
+    },
+    /// A stored envelope row is addressed to another endpoint than the one it is stored for.
+    #[error("stored envelope {order} is addressed to {recipient}, stored for {destination}")]
+    Misaddressed {
+        /// Its row key.
+        order: u64,
+        /// The envelope's recipient.
+        recipient: EndpointId,
+        /// The endpoint the row is stored for.
+        destination: EndpointId,
     },
     /// Two stored envelope rows are the same message for the same destination.
     #[error("stored envelopes {first} and {second} are the same message")]

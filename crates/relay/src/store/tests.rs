@@ -1,5 +1,3 @@
-#![allow(clippy::unwrap_used)]
-
 use std::sync::mpsc;
 
 use hotline_proto::crypto::{Digest, SessionId};
@@ -255,7 +253,7 @@ fn group_commit_takes_everything_queued_in_one_transaction() {
     let (tx, rx) = mpsc::channel();
     for order in 0..5 {
         tx.send(Request::Write {
-            id: WriteId(order + 1),
+            id: CommitId(order + 1),
             ops: vec![put(order, R, envelope(R, order + 1, R))],
         })
         .unwrap();
@@ -263,7 +261,7 @@ fn group_commit_takes_everything_queued_in_one_transaction() {
     tx.send(Request::Stop).unwrap();
     // Sent after Stop: never taken.
     tx.send(Request::Write {
-        id: WriteId(6),
+        id: CommitId(6),
         ops: vec![put(5, R, envelope(R, 6, R))],
     })
     .unwrap();
@@ -272,7 +270,7 @@ fn group_commit_takes_everything_queued_in_one_transaction() {
     assert_eq!(
         reports,
         [Committed {
-            upto: WriteId(5),
+            upto: CommitId(5),
             writes: 5,
             ops: 5
         }]
@@ -290,7 +288,7 @@ fn group_commit_commits_again_as_soon_as_the_previous_commit_returns() {
     let (tx, rx) = mpsc::channel();
     let feeder = tx.clone();
     tx.send(Request::Write {
-        id: WriteId(1),
+        id: CommitId(1),
         ops: vec![put(0, R, envelope(R, 1, R))],
     })
     .unwrap();
@@ -302,7 +300,7 @@ fn group_commit_commits_again_as_soon_as_the_previous_commit_returns() {
         if next <= 4 {
             feeder
                 .send(Request::Write {
-                    id: WriteId(next),
+                    id: CommitId(next),
                     ops: vec![put(next - 1, F, envelope(F, next, F))],
                 })
                 .unwrap();
@@ -312,6 +310,9 @@ fn group_commit_commits_again_as_soon_as_the_previous_commit_returns() {
         }
     })
     .unwrap();
-    assert_eq!(reports, [WriteId(1), WriteId(2), WriteId(3), WriteId(4)]);
+    assert_eq!(
+        reports,
+        [CommitId(1), CommitId(2), CommitId(3), CommitId(4)]
+    );
     assert_eq!(store.commits(), 4);
 }

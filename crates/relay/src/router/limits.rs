@@ -1,0 +1,107 @@
+//! How much the relay holds per destination, and for how long.
+//!
+//! [`Limits`] bounds the bytes queued for one destination (by precedence: routine first refused,
+//! flash and durable control frames last); [`Ttl`] says how long an envelope is held per
+//! transport lane. Plain values: the router applies them.
+
+use std::time::Duration;
+
+use hotline_proto::Precedence;
+
+/// Per-destination queue bounds and time-to-live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes queued for one destination (envelopes plus control frames) past which `routine`
+    /// envelopes are refused; other precedences get 125 % and 150 % of it.
+    pub max_queue_bytes: u64,
+    /// How long a queued envelope is held, per transport lane.
+    pub ttl: Ttl,
+}
+
+impl Limits {
+    /// Default per-destination bound: 256 MiB.
+    pub const DEFAULT_MAX_QUEUE_BYTES: u64 = 256 * 1024 * 1024;
+
+    /// The bound that applies to an envelope on `transport`.
+    pub fn bound(&self, transport: Precedence) -> u64 {
+        let b = self.max_queue_bytes;
+        match transport {
+            Precedence::Routine => b,
+            Precedence::Priority | Precedence::Immediate => b.saturating_add(b / 4),
+            Precedence::Flash => self.control_bound(),
+        }
+    }
+
+    /// The bound for receipts and escalation notices waiting for their addressee: 150 %.
+    pub fn control_bound(&self) -> u64 {
+        self.max_queue_bytes
+            .saturating_add(self.max_queue_bytes / 2)
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_queue_bytes: Self::DEFAULT_MAX_QUEUE_BYTES,
+            ttl: Ttl::default(),
+        }
+    }
+}
+
+/// How long the relay holds a queued envelope for an absent destination, per *transport* lane,
+/// counted from the envelope's first arrival. When it runs out the relay frees the space and
+/// tells the sender `Refused{Expired}`; the sender keeps the message and offers it again later.
+/// `None` holds it until it is delivered.
+///
+/// Defaults: `routine` 1 day, `priority` 2 days, `immediate` 3 days, `flash` 7 days.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ttl {
+    /// For envelopes on the `routine` lane.
+    pub routine: Option<Duration>,
+    /// For envelopes on the `priority` lane.
+    pub priority: Option<Duration>,
+    /// For envelopes on the `immediate` lane.
+    pub immediate: Option<Duration>,
+    /// For envelopes on the `flash` lane.
+    pub flash: Option<Duration>,
+}
+
+impl Ttl {
+    /// Default for `routine`: one day.
+    pub const DEFAULT_ROUTINE: Duration = Duration::from_secs(24 * 3600);
+    /// Default for `priority`: two days.
+    pub const DEFAULT_PRIORITY: Duration = Duration::from_secs(2 * 24 * 3600);
+    /// Default for `immediate`: three days.
+    pub const DEFAULT_IMMEDIATE: Duration = Duration::from_secs(3 * 24 * 3600);
+    /// Default for `flash`: seven days.
+    pub const DEFAULT_FLASH: Duration = Duration::from_secs(7 * 24 * 3600);
+
+    /// Nothing ever expires.
+    pub const NEVER: Self = Self {
+        routine: None,
+        priority: None,
+        immediate: None,
+        flash: None,
+    };
+
+    /// The time-to-live of an envelope on `lane`.
+    pub fn for_lane(&self, lane: Precedence) -> Option<Duration> {
+        match lane {
+            Precedence::Routine => self.routine,
+            Precedence::Priority => self.priority,
+            Precedence::Immediate => self.immediate,
+            Precedence::Flash => self.flash,
+        }
+    }
+}
+
+impl Default for Ttl {
+    fn default() -> Self {
+        Self {
+            routine: Some(Self::DEFAULT_ROUTINE),
+            priority: Some(Self::DEFAULT_PRIORITY),
+            immediate: Some(Self::DEFAULT_IMMEDIATE),
+            flash: Some(Self::DEFAULT_FLASH),
+        }
+    }
+}

@@ -1,0 +1,607 @@
+//! The relay's routing and queueing state machine, sans IO.
+//!
+//! [`Router`] decides where every frame goes, what stays queued and what must be made durable.
+//! It never touches a socket, a file, a task or the clock: the shell ([`crate::Server`]) feeds it
+//! inputs and carries out its outputs, so every routing rule is tested here without QUIC or
+//! disk.
+//!
+//! - Inputs: [`Router::restore`] (once, at startup, from the store), [`Router::handle_connected`],
+//!   [`Router::handle_disconnected`], [`Router::handle_frame`] (whole frames, length prefix
+//!   included, exactly as read, with the wall-clock time), [`Router::handle_written`] (the shell
+//!   handed a [`Transmit`] to its stream), [`Router::handle_persisted`] (a write committed) and
+//!   [`Router::handle_timeout`].
+//! - Outputs: [`Router::poll_transmit`] (the next frame for one stream of one connection; the
+//!   shell's one writer per stream pulls it only when it can write), [`Router::poll_output`]
+//!   ([`Output::Persist`] a batch of store operations, [`Output::Wake`] a writer,
+//!   [`Output::Close`] a replaced connection, [`Output::Refused`] for metrics) and
+//!   [`Router::poll_timeout`] (when to call [`Router::handle_timeout`]).
+//!
+//! Contract, as in quinn-proto: after any `handle_*` call drain [`Router::poll_output`] in order,
+//! then re-arm the timer from [`Router::poll_timeout`]; an early `handle_timeout` does nothing.
+//! Commit the [`Output::Persist`] writes in the order they were emitted.
+//!
+//! The router owns its sub-states and only routes between them:
+//! - `queue`: per endpoint, the envelope queues per transport lane and the control queues;
+//! - `commit`: issued and committed [`CommitId`]s, and the replies held until their write
+//!   commits;
+//! - `frames`: the rule for each kind of frame;
+//! - `restore`: loading a store [`Snapshot`] at startup;
+//! - `persist`: what is stored ([`StoreOp`], [`Snapshot`]);
+//! - `limits`: [`Limits`] and [`Ttl`].
+//!
+//! Routing rules (see `DESIGN.md`, "Delivery" and "Durability"):
+//! - An envelope must name the connection's identity as sender ([`RefusalCode::SenderMismatch`])
+//!   and one of its partners as recipient ([`RefusalCode::NotPaired`]). It is queued per
+//!   destination and per *transport* lane in arrival order, deduplicated by
+//!   (sender, recipient, channel, precedence, seq); a duplicate with a higher transport moves the
+//!   queued copy to that lane and makes it eligible to be written again.
+//! - Durability: every change to what is queued is emitted as an [`Output::Persist`]. The sender
+//!   gets [`Frame::Accepted`] with `durable: true` only once the write that holds the envelope
+//!   (and every write before it) has committed; a duplicate's `Accepted` waits for every write
+//!   issued so far. Receipts, escalation notices and `Expired` refusals are stored before they
+//!   are forwarded, so a sender that sees a `Delivered` receipt knows the covered envelopes are
+//!   durably gone from the relay.
+//! - A queued envelope is deleted only when a `Delivered` receipt covering it passes through, or
+//!   when its time-to-live ([`Ttl`], per transport lane, counted from its first arrival) runs
+//!   out: then its sender is told `Refused{Expired}` (and keeps the message).
+//!   On every (re)connection of its destination, everything still queued is written again.
+//! - Receipts and escalation notices go to their addressee's control stream and wait there
+//!   while it is offline; link tests are forwarded only to an online partner; the latest
+//!   announcement per endpoint is kept and replayed to its partners when they connect;
+//!   presence changes go to online partners.
+//! - Overload: past `max_queue_bytes` queued for one destination, `routine` is refused with
+//!   [`RefusalCode::Overloaded`]; `priority` and `immediate` past 125 %, `flash`, receipts and
+//!   escalation notices past 150 %. Nothing is dropped without telling its sender.
+//!
+//! Invariant: for each destination, every queued envelope is in exactly one lane, and is listed
+//! as unwritten in that lane exactly when its state is [`ItemState::Unwritten`]; queued byte
+//! counts equal the sum of the queued frames' lengths; every queued envelope with a time-to-live
+//! is in the expiry index exactly once.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+
+use bytes::Bytes;
+pub use hotline_proto::Lane;
+use hotline_proto::wire::{self, Frame, Presence, RefusalCode};
+use hotline_proto::{EndpointId, MessageId, Precedence, Time};
+use tracing::debug;
+
+mod commit;
+mod frames;
+mod limits;
+mod persist;
+mod queue;
+mod restore;
+
+use commit::{CommitGate, Deferred};
+pub use limits::{Limits, Ttl};
+pub use persist::{
+    CommitId, Restored, Snapshot, SnapshotError, StoreOp, StoredAnnouncement, StoredControl,
+    StoredEnvelope,
+};
+pub use queue::ItemState;
+use queue::{ControlFrame, Endpoint, ItemKey};
+
+/// Identifies one QUIC connection for its lifetime; never reused by a shell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u64);
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Why a hotline configuration was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RouterConfigError {
+    /// A hotline pairs an endpoint with itself.
+    #[error("hotline {0}:{0} pairs an endpoint with itself")]
+    SelfPaired(EndpointId),
+    /// No hotline is configured at all.
+    #[error("no hotline configured")]
+    NoHotlines,
+    /// The queue bound is zero.
+    #[error("max_queue_bytes_per_endpoint must be greater than zero")]
+    ZeroQueueBound,
+}
+
+/// Why a connection was not registered.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    /// The endpoint is in no configured hotline.
+    #[error("endpoint {0} is in no configured hotline")]
+    NotConfigured(EndpointId),
+    /// The shell reused a connection id (a bug in the shell).
+    #[error("connection id {0} is already registered")]
+    DuplicateConn(ConnId),
+}
+
+/// Something the shell must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Commit these operations durably (in emission order, possibly together with neighbouring
+    /// writes), then call [`Router::handle_persisted`] with `write` or a later id.
+    Persist {
+        /// Which write.
+        write: CommitId,
+        /// What to change, in order.
+        ops: Vec<StoreOp>,
+    },
+    /// Frames are ready on this stream: wake its writer.
+    Wake {
+        /// Which connection.
+        conn: ConnId,
+        /// Which of its streams.
+        stream: Lane,
+    },
+    /// Close this connection: a newer connection with the same identity replaced it.
+    Close {
+        /// Which connection.
+        conn: ConnId,
+        /// Why, in words.
+        reason: &'static str,
+    },
+    /// A refusal was queued (already logged; for metrics).
+    Refused {
+        /// The connection that is told, if the refusal answers a frame; `None` for an
+        /// `Expired` refusal, which waits for its sender to be online.
+        conn: Option<ConnId>,
+        /// Why.
+        code: RefusalCode,
+    },
+}
+
+/// One frame for one stream, from [`Router::poll_transmit`]. Hand it back to
+/// [`Router::handle_written`] once written.
+#[derive(Clone, Debug)]
+pub struct Transmit {
+    /// The frame, length prefix included, byte for byte as it arrived (or as the relay made it).
+    pub bytes: Bytes,
+    stream: Lane,
+    item: Option<(ItemKey, u64)>,
+}
+
+impl Transmit {
+    /// The stream it goes to.
+    pub fn stream(&self) -> Lane {
+        self.stream
+    }
+}
+
+/// Totals for metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Registered connections.
+    pub connections: u64,
+    /// Frames queued per stream, by [`Lane::index`].
+    pub queued_frames: [u64; Lane::COUNT],
+    /// Bytes queued per stream, by [`Lane::index`].
+    pub queued_bytes: [u64; Lane::COUNT],
+}
+
+/// A queued envelope as seen from outside (tests, status).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedEnvelope {
+    /// The message.
+    pub id: MessageId,
+    /// The lane it is scheduled on.
+    pub transport: Precedence,
+    /// Where it stands.
+    pub state: ItemState,
+    /// When it first arrived (wall clock).
+    pub queued_at: Time,
+    /// When its time-to-live runs out, if it has one.
+    pub expires_at: Option<Time>,
+}
+
+/// The routing and queueing state of a relay. See the module docs for the rules.
+#[derive(Debug)]
+pub struct Router {
+    limits: Limits,
+    endpoints: BTreeMap<EndpointId, Endpoint>,
+    conns: BTreeMap<ConnId, EndpointId>,
+    /// Arrival order of the next new envelope (its store row key).
+    next_order: u64,
+    /// Store row key of the next durable control frame.
+    next_control: u64,
+    outputs: VecDeque<Output>,
+    /// Store operations of the current input, emitted as one write when it returns.
+    staged: Vec<StoreOp>,
+    /// Issued and committed writes, and the frames that wait for them.
+    commits: CommitGate,
+    /// Queued envelopes by expiry time, then arrival order.
+    expiries: BTreeMap<(Time, u64), (EndpointId, ItemKey)>,
+}
+
+impl Router {
+    /// A router for these hotlines (pairs of endpoints; an endpoint may be in several).
+    pub fn new(
+        hotlines: &[(EndpointId, EndpointId)],
+        limits: Limits,
+    ) -> Result<Self, RouterConfigError> {
+        if hotlines.is_empty() {
+            return Err(RouterConfigError::NoHotlines);
+        }
+        if limits.max_queue_bytes == 0 {
+            return Err(RouterConfigError::ZeroQueueBound);
+        }
+        let mut endpoints = BTreeMap::<EndpointId, Endpoint>::new();
+        for (a, b) in hotlines {
+            if a == b {
+                return Err(RouterConfigError::SelfPaired(a.clone()));
+            }
+            endpoints
+                .entry(a.clone())
+                .or_default()
+                .partners
+                .insert(b.clone());
+            endpoints
+                .entry(b.clone())
+                .or_default()
+                .partners
+                .insert(a.clone());
+        }
+        Ok(Self {
+            limits,
+            endpoints,
+            conns: BTreeMap::new(),
+            next_order: 0,
+            next_control: 0,
+            outputs: VecDeque::new(),
+            staged: Vec::new(),
+            commits: CommitGate::default(),
+            expiries: BTreeMap::new(),
+        })
+    }
+
+    /// Whether `endpoint` is in some configured hotline.
+    pub fn is_configured(&self, endpoint: &EndpointId) -> bool {
+        self.endpoints.contains_key(endpoint)
+    }
+
+    /// Number of configured endpoints.
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    /// Whether `a` and `b` share a configured hotline.
+    pub fn is_paired(&self, a: &EndpointId, b: &EndpointId) -> bool {
+        self.endpoints
+            .get(a)
+            .is_some_and(|e| e.partners.contains(b))
+    }
+
+    /// The endpoint behind a registered connection.
+    pub fn endpoint_of(&self, conn: ConnId) -> Option<&EndpointId> {
+        self.conns.get(&conn)
+    }
+
+    /// `endpoint` connected as `conn` (after the hello exchange). Replaces (and asks the shell to
+    /// close) an older connection of the same identity; queues presence and the partners'
+    /// announcements for it; makes everything queued for it eligible to be written again.
+    pub fn handle_connected(
+        &mut self,
+        conn: ConnId,
+        endpoint: EndpointId,
+    ) -> Result<(), ConnectError> {
+        if self.conns.contains_key(&conn) {
+            return Err(ConnectError::DuplicateConn(conn));
+        }
+        let Some(ep) = self.endpoints.get_mut(&endpoint) else {
+            return Err(ConnectError::NotConfigured(endpoint));
+        };
+        if let Some(old) = ep.conn.replace(conn) {
+            self.conns.remove(&old);
+            self.outputs.push_back(Output::Close {
+                conn: old,
+                reason: "replaced by a newer connection with the same identity",
+            });
+        }
+        self.conns.insert(conn, endpoint.clone());
+        ep.rewind();
+        let partners: Vec<EndpointId> = ep.partners.iter().cloned().collect();
+
+        // What the new connection learns first: each partner's presence, then its announcement,
+        // then whatever receipts and notices waited for it.
+        let mut greeting = Vec::new();
+        for p in &partners {
+            let online = self.endpoints.get(p).is_some_and(|e| e.conn.is_some());
+            greeting.push(encode(&Frame::Presence(Presence {
+                endpoint: p.clone(),
+                online,
+            })));
+        }
+        for p in &partners {
+            if let Some((_, ann)) = self.endpoints.get(p).and_then(|e| e.announcement.as_ref()) {
+                greeting.push(ann.clone());
+            }
+        }
+        if let Some(ep) = self.endpoints.get_mut(&endpoint) {
+            for bytes in greeting.into_iter().rev() {
+                // Presence and announcements describe the new connection: they go first.
+                ep.push_urgent_front(ControlFrame {
+                    bytes,
+                    keep_offline: false,
+                    stored: None,
+                });
+            }
+        }
+        for stream in Lane::ALL {
+            self.outputs.push_back(Output::Wake { conn, stream });
+        }
+        self.tell_partners_presence(&endpoint, &partners, true);
+        debug!(peer = %endpoint, conn = %conn, "registered");
+        Ok(())
+    }
+
+    /// `conn` is gone. Ignored if it was already replaced.
+    pub fn handle_disconnected(&mut self, conn: ConnId) {
+        let Some(endpoint) = self.conns.remove(&conn) else {
+            return;
+        };
+        let Some(ep) = self.endpoints.get_mut(&endpoint) else {
+            return;
+        };
+        if ep.conn != Some(conn) {
+            return;
+        }
+        ep.conn = None;
+        ep.drop_session_frames();
+        let partners: Vec<EndpointId> = ep.partners.iter().cloned().collect();
+        self.tell_partners_presence(&endpoint, &partners, false);
+        debug!(peer = %endpoint, conn = %conn, "unregistered");
+    }
+
+    /// One whole frame (length prefix included) arrived on `conn` at wall-clock time `now`.
+    /// Frames from a connection that is not registered (already replaced or closed) are ignored.
+    pub fn handle_frame(&mut self, now: Time, conn: ConnId, bytes: Bytes) {
+        self.route_frame(now, conn, bytes);
+        self.flush();
+    }
+
+    fn route_frame(&mut self, now: Time, conn: ConnId, bytes: Bytes) {
+        let Some(from) = self.conns.get(&conn).cloned() else {
+            debug!(conn = %conn, "frame from an unregistered connection ignored");
+            return;
+        };
+        let frame = match wire::decode_frame(&bytes) {
+            Ok((frame, used)) if used == bytes.len() => frame,
+            Ok((_, used)) => {
+                let detail = format!("{} bytes after the frame", bytes.len() - used);
+                self.refuse(conn, &from, None, RefusalCode::Malformed, detail);
+                return;
+            }
+            Err(e) => {
+                self.refuse(conn, &from, None, RefusalCode::Malformed, e.to_string());
+                return;
+            }
+        };
+        match frame {
+            Frame::Hello(_) => debug!(peer = %from, "repeated hello ignored"),
+            Frame::Envelope(env) => self.handle_envelope(now, conn, &from, env, bytes),
+            Frame::Receipt(r) => self.handle_receipt(conn, &from, &r, bytes),
+            Frame::Escalation(n) => self.handle_escalation(conn, &from, &n, bytes),
+            Frame::Announcement(a) => {
+                let (endpoint, epoch) = (a.body.endpoint.clone(), a.body.epoch);
+                self.handle_announcement(conn, &from, &endpoint, epoch, bytes);
+            }
+            Frame::LinkTest(l) => self.handle_link_test(conn, &from, &l, bytes),
+            Frame::Accepted(_) | Frame::Refused(_) | Frame::Presence(_) => {
+                let detail = "relay-to-node frame sent by a node".to_owned();
+                self.refuse(conn, &from, None, RefusalCode::Malformed, detail);
+            }
+        }
+    }
+
+    /// The next frame for `stream` of `conn`, if any. Envelopes are taken in arrival order per
+    /// lane; the caller calls this only when it is ready to write, which bounds write-ahead.
+    #[must_use]
+    pub fn poll_transmit(&mut self, conn: ConnId, stream: Lane) -> Option<Transmit> {
+        let endpoint = self.conns.get(&conn)?;
+        let ep = self.endpoints.get_mut(endpoint)?;
+        match stream {
+            Lane::Control => {
+                if ep.control_in_flight.is_some() {
+                    return None;
+                }
+                let frame = ep.pop_control()?;
+                let bytes = frame.bytes.clone();
+                ep.control_in_flight = Some(frame);
+                Some(Transmit {
+                    bytes,
+                    stream,
+                    item: None,
+                })
+            }
+            Lane::Precedence(lane) => loop {
+                let (order, key) = ep.unwritten[lane.index()].pop_first()?;
+                let Some(item) = ep.items.get_mut(&key) else {
+                    // The index only lists queued items; tolerate a stale entry all the same.
+                    continue;
+                };
+                item.state = ItemState::InFlight;
+                return Some(Transmit {
+                    bytes: item.bytes.clone(),
+                    stream,
+                    item: Some((key, order)),
+                });
+            },
+        }
+    }
+
+    /// The shell wrote `transmit` to `conn`'s stream.
+    pub fn handle_written(&mut self, conn: ConnId, transmit: Transmit) {
+        let Some(endpoint) = self.conns.get(&conn) else {
+            return;
+        };
+        let Some(ep) = self.endpoints.get_mut(endpoint) else {
+            return;
+        };
+        match transmit.item {
+            None => {
+                if let Some(frame) = ep.control_in_flight.take() {
+                    ep.control_bytes -= len(&frame.bytes);
+                    if let Some(key) = frame.stored {
+                        self.staged.push(StoreOp::DeleteControl { key });
+                    }
+                }
+                if ep.control_len() > 0 {
+                    self.outputs.push_back(Output::Wake {
+                        conn,
+                        stream: Lane::Control,
+                    });
+                }
+            }
+            Some((key, order)) => {
+                if let Some(item) = ep.items.get_mut(&key) {
+                    // An escalation meanwhile made it unwritten on a higher lane: leave it so.
+                    if item.order == order && item.state == ItemState::InFlight {
+                        item.state = ItemState::Written;
+                    }
+                }
+            }
+        }
+        self.flush();
+    }
+
+    /// Writes up to and including `write` are durable: releases the frames that waited for them
+    /// (`Accepted` replies, receipts, notices, `Expired` refusals), in order.
+    pub fn handle_persisted(&mut self, write: CommitId) {
+        for frame in self.commits.handle_persisted(write) {
+            self.release(frame);
+        }
+    }
+
+    /// When [`Router::handle_timeout`] has something to do: the earliest expiry of a queued
+    /// envelope, if any.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Time> {
+        self.expiries.keys().next().map(|(at, _)| *at)
+    }
+
+    /// Wall-clock time is `now`: every queued envelope whose time-to-live has run out is freed,
+    /// and its sender told `Refused{Expired}` (stored, so an offline sender hears it later).
+    pub fn handle_timeout(&mut self, now: Time) {
+        while let Some(entry) = self.expiries.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let ((at, order), (destination, key)) = entry.remove_entry();
+            self.expire(at, order, &destination, &key);
+        }
+        self.flush();
+    }
+
+    /// The next thing the shell must do.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// The last write reported committed.
+    pub fn committed(&self) -> CommitId {
+        self.commits.committed()
+    }
+
+    /// Bytes of envelopes arrived on `lane` whose write has not committed yet. The shell stops
+    /// reading a lane while its own backlog is large, so a store slower than the network slows
+    /// the senders of that lane (through QUIC flow control) instead of growing memory, and a
+    /// lane never waits for another lane's backlog.
+    pub fn uncommitted_bytes(&self, lane: Precedence) -> u64 {
+        self.commits.uncommitted_bytes(lane)
+    }
+
+    /// Bytes waiting on (or being written to) `conn`'s control stream. The shell stops reading
+    /// from a node whose own control backlog is large, so a node that never reads its replies
+    /// cannot grow them without bound.
+    pub fn control_backlog(&self, conn: ConnId) -> u64 {
+        self.conns
+            .get(&conn)
+            .and_then(|e| self.endpoints.get(e))
+            .map_or(0, |ep| ep.control_bytes)
+    }
+
+    /// Bytes queued for `endpoint`: envelopes on every lane plus control frames.
+    pub fn queued_bytes(&self, endpoint: &EndpointId) -> u64 {
+        self.endpoints
+            .get(endpoint)
+            .map_or(0, Endpoint::queued_bytes)
+    }
+
+    /// The envelopes queued for `endpoint`, in key order.
+    pub fn queued_envelopes(&self, endpoint: &EndpointId) -> Vec<QueuedEnvelope> {
+        let Some(ep) = self.endpoints.get(endpoint) else {
+            return Vec::new();
+        };
+        ep.items
+            .iter()
+            .map(|(k, item)| QueuedEnvelope {
+                id: k.message_id(),
+                transport: item.lane,
+                state: item.state,
+                queued_at: item.queued_at,
+                expires_at: item.expires_at,
+            })
+            .collect()
+    }
+
+    /// Totals for metrics.
+    pub fn stats(&self) -> Stats {
+        let mut stats = Stats {
+            connections: self.conns.len() as u64,
+            ..Stats::default()
+        };
+        for ep in self.endpoints.values() {
+            for p in Precedence::ALL {
+                let lane = Lane::Precedence(p).index();
+                stats.queued_frames[lane] += ep.lane_frames[p.index()];
+                stats.queued_bytes[lane] += ep.lane_bytes[p.index()];
+            }
+            let control = Lane::Control.index();
+            stats.queued_frames[control] +=
+                ep.control_len() as u64 + u64::from(ep.control_in_flight.is_some());
+            stats.queued_bytes[control] += ep.control_bytes;
+        }
+        stats
+    }
+
+    /// Queues `frame` now if the writes it depends on have committed, or when they do. A frame
+    /// depends on the write being staged by the current input, or on the last one issued.
+    fn after_commit(&mut self, frame: Deferred) {
+        if let Some(frame) = self.commits.after_commit(!self.staged.is_empty(), frame) {
+            self.release(frame);
+        }
+    }
+
+    fn release(&mut self, frame: Deferred) {
+        match frame {
+            Deferred::Reply { conn, to, bytes } => self.reply(conn, &to, bytes),
+            Deferred::Control { to, frame } => self.push_control(&to, frame),
+        }
+    }
+
+    /// Emits what the current input staged as one write.
+    fn flush(&mut self) {
+        if self.staged.is_empty() {
+            return;
+        }
+        let write = self.commits.issue(&self.staged);
+        self.outputs.push_back(Output::Persist {
+            write,
+            ops: std::mem::take(&mut self.staged),
+        });
+    }
+}
+
+fn encode(frame: &Frame) -> Bytes {
+    Bytes::from(wire::encode_frame(frame))
+}
+
+fn len(bytes: &Bytes) -> u64 {
+    bytes.len() as u64
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,268 @@
+//! What the relay holds for each endpoint: its envelope queues per transport lane and its
+//! control queues.
+//!
+//! An [`Endpoint`] keeps the queued envelopes ([`Item`]s, deduplicated by [`ItemKey`]), an index
+//! of the unwritten ones per lane in arrival order, per-lane frame and byte counts, and two
+//! control queues ([`ControlFrame`]s): urgent (receipts, notices, refusals kept for an offline
+//! sender) ahead of the rest (replies, presence, announcements, link tests). It knows nothing of
+//! routing rules, time-to-live or the store: the router decides what goes in and out.
+//!
+//! Invariant: every queued envelope is in exactly one lane, and is listed as unwritten in that
+//! lane exactly when its state is [`ItemState::Unwritten`]; the per-lane counts and
+//! `control_bytes` equal the sums over the queued frames.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bytes::Bytes;
+use hotline_proto::envelope::Header;
+use hotline_proto::{Channel, EndpointId, MessageId, Precedence, Seq, Time};
+
+use super::{ConnId, len};
+
+/// Whether a queued envelope still has to be written to its destination's current connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ItemState {
+    /// Waiting for its lane writer.
+    Unwritten,
+    /// Taken by the lane writer, not yet reported written.
+    InFlight,
+    /// Written to the current connection; kept until a `Delivered` receipt covers it.
+    Written,
+}
+
+/// Dedupe key of a queued envelope within its destination.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct ItemKey {
+    pub(super) sender: EndpointId,
+    pub(super) channel: Channel,
+    pub(super) precedence: Precedence,
+    pub(super) seq: Seq,
+}
+
+impl ItemKey {
+    pub(super) fn of(header: &Header) -> Self {
+        Self {
+            sender: header.sender.clone(),
+            channel: header.channel.clone(),
+            precedence: header.precedence,
+            seq: header.seq,
+        }
+    }
+
+    pub(super) fn message_id(&self) -> MessageId {
+        MessageId {
+            sender: self.sender.clone(),
+            channel: self.channel.clone(),
+            precedence: self.precedence,
+            seq: self.seq,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct Item {
+    /// Current transport lane.
+    pub(super) lane: Precedence,
+    /// Arrival order; position in the lane's unwritten index and the store row key.
+    pub(super) order: u64,
+    /// First arrival, wall clock.
+    pub(super) queued_at: Time,
+    /// `queued_at` plus the time-to-live of `lane`.
+    pub(super) expires_at: Option<Time>,
+    pub(super) bytes: Bytes,
+    pub(super) state: ItemState,
+}
+
+#[derive(Debug)]
+pub(super) struct ControlFrame {
+    pub(super) bytes: Bytes,
+    /// Receipts and notices wait for an offline addressee; presence, replies and the like do not.
+    pub(super) keep_offline: bool,
+    /// The store row holding it, deleted once it is written.
+    pub(super) stored: Option<u64>,
+}
+
+/// Everything the relay holds for one endpoint.
+#[derive(Debug, Default)]
+pub(super) struct Endpoint {
+    pub(super) partners: BTreeSet<EndpointId>,
+    pub(super) conn: Option<ConnId>,
+    /// Receipts and escalation notices (and refusals kept for offline senders): written before
+    /// the other control frames, so a flash receipt never waits behind a flood's `Accepted`
+    /// replies. Each class stays in order.
+    pub(super) control_urgent: VecDeque<ControlFrame>,
+    /// Replies, presence, announcements, link tests.
+    pub(super) control: VecDeque<ControlFrame>,
+    pub(super) control_in_flight: Option<ControlFrame>,
+    /// Bytes in `control` and `control_in_flight`.
+    pub(super) control_bytes: u64,
+    pub(super) items: BTreeMap<ItemKey, Item>,
+    /// Per lane, the unwritten items by arrival order.
+    pub(super) unwritten: [BTreeMap<u64, ItemKey>; 4],
+    pub(super) lane_frames: [u64; 4],
+    pub(super) lane_bytes: [u64; 4],
+    /// The latest announcement: its epoch and frame.
+    pub(super) announcement: Option<(u32, Bytes)>,
+}
+
+impl Endpoint {
+    pub(super) fn queued_bytes(&self) -> u64 {
+        self.lane_bytes.iter().sum::<u64>() + self.control_bytes
+    }
+
+    pub(super) fn insert(
+        &mut self,
+        key: ItemKey,
+        lane: Precedence,
+        order: u64,
+        queued_at: Time,
+        expires_at: Option<Time>,
+        bytes: Bytes,
+    ) {
+        self.lane_frames[lane.index()] += 1;
+        self.lane_bytes[lane.index()] += len(&bytes);
+        self.unwritten[lane.index()].insert(order, key.clone());
+        self.items.insert(
+            key,
+            Item {
+                lane,
+                order,
+                queued_at,
+                expires_at,
+                bytes,
+                state: ItemState::Unwritten,
+            },
+        );
+    }
+
+    /// Moves a queued envelope to a higher lane with the new frame's bytes, unwritten, keeping
+    /// its arrival order. Returns that order, the first arrival time and the old expiry.
+    pub(super) fn escalate(
+        &mut self,
+        key: &ItemKey,
+        lane: Precedence,
+        bytes: Bytes,
+    ) -> Option<(u64, Time, Option<Time>)> {
+        let item = self.items.get_mut(key)?;
+        let old = item.lane.index();
+        self.unwritten[old].remove(&item.order);
+        self.lane_frames[old] -= 1;
+        self.lane_bytes[old] -= len(&item.bytes);
+        item.lane = lane;
+        item.bytes = bytes;
+        item.state = ItemState::Unwritten;
+        self.lane_frames[lane.index()] += 1;
+        self.lane_bytes[lane.index()] += len(&item.bytes);
+        self.unwritten[lane.index()].insert(item.order, key.clone());
+        Some((item.order, item.queued_at, item.expires_at))
+    }
+
+    pub(super) fn set_expiry(&mut self, key: &ItemKey, expires_at: Option<Time>) {
+        if let Some(item) = self.items.get_mut(key) {
+            item.expires_at = expires_at;
+        }
+    }
+
+    /// Takes one queued envelope out of its lane.
+    pub(super) fn remove(&mut self, key: &ItemKey) -> Option<Item> {
+        let item = self.items.remove(key)?;
+        let lane = item.lane.index();
+        self.unwritten[lane].remove(&item.order);
+        self.lane_frames[lane] -= 1;
+        self.lane_bytes[lane] -= len(&item.bytes);
+        Some(item)
+    }
+
+    /// Deletes the envelopes from `sender` on (`channel`, `precedence`) with seq <= `upto`;
+    /// returns the arrival order and expiry of each.
+    pub(super) fn remove_delivered(
+        &mut self,
+        sender: &EndpointId,
+        channel: &Channel,
+        precedence: Precedence,
+        upto: Seq,
+    ) -> Vec<(u64, Option<Time>)> {
+        let lo = ItemKey {
+            sender: sender.clone(),
+            channel: channel.clone(),
+            precedence,
+            seq: Seq(0),
+        };
+        let hi = ItemKey {
+            seq: upto,
+            ..lo.clone()
+        };
+        if hi < lo {
+            return Vec::new();
+        }
+        let keys: Vec<ItemKey> = self.items.range(lo..=hi).map(|(k, _)| k.clone()).collect();
+        keys.iter()
+            .filter_map(|key| self.remove(key))
+            .map(|item| (item.order, item.expires_at))
+            .collect()
+    }
+
+    /// A new connection: every queued envelope is to be written again; control frames meant for
+    /// the old connection go, receipts and notices stay.
+    pub(super) fn rewind(&mut self) {
+        for (key, item) in &mut self.items {
+            if item.state != ItemState::Unwritten {
+                item.state = ItemState::Unwritten;
+                self.unwritten[item.lane.index()].insert(item.order, key.clone());
+            }
+        }
+        self.drop_session_frames();
+    }
+
+    /// Forgets frames meant for a connection that no longer exists. A receipt or notice that was
+    /// being written when it went away goes back to the front.
+    pub(super) fn drop_session_frames(&mut self) {
+        if let Some(frame) = self.control_in_flight.take() {
+            self.push_control_front(frame);
+        }
+        let before = self.control_len();
+        self.control.retain(|f| f.keep_offline);
+        self.control_urgent.retain(|f| f.keep_offline);
+        if self.control_len() != before {
+            self.control_bytes = self
+                .control
+                .iter()
+                .chain(&self.control_urgent)
+                .map(|f| len(&f.bytes))
+                .sum();
+        }
+    }
+
+    fn queue_for(&mut self, frame: &ControlFrame) -> &mut VecDeque<ControlFrame> {
+        if frame.keep_offline {
+            &mut self.control_urgent
+        } else {
+            &mut self.control
+        }
+    }
+
+    pub(super) fn push_control_front(&mut self, frame: ControlFrame) {
+        self.control_bytes += len(&frame.bytes);
+        self.queue_for(&frame).push_front(frame);
+    }
+
+    pub(super) fn push_urgent_front(&mut self, frame: ControlFrame) {
+        self.control_bytes += len(&frame.bytes);
+        self.control_urgent.push_front(frame);
+    }
+
+    pub(super) fn push_control_back(&mut self, frame: ControlFrame) {
+        self.control_bytes += len(&frame.bytes);
+        self.queue_for(&frame).push_back(frame);
+    }
+
+    pub(super) fn pop_control(&mut self) -> Option<ControlFrame> {
+        self.control_urgent
+            .pop_front()
+            .or_else(|| self.control.pop_front())
+    }
+
+    pub(super) fn control_len(&self) -> usize {
+        self.control_urgent.len() + self.control.len()
+    }
+}

@@ -1,0 +1,404 @@
+//! The async shell around [`Router`]: QUIC connections in, frames out.
+//!
+//! [`Server::spawn`] opens the store, binds the UDP socket (and the optional metrics listener),
+//! starts the tasks and returns a handle; [`Server::shutdown`] closes every connection and waits
+//! for the tasks; dropping the [`Server`] stops them too. This module holds that handle, its
+//! typed [`ServerConfig`], [`SpawnError`], [`CloseReason`] and the accept loop. It does no
+//! routing (the [`Router`] does) and no per-connection work (the [`client`] actor does).
+//!
+//! Structured concurrency: every task is owned by the one that started it (server → accept
+//! loop → connection → its stream readers and writers; server → timer and metrics), so none
+//! outlives the handle. The store writer is a thread, stopped through its queue.
+//!
+//! - [`client`]: one actor per connection (span `conn{peer, conn_id}`): identity, `Hello`,
+//!   registration, one reader per incoming stream and one writer per outgoing stream.
+//! - [`shared`]: the router and the wake-up handles of registered connections, under one lock.
+//! - [`store_writer`]: the thread that group-commits the router's writes and reports them back.
+//! - [`timer`]: the task that calls [`Router::handle_timeout`] when it is due.
+//!
+//! Durability: [`Server::spawn`] opens `data_dir/relay.redb` (see [`crate::store`]) before it
+//! binds anything, so a second relay on the same data directory fails at once, and reloads the
+//! router's queues from it. One writer thread runs [`store::group_commit`]: the router's
+//! [`Output::Persist`](crate::router::Output::Persist) writes go to it in order, each batch is
+//! committed (fsync) and only then is the router told ([`Router::handle_persisted`]), which
+//! releases the `Accepted` replies, receipts and notices that waited for it. A store error
+//! stops the writer, so nothing more is acknowledged; [`Server::store_failure`] reports it and
+//! the binary exits. Each lane reader pauses while more than
+//! [`STORE_BACKLOG_BYTES`](shared::STORE_BACKLOG_BYTES) of its own lane wait for a commit, so a
+//! slow disk slows that lane's senders (QUIC flow control) rather than filling memory, and
+//! bounds how long a flash waits behind a routine batch.
+//!
+//! Write-ahead bound: a lane writer blocks inside quinn once its stream has used the node's
+//! stream flow-control window ([`hotline_net::quic::LANE_WINDOW_BYTES`], 256 KiB). So at most
+//! that window plus one frame ([`MAX_FRAME_LEN`](hotline_proto::wire::MAX_FRAME_LEN)) of a lane
+//! is ever committed to the connection ahead of the frames still queued in the router;
+//! everything else waits there, where an escalation or a delivered receipt can still move or
+//! delete it. Among streams with data to send, quinn sends by
+//! [`Lane::priority`](hotline_proto::Lane::priority): control first, then flash down to routine.
+//!
+//! Invariant: dropping the [`Server`] (or [`Server::shutdown`]) leaves no task of it running
+//! and asks the store writer to commit what it was given and close.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
+
+use hotline_net::quic::{self, EndpointError, Timeouts};
+use hotline_net::tls::{self, Credentials, TlsError};
+use hotline_proto::EndpointId;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::failpoint;
+use crate::metrics;
+use crate::router::{ConnId, Limits, Router, RouterConfigError, SnapshotError, Ttl};
+use crate::store::{self, Store, StoreError};
+
+mod client;
+mod shared;
+mod store_writer;
+mod timer;
+
+use shared::Shared;
+use store_writer::StoreWriter;
+
+/// File in `data_dir` holding the stateless-reset key, so a restarted relay resets stale
+/// connections at once instead of leaving nodes to time out.
+pub const RESET_KEY_FILE: &str = "reset.key";
+
+/// The software name sent in the relay's `Hello`.
+pub const AGENT: &str = concat!("hotline-relay/", env!("CARGO_PKG_VERSION"));
+
+/// How long [`Server::shutdown`] waits for connections to finish closing.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// A relay's configuration, typed: everything here is already loaded and parsed.
+#[derive(Debug)]
+pub struct ServerConfig {
+    /// UDP address to listen on; port 0 picks a free one (see [`Server::local_addr`]).
+    pub listen: SocketAddr,
+    /// The exercise CA certificates that client certificates must chain to.
+    pub ca: Vec<CertificateDer<'static>>,
+    /// The relay's certificate chain and key.
+    pub credentials: Credentials,
+    /// Certificate revocation lists; empty for none.
+    pub crls: Vec<CertificateRevocationListDer<'static>>,
+    /// Directory for the relay's state (the store `relay.redb` and the stateless-reset key);
+    /// created if missing.
+    pub data_dir: PathBuf,
+    /// The hotlines: pairs of endpoints allowed to talk. An endpoint may be in several.
+    pub hotlines: Vec<(EndpointId, EndpointId)>,
+    /// QUIC keep-alive and idle timeouts.
+    pub timeouts: Timeouts,
+    /// Bytes queued for one destination past which `routine` is refused (see [`Limits`]).
+    pub max_queue_bytes_per_endpoint: u64,
+    /// How long a queued envelope is held, per transport lane (see [`Ttl`]).
+    pub ttl: Ttl,
+    /// TCP address for `GET /metrics`, if any; port 0 picks a free one.
+    pub metrics: Option<SocketAddr>,
+}
+
+impl ServerConfig {
+    /// A configuration with default timeouts, queue bound and time-to-live, no CRL and no
+    /// metrics.
+    pub fn new(
+        listen: SocketAddr,
+        ca: Vec<CertificateDer<'static>>,
+        credentials: Credentials,
+        data_dir: PathBuf,
+        hotlines: Vec<(EndpointId, EndpointId)>,
+    ) -> Self {
+        Self {
+            listen,
+            ca,
+            credentials,
+            crls: Vec::new(),
+            data_dir,
+            hotlines,
+            timeouts: Timeouts::default(),
+            max_queue_bytes_per_endpoint: Limits::DEFAULT_MAX_QUEUE_BYTES,
+            ttl: Ttl::default(),
+            metrics: None,
+        }
+    }
+
+    /// The QUIC server configuration this relay runs with. Building it proves that the CA and
+    /// CRLs load and that the key matches the certificate.
+    pub fn quic_config(&self) -> Result<quinn::ServerConfig, TlsError> {
+        let credentials = Credentials {
+            certs: self.credentials.certs.clone(),
+            key: self.credentials.key.clone_key(),
+        };
+        tls::server_config(&self.ca, credentials, self.crls.clone(), self.timeouts)
+    }
+
+    /// The queue limits this configuration asks for.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_queue_bytes: self.max_queue_bytes_per_endpoint,
+            ttl: self.ttl,
+        }
+    }
+}
+
+/// Why a relay could not start. All are the caller's or the environment's fault.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// The hotline list or queue bound is invalid.
+    #[error(transparent)]
+    Config(#[from] RouterConfigError),
+    /// The data directory could not be created.
+    #[error("creating data directory {}: {source}", path.display())]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The store could not be opened (locked by another relay, unknown schema, I/O).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The store holds something the router cannot load.
+    #[error("loading the store: {0}")]
+    Restore(#[from] SnapshotError),
+    /// The store's writer thread could not be started.
+    #[error("starting the store writer: {0}")]
+    StoreThread(std::io::Error),
+    /// The stateless-reset key could not be read or written.
+    #[error("stateless reset key: {0}")]
+    ResetKey(EndpointError),
+    /// The TLS configuration could not be built (CA, CRL, or key not matching certificate).
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The UDP socket could not be bound.
+    #[error("binding UDP {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The QUIC endpoint could not be created.
+    #[error("QUIC endpoint: {0}")]
+    Endpoint(EndpointError),
+    /// The metrics listener could not be bound.
+    #[error("binding metrics listener {addr}: {source}")]
+    MetricsBind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Why the relay closed a connection: the QUIC application close code, with the reason in
+/// words as the close reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The relay is shutting down.
+    Shutdown = 0,
+    /// The certificate's endpoint is in no configured hotline.
+    NotConfigured = 1,
+    /// A newer connection with the same identity replaced this one.
+    Replaced = 2,
+    /// The node broke the stream protocol (no hello, bad lane byte, broken framing, a relay
+    /// stream stopped).
+    ProtocolViolation = 3,
+    /// A frame's length prefix exceeded the size limit.
+    FrameTooLarge = 4,
+    /// The client certificate names no endpoint.
+    NoIdentity = 5,
+}
+
+impl CloseReason {
+    /// The QUIC application error code.
+    pub fn code(self) -> quinn::VarInt {
+        quinn::VarInt::from_u32(self as u32)
+    }
+
+    /// The close reason sent to the peer.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Shutdown => "relay shutting down",
+            Self::NotConfigured => "endpoint is in no configured hotline",
+            Self::Replaced => "replaced by a newer connection with the same identity",
+            Self::ProtocolViolation => "protocol violation",
+            Self::FrameTooLarge => "frame exceeds the size limit",
+            Self::NoIdentity => "client certificate names no hotline endpoint",
+        }
+    }
+
+    /// The reason for an application close `code`, if it is one of ours.
+    pub fn from_code(code: quinn::VarInt) -> Option<Self> {
+        [
+            Self::Shutdown,
+            Self::NotConfigured,
+            Self::Replaced,
+            Self::ProtocolViolation,
+            Self::FrameTooLarge,
+            Self::NoIdentity,
+        ]
+        .into_iter()
+        .find(|r| r.code() == code)
+    }
+
+    fn close(self, connection: &quinn::Connection) {
+        connection.close(self.code(), self.reason().as_bytes());
+    }
+
+    fn close_endpoint(self, endpoint: &quinn::Endpoint) {
+        endpoint.close(self.code(), self.reason().as_bytes());
+    }
+}
+
+/// A running relay. Dropping it stops every task and closes every connection.
+#[derive(Debug)]
+pub struct Server {
+    local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    endpoint: quinn::Endpoint,
+    tasks: JoinSet<()>,
+    writer: StoreWriter,
+}
+
+impl Server {
+    /// Binds the listen address (and the metrics address, if any) and starts serving. Must be
+    /// called inside a tokio runtime.
+    pub async fn spawn(config: ServerConfig) -> Result<Self, SpawnError> {
+        let mut router = Router::new(&config.hotlines, config.limits())?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| SpawnError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        if let Some((name, skip)) = failpoint::armed() {
+            warn!(
+                failpoint = name,
+                skip,
+                known = failpoint::ALL.contains(&name),
+                "failpoint armed: this relay will abort on purpose"
+            );
+        }
+        // First, so that a second relay on this data directory stops here, having touched
+        // nothing.
+        let (store, snapshot) = Store::open(&config.data_dir)?;
+        let restored = router.restore(snapshot)?;
+        for (endpoint, rows) in &restored.unconfigured {
+            warn!(
+                %endpoint,
+                rows,
+                "stored rows for an endpoint in no configured hotline are kept, not served"
+            );
+        }
+        let reset_key =
+            quic::reset_key(&config.data_dir.join(RESET_KEY_FILE)).map_err(SpawnError::ResetKey)?;
+        let quic_config = config.quic_config()?;
+        let bind = |source| SpawnError::Bind {
+            addr: config.listen,
+            source,
+        };
+        let socket = std::net::UdpSocket::bind(config.listen).map_err(bind)?;
+        let endpoint =
+            quic::server(socket, quic_config, Some(reset_key)).map_err(SpawnError::Endpoint)?;
+        let local_addr = endpoint.local_addr().map_err(bind)?;
+
+        let endpoints = router.endpoint_count();
+        let (requests, requests_rx) = mpsc::channel();
+        let shared = Arc::new(Shared::new(router, requests.clone()));
+        let writer = StoreWriter::spawn(store, requests, requests_rx, Arc::downgrade(&shared))?;
+        let mut tasks = JoinSet::new();
+        let metrics_addr = match config.metrics {
+            Some(addr) => {
+                let metrics_bind = |source| SpawnError::MetricsBind { addr, source };
+                let listener = TcpListener::bind(addr).await.map_err(metrics_bind)?;
+                let bound = listener.local_addr().map_err(metrics_bind)?;
+                let shared = shared.clone();
+                let render = Arc::new(move || shared.render_metrics());
+                tasks.spawn(
+                    metrics::serve(listener, render)
+                        .instrument(info_span!("metrics", addr = %bound)),
+                );
+                Some(bound)
+            }
+            None => None,
+        };
+        tasks.spawn(timer::run(shared.clone()).instrument(info_span!("timer")));
+        tasks.spawn(accept_loop(endpoint.clone(), shared));
+        info!(
+            addr = %local_addr,
+            hotlines = config.hotlines.len(),
+            endpoints,
+            queued = restored.envelopes,
+            waiting_control = restored.control,
+            announcements = restored.announcements,
+            store = %config.data_dir.join(store::FILE_NAME).display(),
+            metrics = %metrics_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+            "relay listening"
+        );
+        Ok(Self {
+            local_addr,
+            metrics_addr,
+            endpoint,
+            tasks,
+            writer,
+        })
+    }
+
+    /// The UDP address the relay listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The TCP address of `GET /metrics`, if configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Resolves if the store fails (I/O error, full disk): the relay then acknowledges nothing
+    /// more, and should be stopped. Pending forever otherwise.
+    pub async fn store_failure(&mut self) -> StoreError {
+        self.writer.failure().await
+    }
+
+    /// Closes every connection ([`CloseReason::Shutdown`]), stops every task, lets the store
+    /// commit what it was given and close (releasing its lock), and waits briefly for the
+    /// closes to reach the nodes.
+    pub async fn shutdown(mut self) {
+        CloseReason::Shutdown.close_endpoint(&self.endpoint);
+        self.tasks.shutdown().await;
+        self.writer.stop().await;
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.endpoint.wait_idle()).await;
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // The tasks are aborted when `tasks` drops; closing first tells the nodes why.
+        CloseReason::Shutdown.close_endpoint(&self.endpoint);
+        // The writer commits what it was given, then closes the store.
+        self.writer.request_stop();
+    }
+}
+
+/// Accepts connections until the endpoint closes; owns one [`client`] task per connection.
+async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
+    let mut connections = JoinSet::new();
+    let mut next_id = 0u64;
+    loop {
+        tokio::select! {
+            biased;
+            // Reap finished connection tasks first so the set does not grow.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else {
+                    debug!("endpoint closed; accept loop ends");
+                    return;
+                };
+                next_id += 1;
+                connections.spawn(client::run(shared.clone(), incoming, ConnId(next_id)));
+            }
+        }
+    }
+}

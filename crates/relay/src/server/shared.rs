@@ -1,0 +1,165 @@
+//! State shared by every task of a server: the router, the wake-up handles of registered
+//! connections, and the deadline the timer was last told about, under one lock.
+//!
+//! Every router call goes through [`Shared::run`], which makes the call and then carries out
+//! the router's outputs while still holding the lock: writes go to the store writer's queue (so
+//! in issue order), wakes to the connection's stream writers, closes to replaced connections,
+//! and a moved deadline to the timer task. The lock is held only for synchronous router calls,
+//! never across an await. This module does no I/O of its own.
+//!
+//! Main types: [`Shared`] and the [`State`] under its lock.
+//!
+//! Invariant: `State::conns` holds a connection exactly while the router has it registered, and
+//! every router output is carried out before the lock is released.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
+
+use hotline_proto::{EndpointId, Precedence, Time};
+use tokio::sync::Notify;
+use tracing::info;
+
+use super::CloseReason;
+use super::client::ConnHandle;
+use crate::metrics::Metrics;
+use crate::router::{ConnId, ConnectError, Output, Router};
+use crate::store::{Committed, Request};
+
+/// Reading a lane stream (from every node) pauses while this many bytes of envelopes that
+/// arrived on that lane wait for the store's commit. It bounds memory when the disk is slower
+/// than the network, and the size of a group commit, hence how long a flash can wait behind a
+/// routine batch (one commit of at most about this much per lane). A lane never waits for
+/// another lane's backlog.
+pub(super) const STORE_BACKLOG_BYTES: u64 = 4 * 1024 * 1024;
+
+/// State shared by every task: the router and the wake-up handles of registered connections,
+/// under one lock held only for synchronous router calls.
+#[derive(Debug)]
+pub(super) struct Shared {
+    state: Mutex<State>,
+    pub(super) metrics: Metrics,
+    /// The store writer's queue; requests are sent under the state lock, so in write order.
+    store: mpsc::Sender<Request>,
+    /// Wakes the timer task when the router's deadline moved.
+    pub(super) timer: Notify,
+    /// Signalled after each commit, for lane readers waiting on the store backlog.
+    committed: Notify,
+}
+
+#[derive(Debug)]
+pub(super) struct State {
+    pub(super) router: Router,
+    conns: HashMap<ConnId, Arc<ConnHandle>>,
+    /// The deadline the timer task was last told about.
+    armed: Option<Time>,
+}
+
+impl Shared {
+    pub(super) fn new(router: Router, store: mpsc::Sender<Request>) -> Self {
+        Self {
+            state: Mutex::new(State {
+                router,
+                conns: HashMap::new(),
+                armed: None,
+            }),
+            metrics: Metrics::new(),
+            store,
+            timer: Notify::new(),
+            committed: Notify::new(),
+        }
+    }
+
+    /// The state, for a synchronous look at the router. Outputs of a router call made through
+    /// this guard are not carried out: use [`Shared::run`] for calls.
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
+        // No code panics while holding the lock; if one did, the router state is still
+        // consistent between calls, so keep serving.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs one router call, then carries out its outputs.
+    pub(super) fn run<R>(&self, f: impl FnOnce(&mut Router) -> R) -> R {
+        let mut state = self.lock();
+        let result = f(&mut state.router);
+        self.apply_outputs(&mut state);
+        result
+    }
+
+    /// The store committed every write up to `committed.upto`: tell the router, which releases
+    /// what waited for it, and wake the lane readers waiting on the store backlog.
+    pub(super) fn handle_committed(&self, committed: &Committed) {
+        self.metrics.committed(committed.ops);
+        self.run(|r| r.handle_persisted(committed.upto));
+        self.committed.notify_waiters();
+    }
+
+    fn apply_outputs(&self, state: &mut State) {
+        while let Some(output) = state.router.poll_output() {
+            match output {
+                Output::Persist { write, ops } => {
+                    // If the writer is gone (store failure, shutdown), the write never commits
+                    // and nothing that waits on it is sent: no false promise.
+                    let _ = self.store.send(Request::Write { id: write, ops });
+                }
+                Output::Wake { conn, stream } => {
+                    if let Some(handle) = state.conns.get(&conn) {
+                        handle.wake[stream.index()].notify_one();
+                    }
+                }
+                Output::Close { conn, reason } => {
+                    if let Some(handle) = state.conns.get(&conn) {
+                        info!(conn_id = %conn, reason, "closing replaced connection");
+                        CloseReason::Replaced.close(&handle.connection);
+                    }
+                }
+                Output::Refused { code, .. } => self.metrics.refused(code),
+            }
+        }
+        let deadline = state.router.poll_timeout();
+        if deadline != state.armed {
+            state.armed = deadline;
+            self.timer.notify_one();
+        }
+    }
+
+    pub(super) fn register(
+        &self,
+        conn: ConnId,
+        peer: EndpointId,
+        handle: Arc<ConnHandle>,
+    ) -> Result<(), ConnectError> {
+        let mut state = self.lock();
+        state.conns.insert(conn, handle);
+        let result = state.router.handle_connected(conn, peer);
+        if result.is_err() {
+            state.conns.remove(&conn);
+        }
+        self.apply_outputs(&mut state);
+        result
+    }
+
+    pub(super) fn unregister(&self, conn: ConnId) {
+        let mut state = self.lock();
+        state.conns.remove(&conn);
+        state.router.handle_disconnected(conn);
+        self.apply_outputs(&mut state);
+    }
+
+    /// Waits until the envelopes of `lane` waiting for the store are few enough to read more.
+    pub(super) async fn room_to_store(&self, lane: Precedence) {
+        loop {
+            let committed = self.committed.notified();
+            tokio::pin!(committed);
+            committed.as_mut().enable();
+            if self.lock().router.uncommitted_bytes(lane) <= STORE_BACKLOG_BYTES {
+                return;
+            }
+            committed.await;
+        }
+    }
+
+    pub(super) fn render_metrics(&self) -> String {
+        let stats = self.lock().router.stats();
+        self.metrics.render(&stats)
+    }
+}
