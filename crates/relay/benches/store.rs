@@ -13,8 +13,6 @@
 //! Environment: `HOTLINE_BENCH_ENVELOPES` (default 20000) for the group-commit runs;
 //! one-per-envelope runs a tenth of that (at least 200).
 
-// Ahead of the workspace lints: the bench reports on stdout, from `Run::print` and `main` only.
-#![warn(clippy::print_stdout, clippy::expect_used)]
 #![expect(
     clippy::unwrap_used,
     reason = "a bench fails loudly on any setup or store error"

@@ -27,9 +27,6 @@
 //! # Ok(()) }
 //! ```
 
-// Ahead of the workspace lints: the library neither prints nor panics on `expect`.
-#![warn(clippy::print_stdout, clippy::expect_used)]
-
 pub mod failpoint;
 mod metrics;
 pub mod router;

@@ -5,9 +5,6 @@
 //! subscriber and runs [`Server`] until SIGINT or SIGTERM. `check` runs the same conversion and
 //! stops there. Every error is one `error: …` line on stderr and exit status 1.
 
-// Ahead of the workspace lints; stdout is `check`'s verdict only.
-#![warn(clippy::print_stdout, clippy::expect_used)]
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -7,6 +7,7 @@
 
 #![expect(
     clippy::unwrap_used,
+    clippy::expect_used,
     reason = "helpers outside #[test] functions fail the test loudly too"
 )]
 

@@ -1,7 +1,8 @@
 //! The relay link: one QUIC connection to the relay, redialled with backoff while the node runs.
 //!
-//! Per connection the node opens the bidirectional control stream (starting with our `Hello`)
-//! and one unidirectional stream per precedence lane (starting with its lane byte), each fed by
+//! Per connection the node opens the bidirectional control stream (starting with our `Hello`;
+//! the relay's own `Hello` must pass [`Hello::check`] before anything else happens) and one
+//! unidirectional stream per precedence lane (starting with its lane byte), each fed by
 //! its own writer task, and stream priorities follow [`Lane::priority`]. Frames the relay sends
 //! are read whole and handed to the engine loop on one bounded channel per lane, so a flood on
 //! routine never queues ahead of flash or control.
@@ -24,6 +25,8 @@ const READ_QUEUE_FRAMES: usize = 1024;
 /// First redial delay after a failure; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long the relay has to answer our hello with its own.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Senders feeding the per-stream writer tasks of the current connection, by [`Lane::index`].
 #[derive(Debug)]
@@ -112,7 +115,7 @@ async fn connect_once(
         .context("connecting")?
         .await
         .with_context(|| format!("handshake with relay {addr} as {name:?}"))?;
-    let (mut control, control_recv) = conn.open_bi().await.context("opening control stream")?;
+    let (mut control, mut control_recv) = conn.open_bi().await.context("opening control stream")?;
     control.set_priority(Lane::Control.priority()).ok();
     let hello = wire::encode_frame(&Frame::Hello(Hello {
         version: wire::PROTOCOL_VERSION,
@@ -121,6 +124,8 @@ async fn connect_once(
     framed::write_frame(&mut control, &hello)
         .await
         .context("sending hello")?;
+    let agent = relay_hello(&mut control_recv).await?;
+    info!(%agent, "relay hello");
     let mut writers = Vec::with_capacity(Lane::COUNT);
     writers.push(spawn_writer(control));
     for lane in Lane::ALL {
@@ -134,6 +139,23 @@ async fn connect_once(
         .try_into()
         .map_err(|_| anyhow!("one writer per lane expected"))?;
     Ok((conn, Writers(writers), control_recv))
+}
+
+/// Reads and checks the relay's hello, the first frame on the control stream.
+async fn relay_hello(control: &mut quinn::RecvStream) -> Result<String> {
+    let first = tokio::time::timeout(HELLO_TIMEOUT, framed::read_frame(control))
+        .await
+        .map_err(|_| anyhow!("the relay sent no hello within {HELLO_TIMEOUT:?}"))?
+        .context("reading the relay's hello")?
+        .ok_or_else(|| anyhow!("the relay closed the control stream before its hello"))?;
+    match wire::decode_frame(&first) {
+        Ok((Frame::Hello(hello), _)) => {
+            hello.check().context("the relay's hello")?;
+            Ok(hello.agent)
+        }
+        Ok(_) => Err(anyhow!("the relay's first frame is not a hello")),
+        Err(e) => Err(anyhow!("the relay's hello does not decode: {e}")),
+    }
 }
 
 /// A task writing whole frames to `stream` in order, until its sender is dropped.
