@@ -54,11 +54,12 @@
 //! deadlines are wall-clock times, so they survive restarts.
 //!
 //! # Modules
-//! - [`types`]: ids, names, precedence, time.
+//! - [`types`]: ids, names, precedence, the [`Lane`] numbering shared by node and relay, time.
 //! - [`wire`]: the [`wire::Frame`] enum and its length-prefixed, versioned encoding.
 //! - [`envelope`]: headers, envelopes, receipts, announcements and their signatures.
 //! - [`crypto`]: keys, HPKE sessions, hashing and signing.
 //! - [`engine`]: the channel engine.
+//! - `testing` (feature `test-utils`): frame and receipt builders for the shells' tests.
 #![warn(missing_docs)]
 
 pub mod crypto;
@@ -66,6 +67,9 @@ pub mod engine;
 pub mod envelope;
 pub mod types;
 pub mod wire;
+
+#[cfg(feature = "test-utils")]
+pub mod testing;
 
 #[doc(hidden)]
 pub mod fuzzing;

@@ -26,10 +26,8 @@ use hotline_net::pki::ExercisePki;
 use hotline_net::quic::{self, Timeouts};
 use hotline_net::tls::{self, Credentials};
 use hotline_proto::Lane;
-use hotline_proto::crypto::{Digest, IdentityKey, SessionId};
-use hotline_proto::envelope::{Envelope, Header, Receipt, ReceiptKind, Signed};
 use hotline_proto::wire::{self, EnvelopeFrame, Frame, Hello, PROTOCOL_VERSION};
-use hotline_proto::{Channel, EndpointId, MessageId, Precedence, Seq, Time};
+use hotline_proto::{EndpointId, Precedence};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -105,11 +103,6 @@ impl TestPki {
 /// How long a test waits for anything before failing: generous, it only turns a hang into a
 /// failure.
 pub const WAIT: Duration = Duration::from_secs(30);
-
-/// The endpoint id `s`; panics if it is not a valid id.
-pub fn id(s: &str) -> EndpointId {
-    EndpointId::new(s).unwrap()
-}
 
 /// Installs a per-test tracing subscriber (`RUST_LOG`, else `hotline_relay=debug`), once.
 pub fn subscribe() {
@@ -281,59 +274,4 @@ pub fn envelope_on(
     envelope_sized(sender, recipient, precedence, seq, transport, 64)
 }
 
-/// An envelope frame with `sealed` sealed bytes, on the `transport` lane.
-pub fn envelope_sized(
-    sender: &str,
-    recipient: &str,
-    precedence: Precedence,
-    seq: u64,
-    transport: Precedence,
-    sealed: usize,
-) -> Vec<u8> {
-    let sealed = vec![0x5A; sealed];
-    let header = Header {
-        sender: id(sender),
-        recipient: id(recipient),
-        channel: Channel::default(),
-        precedence,
-        seq: Seq(seq),
-        after: [0; 4],
-        epoch: 1,
-        session: SessionId([3; 16]),
-        prev: Digest::default(),
-        sealed_len: sealed.len() as u32,
-    };
-    wire::encode_frame(&Frame::Envelope(EnvelopeFrame {
-        transport,
-        envelope: Envelope { header, sealed },
-        head: None,
-        setup: None,
-    }))
-}
-
-/// The id of `sender`'s message on the default channel.
-pub fn message_id(sender: &str, precedence: Precedence, seq: u64) -> MessageId {
-    MessageId {
-        sender: id(sender),
-        channel: Channel::default(),
-        precedence,
-        seq: Seq(seq),
-    }
-}
-
-/// A signed `Delivered` receipt from `from` to `to`, up to `upto`.
-pub fn delivered(from: &str, to: &str, precedence: Precedence, upto: u64) -> Vec<u8> {
-    let receipt = Receipt {
-        from: id(from),
-        to: id(to),
-        channel: Channel::default(),
-        precedence,
-        kind: ReceiptKind::Delivered {
-            upto: Seq(upto),
-            head: Digest::default(),
-        },
-        at: Time(1),
-    };
-    let key = IdentityKey::from_seed(&[9; 32]);
-    wire::encode_frame(&Frame::Receipt(Signed::sign(receipt, &key)))
-}
+pub use hotline_proto::testing::{delivered, envelope as envelope_sized, id, message_id};

@@ -1,17 +1,11 @@
 use std::time::Duration;
 
-use hotline_proto::crypto::{Digest, IdentityKey, SessionId};
-use hotline_proto::envelope::{
-    Announcement, Envelope, Header, LinkTest, Receipt, ReceiptKind, Signed,
-};
-use hotline_proto::wire::{Accepted, EnvelopeFrame, Hello};
+use hotline_proto::wire::{Accepted, Hello};
 use hotline_proto::{Channel, Seq, Time};
 
-use super::*;
+use hotline_proto::testing::{self, id};
 
-fn id(s: &str) -> EndpointId {
-    EndpointId::new(s).unwrap()
-}
+use super::*;
 
 fn router_with(limits: Limits) -> Router {
     Router::new(&[(id("us"), id("jp")), (id("uk"), id("fr"))], limits).unwrap()
@@ -19,10 +13,6 @@ fn router_with(limits: Limits) -> Router {
 
 fn router() -> Router {
     router_with(Limits::default())
-}
-
-fn key() -> IdentityKey {
-    IdentityKey::from_seed(&[7; 32])
 }
 
 fn envelope_sized(
@@ -33,27 +23,7 @@ fn envelope_sized(
     transport: Precedence,
     sealed: usize,
 ) -> Bytes {
-    let header = Header {
-        sender: id(sender),
-        recipient: id(recipient),
-        channel: Channel::default(),
-        precedence,
-        seq: Seq(seq),
-        after: [0; 4],
-        epoch: 1,
-        session: SessionId([1; 16]),
-        prev: Digest::default(),
-        sealed_len: sealed as u32,
-    };
-    encode(&Frame::Envelope(EnvelopeFrame {
-        transport,
-        envelope: Envelope {
-            header,
-            sealed: vec![0xAB; sealed],
-        },
-        head: None,
-        setup: None,
-    }))
+    testing::envelope(sender, recipient, precedence, seq, transport, sealed).into()
 }
 
 fn envelope(sender: &str, recipient: &str, precedence: Precedence, seq: u64) -> Bytes {
@@ -61,42 +31,15 @@ fn envelope(sender: &str, recipient: &str, precedence: Precedence, seq: u64) -> 
 }
 
 fn delivered(from: &str, to: &str, precedence: Precedence, upto: u64) -> Bytes {
-    let receipt = Receipt {
-        from: id(from),
-        to: id(to),
-        channel: Channel::default(),
-        precedence,
-        kind: ReceiptKind::Delivered {
-            upto: Seq(upto),
-            head: Digest::default(),
-        },
-        at: Time(1),
-    };
-    encode(&Frame::Receipt(Signed::sign(receipt, &key())))
+    testing::delivered(from, to, precedence, upto).into()
 }
 
 fn announcement(endpoint: &str, epoch: u32) -> Bytes {
-    let ann = Announcement {
-        endpoint: id(endpoint),
-        identity: key().public(),
-        epoch,
-        suite: 1,
-        sealing_key: vec![epoch as u8; 32],
-        expires_at: Time(10),
-    };
-    encode(&Frame::Announcement(Signed::sign(ann, &key())))
+    testing::announcement(endpoint, epoch).into()
 }
 
 fn link_test(from: &str, to: &str) -> Bytes {
-    let lt = LinkTest {
-        from: id(from),
-        to: id(to),
-        seq: 1,
-        at: Time(1),
-        audit_len: 0,
-        audit_head: Digest::default(),
-    };
-    encode(&Frame::LinkTest(Signed::sign(lt, &key())))
+    testing::link_test(from, to).into()
 }
 
 fn decode(bytes: &Bytes) -> Frame {
