@@ -23,6 +23,11 @@ use super::engine_loop::Command;
 use crate::control::{Event, Request, RequestLine, ResponseLine, WaitLevel};
 use crate::time::format_time;
 
+/// How long a `send --wait` that reached its level keeps listening for a late `accepted`. The
+/// relay answers `accepted` once its store commit is done, normally milliseconds after it
+/// forwarded the envelope; a relay that crashed before committing never answers.
+const LATE_ACCEPTED_GRACE: Duration = Duration::from_secs(5);
+
 /// The engine loop's two command queues.
 #[derive(Clone, Debug)]
 pub(super) struct Commands {
@@ -222,7 +227,8 @@ fn submit(
 }
 
 /// Emits `stored` and every ack level as it is reached; returns once `wait` is reached (or,
-/// without `wait`, once stored).
+/// without `wait`, once stored) and `accepted` has been reported, or
+/// [`LATE_ACCEPTED_GRACE`] after `wait` was reached without it.
 async fn await_levels(
     pending: PendingSend,
     wait: Option<WaitLevel>,
@@ -234,12 +240,16 @@ async fn await_levels(
         submitted,
     } = pending;
     let id = submitted.await.map_err(|_| RequestError::Stopping)??;
-    let deadline =
+    let mut deadline =
         tokio::time::Instant::now() + Duration::from_millis(timeout_ms.unwrap_or(u64::MAX / 4));
     let mut stored = false;
+    let mut accepted = false;
+    // Set once `wait` is reached while `accepted` is still to come (see LATE_ACCEPTED_GRACE).
+    let mut reached_wait = false;
     loop {
         let report = match tokio::time::timeout_at(deadline, events.recv()).await {
             Ok(Some(r)) => r,
+            Ok(None) | Err(_) if reached_wait => return Ok(()),
             Ok(None) => return Err(RequestError::Stopping),
             Err(_) => {
                 return Err(RequestError::Timeout {
@@ -283,8 +293,18 @@ async fn await_levels(
         };
         if let Some((reached, text)) = reached {
             replies.emit(level(text.into()));
-            if wait.is_some_and(|w| reached >= w) {
+            accepted |= reached == WaitLevel::Accepted;
+            if accepted && reached_wait {
                 return Ok(());
+            }
+            if !reached_wait && wait.is_some_and(|w| reached >= w) {
+                if accepted {
+                    return Ok(());
+                }
+                // The partner's receipt overtook the relay's `accepted` (the relay forwards
+                // before its fsync completes); wait briefly so that level is reported too.
+                reached_wait = true;
+                deadline = deadline.min(tokio::time::Instant::now() + LATE_ACCEPTED_GRACE);
             }
         }
         if stored && wait.is_none() {

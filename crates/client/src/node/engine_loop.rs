@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hotline_proto::engine::{
-    AckLevel, Action, Alarm, AlarmKind, Delivery, Engine, Outgoing, Report, WriteId,
+    Action, Alarm, AlarmKind, Delivery, Engine, Outgoing, Report, WriteId,
 };
 use hotline_proto::{EndpointId, MessageId};
 use rand_chacha::ChaCha20Rng;
@@ -339,10 +339,10 @@ impl EngineLoop {
                 !subs.is_empty()
             });
         }
-        let done = matches!(r.level, AckLevel::Acknowledged);
+        // Kept until every listener hung up: a late `accepted` can follow `acknowledged`.
         if let Some(subs) = self.subscribers.get_mut(&r.id) {
             subs.retain(|s| s.send(r.clone()).is_ok());
-            if subs.is_empty() || done {
+            if subs.is_empty() {
                 self.subscribers.remove(&r.id);
             }
         }
