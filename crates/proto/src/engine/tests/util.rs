@@ -403,15 +403,7 @@ impl Pair {
                 let Some((_, (to, frame))) = self.in_flight.pop_first() else {
                     continue;
                 };
-                if !self.link_up[to as usize] {
-                    continue;
-                }
-                if self.hold == Some(to) {
-                    self.held.push(frame);
-                    continue;
-                }
-                let now = self.now;
-                let _ = self.peer(to).engine.handle_frame(now, &frame);
+                self.arrive(to, frame);
             } else {
                 let now = self.now;
                 self.a.engine.handle_timeout(now);
@@ -440,15 +432,20 @@ impl Pair {
             self.now = self.now.max(at);
             self.a.engine.handle_timeout(self.now);
             self.b.engine.handle_timeout(self.now);
-            if !self.link_up[to as usize] {
-                continue;
-            }
-            if self.hold == Some(to) {
-                self.held.push(frame);
-                continue;
-            }
-            let now = self.now;
-            let _ = self.peer(to).engine.handle_frame(now, &frame);
+            self.arrive(to, frame);
         }
+    }
+
+    /// A frame reaches `to`: dropped if its link is down, held if it is not reading.
+    fn arrive(&mut self, to: Side, frame: Vec<u8>) {
+        if !self.link_up[to as usize] {
+            return;
+        }
+        if self.hold == Some(to) {
+            self.held.push(frame);
+            return;
+        }
+        let now = self.now;
+        let _ = self.peer(to).engine.handle_frame(now, &frame);
     }
 }
