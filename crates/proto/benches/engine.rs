@@ -18,7 +18,11 @@
 //! gets a delivered receipt and fires its timers, so the outbox stays as small as it does with a
 //! live partner instead of growing through the run.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a benchmark stops at the first failure"
+)]
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -71,7 +75,7 @@ impl Mode {
     }
 }
 
-#[allow(
+#[expect(
     clippy::disallowed_methods,
     reason = "a benchmark measures wall-clock time; the engine itself never reads the clock"
 )]

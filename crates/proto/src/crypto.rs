@@ -260,7 +260,7 @@ impl IdentityKey {
     /// Derives a key pair from a 32-byte seed (tests and fixtures).
     pub fn from_seed(seed: &[u8; 32]) -> Self {
         // A 32-byte seed is always a valid Ed25519 private key.
-        #[allow(clippy::expect_used)]
+        #[expect(clippy::expect_used, reason = "a 32-byte seed is always a valid key")]
         let pair = Ed25519KeyPair::from_seed_unchecked(seed).expect("32-byte seed");
         Self::wrap(pair)
     }

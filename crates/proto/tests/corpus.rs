@@ -3,7 +3,7 @@
 //!
 //! Nothing here asserts a result: the entry points carry their own checks (a decoded frame must
 //! re-encode and decode to itself) and the test fails if any input makes them panic.
-#![allow(clippy::unwrap_used)]
+#![expect(clippy::unwrap_used, reason = "a failed step is the test failing")]
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,6 @@
 //! Tests for the wire format: fixed cases first, then proptests over every [`Frame`] variant
 //! (roundtrip, length accounting, truncation, mutation, version and suite checks, trailing
 //! bytes, hostile names inside frames).
-#![allow(clippy::unwrap_used)]
 
 use proptest::collection::vec;
 use proptest::option;
