@@ -328,9 +328,14 @@ fn config() -> Criterion {
         .measurement_time(Duration::from_secs(2))
 }
 
-fn bench_sender(c: &mut Criterion) {
-    check_modes();
-    let mut g = c.benchmark_group("sender");
+/// Runs `chunk(pair, n, per, size)` over fresh pairs until `iters` flushes of `per` messages are
+/// done, `CHUNK` messages at a time, and sums the durations `chunk` timed.
+fn bench_flushes(
+    c: &mut Criterion,
+    group: &str,
+    mut chunk: impl FnMut(&mut Pair, usize, usize, usize) -> Duration,
+) {
+    let mut g = c.benchmark_group(group);
     for size in SIZES {
         for mode in [Mode::Idle, Mode::Batched] {
             let per = mode.per_flush();
@@ -343,16 +348,7 @@ fn bench_sender(c: &mut Criterion) {
                     while left > 0 {
                         let n = left.min((CHUNK / per) as u64) as usize;
                         left -= n as u64;
-                        let now = pair.now;
-                        let mut msgs = outgoing(n * per, size).into_iter();
-                        let mut out = Out::with_capacity(n * per);
-                        let t = stopwatch();
-                        for _ in 0..n {
-                            flush(&mut pair.tx, now, msgs.by_ref().take(per), &mut out);
-                        }
-                        elapsed += t.elapsed();
-                        assert_eq!(out.sends.len(), n * per);
-                        pair.ack_last(&out.sends);
+                        elapsed += chunk(&mut pair, n, per, size);
                     }
                     elapsed
                 });
@@ -362,44 +358,44 @@ fn bench_sender(c: &mut Criterion) {
     g.finish();
 }
 
-fn bench_receiver(c: &mut Criterion) {
-    let mut g = c.benchmark_group("receiver");
-    for size in SIZES {
-        for mode in [Mode::Idle, Mode::Batched] {
-            let per = mode.per_flush();
-            g.throughput(Throughput::Elements(per as u64));
-            g.bench_with_input(BenchmarkId::new(mode.name(), size), &size, |b, &size| {
-                b.iter_custom(|iters| {
-                    let mut pair = Pair::new();
-                    let mut elapsed = Duration::ZERO;
-                    let mut left = iters;
-                    while left > 0 {
-                        let n = left.min((CHUNK / per) as u64) as usize;
-                        left -= n as u64;
-                        let now = pair.now;
-                        // Untimed: the sender makes this chunk's frames, flush by flush.
-                        let mut msgs = outgoing(n * per, size).into_iter();
-                        let mut frames = Out::with_capacity(n * per);
-                        for _ in 0..n {
-                            flush(&mut pair.tx, now, msgs.by_ref().take(per), &mut frames);
-                        }
-                        assert_eq!(frames.sends.len(), n * per);
-                        let mut out = Out::with_capacity(n);
-                        let t = stopwatch();
-                        for batch in frames.sends.chunks(per) {
-                            receive(&mut pair.rx, now, batch, &mut out);
-                        }
-                        elapsed += t.elapsed();
-                        assert_eq!(out.delivered, n * per);
-                        drop(frames);
-                        pair.feed_receipt(&out.sends);
-                    }
-                    elapsed
-                });
-            });
+fn bench_sender(c: &mut Criterion) {
+    check_modes();
+    bench_flushes(c, "sender", |pair, n, per, size| {
+        let now = pair.now;
+        let mut msgs = outgoing(n * per, size).into_iter();
+        let mut out = Out::with_capacity(n * per);
+        let t = stopwatch();
+        for _ in 0..n {
+            flush(&mut pair.tx, now, msgs.by_ref().take(per), &mut out);
         }
-    }
-    g.finish();
+        let elapsed = t.elapsed();
+        assert_eq!(out.sends.len(), n * per);
+        pair.ack_last(&out.sends);
+        elapsed
+    });
+}
+
+fn bench_receiver(c: &mut Criterion) {
+    bench_flushes(c, "receiver", |pair, n, per, size| {
+        let now = pair.now;
+        // Untimed: the sender makes this chunk's frames, flush by flush.
+        let mut msgs = outgoing(n * per, size).into_iter();
+        let mut frames = Out::with_capacity(n * per);
+        for _ in 0..n {
+            flush(&mut pair.tx, now, msgs.by_ref().take(per), &mut frames);
+        }
+        assert_eq!(frames.sends.len(), n * per);
+        let mut out = Out::with_capacity(n);
+        let t = stopwatch();
+        for batch in frames.sends.chunks(per) {
+            receive(&mut pair.rx, now, batch, &mut out);
+        }
+        let elapsed = t.elapsed();
+        assert_eq!(out.delivered, n * per);
+        drop(frames);
+        pair.feed_receipt(&out.sends);
+        elapsed
+    });
 }
 
 fn bench_baseline(c: &mut Criterion) {
