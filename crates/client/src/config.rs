@@ -228,16 +228,16 @@ impl NodeConfig {
     }
 
     /// Loads the identity key again (the engine and the store each own a copy).
-    pub fn identity_key(&self) -> Result<IdentityKey, ConfigError> {
+    pub fn identity_key(&self) -> Result<IdentityKey, CredentialsError> {
         let key = tls::load_key(&self.key_path)?;
-        identity_key_from(&key).map_err(|detail| ConfigError::Key {
+        identity_key_from(&key).map_err(|detail| CredentialsError::Key {
             path: self.key_path.clone(),
             detail,
         })
     }
 
     /// Builds the QUIC client configuration.
-    pub fn client_config(&self) -> Result<quinn::ClientConfig, ConfigError> {
+    pub fn client_config(&self) -> Result<quinn::ClientConfig, CredentialsError> {
         let creds = Credentials::load(&self.cert_path, &self.key_path)?;
         Ok(tls::client_config(&self.ca, creds, self.timeouts)?)
     }
@@ -246,7 +246,7 @@ impl NodeConfig {
 /// Why our key or certificates could not be loaded when the node starts (they were checked when
 /// the configuration was loaded; this is a file changed or removed since).
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub enum CredentialsError {
     /// The identity key is not a usable Ed25519 key.
     #[error("key {}: {detail}", path.display())]
     Key {

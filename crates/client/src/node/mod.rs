@@ -45,7 +45,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, info, info_span};
 
-use crate::config::{ConfigError, NodeConfig};
+use crate::config::{CredentialsError, NodeConfig};
 use crate::store::{Store, StoreError};
 use crate::time::wall_now;
 use control_server::Commands;
@@ -72,7 +72,7 @@ pub enum SpawnError {
     Restore(#[from] RestoreError),
     /// Our key or certificates did not load.
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Credentials(#[from] CredentialsError),
     /// The system random generator failed.
     #[error("the system random generator failed")]
     Random,
