@@ -2,7 +2,7 @@
 //!
 //! redb gives transactions with fsync on commit (`Durability::Immediate`, its default) and a
 //! file lock, so a second node on the same data directory fails to open it
-//! ([`StoreError::Locked`]). The file is opened through [`hotline_db::open`]: created private,
+//! ([`OpenError::Locked`]). The file is opened through [`hotline_db::open`]: created private,
 //! with a `meta` table carrying the schema version; an unknown version is refused, never
 //! reinterpreted.
 //!
@@ -12,7 +12,7 @@
 //! The audit log ([`crate::audit`]) lives in the same file: `audit` (the hash chain), `heads`
 //! (our signed heads) and `partner_heads` (the partner's signed link tests).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,6 +60,7 @@ pub const SCHEMA_VERSION: u64 = 1;
 pub const FILE_NAME: &str = "node.redb";
 
 const SCHEMA: Schema = Schema {
+    owner: "node",
     version: SCHEMA_VERSION,
     // A node's data directory holds only its own files, so a versionless `node.redb` is ours;
     // refusing it would strand a data directory that opens today.
@@ -69,15 +70,9 @@ const SCHEMA: Schema = Schema {
 /// Why the store failed. All are the environment's fault (another node, an old file, the disk).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// Another process has the store open.
-    #[error("another node is already running on data dir {}", dir.display())]
-    Locked {
-        /// The data directory.
-        dir: PathBuf,
-    },
-    /// The store file could not be opened, or was written with another schema version.
+    /// The store did not open: another node has it, or it has another schema version.
     #[error(transparent)]
-    Open(OpenError),
+    Open(#[from] OpenError),
     /// A redb step failed (I/O, full disk, a damaged file).
     #[error(transparent)]
     Db(#[from] DbError),
@@ -123,12 +118,6 @@ impl Store {
             txn.open_table(HEADS).in_table(HEADS)?;
             txn.open_table(PARTNER_HEADS).in_table(PARTNER_HEADS)?;
             Ok(())
-        })
-        .map_err(|e| match e {
-            OpenError::Locked { .. } => StoreError::Locked {
-                dir: dir.to_owned(),
-            },
-            e => StoreError::Open(e),
         })?;
         let txn = db.begin_read().map_err(DbError::from)?;
         let (audit_len, audit_head) = match last_row::<StoredEntry>(&txn, AUDIT)? {
@@ -338,7 +327,10 @@ mod tests {
             store.append(&[rec(1), rec(2)]).unwrap();
             store.append(&[rec(3)]).unwrap();
             let err = Store::open(dir.path()).unwrap_err();
-            assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+            assert!(
+                matches!(err, StoreError::Open(OpenError::Locked { .. })),
+                "{err}"
+            );
             assert!(err.to_string().contains("already running"), "{err}");
         }
         let (store, records) = Store::open(dir.path()).unwrap();

@@ -27,7 +27,7 @@
 //! use redb::TableDefinition;
 //!
 //! const RECORDS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("records");
-//! let schema = Schema { version: 1, unversioned: Unversioned::Refuse };
+//! let schema = Schema { owner: "relay", version: 1, unversioned: Unversioned::Refuse };
 //! let db = hotline_db::open("data/store.redb".as_ref(), schema, |txn| {
 //!     txn.open_table(RECORDS).in_table(RECORDS)?;
 //!     Ok(())
@@ -55,9 +55,11 @@ pub const FILE_MODE: u32 = 0o600;
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 const SCHEMA_VERSION_KEY: &str = "schema_version";
 
-/// The schema a store reads and writes.
+/// The schema a store reads and writes, and who writes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Schema {
+    /// The program that writes the store, as errors name it (`"node"`, `"relay"`).
+    pub owner: &'static str,
     /// The version this build writes into a new file and accepts in an existing one.
     pub version: u64,
     /// What to do with a file that has tables but no schema version.
@@ -78,13 +80,18 @@ pub enum Unversioned {
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// Another process has the store file open.
-    #[error("store {} is locked: another process has it open", path.display())]
+    #[error("another {owner} is already running on this data dir: {} is locked", path.display())]
     Locked {
+        /// [`Schema::owner`].
+        owner: &'static str,
         /// The store file.
         path: PathBuf,
     },
     /// The file was written with another schema version.
-    #[error("store {} has schema version {found}; this build reads version {expected}", path.display())]
+    #[error(
+        "store {} has schema version {found}; this build reads version {expected}",
+        path.display()
+    )]
     Schema {
         /// The store file.
         path: PathBuf,
@@ -94,8 +101,13 @@ pub enum OpenError {
         expected: u64,
     },
     /// The file has tables but no schema version, and the store refuses such files.
-    #[error("store {} has no schema version; it was not written by this program", path.display())]
+    #[error(
+        "store {} has no schema version; it was not written by a hotline {owner}",
+        path.display()
+    )]
     Unversioned {
+        /// [`Schema::owner`].
+        owner: &'static str,
         /// The store file.
         path: PathBuf,
     },
@@ -193,11 +205,11 @@ pub fn open(
     create_tables: impl FnOnce(&WriteTransaction) -> Result<(), DbError>,
 ) -> Result<Database, OpenError> {
     let file = create_private(path)?;
-    let backend = FileBackend::new(file).map_err(|e| database_error(path, e))?;
+    let backend = FileBackend::new(file).map_err(|e| database_error(path, schema, e))?;
     let db = Builder::new()
         .set_cache_size(CACHE_BYTES)
         .create_with_backend(backend)
-        .map_err(|e| database_error(path, e))?;
+        .map_err(|e| database_error(path, schema, e))?;
     let prepare = |source| OpenError::Prepare {
         path: path.to_owned(),
         source,
@@ -214,6 +226,7 @@ pub fn open(
         }
         Version::Missing => {
             return Err(OpenError::Unversioned {
+                owner: schema.owner,
                 path: path.to_owned(),
             });
         }
@@ -246,9 +259,10 @@ fn create_private(path: &Path) -> Result<File, OpenError> {
         .map_err(io(path))
 }
 
-fn database_error(path: &Path, source: redb::DatabaseError) -> OpenError {
+fn database_error(path: &Path, schema: Schema, source: redb::DatabaseError) -> OpenError {
     match source {
         redb::DatabaseError::DatabaseAlreadyOpen => OpenError::Locked {
+            owner: schema.owner,
             path: path.to_owned(),
         },
         source => OpenError::Database {

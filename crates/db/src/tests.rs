@@ -8,6 +8,7 @@ const ROWS: TableDefinition<'_, u64, u64> = TableDefinition::new("rows");
 
 fn schema(unversioned: Unversioned) -> Schema {
     Schema {
+        owner: "test",
         version: 1,
         unversioned,
     }
@@ -59,11 +60,11 @@ fn a_second_open_is_refused_until_the_first_is_dropped_and_rows_survive() {
         txn.commit().unwrap();
         let err = open_rows(&path, Unversioned::Refuse).unwrap_err();
         assert!(
-            matches!(&err, OpenError::Locked { path: p } if *p == path),
+            matches!(&err, OpenError::Locked { owner: "test", path: p } if *p == path),
             "{err}"
         );
         let line = err.to_string();
-        assert!(line.contains("locked"), "{line}");
+        assert!(line.contains("another test is already running"), "{line}");
         assert!(!line.contains('\n'), "{line}");
     }
     let db = open_rows(&path, Unversioned::Refuse).unwrap();
@@ -141,9 +142,13 @@ fn a_table_error_names_the_table() {
         Ok(())
     })
     .unwrap_err();
-    assert!(
-        matches!(&err, OpenError::Prepare { source: DbError::Table { table, .. }, .. } if table == "rows"),
-        "{err}"
-    );
+    let OpenError::Prepare {
+        source: DbError::Table { table, .. },
+        ..
+    } = &err
+    else {
+        panic!("not a table error: {err}");
+    };
+    assert_eq!(table, "rows");
     assert!(!err.to_string().contains('\n'), "{err}");
 }
