@@ -1,8 +1,10 @@
 //! The node's durable store: the engine's records in one redb table, appended in order.
 //!
 //! redb gives transactions with fsync on commit (`Durability::Immediate`, its default) and a
-//! file lock, so a second node on the same data directory fails to open it. A `meta` table
-//! carries the schema version; an unknown version is refused, never reinterpreted.
+//! file lock, so a second node on the same data directory fails to open it
+//! ([`OpenError::Locked`]). The file is opened through [`hotline_db::open`]: created private,
+//! with a `meta` table carrying the schema version; an unknown version is refused, never
+//! reinterpreted.
 //!
 //! Group commit: [`Store::commit`] writes a whole batch — engine records and the audit entries
 //! they imply — in one transaction, one fsync.
@@ -10,28 +12,32 @@
 //! The audit log ([`crate::audit`]) lives in the same file: `audit` (the hash chain), `heads`
 //! (our signed heads) and `partner_heads` (the partner's signed link tests).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hotline_db::{DbError, InTable, OpenError, Schema, Unversioned};
 use hotline_proto::EndpointId;
 use hotline_proto::crypto::{Digest, IdentityKey};
 use hotline_proto::engine::Record;
 use hotline_proto::envelope::{LinkTest, Signed};
 use hotline_proto::types::Time;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use hotline_proto::wire::encode_value;
+use redb::{
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableHandle,
+};
+use serde::de::DeserializeOwned;
 
 use crate::audit::{AuditData, AuditEntry, AuditEvent, SignedHead, StoredEntry, events_of};
 use crate::failpoint;
 
-/// Page cache of the redb store.
-const STORE_CACHE_BYTES: usize = 32 * 1024 * 1024;
+/// Every table of this store: a row key, and the postcard encoding of one of our types.
+type Rows = TableDefinition<'static, u64, &'static [u8]>;
 
-const RECORDS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("records");
-const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
-const AUDIT: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("audit");
-const HEADS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("heads");
-const PARTNER_HEADS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("partner_heads");
+const RECORDS: Rows = TableDefinition::new("records");
+const AUDIT: Rows = TableDefinition::new("audit");
+const HEADS: Rows = TableDefinition::new("heads");
+const PARTNER_HEADS: Rows = TableDefinition::new("partner_heads");
 
 /// How often the audit head is signed while entries are being added.
 pub const SIGN_HEAD_EVERY: Duration = Duration::from_secs(1);
@@ -50,35 +56,36 @@ pub struct Batch {
 /// The schema this build writes and reads.
 pub const SCHEMA_VERSION: u64 = 1;
 
-/// Why the store failed.
+/// The store's file name inside the data directory.
+pub const FILE_NAME: &str = "node.redb";
+
+const SCHEMA: Schema = Schema {
+    owner: "node",
+    version: SCHEMA_VERSION,
+    // A node's data directory holds only its own files, so a versionless `node.redb` is ours;
+    // refusing it would strand a data directory that opens today.
+    unversioned: Unversioned::Adopt,
+};
+
+/// Why the store failed. All are the environment's fault (another node, an old file, the disk).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// Another process has the store open.
-    #[error("another node is already running on data dir {}", .0.display())]
-    Locked(PathBuf),
-    /// The store was written by a different schema version.
-    #[error("store {} has schema version {found}; this build reads version {SCHEMA_VERSION}", path.display())]
-    UnknownSchema {
-        /// Store path.
-        path: PathBuf,
-        /// Version found.
-        found: u64,
-    },
-    /// A record does not decode.
-    #[error("record {key} in the store does not decode: {detail}")]
-    Corrupt {
-        /// Row key.
+    /// The store did not open: another node has it, or it has another schema version.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// A redb step failed (I/O, full disk, a damaged file).
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// A row does not decode as what its table holds.
+    #[error("store table {table}, row {key} does not decode: {source}")]
+    Decode {
+        /// The table.
+        table: String,
+        /// The row key.
         key: u64,
-        /// Decoder message.
-        detail: String,
+        /// postcard's error.
+        source: postcard::Error,
     },
-    /// The database reported an error (I/O, full disk, …).
-    #[error("store: {0}")]
-    Db(String),
-}
-
-fn db_err(e: impl Into<redb::Error>) -> StoreError {
-    StoreError::Db(e.into().to_string())
 }
 
 /// An open store.
@@ -105,89 +112,23 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (or creates) `dir/node.redb` and returns every record in order.
     pub fn open(dir: &Path) -> Result<(Self, Vec<Record>), StoreError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::Db(format!("creating {}: {e}", dir.display())))?;
-        let path = dir.join("node.redb");
-        // redb's default page cache (1 GiB) would let a long-running process grow towards it;
-        // appends and the start-up scan need far less.
-        let db = match Database::builder()
-            .set_cache_size(STORE_CACHE_BYTES)
-            .create(&path)
-        {
-            Ok(db) => db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(StoreError::Locked(dir.to_owned()));
-            }
-            Err(e) => return Err(db_err(e)),
+        let db = hotline_db::open(&dir.join(FILE_NAME), SCHEMA, |txn| {
+            txn.open_table(RECORDS).in_table(RECORDS)?;
+            txn.open_table(AUDIT).in_table(AUDIT)?;
+            txn.open_table(HEADS).in_table(HEADS)?;
+            txn.open_table(PARTNER_HEADS).in_table(PARTNER_HEADS)?;
+            Ok(())
+        })?;
+        let txn = db.begin_read().map_err(DbError::from)?;
+        let (audit_len, audit_head) = match last_row::<StoredEntry>(&txn, AUDIT)? {
+            Some((key, stored)) => (key + 1, stored.hash),
+            None => (0, Digest::default()),
         };
-        {
-            let txn = db.begin_write().map_err(db_err)?;
-            {
-                let mut meta = txn.open_table(META).map_err(db_err)?;
-                let found = meta
-                    .get("schema_version")
-                    .map_err(db_err)?
-                    .map(|v| v.value());
-                match found {
-                    None => {
-                        meta.insert("schema_version", SCHEMA_VERSION)
-                            .map_err(db_err)?;
-                    }
-                    Some(SCHEMA_VERSION) => {}
-                    Some(found) => return Err(StoreError::UnknownSchema { path, found }),
-                }
-                txn.open_table(RECORDS).map_err(db_err)?;
-                txn.open_table(AUDIT).map_err(db_err)?;
-                txn.open_table(HEADS).map_err(db_err)?;
-                txn.open_table(PARTNER_HEADS).map_err(db_err)?;
-            }
-            txn.commit().map_err(db_err)?;
-        }
-        let mut records = Vec::new();
-        let mut next_key = 0;
-        let (mut audit_len, mut audit_head, mut partner_heads, mut signed_len) =
-            (0, Digest::default(), 0, 0);
-        {
-            let txn = db.begin_read().map_err(db_err)?;
-            let audit = txn.open_table(AUDIT).map_err(db_err)?;
-            if let Some(row) = audit.last().map_err(db_err)? {
-                let (k, v) = row;
-                let stored: StoredEntry =
-                    postcard::from_bytes(v.value()).map_err(|e| StoreError::Corrupt {
-                        key: k.value(),
-                        detail: format!("audit entry: {e}"),
-                    })?;
-                audit_len = k.value() + 1;
-                audit_head = stored.hash;
-            }
-            if let Some((k, _)) = txn
-                .open_table(PARTNER_HEADS)
-                .map_err(db_err)?
-                .last()
-                .map_err(db_err)?
-            {
-                partner_heads = k.value() + 1;
-            }
-            if let Some((k, _)) = txn
-                .open_table(HEADS)
-                .map_err(db_err)?
-                .last()
-                .map_err(db_err)?
-            {
-                signed_len = k.value();
-            }
-            let table = txn.open_table(RECORDS).map_err(db_err)?;
-            for row in table.iter().map_err(db_err)? {
-                let (k, v) = row.map_err(db_err)?;
-                let key = k.value();
-                let record = postcard::from_bytes(v.value()).map_err(|e| StoreError::Corrupt {
-                    key,
-                    detail: e.to_string(),
-                })?;
-                records.push(record);
-                next_key = key + 1;
-            }
-        }
+        let partner_heads = last_key(&txn, PARTNER_HEADS)?.map_or(0, |k| k + 1);
+        let signed_len = last_key(&txn, HEADS)?.unwrap_or(0);
+        let next_key = last_key(&txn, RECORDS)?.map_or(0, |k| k + 1);
+        let records = read_rows(&txn, RECORDS)?;
+        drop(txn);
         let store = Self {
             db: Arc::new(db),
             next_key,
@@ -228,14 +169,14 @@ impl Store {
     /// Commits a batch and its audit entries in one transaction (one fsync); signs the audit
     /// head when [`SIGN_HEAD_EVERY`] has passed. Returns the new audit head.
     pub fn commit(&mut self, batch: &Batch, now: Time) -> Result<(u64, Digest), StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let txn = self.db.begin_write().map_err(DbError::from)?;
         let mut key = self.next_key;
         let (mut len, mut head) = (self.audit_len, self.audit_head);
         let mut partner_key = self.partner_heads;
         {
-            let mut table = txn.open_table(RECORDS).map_err(db_err)?;
-            let mut audit = txn.open_table(AUDIT).map_err(db_err)?;
-            let mut append_event = |event: AuditEvent| -> Result<(), StoreError> {
+            let mut table = txn.open_table(RECORDS).in_table(RECORDS)?;
+            let mut audit = txn.open_table(AUDIT).in_table(AUDIT)?;
+            let mut append_event = |event: AuditEvent| -> Result<(), DbError> {
                 let entry = AuditEntry {
                     index: len,
                     at: now,
@@ -243,17 +184,16 @@ impl Store {
                     event,
                 };
                 let hash = entry.hash();
-                let bytes = postcard::to_allocvec(&StoredEntry { entry, hash })
-                    .map_err(|e| StoreError::Db(format!("encoding audit entry: {e}")))?;
-                audit.insert(len, bytes.as_slice()).map_err(db_err)?;
+                let bytes = encode_value(&StoredEntry { entry, hash });
+                audit.insert(len, bytes.as_slice()).in_table(AUDIT)?;
                 len += 1;
                 head = hash;
                 Ok(())
             };
             for r in &batch.records {
-                let bytes = postcard::to_allocvec(r)
-                    .map_err(|e| StoreError::Db(format!("encoding record: {e}")))?;
-                table.insert(key, bytes.as_slice()).map_err(db_err)?;
+                table
+                    .insert(key, encode_value(r).as_slice())
+                    .in_table(RECORDS)?;
                 key += 1;
                 for event in events_of(r) {
                     append_event(event)?;
@@ -262,17 +202,15 @@ impl Store {
             for event in &batch.events {
                 append_event(event.clone())?;
             }
-            let mut partner = txn.open_table(PARTNER_HEADS).map_err(db_err)?;
+            let mut partner = txn.open_table(PARTNER_HEADS).in_table(PARTNER_HEADS)?;
             for t in &batch.partner_heads {
                 append_event(AuditEvent::PartnerHead {
                     len: t.body.audit_len,
                     head: t.body.audit_head.to_hex(),
                 })?;
-                let bytes = postcard::to_allocvec(t)
-                    .map_err(|e| StoreError::Db(format!("encoding head: {e}")))?;
                 partner
-                    .insert(partner_key, bytes.as_slice())
-                    .map_err(db_err)?;
+                    .insert(partner_key, encode_value(t).as_slice())
+                    .in_table(PARTNER_HEADS)?;
                 partner_key += 1;
             }
             let due = self
@@ -281,19 +219,17 @@ impl Store {
             if let Some((signer, endpoint)) = &self.signer {
                 if len > self.signed_len && due {
                     let signed = SignedHead::sign(signer, endpoint, len, head, now);
-                    let bytes = postcard::to_allocvec(&signed)
-                        .map_err(|e| StoreError::Db(format!("encoding head: {e}")))?;
                     txn.open_table(HEADS)
-                        .map_err(db_err)?
-                        .insert(len, bytes.as_slice())
-                        .map_err(db_err)?;
+                        .in_table(HEADS)?
+                        .insert(len, encode_value(&signed).as_slice())
+                        .in_table(HEADS)?;
                     self.signed_len = len;
                     self.signed_at = Some(Instant::now());
                 }
             }
         }
         failpoint::hit(failpoint::MID_GROUP_COMMIT);
-        txn.commit().map_err(db_err)?;
+        txn.commit().map_err(DbError::from)?;
         self.next_key = key;
         self.audit_len = len;
         self.audit_head = head;
@@ -309,57 +245,12 @@ impl Store {
 
     /// Reads the whole audit log, our signed heads and the partner's heads.
     pub fn read_audit(db: &Database) -> Result<AuditData, StoreError> {
-        let txn = db.begin_read().map_err(db_err)?;
-        let mut data = AuditData {
-            entries: Vec::new(),
-            heads: Vec::new(),
-            partner_heads: Vec::new(),
-        };
-        for row in txn
-            .open_table(AUDIT)
-            .map_err(db_err)?
-            .iter()
-            .map_err(db_err)?
-        {
-            let (k, v) = row.map_err(db_err)?;
-            data.entries
-                .push(
-                    postcard::from_bytes(v.value()).map_err(|e| StoreError::Corrupt {
-                        key: k.value(),
-                        detail: format!("audit entry: {e}"),
-                    })?,
-                );
-        }
-        for row in txn
-            .open_table(HEADS)
-            .map_err(db_err)?
-            .iter()
-            .map_err(db_err)?
-        {
-            let (k, v) = row.map_err(db_err)?;
-            data.heads.push(
-                postcard::from_bytes(v.value()).map_err(|e| StoreError::Corrupt {
-                    key: k.value(),
-                    detail: format!("signed head: {e}"),
-                })?,
-            );
-        }
-        for row in txn
-            .open_table(PARTNER_HEADS)
-            .map_err(db_err)?
-            .iter()
-            .map_err(db_err)?
-        {
-            let (k, v) = row.map_err(db_err)?;
-            data.partner_heads
-                .push(
-                    postcard::from_bytes(v.value()).map_err(|e| StoreError::Corrupt {
-                        key: k.value(),
-                        detail: format!("partner head: {e}"),
-                    })?,
-                );
-        }
-        Ok(data)
+        let txn = db.begin_read().map_err(DbError::from)?;
+        Ok(AuditData {
+            entries: read_rows(&txn, AUDIT)?,
+            heads: read_rows(&txn, HEADS)?,
+            partner_heads: read_rows(&txn, PARTNER_HEADS)?,
+        })
     }
 
     /// Number of records stored.
@@ -371,6 +262,46 @@ impl Store {
     pub fn is_empty(&self) -> bool {
         self.next_key == 0
     }
+}
+
+/// Every row of `table`, decoded, in key order.
+fn read_rows<T: DeserializeOwned>(
+    txn: &ReadTransaction,
+    table: Rows,
+) -> Result<Vec<T>, StoreError> {
+    let rows = txn.open_table(table).in_table(table)?;
+    let rows = rows.iter().in_table(table)?;
+    rows.map(|row| {
+        let (k, v) = row.in_table(table)?;
+        decode(table, k.value(), v.value())
+    })
+    .collect()
+}
+
+/// The last row of `table`, decoded.
+fn last_row<T: DeserializeOwned>(
+    txn: &ReadTransaction,
+    table: Rows,
+) -> Result<Option<(u64, T)>, StoreError> {
+    let rows = txn.open_table(table).in_table(table)?;
+    let Some((k, v)) = rows.last().in_table(table)? else {
+        return Ok(None);
+    };
+    Ok(Some((k.value(), decode(table, k.value(), v.value())?)))
+}
+
+/// The last key of `table`.
+fn last_key(txn: &ReadTransaction, table: Rows) -> Result<Option<u64>, DbError> {
+    let rows = txn.open_table(table).in_table(table)?;
+    Ok(rows.last().in_table(table)?.map(|(k, _)| k.value()))
+}
+
+fn decode<T: DeserializeOwned>(table: Rows, key: u64, bytes: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|source| StoreError::Decode {
+        table: table.name().to_owned(),
+        key,
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -395,33 +326,16 @@ mod tests {
             assert!(records.is_empty());
             store.append(&[rec(1), rec(2)]).unwrap();
             store.append(&[rec(3)]).unwrap();
-            assert!(matches!(
-                Store::open(dir.path()),
-                Err(StoreError::Locked(_))
-            ));
+            let err = Store::open(dir.path()).unwrap_err();
+            assert!(
+                matches!(err, StoreError::Open(OpenError::Locked { .. })),
+                "{err}"
+            );
+            assert!(err.to_string().contains("already running"), "{err}");
         }
         let (store, records) = Store::open(dir.path()).unwrap();
         assert_eq!(records, vec![rec(1), rec(2), rec(3)]);
         assert_eq!(store.len(), 3);
-    }
-
-    #[test]
-    fn unknown_schema_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let db = Database::create(dir.path().join("node.redb")).unwrap();
-            let txn = db.begin_write().unwrap();
-            txn.open_table(META)
-                .unwrap()
-                .insert("schema_version", 99)
-                .unwrap();
-            txn.commit().unwrap();
-        }
-        let err = Store::open(dir.path()).unwrap_err();
-        assert!(
-            matches!(err, StoreError::UnknownSchema { found: 99, .. }),
-            "{err}"
-        );
     }
 
     fn event(i: u64) -> AuditEvent {

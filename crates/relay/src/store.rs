@@ -8,9 +8,10 @@
 //!
 //! redb gives ACID transactions with an fsync on every commit (`Durability::Immediate`, its
 //! default, which this module never lowers) and an exclusive file lock, so a second relay on the
-//! same data directory fails to open it ([`StoreError::Locked`]). A `meta` table carries
-//! [`SCHEMA_VERSION`]; a store written with another version is refused at startup
-//! ([`StoreError::UnknownSchema`]), never reinterpreted.
+//! same data directory fails to open it ([`OpenError::Locked`]). The file is opened through
+//! [`hotline_db::open`]: created private (0600, in a 0700 directory when that is missing), with a
+//! `meta` table carrying [`SCHEMA_VERSION`]; a store written with another version, or a file with
+//! tables but no version, is refused at startup ([`StoreError::Open`]), never reinterpreted.
 //!
 //! Tables (schema version 1):
 //! - `meta`: `&str → u64`, `schema_version`;
@@ -28,11 +29,12 @@
 //! it is never held behind a routine batch longer than one commit, and its `Accepted` leaves as
 //! soon as its own batch commits.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc::{Receiver, TryRecvError};
 
 use bytes::Bytes;
-use hotline_proto::{EndpointId, Precedence, Time};
+use hotline_db::{DbError, InTable, OpenError, Schema, Unversioned};
+use hotline_proto::{EndpointId, NameError, Precedence, Time};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
 use crate::failpoint;
@@ -46,10 +48,12 @@ pub const FILE_NAME: &str = "relay.redb";
 /// The schema this build writes and reads.
 pub const SCHEMA_VERSION: u64 = 1;
 
-/// Page cache of the redb store.
-const STORE_CACHE_BYTES: usize = 32 * 1024 * 1024;
+const SCHEMA: Schema = Schema {
+    owner: "relay",
+    version: SCHEMA_VERSION,
+    unversioned: Unversioned::Refuse,
+};
 
-const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 const ENVELOPES: TableDefinition<'_, u64, (&str, u8, u64, &[u8])> =
     TableDefinition::new("envelopes");
 const CONTROL: TableDefinition<'_, u64, (&str, &[u8])> = TableDefinition::new("control");
@@ -59,48 +63,30 @@ const ANNOUNCEMENTS: TableDefinition<'_, &str, (u32, &[u8])> =
 /// Why the store failed. All are the environment's fault (disk, another process, an old file).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// Another process has the store open.
-    #[error("another relay is already running on data dir {} ({FILE_NAME} is locked)", .0.display())]
-    Locked(PathBuf),
-    /// The store was written with another schema version.
-    #[error(
-        "store {} has schema version {found}; this relay reads version {SCHEMA_VERSION} only",
-        path.display()
-    )]
-    UnknownSchema {
-        /// The store file.
-        path: PathBuf,
-        /// The version found.
-        found: u64,
-    },
-    /// The store has tables but no schema version: not written by a relay.
-    #[error("store {} has no schema version; it was not written by hotline-relay", .0.display())]
-    MissingSchema(PathBuf),
-    /// A row does not hold what this schema says.
-    #[error("store table {table}, row {key}: {detail}")]
-    Corrupt {
+    /// The store did not open: another relay has it, or it has another schema version or none.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// A redb step failed (I/O, full disk, a damaged file).
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// A stored endpoint name is not a valid endpoint id.
+    #[error("store table {table}, row {key}: {source}")]
+    BadName {
         /// The table.
-        table: &'static str,
+        table: String,
         /// The row key.
         key: String,
-        /// What is wrong.
-        detail: String,
+        /// Why the name is invalid.
+        source: NameError,
     },
-    /// The data directory could not be created.
-    #[error("creating {}: {source}", path.display())]
-    Dir {
-        /// The directory.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+    /// A stored envelope's lane index is no precedence.
+    #[error("store table envelopes, row {order}: lane index {index} is no precedence")]
+    BadLane {
+        /// The envelope's arrival order (its row key).
+        order: u64,
+        /// The stored index.
+        index: u8,
     },
-    /// The database reported an error (I/O, full disk, damaged file, …).
-    #[error("store: {0}")]
-    Db(#[from] redb::Error),
-}
-
-fn db(e: impl Into<redb::Error>) -> StoreError {
-    StoreError::Db(e.into())
 }
 
 /// An open store. Dropping it closes the file and releases its lock.
@@ -113,24 +99,13 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) `dir/relay.redb` and reads everything it holds.
     pub fn open(dir: &Path) -> Result<(Self, Snapshot), StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
-            path: dir.to_owned(),
-            source,
+        // Create the tables, so that reading an empty store finds them.
+        let db = hotline_db::open(&dir.join(FILE_NAME), SCHEMA, |txn| {
+            txn.open_table(ENVELOPES).in_table(ENVELOPES)?;
+            txn.open_table(CONTROL).in_table(CONTROL)?;
+            txn.open_table(ANNOUNCEMENTS).in_table(ANNOUNCEMENTS)?;
+            Ok(())
         })?;
-        let path = dir.join(FILE_NAME);
-        // redb's default page cache (1 GiB) would let a long-running process grow towards it;
-        // appends and the start-up scan need far less.
-        let db = match Database::builder()
-            .set_cache_size(STORE_CACHE_BYTES)
-            .create(&path)
-        {
-            Ok(db) => db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(StoreError::Locked(dir.to_owned()));
-            }
-            Err(e) => return Err(db(e)),
-        };
-        check_schema(&db, &path)?;
         let snapshot = read_all(&db)?;
         Ok((Self { db, commits: 0 }, snapshot))
     }
@@ -138,11 +113,11 @@ impl Store {
     /// Applies `ops` in order in one transaction and commits it (one fsync). Returns once the
     /// commit is durable.
     pub fn commit(&mut self, ops: &[StoreOp]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db)?;
+        let txn = self.db.begin_write().map_err(DbError::from)?;
         {
-            let mut envelopes = txn.open_table(ENVELOPES).map_err(db)?;
-            let mut control = txn.open_table(CONTROL).map_err(db)?;
-            let mut announcements = txn.open_table(ANNOUNCEMENTS).map_err(db)?;
+            let mut envelopes = txn.open_table(ENVELOPES).in_table(ENVELOPES)?;
+            let mut control = txn.open_table(CONTROL).in_table(CONTROL)?;
+            let mut announcements = txn.open_table(ANNOUNCEMENTS).in_table(ANNOUNCEMENTS)?;
             for op in ops {
                 match op {
                     StoreOp::PutEnvelope(e) => {
@@ -152,29 +127,29 @@ impl Store {
                             e.queued_at.0,
                             &e.bytes[..],
                         );
-                        envelopes.insert(e.order, row).map_err(db)?;
+                        envelopes.insert(e.order, row).in_table(ENVELOPES)?;
                     }
                     StoreOp::DeleteEnvelope { order } => {
-                        envelopes.remove(*order).map_err(db)?;
+                        envelopes.remove(*order).in_table(ENVELOPES)?;
                     }
                     StoreOp::PutControl(c) => {
                         control
                             .insert(c.key, (c.addressee.as_str(), &c.bytes[..]))
-                            .map_err(db)?;
+                            .in_table(CONTROL)?;
                     }
                     StoreOp::DeleteControl { key } => {
-                        control.remove(*key).map_err(db)?;
+                        control.remove(*key).in_table(CONTROL)?;
                     }
                     StoreOp::PutAnnouncement(a) => {
                         announcements
                             .insert(a.endpoint.as_str(), (a.epoch, &a.bytes[..]))
-                            .map_err(db)?;
+                            .in_table(ANNOUNCEMENTS)?;
                     }
                 }
             }
         }
         failpoint::hit(failpoint::MID_GROUP_COMMIT);
-        txn.commit().map_err(db)?;
+        txn.commit().map_err(DbError::from)?;
         self.commits += 1;
         Ok(())
     }
@@ -263,99 +238,62 @@ pub fn group_commit(
     }
 }
 
-fn check_schema(database: &Database, path: &Path) -> Result<(), StoreError> {
-    let txn = database.begin_write().map_err(db)?;
-    {
-        let others = txn
-            .list_tables()
-            .map_err(db)?
-            .filter(|t| t.name() != META.name())
-            .count();
-        let mut meta = txn.open_table(META).map_err(db)?;
-        let found = meta.get("schema_version").map_err(db)?.map(|v| v.value());
-        match found {
-            None if others == 0 => {
-                meta.insert("schema_version", SCHEMA_VERSION).map_err(db)?;
-            }
-            None => return Err(StoreError::MissingSchema(path.to_owned())),
-            Some(SCHEMA_VERSION) => {}
-            Some(found) => {
-                return Err(StoreError::UnknownSchema {
-                    path: path.to_owned(),
-                    found,
-                });
-            }
-        }
-        // Create the tables, so that reading an empty store finds them.
-        txn.open_table(ENVELOPES).map_err(db)?;
-        txn.open_table(CONTROL).map_err(db)?;
-        txn.open_table(ANNOUNCEMENTS).map_err(db)?;
-    }
-    txn.commit().map_err(db)?;
-    Ok(())
-}
-
 fn read_all(database: &Database) -> Result<Snapshot, StoreError> {
-    let txn = database.begin_read().map_err(db)?;
+    let txn = database.begin_read().map_err(DbError::from)?;
     let mut snapshot = Snapshot::default();
 
-    let table = txn.open_table(ENVELOPES).map_err(db)?;
-    for row in table.iter().map_err(db)? {
-        let (k, v) = row.map_err(db)?;
+    let table = txn.open_table(ENVELOPES).in_table(ENVELOPES)?;
+    for row in table.iter().in_table(ENVELOPES)? {
+        let (k, v) = row.in_table(ENVELOPES)?;
         let order = k.value();
         let (destination, lane, queued_at, bytes) = v.value();
-        let corrupt = |detail: String| StoreError::Corrupt {
-            table: "envelopes",
-            key: order.to_string(),
-            detail,
-        };
-        let destination = EndpointId::new(destination)
-            .map_err(|e| corrupt(format!("destination {destination:?}: {e}")))?;
-        let lane = Precedence::from_index(usize::from(lane))
-            .ok_or_else(|| corrupt(format!("lane index {lane}")))?;
         snapshot.envelopes.push(StoredEnvelope {
             order,
-            destination,
-            lane,
+            destination: endpoint(ENVELOPES, order, destination)?,
+            lane: Precedence::from_index(usize::from(lane))
+                .ok_or(StoreError::BadLane { order, index: lane })?,
             queued_at: Time(queued_at),
             bytes: Bytes::copy_from_slice(bytes),
         });
     }
 
-    let table = txn.open_table(CONTROL).map_err(db)?;
-    for row in table.iter().map_err(db)? {
-        let (k, v) = row.map_err(db)?;
+    let table = txn.open_table(CONTROL).in_table(CONTROL)?;
+    for row in table.iter().in_table(CONTROL)? {
+        let (k, v) = row.in_table(CONTROL)?;
         let key = k.value();
         let (addressee, bytes) = v.value();
-        let addressee = EndpointId::new(addressee).map_err(|e| StoreError::Corrupt {
-            table: "control",
-            key: key.to_string(),
-            detail: format!("addressee {addressee:?}: {e}"),
-        })?;
         snapshot.control.push(StoredControl {
             key,
-            addressee,
+            addressee: endpoint(CONTROL, key, addressee)?,
             bytes: Bytes::copy_from_slice(bytes),
         });
     }
 
-    let table = txn.open_table(ANNOUNCEMENTS).map_err(db)?;
-    for row in table.iter().map_err(db)? {
-        let (k, v) = row.map_err(db)?;
-        let endpoint = k.value();
+    let table = txn.open_table(ANNOUNCEMENTS).in_table(ANNOUNCEMENTS)?;
+    for row in table.iter().in_table(ANNOUNCEMENTS)? {
+        let (k, v) = row.in_table(ANNOUNCEMENTS)?;
+        let name = k.value();
         let (epoch, bytes) = v.value();
-        let endpoint = EndpointId::new(endpoint).map_err(|e| StoreError::Corrupt {
-            table: "announcements",
-            key: endpoint.to_owned(),
-            detail: e.to_string(),
-        })?;
         snapshot.announcements.push(StoredAnnouncement {
-            endpoint,
+            endpoint: endpoint(ANNOUNCEMENTS, name, name)?,
             epoch,
             bytes: Bytes::copy_from_slice(bytes),
         });
     }
     Ok(snapshot)
+}
+
+/// The endpoint id stored as `name` in row `key` of `table`.
+fn endpoint(
+    table: impl TableHandle,
+    key: impl ToString,
+    name: &str,
+) -> Result<EndpointId, StoreError> {
+    EndpointId::new(name).map_err(|source| StoreError::BadName {
+        table: table.name().to_owned(),
+        key: key.to_string(),
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -150,15 +150,8 @@ pub enum SpawnError {
     /// The hotline list or queue bound is invalid.
     #[error(transparent)]
     Config(#[from] RouterConfigError),
-    /// The data directory could not be created.
-    #[error("creating data directory {}: {source}", path.display())]
-    DataDir {
-        /// The directory.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The store could not be opened (locked by another relay, unknown schema, I/O).
+    /// The store could not be opened (locked by another relay, unknown schema, the data
+    /// directory not creatable, I/O).
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The store holds something the router cannot load.
@@ -269,10 +262,6 @@ impl Server {
     /// called inside a tokio runtime.
     pub async fn spawn(config: ServerConfig) -> Result<Self, SpawnError> {
         let mut router = Router::new(&config.hotlines, config.limits())?;
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| SpawnError::DataDir {
-            path: config.data_dir.clone(),
-            source,
-        })?;
         if let Some((name, skip)) = failpoint::armed() {
             warn!(
                 failpoint = name,

@@ -200,36 +200,24 @@ fn a_second_open_of_the_same_store_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let _first = Store::open(dir.path()).unwrap();
     let err = Store::open(dir.path()).unwrap_err();
-    assert!(matches!(err, StoreError::Locked(_)), "{err}");
+    assert!(
+        matches!(err, StoreError::Open(OpenError::Locked { .. })),
+        "{err}"
+    );
     let line = err.to_string();
     assert!(line.contains("already running"), "{line}");
     assert!(!line.contains('\n'), "{line}");
 }
 
 #[test]
-fn an_unknown_schema_version_is_refused_and_left_untouched() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join(FILE_NAME);
-    {
-        let database = Database::create(&path).unwrap();
-        let txn = database.begin_write().unwrap();
-        txn.open_table(META)
-            .unwrap()
-            .insert("schema_version", 99)
-            .unwrap();
-        txn.commit().unwrap();
-    }
-    let err = Store::open(dir.path()).unwrap_err();
-    assert!(
-        matches!(err, StoreError::UnknownSchema { found: 99, .. }),
-        "{err}"
-    );
-    assert!(err.to_string().contains("schema version 99"), "{err}");
-    // Still version 99: refusing changed nothing.
-    let database = Database::create(&path).unwrap();
-    let txn = database.begin_read().unwrap();
-    let meta = txn.open_table(META).unwrap();
-    assert_eq!(meta.get("schema_version").unwrap().unwrap().value(), 99);
+fn a_new_data_dir_and_store_file_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("relay");
+    drop(Store::open(&dir).unwrap());
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join(FILE_NAME)), 0o600);
 }
 
 #[test]
@@ -243,7 +231,10 @@ fn a_file_without_a_schema_version_is_refused() {
         txn.commit().unwrap();
     }
     let err = Store::open(dir.path()).unwrap_err();
-    assert!(matches!(err, StoreError::MissingSchema(_)), "{err}");
+    assert!(
+        matches!(err, StoreError::Open(OpenError::Unversioned { .. })),
+        "{err}"
+    );
 }
 
 #[test]
