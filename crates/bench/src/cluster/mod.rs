@@ -18,8 +18,8 @@
 //! Everything started here is stopped by [`Cluster::shutdown`] or on drop; relay memory is read
 //! from `/proc/<pid>/status`.
 //!
-//! - [`endpoints`]: the endpoints and pairs of an exercise; a node's status and link.
-//! - [`measure`]: CPU, memory and relay queue depths.
+//! - `endpoints`: the endpoints and pairs of an exercise; a node's status and link.
+//! - `measure`: CPU, memory and relay queue depths.
 
 mod endpoints;
 mod measure;

@@ -16,7 +16,7 @@
 //! bench; `acknowledged` is when the `acknowledged` event reaches the bench. Messages intended
 //! during the warm-up are checked for correctness but not recorded.
 //!
-//! - [`results`]: what a phase measured ([`PhaseResult`], [`Counts`], …);
+//! - `results`: what a phase measured ([`PhaseResult`], [`Counts`], …);
 //! - `sender`: the writer and reader of each pair's sending node;
 //! - `receiver`: the follower and acker at each pair's receiving node;
 //! - `progress`: progress lines, soak snapshots and queue sampling while the phase runs.

@@ -3,10 +3,10 @@
 //!
 //! This is the bench's output module: its tables go to stdout.
 //!
-//! - [`baseline`]: `baseline` and `floor`;
-//! - [`flood`]: flash under a routine flood;
-//! - [`scale`]: memory and latency as pairs are added;
-//! - [`soak`]: drift and growth over a long run.
+//! - `baseline`: `baseline` and `floor`;
+//! - `flood`: flash under a routine flood;
+//! - `scale`: memory and latency as pairs are added;
+//! - `soak`: drift and growth over a long run.
 #![expect(
     clippy::print_stdout,
     reason = "the bench's report tables are its output"
