@@ -1,5 +1,8 @@
 //! Fixtures for end-to-end tests: an exercise directory made by the real `hotline certs init`,
-//! and real `hotline-relay` / `hotline node` processes on free loopback ports.
+//! and real `hotline-relay` / `hotline node` processes on loopback, started by
+//! [`hotline_client::process`]. The relay's first start binds `127.0.0.1:0` and the nodes'
+//! configs are pointed at the address it reports; a restarted relay binds that same address
+//! again, so that running nodes reconnect to it.
 //!
 //! The binaries are taken from the same target directory as the test executable; `make test`
 //! builds them first (`cargo build --workspace --bins`).
@@ -10,13 +13,16 @@
 )]
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use hotline_client::control::{ControlClient, Event, InboxEntry, Request, StatusView, WaitLevel};
+pub use hotline_client::process::Process;
+use hotline_client::process::{Binaries, LOOPBACK_ANY, Launcher, point_node_at};
 
 /// Generous limit for anything a test waits for; no test asserts on timing.
 pub const PATIENCE: Duration = Duration::from_secs(60);
@@ -48,94 +54,15 @@ pub fn hotline(args: &[&str]) -> Output {
         .expect("running hotline")
 }
 
-/// A free UDP port on 127.0.0.1.
-pub fn free_port() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// A process that is killed when dropped.
-#[derive(Debug)]
-pub struct Proc {
-    /// Name for messages.
-    pub name: String,
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Proc {
-    /// The process's stderr so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGKILL and reap.
-    pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGTERM and wait (up to PATIENCE), then SIGKILL.
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + PATIENCE;
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Sends a signal (e.g. SIGSTOP / SIGCONT).
-    pub fn signal(&self, sig: nix::sys::signal::Signal) {
-        if let Some(c) = &self.child {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig);
-        }
-    }
-
-    /// Whether it is still running.
-    pub fn running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
-    /// Waits (up to PATIENCE) for the process to exit on its own; returns whether it did.
-    pub fn wait_exit(&mut self) -> bool {
-        let deadline = Instant::now() + PATIENCE;
-        while Instant::now() < deadline {
-            if !self.running() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
 /// An exercise directory: PKI and configs from `hotline certs init`.
 #[derive(Debug)]
 pub struct Exercise {
     /// The directory (deleted on drop).
     pub dir: tempfile::TempDir,
-    /// Relay address.
-    pub relay_addr: SocketAddr,
+    endpoints: Vec<String>,
+    /// The address the relay bound on its first start.
+    relay_addr: Mutex<Option<SocketAddr>>,
+    launcher: Launcher,
 }
 
 impl Exercise {
@@ -145,9 +72,9 @@ impl Exercise {
             .prefix("hotline-e2e-")
             .tempdir()
             .unwrap();
-        let relay_addr = free_port();
         let out = dir.path().to_str().unwrap().to_owned();
-        let addr = relay_addr.to_string();
+        // The relay chooses its port when it starts; see `start_relay`.
+        let addr = LOOPBACK_ANY.to_string();
         let mut args = vec![
             "certs",
             "init",
@@ -172,7 +99,20 @@ impl Exercise {
             "certs init failed: {}",
             String::from_utf8_lossy(&o.stderr)
         );
-        Self { dir, relay_addr }
+        Self {
+            dir,
+            endpoints: endpoints.iter().map(|e| (*e).to_owned()).collect(),
+            relay_addr: Mutex::new(None),
+            launcher: Launcher::new(Binaries::new(&bin_dir()).unwrap()).log_filter("info"),
+        }
+    }
+
+    /// The relay's address; panics if the relay was never started.
+    pub fn relay_addr(&self) -> SocketAddr {
+        self.relay_addr
+            .lock()
+            .unwrap()
+            .expect("the relay has been started")
     }
 
     /// Path of a file in the exercise directory.
@@ -193,50 +133,50 @@ impl Exercise {
         std::fs::write(&path, toml::to_string(&t).unwrap()).unwrap();
     }
 
-    /// Starts the relay.
-    pub fn start_relay(&self) -> Proc {
-        self.spawn(
-            "relay",
-            &bin_dir().join("hotline-relay"),
-            &["--config", self.path("relay.toml").to_str().unwrap()],
-        )
+    /// Starts the relay. The first start binds a port of the kernel's choosing and points every
+    /// endpoint's config at it; later starts bind the same address again.
+    pub fn start_relay(&self) -> Process {
+        let mut bound = self.relay_addr.lock().unwrap();
+        let relay = self
+            .launcher
+            .start_relay(
+                &self.path("relay.toml"),
+                bound.unwrap_or(LOOPBACK_ANY),
+                &self.next_log("relay"),
+            )
+            .unwrap();
+        if bound.is_none() {
+            for e in &self.endpoints {
+                point_node_at(&self.config(e), relay.addr).unwrap();
+            }
+            *bound = Some(relay.addr);
+        }
+        relay.process
     }
 
     /// Starts an endpoint node.
-    pub fn start_node(&self, endpoint: &str) -> Proc {
+    pub fn start_node(&self, endpoint: &str) -> Process {
         self.start_node_with(endpoint, &[])
     }
 
     /// Starts an endpoint node with extra environment (e.g. a failpoint).
-    pub fn start_node_with(&self, endpoint: &str, env: &[(&str, &str)]) -> Proc {
-        let cfg = self.config(endpoint);
-        let args = ["node", "--config", cfg.to_str().unwrap()];
-        self.spawn_env(endpoint, &bin_dir().join("hotline"), &args, env)
+    pub fn start_node_with(&self, endpoint: &str, env: &[(&str, &str)]) -> Process {
+        self.launcher
+            .start_node(
+                endpoint,
+                &[&self.config(endpoint)],
+                &self.next_log(endpoint),
+                env,
+            )
+            .unwrap()
     }
 
-    fn spawn(&self, name: &str, bin: &Path, args: &[&str]) -> Proc {
-        self.spawn_env(name, bin, args, &[])
-    }
-
-    fn spawn_env(&self, name: &str, bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
-        let n = (0..)
-            .find(|i| !self.path(&format!("{name}.{i}.log")).exists())
-            .unwrap();
-        let log = self.path(&format!("{name}.{n}.log"));
-        let child = Command::new(bin)
-            .args(args)
-            .envs(env.iter().copied())
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Proc {
-            name: name.into(),
-            child: Some(child),
-            log,
-        }
+    /// `<name>.<n>.log` for the first `n` not yet used, so a restart keeps the earlier log.
+    fn next_log(&self, name: &str) -> PathBuf {
+        (0..)
+            .map(|i| self.path(&format!("{name}.{i}.log")))
+            .find(|p| !p.exists())
+            .unwrap()
     }
 
     /// The control socket of an endpoint.
@@ -432,22 +372,6 @@ pub async fn ack_all(client: &mut ControlClient, ids: &[String]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// A waiting helper for conditions on logs.
-pub fn wait_log(p: &Proc, needle: &str) -> Result<()> {
-    let deadline = Instant::now() + PATIENCE;
-    while Instant::now() < deadline {
-        if p.log().contains(needle) {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!(
-        "{} log never contained {needle:?}; log:\n{}",
-        p.name,
-        p.log()
-    )
 }
 
 /// Context for a failing check.

@@ -34,7 +34,10 @@ async fn sender_aborted_after_outbox_append_still_delivers() {
         !out.status.success(),
         "the node aborted before confirming the send"
     );
-    assert!(us.wait_exit(), "us aborted at the failpoint");
+    assert!(
+        us.wait_exit(PATIENCE).is_some(),
+        "us aborted at the failpoint"
+    );
     let _us = ex.start_node("us");
     let inbox = ex.wait_inbox("jp", 1).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -65,7 +68,7 @@ async fn receiver_aborted_after_inbox_commit_neither_loses_nor_duplicates() {
     .await
     .unwrap();
     assert!(
-        jp.wait_exit(),
+        jp.wait_exit(PATIENCE).is_some(),
         "jp aborted after committing the inbox record"
     );
     let _jp = ex.start_node("jp");
@@ -103,7 +106,7 @@ async fn acknowledgement_committed_before_a_crash_survives_and_reaches_the_sende
         &sent[0].id,
     ]);
     assert!(!out.status.success(), "jp aborted before answering");
-    assert!(jp.wait_exit());
+    assert!(jp.wait_exit(PATIENCE).is_some());
     let _jp = ex.start_node("jp");
     let inbox = ex.wait_inbox("jp", 1).await;
     assert!(
@@ -146,7 +149,10 @@ async fn abort_in_the_middle_of_a_group_commit_loses_nothing_reported() {
             Err(_) => break,
         }
     }
-    assert!(us.wait_exit(), "us aborted mid group commit");
+    assert!(
+        us.wait_exit(PATIENCE).is_some(),
+        "us aborted mid group commit"
+    );
     assert!(
         !stored.is_empty() && stored.len() < msgs.len(),
         "the crash came part-way ({} stored)",
@@ -194,7 +200,7 @@ async fn escalation_pending_at_a_crash_still_fires_after_restart() {
     )
     .await
     .unwrap();
-    us.kill9();
+    us.kill();
     // Stay down past the deadline.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let _us = ex.start_node("us");

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hotline_client::control::{ControlClient, Event, Request};
-use hotline_e2e::{Exercise, PATIENCE, Proc, check_order};
+use hotline_e2e::{Exercise, PATIENCE, Process, check_order};
 
 /// splitmix64: a tiny deterministic generator for the kill schedule.
 struct Rng(u64);
@@ -153,7 +153,7 @@ async fn run(total: usize, rounds: usize) {
         "kill rounds: seed {seed} ({total} messages, {rounds} rounds); replay with HOTLINE_SEED={seed}"
     );
     let ex = Arc::new(Exercise::new(&["us", "jp"], &[]));
-    let mut procs: BTreeMap<&str, Proc> = BTreeMap::new();
+    let mut procs: BTreeMap<&str, Process> = BTreeMap::new();
     procs.insert("relay", ex.start_relay());
     procs.insert("us", ex.start_node("us"));
     procs.insert("jp", ex.start_node("jp"));
@@ -169,7 +169,7 @@ async fn run(total: usize, rounds: usize) {
         tokio::time::sleep(Duration::from_millis(200 + rng.below(800))).await;
         let victim = ["relay", "us", "jp"][rng.below(3) as usize];
         eprintln!("round {round}: SIGKILL {victim} (seed {seed})");
-        procs.get_mut(victim).unwrap().kill9();
+        procs.get_mut(victim).unwrap().kill();
         tokio::time::sleep(Duration::from_millis(rng.below(500))).await;
         let p = if victim == "relay" {
             ex.start_relay()

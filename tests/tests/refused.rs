@@ -21,7 +21,7 @@ use hotline_proto::{Precedence, Seq};
 async fn certificate_from_another_ca_is_refused_at_the_handshake() {
     let ex = Exercise::new(&["us", "jp"], &[]);
     let other = Exercise::new(&["us", "jp"], &[]);
-    let relay = ex.start_relay();
+    let mut relay = ex.start_relay();
     // A node that trusts our relay's CA but presents a certificate from another CA.
     std::fs::copy(other.path("us.pem"), ex.path("us.pem")).unwrap();
     std::fs::copy(other.path("us.key"), ex.path("us.key")).unwrap();
@@ -32,8 +32,9 @@ async fn certificate_from_another_ca_is_refused_at_the_handshake() {
         })
         .await;
     assert!(!s.connected);
-    hotline_e2e::wait_log(&relay, "handshake")
-        .or_else(|_| hotline_e2e::wait_log(&relay, "certificate"))
+    relay
+        .wait_log("handshake", PATIENCE)
+        .or_else(|_| relay.wait_log("certificate", PATIENCE))
         .unwrap();
 }
 
@@ -66,10 +67,10 @@ async fn raw_envelope(ex: &Exercise, endpoint: &str, sender: &str, recipient: &s
     )
     .unwrap();
     let cfg = tls::client_config(&ca, creds, Default::default()).unwrap();
-    let quic = hotline_net::quic::client(ex.relay_addr, cfg).unwrap();
+    let quic = hotline_net::quic::client(ex.relay_addr(), cfg).unwrap();
     let conn = tokio::time::timeout(PATIENCE, async {
         loop {
-            if let Ok(c) = quic.connect(ex.relay_addr, "localhost").unwrap().await {
+            if let Ok(c) = quic.connect(ex.relay_addr(), "localhost").unwrap().await {
                 return c;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

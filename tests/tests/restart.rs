@@ -30,7 +30,7 @@ async fn relay_killed_and_restarted_mid_run_loses_nothing() {
         let mut us2 = ex.control("us").await;
         async move { send_all(&mut us2, &second_batch, Some(WaitLevel::Delivered)).await }
     });
-    relay.kill9();
+    relay.kill();
     ex.wait_status("us", "noticing the relay is gone", |s| !s.connected)
         .await;
     ex.wait_status("jp", "noticing the relay is gone", |s| !s.connected)

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 
 use hotline_client::control::WaitLevel;
-use hotline_e2e::{Exercise, Msg, send_all};
+use hotline_e2e::{Exercise, Msg, PATIENCE, send_all};
 
 struct Mount(std::path::PathBuf);
 
@@ -72,7 +72,10 @@ async fn full_disk_at_the_receiver_is_one_error_and_recovers_after_space_is_free
     let sent = send_all(&mut c, &msgs, Some(WaitLevel::Accepted))
         .await
         .unwrap();
-    assert!(jp.wait_exit(), "jp stops when its disk is full");
+    assert!(
+        jp.wait_exit(PATIENCE).is_some(),
+        "jp stops when its disk is full"
+    );
     let log = jp.log();
     let errors: Vec<&str> = log.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "one clear error line: {log}");
@@ -102,7 +105,7 @@ async fn read_only_data_dir_is_one_clear_error() {
     let _disk = Mount::tmpfs(&ex.path("data/us"), "size=1m,ro");
     let mut us = ex.start_node("us");
     assert!(
-        us.wait_exit(),
+        us.wait_exit(PATIENCE).is_some(),
         "the node refuses to run on a read-only data dir"
     );
     let log = us.log();

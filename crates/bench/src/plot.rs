@@ -104,21 +104,7 @@ fn draw(
         .x_label_formatter(&|x| nines_label(*x))
         .y_label_formatter(&|y| format!("{y}"))
         .draw()?;
-    for (i, (label, points)) in spectra.into_iter().enumerate() {
-        let color = PALETTE[i % PALETTE.len()];
-        chart
-            .draw_series(LineSeries::new(points, color.stroke_width(2)))?
-            .label(label)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
+    draw_lines(&mut chart, spectra)?;
 
     // Latency over time.
     let tmax = series.iter().map(|p| p.t_s).fold(1.0, f64::max);
@@ -163,6 +149,21 @@ fn draw(
         .y_desc("latency (ms)")
         .y_label_formatter(&|y| format!("{y}"))
         .draw()?;
+    draw_lines(&mut chart, lines)?;
+    root.present()?;
+    Ok(())
+}
+
+/// A log-scale y range covering `values` (milliseconds), never empty.
+/// Draws `lines` in palette order with a legend in the upper left.
+fn draw_lines<'a, 'b: 'a, L: Into<String>>(
+    chart: &mut ChartContext<
+        'a,
+        SVGBackend<'b>,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, LogCoord<f64>>,
+    >,
+    lines: Vec<(L, Vec<(f64, f64)>)>,
+) -> Result<(), Box<dyn std::error::Error>> {
     for (i, (label, points)) in lines.into_iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
         chart
@@ -178,11 +179,9 @@ fn draw(
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()?;
-    root.present()?;
     Ok(())
 }
 
-/// A log-scale y range covering `values` (milliseconds), never empty.
 fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
     let (lo, hi) = values
         .filter(|v| *v > 0.0)

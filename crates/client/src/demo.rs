@@ -1,13 +1,11 @@
 //! `hotline demo`: a dev PKI in a temporary directory, a relay and two nodes as real processes
-//! on free loopback ports, and a scripted crisis exchange across all four precedences.
+//! on loopback (the relay on a port it chooses, started by [`crate::process`]), and a scripted crisis exchange across all four precedences.
 //!
 //! One flash is deliberately left unacknowledged under a short acknowledgement deadline so the
 //! audience sees an escalation: the sender's operator is alarmed and the partner re-alerted.
 //! Every process the demo starts is stopped before it returns.
 
-use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -15,6 +13,7 @@ use hotline_proto::{MessageId, Precedence};
 
 use crate::certs::{self, DeadlineOverrides, InitRequest};
 use crate::control::{ControlClient, Event, Request, StatusView, WaitLevel};
+use crate::process::{Binaries, LOOPBACK_ANY, Launcher, Process, point_node_at};
 
 /// Flash acknowledgement deadline used by the demo, to show an escalation quickly.
 const DEMO_FLASH_ACK_MS: u64 = 4000;
@@ -40,34 +39,10 @@ pub struct TimelineRow {
     pub accepted_label: String,
 }
 
-/// Child processes that are killed when dropped.
-struct Processes(Vec<(String, Child)>);
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.0 {
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        for (_, child) in &mut self.0 {
-            while Instant::now() < deadline {
-                if matches!(child.try_wait(), Ok(Some(_))) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// Runs the demo; prints the timeline to stdout via `print`.
 pub async fn run(keep: bool, print: &mut dyn FnMut(&str)) -> Result<()> {
     let tmp = tempfile::Builder::new().prefix("hotline-demo-").tempdir()?;
     let dir = tmp.path().to_owned();
-    let relay_addr = free_udp_port()?;
     let mut deadlines = DeadlineOverrides::new();
     deadlines.insert("flash".into(), (None, Some(DEMO_FLASH_ACK_MS)));
     certs::init(
@@ -76,7 +51,8 @@ pub async fn run(keep: bool, print: &mut dyn FnMut(&str)) -> Result<()> {
             relay_name: "localhost".into(),
             endpoints: vec!["us".into(), "jp".into()],
             pairs: vec![],
-            relay_addr,
+            // The relay picks its port; the node configs are pointed at it once it runs.
+            relay_addr: LOOPBACK_ANY,
             force: false,
         },
         &deadlines,
@@ -86,40 +62,22 @@ pub async fn run(keep: bool, print: &mut dyn FnMut(&str)) -> Result<()> {
         dir.display()
     ));
 
-    let bin_dir = std::env::current_exe()?
-        .parent()
-        .map(Path::to_path_buf)
-        .context("locating binaries")?;
-    let relay_bin = bin_dir.join("hotline-relay");
-    if !relay_bin.exists() {
-        bail!(
-            "{} not found: build it with `cargo build --bins` (make run does)",
-            relay_bin.display()
-        );
-    }
-    let hotline_bin = std::env::current_exe()?;
-    let mut procs = Processes(Vec::new());
-    procs.0.push((
-        "relay".into(),
-        spawn(
-            &relay_bin,
-            &["--config"],
-            &dir.join("relay.toml"),
-            &dir,
-            "relay",
-        )?,
-    ));
+    let launcher = Launcher::new(
+        Binaries::beside_current_exe()
+            .context("the demo runs the relay next to this binary (make run builds both)")?,
+    );
+    let relay = launcher.start_relay(
+        &dir.join("relay.toml"),
+        LOOPBACK_ANY,
+        &dir.join("relay.log"),
+    )?;
+    let relay_addr = relay.addr;
+    // Each is stopped when dropped, should the demo fail part-way.
+    let mut procs = vec![relay.process];
     for ep in ["us", "jp"] {
-        procs.0.push((
-            ep.into(),
-            spawn(
-                &hotline_bin,
-                &["node", "--config"],
-                &dir.join(format!("{ep}.toml")),
-                &dir,
-                ep,
-            )?,
-        ));
+        let config = dir.join(format!("{ep}.toml"));
+        point_node_at(&config, relay_addr)?;
+        procs.push(launcher.start_node(ep, &[&config], &dir.join(format!("{ep}.log")), &[])?);
     }
     print(&format!(
         "relay on {relay_addr}, nodes us and jp started (logs in {})",
@@ -233,7 +191,13 @@ pub async fn run(keep: bool, print: &mut dyn FnMut(&str)) -> Result<()> {
             fmt(r.acknowledged_ms),
         ));
     }
-    drop(procs);
+    // SIGTERM to all first, so they shut down together; then reap each.
+    for p in &procs {
+        p.terminate();
+    }
+    for p in &mut procs {
+        p.stop();
+    }
     if keep {
         let kept: PathBuf = tmp.keep();
         print(&format!("\nkept {}", kept.display()));
@@ -242,29 +206,16 @@ pub async fn run(keep: bool, print: &mut dyn FnMut(&str)) -> Result<()> {
     Ok(())
 }
 
-fn free_udp_port() -> Result<SocketAddr> {
-    let s = UdpSocket::bind("127.0.0.1:0")?;
-    Ok(s.local_addr()?)
-}
-
-fn spawn(bin: &Path, args: &[&str], config: &Path, dir: &Path, name: &str) -> Result<Child> {
-    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
-    Command::new(bin)
-        .args(args)
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))
-}
-
-async fn wait_link_up(name: &str, sock: &Path, procs: &mut Processes) -> Result<()> {
+async fn wait_link_up(name: &str, sock: &Path, procs: &mut [Process]) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        for (pname, child) in &mut procs.0 {
-            if let Ok(Some(status)) = child.try_wait() {
-                bail!("{pname} exited early ({status}); see its log in the demo directory");
+        for p in procs.iter_mut() {
+            if let Some(status) = p.exited() {
+                bail!(
+                    "{} exited early ({status}); see its log {}",
+                    p.name(),
+                    p.log_path().display()
+                );
             }
         }
         if let Ok(s) = status(sock).await {

@@ -11,6 +11,8 @@
 //! - [`time`]: wall-clock time and its one text form.
 //! - [`certs`]: `hotline certs init`, an exercise PKI plus ready-to-run configs.
 //! - [`demo`]: `hotline demo`, a relay and two nodes on loopback with a scripted exchange.
+//! - [`process`]: `hotline-relay` and `hotline node` as child processes on loopback, for the
+//!   demo, the end-to-end tests and the bench.
 
 pub mod audit;
 pub mod certs;
@@ -19,6 +21,7 @@ pub mod control;
 pub mod demo;
 pub mod failpoint;
 pub mod node;
+pub mod process;
 pub mod store;
 #[cfg(feature = "test-utils")]
 pub mod testing;

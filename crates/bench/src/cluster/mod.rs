@@ -1,0 +1,472 @@
+//! The system under test: a relay and pairs of endpoint nodes on loopback, reached through
+//! their control sockets.
+//!
+//! By default [`Cluster::create`] makes a fresh exercise directory with the real
+//! `hotline_client::certs::init` (endpoints `a0`/`b0`, `a1`/`b1`, …, paired `aN:bN`), starts
+//! `hotline-relay` as a separate process through [`hotline_client::process`] (on `127.0.0.1:0`,
+//! its metrics endpoint too, both addresses read back from its log, and the node configs pointed
+//! at it) and, pair by pair as [`Cluster::start_pairs`] asks, the nodes:
+//! either `hotline node` processes (the binaries next to this one, as `hotline demo` does) or,
+//! for many pairs, `hotline_client::node::Node::spawn` tasks inside this process. Either way the bench
+//! then talks to every node over its control socket only.
+//!
+//! With `--certs DIR` it uses an existing exercise directory instead: the pairs are the
+//! `[[hotline]]` tables of `DIR/relay.toml`, a node already answering on its control socket is
+//! used as it is, and a missing one is started from `DIR/<id>.toml` (its relay address replaced
+//! by `--relay`, if given, in a copy of the config).
+//!
+//! Everything started here is stopped by [`Cluster::shutdown`] or on drop; relay memory is read
+//! from `/proc/<pid>/status`.
+//!
+//! - `endpoints`: the endpoints and pairs of an exercise; a node's status and link.
+//! - `measure`: CPU, memory and relay queue depths.
+
+mod endpoints;
+mod measure;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use hotline_client::certs::{self, DeadlineOverrides, InitRequest};
+use hotline_client::config::{NodeConfig, NodeFile};
+use hotline_client::control::ControlClient;
+use hotline_client::process::{
+    Binaries, LOOPBACK_ANY, Launcher, Process, point_node_at, set_top_level_key,
+};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+pub use endpoints::{Endpoint, Pair, status};
+use endpoints::{endpoint, exercise_pairs, wait_link_up};
+pub use measure::{CpuTimes, cpu_of, relay_queues, rss_of};
+
+/// How endpoint nodes are run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeMode {
+    /// Processes up to 16 pairs, in-process above.
+    Auto,
+    /// One `hotline node` process per endpoint.
+    Process,
+    /// `hotline_client::node::Node`s inside the bench.
+    InProcess,
+}
+
+impl NodeMode {
+    /// The mode used for `pairs` pairs.
+    pub fn resolve(self, pairs: usize) -> Self {
+        match self {
+            Self::Auto if pairs <= 16 => Self::Process,
+            Self::Auto => Self::InProcess,
+            m => m,
+        }
+    }
+}
+
+/// What the cluster is made of.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// Directory holding `hotline` and `hotline-relay`.
+    pub bin_dir: PathBuf,
+    /// How nodes run.
+    pub node_mode: NodeMode,
+    /// `RUST_LOG` for started processes.
+    pub log: String,
+    /// Keep the exercise directory.
+    pub keep: bool,
+    /// A running relay to target.
+    pub relay: Option<SocketAddr>,
+    /// An existing exercise directory.
+    pub certs: Option<PathBuf>,
+    /// The pid of a running relay, to read its memory.
+    pub relay_pid: Option<u32>,
+    /// Host the started nodes in this many `hotline node` processes.
+    pub processes: Option<usize>,
+}
+
+/// A relay and nodes.
+#[derive(Debug)]
+pub struct Cluster {
+    opts: ClusterOptions,
+    dir: PathBuf,
+    tmp: Option<tempfile::TempDir>,
+    relay: Option<Process>,
+    relay_pid: Option<u32>,
+    metrics: Option<SocketAddr>,
+    pairs: Vec<Pair>,
+    started: usize,
+    nodes: Vec<RunningNode>,
+    mode: NodeMode,
+}
+
+impl Cluster {
+    /// Makes (or opens) the exercise directory for `max_pairs` pairs and starts the relay.
+    pub async fn create(opts: ClusterOptions, max_pairs: usize) -> Result<Self> {
+        if max_pairs == 0 {
+            bail!("at least one pair is needed");
+        }
+        // `--processes K` hosts every node in `hotline node` processes.
+        let mode = if opts.processes.is_some() {
+            NodeMode::Process
+        } else {
+            opts.node_mode.resolve(max_pairs)
+        };
+        if let Some(dir) = opts.certs.clone() {
+            return Self::existing(opts, dir, max_pairs, mode);
+        }
+        let launcher = launcher(&opts)?;
+        let tmp = tempfile::Builder::new()
+            .prefix("hotline-bench-")
+            .tempdir()?;
+        let dir = tmp.path().to_owned();
+        let endpoints: Vec<String> = (0..max_pairs)
+            .flat_map(|i| [format!("a{i}"), format!("b{i}")])
+            .collect();
+        let pair_names: Vec<String> = (0..max_pairs).map(|i| format!("a{i}:b{i}")).collect();
+        certs::init(
+            &dir,
+            &InitRequest {
+                relay_name: "localhost".into(),
+                endpoints,
+                pairs: pair_names,
+                // The relay picks its port; the node configs are pointed at it below.
+                relay_addr: LOOPBACK_ANY,
+                force: false,
+            },
+            &DeadlineOverrides::new(),
+        )
+        .context("making the exercise PKI")?;
+        // Turn the relay's metrics endpoint on: queue depths come from there.
+        let relay_toml = dir.join("relay.toml");
+        set_top_level_key(&relay_toml, "metrics", &LOOPBACK_ANY.to_string())?;
+        let relay = launcher.start_relay(&relay_toml, LOOPBACK_ANY, &dir.join("relay.log"))?;
+        let pairs: Vec<Pair> = (0..max_pairs)
+            .map(|i| Pair {
+                index: i,
+                sender: endpoint(&dir, &format!("a{i}")),
+                receiver: endpoint(&dir, &format!("b{i}")),
+            })
+            .collect();
+        for ep in pairs.iter().flat_map(|p| [&p.sender, &p.receiver]) {
+            point_node_at(&ep.config, relay.addr)?;
+        }
+        let relay_pid = relay.process.pid();
+        let metrics = relay.metrics;
+        let cluster = Self {
+            opts,
+            dir,
+            tmp: Some(tmp),
+            relay: Some(relay.process),
+            relay_pid,
+            metrics,
+            pairs,
+            started: 0,
+            nodes: Vec::new(),
+            mode,
+        };
+        // Let its allocations settle before anyone measures "RSS with 0 endpoints".
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok(cluster)
+    }
+
+    fn existing(
+        opts: ClusterOptions,
+        dir: PathBuf,
+        max_pairs: usize,
+        mode: NodeMode,
+    ) -> Result<Self> {
+        let pairs = exercise_pairs(&dir, max_pairs)?;
+        let tmp = tempfile::Builder::new()
+            .prefix("hotline-bench-")
+            .tempdir()?;
+        Ok(Self {
+            relay_pid: opts.relay_pid,
+            opts,
+            dir: tmp.path().to_owned(),
+            tmp: Some(tmp),
+            relay: None,
+            metrics: None,
+            pairs,
+            started: 0,
+            nodes: Vec::new(),
+            mode,
+        })
+    }
+
+    /// The directory holding configs, stores and logs.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// How nodes run.
+    pub fn node_mode(&self) -> NodeMode {
+        self.mode
+    }
+
+    /// The first `n` pairs (all started).
+    pub fn pairs(&self, n: usize) -> &[Pair] {
+        &self.pairs[..n.min(self.started)]
+    }
+
+    /// Makes sure the first `n` pairs' nodes run and report their link up.
+    pub async fn start_pairs(&mut self, n: usize) -> Result<()> {
+        if n > self.pairs.len() {
+            bail!("{n} pairs asked for, {} prepared", self.pairs.len());
+        }
+        let new: Vec<Pair> = self.pairs[self.started..n].to_vec();
+        if let Some(k) = self.opts.processes {
+            let endpoints: Vec<Endpoint> = new
+                .iter()
+                .flat_map(|p| [p.sender.clone(), p.receiver.clone()])
+                .collect();
+            self.start_node_hosts(&endpoints, k)?;
+        } else {
+            for pair in &new {
+                for ep in [&pair.sender, &pair.receiver] {
+                    self.start_node(ep).await?;
+                }
+            }
+        }
+        // Wait for every new node's link, a bounded number at a time.
+        let limit = Arc::new(Semaphore::new(32));
+        let deadline =
+            Instant::now() + Duration::from_secs(60) + Duration::from_millis(30 * n as u64);
+        let mut waits = JoinSet::new();
+        for pair in &new {
+            for ep in [pair.sender.clone(), pair.receiver.clone()] {
+                let limit = limit.clone();
+                waits.spawn(async move {
+                    let _permit = limit.acquire().await;
+                    wait_link_up(&ep, deadline).await
+                });
+            }
+        }
+        while let Some(r) = waits.join_next().await {
+            if let Err(e) = r.context("link wait task")? {
+                self.check_alive()?;
+                return Err(e.context(format!("see the logs in {}", self.dir.display())));
+            }
+        }
+        self.started = n;
+        Ok(())
+    }
+
+    async fn start_node(&mut self, ep: &Endpoint) -> Result<()> {
+        if self.opts.certs.is_some() && ControlClient::connect(&ep.socket).await.is_ok() {
+            // A node of the exercise is running already: use it as it is.
+            return Ok(());
+        }
+        let config = self.node_config(ep)?;
+        let node = match self.mode {
+            NodeMode::InProcess => {
+                let cfg = NodeConfig::load(&config)?;
+                let node = hotline_client::node::Node::spawn(cfg)
+                    .await
+                    .with_context(|| format!("starting in-process node {}", ep.id))?;
+                RunningNode::InProcess(node)
+            }
+            _ => RunningNode::Process(launcher(&self.opts)?.start_node(
+                &ep.id,
+                &[&config],
+                &self.dir.join(format!("{}.log", ep.id)),
+                &[],
+            )?),
+        };
+        self.nodes.push(node);
+        Ok(())
+    }
+
+    /// Starts `endpoints` spread over `k` `hotline node` processes (`--processes K`).
+    fn start_node_hosts(&mut self, endpoints: &[Endpoint], k: usize) -> Result<()> {
+        let per = endpoints.len().div_ceil(k.max(1)).max(1);
+        let launcher = launcher(&self.opts)?;
+        for (i, group) in endpoints.chunks(per).enumerate() {
+            let configs: Vec<PathBuf> = group
+                .iter()
+                .map(|ep| self.node_config(ep))
+                .collect::<Result<_>>()?;
+            let configs: Vec<&Path> = configs.iter().map(PathBuf::as_path).collect();
+            let name = format!("nodes-{}-{i}", self.nodes.len());
+            let log = self.dir.join(format!("{name}.log"));
+            let proc = launcher.start_node(&name, &configs, &log, &[])?;
+            self.nodes.push(RunningNode::Process(proc));
+        }
+        Ok(())
+    }
+
+    /// The config to start `ep` with: its own, or (with `--relay`) a copy pointing there.
+    fn node_config(&self, ep: &Endpoint) -> Result<PathBuf> {
+        let Some(relay) = self.opts.relay.filter(|_| self.opts.certs.is_some()) else {
+            return Ok(ep.config.clone());
+        };
+        let mut file = NodeFile::read(&ep.config)?;
+        if file.relay == relay.to_string() {
+            return Ok(ep.config.clone());
+        }
+        file.relay = relay.to_string();
+        let path = self.dir.join(format!("{}.toml", ep.id));
+        std::fs::write(&path, toml::to_string(&file)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// Fails, naming the process and its log, if anything the bench started has exited.
+    pub fn check_alive(&mut self) -> Result<()> {
+        let procs = self
+            .relay
+            .iter_mut()
+            .chain(self.nodes.iter_mut().filter_map(|n| match n {
+                RunningNode::Process(p) => Some(p),
+                RunningNode::InProcess(_) => None,
+            }));
+        for p in procs {
+            if let Some(status) = p.exited() {
+                bail!(
+                    "{} exited ({status}); its log: {}",
+                    p.name(),
+                    p.log_path().display()
+                );
+            }
+        }
+        for n in &self.nodes {
+            if let RunningNode::InProcess(node) = n {
+                if node.is_finished() {
+                    bail!("in-process node {} stopped", node.endpoint());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The relay's resident memory, if the bench knows its pid.
+    pub fn relay_rss(&self) -> Option<u64> {
+        self.relay_pid.and_then(rss_of)
+    }
+
+    /// Resident memory of the nodes the bench runs: the sum of node processes, or the bench's
+    /// own when they run in-process.
+    pub fn nodes_rss(&self) -> Option<u64> {
+        if self.mode == NodeMode::InProcess {
+            return rss_of(std::process::id());
+        }
+        let pids = self.node_pids();
+        if pids.is_empty() {
+            return None;
+        }
+        Some(pids.into_iter().filter_map(rss_of).sum())
+    }
+
+    /// CPU seconds used so far by the relay, the node processes and the bench itself (which
+    /// includes in-process nodes).
+    pub fn cpu(&self) -> CpuTimes {
+        let nodes = self.node_pids();
+        CpuTimes {
+            relay_s: self.relay_pid.and_then(cpu_of),
+            nodes_s: (!nodes.is_empty()).then(|| nodes.into_iter().filter_map(cpu_of).sum()),
+            bench_s: cpu_of(std::process::id()),
+        }
+    }
+
+    /// The pids of the node processes the bench runs.
+    fn node_pids(&self) -> Vec<u32> {
+        self.nodes
+            .iter()
+            .filter_map(|n| match n {
+                RunningNode::Process(p) => p.pid(),
+                RunningNode::InProcess(_) => None,
+            })
+            .collect()
+    }
+
+    /// The relay's queued frames per stream (`control`, `flash`, …), from its metrics.
+    pub async fn relay_queues(&self) -> Option<BTreeMap<String, u64>> {
+        relay_queues(self.metrics?).await
+    }
+
+    /// The relay's metrics address, when the bench started the relay.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
+    }
+
+    /// Stops everything the bench started; keeps the directory if asked to.
+    pub async fn shutdown(mut self) -> Option<PathBuf> {
+        self.stop_all().await;
+        let tmp = self.tmp.take()?;
+        if self.opts.keep {
+            Some(tmp.keep())
+        } else {
+            None
+        }
+    }
+
+    async fn stop_all(&mut self) {
+        let mut in_process = JoinSet::new();
+        for n in &mut self.nodes {
+            if let RunningNode::Process(p) = n {
+                p.terminate();
+            }
+        }
+        for n in self.nodes.drain(..) {
+            match n {
+                RunningNode::Process(mut p) => p.stop(),
+                RunningNode::InProcess(node) => {
+                    in_process.spawn(node.shutdown());
+                }
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), in_process.join_all()).await;
+        if let Some(mut r) = self.relay.take() {
+            r.stop();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            match n {
+                RunningNode::Process(p) => p.terminate(),
+                // Dropping the handle stops the node.
+                RunningNode::InProcess(_) => {}
+            }
+        }
+        for n in &mut self.nodes {
+            if let RunningNode::Process(p) = n {
+                p.stop();
+            }
+        }
+        if let Some(r) = &mut self.relay {
+            r.stop();
+        }
+    }
+}
+
+#[derive(Debug)]
+enum RunningNode {
+    Process(Process),
+    InProcess(hotline_client::node::Node),
+}
+
+/// A launcher for the binaries in `--bin-dir`, logging at `--log`.
+fn launcher(opts: &ClusterOptions) -> Result<Launcher> {
+    let binaries = Binaries::new(&opts.bin_dir).context(
+        "build them first (cargo build --release --workspace --bins), or pass --bin-dir",
+    )?;
+    Ok(Launcher::new(binaries).log_filter(&opts.log))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_mode_switches_to_in_process_for_many_pairs() {
+        assert_eq!(NodeMode::Auto.resolve(1), NodeMode::Process);
+        assert_eq!(NodeMode::Auto.resolve(100), NodeMode::InProcess);
+        assert_eq!(NodeMode::Process.resolve(100), NodeMode::Process);
+    }
+}

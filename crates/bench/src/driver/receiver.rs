@@ -1,0 +1,65 @@
+//! The receiving side of a pair: the **follower** streams the receiver's inbox
+//! (`inbox --follow`) in delivery order and, with auto-ack, hands each id to the **acker**,
+//! which acknowledges it on its own connection.
+//!
+//! Only messages tagged with this phase's run tag are recorded; anything else in the inbox is
+//! ignored.
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::Result;
+use hotline_client::control::{ControlReader, ControlWriter, Event, Request};
+use hotline_proto::{MessageId, Precedence};
+use tokio::sync::mpsc;
+
+use super::{Ctx, PairState, lock, parse_body};
+use crate::check;
+
+pub(super) async fn follow_loop(
+    ctx: Arc<Ctx>,
+    pair: usize,
+    mut w: ControlWriter,
+    mut r: ControlReader,
+    state: Arc<Mutex<PairState>>,
+    acks: Option<mpsc::UnboundedSender<MessageId>>,
+) -> Result<()> {
+    w.push(&Request::Inbox { follow: true })?;
+    w.flush().await?;
+    while let Some(line) = r.next().await? {
+        let Event::Message(m) = line.event else {
+            continue;
+        };
+        let Some(index) = parse_body(&m.body, &ctx.run, pair) else {
+            continue;
+        };
+        let Ok(precedence) = m.precedence.parse::<Precedence>() else {
+            continue;
+        };
+        lock(&state).received.push(check::Msg { index, precedence });
+        if let Some(tx) = &acks {
+            if let Ok(id) = m.id.parse() {
+                let _ = tx.send(id);
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn ack_loop(
+    mut w: ControlWriter,
+    mut ids: mpsc::UnboundedReceiver<MessageId>,
+) -> Result<()> {
+    while let Some(id) = ids.recv().await {
+        w.push(&Request::Ack { id })?;
+        while let Ok(id) = ids.try_recv() {
+            w.push(&Request::Ack { id })?;
+        }
+        w.flush().await?;
+    }
+    Ok(())
+}
+
+pub(super) async fn drain_replies(mut r: ControlReader) -> Result<()> {
+    while r.next().await?.is_some() {}
+    Ok(())
+}
