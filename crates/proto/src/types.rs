@@ -77,7 +77,7 @@ macro_rules! name_type {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.pad(&self.0)
             }
         }
 
@@ -165,7 +165,7 @@ impl Precedence {
 
 impl fmt::Display for Precedence {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -242,7 +242,7 @@ impl From<Precedence> for Lane {
 
 impl fmt::Display for Lane {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -377,6 +377,13 @@ mod tests {
         assert!("us:main:urgent:3".parse::<MessageId>().is_err());
         assert!("us:main:flash".parse::<MessageId>().is_err());
         assert!("us:main:flash:3:4".parse::<MessageId>().is_err());
+    }
+
+    #[test]
+    fn names_honour_width_in_tables() {
+        assert_eq!(format!("{:<9}|", Precedence::Flash), "flash    |");
+        assert_eq!(format!("{:>4}", EndpointId::new("us").unwrap()), "  us");
+        assert_eq!(format!("{:<8}|", Lane::Control), "control |");
     }
 
     #[test]
