@@ -15,19 +15,8 @@ fn router() -> Router {
     router_with(Limits::default())
 }
 
-fn envelope_sized(
-    sender: &str,
-    recipient: &str,
-    precedence: Precedence,
-    seq: u64,
-    transport: Precedence,
-    sealed: usize,
-) -> Bytes {
-    testing::envelope(sender, recipient, precedence, seq, transport, sealed).into()
-}
-
 fn envelope(sender: &str, recipient: &str, precedence: Precedence, seq: u64) -> Bytes {
-    envelope_sized(sender, recipient, precedence, seq, precedence, 16)
+    testing::envelope(sender, recipient, precedence, seq, precedence, 16).into()
 }
 
 fn delivered(from: &str, to: &str, precedence: Precedence, upto: u64) -> Bytes {
@@ -170,7 +159,7 @@ fn escalation_moves_the_queued_copy_to_the_higher_lane() {
     assert_eq!(drain(&mut r, JP, Lane::Precedence(R)).len(), 2);
 
     // Seq 1 is escalated to flash: written again on the flash lane, with the new bytes.
-    let escalated = envelope_sized("us", "jp", R, 1, F, 16);
+    let escalated = Bytes::from(testing::envelope("us", "jp", R, 1, F, 16));
     r.handle_frame(T0, US, escalated.clone());
     let _ = outputs(&mut r);
     let q = r.queued_envelopes(&id("jp"));
@@ -195,7 +184,11 @@ fn escalation_while_in_flight_is_written_again() {
     r.handle_connected(JP, id("jp")).unwrap();
     r.handle_frame(T0, US, envelope("us", "jp", R, 1));
     let t = r.poll_transmit(JP, Lane::Precedence(R)).unwrap();
-    r.handle_frame(T0, US, envelope_sized("us", "jp", R, 1, F, 16));
+    r.handle_frame(
+        T0,
+        US,
+        Bytes::from(testing::envelope("us", "jp", R, 1, F, 16)),
+    );
     r.handle_written(JP, t);
     assert_eq!(r.queued_envelopes(&id("jp"))[0].state, ItemState::Unwritten);
     assert_eq!(drain(&mut r, JP, Lane::Precedence(F)).len(), 1);
@@ -343,7 +336,7 @@ fn announcements_are_stored_and_replayed_to_partners() {
 
 #[test]
 fn overload_refuses_routine_first_then_higher_lanes() {
-    let probe = envelope_sized("us", "jp", R, 1, R, 100).len() as u64;
+    let probe = Bytes::from(testing::envelope("us", "jp", R, 1, R, 100)).len() as u64;
     // Room for exactly 10 envelopes of this size below the bound.
     let mut r = router_with(Limits {
         max_queue_bytes: probe * 10,
@@ -352,7 +345,11 @@ fn overload_refuses_routine_first_then_higher_lanes() {
     r.handle_connected(US, id("us")).unwrap();
     let _ = drain(&mut r, US, Lane::Control);
     let send = |r: &mut Router, p: Precedence, seq: u64| -> Frame {
-        r.handle_frame(T0, US, envelope_sized("us", "jp", p, seq, p, 100));
+        r.handle_frame(
+            T0,
+            US,
+            Bytes::from(testing::envelope("us", "jp", p, seq, p, 100)),
+        );
         let mut f = drain_frames(r, US, Lane::Control);
         assert_eq!(f.len(), 1);
         f.remove(0)
@@ -493,7 +490,7 @@ fn queued_byte_counts_stay_exact() {
     r.handle_connected(US, id("us")).unwrap();
     let _ = drain(&mut r, US, Lane::Control);
     let a = envelope("us", "jp", R, 1);
-    let b = envelope_sized("us", "jp", R, 1, F, 16);
+    let b = Bytes::from(testing::envelope("us", "jp", R, 1, F, 16));
     r.handle_frame(T0, US, a);
     r.handle_frame(T0, US, b.clone());
     let _ = drain(&mut r, US, Lane::Control);
@@ -823,7 +820,7 @@ fn escalation_moves_the_expiry_to_the_new_lane_and_delivery_clears_it() {
     r.handle_frame(
         T0.plus(30 * SECOND),
         US,
-        envelope_sized("us", "jp", R, 1, P, 16),
+        Bytes::from(testing::envelope("us", "jp", R, 1, P, 16)),
     );
     let ops = commit(&mut r);
     assert!(matches!(
@@ -856,7 +853,11 @@ fn restore_reproduces_queues_lanes_and_waiting_frames() {
     r.handle_frame(T0, US, envelope("us", "jp", R, 2));
     r.handle_frame(T0, US, envelope("us", "jp", F, 1));
     r.handle_frame(T0, US, envelope("us", "jp", R, 3));
-    r.handle_frame(T0, US, envelope_sized("us", "jp", R, 2, F, 16));
+    r.handle_frame(
+        T0,
+        US,
+        Bytes::from(testing::envelope("us", "jp", R, 2, F, 16)),
+    );
     r.handle_frame(T0, US, envelope("us", "jp", P, 1));
     r.handle_frame(T0, US, announcement("us", 4));
     // While us is away, jp reports us's routine seq 1 delivered and sends us a message.

@@ -1,39 +1,12 @@
 use std::sync::mpsc;
 
-use hotline_proto::crypto::{Digest, SessionId};
-use hotline_proto::envelope::{Envelope, Header};
-use hotline_proto::wire::{self, EnvelopeFrame, Frame};
-use hotline_proto::{Channel, Seq};
+use hotline_proto::testing::{self, id};
 
 use super::*;
 use crate::router::{ConnId, Lane, Limits, Output, Router};
 
-fn id(s: &str) -> EndpointId {
-    EndpointId::new(s).unwrap()
-}
-
 fn envelope(precedence: Precedence, seq: u64, transport: Precedence) -> Bytes {
-    let header = Header {
-        sender: id("us"),
-        recipient: id("jp"),
-        channel: Channel::default(),
-        precedence,
-        seq: Seq(seq),
-        after: [0; 4],
-        epoch: 1,
-        session: SessionId([1; 16]),
-        prev: Digest::default(),
-        sealed_len: 8,
-    };
-    Bytes::from(wire::encode_frame(&Frame::Envelope(EnvelopeFrame {
-        transport,
-        envelope: Envelope {
-            header,
-            sealed: vec![0xCD; 8],
-        },
-        head: None,
-        setup: None,
-    })))
+    testing::envelope("us", "jp", precedence, seq, transport, 8).into()
 }
 
 fn put(order: u64, lane: Precedence, bytes: Bytes) -> StoreOp {
