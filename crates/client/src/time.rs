@@ -8,14 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use hotline_proto::types::Time;
 
-/// Wall-clock now as engine time (the Unix epoch if the clock is set before it).
-pub fn wall_now() -> Time {
-    Time::from_unix(
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default(),
-    )
-}
+pub use hotline_net::clock::wall_now;
 
 /// RFC 3339 with microseconds. Times RFC 3339 cannot write (after the year 9999, which a
 /// hostile partner's clock may claim) are shown as a count, never a panic.

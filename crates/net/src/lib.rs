@@ -12,10 +12,12 @@
 //! - [`framed`]: reading and writing length-prefixed [`hotline_proto::wire`] frames on quinn
 //!   streams, with the size limit checked before any allocation.
 //!
+//! - [`clock`]: the wall clock the shells stamp engine inputs with.
 //! - [`failpoint`]: named crash points for recovery tests.
 //!
 //! It holds no protocol logic: what a frame means is `hotline-proto`'s business.
 
+pub mod clock;
 pub mod failpoint;
 pub mod framed;
 pub mod pki;

@@ -9,9 +9,7 @@
 //! deadline (or [`MAX_TIMER_SLEEP`]), or about to read it again.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
-
-use hotline_proto::Time;
+use std::time::Duration;
 
 use super::shared::Shared;
 #[cfg(doc)]
@@ -44,12 +42,5 @@ pub(super) async fn run(shared: Arc<Shared>) {
     }
 }
 
-/// Wall-clock time now, as the router counts it (time-to-live survives restarts). A clock set
-/// before 1970 reads as the epoch.
-pub(super) fn wall_clock() -> Time {
-    Time::from_unix(
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default(),
-    )
-}
+/// Wall-clock time now, as the router counts it (time-to-live survives restarts).
+pub(super) use hotline_net::clock::wall_now as wall_clock;
