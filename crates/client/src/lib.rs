@@ -13,6 +13,7 @@
 //! - [`demo`]: `hotline demo`, a relay and two nodes on loopback with a scripted exchange.
 //! - [`process`]: `hotline-relay` and `hotline node` as child processes on loopback, for the
 //!   demo, the end-to-end tests and the bench.
+//! - `testing` (feature `test-utils`): a relay and nodes in one process on port 0, for tests.
 
 pub mod audit;
 pub mod certs;

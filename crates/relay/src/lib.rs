@@ -13,7 +13,9 @@
 //!   and its group-commit loop. `Accepted` (always `durable: true`) is sent only once the
 //!   envelope is committed.
 //! - [`Server`]: the tokio + quinn shell, spawned from a typed [`ServerConfig`]; dropping it
-//!   stops everything.
+//!   stops everything. Inside (`server/`): the handle and accept loop, one actor per connection
+//!   (`client.rs`), the state they share (`shared.rs`), the group-commit store writer
+//!   (`store_writer.rs`) and the time-to-live timer (`timer.rs`).
 //! - [`failpoint`]: crash points for recovery tests (`HOTLINE_FAILPOINT`).
 //! - `testing` (feature `test-utils`): exercise PKI, a loopback [`ServerConfig`] and a raw
 //!   wire-speaking node, shared by the relay's tests and its users'.
