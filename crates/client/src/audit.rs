@@ -381,3 +381,6 @@ pub fn report(
     out.push(serde_json::json!({ "type": "verify", "report": report }));
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests;
