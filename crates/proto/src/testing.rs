@@ -7,7 +7,9 @@
 //! (the relay); the engine's own tests build real sealed envelopes through two engines.
 
 use crate::crypto::{Digest, IdentityKey, SessionId};
-use crate::envelope::{Announcement, Envelope, Header, LinkTest, Receipt, ReceiptKind, Signed};
+use crate::envelope::{
+    Announcement, Envelope, EscalationNotice, Header, LinkTest, Receipt, ReceiptKind, Signed,
+};
 use crate::types::{Channel, EndpointId, MessageId, Precedence, Seq, Time};
 use crate::wire::{self, EnvelopeFrame, Frame};
 
@@ -110,4 +112,18 @@ pub fn link_test(from: &str, to: &str) -> Vec<u8> {
         audit_head: Digest::default(),
     };
     wire::encode_frame(&Frame::LinkTest(Signed::sign(lt, &test_key())))
+}
+
+/// An encoded escalation notice from `from` to `to` about `from`'s flash message `seq`, signed by
+/// [`test_key`].
+pub fn escalation(from: &str, to: &str, seq: u64) -> Vec<u8> {
+    let notice = EscalationNotice {
+        from: id(from),
+        to: id(to),
+        message: message_id(from, Precedence::Flash, seq),
+        level: Precedence::Flash,
+        count: 1,
+        at: Time(1),
+    };
+    wire::encode_frame(&Frame::Escalation(Signed::sign(notice, &test_key())))
 }

@@ -236,6 +236,47 @@ fn reconnection_writes_everything_still_queued_again() {
 }
 
 #[test]
+fn every_signed_frame_kind_is_checked_for_signer_and_addressee() {
+    let mut r = router();
+    r.handle_connected(US, id("us")).unwrap();
+    r.handle_connected(JP, id("jp")).unwrap();
+    let _ = drain(&mut r, US, Lane::Control);
+    let _ = drain(&mut r, JP, Lane::Control);
+    use RefusalCode::*;
+    let cases: [(Bytes, RefusalCode); 7] = [
+        (delivered("jp", "us", R, 1), SenderMismatch),
+        (delivered("us", "uk", R, 1), NotPaired),
+        (testing::escalation("jp", "us", 1).into(), SenderMismatch),
+        (testing::escalation("us", "fr", 1).into(), NotPaired),
+        (announcement("jp", 1), SenderMismatch),
+        (link_test("jp", "us"), SenderMismatch),
+        (link_test("us", "fr"), NotPaired),
+    ];
+    for (frame, code) in cases {
+        r.handle_frame(T0, US, frame.clone());
+        let got = refusals(&drain_frames(&mut r, US, Lane::Control));
+        assert_eq!(got, [code], "{:?}", decode(&frame));
+        assert!(
+            drain(&mut r, JP, Lane::Control).is_empty(),
+            "nothing forwarded: {:?}",
+            decode(&frame)
+        );
+    }
+    // The same kinds, correctly signed and addressed, pass.
+    for frame in [
+        delivered("us", "jp", R, 1),
+        testing::escalation("us", "jp", 1).into(),
+        announcement("us", 1),
+        link_test("us", "jp"),
+    ] {
+        r.handle_frame(T0, US, frame.clone());
+        let _ = commit(&mut r);
+        assert!(refusals(&drain_frames(&mut r, US, Lane::Control)).is_empty());
+        assert_eq!(drain(&mut r, JP, Lane::Control), [frame]);
+    }
+}
+
+#[test]
 fn wrong_sender_and_unpaired_recipient_are_refused() {
     let mut r = router();
     r.handle_connected(US, id("us")).unwrap();
