@@ -1,7 +1,7 @@
 # The commands people type. `make run` for the demo, `make test` for everything CI checks.
 CARGO ?= cargo
 
-.PHONY: run test lint build bench fuzz soak
+.PHONY: run test lint build bench fuzz soak mutants
 
 run:
 	$(CARGO) build --workspace --bins --locked
@@ -32,3 +32,13 @@ soak: build
 
 fuzz:
 	cd crates/proto/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -s none decode_frame -- -max_total_time=60
+
+# Mutation testing (cargo-mutants): hotline-proto against its own tests, and the node's audit
+# module against the client crate's tests. Slow (hours on 2 cores for all of it); not part of
+# `make test`. Results and every survivor are recorded in TESTING.md. MUTANTS_ARGS narrows a run,
+# e.g. MUTANTS_ARGS='--file crates/proto/src/envelope.rs'.
+MUTANTS_ARGS ?=
+mutants:
+	command -v cargo-mutants >/dev/null 2>&1 || $(CARGO) install --locked cargo-mutants
+	$(CARGO) mutants --jobs 1 --package hotline-proto $(MUTANTS_ARGS)
+	$(CARGO) mutants --jobs 1 --file crates/client/src/audit.rs --test-package hotline-client -- --lib
