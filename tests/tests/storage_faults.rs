@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 
 use hotline_client::control::WaitLevel;
-use hotline_e2e::{Exercise, Msg, PATIENCE, send_all};
+use hotline_e2e::{Exercise, Msg, PATIENCE, Precedence, send_all};
 
 struct Mount(std::path::PathBuf);
 
@@ -57,16 +57,11 @@ async fn full_disk_at_the_receiver_is_one_error_and_recovers_after_space_is_free
     let _relay = ex.start_relay();
     let _us = ex.start_node("us");
     let mut jp = ex.start_node("jp");
-    for e in ["us", "jp"] {
-        ex.wait_status(e, "link up", |s| s.link == "up").await;
-    }
+    ex.wait_links_up(&["us", "jp"]).await;
     // 64 KiB messages: the 3 MiB disk fills after a few dozen.
     let body = "x".repeat(64 * 1024);
     let msgs: Vec<Msg> = (0..80)
-        .map(|_| Msg {
-            precedence: "routine".into(),
-            body: body.clone(),
-        })
+        .map(|_| Msg::new(Precedence::Routine, body.clone()))
         .collect();
     let mut c = ex.control("us").await;
     let sent = send_all(&mut c, &msgs, Some(WaitLevel::Accepted))
