@@ -183,6 +183,27 @@ impl Exercise {
             .unwrap()
     }
 
+    /// Starts the relay, then `first`, then `second` (with extra environment `second_env`, e.g.
+    /// a failpoint), and waits until both report their link up. Returns the relay's and the two
+    /// nodes' processes, in that order.
+    pub async fn start_linked_with(
+        &self,
+        first: &str,
+        second: &str,
+        second_env: &[(&str, &str)],
+    ) -> [Process; 3] {
+        let relay = self.start_relay();
+        let a = self.start_node(first);
+        let b = self.start_node_with(second, second_env);
+        self.wait_links_up(&[first, second]).await;
+        [relay, a, b]
+    }
+
+    /// [`Exercise::start_linked_with`] without extra environment.
+    pub async fn start_linked(&self, first: &str, second: &str) -> [Process; 3] {
+        self.start_linked_with(first, second, &[]).await
+    }
+
     /// `<name>.<n>.log` for the first `n` not yet used, so a restart keeps the earlier log.
     fn next_log(&self, name: &str) -> PathBuf {
         (0..)
@@ -217,6 +238,17 @@ impl Exercise {
             }
         }
         panic!("no status");
+    }
+
+    /// Sends one message from `endpoint` on a new control connection, as [`send_one`] does.
+    pub async fn send_one(
+        &self,
+        endpoint: &str,
+        precedence: Precedence,
+        body: &str,
+        wait: Option<WaitLevel>,
+    ) -> Result<Sent> {
+        send_one(&mut self.control(endpoint).await, precedence, body, wait).await
     }
 
     /// An endpoint's inbox in delivery order.

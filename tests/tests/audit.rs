@@ -6,10 +6,7 @@ use hotline_e2e::{Exercise, Msg, Precedence, hotline, send_all};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_log_verifies_live_and_offline_and_exports_json() {
     let ex = Exercise::new(&["us", "jp"], &[]);
-    let _relay = ex.start_relay();
-    let mut us = ex.start_node("us");
-    let _jp = ex.start_node("jp");
-    ex.wait_links_up(&["us", "jp"]).await;
+    let [_relay, mut us, _jp] = ex.start_linked("us", "jp").await;
     let msgs: Vec<Msg> = (0..20)
         .map(|i| Msg::new(Precedence::Priority, format!("a{i}")))
         .collect();

@@ -12,10 +12,9 @@ use hotline_e2e::{Exercise, Msg, PATIENCE, Precedence, check_order, hotline, sen
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sender_aborted_after_outbox_append_still_delivers() {
     let ex = Exercise::new(&["us", "jp"], &[]);
-    let _relay = ex.start_relay();
-    let _jp = ex.start_node("jp");
-    let mut us = ex.start_node_with("us", &[("HOTLINE_FAILPOINT", "after-outbox-append")]);
-    ex.wait_links_up(&["us", "jp"]).await;
+    let [_relay, _jp, mut us] = ex
+        .start_linked_with("jp", "us", &[("HOTLINE_FAILPOINT", "after-outbox-append")])
+        .await;
     let out = ex.hotline_send("us", Precedence::Flash, "survives");
     assert!(
         !out.status.success(),
@@ -36,15 +35,15 @@ async fn sender_aborted_after_outbox_append_still_delivers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receiver_aborted_after_inbox_commit_neither_loses_nor_duplicates() {
     let ex = Exercise::new(&["us", "jp"], &[]);
-    let _relay = ex.start_relay();
-    let _us = ex.start_node("us");
-    let mut jp = ex.start_node_with(
-        "jp",
-        &[("HOTLINE_FAILPOINT", "after-inbox-commit-before-receipt")],
-    );
-    ex.wait_links_up(&["us", "jp"]).await;
-    let mut c = ex.control("us").await;
-    let sent = send_one(&mut c, Precedence::Immediate, "once", None)
+    let [_relay, _us, mut jp] = ex
+        .start_linked_with(
+            "us",
+            "jp",
+            &[("HOTLINE_FAILPOINT", "after-inbox-commit-before-receipt")],
+        )
+        .await;
+    let sent = ex
+        .send_one("us", Precedence::Immediate, "once", None)
         .await
         .unwrap();
     assert!(
@@ -64,19 +63,18 @@ async fn receiver_aborted_after_inbox_commit_neither_loses_nor_duplicates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledgement_committed_before_a_crash_survives_and_reaches_the_sender() {
     let ex = Exercise::new(&["us", "jp"], &[]);
-    let _relay = ex.start_relay();
-    let _us = ex.start_node("us");
-    let mut jp = ex.start_node_with("jp", &[("HOTLINE_FAILPOINT", "after-ack-commit")]);
-    ex.wait_links_up(&["us", "jp"]).await;
-    let mut c = ex.control("us").await;
-    let sent = send_one(
-        &mut c,
-        Precedence::Flash,
-        "ack me",
-        Some(WaitLevel::Delivered),
-    )
-    .await
-    .unwrap();
+    let [_relay, _us, mut jp] = ex
+        .start_linked_with("us", "jp", &[("HOTLINE_FAILPOINT", "after-ack-commit")])
+        .await;
+    let sent = ex
+        .send_one(
+            "us",
+            Precedence::Flash,
+            "ack me",
+            Some(WaitLevel::Delivered),
+        )
+        .await
+        .unwrap();
     let out = hotline(&[
         "ack",
         "--config",
@@ -100,16 +98,11 @@ async fn acknowledgement_committed_before_a_crash_survives_and_reaches_the_sende
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_in_the_middle_of_a_group_commit_loses_nothing_reported() {
     let ex = Exercise::new(&["us", "jp"], &[]);
-    let _relay = ex.start_relay();
-    let _jp = ex.start_node("jp");
-    let mut us = ex.start_node_with(
-        "us",
-        &[
-            ("HOTLINE_FAILPOINT", "mid-group-commit"),
-            ("HOTLINE_FAILPOINT_SKIP", "30"),
-        ],
-    );
-    ex.wait_links_up(&["us", "jp"]).await;
+    let failpoint = [
+        ("HOTLINE_FAILPOINT", "mid-group-commit"),
+        ("HOTLINE_FAILPOINT_SKIP", "30"),
+    ];
+    let [_relay, _jp, mut us] = ex.start_linked_with("jp", "us", &failpoint).await;
     let msgs: Vec<Msg> = (0..300)
         .map(|i| Msg::new(Precedence::ALL[i % 4], format!("g{i}")))
         .collect();
@@ -159,19 +152,16 @@ async fn escalation_pending_at_a_crash_still_fires_after_restart() {
         d.insert("flash".into(), flash.into());
         t.insert("deadlines".into(), d.into());
     });
-    let _relay = ex.start_relay();
-    let _jp = ex.start_node("jp");
-    let mut us = ex.start_node("us");
-    ex.wait_links_up(&["us", "jp"]).await;
-    let mut c = ex.control("us").await;
-    let sent = send_one(
-        &mut c,
-        Precedence::Flash,
-        "unanswered",
-        Some(WaitLevel::Delivered),
-    )
-    .await
-    .unwrap();
+    let [_relay, _jp, mut us] = ex.start_linked("jp", "us").await;
+    let sent = ex
+        .send_one(
+            "us",
+            Precedence::Flash,
+            "unanswered",
+            Some(WaitLevel::Delivered),
+        )
+        .await
+        .unwrap();
     us.kill();
     // Stay down past the deadline.
     tokio::time::sleep(Duration::from_secs(4)).await;

@@ -61,10 +61,7 @@ async fn auto_ack(ex: &Exercise, endpoint: &str, n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn thousand_messages_each_way_exactly_once_in_order_with_all_ack_levels() {
     let ex = Exercise::new(&["us", "jp"], &[]);
-    let _relay = ex.start_relay();
-    let _us = ex.start_node("us");
-    let _jp = ex.start_node("jp");
-    ex.wait_links_up(&["us", "jp"]).await;
+    let [_relay, _us, _jp] = ex.start_linked("us", "jp").await;
     let us_msgs = mix(1, N);
     let jp_msgs = mix(2, N);
     let mut us_ctl = ex.control("us").await;

@@ -153,11 +153,9 @@ async fn run(total: usize, rounds: usize) {
         "kill rounds: seed {seed} ({total} messages, {rounds} rounds); replay with HOTLINE_SEED={seed}"
     );
     let ex = Arc::new(Exercise::new(&["us", "jp"], &[]));
-    let mut procs: BTreeMap<&str, Process> = BTreeMap::new();
-    procs.insert("relay", ex.start_relay());
-    procs.insert("us", ex.start_node("us"));
-    procs.insert("jp", ex.start_node("jp"));
-    ex.wait_links_up(&["us", "jp"]).await;
+    let [relay, us, jp] = ex.start_linked("us", "jp").await;
+    let mut procs: BTreeMap<&str, Process> =
+        BTreeMap::from([("relay", relay), ("us", us), ("jp", jp)]);
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let stop = Arc::new(Mutex::new(false));
     let send = tokio::spawn(sender(ex.clone(), total, ledger.clone(), seed));

@@ -66,10 +66,7 @@ async fn assert_flash_within_bound(ex: &Exercise, flash_id: &str, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn flash_overtakes_a_5000_message_routine_backlog() {
     let ex = Exercise::new(&["us", "jp"], &[]);
-    let _relay = ex.start_relay();
-    let _us = ex.start_node("us");
-    let mut jp = ex.start_node("jp");
-    ex.wait_links_up(&["us", "jp"]).await;
+    let [_relay, _us, mut jp] = ex.start_linked("us", "jp").await;
     // us now holds jp's sealing key; take jp away so the relay queues everything.
     jp.stop();
     ex.wait_status("us", "partner offline", |s| s.partner_online == Some(false))
@@ -85,10 +82,7 @@ async fn flash_overtakes_a_5000_message_routine_backlog() {
 async fn flash_overtakes_a_backlog_at_a_stalled_recipient() {
     use nix::sys::signal::Signal;
     let ex = Exercise::new(&["us", "jp"], &[]);
-    let _relay = ex.start_relay();
-    let _us = ex.start_node("us");
-    let jp = ex.start_node("jp");
-    ex.wait_links_up(&["us", "jp"]).await;
+    let [_relay, _us, jp] = ex.start_linked("us", "jp").await;
     jp.signal(Signal::SIGSTOP);
     let flash_id = backlog_then_flash(&ex).await;
     jp.signal(Signal::SIGCONT);

@@ -7,10 +7,7 @@ use hotline_e2e::{Exercise, Msg, Precedence, check_order, send_all};
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn relay_killed_and_restarted_mid_run_loses_nothing() {
     let ex = Exercise::new(&["us", "jp"], &[]);
-    let mut relay = ex.start_relay();
-    let _us = ex.start_node("us");
-    let _jp = ex.start_node("jp");
-    ex.wait_links_up(&["us", "jp"]).await;
+    let [mut relay, _us, _jp] = ex.start_linked("us", "jp").await;
     let msgs: Vec<Msg> = (0..400)
         .map(|i| Msg::new(Precedence::ALL[i % 7 % 4], format!("m{i}")))
         .collect();
