@@ -23,6 +23,7 @@ use anyhow::{Context, Result, bail};
 use hotline_client::control::{ControlClient, Event, InboxEntry, Request, StatusView, WaitLevel};
 pub use hotline_client::process::Process;
 use hotline_client::process::{Binaries, LOOPBACK_ANY, Launcher, point_node_at};
+pub use hotline_proto::Precedence;
 
 /// Generous limit for anything a test waits for; no test asserts on timing.
 pub const PATIENCE: Duration = Duration::from_secs(60);
@@ -54,6 +55,18 @@ pub fn hotline(args: &[&str]) -> Output {
         .expect("running hotline")
 }
 
+/// Runs `hotline certs init --out OUT --relay localhost` with an `--endpoint` for each of
+/// `endpoints`, then `extra`, and returns its output.
+pub fn certs_init(out: &str, endpoints: &[&str], extra: &[&str]) -> Output {
+    let mut args = vec!["certs", "init", "--out", out, "--relay", "localhost"];
+    for e in endpoints {
+        args.push("--endpoint");
+        args.push(e);
+    }
+    args.extend_from_slice(extra);
+    hotline(&args)
+}
+
 /// An exercise directory: PKI and configs from `hotline certs init`.
 #[derive(Debug)]
 pub struct Exercise {
@@ -75,25 +88,12 @@ impl Exercise {
         let out = dir.path().to_str().unwrap().to_owned();
         // The relay chooses its port when it starts; see `start_relay`.
         let addr = LOOPBACK_ANY.to_string();
-        let mut args = vec![
-            "certs",
-            "init",
-            "--out",
-            &out,
-            "--relay",
-            "localhost",
-            "--relay-addr",
-            &addr,
-        ];
-        for e in endpoints {
-            args.push("--endpoint");
-            args.push(e);
-        }
+        let mut extra = vec!["--relay-addr", &addr];
         for p in pairs {
-            args.push("--pair");
-            args.push(p);
+            extra.push("--pair");
+            extra.push(p);
         }
-        let o = hotline(&args);
+        let o = certs_init(&out, endpoints, &extra);
         assert!(
             o.status.success(),
             "certs init failed: {}",
@@ -123,6 +123,18 @@ impl Exercise {
     /// The config of an endpoint.
     pub fn config(&self, endpoint: &str) -> PathBuf {
         self.path(&format!("{endpoint}.toml"))
+    }
+
+    /// Runs `hotline send --config <endpoint's config> --precedence PRECEDENCE TEXT`.
+    pub fn hotline_send(&self, endpoint: &str, precedence: Precedence, text: &str) -> Output {
+        hotline(&[
+            "send",
+            "--config",
+            self.config(endpoint).to_str().unwrap(),
+            "--precedence",
+            precedence.as_str(),
+            text,
+        ])
     }
 
     /// Rewrites keys in an endpoint's TOML config.
@@ -171,6 +183,27 @@ impl Exercise {
             .unwrap()
     }
 
+    /// Starts the relay, then `first`, then `second` (with extra environment `second_env`, e.g.
+    /// a failpoint), and waits until both report their link up. Returns the relay's and the two
+    /// nodes' processes, in that order.
+    pub async fn start_linked_with(
+        &self,
+        first: &str,
+        second: &str,
+        second_env: &[(&str, &str)],
+    ) -> [Process; 3] {
+        let relay = self.start_relay();
+        let a = self.start_node(first);
+        let b = self.start_node_with(second, second_env);
+        self.wait_links_up(&[first, second]).await;
+        [relay, a, b]
+    }
+
+    /// [`Exercise::start_linked_with`] without extra environment.
+    pub async fn start_linked(&self, first: &str, second: &str) -> [Process; 3] {
+        self.start_linked_with(first, second, &[]).await
+    }
+
     /// `<name>.<n>.log` for the first `n` not yet used, so a restart keeps the earlier log.
     fn next_log(&self, name: &str) -> PathBuf {
         (0..)
@@ -205,6 +238,17 @@ impl Exercise {
             }
         }
         panic!("no status");
+    }
+
+    /// Sends one message from `endpoint` on a new control connection, as [`send_one`] does.
+    pub async fn send_one(
+        &self,
+        endpoint: &str,
+        precedence: Precedence,
+        body: &str,
+        wait: Option<WaitLevel>,
+    ) -> Result<Sent> {
+        send_one(&mut self.control(endpoint).await, precedence, body, wait).await
     }
 
     /// An endpoint's inbox in delivery order.
@@ -242,6 +286,13 @@ impl Exercise {
         }
     }
 
+    /// Waits until every one of `endpoints` reports its link to its partner up.
+    pub async fn wait_links_up(&self, endpoints: &[&str]) {
+        for e in endpoints {
+            self.wait_status(e, "link up", |s| s.link == "up").await;
+        }
+    }
+
     /// Waits until the endpoint's inbox has at least `n` messages.
     pub async fn wait_inbox(&self, endpoint: &str, n: usize) -> Vec<InboxEntry> {
         let deadline = Instant::now() + PATIENCE;
@@ -263,10 +314,20 @@ impl Exercise {
 /// One message to send in a pipelined batch.
 #[derive(Debug, Clone)]
 pub struct Msg {
-    /// Precedence name.
-    pub precedence: String,
+    /// Precedence.
+    pub precedence: Precedence,
     /// Body.
     pub body: String,
+}
+
+impl Msg {
+    /// A message of `precedence` with `body`.
+    pub fn new(precedence: Precedence, body: impl Into<String>) -> Self {
+        Self {
+            precedence,
+            body: body.into(),
+        }
+    }
 }
 
 /// What happened to one sent message.
@@ -291,7 +352,7 @@ pub async fn send_all(
             .request(Request::Send {
                 to: None,
                 channel: None,
-                precedence: Some(m.precedence.parse()?),
+                precedence: Some(m.precedence),
                 body: m.body.clone(),
                 wait,
                 timeout_ms: Some(PATIENCE.as_millis() as u64 * 3),
@@ -321,16 +382,22 @@ pub async fn send_all(
     Ok(out)
 }
 
+/// Sends one message and waits for `wait` (or only for it to be stored); returns what happened
+/// to it.
+pub async fn send_one(
+    client: &mut ControlClient,
+    precedence: Precedence,
+    body: &str,
+    wait: Option<WaitLevel>,
+) -> Result<Sent> {
+    let mut sent = send_all(client, &[Msg::new(precedence, body)], wait).await?;
+    sent.pop().context("no outcome for the one message sent")
+}
+
 /// Checks the ordering rule on `inbox` (one sender) against the send order of `sent`
 /// (ids with precedences): nothing overtakes an earlier message of the same or higher
 /// precedence; no duplicates; returns the first violation.
-pub fn check_order(sent: &[(String, String)], inbox: &[InboxEntry]) -> Result<()> {
-    let rank = |p: &str| {
-        ["routine", "priority", "immediate", "flash"]
-            .iter()
-            .position(|x| *x == p)
-            .unwrap_or(0)
-    };
+pub fn check_order(sent: &[(String, Precedence)], inbox: &[InboxEntry]) -> Result<()> {
     let pos: BTreeMap<&str, usize> = inbox
         .iter()
         .enumerate()
@@ -344,7 +411,7 @@ pub fn check_order(sent: &[(String, String)], inbox: &[InboxEntry]) -> Result<()
             continue;
         };
         for (earlier, q) in &sent[..j] {
-            if rank(q) >= rank(p) {
+            if q >= p {
                 match pos.get(earlier.as_str()) {
                     Some(&e) if e < at => {}
                     _ => bail!("{id} was delivered before {earlier}, which it may not overtake"),

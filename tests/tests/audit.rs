@@ -1,22 +1,14 @@
 //! `hotline audit verify|export` on real nodes, running and stopped.
 
 use hotline_client::control::WaitLevel;
-use hotline_e2e::{Exercise, Msg, hotline, send_all};
+use hotline_e2e::{Exercise, Msg, Precedence, hotline, send_all};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_log_verifies_live_and_offline_and_exports_json() {
     let ex = Exercise::new(&["us", "jp"], &[]);
-    let _relay = ex.start_relay();
-    let mut us = ex.start_node("us");
-    let _jp = ex.start_node("jp");
-    for e in ["us", "jp"] {
-        ex.wait_status(e, "link up", |s| s.link == "up").await;
-    }
+    let [_relay, mut us, _jp] = ex.start_linked("us", "jp").await;
     let msgs: Vec<Msg> = (0..20)
-        .map(|i| Msg {
-            precedence: "priority".into(),
-            body: format!("a{i}"),
-        })
+        .map(|i| Msg::new(Precedence::Priority, format!("a{i}")))
         .collect();
     let mut c = ex.control("us").await;
     send_all(&mut c, &msgs, Some(WaitLevel::Delivered))

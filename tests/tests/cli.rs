@@ -1,6 +1,6 @@
 //! The CLI against a stopped node, bad arguments and bad configs: one clear line, non-zero exit.
 
-use hotline_e2e::{Exercise, hotline};
+use hotline_e2e::{Exercise, certs_init, hotline};
 
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -53,35 +53,10 @@ fn bad_config_is_one_line_naming_the_problem() {
 fn certs_init_refuses_to_overwrite_and_validates_pairs() {
     let ex = Exercise::new(&["us", "jp"], &[]);
     let out = ex.dir.path().to_str().unwrap();
-    let o = hotline(&[
-        "certs",
-        "init",
-        "--out",
-        out,
-        "--relay",
-        "localhost",
-        "--endpoint",
-        "us",
-        "--endpoint",
-        "jp",
-    ]);
+    let o = certs_init(out, &["us", "jp"], &[]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--force"), "{}", stderr(&o));
-    let o = hotline(&[
-        "certs",
-        "init",
-        "--out",
-        out,
-        "--relay",
-        "localhost",
-        "--endpoint",
-        "a",
-        "--endpoint",
-        "b",
-        "--endpoint",
-        "c",
-        "--force",
-    ]);
+    let o = certs_init(out, &["a", "b", "c"], &["--force"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--pair"), "{}", stderr(&o));
 }

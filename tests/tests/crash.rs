@@ -7,29 +7,15 @@
 use std::time::Duration;
 
 use hotline_client::control::WaitLevel;
-use hotline_e2e::{Exercise, Msg, PATIENCE, check_order, hotline, send_all};
-
-async fn up(ex: &Exercise) {
-    for e in ["us", "jp"] {
-        ex.wait_status(e, "link up", |s| s.link == "up").await;
-    }
-}
+use hotline_e2e::{Exercise, Msg, PATIENCE, Precedence, check_order, hotline, send_one};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sender_aborted_after_outbox_append_still_delivers() {
     let ex = Exercise::new(&["us", "jp"], &[]);
-    let _relay = ex.start_relay();
-    let _jp = ex.start_node("jp");
-    let mut us = ex.start_node_with("us", &[("HOTLINE_FAILPOINT", "after-outbox-append")]);
-    up(&ex).await;
-    let out = hotline(&[
-        "send",
-        "--config",
-        ex.config("us").to_str().unwrap(),
-        "--precedence",
-        "flash",
-        "survives",
-    ]);
+    let [_relay, _jp, mut us] = ex
+        .start_linked_with("jp", "us", &[("HOTLINE_FAILPOINT", "after-outbox-append")])
+        .await;
+    let out = ex.hotline_send("us", Precedence::Flash, "survives");
     assert!(
         !out.status.success(),
         "the node aborted before confirming the send"
@@ -49,24 +35,17 @@ async fn sender_aborted_after_outbox_append_still_delivers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receiver_aborted_after_inbox_commit_neither_loses_nor_duplicates() {
     let ex = Exercise::new(&["us", "jp"], &[]);
-    let _relay = ex.start_relay();
-    let _us = ex.start_node("us");
-    let mut jp = ex.start_node_with(
-        "jp",
-        &[("HOTLINE_FAILPOINT", "after-inbox-commit-before-receipt")],
-    );
-    up(&ex).await;
-    let mut c = ex.control("us").await;
-    let sent = send_all(
-        &mut c,
-        &[Msg {
-            precedence: "immediate".into(),
-            body: "once".into(),
-        }],
-        None,
-    )
-    .await
-    .unwrap();
+    let [_relay, _us, mut jp] = ex
+        .start_linked_with(
+            "us",
+            "jp",
+            &[("HOTLINE_FAILPOINT", "after-inbox-commit-before-receipt")],
+        )
+        .await;
+    let sent = ex
+        .send_one("us", Precedence::Immediate, "once", None)
+        .await
+        .unwrap();
     assert!(
         jp.wait_exit(PATIENCE).is_some(),
         "jp aborted after committing the inbox record"
@@ -78,32 +57,29 @@ async fn receiver_aborted_after_inbox_commit_neither_loses_nor_duplicates() {
     .await;
     let inbox = ex.inbox("jp").await;
     assert_eq!(inbox.len(), 1, "{inbox:?}");
-    assert_eq!(inbox[0].id, sent[0].id);
+    assert_eq!(inbox[0].id, sent.id);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledgement_committed_before_a_crash_survives_and_reaches_the_sender() {
     let ex = Exercise::new(&["us", "jp"], &[]);
-    let _relay = ex.start_relay();
-    let _us = ex.start_node("us");
-    let mut jp = ex.start_node_with("jp", &[("HOTLINE_FAILPOINT", "after-ack-commit")]);
-    up(&ex).await;
-    let mut c = ex.control("us").await;
-    let sent = send_all(
-        &mut c,
-        &[Msg {
-            precedence: "flash".into(),
-            body: "ack me".into(),
-        }],
-        Some(WaitLevel::Delivered),
-    )
-    .await
-    .unwrap();
+    let [_relay, _us, mut jp] = ex
+        .start_linked_with("us", "jp", &[("HOTLINE_FAILPOINT", "after-ack-commit")])
+        .await;
+    let sent = ex
+        .send_one(
+            "us",
+            Precedence::Flash,
+            "ack me",
+            Some(WaitLevel::Delivered),
+        )
+        .await
+        .unwrap();
     let out = hotline(&[
         "ack",
         "--config",
         ex.config("jp").to_str().unwrap(),
-        &sent[0].id,
+        &sent.id,
     ]);
     assert!(!out.status.success(), "jp aborted before answering");
     assert!(jp.wait_exit(PATIENCE).is_some());
@@ -122,30 +98,21 @@ async fn acknowledgement_committed_before_a_crash_survives_and_reaches_the_sende
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_in_the_middle_of_a_group_commit_loses_nothing_reported() {
     let ex = Exercise::new(&["us", "jp"], &[]);
-    let _relay = ex.start_relay();
-    let _jp = ex.start_node("jp");
-    let mut us = ex.start_node_with(
-        "us",
-        &[
-            ("HOTLINE_FAILPOINT", "mid-group-commit"),
-            ("HOTLINE_FAILPOINT_SKIP", "30"),
-        ],
-    );
-    up(&ex).await;
-    let precedences = ["routine", "priority", "immediate", "flash"];
+    let failpoint = [
+        ("HOTLINE_FAILPOINT", "mid-group-commit"),
+        ("HOTLINE_FAILPOINT_SKIP", "30"),
+    ];
+    let [_relay, _jp, mut us] = ex.start_linked_with("jp", "us", &failpoint).await;
     let msgs: Vec<Msg> = (0..300)
-        .map(|i| Msg {
-            precedence: precedences[i % 4].into(),
-            body: format!("g{i}"),
-        })
+        .map(|i| Msg::new(Precedence::ALL[i % 4], format!("g{i}")))
         .collect();
     let mut c = ex.control("us").await;
     // One send at a time, so each is its own commit; the node dies part-way. Collect what
     // was reported stored before it did.
     let mut stored = Vec::new();
     for (i, m) in msgs.iter().enumerate() {
-        match send_all(&mut c, std::slice::from_ref(m), None).await {
-            Ok(s) => stored.push((i, s[0].id.clone())),
+        match send_one(&mut c, m.precedence, &m.body, None).await {
+            Ok(s) => stored.push((i, s.id)),
             Err(_) => break,
         }
     }
@@ -168,9 +135,9 @@ async fn abort_in_the_middle_of_a_group_commit_loses_nothing_reported() {
             "{id} delivered exactly once"
         );
     }
-    let order: Vec<(String, String)> = stored
+    let order: Vec<(String, Precedence)> = stored
         .iter()
-        .map(|(i, id)| (id.clone(), msgs[*i].precedence.clone()))
+        .map(|(i, id)| (id.clone(), msgs[*i].precedence))
         .collect();
     check_order(&order, &inbox).unwrap();
 }
@@ -185,21 +152,16 @@ async fn escalation_pending_at_a_crash_still_fires_after_restart() {
         d.insert("flash".into(), flash.into());
         t.insert("deadlines".into(), d.into());
     });
-    let _relay = ex.start_relay();
-    let _jp = ex.start_node("jp");
-    let mut us = ex.start_node("us");
-    up(&ex).await;
-    let mut c = ex.control("us").await;
-    let sent = send_all(
-        &mut c,
-        &[Msg {
-            precedence: "flash".into(),
-            body: "unanswered".into(),
-        }],
-        Some(WaitLevel::Delivered),
-    )
-    .await
-    .unwrap();
+    let [_relay, _jp, mut us] = ex.start_linked("jp", "us").await;
+    let sent = ex
+        .send_one(
+            "us",
+            Precedence::Flash,
+            "unanswered",
+            Some(WaitLevel::Delivered),
+        )
+        .await
+        .unwrap();
     us.kill();
     // Stay down past the deadline.
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -209,7 +171,7 @@ async fn escalation_pending_at_a_crash_still_fires_after_restart() {
             !s.open_escalations.is_empty()
         })
         .await;
-    assert_eq!(s.open_escalations[0].id, sent[0].id);
+    assert_eq!(s.open_escalations[0].id, sent.id);
     // The partner's operator is re-alerted: the inbox shows the escalation.
     let deadline = std::time::Instant::now() + PATIENCE;
     loop {

@@ -7,7 +7,7 @@
 )]
 
 use hotline_client::control::{Event, Request, WaitLevel};
-use hotline_e2e::{Exercise, Msg, check_order, send_all};
+use hotline_e2e::{Exercise, Msg, Precedence, check_order, send_all};
 
 const N: usize = 1000;
 
@@ -20,15 +20,12 @@ fn mix(seed: u64, n: usize) -> Vec<Msg> {
                 .wrapping_add(1442695040888963407);
             // Mostly routine, some of each higher precedence.
             let p = match (x >> 33) % 10 {
-                0..=5 => "routine",
-                6 | 7 => "priority",
-                8 => "immediate",
-                _ => "flash",
+                0..=5 => Precedence::Routine,
+                6 | 7 => Precedence::Priority,
+                8 => Precedence::Immediate,
+                _ => Precedence::Flash,
             };
-            Msg {
-                precedence: p.into(),
-                body: format!("message {i} ({p})"),
-            }
+            Msg::new(p, format!("message {i} ({p})"))
         })
         .collect()
 }
@@ -64,12 +61,7 @@ async fn auto_ack(ex: &Exercise, endpoint: &str, n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn thousand_messages_each_way_exactly_once_in_order_with_all_ack_levels() {
     let ex = Exercise::new(&["us", "jp"], &[]);
-    let _relay = ex.start_relay();
-    let _us = ex.start_node("us");
-    let _jp = ex.start_node("jp");
-    for e in ["us", "jp"] {
-        ex.wait_status(e, "link up", |s| s.link == "up").await;
-    }
+    let [_relay, _us, _jp] = ex.start_linked("us", "jp").await;
     let us_msgs = mix(1, N);
     let jp_msgs = mix(2, N);
     let mut us_ctl = ex.control("us").await;
@@ -110,16 +102,16 @@ async fn thousand_messages_each_way_exactly_once_in_order_with_all_ack_levels() 
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), N, "no duplicates in {receiver}'s inbox");
-        let order: Vec<(String, String)> = sent
+        let order: Vec<(String, Precedence)> = sent
             .iter()
             .zip(msgs.iter())
-            .map(|(s, m)| (s.id.clone(), m.precedence.clone()))
+            .map(|(s, m)| (s.id.clone(), m.precedence))
             .collect();
         check_order(&order, &inbox).unwrap();
         for m in &inbox {
             let want = &msgs[sent.iter().position(|s| s.id == m.id).unwrap()];
             assert_eq!(m.body, want.body);
-            assert_eq!(m.precedence, want.precedence);
+            assert_eq!(m.precedence, want.precedence.as_str());
             assert!(
                 m.acknowledged.is_some(),
                 "{} acknowledged in {receiver}'s inbox",

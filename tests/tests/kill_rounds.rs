@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hotline_client::control::{ControlClient, Event, Request};
-use hotline_e2e::{Exercise, PATIENCE, Process, check_order};
+use hotline_e2e::{Exercise, PATIENCE, Precedence, Process, check_order};
 
 /// splitmix64: a tiny deterministic generator for the kill schedule.
 struct Rng(u64);
@@ -38,7 +38,7 @@ impl Rng {
 #[derive(Default)]
 struct Ledger {
     /// (send index, id, precedence) of every message reported stored.
-    stored: Vec<(usize, String, String)>,
+    stored: Vec<(usize, String, Precedence)>,
     /// Acknowledgements reported durable.
     acked: BTreeSet<String>,
 }
@@ -57,12 +57,12 @@ async fn connect(ex: &Exercise, endpoint: &str) -> ControlClient {
 /// Sends `total` messages in pipelined chunks, riding out crashes of us.
 async fn sender(ex: Arc<Exercise>, total: usize, ledger: Arc<Mutex<Ledger>>, seed: u64) {
     let precedences = [
-        "routine",
-        "routine",
-        "routine",
-        "priority",
-        "immediate",
-        "flash",
+        Precedence::Routine,
+        Precedence::Routine,
+        Precedence::Routine,
+        Precedence::Priority,
+        Precedence::Immediate,
+        Precedence::Flash,
     ];
     let mut rng = Rng(seed ^ 0x5eed);
     let mut next = 0;
@@ -75,7 +75,7 @@ async fn sender(ex: Arc<Exercise>, total: usize, ledger: Arc<Mutex<Ledger>>, see
             let req = Request::Send {
                 to: None,
                 channel: None,
-                precedence: Some(p.parse().unwrap()),
+                precedence: Some(p),
                 body: format!("soak {i}"),
                 wait: None,
                 timeout_ms: None,
@@ -93,7 +93,7 @@ async fn sender(ex: Arc<Exercise>, total: usize, ledger: Arc<Mutex<Ledger>>, see
                 Ok(Some(line)) => match line.event {
                     Event::Stored { id, .. } => {
                         let (i, p) = tags[&line.tag];
-                        ledger.lock().unwrap().stored.push((i, id, p.to_string()));
+                        ledger.lock().unwrap().stored.push((i, id, p));
                     }
                     Event::Done { .. } => done += 1,
                     _ => {}
@@ -153,13 +153,9 @@ async fn run(total: usize, rounds: usize) {
         "kill rounds: seed {seed} ({total} messages, {rounds} rounds); replay with HOTLINE_SEED={seed}"
     );
     let ex = Arc::new(Exercise::new(&["us", "jp"], &[]));
-    let mut procs: BTreeMap<&str, Process> = BTreeMap::new();
-    procs.insert("relay", ex.start_relay());
-    procs.insert("us", ex.start_node("us"));
-    procs.insert("jp", ex.start_node("jp"));
-    for e in ["us", "jp"] {
-        ex.wait_status(e, "link up", |s| s.link == "up").await;
-    }
+    let [relay, us, jp] = ex.start_linked("us", "jp").await;
+    let mut procs: BTreeMap<&str, Process> =
+        BTreeMap::from([("relay", relay), ("us", us), ("jp", jp)]);
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let stop = Arc::new(Mutex::new(false));
     let send = tokio::spawn(sender(ex.clone(), total, ledger.clone(), seed));
@@ -218,7 +214,7 @@ async fn run(total: usize, rounds: usize) {
     assert_eq!(ids.len(), inbox.len(), "seed {seed}: duplicate delivery");
     let mut order = stored.clone();
     order.sort();
-    let order: Vec<(String, String)> = order.into_iter().map(|(_, id, p)| (id, p)).collect();
+    let order: Vec<(String, Precedence)> = order.into_iter().map(|(_, id, p)| (id, p)).collect();
     if let Err(e) = check_order(&order, &inbox) {
         panic!("seed {seed}: {e}");
     }

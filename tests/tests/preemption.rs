@@ -13,7 +13,7 @@
 )]
 
 use hotline_client::control::WaitLevel;
-use hotline_e2e::{Exercise, Msg, send_all};
+use hotline_e2e::{Exercise, Msg, Precedence, send_all, send_one};
 use hotline_net::quic::LANE_WINDOW_BYTES;
 
 const BACKLOG: usize = 5000;
@@ -24,21 +24,15 @@ async fn backlog_then_flash(ex: &Exercise) -> String {
     let accepted = Some(WaitLevel::Accepted);
     let body = "r".repeat(1024);
     let routine: Vec<Msg> = (0..BACKLOG)
-        .map(|_| Msg {
-            precedence: "routine".into(),
-            body: body.clone(),
-        })
+        .map(|_| Msg::new(Precedence::Routine, body.clone()))
         .collect();
     let mut us = ex.control("us").await;
     let sent = send_all(&mut us, &routine, accepted).await.unwrap();
     assert_eq!(sent.len(), BACKLOG);
-    let flash = [Msg {
-        precedence: "flash".into(),
-        body: "FLASH".into(),
-    }];
-    send_all(&mut us, &flash, accepted).await.unwrap()[0]
+    send_one(&mut us, Precedence::Flash, "FLASH", accepted)
+        .await
+        .unwrap()
         .id
-        .clone()
 }
 
 /// Once jp has everything: the flash is within the write-ahead bound and routine order holds.
@@ -69,19 +63,10 @@ async fn assert_flash_within_bound(ex: &Exercise, flash_id: &str, what: &str) {
     );
 }
 
-async fn up(ex: &Exercise) {
-    for e in ["us", "jp"] {
-        ex.wait_status(e, "link up", |s| s.link == "up").await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn flash_overtakes_a_5000_message_routine_backlog() {
     let ex = Exercise::new(&["us", "jp"], &[]);
-    let _relay = ex.start_relay();
-    let _us = ex.start_node("us");
-    let mut jp = ex.start_node("jp");
-    up(&ex).await;
+    let [_relay, _us, mut jp] = ex.start_linked("us", "jp").await;
     // us now holds jp's sealing key; take jp away so the relay queues everything.
     jp.stop();
     ex.wait_status("us", "partner offline", |s| s.partner_online == Some(false))
@@ -97,10 +82,7 @@ async fn flash_overtakes_a_5000_message_routine_backlog() {
 async fn flash_overtakes_a_backlog_at_a_stalled_recipient() {
     use nix::sys::signal::Signal;
     let ex = Exercise::new(&["us", "jp"], &[]);
-    let _relay = ex.start_relay();
-    let _us = ex.start_node("us");
-    let jp = ex.start_node("jp");
-    up(&ex).await;
+    let [_relay, _us, jp] = ex.start_linked("us", "jp").await;
     jp.signal(Signal::SIGSTOP);
     let flash_id = backlog_then_flash(&ex).await;
     jp.signal(Signal::SIGCONT);

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use hotline_e2e::{Exercise, PATIENCE, hotline};
+use hotline_e2e::{Exercise, PATIENCE};
 use hotline_net::framed;
 use hotline_net::tls::{self, Credentials};
 use hotline_proto::crypto::SessionId;
@@ -55,6 +55,20 @@ async fn relay_certificate_for_the_wrong_name_is_refused_by_the_node() {
         err.contains("wrong.example") || err.to_lowercase().contains("certificate"),
         "{err}"
     );
+}
+
+/// Sets up `endpoints` (paired by `pairs`) and a relay, then sends one raw envelope as
+/// [`raw_envelope`] does and returns the relay's refusal code.
+async fn refusal(
+    endpoints: &[&str],
+    pairs: &[&str],
+    endpoint: &str,
+    sender: &str,
+    recipient: &str,
+) -> RefusalCode {
+    let ex = Exercise::new(endpoints, pairs);
+    let _relay = ex.start_relay();
+    raw_envelope(&ex, endpoint, sender, recipient).await
 }
 
 /// Connects a raw QUIC client with `endpoint`'s certificate, sends one envelope with the given
@@ -129,21 +143,17 @@ async fn raw_envelope(ex: &Exercise, endpoint: &str, sender: &str, recipient: &s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sending_to_someone_elses_partner_is_refused_by_the_relay() {
-    let ex = Exercise::new(&["a", "b", "c", "d"], &["a:b", "c:d"]);
-    let _relay = ex.start_relay();
     assert_eq!(
-        raw_envelope(&ex, "a", "a", "d").await,
+        refusal(&["a", "b", "c", "d"], &["a:b", "c:d"], "a", "a", "d").await,
         RefusalCode::NotPaired
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envelope_with_a_forged_sender_is_refused() {
-    let ex = Exercise::new(&["us", "jp"], &[]);
-    let _relay = ex.start_relay();
     // us's certificate, claiming to be jp.
     assert_eq!(
-        raw_envelope(&ex, "us", "jp", "us").await,
+        refusal(&["us", "jp"], &[], "us", "jp", "us").await,
         RefusalCode::SenderMismatch
     );
 }
@@ -177,14 +187,7 @@ async fn changed_partner_identity_key_raises_an_alarm() {
         })
         .await;
     assert!(s.lanes["flash"].awaiting_key == 0);
-    let out = hotline(&[
-        "send",
-        "--config",
-        ex.config("us").to_str().unwrap(),
-        "--precedence",
-        "flash",
-        "x",
-    ]);
+    let out = ex.hotline_send("us", Precedence::Flash, "x");
     assert!(out.status.success());
     let s = ex.status("us").await;
     assert_eq!(

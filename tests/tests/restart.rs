@@ -2,23 +2,14 @@
 //! reconnect, and every message still arrives exactly once, in order.
 
 use hotline_client::control::WaitLevel;
-use hotline_e2e::{Exercise, Msg, check_order, send_all};
+use hotline_e2e::{Exercise, Msg, Precedence, check_order, send_all};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn relay_killed_and_restarted_mid_run_loses_nothing() {
     let ex = Exercise::new(&["us", "jp"], &[]);
-    let mut relay = ex.start_relay();
-    let _us = ex.start_node("us");
-    let _jp = ex.start_node("jp");
-    for e in ["us", "jp"] {
-        ex.wait_status(e, "link up", |s| s.link == "up").await;
-    }
-    let precedences = ["routine", "priority", "immediate", "flash"];
+    let [mut relay, _us, _jp] = ex.start_linked("us", "jp").await;
     let msgs: Vec<Msg> = (0..400)
-        .map(|i| Msg {
-            precedence: precedences[i % 7 % 4].into(),
-            body: format!("m{i}"),
-        })
+        .map(|i| Msg::new(Precedence::ALL[i % 7 % 4], format!("m{i}")))
         .collect();
     let mut us = ex.control("us").await;
     // First half goes through; the relay dies while the second half is in flight.
@@ -43,11 +34,11 @@ async fn relay_killed_and_restarted_mid_run_loses_nothing() {
     let second = sender.await.unwrap().unwrap();
     let inbox = ex.wait_inbox("jp", msgs.len()).await;
     assert_eq!(inbox.len(), msgs.len(), "every message exactly once");
-    let order: Vec<(String, String)> = first
+    let order: Vec<(String, Precedence)> = first
         .iter()
         .chain(second.iter())
         .zip(msgs.iter())
-        .map(|(s, m)| (s.id.clone(), m.precedence.clone()))
+        .map(|(s, m)| (s.id.clone(), m.precedence))
         .collect();
     check_order(&order, &inbox).unwrap();
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 
 use hotline_client::control::WaitLevel;
-use hotline_e2e::{Exercise, Msg, PATIENCE, send_all};
+use hotline_e2e::{Exercise, Msg, PATIENCE, Precedence, Process, send_all};
 
 struct Mount(std::path::PathBuf);
 
@@ -50,36 +50,32 @@ impl Drop for Mount {
     }
 }
 
+/// Waits for `node` to exit (`why` says why it must) and returns the one `error:` line of its
+/// log, failing if there is not exactly one.
+fn the_one_error(node: &mut Process, why: &str) -> String {
+    assert!(node.wait_exit(PATIENCE).is_some(), "{why}");
+    let log = node.log();
+    let errors: Vec<&str> = log.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "one clear error line: {log}");
+    errors[0].to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_disk_at_the_receiver_is_one_error_and_recovers_after_space_is_freed() {
     let ex = Exercise::new(&["us", "jp"], &[]);
     let disk = Mount::tmpfs(&ex.path("data/jp"), "size=3m,mode=0700");
-    let _relay = ex.start_relay();
-    let _us = ex.start_node("us");
-    let mut jp = ex.start_node("jp");
-    for e in ["us", "jp"] {
-        ex.wait_status(e, "link up", |s| s.link == "up").await;
-    }
+    let [_relay, _us, mut jp] = ex.start_linked("us", "jp").await;
     // 64 KiB messages: the 3 MiB disk fills after a few dozen.
     let body = "x".repeat(64 * 1024);
     let msgs: Vec<Msg> = (0..80)
-        .map(|_| Msg {
-            precedence: "routine".into(),
-            body: body.clone(),
-        })
+        .map(|_| Msg::new(Precedence::Routine, body.clone()))
         .collect();
     let mut c = ex.control("us").await;
     let sent = send_all(&mut c, &msgs, Some(WaitLevel::Accepted))
         .await
         .unwrap();
-    assert!(
-        jp.wait_exit(PATIENCE).is_some(),
-        "jp stops when its disk is full"
-    );
-    let log = jp.log();
-    let errors: Vec<&str> = log.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(errors.len(), 1, "one clear error line: {log}");
-    assert!(errors[0].contains("store write failed"), "{}", errors[0]);
+    let error = the_one_error(&mut jp, "jp stops when its disk is full");
+    assert!(error.contains("store write failed"), "{error}");
     let delivered_before = ex.status("us").await.lanes["routine"].undelivered;
     assert!(
         delivered_before > 0,
@@ -104,16 +100,9 @@ async fn read_only_data_dir_is_one_clear_error() {
     let ex = Exercise::new(&["us", "jp"], &[]);
     let _disk = Mount::tmpfs(&ex.path("data/us"), "size=1m,ro");
     let mut us = ex.start_node("us");
+    let error = the_one_error(&mut us, "the node refuses to run on a read-only data dir");
     assert!(
-        us.wait_exit(PATIENCE).is_some(),
-        "the node refuses to run on a read-only data dir"
-    );
-    let log = us.log();
-    let errors: Vec<&str> = log.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(errors.len(), 1, "{log}");
-    assert!(
-        errors[0].to_lowercase().contains("read-only"),
-        "names the problem: {}",
-        errors[0]
+        error.to_lowercase().contains("read-only"),
+        "names the problem: {error}"
     );
 }

@@ -15,6 +15,22 @@ fn router() -> Router {
     router_with(Limits::default())
 }
 
+/// A router with us connected and what it was sent on connecting drained.
+fn us_connected() -> Router {
+    let mut r = router();
+    r.handle_connected(US, id("us")).unwrap();
+    let _ = drain(&mut r, US, Lane::Control);
+    r
+}
+
+/// A router with both us and jp connected.
+fn both_connected() -> Router {
+    let mut r = router();
+    r.handle_connected(US, id("us")).unwrap();
+    r.handle_connected(JP, id("jp")).unwrap();
+    r
+}
+
 fn envelope(sender: &str, recipient: &str, precedence: Precedence, seq: u64) -> Bytes {
     testing::envelope(sender, recipient, precedence, seq, precedence, 16).into()
 }
@@ -111,9 +127,7 @@ const F: Precedence = Precedence::Flash;
 
 #[test]
 fn queued_envelope_is_written_when_the_destination_connects() {
-    let mut r = router();
-    r.handle_connected(US, id("us")).unwrap();
-    let _ = drain(&mut r, US, Lane::Control);
+    let mut r = us_connected();
     let env = envelope("us", "jp", R, 1);
     r.handle_frame(T0, US, env.clone());
     assert_eq!(drain_frames(&mut r, US, Lane::Control), [accepted(1, R)]);
@@ -134,9 +148,7 @@ fn queued_envelope_is_written_when_the_destination_connects() {
 
 #[test]
 fn duplicates_are_queued_once_and_accepted_each_time() {
-    let mut r = router();
-    r.handle_connected(US, id("us")).unwrap();
-    let _ = drain(&mut r, US, Lane::Control);
+    let mut r = us_connected();
     for _ in 0..3 {
         r.handle_frame(T0, US, envelope("us", "jp", R, 1));
     }
@@ -151,9 +163,7 @@ fn duplicates_are_queued_once_and_accepted_each_time() {
 
 #[test]
 fn escalation_moves_the_queued_copy_to_the_higher_lane() {
-    let mut r = router();
-    r.handle_connected(US, id("us")).unwrap();
-    r.handle_connected(JP, id("jp")).unwrap();
+    let mut r = both_connected();
     r.handle_frame(T0, US, envelope("us", "jp", R, 1));
     r.handle_frame(T0, US, envelope("us", "jp", R, 2));
     assert_eq!(drain(&mut r, JP, Lane::Precedence(R)).len(), 2);
@@ -179,9 +189,7 @@ fn escalation_moves_the_queued_copy_to_the_higher_lane() {
 
 #[test]
 fn escalation_while_in_flight_is_written_again() {
-    let mut r = router();
-    r.handle_connected(US, id("us")).unwrap();
-    r.handle_connected(JP, id("jp")).unwrap();
+    let mut r = both_connected();
     r.handle_frame(T0, US, envelope("us", "jp", R, 1));
     let t = r.poll_transmit(JP, Lane::Precedence(R)).unwrap();
     r.handle_frame(
@@ -196,9 +204,7 @@ fn escalation_while_in_flight_is_written_again() {
 
 #[test]
 fn delivered_receipt_deletes_covered_envelopes_and_reaches_the_sender() {
-    let mut r = router();
-    r.handle_connected(US, id("us")).unwrap();
-    r.handle_connected(JP, id("jp")).unwrap();
+    let mut r = both_connected();
     for seq in 1..=3 {
         r.handle_frame(T0, US, envelope("us", "jp", R, seq));
     }
@@ -217,9 +223,7 @@ fn delivered_receipt_deletes_covered_envelopes_and_reaches_the_sender() {
 
 #[test]
 fn reconnection_writes_everything_still_queued_again() {
-    let mut r = router();
-    r.handle_connected(US, id("us")).unwrap();
-    r.handle_connected(JP, id("jp")).unwrap();
+    let mut r = both_connected();
     r.handle_frame(T0, US, envelope("us", "jp", R, 1));
     r.handle_frame(T0, US, envelope("us", "jp", R, 2));
     assert_eq!(drain(&mut r, JP, Lane::Precedence(R)).len(), 2);
@@ -278,9 +282,7 @@ fn every_signed_frame_kind_is_checked_for_signer_and_addressee() {
 
 #[test]
 fn wrong_sender_and_unpaired_recipient_are_refused() {
-    let mut r = router();
-    r.handle_connected(US, id("us")).unwrap();
-    let _ = drain(&mut r, US, Lane::Control);
+    let mut r = us_connected();
     r.handle_frame(T0, US, envelope("jp", "us", R, 1));
     r.handle_frame(T0, US, envelope("us", "uk", R, 1));
     r.handle_frame(T0, US, delivered("jp", "us", R, 1)); // signed as jp
@@ -434,9 +436,7 @@ fn receipts_wait_for_an_offline_addressee() {
 
 #[test]
 fn receipt_being_written_when_the_connection_drops_is_kept() {
-    let mut r = router();
-    r.handle_connected(US, id("us")).unwrap();
-    r.handle_connected(JP, id("jp")).unwrap();
+    let mut r = both_connected();
     let _ = drain(&mut r, US, Lane::Control);
     let receipt = delivered("jp", "us", R, 1);
     r.handle_frame(T0, JP, receipt.clone());
@@ -451,9 +451,7 @@ fn receipt_being_written_when_the_connection_drops_is_kept() {
 
 #[test]
 fn link_tests_go_to_online_partners_only() {
-    let mut r = router();
-    r.handle_connected(US, id("us")).unwrap();
-    r.handle_connected(JP, id("jp")).unwrap();
+    let mut r = both_connected();
     let _ = drain(&mut r, JP, Lane::Control);
     let lt = link_test("us", "jp");
     r.handle_frame(T0, US, lt.clone());
@@ -462,9 +460,7 @@ fn link_tests_go_to_online_partners_only() {
 
 #[test]
 fn malformed_frames_are_refused_and_the_connection_kept() {
-    let mut r = router();
-    r.handle_connected(US, id("us")).unwrap();
-    let _ = drain(&mut r, US, Lane::Control);
+    let mut r = us_connected();
     let mut garbage = vec![0, 0, 0, 5, 1, 1, 0xFF, 0xFF, 0xFF];
     r.handle_frame(T0, US, Bytes::from(garbage.clone()));
     garbage[5] = 9; // unknown suite
@@ -527,9 +523,7 @@ fn unconfigured_endpoints_and_bad_configs_are_refused() {
 
 #[test]
 fn queued_byte_counts_stay_exact() {
-    let mut r = router();
-    r.handle_connected(US, id("us")).unwrap();
-    let _ = drain(&mut r, US, Lane::Control);
+    let mut r = us_connected();
     let a = envelope("us", "jp", R, 1);
     let b = Bytes::from(testing::envelope("us", "jp", R, 1, F, 16));
     r.handle_frame(T0, US, a);
@@ -613,6 +607,35 @@ impl MemStore {
     }
 }
 
+/// Commits everything `r` has written into a [`MemStore`] and restores `fresh` from it.
+fn restore_from(r: &mut Router, mut fresh: Router) -> (Router, Restored) {
+    let mut store = MemStore::default();
+    store.apply(commit(r));
+    let restored = fresh.restore(store.snapshot()).unwrap();
+    (fresh, restored)
+}
+
+/// `r` with us connected and `frames` from us handled at `T0`, committed; then `fresh`
+/// restored from what it wrote, as by [`restore_from`].
+fn restored_after(mut r: Router, frames: &[Bytes], fresh: Router) -> (Router, Restored) {
+    r.handle_connected(US, id("us")).unwrap();
+    for f in frames {
+        r.handle_frame(T0, US, f.clone());
+    }
+    restore_from(&mut r, fresh)
+}
+
+/// Handles `frame` from `conn` at `T0` and commits; returns the order of the one envelope row
+/// that wrote (panics, showing the writes, if it wrote anything else).
+fn order_written(r: &mut Router, conn: ConnId, frame: Bytes) -> u64 {
+    r.handle_frame(T0, conn, frame);
+    let ops = commit(r);
+    match &ops[..] {
+        [StoreOp::PutEnvelope(e)] => e.order,
+        _ => panic!("{ops:?}"),
+    }
+}
+
 fn with_ttl(ttl: Ttl) -> Router {
     router_with(Limits {
         ttl,
@@ -625,9 +648,7 @@ const P: Precedence = Precedence::Priority;
 
 #[test]
 fn accepted_is_durable_and_waits_for_the_write_that_holds_the_envelope() {
-    let mut r = router();
-    r.handle_connected(US, id("us")).unwrap();
-    let _ = drain(&mut r, US, Lane::Control);
+    let mut r = us_connected();
     let env = envelope("us", "jp", R, 1);
     r.handle_frame(T0, US, env.clone());
     let writes = take_writes(&mut r);
@@ -669,9 +690,7 @@ fn accepted_is_durable_and_waits_for_the_write_that_holds_the_envelope() {
 
 #[test]
 fn a_commit_releases_every_earlier_write_in_order() {
-    let mut r = router();
-    r.handle_connected(US, id("us")).unwrap();
-    let _ = drain(&mut r, US, Lane::Control);
+    let mut r = us_connected();
     for seq in 1..=3 {
         r.handle_frame(T0, US, envelope("us", "jp", R, seq));
     }
@@ -697,9 +716,7 @@ fn a_commit_releases_every_earlier_write_in_order() {
 
 #[test]
 fn a_refused_envelope_writes_nothing_and_is_answered_at_once() {
-    let mut r = router();
-    r.handle_connected(US, id("us")).unwrap();
-    let _ = drain(&mut r, US, Lane::Control);
+    let mut r = us_connected();
     r.handle_frame(T0, US, envelope("us", "uk", R, 1));
     assert!(take_writes(&mut r).is_empty());
     assert_eq!(
@@ -710,9 +727,7 @@ fn a_refused_envelope_writes_nothing_and_is_answered_at_once() {
 
 #[test]
 fn delivered_receipt_is_stored_with_its_deletions_and_forwarded_after_the_commit() {
-    let mut r = router();
-    r.handle_connected(US, id("us")).unwrap();
-    r.handle_connected(JP, id("jp")).unwrap();
+    let mut r = both_connected();
     r.handle_frame(T0, US, envelope("us", "jp", R, 1));
     r.handle_frame(T0, US, envelope("us", "jp", R, 2));
     let _ = drain(&mut r, US, Lane::Control);
@@ -886,7 +901,6 @@ fn escalation_moves_the_expiry_to_the_new_lane_and_delivery_clears_it() {
 
 #[test]
 fn restore_reproduces_queues_lanes_and_waiting_frames() {
-    let mut store = MemStore::default();
     let mut r = router();
     r.handle_connected(US, id("us")).unwrap();
     // Interleaved lanes; seq 2 escalated to flash after seq 3 arrived.
@@ -907,7 +921,7 @@ fn restore_reproduces_queues_lanes_and_waiting_frames() {
     r.handle_frame(T0, JP, envelope("jp", "us", R, 1));
     r.handle_frame(T0, JP, delivered("jp", "us", R, 1));
     r.handle_frame(T0, JP, announcement("jp", 2));
-    store.apply(commit(&mut r));
+    let (mut fresh, restored) = restore_from(&mut r, router());
 
     let lanes = |r: &mut Router, conn: ConnId| -> Vec<(Lane, Vec<Bytes>)> {
         Lane::ALL[1..]
@@ -915,8 +929,6 @@ fn restore_reproduces_queues_lanes_and_waiting_frames() {
             .map(|s| (*s, drain(r, conn, *s)))
             .collect()
     };
-    let mut fresh = router();
-    let restored = fresh.restore(store.snapshot()).unwrap();
     assert_eq!(
         restored.envelopes, 5,
         "4 of us's messages for jp, jp's one for us"
@@ -985,53 +997,39 @@ fn restore_reproduces_queues_lanes_and_waiting_frames() {
     );
 
     // New envelopes get orders after the restored ones.
-    fresh.handle_frame(T0, us2, envelope("us", "jp", R, 4));
-    let ops = commit(&mut fresh);
-    assert!(
-        matches!(&ops[..], [StoreOp::PutEnvelope(e)] if e.order == 6),
-        "{ops:?}"
+    assert_eq!(
+        order_written(&mut fresh, us2, envelope("us", "jp", R, 4)),
+        6
     );
 }
 
 #[test]
 fn restore_keeps_rows_of_unconfigured_endpoints_out_of_the_queues() {
-    let mut store = MemStore::default();
-    let mut r = Router::new(
+    let r = Router::new(
         &[(id("us"), id("jp")), (id("us"), id("de"))],
         Limits::default(),
     )
     .unwrap();
-    r.handle_connected(US, id("us")).unwrap();
-    r.handle_frame(T0, US, envelope("us", "de", R, 1));
-    r.handle_frame(T0, US, envelope("us", "jp", R, 1));
-    store.apply(commit(&mut r));
     // de's hotline was removed from the configuration.
-    let mut fresh = router();
-    let restored = fresh.restore(store.snapshot()).unwrap();
+    let (mut fresh, restored) = restored_after(
+        r,
+        &[envelope("us", "de", R, 1), envelope("us", "jp", R, 1)],
+        router(),
+    );
     assert_eq!(restored.envelopes, 1);
     assert_eq!(restored.unconfigured, [(id("de"), 1)]);
     // Its row's order is not reused.
     fresh.handle_connected(US, id("us")).unwrap();
-    fresh.handle_frame(T0, US, envelope("us", "jp", R, 2));
-    let ops = commit(&mut fresh);
-    assert!(
-        matches!(&ops[..], [StoreOp::PutEnvelope(e)] if e.order == 2),
-        "{ops:?}"
-    );
+    assert_eq!(order_written(&mut fresh, US, envelope("us", "jp", R, 2)), 2);
 }
 
 #[test]
 fn restore_applies_the_time_to_live_from_the_first_arrival() {
-    let mut store = MemStore::default();
-    let mut r = router();
-    r.handle_connected(US, id("us")).unwrap();
-    r.handle_frame(T0, US, envelope("us", "jp", R, 1));
-    store.apply(commit(&mut r));
-    let mut fresh = with_ttl(Ttl {
+    let ttl = with_ttl(Ttl {
         routine: Some(SECOND),
         ..Ttl::NEVER
     });
-    fresh.restore(store.snapshot()).unwrap();
+    let (mut fresh, _) = restored_after(router(), &[envelope("us", "jp", R, 1)], ttl);
     assert_eq!(fresh.poll_timeout(), Some(T0.plus(SECOND)));
     fresh.handle_timeout(T0.plus(3600 * SECOND));
     let ops = commit(&mut fresh);
@@ -1105,9 +1103,7 @@ fn uncommitted_bytes_are_counted_per_lane_until_the_commit() {
 
 #[test]
 fn receipts_overtake_queued_replies_on_the_control_stream() {
-    let mut r = router();
-    r.handle_connected(US, id("us")).unwrap();
-    r.handle_connected(JP, id("jp")).unwrap();
+    let mut r = both_connected();
     let _ = drain(&mut r, US, Lane::Control);
     // A burst of envelopes from us leaves `Accepted` replies queued on us's control stream.
     for seq in 1..=5 {
