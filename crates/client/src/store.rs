@@ -419,6 +419,36 @@ mod tests {
     }
 
     #[test]
+    fn audit_report_lists_every_entry_and_head_then_the_verdict() {
+        let dir = tempfile::tempdir().unwrap();
+        let (public, store) = audited_store(dir.path());
+        let partner = IdentityKey::from_seed(&[6; 32]).public();
+        let db = store.database();
+        let types = |values: &[serde_json::Value]| -> Vec<String> {
+            values.iter().map(|v| v["type"].to_string()).collect()
+        };
+
+        let verify_only = crate::audit::report(&db, &public, &partner, false).unwrap();
+        assert_eq!(types(&verify_only), [r#""verify""#]);
+        assert_eq!(verify_only[0]["report"]["entries"], 6);
+        assert!(verify_only[0]["report"]["first_bad"].is_null());
+
+        let export = crate::audit::report(&db, &public, &partner, true).unwrap();
+        let t = types(&export);
+        assert_eq!(t.iter().filter(|t| *t == r#""entry""#).count(), 6);
+        assert_eq!(t.iter().filter(|t| *t == r#""signed_head""#).count(), 3);
+        assert_eq!(t.last().map(String::as_str), Some(r#""verify""#));
+        assert_eq!(export[2]["index"], 2);
+
+        rewrite(&db, 3, false);
+        let after = crate::audit::report(&db, &public, &partner, false).unwrap();
+        assert_eq!(
+            after[0]["report"]["first_bad"],
+            "record 3: content altered (hash mismatch)"
+        );
+    }
+
+    #[test]
     fn consistent_rewrite_is_caught_by_the_first_signed_head_after_it() {
         let dir = tempfile::tempdir().unwrap();
         let (public, store) = audited_store(dir.path());

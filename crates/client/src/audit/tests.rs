@@ -255,3 +255,98 @@ fn operator_acknowledgements_and_receipts_enter_the_log() {
         }]
     );
 }
+
+fn envelope(sender: &EndpointId, seq: u64) -> hotline_proto::envelope::Envelope {
+    use hotline_proto::crypto::SessionId;
+    use hotline_proto::envelope::{Envelope, Header};
+    Envelope {
+        header: Header {
+            sender: sender.clone(),
+            recipient: if *sender == us() { jp() } else { us() },
+            channel: Channel::default(),
+            precedence: Precedence::Immediate,
+            seq: Seq(seq),
+            after: [0, 0, seq - 1, 0],
+            epoch: 1,
+            session: SessionId([5; 16]),
+            prev: Digest::default(),
+            sealed_len: 4,
+        },
+        sealed: vec![1, 2, 3, 4],
+    }
+}
+
+#[test]
+fn sent_received_and_escalated_messages_enter_the_log_with_their_hashes() {
+    use hotline_proto::engine::Delivery;
+
+    let out = envelope(&us(), 1);
+    let sent = AuditEvent::EnvelopeSent {
+        id: "us:main:immediate:1".into(),
+        hash: out.hash().to_hex(),
+    };
+    let id = out.header.message_id();
+    let outgoing = Record::Outgoing {
+        id: id.clone(),
+        after: out.header.after,
+        sent_at: T,
+        body: None,
+        envelope: Some(out.clone()),
+    };
+    assert_eq!(events_of(&outgoing), std::slice::from_ref(&sent));
+    let awaiting = Record::Outgoing {
+        id: id.clone(),
+        after: out.header.after,
+        sent_at: T,
+        body: Some(b"secret".to_vec()),
+        envelope: None,
+    };
+    assert_eq!(events_of(&awaiting), [], "nothing sealed yet, nothing sent");
+    let sealed = Record::Sealed {
+        id: id.clone(),
+        envelope: out,
+    };
+    assert_eq!(events_of(&sealed), [sent]);
+
+    let inbound = envelope(&jp(), 2);
+    let received = Record::Received {
+        delivery: Delivery {
+            id: inbound.header.message_id(),
+            to: us(),
+            sent_at: T,
+            received_at: T,
+            transport: Precedence::Flash,
+            body: b"hello".to_vec(),
+        },
+        envelope: inbound.clone(),
+        head: None,
+    };
+    assert_eq!(
+        events_of(&received),
+        [AuditEvent::EnvelopeReceived {
+            id: "jp:main:immediate:2".into(),
+            hash: inbound.hash().to_hex(),
+            transport: "flash".into(),
+        }]
+    );
+
+    for (kind, name) in [
+        (DeadlineKind::Delivered, "delivered"),
+        (DeadlineKind::Acknowledged, "acknowledged"),
+    ] {
+        let escalated = Record::Escalated {
+            id: id.clone(),
+            kind,
+            to: Precedence::Flash,
+            at: T,
+        };
+        assert_eq!(
+            events_of(&escalated),
+            [AuditEvent::Escalated {
+                id: "us:main:immediate:1".into(),
+                deadline: name.into(),
+                to: "flash".into(),
+            }]
+        );
+    }
+}
