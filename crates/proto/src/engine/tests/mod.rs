@@ -1,6 +1,7 @@
 //! Engine behaviour on virtual time: named cases, tamper cases and the reference-model proptest.
 
 mod model;
+mod timers;
 mod util;
 
 use std::time::Duration;

@@ -13,7 +13,7 @@ use crate::engine::{
     Action, Alarm, Delivery, Engine, EngineConfig, Escalation, Local, Outgoing, Partner, Record,
     Report, WriteId,
 };
-use crate::envelope::EscalationNotice;
+use crate::envelope::{EscalationNotice, VerifyError};
 use crate::types::{Channel, EndpointId, MessageId, Precedence, Time};
 use crate::wire::{self, Accepted, Frame};
 
@@ -434,6 +434,32 @@ impl Pair {
             self.b.engine.handle_timeout(self.now);
             self.arrive(to, frame);
         }
+    }
+
+    /// Hands `frame` to `side` now, as if the relay forwarded it, and drains both engines
+    /// (recording every action, relaying what they send).
+    pub(crate) fn inject(&mut self, side: Side, frame: &Frame) -> Result<(), VerifyError> {
+        let now = self.now;
+        let result = self
+            .peer(side)
+            .engine
+            .handle_frame(now, &wire::encode_frame(frame));
+        self.drain();
+        result
+    }
+
+    /// Envelope frames `side` sent for `id` so far.
+    pub(crate) fn envelopes_sent(&self, side: Side, id: &MessageId) -> usize {
+        let node = match side {
+            Side::A => &self.a,
+            Side::B => &self.b,
+        };
+        node.sent_frames
+            .iter()
+            .filter(
+                |(_, f)| matches!(f, Frame::Envelope(e) if e.envelope.header.message_id() == *id),
+            )
+            .count()
     }
 
     /// A frame reaches `to`: dropped if its link is down, held if it is not reading.
