@@ -30,6 +30,9 @@ use crate::wire::{self, Accepted, EnvelopeFrame, Frame};
 
 /// Finished messages remembered for a late `accepted`; the oldest are dropped beyond it.
 const MAX_LATE_ACCEPTED: usize = 4096;
+/// Acknowledged messages that expected no acknowledgement, remembered so that a receipt
+/// received again reports nothing new; the lowest ids are dropped beyond it.
+const MAX_UNEXPECTED_ACKS: usize = 4096;
 
 /// What a message timer is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -132,6 +135,10 @@ pub(super) struct Outbox {
     /// Finished messages whose `accepted` reply has not arrived yet (a partner's receipt can
     /// overtake it), so the level is still reported once when it comes.
     pub(super) late_accepted: BTreeSet<MessageId>,
+    /// Messages acknowledged although no acknowledgement was expected (they leave memory once
+    /// delivered), so that the receipt, resent on every reconnect of the partner or replayed,
+    /// reports `acknowledged` once. Rebuilt from the stored receipts on restore.
+    unexpected_acks: BTreeSet<MessageId>,
 }
 
 impl Outbox {
@@ -143,6 +150,7 @@ impl Outbox {
             send_queue: BTreeSet::new(),
             timers: TimerTable::new(),
             late_accepted: BTreeSet::new(),
+            unexpected_acks: BTreeSet::new(),
         }
     }
 
@@ -397,8 +405,8 @@ impl Outbox {
                 let id = id_at(*seq);
                 let Some(m) = self.msgs.get_mut(&id) else {
                     // No acknowledgement was expected, so the message left memory once
-                    // delivered; the signed receipt still tells the operator.
-                    if report && self.forgotten_unacked(&id, cfg) {
+                    // delivered; the signed receipt still tells the operator, once.
+                    if self.forgotten_unacked(&id, cfg) && self.note_unexpected_ack(&id) && report {
                         gate.push(reached(id, AckLevel::Acknowledged));
                     }
                     return Ok(());
@@ -419,10 +427,24 @@ impl Outbox {
                 if report {
                     gate.push(reached(id.clone(), AckLevel::Acknowledged));
                 }
+                if cfg.acknowledged_deadline(id.precedence).is_none() {
+                    self.note_unexpected_ack(&id);
+                }
                 self.forget_if_done(&id);
             }
         }
         Ok(())
+    }
+
+    /// Remembers an acknowledgement nobody asked for; returns whether it is new.
+    fn note_unexpected_ack(&mut self, id: &MessageId) -> bool {
+        if self.unexpected_acks.contains(id) {
+            return false;
+        }
+        if self.unexpected_acks.len() >= MAX_UNEXPECTED_ACKS {
+            self.unexpected_acks.pop_first();
+        }
+        self.unexpected_acks.insert(id.clone())
     }
 
     /// Whether `id` was ours, delivered and dropped from memory without an expected ack.
