@@ -553,3 +553,30 @@ fn forged_link_tests_do_not_bring_the_link_up() {
         Some((7, crate::crypto::Digest([7; 32])))
     );
 }
+
+#[test]
+fn replayed_link_test_does_not_refresh_the_link() {
+    let mut pair = Pair::new(EngineConfig::default(), 56);
+    pair.drive_for(Duration::from_secs(5));
+    assert_eq!(pair.a.engine.status().link, LinkState::Up);
+    let old = pair
+        .a
+        .accepted_frames
+        .iter()
+        .rev()
+        .find(|f| matches!(f, Frame::LinkTest(_)))
+        .unwrap()
+        .clone();
+    pair.disconnect(Side::B);
+    pair.drive_for(Duration::from_secs(10));
+    assert_eq!(pair.a.engine.status().link, LinkState::Degraded);
+    // The relay replays B's last genuine link test: signed, but stale.
+    let before = observe(&pair, Side::A);
+    assert_eq!(pair.inject(Side::A, &old), Ok(()));
+    assert_eq!(observe(&pair, Side::A), before, "a replay proves nothing");
+    assert!(pair.a.alarms.is_empty(), "{:?}", pair.a.alarms);
+    // B restarts (its test counter with it): its new tests are taken.
+    pair.crash(Side::B);
+    pair.settle(Duration::from_millis(100));
+    assert_eq!(pair.a.engine.status().link, LinkState::Up);
+}

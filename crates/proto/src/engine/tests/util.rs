@@ -50,6 +50,8 @@ pub(crate) struct Peer {
     pub(crate) realerts: Vec<EscalationNotice>,
     pub(crate) alarms: Vec<Alarm>,
     pub(crate) sent_frames: Vec<(crate::Lane, Frame)>,
+    /// Frames the current engine (since its last restore) took without error.
+    pub(crate) accepted_frames: Vec<Frame>,
     rng_counter: u64,
 }
 
@@ -93,6 +95,7 @@ impl Peer {
             realerts: Vec::new(),
             alarms: Vec::new(),
             sent_frames: Vec::new(),
+            accepted_frames: Vec::new(),
             rng_counter: 0,
         }
     }
@@ -109,6 +112,7 @@ impl Peer {
     /// Loses unconfirmed writes and everything in memory; restores from durable records.
     pub(crate) fn crash_and_restore(&mut self, now: Time) {
         self.pending.clear();
+        self.accepted_frames.clear();
         self.rng_counter += 1;
         let local = Local {
             id: self.id.clone(),
@@ -472,6 +476,11 @@ impl Pair {
             return;
         }
         let now = self.now;
-        let _ = self.peer(to).engine.handle_frame(now, &frame);
+        let node = self.peer(to);
+        if node.engine.handle_frame(now, &frame).is_ok() {
+            if let Ok((f, _)) = wire::decode_frame(&frame) {
+                node.accepted_frames.push(f);
+            }
+        }
     }
 }
