@@ -47,10 +47,15 @@ impl<R: CryptoRng> Engine<R> {
             return Err(VerifyError::NotForMe);
         }
         r.verify(&self.partner.key)?;
-        self.outbox
+        let new = self
+            .outbox
             .apply_receipt(&r, true, &self.cfg, &mut self.keys, &mut self.gate)?;
-        self.gate.persist(Record::ReceiptReceived(r));
-        self.link.heard(self.now);
+        // A receipt taken before (resent on the partner's reconnect, or replayed by the relay)
+        // is neither stored again nor evidence that the partner is there now.
+        if new {
+            self.gate.persist(Record::ReceiptReceived(r));
+            self.link.heard(self.now);
+        }
         Ok(())
     }
 

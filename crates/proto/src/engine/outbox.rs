@@ -345,8 +345,9 @@ impl Outbox {
         true
     }
 
-    /// Marks outgoing messages delivered/acknowledged by a verified receipt. `report` is false
-    /// during restore.
+    /// Marks outgoing messages delivered/acknowledged by a verified receipt; returns whether it
+    /// told anything new (a receipt taken before, resent or replayed, does not). `report` is
+    /// false during restore.
     pub(super) fn apply_receipt(
         &mut self,
         r: &Signed<Receipt>,
@@ -354,7 +355,7 @@ impl Outbox {
         cfg: &EngineConfig,
         keys: &mut Keys,
         gate: &mut DurabilityGate,
-    ) -> Result<(), VerifyError> {
+    ) -> Result<bool, VerifyError> {
         let body = &r.body;
         let id_at = |seq| MessageId {
             sender: body.to.clone(),
@@ -386,6 +387,7 @@ impl Outbox {
                     .filter(|(_, m)| m.delivered.is_none())
                     .map(|(id, _)| id.clone())
                     .collect();
+                let changed = !ids.is_empty();
                 for id in ids {
                     let Some(m) = self.msgs.get_mut(&id) else {
                         continue;
@@ -400,16 +402,18 @@ impl Outbox {
                     }
                     self.forget_if_done(&id);
                 }
+                Ok(changed)
             }
             ReceiptKind::Acknowledged { seq, hash } => {
                 let id = id_at(*seq);
                 let Some(m) = self.msgs.get_mut(&id) else {
                     // No acknowledgement was expected, so the message left memory once
                     // delivered; the signed receipt still tells the operator, once.
-                    if self.forgotten_unacked(&id, cfg) && self.note_unexpected_ack(&id) && report {
+                    let new = self.forgotten_unacked(&id, cfg) && self.note_unexpected_ack(&id);
+                    if new && report {
                         gate.push(reached(id, AckLevel::Acknowledged));
                     }
-                    return Ok(());
+                    return Ok(new);
                 };
                 if let OutState::Sealed { hash: h, .. } = &m.state {
                     if h != hash {
@@ -417,7 +421,7 @@ impl Outbox {
                     }
                 }
                 if m.acknowledged.is_some() {
-                    return Ok(());
+                    return Ok(false);
                 }
                 // An acknowledgement implies delivery.
                 if m.delivered.is_none() {
@@ -431,9 +435,9 @@ impl Outbox {
                     self.note_unexpected_ack(&id);
                 }
                 self.forget_if_done(&id);
+                Ok(true)
             }
         }
-        Ok(())
     }
 
     /// Remembers an acknowledgement nobody asked for; returns whether it is new.

@@ -580,3 +580,28 @@ fn replayed_link_test_does_not_refresh_the_link() {
     pair.settle(Duration::from_millis(100));
     assert_eq!(pair.a.engine.status().link, LinkState::Up);
 }
+
+#[test]
+fn replayed_receipt_does_not_refresh_the_link() {
+    let mut pair = Pair::new(EngineConfig::default(), 57);
+    pair.send(Side::A, Routine, "receipted");
+    pair.settle(Duration::from_secs(1));
+    let old = pair
+        .a
+        .accepted_frames
+        .iter()
+        .rev()
+        .find(|f| matches!(f, Frame::Receipt(_)))
+        .unwrap()
+        .clone();
+    pair.disconnect(Side::B);
+    pair.drive_for(Duration::from_secs(10));
+    assert_eq!(pair.a.engine.status().link, LinkState::Degraded);
+    let before = observe(&pair, Side::A);
+    assert_eq!(pair.inject(Side::A, &old), Ok(()));
+    pair.drive_for(Duration::ZERO);
+    assert_eq!(observe(&pair, Side::A), before, "a replay proves nothing");
+    pair.drive_for(Duration::from_millis(100));
+    assert_eq!(pair.a.engine.status().link, LinkState::Degraded);
+    assert!(pair.a.alarms.is_empty(), "{:?}", pair.a.alarms);
+}

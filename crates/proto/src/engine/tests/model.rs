@@ -296,6 +296,8 @@ fn inject_attack(pair: &mut Pair, target: Side, attack: Attack) -> Result<usize,
             ));
         }
     }
+    // The link state is recomputed on the next timeout: let it run at this same instant.
+    pair.drive_for(Duration::ZERO);
     let after = observe(pair, target);
     if after != before {
         return Err(format!(
