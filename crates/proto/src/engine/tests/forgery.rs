@@ -605,3 +605,34 @@ fn replayed_receipt_does_not_refresh_the_link() {
     assert_eq!(pair.a.engine.status().link, LinkState::Degraded);
     assert!(pair.a.alarms.is_empty(), "{:?}", pair.a.alarms);
 }
+
+#[test]
+fn replayed_escalation_notice_realerts_once() {
+    let mut cfg = EngineConfig::default();
+    cfg.set_acknowledged_deadline(Immediate, Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut pair = Pair::new(cfg, 58);
+    pair.send(Side::A, Immediate, "acknowledge, please");
+    pair.settle(Duration::from_secs(1));
+    pair.drive_for(Duration::from_secs(5));
+    assert_eq!(pair.b.realerts.len(), 1);
+    let notice = pair
+        .b
+        .accepted_frames
+        .iter()
+        .find(|f| matches!(f, Frame::Escalation(_)))
+        .unwrap()
+        .clone();
+    pair.disconnect(Side::A);
+    pair.drive_for(Duration::from_secs(10));
+    assert_eq!(pair.b.engine.status().link, LinkState::Degraded);
+    let before = observe(&pair, Side::B);
+    assert_eq!(pair.inject(Side::B, &notice), Ok(()));
+    pair.drive_for(Duration::ZERO);
+    assert_eq!(
+        observe(&pair, Side::B),
+        before,
+        "no second re-alert, no record, the link stays degraded"
+    );
+    assert!(pair.b.alarms.is_empty(), "{:?}", pair.b.alarms);
+}

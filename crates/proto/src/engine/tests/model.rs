@@ -59,6 +59,9 @@ enum Attack {
     /// A link test this side already took, again: dropped silently (the link state and the
     /// partner's audit head stay as they are).
     ReplayLinkTest(u8),
+    /// An escalation notice this side already took, again: dropped silently (no second
+    /// re-alert), or answered with our acknowledgement receipt if the operator acknowledged.
+    ReplayNotice(u8),
 }
 
 fn side() -> impl Strategy<Value = Side> {
@@ -92,6 +95,7 @@ fn attack() -> impl Strategy<Value = Attack> {
         any::<u8>().prop_map(Attack::DeliveredSeqOtherBody),
         any::<u8>().prop_map(Attack::ReplayReceipt),
         any::<u8>().prop_map(Attack::ReplayLinkTest),
+        any::<u8>().prop_map(Attack::ReplayNotice),
     ]
 }
 
@@ -253,11 +257,14 @@ fn inject_attack(pair: &mut Pair, target: Side, attack: Attack) -> Result<usize,
             };
             (f, None, true)
         }
-        Attack::ReplayLinkTest(n) => {
+        Attack::ReplayLinkTest(n) | Attack::ReplayNotice(n) => {
             let taken: Vec<_> = node
                 .accepted_frames
                 .iter()
-                .filter(|f| matches!(f, Frame::LinkTest(_)))
+                .filter(|f| match attack {
+                    Attack::ReplayLinkTest(_) => matches!(f, Frame::LinkTest(_)),
+                    _ => matches!(f, Frame::Escalation(_)),
+                })
                 .cloned()
                 .collect();
             let Some(f) = nth_newest(&taken, n).cloned() else {
@@ -307,8 +314,8 @@ fn inject_attack(pair: &mut Pair, target: Side, attack: Attack) -> Result<usize,
     Ok(raised.len())
 }
 
-fn run(ops: &[Op], seed: u64) -> Result<(), String> {
-    let mut pair = Pair::new(EngineConfig::default(), seed);
+fn run(ops: &[Op], seed: u64, cfg: EngineConfig) -> Result<(), String> {
+    let mut pair = Pair::new(cfg, seed);
     // Alarms the injections raised, per side; every other alarm is a failure.
     let mut injected_alarms = [0usize; 2];
     for op in ops {
@@ -408,21 +415,39 @@ proptest! {
         ops in prop::collection::vec(op(), 1..30),
         seed in any::<u64>(),
     ) {
-        if let Err(e) = run(&ops, seed) {
+        if let Err(e) = run(&ops, seed, EngineConfig::default()) {
             return Err(TestCaseError::fail(e));
         }
     }
 }
 
+/// Acknowledged deadlines short enough that escalation notices flow within a run.
+fn short_ack_deadlines() -> EngineConfig {
+    let mut cfg = EngineConfig::default();
+    for (p, s) in [
+        (Precedence::Flash, 2),
+        (Precedence::Immediate, 4),
+        (Precedence::Priority, 8),
+    ] {
+        if cfg
+            .set_acknowledged_deadline(p, Some(Duration::from_secs(s)))
+            .is_err()
+        {
+            unreachable!("deadline in range");
+        }
+    }
+    cfg
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
     #[test]
     fn injected_forgeries_and_replays_deliver_nothing_and_change_nothing(
         ops in prop::collection::vec(adversarial_op(), 1..30),
         seed in any::<u64>(),
     ) {
-        if let Err(e) = run(&ops, seed) {
+        if let Err(e) = run(&ops, seed, short_ack_deadlines()) {
             return Err(TestCaseError::fail(e));
         }
     }
