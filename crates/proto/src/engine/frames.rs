@@ -47,10 +47,15 @@ impl<R: CryptoRng> Engine<R> {
             return Err(VerifyError::NotForMe);
         }
         r.verify(&self.partner.key)?;
-        self.outbox
+        let new = self
+            .outbox
             .apply_receipt(&r, true, &self.cfg, &mut self.keys, &mut self.gate)?;
-        self.gate.persist(Record::ReceiptReceived(r));
-        self.link.heard(self.now);
+        // A receipt taken before (resent on the partner's reconnect, or replayed by the relay)
+        // is neither stored again nor evidence that the partner is there now.
+        if new {
+            self.gate.persist(Record::ReceiptReceived(r));
+            self.link.heard(self.now);
+        }
         Ok(())
     }
 
@@ -100,10 +105,18 @@ impl<R: CryptoRng> Engine<R> {
             return Err(VerifyError::NotForMe);
         }
         e.verify(&self.partner.key)?;
-        self.link.heard(self.now);
+        // A notice no later than one already taken is a replay: it shows neither that the
+        // partner is there nor anything new to re-alert.
+        let new = self.inbound.note_notice(&e.body.message, e.body.count);
+        if new {
+            self.link.heard(self.now);
+        }
         if let Some((w, r)) = self.inbound.ack_receipt(&e.body.message) {
             // Our acknowledgement was lost on the way: send it again, no need to re-alert.
             self.gate.after(w, send_control(&Frame::Receipt(r)));
+            return Ok(());
+        }
+        if !new {
             return Ok(());
         }
         self.gate.persist(Record::PartnerEscalated {

@@ -103,6 +103,8 @@ pub(super) struct InMsg {
     acknowledged: Option<Time>,
     ack_receipt: Option<(WriteId, Signed<Receipt>)>,
     expects_ack: bool,
+    /// The highest escalation count the partner's notices about it carried.
+    notices: u32,
 }
 
 impl InMsg {
@@ -111,6 +113,7 @@ impl InMsg {
             hash,
             acknowledged: None,
             ack_receipt: None,
+            notices: 0,
             expects_ack: cfg.acknowledged_deadline(precedence).is_some(),
         }
     }
@@ -385,6 +388,19 @@ impl Inbound {
             self.recent_acks.pop_front();
         }
         self.recent_acks.push_back((write, receipt));
+    }
+
+    /// Records the partner's escalation notice number `count` about `id`; false if one with
+    /// that count or a later one was already taken (a replay).
+    pub(super) fn note_notice(&mut self, id: &MessageId, count: u32) -> bool {
+        match self.inbox.get_mut(id) {
+            Some(m) if m.notices >= count => false,
+            Some(m) => {
+                m.notices = count;
+                true
+            }
+            None => true,
+        }
     }
 
     /// Our acknowledgement receipt for `id`, if the operator acknowledged it.

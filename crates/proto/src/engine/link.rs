@@ -36,6 +36,9 @@ pub(super) struct Link {
     test_seq: u64,
     audit_head: (u64, Digest),
     pub(super) partner_audit_head: Option<(u64, Digest)>,
+    /// The newest partner link test taken, by (partner's clock, counter); older or equal
+    /// ones are replays and prove nothing about the partner now.
+    partner_test: Option<(Time, u64)>,
 }
 
 impl Link {
@@ -50,6 +53,7 @@ impl Link {
             test_seq: 0,
             audit_head: (0, Digest::default()),
             partner_audit_head: None,
+            partner_test: None,
         }
     }
 
@@ -74,12 +78,20 @@ impl Link {
         self.audit_head = (len, head);
     }
 
-    /// A verified link test from the partner; returns it if its audit head is new.
+    /// A verified link test from the partner; returns it if its audit head is new. A test no
+    /// newer than one already taken (a replay: its signature is still good) is ignored: it
+    /// does not count as hearing from the partner. The partner's counter restarts with it, so
+    /// its clock orders tests first.
     pub(super) fn on_link_test(
         &mut self,
         now: Time,
         t: Signed<LinkTest>,
     ) -> Option<Signed<LinkTest>> {
+        let order = (t.body.at, t.body.seq);
+        if self.partner_test.is_some_and(|last| order <= last) {
+            return None;
+        }
+        self.partner_test = Some(order);
         let head = (t.body.audit_len, t.body.audit_head);
         let changed = self.partner_audit_head != Some(head);
         self.partner_audit_head = Some(head);

@@ -30,6 +30,9 @@ use crate::wire::{self, Accepted, EnvelopeFrame, Frame};
 
 /// Finished messages remembered for a late `accepted`; the oldest are dropped beyond it.
 const MAX_LATE_ACCEPTED: usize = 4096;
+/// Acknowledged messages that expected no acknowledgement, remembered so that a receipt
+/// received again reports nothing new; the lowest ids are dropped beyond it.
+const MAX_UNEXPECTED_ACKS: usize = 4096;
 
 /// What a message timer is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -132,6 +135,10 @@ pub(super) struct Outbox {
     /// Finished messages whose `accepted` reply has not arrived yet (a partner's receipt can
     /// overtake it), so the level is still reported once when it comes.
     pub(super) late_accepted: BTreeSet<MessageId>,
+    /// Messages acknowledged although no acknowledgement was expected (they leave memory once
+    /// delivered), so that the receipt, resent on every reconnect of the partner or replayed,
+    /// reports `acknowledged` once. Rebuilt from the stored receipts on restore.
+    unexpected_acks: BTreeSet<MessageId>,
 }
 
 impl Outbox {
@@ -143,6 +150,7 @@ impl Outbox {
             send_queue: BTreeSet::new(),
             timers: TimerTable::new(),
             late_accepted: BTreeSet::new(),
+            unexpected_acks: BTreeSet::new(),
         }
     }
 
@@ -337,8 +345,9 @@ impl Outbox {
         true
     }
 
-    /// Marks outgoing messages delivered/acknowledged by a verified receipt. `report` is false
-    /// during restore.
+    /// Marks outgoing messages delivered/acknowledged by a verified receipt; returns whether it
+    /// told anything new (a receipt taken before, resent or replayed, does not). `report` is
+    /// false during restore.
     pub(super) fn apply_receipt(
         &mut self,
         r: &Signed<Receipt>,
@@ -346,7 +355,7 @@ impl Outbox {
         cfg: &EngineConfig,
         keys: &mut Keys,
         gate: &mut DurabilityGate,
-    ) -> Result<(), VerifyError> {
+    ) -> Result<bool, VerifyError> {
         let body = &r.body;
         let id_at = |seq| MessageId {
             sender: body.to.clone(),
@@ -378,6 +387,7 @@ impl Outbox {
                     .filter(|(_, m)| m.delivered.is_none())
                     .map(|(id, _)| id.clone())
                     .collect();
+                let changed = !ids.is_empty();
                 for id in ids {
                     let Some(m) = self.msgs.get_mut(&id) else {
                         continue;
@@ -392,16 +402,18 @@ impl Outbox {
                     }
                     self.forget_if_done(&id);
                 }
+                Ok(changed)
             }
             ReceiptKind::Acknowledged { seq, hash } => {
                 let id = id_at(*seq);
                 let Some(m) = self.msgs.get_mut(&id) else {
                     // No acknowledgement was expected, so the message left memory once
-                    // delivered; the signed receipt still tells the operator.
-                    if report && self.forgotten_unacked(&id, cfg) {
+                    // delivered; the signed receipt still tells the operator, once.
+                    let new = self.forgotten_unacked(&id, cfg) && self.note_unexpected_ack(&id);
+                    if new && report {
                         gate.push(reached(id, AckLevel::Acknowledged));
                     }
-                    return Ok(());
+                    return Ok(new);
                 };
                 if let OutState::Sealed { hash: h, .. } = &m.state {
                     if h != hash {
@@ -409,7 +421,7 @@ impl Outbox {
                     }
                 }
                 if m.acknowledged.is_some() {
-                    return Ok(());
+                    return Ok(false);
                 }
                 // An acknowledgement implies delivery.
                 if m.delivered.is_none() {
@@ -419,10 +431,24 @@ impl Outbox {
                 if report {
                     gate.push(reached(id.clone(), AckLevel::Acknowledged));
                 }
+                if cfg.acknowledged_deadline(id.precedence).is_none() {
+                    self.note_unexpected_ack(&id);
+                }
                 self.forget_if_done(&id);
+                Ok(true)
             }
         }
-        Ok(())
+    }
+
+    /// Remembers an acknowledgement nobody asked for; returns whether it is new.
+    fn note_unexpected_ack(&mut self, id: &MessageId) -> bool {
+        if self.unexpected_acks.contains(id) {
+            return false;
+        }
+        if self.unexpected_acks.len() >= MAX_UNEXPECTED_ACKS {
+            self.unexpected_acks.pop_first();
+        }
+        self.unexpected_acks.insert(id.clone())
     }
 
     /// Whether `id` was ours, delivered and dropped from memory without an expected ack.

@@ -1,6 +1,8 @@
 //! Engine behaviour on virtual time: named cases, tamper cases and the reference-model proptest.
 
+mod forgery;
 mod model;
+mod timers;
 mod util;
 
 use std::time::Duration;
@@ -712,4 +714,30 @@ fn unvouched_sessions_are_bounded_and_never_persisted() {
             .iter()
             .any(|r| matches!(r, super::Record::RecvSession { .. }))
     );
+}
+
+#[test]
+fn acknowledged_routine_message_is_reported_acknowledged_once() {
+    // Routine expects no acknowledgement, so the sender forgets it once delivered; the
+    // receiver resends its recent acknowledgements on every reconnect.
+    let mut pair = Pair::new(EngineConfig::default(), 25);
+    let m = pair.send(Side::A, Routine, "noted");
+    pair.settle(Duration::from_secs(1));
+    pair.b.engine.acknowledge(pair.now, &m).unwrap();
+    pair.settle(Duration::from_secs(1));
+    for _ in 0..2 {
+        pair.disconnect(Side::B);
+        pair.connect(Side::B);
+        pair.settle(Duration::from_secs(1));
+    }
+    pair.crash(Side::A);
+    pair.disconnect(Side::B);
+    pair.connect(Side::B);
+    pair.settle(Duration::from_secs(1));
+    let acked = pair
+        .a
+        .reports
+        .iter()
+        .filter(|r| r.id == m && r.level == AckLevel::Acknowledged);
+    assert_eq!(acked.count(), 1);
 }

@@ -5,14 +5,22 @@
 //! submission order. A delivery of `m` is allowed only once every stored message of the same or
 //! higher precedence submitted before `m` has been delivered. After healing, each stored message
 //! is delivered exactly once.
+//!
+//! A second property runs the same traffic with an adversarial relay injecting forged or
+//! replayed frames between the operations (see [`Attack`]): each is refused with an alarm, or
+//! dropped silently where the design answers it so, and none delivers anything, changes the
+//! order, or changes a report, the link state or the partner's audit head.
 
 use std::time::Duration;
 
 use proptest::prelude::*;
 
 use super::util::{Faults, Pair, Side};
-use crate::engine::{AckLevel, EngineConfig};
+use crate::crypto::IdentityKey;
+use crate::engine::{AckLevel, AlarmKind, EngineConfig};
+use crate::envelope::{ChainHead, VerifyError, sign_head};
 use crate::types::{MessageId, Precedence};
+use crate::wire::Frame;
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -30,6 +38,30 @@ enum Op {
     Flush(Side),
     Crash(Side),
     Ack(Side, u8),
+    /// The relay injects a frame into this side.
+    Attack(Side, Attack),
+}
+
+/// What the adversarial relay injects; the number picks which earlier frame it starts from
+/// (counted from the newest).
+#[derive(Clone, Copy, Debug)]
+enum Attack {
+    /// An envelope the partner sent with a head, the head's signature bits flipped: refused
+    /// (`BadSignature`), or dropped silently if that envelope is already delivered (answered
+    /// with the stored receipt) or buffered under its verified head.
+    TamperedHead(u8),
+    /// The same, the head signed by a key other than the partner's: as above.
+    WrongSigner(u8),
+    /// A delivered message's envelope with different sealed bytes: `Equivocation`.
+    DeliveredSeqOtherBody(u8),
+    /// A receipt this side already took, again: dropped silently (no new report).
+    ReplayReceipt(u8),
+    /// A link test this side already took, again: dropped silently (the link state and the
+    /// partner's audit head stay as they are).
+    ReplayLinkTest(u8),
+    /// An escalation notice this side already took, again: dropped silently (no second
+    /// re-alert), or answered with our acknowledgement receipt if the operator acknowledged.
+    ReplayNotice(u8),
 }
 
 fn side() -> impl Strategy<Value = Side> {
@@ -53,6 +85,25 @@ fn op() -> impl Strategy<Value = Op> {
         1 => side().prop_map(Op::Flush),
         1 => side().prop_map(Op::Crash),
         1 => (side(), any::<u8>()).prop_map(|(s, i)| Op::Ack(s, i)),
+    ]
+}
+
+fn attack() -> impl Strategy<Value = Attack> {
+    prop_oneof![
+        any::<u8>().prop_map(Attack::TamperedHead),
+        any::<u8>().prop_map(Attack::WrongSigner),
+        any::<u8>().prop_map(Attack::DeliveredSeqOtherBody),
+        any::<u8>().prop_map(Attack::ReplayReceipt),
+        any::<u8>().prop_map(Attack::ReplayLinkTest),
+        any::<u8>().prop_map(Attack::ReplayNotice),
+    ]
+}
+
+/// Normal traffic interleaved with injections.
+fn adversarial_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => op(),
+        2 => (side(), attack()).prop_map(|(s, a)| Op::Attack(s, a)),
     ]
 }
 
@@ -98,8 +149,175 @@ fn check_order(pair: &Pair, sender: Side) -> Result<(), String> {
     Ok(())
 }
 
-fn run(ops: &[Op], seed: u64) -> Result<(), String> {
-    let mut pair = Pair::new(EngineConfig::default(), seed);
+/// The `n`th newest item of `items` (wrapping), if any.
+fn nth_newest<T>(items: &[T], n: u8) -> Option<&T> {
+    let len = items.len();
+    (len > 0).then(|| &items[len - 1 - usize::from(n) % len])
+}
+
+/// Envelope frames `side` sent for `id`, newest last.
+fn envelopes_for(
+    pair: &Pair,
+    side: Side,
+    id: Option<&MessageId>,
+) -> Vec<crate::wire::EnvelopeFrame> {
+    let node = match side {
+        Side::A => &pair.a,
+        Side::B => &pair.b,
+    };
+    node.sent_frames
+        .iter()
+        .filter_map(|(_, f)| match f {
+            Frame::Envelope(e) if id.is_none_or(|id| e.envelope.header.message_id() == *id) => {
+                Some(e.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// What no injected frame may change.
+#[derive(Debug, PartialEq)]
+struct Observed {
+    delivered: [usize; 2],
+    reports: [usize; 2],
+    realerts: [usize; 2],
+    link: crate::engine::LinkState,
+    partner_audit_head: Option<(u64, crate::crypto::Digest)>,
+}
+
+fn observe(pair: &Pair, target: Side) -> Observed {
+    let node = match target {
+        Side::A => &pair.a,
+        Side::B => &pair.b,
+    };
+    let status = node.engine.status();
+    Observed {
+        delivered: [pair.a.delivered.len(), pair.b.delivered.len()],
+        reports: [pair.a.reports.len(), pair.b.reports.len()],
+        realerts: [pair.a.realerts.len(), pair.b.realerts.len()],
+        link: status.link,
+        partner_audit_head: status.partner_audit_head,
+    }
+}
+
+/// Injects one attack into `target`; returns how many alarms it raised there.
+fn inject_attack(pair: &mut Pair, target: Side, attack: Attack) -> Result<usize, String> {
+    let sender = target.other();
+    let node = match target {
+        Side::A => &pair.a,
+        Side::B => &pair.b,
+    };
+    // (frame, the error it must raise if refused, whether a silent drop is allowed)
+    let (frame, refusal, silent_ok): (Frame, Option<VerifyError>, bool) = match attack {
+        Attack::TamperedHead(n) | Attack::WrongSigner(n) => {
+            let signed: Vec<_> = envelopes_for(pair, sender, None)
+                .into_iter()
+                .filter(|e| e.head.is_some())
+                .collect();
+            let Some(mut e) = nth_newest(&signed, n).cloned() else {
+                return Ok(0);
+            };
+            if let Attack::TamperedHead(_) = attack {
+                if let Some(sig) = &mut e.head {
+                    sig.0[usize::from(n) % 64] ^= 1 << (n % 8);
+                }
+            } else {
+                let hash = e.envelope.hash();
+                e.head = Some(sign_head(
+                    &ChainHead::of(&e.envelope, hash),
+                    &IdentityKey::from_seed(&[66; 32]),
+                ));
+            }
+            (Frame::Envelope(e), Some(VerifyError::BadSignature), true)
+        }
+        Attack::DeliveredSeqOtherBody(n) => {
+            let Some(id) = nth_newest(&node.delivered, n).map(|d| d.id.clone()) else {
+                return Ok(0);
+            };
+            let Some(mut e) = envelopes_for(pair, sender, Some(&id)).pop() else {
+                return Ok(0);
+            };
+            e.envelope.sealed[0] ^= 1;
+            (
+                Frame::Envelope(e),
+                Some(VerifyError::Equivocation(id)),
+                false,
+            )
+        }
+        Attack::ReplayReceipt(n) => {
+            let taken: Vec<_> = node
+                .accepted_frames
+                .iter()
+                .filter(|f| matches!(f, Frame::Receipt(_)))
+                .cloned()
+                .collect();
+            let Some(f) = nth_newest(&taken, n).cloned() else {
+                return Ok(0);
+            };
+            (f, None, true)
+        }
+        Attack::ReplayLinkTest(n) | Attack::ReplayNotice(n) => {
+            let taken: Vec<_> = node
+                .accepted_frames
+                .iter()
+                .filter(|f| match attack {
+                    Attack::ReplayLinkTest(_) => matches!(f, Frame::LinkTest(_)),
+                    _ => matches!(f, Frame::Escalation(_)),
+                })
+                .cloned()
+                .collect();
+            let Some(f) = nth_newest(&taken, n).cloned() else {
+                return Ok(0);
+            };
+            (f, None, true)
+        }
+    };
+    // Bring both engines up to the present so only the injection can change anything.
+    pair.drive_for(Duration::ZERO);
+    let before = observe(pair, target);
+    let alarms = pair.peer(target).alarms.len();
+    let result = pair.inject(target, &frame);
+    let raised: Vec<AlarmKind> = pair.peer(target).alarms[alarms..]
+        .iter()
+        .map(|a| a.kind.clone())
+        .collect();
+    match (&result, &refusal) {
+        (Ok(()), _) if silent_ok => {
+            if !raised.is_empty() {
+                return Err(format!(
+                    "{attack:?}: accepted silently but alarmed {raised:?}"
+                ));
+            }
+        }
+        (Err(e), Some(want)) if e == want => {
+            if raised != [AlarmKind::Security(want.clone())] {
+                return Err(format!(
+                    "{attack:?}: refused with {e} but alarms {raised:?}"
+                ));
+            }
+        }
+        _ => {
+            return Err(format!(
+                "{attack:?} into {target:?}: got {result:?}, want {refusal:?} (silent drop allowed: {silent_ok})"
+            ));
+        }
+    }
+    // The link state is recomputed on the next timeout: let it run at this same instant.
+    pair.drive_for(Duration::ZERO);
+    let after = observe(pair, target);
+    if after != before {
+        return Err(format!(
+            "{attack:?} into {target:?} changed state: before {before:?}, after {after:?}"
+        ));
+    }
+    Ok(raised.len())
+}
+
+fn run(ops: &[Op], seed: u64, cfg: EngineConfig) -> Result<(), String> {
+    let mut pair = Pair::new(cfg, seed);
+    // Alarms the injections raised, per side; every other alarm is a failure.
+    let mut injected_alarms = [0usize; 2];
     for op in ops {
         match *op {
             Op::Send(s, p) => {
@@ -142,6 +360,9 @@ fn run(ops: &[Op], seed: u64) -> Result<(), String> {
                     let _ = node.engine.acknowledge(now, &id);
                 }
             }
+            Op::Attack(target, attack) => {
+                injected_alarms[target as usize] += inject_attack(&mut pair, target, attack)?;
+            }
         }
         pair.settle(Duration::from_millis(50));
         check_order(&pair, Side::A)?;
@@ -173,9 +394,15 @@ fn run(ops: &[Op], seed: u64) -> Result<(), String> {
             ));
         }
     }
-    let security: Vec<_> = pair.a.alarms.iter().chain(&pair.b.alarms).collect();
-    if !security.is_empty() {
-        return Err(format!("alarms on an honest run: {security:?}"));
+    for side in [Side::A, Side::B] {
+        let alarms = &pair.peer(side).alarms;
+        if alarms.len() != injected_alarms[side as usize] {
+            return Err(format!(
+                "{side:?}: {} alarms, {} of them raised by injections: {alarms:?}",
+                alarms.len(),
+                injected_alarms[side as usize]
+            ));
+        }
     }
     Ok(())
 }
@@ -188,7 +415,39 @@ proptest! {
         ops in prop::collection::vec(op(), 1..30),
         seed in any::<u64>(),
     ) {
-        if let Err(e) = run(&ops, seed) {
+        if let Err(e) = run(&ops, seed, EngineConfig::default()) {
+            return Err(TestCaseError::fail(e));
+        }
+    }
+}
+
+/// Acknowledged deadlines short enough that escalation notices flow within a run.
+fn short_ack_deadlines() -> EngineConfig {
+    let mut cfg = EngineConfig::default();
+    for (p, s) in [
+        (Precedence::Flash, 2),
+        (Precedence::Immediate, 4),
+        (Precedence::Priority, 8),
+    ] {
+        if cfg
+            .set_acknowledged_deadline(p, Some(Duration::from_secs(s)))
+            .is_err()
+        {
+            unreachable!("deadline in range");
+        }
+    }
+    cfg
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn injected_forgeries_and_replays_deliver_nothing_and_change_nothing(
+        ops in prop::collection::vec(adversarial_op(), 1..30),
+        seed in any::<u64>(),
+    ) {
+        if let Err(e) = run(&ops, seed, short_ack_deadlines()) {
             return Err(TestCaseError::fail(e));
         }
     }

@@ -13,7 +13,7 @@ use crate::engine::{
     Action, Alarm, Delivery, Engine, EngineConfig, Escalation, Local, Outgoing, Partner, Record,
     Report, WriteId,
 };
-use crate::envelope::EscalationNotice;
+use crate::envelope::{EscalationNotice, VerifyError};
 use crate::types::{Channel, EndpointId, MessageId, Precedence, Time};
 use crate::wire::{self, Accepted, Frame};
 
@@ -50,6 +50,8 @@ pub(crate) struct Peer {
     pub(crate) realerts: Vec<EscalationNotice>,
     pub(crate) alarms: Vec<Alarm>,
     pub(crate) sent_frames: Vec<(crate::Lane, Frame)>,
+    /// Frames the current engine (since its last restore) took without error.
+    pub(crate) accepted_frames: Vec<Frame>,
     rng_counter: u64,
 }
 
@@ -93,6 +95,7 @@ impl Peer {
             realerts: Vec::new(),
             alarms: Vec::new(),
             sent_frames: Vec::new(),
+            accepted_frames: Vec::new(),
             rng_counter: 0,
         }
     }
@@ -109,6 +112,7 @@ impl Peer {
     /// Loses unconfirmed writes and everything in memory; restores from durable records.
     pub(crate) fn crash_and_restore(&mut self, now: Time) {
         self.pending.clear();
+        self.accepted_frames.clear();
         self.rng_counter += 1;
         let local = Local {
             id: self.id.clone(),
@@ -436,6 +440,32 @@ impl Pair {
         }
     }
 
+    /// Hands `frame` to `side` now, as if the relay forwarded it, and drains both engines
+    /// (recording every action, relaying what they send).
+    pub(crate) fn inject(&mut self, side: Side, frame: &Frame) -> Result<(), VerifyError> {
+        let now = self.now;
+        let result = self
+            .peer(side)
+            .engine
+            .handle_frame(now, &wire::encode_frame(frame));
+        self.drain();
+        result
+    }
+
+    /// Envelope frames `side` sent for `id` so far.
+    pub(crate) fn envelopes_sent(&self, side: Side, id: &MessageId) -> usize {
+        let node = match side {
+            Side::A => &self.a,
+            Side::B => &self.b,
+        };
+        node.sent_frames
+            .iter()
+            .filter(
+                |(_, f)| matches!(f, Frame::Envelope(e) if e.envelope.header.message_id() == *id),
+            )
+            .count()
+    }
+
     /// A frame reaches `to`: dropped if its link is down, held if it is not reading.
     fn arrive(&mut self, to: Side, frame: Vec<u8>) {
         if !self.link_up[to as usize] {
@@ -446,6 +476,11 @@ impl Pair {
             return;
         }
         let now = self.now;
-        let _ = self.peer(to).engine.handle_frame(now, &frame);
+        let node = self.peer(to);
+        if node.engine.handle_frame(now, &frame).is_ok() {
+            if let Ok((f, _)) = wire::decode_frame(&frame) {
+                node.accepted_frames.push(f);
+            }
+        }
     }
 }
