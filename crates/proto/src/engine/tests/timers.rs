@@ -70,6 +70,36 @@ fn missed_acknowledged_deadline_raises_immediate_to_flash_and_follows_flash_dead
 }
 
 #[test]
+fn unacknowledged_priority_message_is_raised_one_level_and_stays_raised_after_a_restart() {
+    let mut cfg = EngineConfig::default();
+    cfg.set_acknowledged_deadline(Precedence::Priority, Some(secs(30)))
+        .unwrap();
+    let mut pair = Pair::new(cfg, 37);
+    let t0 = pair.now;
+    let m = pair.send(Side::A, Precedence::Priority, "please acknowledge");
+    pair.settle(secs(1));
+    assert_eq!(pair.b.delivered_ids(), vec![m.clone()]);
+    pair.drive_until(at(t0, 31_000));
+
+    let raised = pair.a.durable.iter().find_map(|r| match r {
+        crate::engine::Record::Escalated { id, kind, to, .. } if *id == m => Some((*kind, *to)),
+        _ => None,
+    });
+    assert_eq!(raised, Some((DeadlineKind::Acknowledged, Immediate)));
+    assert_eq!(
+        pair.b.realerts.iter().map(|n| n.level).collect::<Vec<_>>(),
+        [Immediate]
+    );
+
+    pair.crash(Side::A);
+    assert_eq!(
+        pair.a.engine.status().open_escalations,
+        vec![(m, Immediate, 1)],
+        "the raised transport precedence is restored from the record"
+    );
+}
+
+#[test]
 fn delivered_just_before_the_delivered_deadline_never_escalates() {
     let mut cfg = EngineConfig::default();
     cfg.set_delivered_deadline(Immediate, secs(5)).unwrap();
