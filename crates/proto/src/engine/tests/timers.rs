@@ -303,6 +303,29 @@ fn delivered_message_is_not_retransmitted_by_a_stale_timer() {
 }
 
 #[test]
+fn a_disconnected_engine_asks_for_no_retransmit_wakeups() {
+    let mut pair = Pair::new(EngineConfig::default(), 41);
+    // The relay never answers, so a retransmit timer (1 s) is armed while connected.
+    pair.hold = Some(Side::A);
+    let m = pair.send(Side::A, Routine, "no answer");
+    pair.drive_for(Duration::from_millis(500));
+    let now = pair.now;
+    let armed = pair.a.engine.poll_timeout().expect("a timer is armed");
+    assert!(
+        armed <= now.plus(secs(1)),
+        "retransmit armed while connected"
+    );
+
+    pair.disconnect(Side::A);
+    let delivered_deadline = pair.a.engine.outbox.msgs[&m].delivered_deadline;
+    assert_eq!(
+        pair.a.engine.poll_timeout(),
+        Some(delivered_deadline),
+        "only the message's delivered deadline is left while offline"
+    );
+}
+
+#[test]
 fn nothing_is_retransmitted_while_disconnected() {
     let mut pair = Pair::new(EngineConfig::default(), 39);
     // The relay never answers: A keeps retransmitting while connected.
