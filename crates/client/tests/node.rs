@@ -230,3 +230,31 @@ async fn a_stopped_node_says_so() {
         other => panic!("expected NotRunning, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_request_line_is_refused_and_the_node_keeps_serving() {
+    let hotline = Hotline::start(&DeadlineOverrides::new()).await.unwrap();
+    let us = hotline.node("us").await.unwrap();
+    let stream = tokio::net::UnixStream::connect(us.control_socket())
+        .await
+        .unwrap();
+    let (r, mut w) = stream.into_split();
+    // 4 MiB without a newline: far past any valid request.
+    let junk = vec![b'x'; 4 * 1024 * 1024];
+    let writer = tokio::spawn(async move {
+        // The node closes the connection part-way; a write error then is expected.
+        let _ = w.write_all(&junk).await;
+    });
+    let mut lines = BufReader::new(r).lines();
+    let answer = tokio::time::timeout(WITHIN, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let a: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(a["ok"].as_bool(), Some(false), "{a}");
+    assert!(a["error"].as_str().unwrap().contains("longer than"), "{a}");
+    writer.await.unwrap();
+    assert_eq!(status(&us).await.unwrap().endpoint, "us");
+    us.shutdown().await.unwrap();
+}

@@ -298,10 +298,17 @@ async fn run(cmd: Cmd) -> Result<()> {
             text,
         } => {
             let body = if text == "-" {
+                // Read one byte past the limit, so an oversized message is refused here without
+                // reading all of it into memory.
+                let limit = hotline_proto::wire::MAX_BODY_LEN;
                 let mut s = String::new();
                 std::io::stdin()
+                    .take(limit as u64 + 1)
                     .read_to_string(&mut s)
                     .context("reading the message from stdin")?;
+                if s.len() > limit {
+                    bail!("the message on stdin is longer than the {limit}-byte limit");
+                }
                 s
             } else {
                 text

@@ -12,8 +12,9 @@
 use std::time::Duration;
 
 use hotline_proto::engine::{AckLevel, Outgoing, Report};
+use hotline_proto::wire::MAX_BODY_LEN;
 use hotline_proto::{MessageId, Precedence};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
@@ -97,8 +98,28 @@ async fn serve_connection(stream: UnixStream, cmds: Commands) {
             }
         }
     });
-    let mut lines = BufReader::new(r).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
+    let mut reader = BufReader::new(r);
+    let mut buf = Vec::new();
+    loop {
+        let line = match read_request_line(&mut reader, &mut buf).await {
+            Ok(LineRead::Line) => String::from_utf8_lossy(&buf),
+            Ok(LineRead::TooLong) => {
+                // The rest of the line cannot be told apart from the next request: answer and
+                // close.
+                let _ = out_tx.send(ResponseLine {
+                    tag: 0,
+                    event: Event::Done {
+                        ok: false,
+                        error: Some(format!(
+                            "request line longer than {MAX_REQUEST_LINE} bytes refused \
+                             (message bodies are limited to {MAX_BODY_LEN} bytes)"
+                        )),
+                    },
+                });
+                break;
+            }
+            Ok(LineRead::Eof) | Err(_) => break,
+        };
         let req = match RequestLine::parse(&line) {
             Ok(req) => req,
             Err((tag, error)) => {
@@ -153,6 +174,53 @@ async fn serve_connection(stream: UnixStream, cmds: Commands) {
     }
     drop(out_tx);
     let _ = writer.await;
+}
+
+/// The longest request line read: a body at [`MAX_BODY_LEN`] with every byte escaped by JSON
+/// (`\u00XX`, six bytes each), plus room for the other fields. A longer line is refused before
+/// it is held in memory.
+const MAX_REQUEST_LINE: usize = 6 * MAX_BODY_LEN + 4096;
+
+/// How reading one request line ended.
+#[derive(Debug, PartialEq, Eq)]
+enum LineRead {
+    /// `buf` holds a line, without its newline.
+    Line,
+    /// The client closed the connection.
+    Eof,
+    /// The line grew past [`MAX_REQUEST_LINE`]; what was read is discarded.
+    TooLong,
+}
+
+/// Reads one newline-terminated line into `buf`, holding at most [`MAX_REQUEST_LINE`] bytes.
+async fn read_request_line<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<LineRead> {
+    buf.clear();
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(if buf.is_empty() {
+                LineRead::Eof
+            } else {
+                LineRead::Line
+            });
+        }
+        let (chunk, used, done) = match available.iter().position(|b| *b == b'\n') {
+            Some(i) => (&available[..i], i + 1, true),
+            None => (available, available.len(), false),
+        };
+        if buf.len() + chunk.len() > MAX_REQUEST_LINE {
+            buf.clear();
+            return Ok(LineRead::TooLong);
+        }
+        buf.extend_from_slice(chunk);
+        reader.consume(used);
+        if done {
+            return Ok(LineRead::Line);
+        }
+    }
 }
 
 /// Every request but `send`.
@@ -318,5 +386,45 @@ fn wait_name(w: WaitLevel) -> &'static str {
         WaitLevel::Accepted => "accepted",
         WaitLevel::Delivered => "delivered",
         WaitLevel::Acknowledged => "acknowledged",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn read_all(input: &[u8]) -> Vec<(LineRead, Vec<u8>)> {
+        let mut reader = BufReader::with_capacity(7, input);
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        loop {
+            let r = read_request_line(&mut reader, &mut buf).await.unwrap();
+            let stop = r != LineRead::Line;
+            out.push((r, buf.clone()));
+            if stop {
+                return out;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn lines_are_split_across_reads_and_the_last_may_lack_its_newline() {
+        let got = read_all(b"{\"tag\":1}\nsecond line\nlast").await;
+        let lines: Vec<_> = got.iter().map(|(_, b)| b.as_slice()).collect();
+        assert_eq!(lines, [&b"{\"tag\":1}"[..], b"second line", b"last", b""]);
+        assert_eq!(got.last().map(|(r, _)| r), Some(&LineRead::Eof));
+    }
+
+    #[tokio::test]
+    async fn a_line_past_the_limit_is_refused_without_holding_it() {
+        let mut input = vec![b'x'; MAX_REQUEST_LINE + 1];
+        input.push(b'\n');
+        let got = read_all(&input).await;
+        assert_eq!(got[0].0, LineRead::TooLong);
+        assert!(got[0].1.is_empty());
+
+        let mut at_limit = vec![b'y'; MAX_REQUEST_LINE];
+        at_limit.push(b'\n');
+        assert_eq!(read_all(&at_limit).await[0].0, LineRead::Line);
     }
 }
