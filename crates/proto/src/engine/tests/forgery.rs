@@ -8,8 +8,8 @@ use super::util::{Pair, Side};
 use crate::crypto::IdentityKey;
 use crate::engine::{AckLevel, AlarmKind, EngineConfig, LinkState};
 use crate::envelope::{
-    Announcement, ChainHead, EscalationNotice, LinkTest, Receipt, ReceiptKind, Signed, VerifyError,
-    sign_head,
+    Announcement, ChainHead, EscalationNotice, LinkTest, Receipt, ReceiptKind, Signed, Statement,
+    VerifyError, sign_head,
 };
 use crate::types::{Channel, EndpointId, MessageId, Precedence};
 use crate::wire::{EnvelopeFrame, Frame};
@@ -82,6 +82,22 @@ fn refused(pair: &mut Pair, side: Side, frame: &Frame, want: &VerifyError) {
         "one security alarm"
     );
     assert_eq!(observe(pair, side), before, "nothing changed");
+}
+
+/// `body` reaching A with a damaged signature of B's, or signed by another key (an impostor's,
+/// or A's own), is refused as a bad signature and changes nothing.
+fn bad_signatures_refused<T: Statement + Clone>(
+    pair: &mut Pair,
+    body: &T,
+    frame: impl Fn(Signed<T>) -> Frame,
+) {
+    let mut flipped = Signed::sign(body.clone(), &key_b());
+    flipped.signature.0[3] ^= 1;
+    refused(pair, Side::A, &frame(flipped), &VerifyError::BadSignature);
+    for key in [impostor(), key_a()] {
+        let wrong = Signed::sign(body.clone(), &key);
+        refused(pair, Side::A, &frame(wrong), &VerifyError::BadSignature);
+    }
 }
 
 /// Captures the envelope frames A sends for `n` messages submitted together, without
@@ -363,23 +379,7 @@ fn forged_receipts_mark_nothing_delivered_or_acknowledged() {
         ReceiptKind::Acknowledged { seq: m.seq, hash },
     ] {
         let body = receipt(kind);
-        let mut flipped = Signed::sign(body.clone(), &key_b());
-        flipped.signature.0[3] ^= 1;
-        refused(
-            &mut pair,
-            Side::A,
-            &Frame::Receipt(flipped),
-            &VerifyError::BadSignature,
-        );
-        for key in [impostor(), key_a()] {
-            let wrong = Signed::sign(body.clone(), &key);
-            refused(
-                &mut pair,
-                Side::A,
-                &Frame::Receipt(wrong),
-                &VerifyError::BadSignature,
-            );
-        }
+        bad_signatures_refused(&mut pair, &body, Frame::Receipt);
         // Correctly signed by B but not B's to give, or not for A.
         let from_stranger = Signed::sign(
             Receipt {
@@ -446,24 +446,8 @@ fn forged_announcements_change_no_key() {
         epoch: current.body.epoch + 1,
         ..current.body.clone()
     };
-    let mut flipped = Signed::sign(next.clone(), &key_b());
-    flipped.signature.0[7] ^= 2;
-    refused(
-        &mut pair,
-        Side::A,
-        &Frame::Announcement(flipped),
-        &VerifyError::BadSignature,
-    );
-    // B's identity named, but signed by another key (A's own included).
-    for key in [impostor(), key_a()] {
-        let wrong = Signed::sign(next.clone(), &key);
-        refused(
-            &mut pair,
-            Side::A,
-            &Frame::Announcement(wrong),
-            &VerifyError::BadSignature,
-        );
-    }
+    // B's identity named, but the signature damaged or made by another key (A's own included).
+    bad_signatures_refused(&mut pair, &next, Frame::Announcement);
     let from_stranger = Signed::sign(
         Announcement {
             endpoint: stranger(),
@@ -506,23 +490,7 @@ fn forged_link_tests_do_not_bring_the_link_up() {
         audit_len: 7,
         audit_head: crate::crypto::Digest([7; 32]),
     };
-    let mut flipped = Signed::sign(test.clone(), &key_b());
-    flipped.signature.0[0] ^= 1;
-    refused(
-        &mut pair,
-        Side::A,
-        &Frame::LinkTest(flipped),
-        &VerifyError::BadSignature,
-    );
-    for key in [impostor(), key_a()] {
-        let wrong = Signed::sign(test.clone(), &key);
-        refused(
-            &mut pair,
-            Side::A,
-            &Frame::LinkTest(wrong),
-            &VerifyError::BadSignature,
-        );
-    }
+    bad_signatures_refused(&mut pair, &test, Frame::LinkTest);
     for t in [
         LinkTest {
             from: stranger(),
