@@ -1,0 +1,79 @@
+//! Read-only views of the router for its shell: the backlogs the readers pause on, what is
+//! queued for an endpoint, and the totals the metrics show.
+//!
+//! Nothing here changes state; every figure is derived from the queues and the commit gate, so
+//! it cannot drift from them.
+
+use hotline_proto::{EndpointId, Lane, Precedence};
+
+use super::queue::Endpoint;
+use super::{CommitId, ConnId, QueuedEnvelope, Router, Stats};
+
+impl Router {
+    /// The last write reported committed.
+    pub fn committed(&self) -> CommitId {
+        self.commits.committed()
+    }
+
+    /// Bytes of envelopes arrived on `lane` whose write has not committed yet. The shell stops
+    /// reading a lane while its own backlog is large, so a store slower than the network slows
+    /// the senders of that lane (through QUIC flow control) instead of growing memory, and a
+    /// lane never waits for another lane's backlog.
+    pub fn uncommitted_bytes(&self, lane: Precedence) -> u64 {
+        self.commits.uncommitted_bytes(lane)
+    }
+
+    /// Bytes waiting on (or being written to) `conn`'s control stream. The shell stops reading
+    /// from a node whose own control backlog is large, so a node that never reads its replies
+    /// cannot grow them without bound.
+    pub fn control_backlog(&self, conn: ConnId) -> u64 {
+        self.conns
+            .get(&conn)
+            .and_then(|e| self.endpoints.get(e))
+            .map_or(0, |ep| ep.control_bytes)
+    }
+
+    /// Bytes queued for `endpoint`: envelopes on every lane plus control frames.
+    pub fn queued_bytes(&self, endpoint: &EndpointId) -> u64 {
+        self.endpoints
+            .get(endpoint)
+            .map_or(0, Endpoint::queued_bytes)
+    }
+
+    /// The envelopes queued for `endpoint`, in key order.
+    pub fn queued_envelopes(&self, endpoint: &EndpointId) -> Vec<QueuedEnvelope> {
+        let Some(ep) = self.endpoints.get(endpoint) else {
+            return Vec::new();
+        };
+        ep.items
+            .iter()
+            .map(|(k, item)| QueuedEnvelope {
+                id: k.message_id(),
+                transport: item.lane,
+                state: item.state,
+                queued_at: item.queued_at,
+                expires_at: item.expires_at,
+            })
+            .collect()
+    }
+
+    /// Totals for metrics.
+    pub fn stats(&self) -> Stats {
+        let mut stats = Stats {
+            connections: self.conns.len() as u64,
+            ..Stats::default()
+        };
+        for ep in self.endpoints.values() {
+            for p in Precedence::ALL {
+                let lane = Lane::Precedence(p).index();
+                stats.queued_frames[lane] += ep.lane_frames[p.index()];
+                stats.queued_bytes[lane] += ep.lane_bytes[p.index()];
+            }
+            let control = Lane::Control.index();
+            stats.queued_frames[control] +=
+                ep.control_len() as u64 + u64::from(ep.control_in_flight.is_some());
+            stats.queued_bytes[control] += ep.control_bytes;
+        }
+        stats
+    }
+}
