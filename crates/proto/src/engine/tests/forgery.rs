@@ -100,6 +100,18 @@ fn bad_signatures_refused<T: Statement + Clone>(
     }
 }
 
+/// The last of `frames`.
+fn newest(mut frames: Vec<Frame>) -> Frame {
+    frames.pop().expect("such a frame was accepted")
+}
+
+/// The other side drops off the relay; `side`'s link degrades once the partner has been silent.
+fn partner_goes_silent(pair: &mut Pair, side: Side) {
+    pair.disconnect(side.other());
+    pair.drive_for(Duration::from_secs(10));
+    assert_eq!(pair.peer(side).engine.status().link, LinkState::Degraded);
+}
+
 /// Captures the envelope frames A sends for `n` messages submitted together, without
 /// delivering them to B.
 fn capture_batch(pair: &mut Pair, p: Precedence, n: usize) -> Vec<EnvelopeFrame> {
@@ -527,17 +539,8 @@ fn replayed_link_test_does_not_refresh_the_link() {
     let mut pair = Pair::new(EngineConfig::default(), 56);
     pair.drive_for(Duration::from_secs(5));
     assert_eq!(pair.a.engine.status().link, LinkState::Up);
-    let old = pair
-        .a
-        .accepted_frames
-        .iter()
-        .rev()
-        .find(|f| matches!(f, Frame::LinkTest(_)))
-        .unwrap()
-        .clone();
-    pair.disconnect(Side::B);
-    pair.drive_for(Duration::from_secs(10));
-    assert_eq!(pair.a.engine.status().link, LinkState::Degraded);
+    let old = newest(pair.a.accepted(|f| matches!(f, Frame::LinkTest(_))));
+    partner_goes_silent(&mut pair, Side::A);
     // The relay replays B's last genuine link test: signed, but stale.
     let before = observe(&pair, Side::A);
     assert_eq!(pair.inject(Side::A, &old), Ok(()));
@@ -554,17 +557,8 @@ fn replayed_receipt_does_not_refresh_the_link() {
     let mut pair = Pair::new(EngineConfig::default(), 57);
     pair.send(Side::A, Routine, "receipted");
     pair.settle(Duration::from_secs(1));
-    let old = pair
-        .a
-        .accepted_frames
-        .iter()
-        .rev()
-        .find(|f| matches!(f, Frame::Receipt(_)))
-        .unwrap()
-        .clone();
-    pair.disconnect(Side::B);
-    pair.drive_for(Duration::from_secs(10));
-    assert_eq!(pair.a.engine.status().link, LinkState::Degraded);
+    let old = newest(pair.a.accepted(|f| matches!(f, Frame::Receipt(_))));
+    partner_goes_silent(&mut pair, Side::A);
     let before = observe(&pair, Side::A);
     assert_eq!(pair.inject(Side::A, &old), Ok(()));
     pair.drive_for(Duration::ZERO);
@@ -584,16 +578,8 @@ fn replayed_escalation_notice_realerts_once() {
     pair.settle(Duration::from_secs(1));
     pair.drive_for(Duration::from_secs(5));
     assert_eq!(pair.b.realerts.len(), 1);
-    let notice = pair
-        .b
-        .accepted_frames
-        .iter()
-        .find(|f| matches!(f, Frame::Escalation(_)))
-        .unwrap()
-        .clone();
-    pair.disconnect(Side::A);
-    pair.drive_for(Duration::from_secs(10));
-    assert_eq!(pair.b.engine.status().link, LinkState::Degraded);
+    let notice = pair.b.accepted(|f| matches!(f, Frame::Escalation(_)))[0].clone();
+    partner_goes_silent(&mut pair, Side::B);
     let before = observe(&pair, Side::B);
     assert_eq!(pair.inject(Side::B, &notice), Ok(()));
     pair.drive_for(Duration::ZERO);

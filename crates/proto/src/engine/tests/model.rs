@@ -246,27 +246,17 @@ fn inject_attack(pair: &mut Pair, target: Side, attack: Attack) -> Result<usize,
             )
         }
         Attack::ReplayReceipt(n) => {
-            let taken: Vec<_> = node
-                .accepted_frames
-                .iter()
-                .filter(|f| matches!(f, Frame::Receipt(_)))
-                .cloned()
-                .collect();
+            let taken = node.accepted(|f| matches!(f, Frame::Receipt(_)));
             let Some(f) = nth_newest(&taken, n).cloned() else {
                 return Ok(0);
             };
             (f, None, true)
         }
         Attack::ReplayLinkTest(n) | Attack::ReplayNotice(n) => {
-            let taken: Vec<_> = node
-                .accepted_frames
-                .iter()
-                .filter(|f| match attack {
-                    Attack::ReplayLinkTest(_) => matches!(f, Frame::LinkTest(_)),
-                    _ => matches!(f, Frame::Escalation(_)),
-                })
-                .cloned()
-                .collect();
+            let taken = node.accepted(|f| match attack {
+                Attack::ReplayLinkTest(_) => matches!(f, Frame::LinkTest(_)),
+                _ => matches!(f, Frame::Escalation(_)),
+            });
             let Some(f) = nth_newest(&taken, n).cloned() else {
                 return Ok(0);
             };

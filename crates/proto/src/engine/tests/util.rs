@@ -109,6 +109,15 @@ impl Peer {
         }
     }
 
+    /// Frames this engine accepted that `kind` matches, oldest first.
+    pub(crate) fn accepted(&self, kind: impl Fn(&Frame) -> bool) -> Vec<Frame> {
+        self.accepted_frames
+            .iter()
+            .filter(|f| kind(f))
+            .cloned()
+            .collect()
+    }
+
     /// Loses unconfirmed writes and everything in memory; restores from durable records.
     pub(crate) fn crash_and_restore(&mut self, now: Time) {
         self.pending.clear();
