@@ -94,7 +94,7 @@ async fn raw_envelope(ex: &Exercise, endpoint: &str, sender: &str, recipient: &s
     .unwrap();
     let (mut ctl_tx, mut ctl_rx) = conn.open_bi().await.unwrap();
     let hello = wire::encode_frame(&Frame::Hello(Hello {
-        version: 1,
+        version: wire::PROTOCOL_VERSION,
         agent: "raw".into(),
     }));
     framed::write_frame(&mut ctl_tx, &hello).await.unwrap();

@@ -45,6 +45,10 @@ pub struct NodeFile {
     /// Interval between signed link tests. Default 2000 ms.
     #[serde(default = "cfg_defaults::link_test_interval_ms")]
     pub link_test_interval_ms: u64,
+    /// How often the sealing key is replaced (`hotline rekey` replaces it at once). Default
+    /// 86400 s (daily); 60 s ..= 90 days.
+    #[serde(default = "cfg_defaults::key_rotation_secs")]
+    pub key_rotation_secs: u64,
     /// Our partner(s) with their pinned identity keys (hex). Exactly one is supported.
     pub partner: Vec<PartnerFile>,
     /// Per-precedence deadlines, e.g. `[deadlines.flash] delivered_ms = 10000`.
@@ -84,6 +88,9 @@ mod cfg_defaults {
     }
     pub(super) fn link_test_interval_ms() -> u64 {
         2000
+    }
+    pub(super) fn key_rotation_secs() -> u64 {
+        24 * 3600
     }
 }
 
@@ -190,6 +197,9 @@ impl NodeConfig {
         engine
             .set_link_test_interval(Duration::from_millis(file.link_test_interval_ms))
             .context("link_test_interval_ms")?;
+        engine
+            .set_key_rotation(Duration::from_secs(file.key_rotation_secs))
+            .context("key_rotation_secs")?;
         for (name, d) in &file.deadlines {
             let p: Precedence = name
                 .parse()

@@ -84,6 +84,8 @@ pub enum Request {
     },
     /// Link state, queues, escalations, alarms.
     Status,
+    /// Replace our sealing key now (a new epoch, announced once durable).
+    Rekey,
     /// Verify the audit log (and with `export`, list it).
     Audit {
         /// Also list every entry and head.
@@ -164,6 +166,11 @@ pub enum Event {
     Message(InboxEntry),
     /// A status snapshot.
     Status(Box<StatusView>),
+    /// A new sealing key is in place.
+    Rekeyed {
+        /// Its epoch.
+        epoch: u32,
+    },
     /// An audit entry, head or the verification report.
     Audit {
         /// The value.

@@ -53,8 +53,9 @@ pub struct Batch {
     pub partner_heads: Vec<Signed<LinkTest>>,
 }
 
-/// The schema this build writes and reads.
-pub const SCHEMA_VERSION: u64 = 1;
+/// The schema this build writes and reads. 2: announcements carry incarnations and the
+/// `Incarnation` record exists.
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// The store's file name inside the data directory.
 pub const FILE_NAME: &str = "node.redb";

@@ -26,6 +26,9 @@ pub fn alarm_kind(k: &AlarmKind) -> String {
         AlarmKind::PartnerKeyChanged => "partner identity key changed".into(),
         AlarmKind::Refused(code) => format!("refused by relay: {code:?}"),
         AlarmKind::StoreFailed => "store failed".into(),
+        AlarmKind::PartnerKeyExpired => "partner sealing key expired".into(),
+        AlarmKind::PartnerLostStore => "partner lost its store".into(),
+        AlarmKind::StoreLossRepaired => "this node's store was lost; re-paired".into(),
     }
 }
 

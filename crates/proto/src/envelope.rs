@@ -221,6 +221,13 @@ pub struct Announcement {
     pub sealing_key: Vec<u8>,
     /// After this, senders should wait for a newer announcement.
     pub expires_at: Time,
+    /// The sender's incarnation: its lanes start after this sequence number. A new value means
+    /// the sender's message sequences restarted (it lost its store, or restarted them for us).
+    /// Derived from the clock when the incarnation began, so it grows across store loss.
+    pub incarnation: u64,
+    /// The partner incarnation the sender's current incarnation was started for; `0` when it
+    /// started from nothing (a new or lost store).
+    pub peer_incarnation: u64,
 }
 
 /// A periodic liveness probe carrying the sender's audit-chain head.

@@ -2,8 +2,9 @@
 //!
 //! Each function takes arbitrary bytes and must never panic, whatever they are.
 
-use crate::crypto::IdentityKey;
+use crate::crypto::{IdentityKey, SEALING_PUBLIC_KEY_LEN, SUITE_XWING_CHACHA20_ED25519};
 use crate::engine::{Engine, EngineConfig, Local, Partner};
+use crate::envelope::{Announcement, Signed};
 use crate::types::{EndpointId, Time};
 use crate::wire;
 
@@ -31,8 +32,28 @@ pub fn open_envelope(data: &[u8]) {
         key: IdentityKey::from_seed(&[1; 32]).public(),
     };
     let mut engine = Engine::new(EngineConfig::default(), local, partner, &mut rng, Time(1));
+    // The partner's announcement says where its lanes start; without it envelopes only wait.
+    let _ = engine.handle_frame(Time(1), &partner_announcement());
     let _ = engine.handle_frame(Time(2), data);
     while engine.poll_action().is_some() {}
+}
+
+/// The announcement of the partner (`us`, identity seed `[1; 32]`) that [`open_envelope`]
+/// takes first: epoch 1, lanes starting where an engine made at `Time(1)` starts them. Its
+/// sealing key is a placeholder (the receiver never seals to it).
+pub fn partner_announcement() -> Vec<u8> {
+    let key = IdentityKey::from_seed(&[1; 32]);
+    let announcement = Announcement {
+        endpoint: EndpointId::new("us").unwrap_or_else(|e| panic!("{e}")),
+        identity: key.public(),
+        epoch: 1,
+        suite: SUITE_XWING_CHACHA20_ED25519,
+        sealing_key: vec![0; SEALING_PUBLIC_KEY_LEN],
+        expires_at: Time(u64::MAX),
+        incarnation: 1,
+        peer_incarnation: 0,
+    };
+    wire::encode_frame(&wire::Frame::Announcement(Signed::sign(announcement, &key)))
 }
 
 /// The start state of the generator [`open_envelope`] uses.

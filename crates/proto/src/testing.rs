@@ -97,6 +97,8 @@ pub fn announcement(endpoint: &str, epoch: u32) -> Vec<u8> {
         suite: crate::crypto::SUITE_XWING_CHACHA20_ED25519,
         sealing_key: vec![epoch as u8; 32],
         expires_at: Time(10),
+        incarnation: 0,
+        peer_incarnation: 0,
     };
     wire::encode_frame(&Frame::Announcement(Signed::sign(ann, &test_key())))
 }

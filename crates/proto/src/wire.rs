@@ -28,8 +28,9 @@ use crate::envelope::{
 };
 use crate::types::{EndpointId, MessageId, Precedence};
 
-/// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// The protocol version this crate speaks. 2: announcements carry incarnations (where the
+/// sender's lanes start), so a node that lost its store re-pairs by itself.
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Largest message body an operator may send.
 pub const MAX_BODY_LEN: usize = 256 * 1024;
 /// Largest frame (after the length prefix), checked before allocation.

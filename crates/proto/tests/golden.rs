@@ -128,6 +128,8 @@ fn vectors() -> Vec<(&'static str, Frame)> {
             suite: SUITE_XWING_CHACHA20_ED25519,
             sealing_key: pattern(SEALING_PUBLIC_KEY_LEN, 13, 5),
             expires_at: Time(AT.0 + 30 * 24 * 3600 * 1_000_000),
+            incarnation: AT.0,
+            peer_incarnation: 0,
         },
         &key,
     ));
@@ -393,6 +395,9 @@ fn deliverable_envelope() -> Vec<u8> {
 
     // Check it really is delivered by a fresh copy of the fuzzing engine.
     let mut receiver = jp();
+    receiver
+        .handle_frame(Time(1), &hotline_proto::fuzzing::partner_announcement())
+        .unwrap();
     receiver.handle_frame(Time(2), &envelope).unwrap();
     let mut received = false;
     while let Some(action) = receiver.poll_action() {

@@ -45,8 +45,9 @@ use crate::router::{
 /// The store's file name inside the data directory.
 pub const FILE_NAME: &str = "relay.redb";
 
-/// The schema this build writes and reads.
-pub const SCHEMA_VERSION: u64 = 1;
+/// The schema this build writes and reads. 2: stored frames are protocol version 2 (version 1
+/// frames would be refused by every node).
+pub const SCHEMA_VERSION: u64 = 2;
 
 const SCHEMA: Schema = Schema {
     owner: "relay",

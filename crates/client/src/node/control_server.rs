@@ -256,6 +256,9 @@ async fn handle_query(request: Request, cmds: mpsc::UnboundedSender<Command>, re
         Request::Status => ask(&cmds, |reply| Command::Status { reply })
             .await
             .map(|s| replies.emit(Event::Status(Box::new(s)))),
+        Request::Rekey => ask(&cmds, |reply| Command::Rekey { reply })
+            .await
+            .map(|epoch| replies.emit(Event::Rekeyed { epoch })),
     };
     replies.done(result);
 }
@@ -357,6 +360,12 @@ async fn await_levels(
                     "refused: {code:?} (kept in outbox, will retry)"
                 )));
                 None
+            }
+            AckLevel::Lost => {
+                replies.emit(level(
+                    "lost with the partner's store (not delivered)".into(),
+                ));
+                return Err(RequestError::Lost { id });
             }
         };
         if let Some((reached, text)) = reached {

@@ -53,6 +53,8 @@ pub(super) enum Command {
     },
     /// A status snapshot.
     Status { reply: oneshot::Sender<StatusView> },
+    /// Replace the sealing key now; answered with the new epoch.
+    Rekey { reply: oneshot::Sender<u32> },
     /// Verify or export the audit log.
     Audit {
         export: bool,
@@ -266,6 +268,11 @@ impl EngineLoop {
             },
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
+            }
+            Command::Rekey { reply } => {
+                let epoch = self.engine.rotate_sealing_key(now);
+                info!(epoch, "sealing key replaced on request");
+                let _ = reply.send(epoch);
             }
             Command::Audit { export, reply } => {
                 let source = self.audit.clone();

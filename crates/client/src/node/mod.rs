@@ -134,6 +134,13 @@ pub enum RequestError {
         /// The message.
         id: MessageId,
     },
+    /// The partner lost its store before the message was delivered or acknowledged; it is no
+    /// longer tracked.
+    #[error("{id} was lost with the partner's store: not delivered; send it again")]
+    Lost {
+        /// The message.
+        id: MessageId,
+    },
     /// The node is shutting down.
     #[error("node is stopping")]
     Stopping,

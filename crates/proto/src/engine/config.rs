@@ -46,7 +46,8 @@ pub enum ConfigError {
 /// | routine    | 10 min    | none         |
 ///
 /// Retransmission until `accepted`: 1 s, doubling to 30 s. Link tests every 2 s; the link is
-/// degraded after 3 missed intervals. Receive window: 65,536 messages per lane.
+/// degraded after 3 missed intervals. Receive window: 65,536 messages per lane. A new sealing
+/// key every 24 hours.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EngineConfig {
     delivered_deadline: [Duration; 4],
@@ -55,7 +56,7 @@ pub struct EngineConfig {
     retransmit_max: Duration,
     link_test_interval: Duration,
     receive_window: u64,
-    key_lifetime: Duration,
+    key_rotation: Duration,
     max_outbox: usize,
 }
 
@@ -69,7 +70,7 @@ impl Default for EngineConfig {
             retransmit_max: s(30),
             link_test_interval: s(2),
             receive_window: 65_536,
-            key_lifetime: s(30 * 24 * 3600),
+            key_rotation: s(24 * 3600),
             max_outbox: 1_000_000,
         }
     }
@@ -127,9 +128,10 @@ impl EngineConfig {
         self.receive_window
     }
 
-    /// Lifetime of an announced sealing key.
-    pub fn key_lifetime(&self) -> Duration {
-        self.key_lifetime
+    /// How often a new sealing key replaces the current one. A key is announced as valid for
+    /// two rotations, so messages sealed just before a rotation still have one to arrive.
+    pub fn key_rotation(&self) -> Duration {
+        self.key_rotation
     }
 
     /// Messages the sender keeps before refusing new ones with back-pressure.
@@ -191,6 +193,18 @@ impl EngineConfig {
         Ok(self)
     }
 
+    /// Sets the sealing-key rotation interval (1 min ..= 90 days).
+    pub fn set_key_rotation(&mut self, d: Duration) -> Result<&mut Self, ConfigError> {
+        check(
+            "key rotation",
+            d,
+            Duration::from_secs(60),
+            Duration::from_secs(90 * 24 * 3600),
+        )?;
+        self.key_rotation = d;
+        Ok(self)
+    }
+
     /// Sets the per-lane receive window (16 ..= 1,048,576 messages).
     pub fn set_receive_window(&mut self, n: u64) -> Result<&mut Self, ConfigError> {
         if !(16..=1 << 20).contains(&n) {
@@ -230,6 +244,13 @@ mod tests {
                 .is_err()
         );
         assert!(c.set_receive_window(1).is_err());
+        assert!(c.set_key_rotation(Duration::from_secs(59)).is_err());
+        assert!(
+            c.set_key_rotation(Duration::from_secs(91 * 24 * 3600))
+                .is_err()
+        );
+        assert!(c.set_key_rotation(Duration::from_secs(3600)).is_ok());
+        assert_eq!(c.key_rotation(), Duration::from_secs(3600));
         assert!(
             c.set_acknowledged_deadline(Precedence::Routine, None)
                 .is_ok()

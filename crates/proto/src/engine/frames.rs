@@ -12,8 +12,20 @@ use super::{AckLevel, Action, AlarmKind, Engine, Record, Report, send_control};
 use crate::envelope::{Announcement, EscalationNotice, LinkTest, Receipt, Signed, VerifyError};
 use crate::wire::{EnvelopeFrame, Frame, Presence, Refusal};
 
+/// Envelopes held until the partner's first announcement says where its lanes start.
+pub(super) const MAX_EARLY_ENVELOPES: usize = 64;
+
 impl<R: CryptoRng> Engine<R> {
     pub(super) fn on_envelope(&mut self, f: EnvelopeFrame) -> Result<(), VerifyError> {
+        if self.keys.partner_announcement.is_none() {
+            // Where the partner's lanes start comes with its announcement: hold the envelope
+            // until then (bounded; the relay offers dropped ones again).
+            if self.early_envelopes.len() == MAX_EARLY_ENVELOPES {
+                self.early_envelopes.pop_front();
+            }
+            self.early_envelopes.push_back(f);
+            return Ok(());
+        }
         let (channel, conflict) = match self.inbound.accept(f, &mut cx!(self))? {
             Accepted::Nothing => return Ok(()),
             Accepted::Signed { channel } => (channel, None),
@@ -78,9 +90,7 @@ impl<R: CryptoRng> Engine<R> {
             return Err(VerifyError::UnknownSigner);
         }
         if self.keys.check_partner_announcement(&a, &self.partner)? {
-            self.gate.persist(Record::PartnerAnnouncement(a.clone()));
-            self.keys.set_partner_announcement(a);
-            self.seal_awaiting();
+            self.adopt_partner_announcement(a);
         }
         Ok(())
     }

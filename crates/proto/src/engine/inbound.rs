@@ -87,6 +87,15 @@ pub(super) struct InLane {
 }
 
 impl InLane {
+    /// A lane of a partner incarnation whose sequences start after `base`.
+    fn starting_at(base: u64) -> Self {
+        Self {
+            delivered: Seq(base),
+            verified: Seq(base),
+            ..Self::default()
+        }
+    }
+
     fn mark_delivered(&mut self, seq: Seq, hash: Digest) {
         self.delivered = seq;
         self.last_hash = hash;
@@ -121,6 +130,8 @@ impl InMsg {
 
 #[derive(Debug, Default)]
 pub(super) struct Inbound {
+    /// The partner's incarnation: its lanes start after this sequence number.
+    partner_base: u64,
     lanes: BTreeMap<(Channel, Precedence), InLane>,
     inbox: BTreeMap<MessageId, InMsg>,
     /// Bytes of received envelopes buffered while waiting for earlier ones.
@@ -159,7 +170,11 @@ impl Inbound {
         let hash = f.envelope.hash();
         let key = (h.channel.clone(), h.precedence);
         let window = cx.cfg.receive_window();
-        let lane = self.lanes.entry(key.clone()).or_default();
+        let base = self.partner_base;
+        let lane = self
+            .lanes
+            .entry(key.clone())
+            .or_insert_with(|| InLane::starting_at(base));
         if h.seq <= lane.delivered {
             return match lane.delivered_hashes.get(&h.seq) {
                 Some(known) if *known != hash => Err(VerifyError::Equivocation(id)),
@@ -417,6 +432,26 @@ impl Inbound {
         }
     }
 
+    /// The partner's incarnation is `base`. A different one from before means its sequences
+    /// restarted: every lane starts again after `base`, keeping only buffered envelopes beyond
+    /// it (already from the new incarnation). The inbox keeps what was delivered. Returns
+    /// whether the lanes were restarted.
+    pub(super) fn set_partner_incarnation(&mut self, base: u64) -> bool {
+        if base == self.partner_base {
+            return false;
+        }
+        self.partner_base = base;
+        let mut buffered_bytes = 0;
+        for lane in self.lanes.values_mut() {
+            let mut fresh = InLane::starting_at(base);
+            fresh.buffer = std::mem::take(&mut lane.buffer).split_off(&Seq(base.saturating_add(1)));
+            buffered_bytes += fresh.buffer.values().map(Pending::size).sum::<usize>();
+            *lane = fresh;
+        }
+        self.buffered_bytes = buffered_bytes;
+        true
+    }
+
     /// Replays a `Received` record.
     pub(super) fn restore_received(
         &mut self,
@@ -426,10 +461,11 @@ impl Inbound {
     ) -> Result<(), &'static str> {
         let hash = envelope.hash();
         let id = &delivery.id;
+        let base = self.partner_base;
         let lane = self
             .lanes
             .entry((id.channel.clone(), id.precedence))
-            .or_default();
+            .or_insert_with(|| InLane::starting_at(base));
         if id.seq != lane.delivered.next() {
             return Err("received record out of sequence");
         }

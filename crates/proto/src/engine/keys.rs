@@ -9,6 +9,13 @@
 //! [`MAX_UNVERIFIED_SESSIONS`] of them, because anyone (the relay included) can encapsulate to
 //! our public sealing key.
 //!
+//! Our sealing keys rotate (see [`EngineConfig::key_rotation`](super::EngineConfig)); the
+//! newest [`MAX_SEALING_KEYS`] stay so that messages sealed to a superseded key before the
+//! partner heard of its successor still open. Epochs come from the clock (never below the last
+//! one plus one), so a node that lost its store announces an epoch its partner takes as newer.
+//! Every announcement also names our incarnation (where our lanes start) and the partner
+//! incarnation it was started for.
+//!
 //! Main type: [`Keys`]; [`SendSessionState`] pairs a send session with its epoch.
 //!
 //! Invariant: every send session and every vouched receive session has a record emitted before
@@ -28,6 +35,18 @@ use crate::types::{Channel, EndpointId, MessageId, Precedence, Seq, Time};
 
 /// Sessions kept on trust before one of their messages verifies.
 pub(super) const MAX_UNVERIFIED_SESSIONS: usize = 16;
+/// Sealing keys kept, newest first; older ones are dropped (zeroized with the key). With the
+/// default daily rotation that is a week of messages in flight to a superseded key.
+pub(super) const MAX_SEALING_KEYS: usize = 8;
+
+/// Where our lanes start and which partner incarnation they were started for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Incarnation {
+    /// Our lanes' sequence numbers start after this (the start time, in microseconds).
+    pub(super) base: u64,
+    /// The partner's incarnation this one was started for; `0`: started from nothing.
+    pub(super) peer: u64,
+}
 
 #[derive(Debug)]
 pub(super) struct SendSessionState {
@@ -38,6 +57,12 @@ pub(super) struct SendSessionState {
 #[derive(Debug, Default)]
 pub(super) struct Keys {
     sealing: BTreeMap<u32, SealingKey>,
+    /// When our newest sealing key was made, and the expiry it is announced with.
+    sealing_since: Time,
+    sealing_expires: Time,
+    pub(super) incarnation: Incarnation,
+    /// The partner's sealing-key epoch whose expiry was already raised as an alarm.
+    expired_alarmed: Option<u32>,
     own_announcement: Option<Signed<Announcement>>,
     pub(super) partner_announcement: Option<Signed<Announcement>>,
     send_sessions: BTreeMap<Channel, SendSessionState>,
@@ -51,33 +76,74 @@ pub(super) struct Keys {
 }
 
 impl Keys {
-    /// Epoch for the next sealing key.
-    pub(super) fn next_epoch(&self) -> u32 {
-        self.sealing.keys().next_back().map_or(1, |e| e + 1)
+    /// Epoch for the next sealing key: the clock's seconds, but never below the last epoch plus
+    /// one, so epochs grow across restarts and across a lost store.
+    pub(super) fn next_epoch(&self, now: Time) -> u32 {
+        let from_clock = u32::try_from(now.0 / 1_000_000).unwrap_or(u32::MAX);
+        let after_last = self
+            .sealing
+            .keys()
+            .next_back()
+            .map_or(1, |e| e.saturating_add(1));
+        from_clock.max(after_last)
+    }
+
+    /// When our current sealing key is due for rotation.
+    pub(super) fn rotation_due(&self, rotation: std::time::Duration) -> Option<Time> {
+        self.has_sealing_key()
+            .then(|| self.sealing_since.plus(rotation))
+    }
+
+    /// Returns the partner's current epoch and expiry if its key expired before `now` and
+    /// that was not reported yet (reported once per epoch).
+    pub(super) fn partner_key_expired(&mut self, now: Time) -> Option<(u32, Time)> {
+        let a = &self.partner_announcement.as_ref()?.body;
+        if now <= a.expires_at || self.expired_alarmed == Some(a.epoch) {
+            return None;
+        }
+        self.expired_alarmed = Some(a.epoch);
+        Some((a.epoch, a.expires_at))
     }
 
     pub(super) fn has_sealing_key(&self) -> bool {
         !self.sealing.is_empty()
     }
 
-    /// Installs our sealing key for `epoch` and signs its announcement.
+    /// Installs our sealing key for `epoch` (made at `since`) and signs its announcement.
+    /// Keys beyond the newest [`MAX_SEALING_KEYS`] are dropped.
     pub(super) fn install_sealing_key(
         &mut self,
         local: &Local,
         epoch: u32,
         key: SealingKey,
+        since: Time,
         expires_at: Time,
     ) {
+        self.sealing.insert(epoch, key);
+        while self.sealing.len() > MAX_SEALING_KEYS {
+            self.sealing.pop_first();
+        }
+        self.sealing_since = since;
+        self.sealing_expires = expires_at;
+        self.sign_announcement(local);
+    }
+
+    /// Signs the announcement of our newest key with the current incarnation.
+    pub(super) fn sign_announcement(&mut self, local: &Local) {
+        let Some((epoch, key)) = self.sealing.last_key_value() else {
+            return;
+        };
         let ann = Announcement {
             endpoint: local.id.clone(),
             identity: local.key.public(),
-            epoch,
+            epoch: *epoch,
             suite: SUITE_XWING_CHACHA20_ED25519,
             sealing_key: key.public_bytes(),
-            expires_at,
+            expires_at: self.sealing_expires,
+            incarnation: self.incarnation.base,
+            peer_incarnation: self.incarnation.peer,
         };
         self.own_announcement = Some(Signed::sign(ann, &local.key));
-        self.sealing.insert(epoch, key);
     }
 
     pub(super) fn own_announcement(&self) -> Option<&Signed<Announcement>> {

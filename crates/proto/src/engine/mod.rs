@@ -99,12 +99,17 @@ pub struct Engine<R> {
     link: Link,
     gate: DurabilityGate,
     alarms: VecDeque<Alarm>,
+    /// Envelopes that arrived before the partner's first announcement.
+    early_envelopes: VecDeque<wire::EnvelopeFrame>,
 }
 
 impl<R: CryptoRng> Engine<R> {
     /// A brand-new engine: generates the first sealing key (emitted as a `Persist` record).
+    /// Its lanes start after `now` in microseconds (its incarnation), so a node that lost its
+    /// store never reuses a message id.
     pub fn new(cfg: EngineConfig, local: Local, partner: Partner, rng: R, now: Time) -> Self {
         let mut engine = Self::empty(cfg, local, partner, rng, now);
+        engine.start_incarnation(0);
         engine.rotate_sealing_key(now);
         engine
     }
@@ -123,6 +128,7 @@ impl<R: CryptoRng> Engine<R> {
             link: Link::new(now),
             gate: DurabilityGate::default(),
             alarms: VecDeque::new(),
+            early_envelopes: VecDeque::new(),
         }
     }
 
@@ -214,24 +220,26 @@ impl<R: CryptoRng> Engine<R> {
         write
     }
 
-    /// Starts a new sealing-key epoch and announces it. Older keys stay so that messages sealed
-    /// to them still open.
-    pub fn rotate_sealing_key(&mut self, now: Time) {
+    /// Starts a new sealing-key epoch and announces it; returns the epoch. Runs on the
+    /// [`EngineConfig::key_rotation`] schedule and on demand. The newest few older keys stay so
+    /// that messages sealed to them still open.
+    pub fn rotate_sealing_key(&mut self, now: Time) -> u32 {
         self.tick(now);
-        let epoch = self.keys.next_epoch();
+        let epoch = self.keys.next_epoch(self.now);
         let key = SealingKey::generate(&mut self.rng);
-        let expires_at = self.now.plus(self.cfg.key_lifetime());
+        let expires_at = self.now.plus(self.cfg.key_rotation() * 2);
         self.gate.persist(Record::SealingKey {
             epoch,
             secret: key.secret_bytes(),
             expires_at,
         });
         self.keys
-            .install_sealing_key(&self.local, epoch, key, expires_at);
+            .install_sealing_key(&self.local, epoch, key, self.now, expires_at);
         if self.link.connected {
             self.send_announcement();
         }
         self.finish();
+        epoch
     }
 
     /// Tells the engine the latest head of the local audit log, carried in link tests.
@@ -303,9 +311,7 @@ impl<R: CryptoRng> Engine<R> {
             }
         };
         if let Err(e) = &result {
-            if !matches!(e, VerifyError::Malformed(_)) {
-                self.alarm(AlarmKind::Security(e.clone()), None, e.to_string());
-            }
+            self.security_alarm(e);
         }
         self.finish();
         result
@@ -342,6 +348,22 @@ impl<R: CryptoRng> Engine<R> {
         while let Some((kind, id)) = self.outbox.timers.pop_expired(self.now) {
             self.fire(kind, &id);
         }
+        if self
+            .keys
+            .rotation_due(self.cfg.key_rotation())
+            .is_some_and(|at| at <= self.now)
+        {
+            self.rotate_sealing_key(self.now);
+        }
+        if let Some((epoch, expired)) = self.keys.partner_key_expired(self.now) {
+            self.alarm(
+                AlarmKind::PartnerKeyExpired,
+                None,
+                format!(
+                    "the partner's sealing key (epoch {epoch}) expired at {expired:?} and no newer one arrived; still sealing to it"
+                ),
+            );
+        }
         if let Some(t) = self
             .link
             .due_test(self.now, &self.cfg, &self.local, &self.partner)
@@ -365,7 +387,8 @@ impl<R: CryptoRng> Engine<R> {
     pub fn poll_timeout(&self) -> Option<Time> {
         let timer = self.outbox.timers.next();
         let link = self.link.poll_timeout(&self.cfg);
-        [timer, link].into_iter().flatten().min()
+        let rotation = self.keys.rotation_due(self.cfg.key_rotation());
+        [timer, link, rotation].into_iter().flatten().min()
     }
 
     /// A snapshot for status displays.
@@ -554,6 +577,97 @@ impl<R: CryptoRng> Engine<R> {
         }));
     }
 
+    // ----- internals: incarnations ----------------------------------------------------------
+
+    /// Starts our message sequences afresh after the current time (never at or below a
+    /// sequence already used), for partner incarnation `peer` (`0`: from nothing). Every message
+    /// still in the outbox is reported [`AckLevel::Lost`]: the store that would have delivered or
+    /// acknowledged it is gone. Returns them.
+    fn start_incarnation(&mut self, peer: u64) -> Vec<MessageId> {
+        let used = self
+            .outbox
+            .lanes
+            .values()
+            .map(|l| l.last_seq.0)
+            .max()
+            .unwrap_or(0)
+            .max(self.outbox.base);
+        let base = self.now.0.max(used.saturating_add(1));
+        let lost = self.outbox.restart(base);
+        self.keys.incarnation = keys::Incarnation { base, peer };
+        let write = self.gate.persist(Record::Incarnation {
+            incarnation: base,
+            peer,
+        });
+        for id in &lost {
+            self.gate.after(
+                write,
+                Action::Report(Report {
+                    id: id.clone(),
+                    level: AckLevel::Lost,
+                    at: self.now,
+                }),
+            );
+        }
+        lost
+    }
+
+    /// A verified announcement of the partner's with a new epoch: adopt it and, if its
+    /// incarnation changed, restart the partner's lanes and tell the operator what happened.
+    fn adopt_partner_announcement(&mut self, a: Signed<Announcement>) {
+        let previous = self
+            .keys
+            .partner_announcement
+            .as_ref()
+            .map(|p| p.body.incarnation);
+        let (incarnation, peer) = (a.body.incarnation, a.body.peer_incarnation);
+        self.gate.persist(Record::PartnerAnnouncement(a.clone()));
+        self.keys.set_partner_announcement(a);
+        self.inbound.set_partner_incarnation(incarnation);
+        let ours = self.keys.incarnation.base;
+        match previous {
+            Some(previous) if previous != incarnation && peer != ours => {
+                // The partner started from nothing: what it had received from us is gone, so
+                // our sequences restart for it.
+                let lost = self.start_incarnation(incarnation);
+                self.rotate_sealing_key(self.now);
+                self.alarm(
+                    AlarmKind::PartnerLostStore,
+                    None,
+                    format!(
+                        "partner {} lost its store (incarnation {previous} is now {incarnation}): {} message(s) in flight to it reported undelivered{}; message sequences restarted both ways",
+                        self.partner.id,
+                        lost.len(),
+                        list_ids(&lost),
+                    ),
+                );
+            }
+            Some(previous) if previous != incarnation => self.alarm(
+                AlarmKind::StoreLossRepaired,
+                None,
+                format!(
+                    "partner {} restarted its message sequences for this node (incarnation {ours}): this node's earlier store was lost, and messages the partner had in flight to it were reported undelivered on its side",
+                    self.partner.id
+                ),
+            ),
+            None if peer != 0 => self.alarm(
+                AlarmKind::StoreLossRepaired,
+                None,
+                format!(
+                    "partner {} had state for an earlier store of this node (its sequences were restarted for incarnation {peer}; ours is {ours}): this node's store was lost, and the partner restarts its sequences for it",
+                    self.partner.id
+                ),
+            ),
+            _ => {}
+        }
+        self.seal_awaiting();
+        for f in std::mem::take(&mut self.early_envelopes) {
+            if let Err(e) = self.on_envelope(f) {
+                self.security_alarm(&e);
+            }
+        }
+    }
+
     // ----- internals: shared ----------------------------------------------------------------
 
     fn send_announcement(&mut self) {
@@ -561,6 +675,13 @@ impl<R: CryptoRng> Engine<R> {
             // The sealing key must be durable before anyone seals to it.
             self.gate
                 .after_latest_write(send_control(&Frame::Announcement(a.clone())));
+        }
+    }
+
+    /// Raises a frame's verification failure (a malformed frame is only returned).
+    fn security_alarm(&mut self, e: &VerifyError) {
+        if !matches!(e, VerifyError::Malformed(_)) {
+            self.alarm(AlarmKind::Security(e.clone()), None, e.to_string());
         }
     }
 
@@ -577,6 +698,22 @@ impl<R: CryptoRng> Engine<R> {
         self.alarms.push_back(alarm.clone());
         self.gate.push(Action::Alarm(alarm));
     }
+}
+
+/// `: a, b, c` for the first few of `ids` (`, and N more` beyond), empty for none.
+fn list_ids(ids: &[MessageId]) -> String {
+    const SHOWN: usize = 16;
+    if ids.is_empty() {
+        return String::new();
+    }
+    let shown: Vec<String> = ids.iter().take(SHOWN).map(ToString::to_string).collect();
+    let more = ids.len().saturating_sub(SHOWN);
+    let tail = if more > 0 {
+        format!(", and {more} more")
+    } else {
+        String::new()
+    };
+    format!(": {}{tail}", shown.join(", "))
 }
 
 fn send_control(frame: &Frame) -> Action {

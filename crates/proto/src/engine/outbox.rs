@@ -117,7 +117,7 @@ impl OutMsg {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct OutLane {
     pub(super) last_seq: Seq,
     pub(super) last_hash: Digest,
@@ -125,6 +125,8 @@ pub(super) struct OutLane {
 
 #[derive(Debug)]
 pub(super) struct Outbox {
+    /// Our incarnation's base: lanes start after it.
+    pub(super) base: u64,
     pub(super) lanes: BTreeMap<(Channel, Precedence), OutLane>,
     pub(super) msgs: BTreeMap<MessageId, OutMsg>,
     /// Messages waiting for the partner's key, in submission order.
@@ -144,6 +146,7 @@ pub(super) struct Outbox {
 impl Outbox {
     pub(super) fn new() -> Self {
         Self {
+            base: 0,
             lanes: BTreeMap::new(),
             msgs: BTreeMap::new(),
             awaiting_key: BTreeSet::new(),
@@ -156,6 +159,8 @@ impl Outbox {
 
     /// Allocates the next id on `channel` at `precedence` with its dependency vector: the last
     /// sequence of every same-or-higher lane on the channel, its own lane included.
+    /// A lane starts after our incarnation's base; a higher lane never used is `0` in the
+    /// vector (nothing to wait for).
     pub(super) fn next_id(
         &mut self,
         me: &EndpointId,
@@ -163,13 +168,14 @@ impl Outbox {
         precedence: Precedence,
     ) -> (MessageId, [u64; 4]) {
         let mut after = [0u64; 4];
-        for p in Precedence::ALL.into_iter().filter(|p| *p >= precedence) {
+        for p in Precedence::ALL.into_iter().filter(|p| *p > precedence) {
             after[p.index()] = self
                 .lanes
                 .get(&(channel.clone(), p))
                 .map_or(0, |l| l.last_seq.0);
         }
-        let lane = self.lanes.entry((channel.clone(), precedence)).or_default();
+        let lane = self.lane(&channel, precedence);
+        after[precedence.index()] = lane.last_seq.0;
         lane.last_seq = lane.last_seq.next();
         let id = MessageId {
             sender: me.clone(),
@@ -178,6 +184,29 @@ impl Outbox {
             seq: lane.last_seq,
         };
         (id, after)
+    }
+
+    /// The lane for (`channel`, `precedence`), starting after our incarnation's base if new.
+    pub(super) fn lane(&mut self, channel: &Channel, precedence: Precedence) -> &mut OutLane {
+        let base = self.base;
+        self.lanes
+            .entry((channel.clone(), precedence))
+            .or_insert_with(|| OutLane {
+                last_seq: Seq(base),
+                last_hash: Digest::default(),
+            })
+    }
+
+    /// Starts a new incarnation: every lane restarts after `base` and every message still here
+    /// is dropped. Returns the dropped ids, for the caller to report lost.
+    pub(super) fn restart(&mut self, base: u64) -> Vec<MessageId> {
+        self.base = base;
+        self.lanes.clear();
+        self.awaiting_key.clear();
+        self.send_queue.clear();
+        self.late_accepted.clear();
+        self.timers = TimerTable::new();
+        std::mem::take(&mut self.msgs).into_keys().collect()
     }
 
     /// Seals message `id` in `session`, chaining it to its lane; returns the envelope.
@@ -457,7 +486,7 @@ impl Outbox {
             && self
                 .lanes
                 .get(&(id.channel.clone(), id.precedence))
-                .is_some_and(|l| id.seq <= l.last_seq)
+                .is_some_and(|l| self.base < id.seq.0 && id.seq <= l.last_seq)
     }
 
     /// After delivery: stops the timers that no longer matter, then either drops a finished

@@ -98,4 +98,13 @@ pub enum Record {
         /// Its transport precedence now.
         level: Precedence,
     },
+    /// Our message sequences (re)started: every lane starts after `incarnation`, and every
+    /// message still in the outbox before this record was reported lost with the partner's
+    /// store. The first record of a new store; stores written before it existed start at 0.
+    Incarnation {
+        /// Where our lanes start (the start time, in microseconds).
+        incarnation: u64,
+        /// The partner incarnation it was started for; `0`: started from nothing.
+        peer: u64,
+    },
 }

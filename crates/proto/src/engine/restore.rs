@@ -12,6 +12,7 @@
 use rand_core::CryptoRng;
 
 use super::inbound::Cx;
+use super::keys::Incarnation;
 use super::outbox::{OutMsg, OutState};
 use super::{DeadlineKind, Engine, EngineConfig, Local, Partner, Record, RestoreError};
 use crate::crypto::SealingKey;
@@ -56,10 +57,25 @@ impl<R: CryptoRng> Engine<R> {
             } => {
                 let key = SealingKey::from_secret(&secret)
                     .map_err(|e| RestoreError::Key(e.to_string()))?;
+                // Announced for two rotations from when it was made.
+                let lifetime =
+                    u64::try_from((self.cfg.key_rotation() * 2).as_micros()).unwrap_or(u64::MAX);
+                let since = Time(expires_at.0.saturating_sub(lifetime));
                 self.keys
-                    .install_sealing_key(&self.local, epoch, key, expires_at);
+                    .install_sealing_key(&self.local, epoch, key, since, expires_at);
             }
-            Record::PartnerAnnouncement(a) => self.keys.set_partner_announcement(a),
+            Record::PartnerAnnouncement(a) => {
+                self.inbound.set_partner_incarnation(a.body.incarnation);
+                self.keys.set_partner_announcement(a);
+            }
+            Record::Incarnation { incarnation, peer } => {
+                self.outbox.restart(incarnation);
+                self.keys.incarnation = Incarnation {
+                    base: incarnation,
+                    peer,
+                };
+                self.keys.sign_announcement(&self.local);
+            }
             Record::SendSession { id, setup } => self.keys.restore_send_setup(id, setup),
             Record::Outgoing {
                 id,
@@ -68,11 +84,7 @@ impl<R: CryptoRng> Engine<R> {
                 body,
                 envelope,
             } => {
-                let lane = self
-                    .outbox
-                    .lanes
-                    .entry((id.channel.clone(), id.precedence))
-                    .or_default();
+                let lane = self.outbox.lane(&id.channel, id.precedence);
                 lane.last_seq = lane.last_seq.max(id.seq);
                 let state = match (body, envelope) {
                     (_, Some(envelope)) => {
@@ -95,11 +107,7 @@ impl<R: CryptoRng> Engine<R> {
             }
             Record::Sealed { id, envelope } => {
                 let hash = envelope.hash();
-                let lane = self
-                    .outbox
-                    .lanes
-                    .entry((id.channel.clone(), id.precedence))
-                    .or_default();
+                let lane = self.outbox.lane(&id.channel, id.precedence);
                 lane.last_hash = hash;
                 let m = self
                     .outbox

@@ -95,6 +95,9 @@ pub enum AckLevel {
     Acknowledged,
     /// The relay refused it for now; the message stays in the outbox.
     Refused(RefusalCode),
+    /// Undelivered: the partner lost its store before delivering (or acknowledging) it. The
+    /// message is no longer tracked; send it again if it still matters.
+    Lost,
 }
 
 /// Progress of one outgoing message.
@@ -143,6 +146,13 @@ pub enum AlarmKind {
     Refused(RefusalCode),
     /// A store write failed; the engine has stopped.
     StoreFailed,
+    /// The partner's announced sealing key expired and no newer one arrived.
+    PartnerKeyExpired,
+    /// The partner lost its store: messages in flight to it were reported lost and sequences
+    /// restarted both ways.
+    PartnerLostStore,
+    /// This node's store was lost; the partner restarted its sequences for it.
+    StoreLossRepaired,
 }
 
 /// An alarm for the operator.

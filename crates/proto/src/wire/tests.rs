@@ -172,6 +172,8 @@ fn frames_naming(n: &str) -> Vec<Frame> {
                 suite: SUITE_XWING_CHACHA20_ED25519,
                 sealing_key: vec![12; 16],
                 expires_at: Time(13),
+                incarnation: 15,
+                peer_incarnation: 16,
             },
             signature: Signature([14; 64]),
         }),
@@ -416,15 +418,20 @@ fn announcement() -> impl Strategy<Value = Announcement> {
         any::<u8>(),
         bytes(SEALING_PUBLIC_KEY_LEN + 64),
         time(),
+        any::<(u64, u64)>(),
     )
         .prop_map(
-            |(endpoint, identity, epoch, suite, sealing_key, expires_at)| Announcement {
-                endpoint,
-                identity,
-                epoch,
-                suite,
-                sealing_key,
-                expires_at,
+            |(endpoint, identity, epoch, suite, sealing_key, expires_at, (inc, peer))| {
+                Announcement {
+                    endpoint,
+                    identity,
+                    epoch,
+                    suite,
+                    sealing_key,
+                    expires_at,
+                    incarnation: inc,
+                    peer_incarnation: peer,
+                }
             },
         )
 }
@@ -698,7 +705,7 @@ fn payload_shorter_than_version_and_suite_is_malformed() {
     ));
     // Version and suite but no frame.
     assert!(matches!(
-        decode_frame(&[0, 0, 0, 2, 1, 1]),
+        decode_frame(&[0, 0, 0, 2, PROTOCOL_VERSION, 1]),
         Err(DecodeError::Malformed(_))
     ));
 }
@@ -707,22 +714,22 @@ fn payload_shorter_than_version_and_suite_is_malformed() {
 fn unknown_variant_and_bad_primitives_are_malformed() {
     // Frame variant 9 does not exist.
     assert!(matches!(
-        decode_frame(&[0, 0, 0, 3, 1, 1, 9]),
+        decode_frame(&[0, 0, 0, 3, PROTOCOL_VERSION, 1, 9]),
         Err(DecodeError::Malformed(_))
     ));
     // Presence with a bool of 2.
     assert!(matches!(
-        decode_frame(&[0, 0, 0, 7, 1, 1, 8, 2, b'j', b'p', 2]),
+        decode_frame(&[0, 0, 0, 7, PROTOCOL_VERSION, 1, 8, 2, b'j', b'p', 2]),
         Err(DecodeError::Malformed(_))
     ));
     // Refusal code 5 does not exist.
     assert!(matches!(
-        decode_frame(&[0, 0, 0, 6, 1, 1, 7, 0, 5, 0]),
+        decode_frame(&[0, 0, 0, 6, PROTOCOL_VERSION, 1, 7, 0, 5, 0]),
         Err(DecodeError::Malformed(_))
     ));
     // Hello with an agent that is not UTF-8.
     assert!(matches!(
-        decode_frame(&[0, 0, 0, 7, 1, 1, 0, 1, 2, 0xc3, 0x28]),
+        decode_frame(&[0, 0, 0, 7, PROTOCOL_VERSION, 1, 0, 1, 2, 0xc3, 0x28]),
         Err(DecodeError::Malformed(_))
     ));
 }

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use hotline_proto::wire::{Accepted, Hello};
+use hotline_proto::wire::{Accepted, Hello, PROTOCOL_VERSION};
 use hotline_proto::{Channel, Seq, Time};
 
 use hotline_proto::testing::{self, id};
@@ -461,7 +461,7 @@ fn link_tests_go_to_online_partners_only() {
 #[test]
 fn malformed_frames_are_refused_and_the_connection_kept() {
     let mut r = us_connected();
-    let mut garbage = vec![0, 0, 0, 5, 1, 1, 0xFF, 0xFF, 0xFF];
+    let mut garbage = vec![0, 0, 0, 5, PROTOCOL_VERSION, 1, 0xFF, 0xFF, 0xFF];
     r.handle_frame(T0, US, Bytes::from(garbage.clone()));
     garbage[5] = 9; // unknown suite
     r.handle_frame(T0, US, Bytes::from(garbage));

@@ -1,6 +1,7 @@
 //! Engine behaviour on virtual time: named cases, tamper cases and the reference-model proptest.
 
 mod forgery;
+mod keys;
 mod model;
 mod timers;
 mod util;
@@ -128,7 +129,8 @@ fn flash_overtakes_a_lost_routine_message() {
         sender: pair.a.id.clone(),
         channel: Channel::default(),
         precedence: Routine,
-        seq: Seq(1),
+        // A's lanes start after its incarnation: the moment its engine was made.
+        seq: Seq(util::START.0 + 1),
     };
     pair.drop_once.push(routine.clone());
     let r1 = pair.send(Side::A, Routine, "r1");
@@ -423,7 +425,7 @@ fn garbage_is_malformed_and_unknown_versions_are_named() {
     assert!(matches!(
         pair.b
             .engine
-            .handle_frame(now, b"\x00\x00\x00\x03\x01\x01\xff"),
+            .handle_frame(now, &[0, 0, 0, 3, wire::PROTOCOL_VERSION, 1, 0xff]),
         Err(VerifyError::Malformed(_))
     ));
     let mut hello = wire::encode_frame(&Frame::Hello(wire::Hello {
@@ -435,7 +437,7 @@ fn garbage_is_malformed_and_unknown_versions_are_named() {
         pair.b.engine.handle_frame(now, &hello),
         Err(VerifyError::UnknownVersion(9))
     );
-    hello[4] = 1;
+    hello[4] = wire::PROTOCOL_VERSION;
     hello[5] = 7;
     assert_eq!(
         pair.b.engine.handle_frame(now, &hello),
@@ -510,12 +512,13 @@ fn rogue_envelopes_on(pair: &Pair, msgs: &[(&str, &str)]) -> Vec<wire::EnvelopeF
         key: IdentityKey::from_seed(&[2; 32]).public(),
     };
     let now = pair.now;
+    // Made when A's engine was, so its lanes start where A's do.
     let mut rogue = super::Engine::new(
         EngineConfig::default(),
         local,
         partner,
         rand_chacha::ChaCha20Rng::seed_from_u64(77),
-        now,
+        util::START,
     );
     rogue.handle_connected(now);
     let ann = pair.b.engine.announcement().unwrap().clone();
@@ -615,6 +618,8 @@ fn changed_partner_key_and_bad_receipts_are_alarms() {
         suite: crate::crypto::SUITE_XWING_CHACHA20_ED25519,
         sealing_key: vec![0; 1216],
         expires_at: pair.now,
+        incarnation: 0,
+        peer_incarnation: 0,
     };
     assert_eq!(
         feed(

@@ -139,6 +139,22 @@ impl Peer {
         .expect("restore from durable records");
     }
 
+    /// Loses the store: a brand-new engine (a new incarnation, made at `now`) and nothing of
+    /// what the old one did.
+    pub(crate) fn lose_store(&mut self, now: Time) {
+        let name = self.id.to_string();
+        let partner = self.partner.id.to_string();
+        let partner_seed = if self.seed == 1 { 2 } else { 1 };
+        *self = Self::new(
+            &name,
+            self.seed,
+            &partner,
+            partner_seed,
+            self.cfg.clone(),
+            now,
+        );
+    }
+
     pub(crate) fn delivered_ids(&self) -> Vec<MessageId> {
         self.delivered.iter().map(|d| d.id.clone()).collect()
     }
@@ -185,6 +201,8 @@ pub(crate) struct Pair {
     /// The relay's queue: envelopes kept until the recipient's delivered receipt covers them,
     /// resent when the recipient reconnects (as the real relay does).
     queued: BTreeMap<MessageId, (Side, Vec<u8>)>,
+    /// Each side's latest announcement, handed to the other on connect as the relay does.
+    announcements: [Option<Vec<u8>>; 2],
 }
 
 pub(crate) const START: Time = Time(1_700_000_000_000_000);
@@ -209,6 +227,7 @@ impl Pair {
             drop_once: Vec::new(),
             accepted_delay: Duration::ZERO,
             queued: BTreeMap::new(),
+            announcements: [None, None],
         };
         pair.connect(Side::A);
         if connect_b {
@@ -229,11 +248,15 @@ impl Pair {
         self.link_up[side as usize] = true;
         let now = self.now;
         self.peer(side).engine.handle_connected(now);
-        let queued: Vec<Vec<u8>> = self
-            .queued
-            .values()
-            .filter(|(to, _)| *to == side)
-            .map(|(_, f)| f.clone())
+        let queued: Vec<Vec<u8>> = self.announcements[side.other() as usize]
+            .iter()
+            .cloned()
+            .chain(
+                self.queued
+                    .values()
+                    .filter(|(to, _)| *to == side)
+                    .map(|(_, f)| f.clone()),
+            )
             .collect();
         for frame in queued {
             self.schedule(side, frame);
@@ -250,6 +273,14 @@ impl Pair {
         let now = self.now;
         self.link_up[side as usize] = false;
         self.peer(side).crash_and_restore(now);
+        self.connect(side);
+    }
+
+    /// `side` loses its whole store and comes back as a new node with the same identity.
+    pub(crate) fn lose_store(&mut self, side: Side) {
+        self.link_up[side as usize] = false;
+        let now = self.now;
+        self.peer(side).lose_store(now);
         self.connect(side);
     }
 
@@ -320,6 +351,9 @@ impl Pair {
             // A re-offer replaces the queued copy (its transport precedence may have been raised)
             // and is forwarded again; the recipient answers duplicates with its receipt.
             self.queued.insert(id, (from.other(), frame_bytes.clone()));
+        }
+        if let Frame::Announcement(_) = &frame {
+            self.announcements[from as usize] = Some(frame_bytes.clone());
         }
         if let Frame::Receipt(r) = &frame {
             if let crate::envelope::ReceiptKind::Delivered { upto, .. } = r.body.kind {
@@ -473,6 +507,16 @@ impl Pair {
                 |(_, f)| matches!(f, Frame::Envelope(e) if e.envelope.header.message_id() == *id),
             )
             .count()
+    }
+
+    /// Stops holding and hands over, in order, every frame held so far.
+    pub(crate) fn release_held(&mut self) {
+        let Some(to) = self.hold.take() else {
+            return;
+        };
+        for frame in std::mem::take(&mut self.held) {
+            self.arrive(to, frame);
+        }
     }
 
     /// A frame reaches `to`: dropped if its link is down, held if it is not reading.

@@ -1,0 +1,116 @@
+//! A node whose data directory is deleted comes back as a new incarnation and re-pairs by
+//! itself: both operators are told, the message that was in flight to the lost store is
+//! reported undelivered to its sender, and new messages flow both ways.
+
+use std::time::Instant;
+
+use hotline_client::control::WaitLevel;
+use hotline_e2e::{Exercise, Precedence};
+
+const PARTNER_LOST: &str = "partner lost its store";
+const OWN_LOST: &str = "this node's store was lost; re-paired";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleting_a_nodes_data_dir_re_pairs_both_ways() {
+    let ex = Exercise::new(&["us", "jp"], &[]);
+    let [_relay, _us, mut jp] = ex.start_linked("us", "jp").await;
+    let before = ex
+        .send_one(
+            "us",
+            Precedence::Routine,
+            "before",
+            Some(WaitLevel::Delivered),
+        )
+        .await
+        .unwrap();
+    ex.send_one(
+        "jp",
+        Precedence::Routine,
+        "back",
+        Some(WaitLevel::Delivered),
+    )
+    .await
+    .unwrap();
+
+    // jp goes away; a flash for it is accepted by the relay, then jp's store is lost.
+    jp.stop();
+    ex.wait_status("us", "partner offline", |s| s.partner_online == Some(false))
+        .await;
+    let in_flight = ex
+        .send_one(
+            "us",
+            Precedence::Flash,
+            "in flight to the lost store",
+            Some(WaitLevel::Accepted),
+        )
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(ex.path("data/jp")).unwrap();
+    let started = Instant::now();
+    let _jp = ex.start_node("jp");
+
+    // Both operators see a notice; the sender's names the message that was in flight.
+    let us = ex
+        .wait_status("us", "partner-lost-its-store notice", |s| {
+            s.alarms.iter().any(|a| a.kind == PARTNER_LOST)
+        })
+        .await;
+    let notice = us.alarms.iter().find(|a| a.kind == PARTNER_LOST).unwrap();
+    assert!(
+        notice.detail.contains(&in_flight.id),
+        "the notice names {}: {}",
+        in_flight.id,
+        notice.detail
+    );
+    assert!(
+        !notice.detail.contains(&before.id),
+        "a delivered and finished message is not reported lost: {}",
+        notice.detail
+    );
+    ex.wait_status("jp", "own-store-lost notice", |s| {
+        s.alarms.iter().any(|a| a.kind == OWN_LOST)
+    })
+    .await;
+    ex.wait_links_up(&["us", "jp"]).await;
+    eprintln!("re-paired {:?} after the node restarted", started.elapsed());
+
+    // New messages flow both ways.
+    ex.send_one(
+        "us",
+        Precedence::Routine,
+        "after",
+        Some(WaitLevel::Delivered),
+    )
+    .await
+    .unwrap();
+    ex.send_one(
+        "jp",
+        Precedence::Routine,
+        "reply",
+        Some(WaitLevel::Delivered),
+    )
+    .await
+    .unwrap();
+    eprintln!(
+        "messages flowed both ways {:?} after the restart",
+        started.elapsed()
+    );
+    let jp_bodies: Vec<String> = ex.inbox("jp").await.into_iter().map(|m| m.body).collect();
+    assert_eq!(
+        jp_bodies,
+        ["after"],
+        "the new store holds only what came after"
+    );
+    let us_bodies: Vec<String> = ex.inbox("us").await.into_iter().map(|m| m.body).collect();
+    assert_eq!(us_bodies, ["back", "reply"]);
+    assert_eq!(
+        ex.status("us")
+            .await
+            .alarms
+            .iter()
+            .filter(|a| a.kind == PARTNER_LOST)
+            .count(),
+        1,
+        "one notice, no restart loop"
+    );
+}
