@@ -269,6 +269,12 @@ pub struct StatusView {
     pub partner_online: Option<bool>,
     /// Last connection error, if any.
     pub last_error: Option<String>,
+    /// Our sealing-key epoch.
+    #[serde(default)]
+    pub own_epoch: Option<u32>,
+    /// The partner's sealing-key epoch we seal to, once known.
+    #[serde(default)]
+    pub partner_epoch: Option<u32>,
     /// Queue depths by precedence name.
     pub lanes: std::collections::BTreeMap<String, LaneView>,
     /// Delivered messages our operator has not acknowledged.

@@ -71,6 +71,8 @@ pub fn status(s: &Status, shell: &ShellState<'_>) -> StatusView {
         connected: s.connected,
         partner_online: s.partner_online,
         last_error: shell.last_error.map(str::to_owned),
+        own_epoch: s.own_epoch,
+        partner_epoch: s.partner_epoch,
         lanes,
         pending_acks: s
             .pending_operator_acks

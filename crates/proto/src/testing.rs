@@ -90,6 +90,11 @@ pub fn delivered(from: &str, to: &str, precedence: Precedence, upto: u64) -> Vec
 
 /// An encoded sealing-key announcement of `endpoint` at `epoch`, signed by [`test_key`].
 pub fn announcement(endpoint: &str, epoch: u32) -> Vec<u8> {
+    announcement_in(endpoint, 0, epoch)
+}
+
+/// Like [`announcement`], from incarnation `incarnation`.
+pub fn announcement_in(endpoint: &str, incarnation: u64, epoch: u32) -> Vec<u8> {
     let ann = Announcement {
         endpoint: id(endpoint),
         identity: test_key().public(),
@@ -97,7 +102,7 @@ pub fn announcement(endpoint: &str, epoch: u32) -> Vec<u8> {
         suite: crate::crypto::SUITE_XWING_CHACHA20_ED25519,
         sealing_key: vec![epoch as u8; 32],
         expires_at: Time(10),
-        incarnation: 0,
+        incarnation,
         peer_incarnation: 0,
     };
     wire::encode_frame(&Frame::Announcement(Signed::sign(ann, &test_key())))

@@ -518,6 +518,12 @@ fn print_status(s: &control::StatusView) {
     if let Some(e) = &s.last_error {
         println!("last connection error: {e}");
     }
+    let epoch = |e: Option<u32>| e.map_or_else(|| "none yet".to_owned(), |e| e.to_string());
+    println!(
+        "sealing keys: ours epoch {}, partner's epoch {}",
+        epoch(s.own_epoch),
+        epoch(s.partner_epoch)
+    );
     println!(
         "{:<10} {:>12} {:>10} {:>11} {:>14} {:>9}",
         "lane", "awaiting-key", "unaccepted", "undelivered", "unacknowledged", "buffered"

@@ -151,7 +151,8 @@ impl Keys {
     }
 
     /// Checks a signed announcement from the partner (identity already matched); returns
-    /// whether it is new.
+    /// whether it is new. Announcements are ordered by incarnation, then epoch: a partner
+    /// restored from nothing starts a higher incarnation whatever epoch its clock gives.
     pub(super) fn check_partner_announcement(
         &self,
         a: &Signed<Announcement>,
@@ -162,10 +163,11 @@ impl Keys {
             return Err(VerifyError::UnknownSuite(a.body.suite));
         }
         if let Some(current) = &self.partner_announcement {
-            if a.body.epoch < current.body.epoch || current == a {
+            let order = |a: &Announcement| (a.incarnation, a.epoch);
+            if order(&a.body) < order(&current.body) || current == a {
                 return Ok(false);
             }
-            if a.body.epoch == current.body.epoch {
+            if order(&a.body) == order(&current.body) {
                 return Err(VerifyError::Equivocation(MessageId {
                     sender: partner.id.clone(),
                     channel: Channel::default(),

@@ -406,6 +406,7 @@ impl<R: CryptoRng> Engine<R> {
                 .partner_announcement
                 .as_ref()
                 .map(|a| a.body.epoch),
+            own_epoch: self.keys.own_announcement().map(|a| a.body.epoch),
             lanes,
             pending_operator_acks: self.inbound.pending_acks(),
             open_escalations: self

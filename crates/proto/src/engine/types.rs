@@ -262,6 +262,8 @@ pub struct Status {
     pub partner_online: Option<bool>,
     /// Partner key epoch known, if any.
     pub partner_epoch: Option<u32>,
+    /// Our current sealing-key epoch.
+    pub own_epoch: Option<u32>,
     /// Per precedence, lowest first.
     pub lanes: [LaneDepth; 4],
     /// Delivered messages our operator has not acknowledged.

@@ -17,7 +17,7 @@ use tracing::{debug, info, trace, warn};
 
 use super::commit::Deferred;
 use super::persist::{StoreOp, StoredAnnouncement, StoredControl, StoredEnvelope};
-use super::queue::{ControlFrame, ItemKey};
+use super::queue::{AnnouncementOrder, ControlFrame, ItemKey};
 use super::{ConnId, Output, Router, encode, len};
 
 impl Router {
@@ -206,7 +206,7 @@ impl Router {
         conn: ConnId,
         from: &EndpointId,
         endpoint: &EndpointId,
-        epoch: u32,
+        order: AnnouncementOrder,
         bytes: Bytes,
     ) {
         if !self.check_signer(conn, from, endpoint, None, "announcement") {
@@ -215,15 +215,15 @@ impl Router {
         let Some(ep) = self.endpoints.get_mut(from) else {
             return;
         };
-        if ep.announcement.as_ref().is_some_and(|(e, _)| *e > epoch) {
-            debug!(peer = %from, epoch, "announcement older than the stored one ignored");
+        if ep.announcement.as_ref().is_some_and(|(o, _)| *o > order) {
+            debug!(peer = %from, epoch = order.1, "announcement older than the stored one ignored");
             return;
         }
-        ep.announcement = Some((epoch, bytes.clone()));
+        ep.announcement = Some((order, bytes.clone()));
         self.staged
             .push(StoreOp::PutAnnouncement(StoredAnnouncement {
                 endpoint: from.clone(),
-                epoch,
+                epoch: order.1,
                 bytes: bytes.clone(),
             }));
         let partners: Vec<EndpointId> = ep.partners.iter().cloned().collect();

@@ -386,8 +386,9 @@ impl Router {
             Frame::Receipt(r) => self.handle_receipt(conn, &from, &r, bytes),
             Frame::Escalation(n) => self.handle_escalation(conn, &from, &n, bytes),
             Frame::Announcement(a) => {
-                let (endpoint, epoch) = (a.body.endpoint.clone(), a.body.epoch);
-                self.handle_announcement(conn, &from, &endpoint, epoch, bytes);
+                let endpoint = a.body.endpoint.clone();
+                let order = (a.body.incarnation, a.body.epoch);
+                self.handle_announcement(conn, &from, &endpoint, order, bytes);
             }
             Frame::LinkTest(l) => self.handle_link_test(conn, &from, &l, bytes),
             Frame::Accepted(_) | Frame::Refused(_) | Frame::Presence(_) => {

@@ -101,9 +101,13 @@ pub(super) struct Endpoint {
     pub(super) unwritten: [BTreeMap<u64, ItemKey>; 4],
     pub(super) lane_frames: [u64; 4],
     pub(super) lane_bytes: [u64; 4],
-    /// The latest announcement: its epoch and frame.
-    pub(super) announcement: Option<(u32, Bytes)>,
+    /// The latest announcement: its order (incarnation, then epoch) and frame.
+    pub(super) announcement: Option<(AnnouncementOrder, Bytes)>,
 }
+
+/// Announcements are ordered by the sender's incarnation (a node restored from nothing starts a
+/// higher one, whatever its epochs), then by epoch.
+pub(super) type AnnouncementOrder = (u64, u32);
 
 impl Endpoint {
     pub(super) fn queued_bytes(&self) -> u64 {

@@ -102,7 +102,12 @@ impl Router {
                 *unconfigured.entry(stored.endpoint).or_default() += 1;
                 continue;
             };
-            ep.announcement = Some((stored.epoch, stored.bytes));
+            // The order is read back from the signed frame itself.
+            let order = match wire::decode_frame(&stored.bytes) {
+                Ok((Frame::Announcement(a), _)) => (a.body.incarnation, a.body.epoch),
+                _ => (0, stored.epoch),
+            };
+            ep.announcement = Some((order, stored.bytes));
             restored.announcements += 1;
         }
         restored.unconfigured = unconfigured.into_iter().collect();

@@ -375,6 +375,17 @@ fn announcements_are_stored_and_replayed_to_partners() {
     let jp2 = ConnId(6);
     r.handle_connected(jp2, id("jp")).unwrap();
     assert_eq!(drain(&mut r, jp2, Lane::Control)[1], a2);
+
+    // us lost its store: its new incarnation wins even with a lower epoch, and an announcement
+    // of the old incarnation no longer replaces it.
+    let restored: Bytes = testing::announcement_in("us", 7, 1).into();
+    r.handle_frame(T0, us2, restored.clone());
+    assert_eq!(
+        drain(&mut r, jp2, Lane::Control),
+        std::slice::from_ref(&restored)
+    );
+    r.handle_frame(T0, us2, announcement("us", 9));
+    assert!(drain(&mut r, jp2, Lane::Control).is_empty());
 }
 
 #[test]

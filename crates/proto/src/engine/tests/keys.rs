@@ -159,3 +159,24 @@ fn rekey_on_demand_announces_a_newer_epoch_that_the_partner_uses() {
     pair.settle(Duration::from_secs(1));
     assert_eq!(pair.b.delivered_ids(), vec![m]);
 }
+
+#[test]
+fn store_loss_re_pairs_even_when_the_lost_store_had_higher_epochs() {
+    let mut pair = Pair::new(EngineConfig::default(), 96);
+    // jp rekeyed often: its epochs ran ahead of its clock's seconds, which the new store's
+    // first epoch comes from.
+    let now = pair.now;
+    for _ in 0..5 {
+        pair.b.engine.rotate_sealing_key(now);
+    }
+    pair.settle(Duration::from_secs(1));
+    let old_epoch = pair.a.engine.status().partner_epoch.unwrap();
+    pair.lose_store(Side::B);
+    pair.drive_for(Duration::from_secs(3));
+    let new_epoch = pair.a.engine.status().partner_epoch.unwrap();
+    assert!(new_epoch < old_epoch, "{new_epoch} < {old_epoch}");
+    assert_eq!(alarms_of(&pair, Side::A, &AlarmKind::PartnerLostStore), 1);
+    let m = pair.send(Side::A, Routine, "to the new store");
+    pair.settle(Duration::from_secs(2));
+    assert_eq!(pair.b.delivered_ids(), vec![m]);
+}

@@ -114,3 +114,35 @@ async fn deleting_a_nodes_data_dir_re_pairs_both_ways() {
         "one notice, no restart loop"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hotline_rekey_announces_a_new_epoch_the_partner_seals_to() {
+    let ex = Exercise::new(&["us", "jp"], &[]);
+    let [_relay, _us, _jp] = ex.start_linked("us", "jp").await;
+    let before = ex.status("jp").await.own_epoch.unwrap();
+    let cfg = ex.config("jp");
+    let out = hotline_e2e::hotline(&["rekey", "--config", cfg.to_str().unwrap(), "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let epoch = u32::try_from(reply["epoch"].as_u64().unwrap()).unwrap();
+    assert!(epoch > before, "new epoch {epoch} after {before}");
+    assert_eq!(ex.status("jp").await.own_epoch, Some(epoch));
+    ex.wait_status("us", "partner's new key taken", |s| {
+        s.partner_epoch == Some(epoch)
+    })
+    .await;
+    ex.send_one(
+        "us",
+        Precedence::Flash,
+        "sealed to the new key",
+        Some(WaitLevel::Delivered),
+    )
+    .await
+    .unwrap();
+    let bodies: Vec<String> = ex.inbox("jp").await.into_iter().map(|m| m.body).collect();
+    assert_eq!(bodies, ["sealed to the new key"]);
+}
