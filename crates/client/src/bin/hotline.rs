@@ -462,7 +462,7 @@ async fn audit_values(config: &std::path::Path, export: bool) -> Result<Vec<serd
         Err(_) => {
             let cfg = NodeConfig::load(config)?;
             let (store, _) = hotline_client::store::Store::open(&cfg.data_dir)?;
-            let own = cfg.identity_key()?.public();
+            let own = cfg.identity_key().public();
             Ok(hotline_client::audit::report(
                 &store.database(),
                 &own,
