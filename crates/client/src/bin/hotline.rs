@@ -15,6 +15,7 @@ use hotline_client::certs::{self, DeadlineOverrides, InitRequest};
 use hotline_client::config::NodeConfig;
 use hotline_client::control::{self, ControlClient, Event, Request, WaitLevel};
 use hotline_client::node::Node;
+use hotline_client::view;
 use hotline_proto::{Channel, EndpointId, MessageId, Precedence};
 
 /// Hotline endpoint node and operator CLI.
@@ -352,22 +353,7 @@ async fn run(cmd: Cmd) -> Result<()> {
                 if json {
                     println!("{}", serde_json::to_string(&m)?);
                 } else {
-                    println!(
-                        "{}  {:<9} {}{}{}  {}",
-                        m.received_at,
-                        m.precedence,
-                        m.id,
-                        m.escalated_to
-                            .as_ref()
-                            .map(|e| format!(" [escalated to {e}]"))
-                            .unwrap_or_default(),
-                        if m.acknowledged.is_some() {
-                            " [acknowledged]"
-                        } else {
-                            ""
-                        },
-                        m.body
-                    );
+                    println!("{}", view::inbox_line(&m));
                 }
             }
             Ok(())
@@ -389,7 +375,9 @@ async fn run(cmd: Cmd) -> Result<()> {
                     if json {
                         println!("{}", serde_json::to_string(&s)?);
                     } else {
-                        print_status(&s);
+                        for line in view::status_lines(&s) {
+                            println!("{line}");
+                        }
                     }
                 }
             }
@@ -410,17 +398,7 @@ async fn run(cmd: Cmd) -> Result<()> {
                 if json {
                     println!("{v}");
                 } else {
-                    match v["type"].as_str() {
-                        Some("entry") => println!(
-                            "{:>6} {} {} {}",
-                            v["index"],
-                            v["at"].as_str().unwrap_or(""),
-                            &v["hash"].as_str().unwrap_or("")
-                                [..12.min(v["hash"].as_str().unwrap_or("").len())],
-                            v["event"]
-                        ),
-                        _ => println!("{v}"),
-                    }
+                    println!("{}", view::audit_entry_line(&v));
                 }
             }
             let report = report.context("no verification report")?;
@@ -431,7 +409,7 @@ async fn run(cmd: Cmd) -> Result<()> {
                 );
             }
             match report["first_bad"].as_str() {
-                Some(bad) => bail!("audit log does not verify: {bad}"),
+                Some(bad) => bail!("audit log does not verify: {}", view::escape_control(bad)),
                 None => {
                     if !json {
                         println!(
@@ -470,55 +448,6 @@ async fn audit_values(config: &std::path::Path, export: bool) -> Result<Vec<serd
                 export,
             )?)
         }
-    }
-}
-
-fn print_status(s: &control::StatusView) {
-    println!("endpoint {} ↔ partner {}", s.endpoint, s.partner);
-    println!(
-        "link {} since {} (relay {}, partner {})",
-        s.link,
-        s.link_since,
-        if s.connected {
-            "connected"
-        } else {
-            "not connected"
-        },
-        match s.partner_online {
-            Some(true) => "online",
-            Some(false) => "offline",
-            None => "unknown",
-        }
-    );
-    if let Some(e) = &s.last_error {
-        println!("last connection error: {e}");
-    }
-    println!(
-        "{:<10} {:>12} {:>10} {:>11} {:>14} {:>9}",
-        "lane", "awaiting-key", "unaccepted", "undelivered", "unacknowledged", "buffered"
-    );
-    for (name, l) in s.lanes.iter().rev() {
-        println!(
-            "{:<10} {:>12} {:>10} {:>11} {:>14} {:>9}",
-            name, l.awaiting_key, l.unaccepted, l.undelivered, l.unacknowledged, l.receive_buffered
-        );
-    }
-    println!(
-        "inbox: {} message(s); awaiting our acknowledgement: {}",
-        s.inbox,
-        s.pending_acks.len()
-    );
-    for id in &s.pending_acks {
-        println!("  pending ack: {id}");
-    }
-    for e in &s.open_escalations {
-        println!(
-            "  ESCALATED: {} → {} ({} time(s))",
-            e.id, e.escalated_to, e.count
-        );
-    }
-    for a in &s.alarms {
-        println!("  ALARM {} {}: {}", a.at, a.kind, a.detail);
     }
 }
 
