@@ -168,8 +168,8 @@ impl NodeConfig {
             .with_context(|| format!("certificate {}", file.cert.display()))?;
         let cert_key = tls::identity_key(leaf)
             .with_context(|| format!("certificate {}", file.cert.display()))?;
-        let identity = identity_key_from(&creds.key)
-            .with_context(|| format!("key {}", file.key.display()))?;
+        let identity =
+            identity_key_from(&creds.key).with_context(|| format!("key {}", file.key.display()))?;
         if identity.public() != cert_key {
             bail!(
                 "key {} does not match certificate {}",
@@ -304,15 +304,23 @@ mod tests {
     fn timeouts_out_of_range_name_the_key_and_range() {
         let e = error_with(top("idle_timeout_ms = 18446744073709551615"));
         assert!(
-            e.contains("idle_timeout_ms must be between 1000 and 3600000, got 18446744073709551615"),
+            e.contains(
+                "idle_timeout_ms must be between 1000 and 3600000, got 18446744073709551615"
+            ),
             "{e}"
         );
         let e = error_with(top("keep_alive_ms = 0"));
-        assert!(e.contains("keep_alive_ms must be between 100 and 60000, got 0"), "{e}");
+        assert!(
+            e.contains("keep_alive_ms must be between 100 and 60000, got 0"),
+            "{e}"
+        );
         let e = error_with(top("keep_alive_ms = 9000"));
         assert!(e.contains("idle_timeout_ms (5000) must be larger"), "{e}");
         let e = error_with(top("link_test_interval_ms = 18446744073709551615"));
-        assert!(e.contains("link_test_interval_ms") && e.contains("between"), "{e}");
+        assert!(
+            e.contains("link_test_interval_ms") && e.contains("between"),
+            "{e}"
+        );
         let e = error_with(|t| format!("{t}\n[deadlines.flash]\ndelivered_ms = 1\n"));
         assert!(e.contains("delivered_ms") && e.contains("between"), "{e}");
         assert!(!e.contains('\n'), "{e}");
@@ -322,12 +330,21 @@ mod tests {
     fn dev_zero_as_ca_or_key_is_refused_naming_the_path() {
         let started = std::time::Instant::now();
         let e = error_with(|t| t.replace("ca = \"ca.pem\"", "ca = \"/dev/zero\""));
-        assert!(e.contains("/dev/zero") && e.contains("4194304-byte limit"), "{e}");
+        assert!(
+            e.contains("/dev/zero") && e.contains("4194304-byte limit"),
+            "{e}"
+        );
         let e = error_with(|t| t.replace("key = \"us.key\"", "key = \"/dev/zero\""));
         assert!(e.contains("/dev/zero") && e.contains("limit"), "{e}");
         assert!(started.elapsed() < Duration::from_secs(10));
-        let e = format!("{:#}", NodeConfig::load(Path::new("/dev/zero")).unwrap_err());
-        assert!(e.contains("/dev/zero") && e.contains("1048576-byte limit"), "{e}");
+        let e = format!(
+            "{:#}",
+            NodeConfig::load(Path::new("/dev/zero")).unwrap_err()
+        );
+        assert!(
+            e.contains("/dev/zero") && e.contains("1048576-byte limit"),
+            "{e}"
+        );
     }
 
     #[test]

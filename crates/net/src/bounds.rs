@@ -104,7 +104,10 @@ mod tests {
         let e = read_capped(Path::new("/dev/zero"), MAX_PEM_BYTES).unwrap_err();
         assert!(matches!(e, ReadError::TooLarge { limit, .. } if limit == MAX_PEM_BYTES));
         let shown = e.to_string();
-        assert!(shown.contains("/dev/zero") && shown.contains("4194304"), "{shown}");
+        assert!(
+            shown.contains("/dev/zero") && shown.contains("4194304"),
+            "{shown}"
+        );
         assert!(started.elapsed() < std::time::Duration::from_secs(10));
     }
 
@@ -124,7 +127,10 @@ mod tests {
 
     #[test]
     fn out_of_range_names_key_range_and_value() {
-        assert_eq!(check_range("idle_timeout_ms", 5000, 1000..=3_600_000), Ok(5000));
+        assert_eq!(
+            check_range("idle_timeout_ms", 5000, 1000..=3_600_000),
+            Ok(5000)
+        );
         assert_eq!(check_range("x", 1000, 1000..=1000), Ok(1000));
         let e = check_range("idle_timeout_ms", u64::MAX, 1000..=3_600_000).unwrap_err();
         assert_eq!(

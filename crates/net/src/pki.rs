@@ -231,7 +231,10 @@ mod tests {
     fn endless_pem_files_are_refused_naming_file_and_limit() {
         let zero = Path::new("/dev/zero");
         let e = tls::load_certs(zero).unwrap_err().to_string();
-        assert!(e.contains("/dev/zero") && e.contains("4194304-byte limit"), "{e}");
+        assert!(
+            e.contains("/dev/zero") && e.contains("4194304-byte limit"),
+            "{e}"
+        );
         let e = tls::load_key(zero).unwrap_err().to_string();
         assert!(e.contains("/dev/zero") && e.contains("limit"), "{e}");
         let e = tls::load_crl(zero).unwrap_err().to_string();

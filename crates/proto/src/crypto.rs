@@ -594,9 +594,13 @@ mod tests {
         let plus = format!("+{}", &good[1..]);
         let e = IdentityPublicKey::from_hex(&plus).unwrap_err().to_string();
         assert!(e.contains("64 hex digits") && e.contains("'+'"), "{e}");
-        let e = IdentityPublicKey::from_hex(&good[1..]).unwrap_err().to_string();
+        let e = IdentityPublicKey::from_hex(&good[1..])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("64 hex digits") && e.contains("Odd"), "{e}");
-        let e = IdentityPublicKey::from_hex(&good[2..]).unwrap_err().to_string();
+        let e = IdentityPublicKey::from_hex(&good[2..])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("64 hex digits"), "{e}");
         let e = IdentityPublicKey::from_hex(&format!("0x{}", &good[2..]))
             .unwrap_err()
@@ -613,7 +617,10 @@ mod tests {
         let shown = format!("{sealing:?} {secret:?} {secret:#?}");
         assert!(!shown.contains(&secret_hex), "{shown}");
         assert!(!shown.contains(&secret_hex[..16]), "{shown}");
-        assert!(shown.contains("SecretBytes(<redacted 32 bytes>)"), "{shown}");
+        assert!(
+            shown.contains("SecretBytes(<redacted 32 bytes>)"),
+            "{shown}"
+        );
         let record = crate::engine::Record::SealingKey {
             epoch: 1,
             secret: sealing.secret_bytes(),

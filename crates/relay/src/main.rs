@@ -504,16 +504,25 @@ mod tests {
         let dir = pki_dir();
         let err = |text: &str| format!("{:#}", load_text(dir.path(), text).unwrap_err());
 
-        let e = err(&format!("idle_timeout_ms = 18446744073709551615\n{MINIMAL}"));
+        let e = err(&format!(
+            "idle_timeout_ms = 18446744073709551615\n{MINIMAL}"
+        ));
         assert!(
-            e.contains("idle_timeout_ms must be between 1000 and 3600000, got 18446744073709551615"),
+            e.contains(
+                "idle_timeout_ms must be between 1000 and 3600000, got 18446744073709551615"
+            ),
             "{e}"
         );
         let e = err(&format!("keep_alive_ms = 0\n{MINIMAL}"));
-        assert!(e.contains("keep_alive_ms must be between 100 and 60000, got 0"), "{e}");
+        assert!(
+            e.contains("keep_alive_ms must be between 100 and 60000, got 0"),
+            "{e}"
+        );
         let e = err(&format!("max_queue_bytes_per_endpoint = 1\n{MINIMAL}"));
         assert!(
-            e.contains("max_queue_bytes_per_endpoint must be between 1048576 and 68719476736, got 1"),
+            e.contains(
+                "max_queue_bytes_per_endpoint must be between 1048576 and 68719476736, got 1"
+            ),
             "{e}"
         );
         let e = err(&MINIMAL.replace(
@@ -533,11 +542,17 @@ mod tests {
         let started = std::time::Instant::now();
         let err = |text: &str| format!("{:#}", load_text(dir.path(), text).unwrap_err());
         let e = err(&MINIMAL.replace("ca.pem", "/dev/zero"));
-        assert!(e.contains("/dev/zero") && e.contains("4194304-byte limit"), "{e}");
+        assert!(
+            e.contains("/dev/zero") && e.contains("4194304-byte limit"),
+            "{e}"
+        );
         let e = err(&format!("crl = \"/dev/zero\"\n{MINIMAL}"));
         assert!(e.contains("/dev/zero") && e.contains("limit"), "{e}");
         let e = format!("{:#}", load(Path::new("/dev/zero")).unwrap_err());
-        assert!(e.contains("/dev/zero") && e.contains("1048576-byte limit"), "{e}");
+        assert!(
+            e.contains("/dev/zero") && e.contains("1048576-byte limit"),
+            "{e}"
+        );
         assert!(started.elapsed() < Duration::from_secs(10));
     }
 }
