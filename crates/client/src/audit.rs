@@ -341,7 +341,6 @@ pub fn report(
     export: bool,
 ) -> Result<Vec<serde_json::Value>, crate::store::StoreError> {
     use crate::time::format_time;
-    use hotline_proto::crypto::hex;
 
     let data = crate::store::Store::read_audit(db)?;
     let report = verify(&data, own, partner);
@@ -364,7 +363,7 @@ pub fn report(
                 "len": h.len,
                 "head": h.head.to_hex(),
                 "at": format_time(h.at),
-                "signature": hex(&h.signature.0),
+                "signature": hex::encode(h.signature.0),
             }));
         }
         for t in &data.partner_heads {
@@ -374,7 +373,7 @@ pub fn report(
                 "len": t.body.audit_len,
                 "head": t.body.audit_head.to_hex(),
                 "at": format_time(t.body.at),
-                "signature": hex(&t.signature.0),
+                "signature": hex::encode(t.signature.0),
             }));
         }
     }

@@ -185,7 +185,7 @@ mod tests {
         assert_eq!(us.partner.id.as_str(), "jp");
         let jp = crate::config::NodeConfig::load(&dir.path().join("jp.toml")).unwrap();
         assert_eq!(
-            jp.identity_key().unwrap().public(),
+            jp.identity_key().public(),
             us.partner.key,
             "us pins jp's real key"
         );

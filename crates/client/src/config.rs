@@ -3,7 +3,11 @@
 //! Two layers, as in iroh-relay: [`NodeFile`] mirrors the file (unknown keys rejected by name,
 //! every field documented with its default), and [`NodeConfig::load`] turns it into values that
 //! cannot be invalid: certificates parsed, the endpoint id read from our certificate, the
-//! identity key checked against it, the partner's pinned key parsed, deadlines range-checked.
+//! identity key checked against it, the partner's pinned key parsed, timeouts and deadlines
+//! range-checked (each error names the key, its range and the value given).
+//!
+//! Files are read with a size cap ([`hotline_net::bounds`]), and the private key is read and
+//! parsed once, here: the node's engine, store and TLS client all take it from [`NodeConfig`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use hotline_net::bounds::{MAX_CONFIG_BYTES, read_capped};
 use hotline_net::quic::Timeouts;
 use hotline_net::tls::{self, Credentials};
 use hotline_proto::crypto::{IdentityKey, IdentityPublicKey};
@@ -36,13 +41,13 @@ pub struct NodeFile {
     pub cert: PathBuf,
     /// Our private key (PEM, PKCS#8 Ed25519).
     pub key: PathBuf,
-    /// QUIC keep-alive interval. Default 1000 ms.
+    /// QUIC keep-alive interval, 100 ..= 60000 ms. Default 1000 ms.
     #[serde(default = "cfg_defaults::keep_alive_ms")]
     pub keep_alive_ms: u64,
-    /// QUIC idle timeout. Default 5000 ms.
+    /// QUIC idle timeout, 1000 ..= 3600000 ms and above `keep_alive_ms`. Default 5000 ms.
     #[serde(default = "cfg_defaults::idle_timeout_ms")]
     pub idle_timeout_ms: u64,
-    /// Interval between signed link tests. Default 2000 ms.
+    /// Interval between signed link tests, 100 ..= 600000 ms. Default 2000 ms.
     #[serde(default = "cfg_defaults::link_test_interval_ms")]
     pub link_test_interval_ms: u64,
     /// How often the sealing key is replaced (`hotline rekey` replaces it at once). Default
@@ -95,10 +100,12 @@ mod cfg_defaults {
 }
 
 impl NodeFile {
-    /// Reads and parses a config file; relative paths are resolved against its directory.
+    /// Reads and parses a config file (at most [`MAX_CONFIG_BYTES`]); relative paths are
+    /// resolved against its directory.
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading config {}", path.display()))?;
+        let bytes = read_capped(path, MAX_CONFIG_BYTES).context("config")?;
+        let text = String::from_utf8(bytes)
+            .with_context(|| format!("config {} is not UTF-8", path.display()))?;
         let mut file: Self =
             toml::from_str(&text).with_context(|| format!("config {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
@@ -132,10 +139,10 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// CA roots.
     pub ca: Vec<CertificateDer<'static>>,
-    /// Our certificate chain (PEM path kept for reconnects).
-    pub cert_path: PathBuf,
-    /// Our key path.
-    pub key_path: PathBuf,
+    /// Our certificate chain and private key, as read once at load (`Debug` elides the key).
+    credentials: Credentials,
+    /// Our identity key, parsed once from `credentials`.
+    identity: IdentityKey,
     /// Our endpoint id, from our certificate.
     pub local: EndpointId,
     /// The partner and its pinned key.
@@ -168,8 +175,8 @@ impl NodeConfig {
             .with_context(|| format!("certificate {}", file.cert.display()))?;
         let cert_key = tls::identity_key(leaf)
             .with_context(|| format!("certificate {}", file.cert.display()))?;
-        let identity = identity_key_from(&creds.key)
-            .map_err(|detail| anyhow::anyhow!("key {}: {detail}", file.key.display()))?;
+        let identity =
+            identity_key_from(&creds.key).with_context(|| format!("key {}", file.key.display()))?;
         if identity.public() != cert_key {
             bail!(
                 "key {} does not match certificate {}",
@@ -216,20 +223,14 @@ impl NodeConfig {
                     .with_context(|| format!("[deadlines.{name}] acknowledged_ms"))?;
             }
         }
-        let timeouts = Timeouts {
-            keep_alive: Duration::from_millis(file.keep_alive_ms),
-            idle: Duration::from_millis(file.idle_timeout_ms),
-        };
-        if timeouts.keep_alive.is_zero() || timeouts.idle <= timeouts.keep_alive {
-            bail!("idle_timeout_ms must be larger than keep_alive_ms (> 0)");
-        }
+        let timeouts = Timeouts::from_millis(file.keep_alive_ms, file.idle_timeout_ms)?;
         Ok(Self {
             relay,
             relay_name: file.relay_name,
             data_dir: file.data_dir,
             ca,
-            cert_path: file.cert,
-            key_path: file.key,
+            credentials: creds,
+            identity,
             local,
             partner,
             engine,
@@ -237,44 +238,144 @@ impl NodeConfig {
         })
     }
 
-    /// Loads the identity key again (the engine and the store each own a copy).
-    pub fn identity_key(&self) -> Result<IdentityKey, CredentialsError> {
-        let key = tls::load_key(&self.key_path)?;
-        identity_key_from(&key).map_err(|detail| CredentialsError::Key {
-            path: self.key_path.clone(),
-            detail,
-        })
+    /// Our identity key, as parsed at load (a clone shares the one key pair).
+    pub fn identity_key(&self) -> IdentityKey {
+        self.identity.clone()
     }
 
-    /// Builds the QUIC client configuration.
+    /// Builds the QUIC client configuration from the certificate and key read at load.
     pub fn client_config(&self) -> Result<quinn::ClientConfig, CredentialsError> {
-        let creds = Credentials::load(&self.cert_path, &self.key_path)?;
+        let creds = Credentials {
+            certs: self.credentials.certs.clone(),
+            key: self.credentials.key.clone_key(),
+        };
         Ok(tls::client_config(&self.ca, creds, self.timeouts)?)
     }
 }
 
-/// Why our key or certificates could not be loaded when the node starts (they were checked when
-/// the configuration was loaded; this is a file changed or removed since).
+/// Why our certificate and key, checked when the configuration was loaded, were still refused
+/// when the node built its TLS configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialsError {
-    /// The identity key is not a usable Ed25519 key.
-    #[error("key {}: {detail}", path.display())]
-    Key {
-        /// The key file.
-        path: PathBuf,
-        /// What is wrong.
-        detail: String,
-    },
-    /// A certificate or key file did not load, or rustls refused them.
+    /// rustls refused them.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
 }
 
-fn identity_key_from(key: &PrivateKeyDer<'_>) -> Result<IdentityKey, String> {
+fn identity_key_from(key: &PrivateKeyDer<'_>) -> Result<IdentityKey> {
     match key {
-        PrivateKeyDer::Pkcs8(k) => {
-            IdentityKey::from_pkcs8(k.secret_pkcs8_der()).map_err(|e| e.to_string())
-        }
-        _ => Err("endpoint key must be a PKCS#8 Ed25519 key".into()),
+        PrivateKeyDer::Pkcs8(k) => Ok(IdentityKey::from_pkcs8(k.secret_pkcs8_der())?),
+        _ => bail!("endpoint key must be a PKCS#8 Ed25519 key"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certs::{DeadlineOverrides, InitRequest};
+
+    /// An exercise PKI with `us.toml`; `edit` rewrites that file's text before it is loaded.
+    fn load_with(edit: impl FnOnce(String) -> String) -> Result<NodeConfig> {
+        let dir = tempfile::tempdir().unwrap();
+        crate::certs::init(
+            dir.path(),
+            &InitRequest {
+                relay_name: "localhost".into(),
+                endpoints: vec!["us".into(), "jp".into()],
+                pairs: vec![],
+                relay_addr: "127.0.0.1:4433".parse().unwrap(),
+                force: false,
+            },
+            &DeadlineOverrides::new(),
+        )
+        .unwrap();
+        let path = dir.path().join("us.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, edit(text)).unwrap();
+        NodeConfig::load(&path)
+    }
+
+    fn error_with(edit: impl FnOnce(String) -> String) -> String {
+        format!("{:#}", load_with(edit).unwrap_err())
+    }
+
+    /// Puts `line` among the top-level keys (before the first table).
+    fn top(line: &str) -> impl FnOnce(String) -> String + '_ {
+        move |text| format!("{line}\n{text}")
+    }
+
+    #[test]
+    fn generated_config_loads_with_default_timeouts() {
+        let c = load_with(|t| t).unwrap();
+        assert_eq!(c.timeouts, Timeouts::default());
+    }
+
+    #[test]
+    fn timeouts_out_of_range_name_the_key_and_range() {
+        let e = error_with(top("idle_timeout_ms = 18446744073709551615"));
+        assert!(
+            e.contains(
+                "idle_timeout_ms must be between 1000 and 3600000, got 18446744073709551615"
+            ),
+            "{e}"
+        );
+        let e = error_with(top("keep_alive_ms = 0"));
+        assert!(
+            e.contains("keep_alive_ms must be between 100 and 60000, got 0"),
+            "{e}"
+        );
+        let e = error_with(top("keep_alive_ms = 9000"));
+        assert!(e.contains("idle_timeout_ms (5000) must be larger"), "{e}");
+        let e = error_with(top("link_test_interval_ms = 18446744073709551615"));
+        assert!(
+            e.contains("link_test_interval_ms") && e.contains("between"),
+            "{e}"
+        );
+        let e = error_with(|t| format!("{t}\n[deadlines.flash]\ndelivered_ms = 1\n"));
+        assert!(e.contains("delivered_ms") && e.contains("between"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn dev_zero_as_ca_or_key_is_refused_naming_the_path() {
+        let started = std::time::Instant::now();
+        let e = error_with(|t| t.replace("ca = \"ca.pem\"", "ca = \"/dev/zero\""));
+        assert!(
+            e.contains("/dev/zero") && e.contains("4194304-byte limit"),
+            "{e}"
+        );
+        let e = error_with(|t| t.replace("key = \"us.key\"", "key = \"/dev/zero\""));
+        assert!(e.contains("/dev/zero") && e.contains("limit"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let e = format!(
+            "{:#}",
+            NodeConfig::load(Path::new("/dev/zero")).unwrap_err()
+        );
+        assert!(
+            e.contains("/dev/zero") && e.contains("1048576-byte limit"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn pinned_key_with_a_sign_is_refused() {
+        let e = error_with(|t| {
+            let at = t.find("identity_key = \"").unwrap() + "identity_key = \"".len();
+            format!("{}+{}", &t[..at], &t[at + 1..])
+        });
+        assert!(e.contains("identity_key") && e.contains("'+'"), "{e}");
+    }
+
+    #[test]
+    fn the_key_is_read_once_at_load_and_never_shown() {
+        // load_with's directory, and with it the key file, is gone once it returns: the TLS
+        // configuration and the identity key come from what was parsed at load.
+        let c = load_with(|t| t).unwrap();
+        c.client_config().unwrap();
+        assert_eq!(c.identity_key().public(), c.identity.public());
+        let seed = format!("{:?}", &c.credentials.key.secret_der()[16..32]);
+        let shown = format!("{c:?} {c:#?}");
+        assert!(!shown.contains(seed.trim_matches(['[', ']'])), "{shown}");
+        assert!(shown.contains("secret key elided"), "{shown}");
     }
 }

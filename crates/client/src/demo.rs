@@ -3,7 +3,8 @@
 //!
 //! One flash is deliberately left unacknowledged under a short acknowledgement deadline so the
 //! audience sees an escalation: the sender's operator is alarmed and the partner re-alerted.
-//! Every process the demo starts is stopped before it returns.
+//! Every process the demo starts is stopped before it returns. What the nodes report back (ids,
+//! escalation levels) is printed through [`escape_control`], like the CLI's other text output.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -14,6 +15,7 @@ use hotline_proto::{MessageId, Precedence};
 use crate::certs::{self, DeadlineOverrides, InitRequest};
 use crate::control::{ControlClient, Event, Request, StatusView, WaitLevel};
 use crate::process::{Binaries, LOOPBACK_ANY, Launcher, Process, point_node_at};
+use crate::view::escape_control;
 
 /// Flash acknowledgement deadline used by the demo, to show an escalation quickly.
 const DEMO_FLASH_ACK_MS: u64 = 4000;
@@ -137,7 +139,7 @@ pub async fn run(keep: bool, print: &mut dyn FnMut(&str)) -> Result<()> {
             from,
             if from == "us" { "jp" } else { "us" },
             precedence,
-            row.id,
+            escape_control(&row.id),
             body
         ));
         rows.push(row);
@@ -147,7 +149,9 @@ pub async fn run(keep: bool, print: &mut dyn FnMut(&str)) -> Result<()> {
     let escalation = wait_escalation(&us_sock).await?;
     print(&format!(
         "ESCALATION at us: {} escalated {} time(s), transport now {}; jp's operator re-alerted",
-        escalation.id, escalation.count, escalation.escalated_to
+        escape_control(&escalation.id),
+        escalation.count,
+        escape_control(&escalation.escalated_to)
     ));
     let jp_status = status(&jp_sock).await?;
     let mut inbox = ControlClient::connect(&jp_sock).await?;
@@ -157,16 +161,16 @@ pub async fn run(keep: bool, print: &mut dyn FnMut(&str)) -> Result<()> {
             if m.escalated_to.is_some() {
                 print(&format!(
                     "jp inbox: {} escalated_to={} acknowledged={}",
-                    m.id,
-                    m.escalated_to.unwrap_or_default(),
-                    m.acknowledged.as_deref().unwrap_or("no")
+                    escape_control(&m.id),
+                    escape_control(&m.escalated_to.unwrap_or_default()),
+                    escape_control(m.acknowledged.as_deref().unwrap_or("no"))
                 ));
             }
         }
     }
     print(&format!(
         "jp pending acknowledgements: {}",
-        jp_status.pending_acks.join(", ")
+        escape_control(&jp_status.pending_acks.join(", "))
     ));
 
     print("\ntimeline (milliseconds from send):");
@@ -184,7 +188,7 @@ pub async fn run(keep: bool, print: &mut dyn FnMut(&str)) -> Result<()> {
         print(&format!(
             "{:<5} {:<22} {:<10} {:>10} {:>10} {:>13}{memory}",
             r.from,
-            r.id,
+            escape_control(&r.id),
             r.precedence,
             fmt(r.accepted_ms),
             fmt(r.delivered_ms),

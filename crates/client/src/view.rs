@@ -3,12 +3,165 @@
 //! The node shell hands over engine snapshots and deliveries; this module turns them into the
 //! JSON-ready [`StatusView`] and [`InboxEntry`] values and the one-line names of link states and
 //! alarms, so wording lives in one place and the shell stays free of presentation.
+//!
+//! It also renders those values as the CLI's text output ([`inbox_line`], [`status_lines`],
+//! [`audit_entry_line`]). Text that a partner or the relay chose (bodies, alarm and refusal
+//! details, names, errors) goes through [`escape_control`] there, so a message cannot clear the
+//! operator's screen, rewrite a line or forge one; JSON output (`--json`) stays exact.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
 
 use hotline_proto::engine::{AlarmKind, Delivery, LinkState, Status};
 use hotline_proto::{EndpointId, Precedence};
 
 use crate::control::{AlarmView, EscalationView, InboxEntry, LaneView, StatusView};
 use crate::time::format_time;
+
+/// Foreign text made safe for a terminal: every control character (C0 including newline and
+/// tab, DEL, C1) and every bidirectional-override character (U+202A..U+202E, U+2066..U+2069,
+/// which reorder what is shown) is written out as visible text; everything else, including
+/// non-ASCII letters, is kept.
+///
+/// Newline, carriage return and tab become `\n`, `\r` and `\t`; the others `\u{XX}` in
+/// lower-case hex (ESC is `\u{1b}`), as Rust writes them. Newlines are escaped too, not kept:
+/// text output is one line per item, and a body with a newline could otherwise forge an inbox
+/// or status line; the exact multi-line text is in `--json`. A backslash is left alone, so
+/// `\u{1b}` typed by the sender looks like an escaped ESC; it is harmless either way.
+pub fn escape_control(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(needs_escape) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if needs_escape(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// One `hotline inbox` text line: time, precedence, id, marks, body (escaped).
+pub fn inbox_line(m: &InboxEntry) -> String {
+    format!(
+        "{}  {:<9} {}{}{}  {}",
+        escape_control(&m.received_at),
+        escape_control(&m.precedence),
+        escape_control(&m.id),
+        m.escalated_to
+            .as_ref()
+            .map(|e| format!(" [escalated to {}]", escape_control(e)))
+            .unwrap_or_default(),
+        if m.acknowledged.is_some() {
+            " [acknowledged]"
+        } else {
+            ""
+        },
+        escape_control(&m.body)
+    )
+}
+
+/// `hotline status` as text lines; names, errors and alarm details escaped.
+pub fn status_lines(s: &StatusView) -> Vec<String> {
+    let e = |t: &str| escape_control(t).into_owned();
+    let mut out = vec![
+        format!("endpoint {} ↔ partner {}", e(&s.endpoint), e(&s.partner)),
+        format!(
+            "link {} since {} (relay {}, partner {})",
+            e(&s.link),
+            e(&s.link_since),
+            if s.connected {
+                "connected"
+            } else {
+                "not connected"
+            },
+            match s.partner_online {
+                Some(true) => "online",
+                Some(false) => "offline",
+                None => "unknown",
+            }
+        ),
+    ];
+    if let Some(err) = &s.last_error {
+        out.push(format!("last connection error: {}", e(err)));
+    }
+    let epoch = |x: Option<u32>| x.map_or_else(|| "none yet".to_owned(), |x| x.to_string());
+    out.push(format!(
+        "sealing keys: ours epoch {}, partner's epoch {}",
+        epoch(s.own_epoch),
+        epoch(s.partner_epoch)
+    ));
+    out.push(format!(
+        "{:<10} {:>12} {:>10} {:>11} {:>14} {:>9}",
+        "lane", "awaiting-key", "unaccepted", "undelivered", "unacknowledged", "buffered"
+    ));
+    for (name, l) in s.lanes.iter().rev() {
+        out.push(format!(
+            "{:<10} {:>12} {:>10} {:>11} {:>14} {:>9}",
+            e(name),
+            l.awaiting_key,
+            l.unaccepted,
+            l.undelivered,
+            l.unacknowledged,
+            l.receive_buffered
+        ));
+    }
+    out.push(format!(
+        "inbox: {} message(s); awaiting our acknowledgement: {}",
+        s.inbox,
+        s.pending_acks.len()
+    ));
+    for id in &s.pending_acks {
+        out.push(format!("  pending ack: {}", e(id)));
+    }
+    for x in &s.open_escalations {
+        out.push(format!(
+            "  ESCALATED: {} → {} ({} time(s))",
+            e(&x.id),
+            e(&x.escalated_to),
+            x.count
+        ));
+    }
+    for a in &s.alarms {
+        out.push(format!(
+            "  ALARM {} {}: {}",
+            e(&a.at),
+            e(&a.kind),
+            e(&a.detail)
+        ));
+    }
+    out
+}
+
+/// One `hotline audit export` text line for a JSON value of the audit report: an entry as
+/// `index time hash-prefix event`, anything else as its JSON. serde_json escapes C0 controls in
+/// strings but not DEL or C1, so the line is escaped as a whole too.
+pub fn audit_entry_line(v: &serde_json::Value) -> String {
+    let line = match v["type"].as_str() {
+        Some("entry") => {
+            let hash = v["hash"].as_str().unwrap_or("");
+            format!(
+                "{:>6} {} {} {}",
+                v["index"],
+                v["at"].as_str().unwrap_or(""),
+                hash.get(..12).unwrap_or(hash),
+                v["event"]
+            )
+        }
+        _ => v.to_string(),
+    };
+    escape_control(&line).into_owned()
+}
 
 /// `up`, `degraded` or `down`.
 pub fn link_name(s: LinkState) -> &'static str {
@@ -116,5 +269,120 @@ pub fn inbox_entry(d: &Delivery) -> InboxEntry {
         received_at: format_time(d.received_at),
         acknowledged: None,
         escalated_to: (d.transport > d.id.precedence).then(|| d.transport.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOSTILE: &str = "hi\x1b[2J\x07 there\r\nforged\x08\x7f\u{9b}31m\u{202e}txt";
+
+    #[test]
+    fn escape_control_makes_every_control_visible() {
+        assert_eq!(
+            escape_control(HOSTILE),
+            "hi\\u{1b}[2J\\u{7} there\\r\\nforged\\u{8}\\u{7f}\\u{9b}31m\\u{202e}txt"
+        );
+        assert_eq!(escape_control("\x1b[2J\x07"), "\\u{1b}[2J\\u{7}");
+        assert_eq!(escape_control("a\tb\0"), "a\\tb\\u{0}");
+        // Ordinary text, accents and arrows included, is borrowed untouched.
+        let plain = "Zweite Spur → bestätigen, 確認してください";
+        assert!(matches!(escape_control(plain), Cow::Borrowed(s) if s == plain));
+    }
+
+    fn entry(body: &str) -> InboxEntry {
+        InboxEntry {
+            id: "us:main:flash:1".into(),
+            from: "us".into(),
+            to: "jp".into(),
+            channel: "main".into(),
+            precedence: "flash".into(),
+            seq: 1,
+            body: body.into(),
+            sent_at: "2026-11-26T01:48:32Z".into(),
+            received_at: "2026-11-26T01:48:33Z".into(),
+            acknowledged: None,
+            escalated_to: Some("flash\x1b]0;x\x07".into()),
+        }
+    }
+
+    #[test]
+    fn inbox_text_is_escaped_and_json_is_exact() {
+        let m = entry("\x1b[2J\x07line one\nline two");
+        let line = inbox_line(&m);
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(
+            line.ends_with("  \\u{1b}[2J\\u{7}line one\\nline two"),
+            "{line:?}"
+        );
+        assert!(
+            line.contains("[escalated to flash\\u{1b}]0;x\\u{7}]"),
+            "{line:?}"
+        );
+        let json = serde_json::to_string(&m).unwrap();
+        let back: InboxEntry = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(back.body, "\x1b[2J\x07line one\nline two");
+    }
+
+    #[test]
+    fn status_text_escapes_foreign_fields() {
+        let s = StatusView {
+            endpoint: "us".into(),
+            partner: "jp\x1b[1A".into(),
+            link: "up".into(),
+            link_since: "t".into(),
+            connected: true,
+            partner_online: Some(true),
+            last_error: Some("closed by peer: \x1b[2J".into()),
+            own_epoch: Some(2),
+            partner_epoch: None,
+            lanes: [("flash".to_string(), LaneView::default())].into(),
+            pending_acks: vec!["jp:main:flash:1\r".into()],
+            open_escalations: vec![EscalationView {
+                id: "us:main:flash:2\x07".into(),
+                escalated_to: "flash".into(),
+                count: 1,
+            }],
+            alarms: vec![AlarmView {
+                at: "t".into(),
+                kind: "refused by relay: Overloaded".into(),
+                message: None,
+                detail: "queue full\x1b[2J\x07\nALARM forged".into(),
+            }],
+            inbox: 0,
+        };
+        let lines = status_lines(&s);
+        for l in &lines {
+            assert!(!l.chars().any(char::is_control), "{l:?}");
+        }
+        let text = lines.join("\n");
+        assert!(
+            text.contains("queue full\\u{1b}[2J\\u{7}\\nALARM forged"),
+            "{text}"
+        );
+        assert!(text.contains("closed by peer: \\u{1b}[2J"), "{text}");
+        assert!(text.contains("partner jp\\u{1b}[1A"), "{text}");
+        let json = serde_json::to_string(&s).unwrap();
+        let back: StatusView = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.alarms[0].detail, "queue full\x1b[2J\x07\nALARM forged");
+    }
+
+    #[test]
+    fn audit_text_escapes_what_serde_json_leaves() {
+        let v = serde_json::json!({
+            "type": "entry",
+            "index": 3,
+            "at": "t",
+            "hash": "0123456789abcdef",
+            "event": { "alarm": { "kind": "k", "detail": "x\u{9b}2J\x1b[2J\x7f" } },
+        });
+        let line = audit_entry_line(&v);
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(line.contains("0123456789ab "), "{line}");
+        assert!(line.contains("x\\u{9b}2J"), "{line}");
+        let other = audit_entry_line(&serde_json::json!({ "type": "signed_head", "x": "\u{85}" }));
+        assert!(!other.chars().any(char::is_control), "{other:?}");
     }
 }

@@ -1,6 +1,8 @@
 //! QUIC and mutual-TLS plumbing shared by the relay, the node and the bench, plus the
 //! exercise PKI.
 //!
+//! - [`bounds`]: size-capped file reads and range checks for configured numbers, shared by the
+//!   node's and the relay's configurations.
 //! - [`pki`]: makes an exercise CA, a relay certificate and one certificate per endpoint, the
 //!   endpoint id carried as URI SAN `urn:hotline:endpoint:<id>` and the endpoint's Ed25519
 //!   identity key as the certificate key.
@@ -17,6 +19,7 @@
 //!
 //! It holds no protocol logic: what a frame means is `hotline-proto`'s business.
 
+pub mod bounds;
 pub mod clock;
 pub mod failpoint;
 pub mod framed;

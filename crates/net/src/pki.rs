@@ -12,6 +12,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
+use zeroize::Zeroizing;
 
 use crate::tls::ENDPOINT_URI_PREFIX;
 
@@ -31,13 +32,22 @@ pub enum PkiError {
     },
 }
 
-/// A certificate and its key, PEM-encoded.
-#[derive(Debug, Clone)]
+/// A certificate and its key, PEM-encoded. `Debug` leaves the key out; it is wiped on drop.
+#[derive(Clone)]
 pub struct Issued {
     /// Certificate PEM.
     pub cert_pem: String,
     /// Private key PEM (PKCS#8).
-    pub key_pem: String,
+    pub key_pem: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"[secret key elided]")
+            .finish()
+    }
 }
 
 /// An endpoint's issued certificate and identity key.
@@ -82,7 +92,7 @@ impl ExercisePki {
         let ca_cert = ca_params.self_signed(&ca_key)?;
         let ca = Issued {
             cert_pem: ca_cert.pem(),
-            key_pem: ca_key.serialize_pem(),
+            key_pem: Zeroizing::new(ca_key.serialize_pem()),
         };
         let issuer = Issuer::new(ca_params, ca_key);
 
@@ -105,7 +115,7 @@ impl ExercisePki {
         let relay_cert = relay_params.signed_by(&relay_key, &issuer)?;
         let relay = Issued {
             cert_pem: relay_cert.pem(),
-            key_pem: relay_key.serialize_pem(),
+            key_pem: Zeroizing::new(relay_key.serialize_pem()),
         };
 
         let mut pki = Self {
@@ -138,7 +148,7 @@ impl ExercisePki {
             id: id.clone(),
             issued: Issued {
                 cert_pem: cert.pem(),
-                key_pem: key.serialize_pem(),
+                key_pem: Zeroizing::new(key.serialize_pem()),
             },
             identity: IdentityPublicKey(raw),
         })
@@ -215,5 +225,40 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("missing.key"), "{e}");
+    }
+
+    #[test]
+    fn endless_pem_files_are_refused_naming_file_and_limit() {
+        let zero = Path::new("/dev/zero");
+        let e = tls::load_certs(zero).unwrap_err().to_string();
+        assert!(
+            e.contains("/dev/zero") && e.contains("4194304-byte limit"),
+            "{e}"
+        );
+        let e = tls::load_key(zero).unwrap_err().to_string();
+        assert!(e.contains("/dev/zero") && e.contains("limit"), "{e}");
+        let e = tls::load_crl(zero).unwrap_err().to_string();
+        assert!(e.contains("/dev/zero") && e.contains("limit"), "{e}");
+    }
+
+    #[test]
+    fn debug_of_credentials_and_issued_keys_hides_the_private_key() {
+        let us = EndpointId::new("us").unwrap();
+        let pki = ExercisePki::generate("relay.test", std::slice::from_ref(&us)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        pki.write(dir.path()).unwrap();
+        let creds =
+            tls::Credentials::load(&dir.path().join("us.pem"), &dir.path().join("us.key")).unwrap();
+        // The private part of the PKCS#8 key (past its fixed header), as Debug shows bytes.
+        let secret = format!("{:?}", &creds.key.secret_der()[16..32]);
+        let secret = secret.trim_matches(|c| c == '[' || c == ']');
+        let shown = format!("{creds:?} {creds:#?}");
+        assert!(!shown.contains(secret), "{shown}");
+        // The PEM text of every issued key, CA and relay included.
+        let shown = format!("{pki:?} {pki:#?}");
+        for key in [&pki.ca, &pki.relay, &pki.endpoints[0].issued].map(|i| &i.key_pem) {
+            let body = key.lines().nth(1).unwrap();
+            assert!(!shown.contains(&body[40..64]), "{shown}");
+        }
     }
 }

@@ -1,9 +1,14 @@
 //! quinn endpoints with Hotline's transport settings.
 
 use std::net::{SocketAddr, UdpSocket};
+use std::ops::RangeInclusive;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+
+use zeroize::Zeroizing;
+
+use crate::bounds::{OutOfRange, check_range, read_capped};
 
 /// Keep-alive and idle timeout. Defaults: 1 s and 5 s, so a dead peer is noticed in seconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -12,6 +17,43 @@ pub struct Timeouts {
     pub keep_alive: Duration,
     /// QUIC idle timeout.
     pub idle: Duration,
+}
+
+impl Timeouts {
+    /// Allowed `keep_alive_ms`: 100 ms to 1 min.
+    pub const KEEP_ALIVE_MS: RangeInclusive<u64> = 100..=60_000;
+    /// Allowed `idle_timeout_ms`: 1 s to 1 h (and above the keep-alive interval).
+    pub const IDLE_TIMEOUT_MS: RangeInclusive<u64> = 1_000..=3_600_000;
+
+    /// Timeouts from a configuration's `keep_alive_ms` and `idle_timeout_ms`, each checked
+    /// against its range, the idle timeout longer than the keep-alive interval.
+    pub fn from_millis(keep_alive_ms: u64, idle_timeout_ms: u64) -> Result<Self, TimeoutsError> {
+        let keep_alive = check_range("keep_alive_ms", keep_alive_ms, Self::KEEP_ALIVE_MS)?;
+        let idle = check_range("idle_timeout_ms", idle_timeout_ms, Self::IDLE_TIMEOUT_MS)?;
+        if idle <= keep_alive {
+            return Err(TimeoutsError::IdleNotAboveKeepAlive { keep_alive, idle });
+        }
+        Ok(Self {
+            keep_alive: Duration::from_millis(keep_alive),
+            idle: Duration::from_millis(idle),
+        })
+    }
+}
+
+/// Why configured timeouts were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TimeoutsError {
+    /// One value is outside its range.
+    #[error(transparent)]
+    OutOfRange(#[from] OutOfRange),
+    /// The idle timeout would expire before a keep-alive could be sent.
+    #[error("idle_timeout_ms ({idle}) must be larger than keep_alive_ms ({keep_alive})")]
+    IdleNotAboveKeepAlive {
+        /// `keep_alive_ms`.
+        keep_alive: u64,
+        /// `idle_timeout_ms`.
+        idle: u64,
+    },
 }
 
 impl Default for Timeouts {
@@ -57,7 +99,8 @@ pub enum EndpointError {
 /// Loads (or creates, mode 0600) the 32-byte stateless-reset key at `path`.
 pub fn reset_key(path: &Path) -> Result<ring::hmac::Key, EndpointError> {
     let io = |what: String| move |source| EndpointError::Io { what, source };
-    let bytes = match std::fs::read(path) {
+    // Anything but 32 bytes (missing, short, or a runaway file) is replaced by a fresh key.
+    let bytes = match read_capped(path, 32).map(Zeroizing::new) {
         Ok(b) if b.len() == 32 => b,
         Ok(_) | Err(_) => {
             let mut b = [0u8; 32];
@@ -68,7 +111,9 @@ pub fn reset_key(path: &Path) -> Result<ring::hmac::Key, EndpointError> {
                 },
             )?;
             write_private(path, &b).map_err(io(format!("writing {}", path.display())))?;
-            b.to_vec()
+            let key = Zeroizing::new(b.to_vec());
+            zeroize::Zeroize::zeroize(&mut b);
+            key
         }
     };
     Ok(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &bytes))

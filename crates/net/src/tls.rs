@@ -8,7 +8,9 @@ use hotline_proto::EndpointId;
 use hotline_proto::crypto::IdentityPublicKey;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use zeroize::Zeroizing;
 
+use crate::bounds::{MAX_PEM_BYTES, ReadError, read_capped};
 use crate::quic::{Timeouts, transport};
 
 /// The URI SAN prefix that names an endpoint.
@@ -82,9 +84,20 @@ fn file_err(path: &Path, detail: impl ToString) -> TlsError {
     }
 }
 
+/// A PEM file's bytes, at most [`MAX_PEM_BYTES`].
+fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
+    read_capped(path, MAX_PEM_BYTES).map_err(|e| match e {
+        ReadError::Io { source, .. } => file_err(path, source),
+        ReadError::TooLarge { limit, .. } => file_err(
+            path,
+            format!("larger than the {limit}-byte limit for PEM files"),
+        ),
+    })
+}
+
 /// Loads every certificate in a PEM file (at least one).
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let bytes = std::fs::read(path).map_err(|e| file_err(path, e))?;
+    let bytes = read_pem(path)?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| file_err(path, format!("not a PEM certificate file: {e}")))?;
@@ -98,16 +111,16 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
     Ok(certs)
 }
 
-/// Loads a PEM private key (PKCS#8, SEC1 or PKCS#1).
+/// Loads a PEM private key (PKCS#8, SEC1 or PKCS#1). The file's bytes are wiped once parsed.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let bytes = std::fs::read(path).map_err(|e| file_err(path, e))?;
+    let bytes = Zeroizing::new(read_pem(path)?);
     PrivateKeyDer::from_pem_slice(&bytes)
         .map_err(|e| file_err(path, format!("not a PEM private key: {e}")))
 }
 
 /// Loads a PEM certificate revocation list.
 pub fn load_crl(path: &Path) -> Result<CertificateRevocationListDer<'static>, TlsError> {
-    let bytes = std::fs::read(path).map_err(|e| file_err(path, e))?;
+    let bytes = read_pem(path)?;
     CertificateRevocationListDer::from_pem_slice(&bytes)
         .map_err(|e| file_err(path, format!("not a PEM CRL: {e}")))
 }

@@ -15,13 +15,21 @@
 //!
 //! It will not read keys from files or the clock, nor draw randomness itself: keys come in as
 //! bytes and the HPKE encapsulation takes the caller's RNG.
+//!
+//! Secrets stay out of logs and are wiped where the crates allow: no `Debug` here prints key
+//! material, a sealing secret leaves this module only as [`SecretBytes`] (zeroed on drop), and
+//! the X-Wing private key zeroes itself on drop (`x-wing`'s `DecapsulationKey`). ring's
+//! `Ed25519KeyPair` offers no way to wipe it, so an [`IdentityKey`] is parsed once and shared
+//! (cloning it shares one key pair) rather than copied.
 
 use std::fmt;
+use std::sync::Arc;
 
 use hpke::{Deserializable, Kem as _, Serializable};
 use rand_core::CryptoRng;
 use ring::signature::{self, Ed25519KeyPair, KeyPair};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use zeroize::{Zeroize, Zeroizing};
 
 /// The cipher suite id carried in every frame: X-Wing HPKE (HKDF-SHA256, export-only),
 /// ChaCha20-Poly1305 per message, Ed25519 signatures, SHA-256 chains.
@@ -94,6 +102,16 @@ pub enum CryptoError {
     /// HPKE encapsulation or decapsulation failed.
     #[error("hpke {0}")]
     Hpke(&'static str),
+    /// A key written as hex is not exactly the expected number of hex digits.
+    #[error("{what} key must be {digits} hex digits: {detail}")]
+    BadHex {
+        /// Which kind of key.
+        what: &'static str,
+        /// How many hex digits it must have.
+        digits: usize,
+        /// What is wrong (a bad character and its position, an odd or wrong length).
+        detail: String,
+    },
 }
 
 /// A SHA-256 digest.
@@ -116,7 +134,7 @@ impl Digest {
 
     /// Lower-case hex.
     pub fn to_hex(&self) -> String {
-        hex(&self.0)
+        hex::encode(self.0)
     }
 }
 
@@ -132,24 +150,13 @@ impl fmt::Display for Digest {
     }
 }
 
-/// Lower-case hex of some bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    use fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-}
-
 /// An Ed25519 signature.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Signature(pub [u8; 64]);
 
 impl fmt::Debug for Signature {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Signature({}…)", &hex(&self.0[..6]))
+        write!(f, "Signature({}…)", hex::encode(&self.0[..6]))
     }
 }
 
@@ -200,22 +207,18 @@ impl IdentityPublicKey {
 
     /// Lower-case hex, as written into configs for pinning.
     pub fn to_hex(&self) -> String {
-        hex(&self.0)
+        hex::encode(self.0)
     }
 
-    /// Parses 64 hex digits.
+    /// Parses exactly 64 hex digits (either case; surrounding whitespace ignored). A sign, a
+    /// `0x` prefix or any other character is refused.
     pub fn from_hex(s: &str) -> Result<Self, CryptoError> {
-        let bad = CryptoError::MalformedKey {
-            what: "identity public",
-        };
-        let s = s.trim();
-        if s.len() != 64 || !s.is_ascii() {
-            return Err(bad);
-        }
         let mut out = [0u8; 32];
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad.clone())?;
-        }
+        hex::decode_to_slice(s.trim(), &mut out).map_err(|e| CryptoError::BadHex {
+            what: "identity public",
+            digits: 64,
+            detail: e.to_string(),
+        })?;
         Ok(Self(out))
     }
 }
@@ -233,8 +236,13 @@ impl fmt::Display for IdentityPublicKey {
 }
 
 /// An endpoint's Ed25519 identity key pair (the same key as its TLS certificate).
+///
+/// Cloning shares the one parsed key pair: ring's `Ed25519KeyPair` cannot be zeroized or
+/// cloned, so the node parses its key once and hands clones to the engine and the store instead
+/// of leaving several copies of the private key in memory.
+#[derive(Clone)]
 pub struct IdentityKey {
-    pair: Ed25519KeyPair,
+    pair: Arc<Ed25519KeyPair>,
     public: IdentityPublicKey,
 }
 
@@ -269,7 +277,7 @@ impl IdentityKey {
         let mut public = [0u8; 32];
         public.copy_from_slice(pair.public_key().as_ref());
         Self {
-            pair,
+            pair: Arc::new(pair),
             public: IdentityPublicKey(public),
         }
     }
@@ -291,6 +299,8 @@ impl IdentityKey {
 }
 
 /// An X-Wing sealing key pair for one epoch. Announced (public half) signed by the identity key.
+///
+/// The secret zeroes itself on drop (`x-wing`'s `DecapsulationKey` is `ZeroizeOnDrop`).
 #[derive(Clone)]
 pub struct SealingKey {
     secret: <HpkeKem as hpke::Kem>::PrivateKey,
@@ -322,13 +332,56 @@ impl SealingKey {
     }
 
     /// The secret, for the caller's durable store.
-    pub fn secret_bytes(&self) -> Vec<u8> {
-        self.secret.to_bytes().to_vec()
+    pub fn secret_bytes(&self) -> SecretBytes {
+        let mut bytes = self.secret.to_bytes();
+        let secret = SecretBytes::from(bytes.to_vec());
+        bytes.zeroize();
+        secret
     }
 
     /// The public key, for announcements.
     pub fn public_bytes(&self) -> Vec<u8> {
         self.public.to_bytes().to_vec()
+    }
+}
+
+/// Secret key bytes (a sealing secret as persisted): zeroed when dropped, and never shown by
+/// `Debug`, which prints only the length.
+///
+/// Serialized exactly like a `serde_bytes` `Vec<u8>` (a byte string), so records written before
+/// this type existed read back unchanged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretBytes(Zeroizing<Vec<u8>>);
+
+impl From<Vec<u8>> for SecretBytes {
+    fn from(bytes: Vec<u8>) -> Self {
+        Self(Zeroizing::new(bytes))
+    }
+}
+
+impl std::ops::Deref for SecretBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretBytes(<redacted {} bytes>)", self.0.len())
+    }
+}
+
+impl Serialize for SecretBytes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretBytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // The same entry point `serde_bytes` uses for a `Vec<u8>`.
+        serde_bytes::ByteBuf::deserialize(d).map(|b| Self::from(b.into_vec()))
     }
 }
 
@@ -352,7 +405,7 @@ pub struct SessionId(pub [u8; 16]);
 
 impl fmt::Debug for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SessionId({})", hex(&self.0[..6]))
+        write!(f, "SessionId({})", hex::encode(&self.0[..6]))
     }
 }
 
@@ -527,7 +580,85 @@ mod tests {
     fn identity_key_hex_roundtrips() {
         let k = IdentityKey::from_seed(&[1; 32]).public();
         assert_eq!(IdentityPublicKey::from_hex(&k.to_hex()), Ok(k));
+        assert_eq!(
+            IdentityPublicKey::from_hex(&format!(" {} ", k.to_hex().to_uppercase())),
+            Ok(k)
+        );
         assert!(IdentityPublicKey::from_hex("zz").is_err());
+    }
+
+    #[test]
+    fn identity_key_hex_refuses_signs_and_odd_lengths() {
+        let good = IdentityKey::from_seed(&[1; 32]).public().to_hex();
+        // `u8::from_str_radix` accepts "+f"; a pinned key must not.
+        let plus = format!("+{}", &good[1..]);
+        let e = IdentityPublicKey::from_hex(&plus).unwrap_err().to_string();
+        assert!(e.contains("64 hex digits") && e.contains("'+'"), "{e}");
+        let e = IdentityPublicKey::from_hex(&good[1..])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("64 hex digits") && e.contains("Odd"), "{e}");
+        let e = IdentityPublicKey::from_hex(&good[2..])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("64 hex digits"), "{e}");
+        let e = IdentityPublicKey::from_hex(&format!("0x{}", &good[2..]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'x'"), "{e}");
+    }
+
+    #[test]
+    fn debug_never_shows_secret_key_material() {
+        let mut rng = ChaCha20Rng::seed_from_u64(3);
+        let sealing = SealingKey::generate(&mut rng);
+        let secret = sealing.secret_bytes();
+        let secret_hex = hex::encode(&*secret);
+        let shown = format!("{sealing:?} {secret:?} {secret:#?}");
+        assert!(!shown.contains(&secret_hex), "{shown}");
+        assert!(!shown.contains(&secret_hex[..16]), "{shown}");
+        assert!(
+            shown.contains("SecretBytes(<redacted 32 bytes>)"),
+            "{shown}"
+        );
+        let record = crate::engine::Record::SealingKey {
+            epoch: 1,
+            secret: sealing.secret_bytes(),
+            expires_at: crate::types::Time(0),
+        };
+        let shown = format!("{record:?}");
+        assert!(!shown.contains(&secret_hex[..16]), "{shown}");
+
+        let seed = [0x5a; 32];
+        let identity = IdentityKey::from_seed(&seed);
+        let shown = format!("{identity:?} {identity:#?}");
+        assert!(!shown.contains(&hex::encode(seed)[..16]), "{shown}");
+        assert!(!shown.contains("5a5a5a5a"), "{shown}");
+    }
+
+    #[test]
+    fn secret_bytes_encode_like_serde_bytes() {
+        #[derive(Serialize, Deserialize)]
+        struct Before {
+            #[serde(with = "serde_bytes")]
+            secret: Vec<u8>,
+        }
+        #[derive(Serialize, Deserialize)]
+        struct After {
+            secret: SecretBytes,
+        }
+        let bytes: Vec<u8> = (0..32).collect();
+        let before = postcard::to_allocvec(&Before {
+            secret: bytes.clone(),
+        })
+        .unwrap();
+        let after = postcard::to_allocvec(&After {
+            secret: SecretBytes::from(bytes.clone()),
+        })
+        .unwrap();
+        assert_eq!(before, after);
+        let read: After = postcard::from_bytes(&before).unwrap();
+        assert_eq!(&*read.secret, &bytes[..]);
     }
 
     #[test]

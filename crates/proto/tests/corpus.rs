@@ -184,9 +184,6 @@ fn manifest_dir() -> PathBuf {
 }
 
 fn from_hex(text: &str) -> Vec<u8> {
-    let digits: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    digits
-        .chunks(2)
-        .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap())
-        .collect()
+    let digits: String = text.split_ascii_whitespace().collect();
+    hex::decode(digits).unwrap()
 }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use hotline_proto::crypto::{
     Digest, ENCAPSULATED_KEY_LEN, IdentityKey, SEALING_PUBLIC_KEY_LEN,
-    SUITE_XWING_CHACHA20_ED25519, SessionId, hex,
+    SUITE_XWING_CHACHA20_ED25519, SessionId,
 };
 use hotline_proto::engine::{Action, Engine, EngineConfig, Local, Outgoing, Partner, Record};
 use hotline_proto::envelope::{
@@ -444,14 +444,10 @@ fn blessing() -> bool {
 
 /// Lower-case hex, 32 bytes a line, so a diff points at the changed region.
 fn to_hex_lines(bytes: &[u8]) -> String {
-    bytes.chunks(32).map(|c| hex(c) + "\n").collect()
+    bytes.chunks(32).map(|c| hex::encode(c) + "\n").collect()
 }
 
 fn from_hex(text: &str) -> Vec<u8> {
-    let digits: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    assert!(digits.len() % 2 == 0, "odd number of hex digits");
-    digits
-        .chunks(2)
-        .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap())
-        .collect()
+    let digits: String = text.split_ascii_whitespace().collect();
+    hex::decode(digits).unwrap()
 }

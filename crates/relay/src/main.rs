@@ -6,12 +6,14 @@
 //! stops there. Every error is one `error: …` line on stderr and exit status 1.
 
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{CommandFactory, Parser, Subcommand};
+use hotline_net::bounds::{MAX_CONFIG_BYTES, OutOfRange, check_range, read_capped};
 use hotline_net::tls;
 use hotline_proto::EndpointId;
 use hotline_relay::{Credentials, Server, ServerConfig, Timeouts, Ttl};
@@ -139,13 +141,14 @@ struct Config {
     /// TCP address for `GET /metrics`; off by default.
     #[serde(default)]
     metrics: Option<SocketAddr>,
-    /// QUIC keep-alive interval in milliseconds.
+    /// QUIC keep-alive interval in milliseconds, 100 ..= 60000.
     #[serde(default = "cfg_defaults::keep_alive_ms")]
     keep_alive_ms: u64,
-    /// QUIC idle timeout in milliseconds.
+    /// QUIC idle timeout in milliseconds, 1000 ..= 3600000 and above `keep_alive_ms`.
     #[serde(default = "cfg_defaults::idle_timeout_ms")]
     idle_timeout_ms: u64,
-    /// Bytes queued for one endpoint past which routine messages are refused.
+    /// Bytes queued for one endpoint past which routine messages are refused,
+    /// [`MAX_QUEUE_BYTES_RANGE`].
     #[serde(default = "cfg_defaults::max_queue_bytes_per_endpoint")]
     max_queue_bytes_per_endpoint: u64,
     /// Time-to-live of queued envelopes per transport lane, `[ttl]`.
@@ -164,7 +167,8 @@ struct HotlineConfig {
     b: EndpointId,
 }
 
-/// `[ttl]`: seconds a queued envelope is held per transport lane; 0 holds it until delivered.
+/// `[ttl]`: seconds a queued envelope is held per transport lane, [`TTL_S_RANGE`]; 0 holds it
+/// until delivered.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TtlConfig {
@@ -193,15 +197,25 @@ impl Default for TtlConfig {
     }
 }
 
+/// Allowed `max_queue_bytes_per_endpoint`: 1 MiB (room for the largest envelope) to 64 GiB.
+const MAX_QUEUE_BYTES_RANGE: RangeInclusive<u64> = 1 << 20..=64 << 30;
+
+/// Allowed non-zero `[ttl]` values: 1 s to 366 days. Far larger ones would overflow the
+/// relay's clock arithmetic.
+const TTL_S_RANGE: RangeInclusive<u64> = 1..=366 * 24 * 3600;
+
 impl TtlConfig {
-    fn into_ttl(self) -> Ttl {
-        let secs = |s: u64| (s != 0).then(|| Duration::from_secs(s));
-        Ttl {
-            routine: secs(self.routine_s),
-            priority: secs(self.priority_s),
-            immediate: secs(self.immediate_s),
-            flash: secs(self.flash_s),
-        }
+    fn into_ttl(self) -> Result<Ttl, OutOfRange> {
+        let secs = |key: &str, s: u64| match s {
+            0 => Ok(None),
+            s => check_range(key, s, TTL_S_RANGE).map(|s| Some(Duration::from_secs(s))),
+        };
+        Ok(Ttl {
+            routine: secs("[ttl] routine_s (0 = until delivered)", self.routine_s)?,
+            priority: secs("[ttl] priority_s (0 = until delivered)", self.priority_s)?,
+            immediate: secs("[ttl] immediate_s (0 = until delivered)", self.immediate_s)?,
+            flash: secs("[ttl] flash_s (0 = until delivered)", self.flash_s)?,
+        })
     }
 }
 
@@ -236,8 +250,8 @@ mod cfg_defaults {
 /// the file's directory, loads the CA, certificate, key and CRL, checks that the certificates
 /// are valid now and that the TLS configuration builds (the key matches the certificate).
 fn load(path: &Path) -> anyhow::Result<ServerConfig> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = String::from_utf8(read_capped(path, MAX_CONFIG_BYTES)?)
+        .with_context(|| format!("{} is not UTF-8", path.display()))?;
     let config: Config = toml::from_str(&text).map_err(|e| {
         // A missing key has no line of its own (its span is the enclosing table).
         let line = e
@@ -268,19 +282,13 @@ impl Config {
             }
             hotlines.push((h.a, h.b));
         }
-        if self.keep_alive_ms == 0 {
-            bail!("keep_alive_ms must be greater than zero");
-        }
-        if self.keep_alive_ms >= self.idle_timeout_ms {
-            bail!(
-                "keep_alive_ms ({}) must be less than idle_timeout_ms ({})",
-                self.keep_alive_ms,
-                self.idle_timeout_ms
-            );
-        }
-        if self.max_queue_bytes_per_endpoint == 0 {
-            bail!("max_queue_bytes_per_endpoint must be greater than zero");
-        }
+        let timeouts = Timeouts::from_millis(self.keep_alive_ms, self.idle_timeout_ms)?;
+        let max_queue_bytes_per_endpoint = check_range(
+            "max_queue_bytes_per_endpoint",
+            self.max_queue_bytes_per_endpoint,
+            MAX_QUEUE_BYTES_RANGE,
+        )?;
+        let ttl = self.ttl.into_ttl()?;
 
         let ca_path = resolve(self.ca);
         let ca = tls::load_certs(&ca_path).map_err(one_line)?;
@@ -318,12 +326,9 @@ impl Config {
             crls,
             data_dir: resolve(self.data_dir),
             hotlines,
-            timeouts: Timeouts {
-                keep_alive: Duration::from_millis(self.keep_alive_ms),
-                idle: Duration::from_millis(self.idle_timeout_ms),
-            },
-            max_queue_bytes_per_endpoint: self.max_queue_bytes_per_endpoint,
-            ttl: self.ttl.into_ttl(),
+            timeouts,
+            max_queue_bytes_per_endpoint,
+            ttl,
             metrics: self.metrics,
         };
         config.quic_config().map_err(one_line).with_context(|| {
@@ -449,7 +454,7 @@ mod tests {
         assert_eq!(config.keep_alive_ms, 1000);
         assert_eq!(config.idle_timeout_ms, 5000);
         assert_eq!(config.max_queue_bytes_per_endpoint, 268_435_456);
-        assert_eq!(config.ttl.into_ttl(), Ttl::default());
+        assert_eq!(config.ttl.into_ttl(), Ok(Ttl::default()));
         assert_eq!(config.hotlines.len(), 2);
     }
 
@@ -492,5 +497,62 @@ mod tests {
 
         let e = err(&format!("keep_alive_ms = 9000\n{MINIMAL}"));
         assert!(e.contains("keep_alive_ms"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_numbers_name_the_key_and_range() {
+        let dir = pki_dir();
+        let err = |text: &str| format!("{:#}", load_text(dir.path(), text).unwrap_err());
+
+        let e = err(&format!(
+            "idle_timeout_ms = 18446744073709551615\n{MINIMAL}"
+        ));
+        assert!(
+            e.contains(
+                "idle_timeout_ms must be between 1000 and 3600000, got 18446744073709551615"
+            ),
+            "{e}"
+        );
+        let e = err(&format!("keep_alive_ms = 0\n{MINIMAL}"));
+        assert!(
+            e.contains("keep_alive_ms must be between 100 and 60000, got 0"),
+            "{e}"
+        );
+        let e = err(&format!("max_queue_bytes_per_endpoint = 1\n{MINIMAL}"));
+        assert!(
+            e.contains(
+                "max_queue_bytes_per_endpoint must be between 1048576 and 68719476736, got 1"
+            ),
+            "{e}"
+        );
+        let e = err(&MINIMAL.replace(
+            "[[hotline]]",
+            "[ttl]\nflash_s = 18446744073709551615\n[[hotline]]",
+        ));
+        assert!(
+            e.contains("flash_s (0 = until delivered) must be between 1 and 31622400"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn dev_zero_as_ca_crl_or_config_is_refused_naming_the_path() {
+        let dir = pki_dir();
+        let started = std::time::Instant::now();
+        let err = |text: &str| format!("{:#}", load_text(dir.path(), text).unwrap_err());
+        let e = err(&MINIMAL.replace("ca.pem", "/dev/zero"));
+        assert!(
+            e.contains("/dev/zero") && e.contains("4194304-byte limit"),
+            "{e}"
+        );
+        let e = err(&format!("crl = \"/dev/zero\"\n{MINIMAL}"));
+        assert!(e.contains("/dev/zero") && e.contains("limit"), "{e}");
+        let e = format!("{:#}", load(Path::new("/dev/zero")).unwrap_err());
+        assert!(
+            e.contains("/dev/zero") && e.contains("1048576-byte limit"),
+            "{e}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 }

@@ -15,6 +15,7 @@ use hotline_client::certs::{self, DeadlineOverrides, InitRequest};
 use hotline_client::config::NodeConfig;
 use hotline_client::control::{self, ControlClient, Event, Request, WaitLevel};
 use hotline_client::node::Node;
+use hotline_client::view;
 use hotline_proto::{Channel, EndpointId, MessageId, Precedence};
 
 /// Hotline endpoint node and operator CLI.
@@ -364,22 +365,7 @@ async fn run(cmd: Cmd) -> Result<()> {
                 if json {
                     println!("{}", serde_json::to_string(&m)?);
                 } else {
-                    println!(
-                        "{}  {:<9} {}{}{}  {}",
-                        m.received_at,
-                        m.precedence,
-                        m.id,
-                        m.escalated_to
-                            .as_ref()
-                            .map(|e| format!(" [escalated to {e}]"))
-                            .unwrap_or_default(),
-                        if m.acknowledged.is_some() {
-                            " [acknowledged]"
-                        } else {
-                            ""
-                        },
-                        m.body
-                    );
+                    println!("{}", view::inbox_line(&m));
                 }
             }
             Ok(())
@@ -401,7 +387,9 @@ async fn run(cmd: Cmd) -> Result<()> {
                     if json {
                         println!("{}", serde_json::to_string(&s)?);
                     } else {
-                        print_status(&s);
+                        for line in view::status_lines(&s) {
+                            println!("{line}");
+                        }
                     }
                 }
             }
@@ -435,17 +423,7 @@ async fn run(cmd: Cmd) -> Result<()> {
                 if json {
                     println!("{v}");
                 } else {
-                    match v["type"].as_str() {
-                        Some("entry") => println!(
-                            "{:>6} {} {} {}",
-                            v["index"],
-                            v["at"].as_str().unwrap_or(""),
-                            &v["hash"].as_str().unwrap_or("")
-                                [..12.min(v["hash"].as_str().unwrap_or("").len())],
-                            v["event"]
-                        ),
-                        _ => println!("{v}"),
-                    }
+                    println!("{}", view::audit_entry_line(&v));
                 }
             }
             let report = report.context("no verification report")?;
@@ -456,7 +434,7 @@ async fn run(cmd: Cmd) -> Result<()> {
                 );
             }
             match report["first_bad"].as_str() {
-                Some(bad) => bail!("audit log does not verify: {bad}"),
+                Some(bad) => bail!("audit log does not verify: {}", view::escape_control(bad)),
                 None => {
                     if !json {
                         println!(
@@ -487,7 +465,7 @@ async fn audit_values(config: &std::path::Path, export: bool) -> Result<Vec<serd
         Err(_) => {
             let cfg = NodeConfig::load(config)?;
             let (store, _) = hotline_client::store::Store::open(&cfg.data_dir)?;
-            let own = cfg.identity_key()?.public();
+            let own = cfg.identity_key().public();
             Ok(hotline_client::audit::report(
                 &store.database(),
                 &own,
@@ -495,61 +473,6 @@ async fn audit_values(config: &std::path::Path, export: bool) -> Result<Vec<serd
                 export,
             )?)
         }
-    }
-}
-
-fn print_status(s: &control::StatusView) {
-    println!("endpoint {} ↔ partner {}", s.endpoint, s.partner);
-    println!(
-        "link {} since {} (relay {}, partner {})",
-        s.link,
-        s.link_since,
-        if s.connected {
-            "connected"
-        } else {
-            "not connected"
-        },
-        match s.partner_online {
-            Some(true) => "online",
-            Some(false) => "offline",
-            None => "unknown",
-        }
-    );
-    if let Some(e) = &s.last_error {
-        println!("last connection error: {e}");
-    }
-    let epoch = |e: Option<u32>| e.map_or_else(|| "none yet".to_owned(), |e| e.to_string());
-    println!(
-        "sealing keys: ours epoch {}, partner's epoch {}",
-        epoch(s.own_epoch),
-        epoch(s.partner_epoch)
-    );
-    println!(
-        "{:<10} {:>12} {:>10} {:>11} {:>14} {:>9}",
-        "lane", "awaiting-key", "unaccepted", "undelivered", "unacknowledged", "buffered"
-    );
-    for (name, l) in s.lanes.iter().rev() {
-        println!(
-            "{:<10} {:>12} {:>10} {:>11} {:>14} {:>9}",
-            name, l.awaiting_key, l.unaccepted, l.undelivered, l.unacknowledged, l.receive_buffered
-        );
-    }
-    println!(
-        "inbox: {} message(s); awaiting our acknowledgement: {}",
-        s.inbox,
-        s.pending_acks.len()
-    );
-    for id in &s.pending_acks {
-        println!("  pending ack: {id}");
-    }
-    for e in &s.open_escalations {
-        println!(
-            "  ESCALATED: {} → {} ({} time(s))",
-            e.id, e.escalated_to, e.count
-        );
-    }
-    for a in &s.alarms {
-        println!("  ALARM {} {}: {}", a.at, a.kind, a.detail);
     }
 }
 

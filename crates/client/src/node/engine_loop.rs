@@ -368,10 +368,16 @@ impl EngineLoop {
     }
 }
 
+/// Alarm details come from the relay or the partner: escaped, so a log on a terminal shows
+/// them without running their control characters.
 fn log_alarm(a: &Alarm) {
     let kind = view::alarm_kind(&a.kind);
     match &a.kind {
-        AlarmKind::Refused(_) => warn!(kind = %kind, detail = %a.detail, "ALARM"),
-        _ => error!(kind = %kind, detail = %a.detail, "SECURITY ALARM"),
+        AlarmKind::Refused(_) => {
+            warn!(kind = %view::escape_control(&kind), detail = %view::escape_control(&a.detail), "ALARM")
+        }
+        _ => {
+            error!(kind = %view::escape_control(&kind), detail = %view::escape_control(&a.detail), "SECURITY ALARM")
+        }
     }
 }

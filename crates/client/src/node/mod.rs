@@ -168,10 +168,10 @@ impl Node {
     pub async fn spawn(cfg: NodeConfig) -> Result<Self, SpawnError> {
         create_private_dir(&cfg.data_dir)?;
         let (mut store, records) = Store::open(&cfg.data_dir)?;
-        let identity = cfg.identity_key()?;
+        let identity = cfg.identity_key();
         let local = Local {
             id: cfg.local.clone(),
-            key: cfg.identity_key()?,
+            key: cfg.identity_key(),
         };
         let rng = ChaCha20Rng::from_seed(os_seed()?);
         let now = wall_now();

@@ -97,7 +97,7 @@ mod tests {
     fn record() -> Record {
         Record::SealingKey {
             epoch: 1,
-            secret: Vec::new(),
+            secret: Vec::new().into(),
             expires_at: Time(0),
         }
     }

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::{SessionId, Signature};
+use crate::crypto::{SecretBytes, SessionId, Signature};
 use crate::envelope::Announcement;
 use crate::envelope::{Envelope, Receipt, SessionSetup, Signed};
 use crate::types::{MessageId, Precedence, Time};
@@ -20,9 +20,8 @@ pub enum Record {
     SealingKey {
         /// Epoch.
         epoch: u32,
-        /// X-Wing secret key bytes.
-        #[serde(with = "serde_bytes")]
-        secret: Vec<u8>,
+        /// X-Wing secret key bytes (encoded as before, redacted in `Debug`, zeroed on drop).
+        secret: SecretBytes,
         /// Announced expiry.
         expires_at: Time,
     },
