@@ -297,9 +297,13 @@ impl EngineLoop {
                 }
                 Action::Alarm(a) => {
                     log_alarm(&a);
+                    let detail = match a.count {
+                        1 => a.detail,
+                        n => format!("{} ({n} occurrences)", a.detail),
+                    };
                     self.write(StoreMsg::Event(AuditEvent::Alarm {
                         kind: view::alarm_kind(&a.kind),
-                        detail: a.detail,
+                        detail,
                     }));
                 }
                 Action::PartnerAuditHead(t) => {
@@ -323,7 +327,7 @@ impl EngineLoop {
     }
 
     fn deliver(&mut self, d: &Delivery) {
-        info!(id = %d.id, transport = %d.transport, "delivered to inbox");
+        info!(id = %d.id, relay_transport = %d.relay_transport, "delivered to inbox");
         let entry = self.inbox.push(d);
         self.followers.retain(|f| f.send(entry.clone()).is_ok());
     }
@@ -364,7 +368,9 @@ impl EngineLoop {
 fn log_alarm(a: &Alarm) {
     let kind = view::alarm_kind(&a.kind);
     match &a.kind {
-        AlarmKind::Refused(_) => warn!(kind = %kind, detail = %a.detail, "ALARM"),
-        _ => error!(kind = %kind, detail = %a.detail, "SECURITY ALARM"),
+        AlarmKind::Refused(_) | AlarmKind::ClockSkew => {
+            warn!(kind = %kind, count = a.count, detail = %a.detail, "ALARM");
+        }
+        _ => error!(kind = %kind, count = a.count, detail = %a.detail, "SECURITY ALARM"),
     }
 }
