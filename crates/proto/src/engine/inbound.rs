@@ -267,7 +267,9 @@ impl Inbound {
             relay_transport: f.transport,
         };
         let size = pending.size();
-        if self.buffered_bytes + size > MAX_BUFFERED_BYTES {
+        if self.buffered_bytes + size > MAX_BUFFERED_BYTES
+            && (seq != delivered.next() || !self.evict_tails(&key, size))
+        {
             // Full: the sender offers it again later.
             return Ok(Accepted::Nothing);
         }
@@ -283,6 +285,38 @@ impl Inbound {
             channel: key.0,
             conflict: conflicting.map(|_| id),
         })
+    }
+
+    /// Makes room for `size` bytes for the next deliverable envelope of lane `key`, which alone
+    /// lets the buffer drain: drops buffered entries from the tails of lanes (highest sequence
+    /// first, this lane's first), never a lane's next deliverable one. The sender offers the
+    /// dropped ones again. Returns whether it fits.
+    fn evict_tails(&mut self, key: &(Channel, Precedence), size: usize) -> bool {
+        let keys: Vec<(Channel, Precedence)> = std::iter::once(key.clone())
+            .chain(self.lanes.keys().filter(|k| *k != key).cloned())
+            .collect();
+        for k in keys {
+            let Some(lane) = self.lanes.get_mut(&k) else {
+                continue;
+            };
+            while self.buffered_bytes + size > MAX_BUFFERED_BYTES {
+                let next = lane.delivered.next();
+                let Some(entry) = lane.buffer.last_entry() else {
+                    break;
+                };
+                if *entry.key() <= next {
+                    break;
+                }
+                let (evicted, p) = entry.remove_entry();
+                self.buffered_bytes -= p.size();
+                // A signed head covered it; a replacement must be covered again.
+                lane.verified = lane.verified.min(Seq(evicted.0 - 1));
+            }
+            if self.buffered_bytes + size <= MAX_BUFFERED_BYTES {
+                return true;
+            }
+        }
+        false
     }
 
     /// Whether one more lane may be created: below [`MAX_INBOUND_LANES`], or, for an envelope
