@@ -1,6 +1,7 @@
 //! Engine behaviour on virtual time: named cases, tamper cases and the reference-model proptest.
 
 mod forgery;
+mod hostile;
 mod model;
 mod timers;
 mod util;

@@ -241,6 +241,8 @@ pub(crate) struct Pair {
     /// When set, frames to this side are held (recipient not reading).
     pub(crate) hold: Option<Side>,
     held: Vec<Vec<u8>>,
+    /// When set, link tests to this side are dropped (a relay that forwards traffic only).
+    pub(crate) drop_link_tests_to: Option<Side>,
     /// Envelope frames for these ids are dropped once each (targeted loss).
     pub(crate) drop_once: Vec<MessageId>,
     /// Extra delay on `accepted` replies, so a partner's receipt can overtake them.
@@ -269,6 +271,7 @@ impl Pair {
             link_up: [false, false],
             hold: None,
             held: Vec::new(),
+            drop_link_tests_to: None,
             drop_once: Vec::new(),
             accepted_delay: Duration::ZERO,
             queued: BTreeMap::new(),
@@ -545,6 +548,11 @@ impl Pair {
         }
         if self.hold == Some(to) {
             self.held.push(frame);
+            return;
+        }
+        if self.drop_link_tests_to == Some(to)
+            && matches!(wire::decode_frame(&frame), Ok((Frame::LinkTest(_), _)))
+        {
             return;
         }
         let now = self.now;
