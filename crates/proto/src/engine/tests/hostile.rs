@@ -351,11 +351,11 @@ fn escalation_notice_from_1970_realerts_with_local_time() {
     let mut pair = Pair::new(EngineConfig::default(), 905);
     let id = pair.send(Side::B, Flash, "acknowledge me");
     pair.settle(Duration::from_secs(1));
-    assert_eq!(pair.a.delivered_ids(), [id.clone()]);
+    assert_eq!(pair.a.delivered_ids(), std::slice::from_ref(&id));
     let notice = EscalationNotice {
         from: pair.b.id.clone(),
         to: pair.a.id.clone(),
-        message: id.clone(),
+        message: id,
         level: Flash,
         count: 1,
         at: Time(0),
