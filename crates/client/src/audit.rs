@@ -190,7 +190,7 @@ pub fn events_of(record: &Record) -> Vec<AuditEvent> {
         } => vec![AuditEvent::EnvelopeReceived {
             id: delivery.id.to_string(),
             hash: envelope.hash().to_hex(),
-            transport: delivery.transport.to_string(),
+            transport: delivery.relay_transport.to_string(),
         }],
         Record::ReceiptReceived(r) => {
             let b = &r.body;

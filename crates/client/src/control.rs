@@ -209,7 +209,7 @@ pub struct InboxEntry {
     pub received_at: String,
     /// When our operator acknowledged it, if so.
     pub acknowledged: Option<String>,
-    /// Raised transport precedence, if it escalated.
+    /// Raised transport precedence, if it escalated, as the relay claims it (unsigned).
     pub escalated_to: Option<String>,
 }
 

@@ -13,6 +13,7 @@
 //! - [`demo`]: `hotline demo`, a relay and two nodes on loopback with a scripted exchange.
 //! - [`process`]: `hotline-relay` and `hotline node` as child processes on loopback, for the
 //!   demo, the end-to-end tests and the bench.
+//! - `fuzzing` (hidden): the control-request parser as a fuzz entry point.
 //! - `testing` (feature `test-utils`): a relay and nodes in one process on port 0, for tests.
 
 pub mod audit;
@@ -21,6 +22,8 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod failpoint;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod node;
 pub mod process;
 pub mod store;

@@ -182,6 +182,8 @@ pub fn alarm_kind(k: &AlarmKind) -> String {
         AlarmKind::PartnerKeyExpired => "partner sealing key expired".into(),
         AlarmKind::PartnerLostStore => "partner lost its store".into(),
         AlarmKind::StoreLossRepaired => "this node's store was lost; re-paired".into(),
+        AlarmKind::ClockSkew => "partner clock skew".into(),
+        AlarmKind::LaneLimit => "inbound lane limit".into(),
     }
 }
 
@@ -268,7 +270,8 @@ pub fn inbox_entry(d: &Delivery) -> InboxEntry {
         sent_at: format_time(d.sent_at),
         received_at: format_time(d.received_at),
         acknowledged: None,
-        escalated_to: (d.transport > d.id.precedence).then(|| d.transport.to_string()),
+        // The relay's unsigned claim (see `Delivery::relay_transport`).
+        escalated_to: (d.relay_transport > d.id.precedence).then(|| d.relay_transport.to_string()),
     }
 }
 

@@ -2,8 +2,11 @@
 //!
 //! Each function takes arbitrary bytes and must never panic, whatever they are.
 
+use std::collections::BTreeSet;
+use std::time::Duration;
+
 use crate::crypto::{IdentityKey, SEALING_PUBLIC_KEY_LEN, SUITE_XWING_CHACHA20_ED25519};
-use crate::engine::{Engine, EngineConfig, Local, Partner};
+use crate::engine::{Action, Engine, EngineConfig, Local, Partner};
 use crate::envelope::{Announcement, Signed};
 use crate::types::{EndpointId, Time};
 use crate::wire;
@@ -21,7 +24,58 @@ pub fn decode_frame(data: &[u8]) {
 
 /// Feeds `data` to a receiving engine as a frame from the relay, then drains its actions.
 pub fn open_envelope(data: &[u8]) {
-    let mut rng = FixedRng(FIXED_RNG_SEED);
+    let mut engine = receiver();
+    let _ = engine.handle_frame(Time(2), data);
+    while engine.poll_action().is_some() {}
+}
+
+/// Frames [`engine_frames`] takes from one input at most.
+pub const MAX_ENGINE_FRAMES: usize = 64;
+
+/// Feeds `data` to a connected receiving engine as a sequence of frames from the relay, with
+/// time advancing and timeouts firing between them, confirming every write.
+///
+/// Input: repeated `[dt: u8][len: u16 big-endian][len bytes]`, at most [`MAX_ENGINE_FRAMES`]
+/// of them; time advances by `dt` × 100 ms before each frame (a short last chunk is used as it
+/// is). Checks that no message is delivered twice and that the engine never asks to be woken
+/// in the past.
+pub fn engine_frames(data: &[u8]) {
+    let mut engine = receiver();
+    let mut now = Time(2);
+    engine.handle_connected(now);
+    let mut delivered = BTreeSet::new();
+    drain(&mut engine, now, &mut delivered);
+    let mut rest = data;
+    for _ in 0..MAX_ENGINE_FRAMES {
+        let [dt, hi, lo, tail @ ..] = rest else {
+            break;
+        };
+        let len = usize::from(u16::from_be_bytes([*hi, *lo])).min(tail.len());
+        let (frame, tail) = tail.split_at(len);
+        rest = tail;
+        now = now.plus(Duration::from_millis(100) * u32::from(*dt));
+        if engine.poll_timeout().is_some_and(|t| t <= now) {
+            engine.handle_timeout(now);
+            drain(&mut engine, now, &mut delivered);
+        }
+        let _ = engine.handle_frame(now, frame);
+        drain(&mut engine, now, &mut delivered);
+        if let Some(t) = engine.poll_timeout() {
+            // Re-arming at or before `now` is allowed only while work is due now.
+            if t <= now {
+                engine.handle_timeout(now);
+                drain(&mut engine, now, &mut delivered);
+                assert!(
+                    engine.poll_timeout().is_none_or(|t| t > now),
+                    "engine asks to be woken at {t:?}, not after {now:?}, after a timeout"
+                );
+            }
+        }
+    }
+}
+
+/// The receiving engine both entry points use (`jp`, whose partner is `us`).
+fn receiver() -> Engine<FixedRng> {
     let id = |s: &str| EndpointId::new(s).unwrap_or_else(|e| panic!("{e}"));
     let local = Local {
         id: id("jp"),
@@ -31,11 +85,33 @@ pub fn open_envelope(data: &[u8]) {
         id: id("us"),
         key: IdentityKey::from_seed(&[1; 32]).public(),
     };
-    let mut engine = Engine::new(EngineConfig::default(), local, partner, &mut rng, Time(1));
+    let rng = FixedRng(FIXED_RNG_SEED);
+    let mut engine = Engine::new(EngineConfig::default(), local, partner, rng, Time(1));
     // The partner's announcement says where its lanes start; without it envelopes only wait.
     let _ = engine.handle_frame(Time(1), &partner_announcement());
-    let _ = engine.handle_frame(Time(2), data);
-    while engine.poll_action().is_some() {}
+    drain(&mut engine, Time(1), &mut BTreeSet::new());
+    engine
+}
+
+/// Takes every action, confirming writes, until the engine is quiet; checks each delivery is
+/// new.
+fn drain(engine: &mut Engine<FixedRng>, now: Time, delivered: &mut BTreeSet<crate::MessageId>) {
+    loop {
+        let mut last = None;
+        while let Some(action) = engine.poll_action() {
+            match action {
+                Action::Persist { id, .. } => last = Some(id),
+                Action::Deliver(d) => {
+                    assert!(delivered.insert(d.id.clone()), "{} delivered twice", d.id);
+                }
+                _ => {}
+            }
+        }
+        match last {
+            Some(id) => engine.handle_persisted(now, id),
+            None => return,
+        }
+    }
 }
 
 /// The announcement of the partner (`us`, identity seed `[1; 32]`) that [`open_envelope`]

@@ -101,6 +101,8 @@ pub enum HelloError {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnvelopeFrame {
     /// Precedence the relay schedules it at (raised by escalation; ordering is by the header).
+    /// Not signed and not sealed: the relay may rewrite it, so a receiver treats it as the
+    /// relay's claim (shown as `Delivery::relay_transport`), never as the sender's word.
     pub transport: Precedence,
     /// The envelope.
     pub envelope: Envelope,

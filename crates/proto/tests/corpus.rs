@@ -8,7 +8,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use hotline_proto::fuzzing::{decode_frame, open_envelope};
+use hotline_proto::fuzzing::{decode_frame, engine_frames, open_envelope};
 use hotline_proto::wire::{LEN_PREFIX, PROTOCOL_VERSION};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
@@ -17,15 +17,18 @@ const RANDOM_INPUTS: usize = 2_000;
 const MUTATED_INPUTS: usize = 2_000;
 /// `open_envelope` builds an engine (and a sealing key) per call, so it gets fewer inputs.
 const OPEN_ENVELOPE_INPUTS: usize = 200;
+/// Sequences of mutated frames for `engine_frames`.
+const ENGINE_FRAMES_INPUTS: usize = 100;
 
 #[test]
 fn committed_corpus_does_not_panic() {
     let mut count = 0;
-    for target in ["decode_frame", "open_envelope"] {
+    for target in ["decode_frame", "open_envelope", "engine_frames"] {
         for (path, bytes) in corpus(target) {
             eprintln!("{}", path.display());
             decode_frame(&bytes);
             open_envelope(&bytes);
+            engine_frames(&bytes);
             count += 1;
         }
     }
@@ -33,6 +36,33 @@ fn committed_corpus_does_not_panic() {
         count >= 20,
         "only {count} corpus files: is fuzz/corpus missing?"
     );
+    assert!(
+        corpus("engine_frames").len() >= 2,
+        "engine_frames seeds missing"
+    );
+}
+
+/// Sequences of valid and mutated frames, with random pauses, through one engine each.
+#[test]
+fn mutated_frame_sequences_do_not_panic() {
+    let bases = valid_frames();
+    let mut rng = ChaCha20Rng::seed_from_u64(0x686f_746c_696e_6503);
+    for _ in 0..ENGINE_FRAMES_INPUTS {
+        let mut input = Vec::new();
+        for _ in 0..1 + below(&mut rng, 12) {
+            let base = &bases[below(&mut rng, bases.len())];
+            let frame = if below(&mut rng, 2) == 0 {
+                base.clone()
+            } else {
+                mutate(&mut rng, base)
+            };
+            let len = frame.len().min(usize::from(u16::MAX));
+            input.push([0, 1, 20, 70][below(&mut rng, 4)]);
+            input.extend_from_slice(&(len as u16).to_be_bytes());
+            input.extend_from_slice(&frame[..len]);
+        }
+        engine_frames(&input);
+    }
 }
 
 #[test]

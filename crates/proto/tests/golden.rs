@@ -279,6 +279,44 @@ fn fuzz_seeds_match_golden_vectors() {
     }
 }
 
+/// `engine_frames` takes sequences of frames: the golden frames one after another (always
+/// checked), and the deliverable envelope, its duplicate and a pause that fires the engine's
+/// timers (written when blessing, like `deliverable-envelope`).
+#[test]
+fn engine_frames_seeds_are_sequences_of_golden_frames() {
+    let dir = manifest_dir().join("fuzz/corpus/engine_frames");
+    let golden: Vec<Vec<u8>> = seeds()
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("golden-"))
+        .map(|(_, bytes)| bytes)
+        .collect();
+    let sequence = frame_sequence(golden.iter().map(|b| (1, b.as_slice())));
+    if blessing() {
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("sequence-golden"), &sequence).unwrap();
+        let envelope = deliverable_envelope();
+        fs::write(
+            dir.join("sequence-deliverable-twice"),
+            frame_sequence([(0, &envelope[..]), (5, &envelope[..]), (100, &[][..])]),
+        )
+        .unwrap();
+    }
+    let committed = fs::read(dir.join("sequence-golden")).unwrap();
+    assert_eq!(committed, sequence, "stale; rerun with HOTLINE_BLESS=1");
+    assert!(dir.join("sequence-deliverable-twice").is_file());
+}
+
+/// The `engine_frames` input format: `[dt: u8][len: u16 BE][bytes]` per frame.
+fn frame_sequence<'a>(frames: impl IntoIterator<Item = (u8, &'a [u8])>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (dt, frame) in frames {
+        out.push(dt);
+        out.extend_from_slice(&u16::try_from(frame.len()).unwrap().to_be_bytes());
+        out.extend_from_slice(frame);
+    }
+    out
+}
+
 /// Seed inputs for both fuzz targets: each golden frame, plus a few broken variants that start
 /// the fuzzer near interesting error paths.
 fn seeds() -> Vec<(String, Vec<u8>)> {

@@ -315,7 +315,7 @@ fn sent_received_and_escalated_messages_enter_the_log_with_their_hashes() {
             to: us(),
             sent_at: T,
             received_at: T,
-            transport: Precedence::Flash,
+            relay_transport: Precedence::Flash,
             body: b"hello".to_vec(),
         },
         envelope: inbound.clone(),

@@ -304,9 +304,13 @@ impl EngineLoop {
                 }
                 Action::Alarm(a) => {
                     log_alarm(&a);
+                    let detail = match a.count {
+                        1 => a.detail,
+                        n => format!("{} ({n} occurrences)", a.detail),
+                    };
                     self.write(StoreMsg::Event(AuditEvent::Alarm {
                         kind: view::alarm_kind(&a.kind),
-                        detail: a.detail,
+                        detail,
                     }));
                 }
                 Action::PartnerAuditHead(t) => {
@@ -330,7 +334,7 @@ impl EngineLoop {
     }
 
     fn deliver(&mut self, d: &Delivery) {
-        info!(id = %d.id, transport = %d.transport, "delivered to inbox");
+        info!(id = %d.id, relay_transport = %d.relay_transport, "delivered to inbox");
         let entry = self.inbox.push(d);
         self.followers.retain(|f| f.send(entry.clone()).is_ok());
     }
@@ -373,11 +377,15 @@ impl EngineLoop {
 fn log_alarm(a: &Alarm) {
     let kind = view::alarm_kind(&a.kind);
     match &a.kind {
-        AlarmKind::Refused(_) => {
-            warn!(kind = %view::escape_control(&kind), detail = %view::escape_control(&a.detail), "ALARM")
+        AlarmKind::Refused(_)
+        | AlarmKind::ClockSkew
+        | AlarmKind::PartnerKeyExpired
+        | AlarmKind::PartnerLostStore
+        | AlarmKind::StoreLossRepaired => {
+            warn!(kind = %view::escape_control(&kind), count = a.count, detail = %view::escape_control(&a.detail), "ALARM");
         }
         _ => {
-            error!(kind = %view::escape_control(&kind), detail = %view::escape_control(&a.detail), "SECURITY ALARM")
+            error!(kind = %view::escape_control(&kind), count = a.count, detail = %view::escape_control(&a.detail), "SECURITY ALARM");
         }
     }
 }

@@ -47,7 +47,8 @@ pub enum ConfigError {
 ///
 /// Retransmission until `accepted`: 1 s, doubling to 30 s. Link tests every 2 s; the link is
 /// degraded after 3 missed intervals. Receive window: 65,536 messages per lane. A new sealing
-/// key every 24 hours.
+/// key every 24 hours. Clock-skew tolerance: 10 minutes (see
+/// [`EngineConfig::clock_skew_tolerance`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EngineConfig {
     delivered_deadline: [Duration; 4],
@@ -58,6 +59,7 @@ pub struct EngineConfig {
     receive_window: u64,
     key_rotation: Duration,
     max_outbox: usize,
+    clock_skew_tolerance: Duration,
 }
 
 impl Default for EngineConfig {
@@ -72,6 +74,7 @@ impl Default for EngineConfig {
             receive_window: 65_536,
             key_rotation: s(24 * 3600),
             max_outbox: 1_000_000,
+            clock_skew_tolerance: s(600),
         }
     }
 }
@@ -128,6 +131,12 @@ impl EngineConfig {
         self.receive_window
     }
 
+    /// How long a message sealed to one of our keys may still arrive: the newest 8 keys are
+    /// kept, one per rotation, so about 8 rotations (8 days at the default daily rotation).
+    pub fn key_retention(&self) -> Duration {
+        self.key_rotation * (super::keys::MAX_SEALING_KEYS as u32)
+    }
+
     /// How often a new sealing key replaces the current one. A key is announced as valid for
     /// two rotations, so messages sealed just before a rotation still have one to arrive.
     pub fn key_rotation(&self) -> Duration {
@@ -137,6 +146,32 @@ impl EngineConfig {
     /// Messages the sender keeps before refusing new ones with back-pressure.
     pub fn max_outbox(&self) -> usize {
         self.max_outbox
+    }
+
+    /// How far a partner's clock may differ from ours before its times are not shown as fact.
+    ///
+    /// A partner time (a message's `sent_at`, a receipt's, link test's or escalation notice's
+    /// `at`) later than our clock plus this, or earlier than our clock minus this, is *skewed*:
+    /// the message or receipt still counts, but the operator is shown our receive time and a
+    /// single [`AlarmKind::ClockSkew`](super::AlarmKind::ClockSkew) is raised. Messages,
+    /// receipts and notices may wait at the relay or be resent after a reconnect, so for them
+    /// the past side of the window is widened by [`key_retention`](Self::key_retention); link
+    /// tests are never queued, so theirs is not, and a link test outside the window does not
+    /// count as hearing from the partner.
+    pub fn clock_skew_tolerance(&self) -> Duration {
+        self.clock_skew_tolerance
+    }
+
+    /// Sets the clock-skew tolerance (1 s ..= 1 day).
+    pub fn set_clock_skew_tolerance(&mut self, d: Duration) -> Result<&mut Self, ConfigError> {
+        check(
+            "clock skew tolerance",
+            d,
+            Duration::from_secs(1),
+            Duration::from_secs(24 * 3600),
+        )?;
+        self.clock_skew_tolerance = d;
+        Ok(self)
     }
 
     /// Sets the `delivered` deadline of one precedence (100 ms ..= 7 days).
@@ -251,6 +286,14 @@ mod tests {
         );
         assert!(c.set_key_rotation(Duration::from_secs(3600)).is_ok());
         assert_eq!(c.key_rotation(), Duration::from_secs(3600));
+        assert_eq!(c.clock_skew_tolerance(), Duration::from_secs(600));
+        assert!(c.set_clock_skew_tolerance(Duration::ZERO).is_err());
+        assert!(
+            c.set_clock_skew_tolerance(Duration::from_secs(2 * 24 * 3600))
+                .is_err()
+        );
+        assert!(c.set_clock_skew_tolerance(Duration::from_secs(30)).is_ok());
+        assert_eq!(c.clock_skew_tolerance(), Duration::from_secs(30));
         assert!(
             c.set_acknowledged_deadline(Precedence::Routine, None)
                 .is_ok()

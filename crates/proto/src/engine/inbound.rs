@@ -10,12 +10,18 @@
 //!
 //! Main types: [`Inbound`], [`InLane`], [`InMsg`] (one delivered message).
 //!
+//! Memory against a hostile partner or relay is bounded: a lane is created only for an envelope
+//! that verified (its chain-head signature, or an AEAD open under a session), at most
+//! [`MAX_INBOUND_LANES`] of them; the buffer counts each entry's real size ([`Pending::size`]).
+//!
 //! Invariant: per lane, messages are delivered in sequence with no gap and no duplicate, never
 //! ahead of a higher-precedence message they depend on; the buffer holds at most
 //! [`MAX_BUFFERED_BYTES`] and only messages beyond the last delivered one.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::mem::size_of;
 
+use super::clock::{Claim, plausible};
 use super::gate::ALREADY_DURABLE;
 use super::{
     AckError, Action, Delivery, DurabilityGate, EngineConfig, Keys, LaneDepth, Local, Partner,
@@ -30,9 +36,20 @@ use crate::wire::{EnvelopeFrame, Frame};
 
 /// Delivered hashes kept per lane for duplicate and equivocation checks.
 const DELIVERED_HASH_HISTORY: usize = 65_536;
-/// Buffered out-of-order envelopes across all lanes; beyond it new ones are dropped (the
-/// sender offers them again), so hostile traffic cannot grow memory without bound.
-const MAX_BUFFERED_BYTES: usize = 64 * 1024 * 1024;
+/// Buffered out-of-order envelopes across all lanes, in bytes of memory ([`Pending::size`]);
+/// beyond it new ones are dropped (the sender offers them again), so hostile traffic cannot
+/// grow memory without bound.
+pub(super) const MAX_BUFFERED_BYTES: usize = 64 * 1024 * 1024;
+/// Inbound lanes (channel × precedence) kept: 256 channels at all four precedences. An
+/// envelope that would open one more is refused with [`LANE_LIMIT`] (and an alarm), unless it
+/// carries a verified chain-head signature and some lane holds nothing the partner signed (only
+/// unsigned envelopes that opened under a session anyone may set up): that lane is dropped.
+pub(super) const MAX_INBOUND_LANES: usize = 1024;
+/// The refusal of an envelope that would exceed [`MAX_INBOUND_LANES`].
+pub(super) const LANE_LIMIT: &str = "inbound lane limit reached";
+/// Bytes a buffered entry costs beyond its struct and its data: the map node's share and the
+/// allocator's headers for its four heap blocks (a generous estimate).
+const ENTRY_OVERHEAD: usize = 128;
 /// Acknowledgement receipts resent on every reconnect.
 const RECENT_ACKS: usize = 256;
 
@@ -66,12 +83,23 @@ struct Pending {
     hash: Digest,
     plaintext: Plaintext,
     signature: Option<Signature>,
-    transport: Precedence,
+    /// The relay's unsigned claim of the transport precedence.
+    relay_transport: Precedence,
 }
 
 impl Pending {
+    /// Memory this entry holds: the struct, its map slot, the header's names, the sealed bytes
+    /// and the opened plaintext.
     fn size(&self) -> usize {
-        self.envelope.sealed.len() + self.plaintext.body.len()
+        let h = &self.envelope.header;
+        size_of::<Seq>()
+            + size_of::<Self>()
+            + ENTRY_OVERHEAD
+            + h.sender.as_str().len()
+            + h.recipient.as_str().len()
+            + h.channel.as_str().len()
+            + self.envelope.sealed.capacity()
+            + self.plaintext.body.capacity()
     }
 }
 
@@ -94,6 +122,13 @@ impl InLane {
             verified: Seq(base),
             ..Self::default()
         }
+    }
+
+    /// Nothing the partner signed ever reached this lane: it holds only unsigned envelopes.
+    fn is_unproven(&self) -> bool {
+        self.delivered_hashes.is_empty()
+            && self.last_receipt.is_none()
+            && self.buffer.values().all(|p| p.signature.is_none())
     }
 
     fn mark_delivered(&mut self, seq: Seq, hash: Digest) {
@@ -138,6 +173,9 @@ pub(super) struct Inbound {
     buffered_bytes: usize,
     /// Our latest acknowledgement receipts, resent on reconnect in case they were lost.
     recent_acks: VecDeque<(WriteId, Signed<Receipt>)>,
+    /// Messages delivered with an implausible partner time since the facade last looked:
+    /// (id, claimed time), for the clock-skew alarm.
+    skewed: Vec<(MessageId, Time)>,
 }
 
 impl Inbound {
@@ -170,28 +208,33 @@ impl Inbound {
         let hash = f.envelope.hash();
         let key = (h.channel.clone(), h.precedence);
         let window = cx.cfg.receive_window();
-        let base = self.partner_base;
-        let lane = self
+        // Read-only until the envelope verifies: no lane is created for an unverified frame.
+        let delivered = self
             .lanes
-            .entry(key.clone())
-            .or_insert_with(|| InLane::starting_at(base));
-        if h.seq <= lane.delivered {
-            return match lane.delivered_hashes.get(&h.seq) {
+            .get(&key)
+            .map_or(Seq(self.partner_base), |l| l.delivered);
+        if h.seq <= delivered {
+            let lane = self.lanes.get(&key);
+            return match lane.and_then(|l| l.delivered_hashes.get(&h.seq)) {
                 Some(known) if *known != hash => Err(VerifyError::Equivocation(id)),
                 _ => {
                     // An identical duplicate: answer with the stored receipt, silently.
-                    if let Some((w, r)) = lane.last_receipt.clone() {
+                    if let Some((w, r)) = lane.and_then(|l| l.last_receipt.clone()) {
                         cx.gate.after(w, send_control(&Frame::Receipt(r)));
                     }
                     Ok(Accepted::Nothing)
                 }
             };
         }
-        if h.seq.0 > lane.delivered.0 + window {
+        if h.seq.0 > delivered.0 + window {
             // Beyond the window: the sender will offer it again.
             return Ok(Accepted::Nothing);
         }
-        if let Some(existing) = lane.buffer.get_mut(&h.seq) {
+        let buffered = self
+            .lanes
+            .get_mut(&key)
+            .and_then(|l| l.buffer.get_mut(&h.seq));
+        if let Some(existing) = buffered {
             if existing.hash == hash {
                 if existing.signature.is_none() {
                     if let Some(sig) = f.head {
@@ -208,7 +251,11 @@ impl Inbound {
         if let Some(sig) = &f.head {
             verify_head(&ChainHead::of(&f.envelope, hash), sig, &cx.partner.key)?;
         }
-        let conflicting = lane.buffer.get(&h.seq).map(|p| p.signature.is_some());
+        let conflicting = self
+            .lanes
+            .get(&key)
+            .and_then(|l| l.buffer.get(&h.seq))
+            .map(|p| p.signature.is_some());
         if let Some(existing_signed) = conflicting {
             if existing_signed || f.head.is_none() {
                 return Err(VerifyError::Equivocation(id));
@@ -224,28 +271,101 @@ impl Inbound {
         let plaintext: Plaintext =
             postcard::from_bytes(&opened).map_err(|_| VerifyError::Malformed("plaintext"))?;
         let seq = h.seq;
-        let size = f.envelope.sealed.len() + plaintext.body.len();
-        if self.buffered_bytes + size > MAX_BUFFERED_BYTES {
-            // Full: the sender offers it again later.
-            return Ok(Accepted::Nothing);
-        }
+        // Verified: a signed head, or at least an AEAD open under a session.
         let pending = Pending {
             envelope: f.envelope,
             hash,
             plaintext,
             signature: f.head,
-            transport: f.transport,
+            relay_transport: f.transport,
         };
-        if let Some(lane) = self.lanes.get_mut(&key) {
-            self.buffered_bytes += size;
-            if let Some(old) = lane.buffer.insert(seq, pending) {
-                self.buffered_bytes -= old.size();
-            }
+        let size = pending.size();
+        if self.buffered_bytes + size > MAX_BUFFERED_BYTES
+            && (seq != delivered.next() || !self.evict_tails(&key, size))
+        {
+            // Full: the sender offers it again later.
+            return Ok(Accepted::Nothing);
+        }
+        if !self.lanes.contains_key(&key) && !self.make_room_for_lane(pending.signature.is_some()) {
+            return Err(VerifyError::Malformed(LANE_LIMIT));
+        }
+        let base = self.partner_base;
+        let lane = self
+            .lanes
+            .entry(key.clone())
+            .or_insert_with(|| InLane::starting_at(base));
+        self.buffered_bytes += size;
+        if let Some(old) = lane.buffer.insert(seq, pending) {
+            self.buffered_bytes -= old.size();
         }
         Ok(Accepted::Buffered {
             channel: key.0,
             conflict: conflicting.map(|_| id),
         })
+    }
+
+    /// Makes room for `size` bytes for the next deliverable envelope of lane `key`, which alone
+    /// lets the buffer drain: drops buffered entries from the tails of lanes (highest sequence
+    /// first, this lane's first), never a lane's next deliverable one. The sender offers the
+    /// dropped ones again. Returns whether it fits.
+    fn evict_tails(&mut self, key: &(Channel, Precedence), size: usize) -> bool {
+        let keys: Vec<(Channel, Precedence)> = std::iter::once(key.clone())
+            .chain(self.lanes.keys().filter(|k| *k != key).cloned())
+            .collect();
+        for k in keys {
+            let Some(lane) = self.lanes.get_mut(&k) else {
+                continue;
+            };
+            while self.buffered_bytes + size > MAX_BUFFERED_BYTES {
+                let next = lane.delivered.next();
+                let Some(entry) = lane.buffer.last_entry() else {
+                    break;
+                };
+                if *entry.key() <= next {
+                    break;
+                }
+                let (evicted, p) = entry.remove_entry();
+                self.buffered_bytes -= p.size();
+                // A signed head covered it; a replacement must be covered again.
+                lane.verified = lane.verified.min(Seq(evicted.0 - 1));
+            }
+            if self.buffered_bytes + size <= MAX_BUFFERED_BYTES {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Whether one more lane may be created: below [`MAX_INBOUND_LANES`], or, for an envelope
+    /// with a verified head, by dropping a lane nothing signed reached.
+    fn make_room_for_lane(&mut self, signed: bool) -> bool {
+        if self.lanes.len() < MAX_INBOUND_LANES {
+            return true;
+        }
+        if !signed {
+            return false;
+        }
+        let victim = self
+            .lanes
+            .iter()
+            .find(|(_, l)| l.is_unproven())
+            .map(|(k, _)| k.clone());
+        let Some(lane) = victim.and_then(|k| self.lanes.remove(&k)) else {
+            return false;
+        };
+        self.buffered_bytes -= lane.buffer.values().map(Pending::size).sum::<usize>();
+        true
+    }
+
+    /// Messages delivered with an implausible partner time since the last call.
+    pub(super) fn take_skewed(&mut self) -> Vec<(MessageId, Time)> {
+        std::mem::take(&mut self.skewed)
+    }
+
+    /// Inbound lanes and buffered bytes, for the bounds tests.
+    #[cfg(test)]
+    pub(super) fn footprint(&self) -> (usize, usize) {
+        (self.lanes.len(), self.buffered_bytes)
     }
 
     /// Releases every buffered message the ordering rule allows, highest lane first, and queues
@@ -343,12 +463,19 @@ impl Inbound {
         self.buffered_bytes -= pending.size();
         lane.mark_delivered(seq, pending.hash);
         let id = pending.envelope.header.message_id();
+        let claimed = pending.plaintext.sent_at;
+        let sent_at = if plausible(cx.now, claimed, cx.cfg, Claim::Queued) {
+            claimed
+        } else {
+            self.skewed.push((id.clone(), claimed));
+            cx.now
+        };
         let delivery = Delivery {
             id: id.clone(),
             to: cx.local.id.clone(),
-            sent_at: pending.plaintext.sent_at,
+            sent_at,
             received_at: cx.now,
-            transport: pending.transport,
+            relay_transport: pending.relay_transport,
             body: pending.plaintext.body,
         };
         self.inbox.insert(id, InMsg::new(pending.hash, p, cx.cfg));

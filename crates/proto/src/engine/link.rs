@@ -1,9 +1,23 @@
 //! Link state: whether the hotline works end to end.
 //!
-//! Tracks the relay connection, the relay's word on the partner's presence and when we last
-//! heard from the partner, and turns them into [`LinkState`] (`Up`, `Degraded`, `Down`). Owns
-//! the link-test schedule and the signed audit heads that link tests carry. It does not verify
-//! frames or send anything itself: the facade hands it verified facts and emits what it builds.
+//! Tracks the relay connection, the relay's word on the partner's presence and when the
+//! partner last proved it is there, and turns them into [`LinkState`] (`Up`, `Degraded`,
+//! `Down`). Owns the link-test schedule and the signed audit heads that link tests carry. It
+//! does not verify frames or send anything itself: the facade hands it verified facts and
+//! emits what it builds.
+//!
+//! `Up` means: connected, and a *fresh* signed link test from the partner arrived within
+//! `link_test_interval * 3`. Nothing else counts: envelopes, receipts and notices can be
+//! replayed by the relay with their signatures intact, and the relay's `Presence` is unsigned,
+//! so a relay that drops everything new (or replays old frames) degrades the link on time.
+//! Presence is only a hint that can degrade it: "offline" voids the last test, "online" proves
+//! nothing.
+//!
+//! Fresh means: its `at` lies within the clock-skew tolerance of our clock (see `clock`), and
+//! `(at, seq)` is above the newest fresh test taken. The partner's counter restarts with its
+//! process, so its clock orders tests first; only plausible times take part, so one test
+//! claiming year 10,000 cannot hold back every later one, and a replay older than the
+//! tolerance is refused even after our own restart forgot the newest test.
 //!
 //! Main type: [`Link`].
 //!
@@ -27,7 +41,7 @@ pub(super) struct Link {
     pub(super) connected: bool,
     /// The relay's word on whether the partner is connected.
     pub(super) partner_online: Option<bool>,
-    /// Last verified frame from the partner.
+    /// When the last fresh partner link test arrived.
     last_heard: Option<Time>,
     pub(super) state: LinkState,
     pub(super) since: Time,
@@ -36,8 +50,8 @@ pub(super) struct Link {
     test_seq: u64,
     audit_head: (u64, Digest),
     pub(super) partner_audit_head: Option<(u64, Digest)>,
-    /// The newest partner link test taken, by (partner's clock, counter); older or equal
-    /// ones are replays and prove nothing about the partner now.
+    /// The newest fresh partner link test taken, by (partner's clock, counter); older or
+    /// equal ones are replays and prove nothing about the partner now.
     partner_test: Option<(Time, u64)>,
 }
 
@@ -69,24 +83,32 @@ impl Link {
         self.partner_online = None;
     }
 
-    /// A verified frame from the partner arrived.
-    pub(super) fn heard(&mut self, now: Time) {
-        self.last_heard = Some(now);
+    /// The relay's word on the partner. A hint that can only degrade the link: offline voids
+    /// the last link test (only a new one brings the link back up); online changes nothing.
+    pub(super) fn presence(&mut self, online: bool) {
+        self.partner_online = Some(online);
+        if !online {
+            self.last_heard = None;
+        }
     }
 
     pub(super) fn set_audit_head(&mut self, len: u64, head: Digest) {
         self.audit_head = (len, head);
     }
 
-    /// A verified link test from the partner; returns it if its audit head is new. A test no
-    /// newer than one already taken (a replay: its signature is still good) is ignored: it
-    /// does not count as hearing from the partner. The partner's counter restarts with it, so
-    /// its clock orders tests first.
+    /// A verified link test from the partner; returns it if it is fresh and its audit head is
+    /// new. `at_plausible` says whether its `at` lies within the clock-skew tolerance. A test
+    /// that is not fresh (see the module doc; a replay's signature is still good) is ignored:
+    /// it does not count as hearing from the partner, nor move the newest test taken.
     pub(super) fn on_link_test(
         &mut self,
         now: Time,
         t: Signed<LinkTest>,
+        at_plausible: bool,
     ) -> Option<Signed<LinkTest>> {
+        if !at_plausible {
+            return None;
+        }
         let order = (t.body.at, t.body.seq);
         if self.partner_test.is_some_and(|last| order <= last) {
             return None;
@@ -95,7 +117,7 @@ impl Link {
         let head = (t.body.audit_len, t.body.audit_head);
         let changed = self.partner_audit_head != Some(head);
         self.partner_audit_head = Some(head);
-        self.heard(now);
+        self.last_heard = Some(now);
         self.partner_online = Some(true);
         changed.then_some(t)
     }

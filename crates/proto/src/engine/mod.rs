@@ -21,6 +21,8 @@
 //! - `timer`: the one table of message timers;
 //! - `gate`: the ordered output queue and the actions held until their write is durable;
 //! - `frames`: one handler per decoded frame kind, checking addressing and signatures;
+//! - `clock`: which partner times are shown as fact, and the clock-skew alarm;
+//! - `alarms`: alarms coalesced per kind and counted, details capped;
 //! - `restore`: rebuilding from records; `types`: the public data types.
 //!
 //! Every input and command ends by framing whatever became sendable, so
@@ -41,6 +43,8 @@ macro_rules! cx {
     };
 }
 
+mod alarms;
+mod clock;
 mod config;
 mod frames;
 mod gate;
@@ -61,21 +65,20 @@ pub use config::{ConfigError, EngineConfig};
 pub use records::Record;
 pub use types::{
     AckError, AckLevel, Action, Alarm, AlarmKind, DeadlineKind, Delivery, Escalation, LaneDepth,
-    LinkState, Local, OutboxEntry, Outgoing, Partner, Report, RestoreError, Status, SubmitError,
-    WriteId,
+    LinkState, Local, MAX_ALARM_DETAIL, OutboxEntry, Outgoing, Partner, Report, RestoreError,
+    Status, SubmitError, WriteId,
 };
 
 use crate::crypto::{Digest, SealingKey};
 use crate::envelope::{Announcement, Envelope, EscalationNotice, Signed, VerifyError};
 use crate::types::{Lane, MessageId, Precedence, Time};
 use crate::wire::{self, Frame, MAX_BODY_LEN};
+use alarms::Alarms;
 use gate::DurabilityGate;
 use inbound::{Cx, Inbound};
 use keys::Keys;
 use link::Link;
 use outbox::{OutMsg, OutState, Outbox, TimerKind};
-
-const MAX_RECENT_ALARMS: usize = 64;
 
 /// The channel engine for one hotline (local endpoint ↔ partner).
 ///
@@ -98,7 +101,7 @@ pub struct Engine<R> {
     inbound: Inbound,
     link: Link,
     gate: DurabilityGate,
-    alarms: VecDeque<Alarm>,
+    alarms: Alarms,
     /// Envelopes that arrived before the partner's first announcement.
     early_envelopes: VecDeque<wire::EnvelopeFrame>,
 }
@@ -127,7 +130,7 @@ impl<R: CryptoRng> Engine<R> {
             inbound: Inbound::default(),
             link: Link::new(now),
             gate: DurabilityGate::default(),
-            alarms: VecDeque::new(),
+            alarms: Alarms::default(),
             early_envelopes: VecDeque::new(),
         }
     }
@@ -342,6 +345,7 @@ impl<R: CryptoRng> Engine<R> {
     /// Time passed: retransmit, escalate, test the link.
     pub fn handle_timeout(&mut self, now: Time) {
         self.tick(now);
+        self.alarms.flush(self.now, &mut self.gate);
         if self.stopped {
             return;
         }
@@ -388,7 +392,8 @@ impl<R: CryptoRng> Engine<R> {
         let timer = self.outbox.timers.next();
         let link = self.link.poll_timeout(&self.cfg);
         let rotation = self.keys.rotation_due(self.cfg.key_rotation());
-        [timer, link, rotation].into_iter().flatten().min()
+        let alarms = self.alarms.poll_timeout();
+        [timer, link, rotation, alarms].into_iter().flatten().min()
     }
 
     /// A snapshot for status displays.
@@ -416,7 +421,8 @@ impl<R: CryptoRng> Engine<R> {
                 .filter(|(_, m)| m.escalations > 0)
                 .map(|(id, m)| (id.clone(), m.transport, m.escalations))
                 .collect(),
-            alarms: self.alarms.iter().cloned().collect(),
+            alarms: self.alarms.recent(),
+            held_alarms: self.alarms.held(),
             partner_audit_head: self.link.partner_audit_head,
         }
     }
@@ -686,18 +692,10 @@ impl<R: CryptoRng> Engine<R> {
         }
     }
 
+    /// Counts an alarm; emitted unless one of its kind was within the window (see `alarms`).
     fn alarm(&mut self, kind: AlarmKind, message: Option<MessageId>, detail: String) {
-        let alarm = Alarm {
-            at: self.now,
-            kind,
-            message,
-            detail,
-        };
-        if self.alarms.len() == MAX_RECENT_ALARMS {
-            self.alarms.pop_front();
-        }
-        self.alarms.push_back(alarm.clone());
-        self.gate.push(Action::Alarm(alarm));
+        self.alarms
+            .raise(self.now, kind, message, detail, &mut self.gate);
     }
 }
 

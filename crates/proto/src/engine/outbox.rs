@@ -33,6 +33,10 @@ const MAX_LATE_ACCEPTED: usize = 4096;
 /// Acknowledged messages that expected no acknowledgement, remembered so that a receipt
 /// received again reports nothing new; the lowest ids are dropped beyond it.
 const MAX_UNEXPECTED_ACKS: usize = 4096;
+/// Sealed bytes of a lane framed in one flush before a chain head is signed even mid-batch: a
+/// sixteenth of the receiver's out-of-order buffer, so a burst of maximal messages verifies in
+/// parts instead of waiting for a last envelope that no longer fits.
+const HEAD_EVERY_BYTES: usize = 4 * 1024 * 1024;
 
 /// What a message timer is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -261,7 +265,9 @@ impl Outbox {
 
     /// Frames every queued message whose record is durable, highest precedence first and in
     /// sequence order within a lane; the last envelope of each lane carries the signed chain
-    /// head. Arms retransmission for those the relay does not hold yet.
+    /// head, and so does one at least every [`HEAD_EVERY_BYTES`] of a lane, so that a burst
+    /// larger than the receiver's buffer still verifies in parts. Arms retransmission for those
+    /// the relay does not hold yet.
     pub(super) fn flush(
         &mut self,
         now: Time,
@@ -280,11 +286,20 @@ impl Outbox {
             .cloned()
             .collect();
         ready.sort_by(|a, b| b.precedence.cmp(&a.precedence).then(a.cmp(b)));
+        // Sealed bytes framed in the current lane since its last signed head.
+        let mut unsigned_bytes = 0usize;
         for (i, id) in ready.iter().enumerate() {
             self.send_queue.remove(id);
             let last_in_lane = ready
                 .get(i + 1)
                 .is_none_or(|n| n.channel != id.channel || n.precedence != id.precedence);
+            let first_in_lane = i == 0
+                || ready
+                    .get(i - 1)
+                    .is_some_and(|p| p.channel != id.channel || p.precedence != id.precedence);
+            if first_in_lane {
+                unsigned_bytes = 0;
+            }
             let Some(m) = self.msgs.get_mut(id) else {
                 continue;
             };
@@ -294,7 +309,10 @@ impl Outbox {
             let OutState::Sealed { envelope, hash } = &m.state else {
                 continue;
             };
-            let head = last_in_lane.then(|| sign_head(&ChainHead::of(envelope, *hash), &local.key));
+            let lane_bytes = unsigned_bytes + envelope.sealed.len();
+            let sign = last_in_lane || lane_bytes >= HEAD_EVERY_BYTES;
+            unsigned_bytes = if sign { 0 } else { lane_bytes };
+            let head = sign.then(|| sign_head(&ChainHead::of(envelope, *hash), &local.key));
             let frame = Frame::Envelope(EnvelopeFrame {
                 transport: m.transport,
                 envelope: envelope.clone(),

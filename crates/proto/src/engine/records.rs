@@ -76,7 +76,9 @@ pub enum Record {
     },
     /// A message delivered to our operator (the inbox, in delivery order).
     Received {
-        /// What the operator sees.
+        /// What the operator sees. Only `envelope` and `head` are the partner's signed word:
+        /// `delivery.relay_transport` is the relay's unsigned claim, and `delivery.sent_at` is
+        /// the partner's clock only when it was plausible (see [`Delivery::sent_at`]).
         delivery: Delivery,
         /// The envelope as received (proof of what the partner sent).
         envelope: Envelope,

@@ -68,12 +68,18 @@ pub struct Delivery {
     pub id: MessageId,
     /// Recipient (us).
     pub to: EndpointId,
-    /// Sender's wall clock at submission.
+    /// The sender's wall clock at submission (signed through the chain), when it lies within
+    /// [`EngineConfig::clock_skew_tolerance`](super::EngineConfig::clock_skew_tolerance) of
+    /// ours; otherwise `received_at`, so a wild partner clock is never shown as fact (the
+    /// [`AlarmKind::ClockSkew`] alarm names the claimed time). The claim itself stays inside
+    /// the sealed envelope.
     pub sent_at: Time,
     /// Our wall clock when it was delivered.
     pub received_at: Time,
-    /// Transport precedence it arrived at (above `id.precedence` if escalated).
-    pub transport: Precedence,
+    /// The transport precedence the *relay* says it carried the message at (above
+    /// `id.precedence` if the sender escalated it). Unsigned: the relay sets it, so it is the
+    /// relay's claim, fit for scheduling hints and display as such, never proof of escalation.
+    pub relay_transport: Precedence,
     /// The text.
     #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
@@ -153,6 +159,13 @@ pub enum AlarmKind {
     PartnerLostStore,
     /// This node's store was lost; the partner restarted its sequences for it.
     StoreLossRepaired,
+    /// A partner time lay outside the clock-skew tolerance around ours; our own times are shown
+    /// instead. Raised once per episode: again only after a partner link test carried a
+    /// plausible time.
+    ClockSkew,
+    /// The partner opened more inbound lanes than the engine keeps; envelopes for new lanes
+    /// are refused.
+    LaneLimit,
 }
 
 /// An alarm for the operator.
@@ -164,9 +177,17 @@ pub struct Alarm {
     pub kind: AlarmKind,
     /// Message concerned, if any.
     pub message: Option<MessageId>,
-    /// Detail for the log.
+    /// Detail for the log (at most [`MAX_ALARM_DETAIL`] bytes; longer text, e.g. a relay's
+    /// refusal detail, is cut with a marker).
     pub detail: String,
+    /// Occurrences this alarm stands for: 1 for the first of its kind; a later alarm of the
+    /// same kind sums those held back since (see [`Status::held_alarms`]). `at`, `message`
+    /// and `detail` are the latest occurrence's.
+    pub count: u32,
 }
+
+/// The longest [`Alarm::detail`] the engine emits, in bytes.
+pub const MAX_ALARM_DETAIL: usize = 256;
 
 /// Whether the hotline works end to end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -272,6 +293,9 @@ pub struct Status {
     pub open_escalations: Vec<(MessageId, Precedence, u32)>,
     /// Recent alarms, newest last.
     pub alarms: Vec<Alarm>,
+    /// Alarms counted but not yet emitted because one of their kind was emitted within the
+    /// coalescing window; each is emitted, with its count, when the window ends.
+    pub held_alarms: Vec<Alarm>,
     /// Partner's latest signed audit head (length, hash).
     pub partner_audit_head: Option<(u64, Digest)>,
 }

@@ -1,6 +1,7 @@
 //! Engine behaviour on virtual time: named cases, tamper cases and the reference-model proptest.
 
 mod forgery;
+mod hostile;
 mod keys;
 mod model;
 mod timers;
@@ -185,7 +186,7 @@ fn escalated_message_keeps_its_ordering_position() {
         vec![r1.clone(), r2],
         "escalation changes transport, not order"
     );
-    assert_eq!(pair.b.delivered[0].transport, Priority);
+    assert_eq!(pair.b.delivered[0].relay_transport, Priority);
     assert_eq!(pair.b.delivered[0].id.precedence, Routine);
     let sent_on_priority = pair.a.sent_frames.iter().any(|(lane, f)| {
         *lane == Lane::Precedence(Priority)

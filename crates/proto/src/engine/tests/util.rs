@@ -9,6 +9,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 
 use crate::crypto::IdentityKey;
+use crate::engine::alarms::class_of;
 use crate::engine::{
     Action, Alarm, Delivery, Engine, EngineConfig, Escalation, Local, Outgoing, Partner, Record,
     Report, WriteId,
@@ -49,6 +50,9 @@ pub(crate) struct Peer {
     pub(crate) escalations: Vec<Escalation>,
     pub(crate) realerts: Vec<EscalationNotice>,
     pub(crate) alarms: Vec<Alarm>,
+    /// Alarm occurrences held back by coalescing when the engine crashed (held alarms live in
+    /// memory only; the first of their kind was emitted).
+    alarms_lost_in_crashes: u32,
     pub(crate) sent_frames: Vec<(crate::Lane, Frame)>,
     /// Frames the current engine (since its last restore) took without error.
     pub(crate) accepted_frames: Vec<Frame>,
@@ -94,6 +98,7 @@ impl Peer {
             escalations: Vec::new(),
             realerts: Vec::new(),
             alarms: Vec::new(),
+            alarms_lost_in_crashes: 0,
             sent_frames: Vec::new(),
             accepted_frames: Vec::new(),
             rng_counter: 0,
@@ -122,6 +127,14 @@ impl Peer {
     pub(crate) fn crash_and_restore(&mut self, now: Time) {
         self.pending.clear();
         self.accepted_frames.clear();
+        let held: u32 = self
+            .engine
+            .status()
+            .held_alarms
+            .iter()
+            .map(|a| a.count)
+            .sum();
+        self.alarms_lost_in_crashes += held;
         self.rng_counter += 1;
         let local = Local {
             id: self.id.clone(),
@@ -155,9 +168,59 @@ impl Peer {
         );
     }
 
+    /// Alarm occurrences so far: each emitted alarm counts its `count`, plus those the engine
+    /// still holds back while coalescing (or held when it crashed). Timeouts move held ones into an emitted alarm, so
+    /// this only grows.
+    pub(crate) fn alarm_total(&self) -> u32 {
+        let emitted: u32 = self.alarms.iter().map(|a| a.count).sum();
+        let held: u32 = self
+            .engine
+            .status()
+            .held_alarms
+            .iter()
+            .map(|a| a.count)
+            .sum();
+        emitted + held + self.alarms_lost_in_crashes
+    }
+
+    /// Where the alarms stand now, for [`alarms_since`](Self::alarms_since).
+    pub(crate) fn alarm_mark(&self) -> AlarmMark {
+        AlarmMark {
+            emitted: self.alarms.len(),
+            held: self.engine.status().held_alarms,
+        }
+    }
+
+    /// The kind of each alarm occurrence since `mark`, emitted or held back by coalescing
+    /// (an emitted alarm once, whatever its count; a held one once per count it gained).
+    pub(crate) fn alarms_since(&self, mark: &AlarmMark) -> Vec<crate::engine::AlarmKind> {
+        let mut kinds: Vec<_> = self.alarms[mark.emitted..]
+            .iter()
+            .map(|a| a.kind.clone())
+            .collect();
+        for held in self.engine.status().held_alarms {
+            let before = mark
+                .held
+                .iter()
+                .find(|h| class_of(&h.kind) == class_of(&held.kind))
+                .map_or(0, |h| h.count);
+            for _ in before..held.count {
+                kinds.push(held.kind.clone());
+            }
+        }
+        kinds
+    }
+
     pub(crate) fn delivered_ids(&self) -> Vec<MessageId> {
         self.delivered.iter().map(|d| d.id.clone()).collect()
     }
+}
+
+/// A snapshot of a peer's alarms (see [`Peer::alarms_since`]).
+#[derive(Debug)]
+pub(crate) struct AlarmMark {
+    emitted: usize,
+    held: Vec<Alarm>,
 }
 
 /// Network fault knobs for the simulated relay.
@@ -194,6 +257,8 @@ pub(crate) struct Pair {
     /// When set, frames to this side are held (recipient not reading).
     pub(crate) hold: Option<Side>,
     held: Vec<Vec<u8>>,
+    /// When set, link tests to this side are dropped (a relay that forwards traffic only).
+    pub(crate) drop_link_tests_to: Option<Side>,
     /// Envelope frames for these ids are dropped once each (targeted loss).
     pub(crate) drop_once: Vec<MessageId>,
     /// Extra delay on `accepted` replies, so a partner's receipt can overtake them.
@@ -224,6 +289,7 @@ impl Pair {
             link_up: [false, false],
             hold: None,
             held: Vec::new(),
+            drop_link_tests_to: None,
             drop_once: Vec::new(),
             accepted_delay: Duration::ZERO,
             queued: BTreeMap::new(),
@@ -526,6 +592,11 @@ impl Pair {
         }
         if self.hold == Some(to) {
             self.held.push(frame);
+            return;
+        }
+        if self.drop_link_tests_to == Some(to)
+            && matches!(wire::decode_frame(&frame), Ok((Frame::LinkTest(_), _)))
+        {
             return;
         }
         let now = self.now;
