@@ -30,8 +30,13 @@ bench:
 soak: build
 	HOTLINE_SOAK=1 $(CARGO) test -p hotline-e2e --locked --test kill_rounds -- --nocapture
 
+# Every fuzz target for FUZZ_SECONDS each (needs `cargo install cargo-fuzz`).
+FUZZ_SECONDS ?= 60
 fuzz:
-	cd crates/proto/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -s none decode_frame -- -max_total_time=60
+	for t in decode_frame open_envelope engine_frames; do \
+	  (cd crates/proto/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -s none $$t -- -max_total_time=$(FUZZ_SECONDS)) || exit 1; \
+	done
+	cd crates/client/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -s none control_request -- -max_total_time=$(FUZZ_SECONDS)
 
 # Mutation testing (cargo-mutants): hotline-proto against its own tests, and the node's audit
 # module against the client crate's tests. Slow (hours on 2 cores for all of it); not part of

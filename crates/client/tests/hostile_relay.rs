@@ -482,9 +482,6 @@ async fn forged_frames_raise_alarms_and_change_nothing() {
 /// An honest relay forwards bytes verbatim over an authenticated stream, so junk proves a
 /// faulty or hostile relay and should raise an alarm on the node that got it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs engine: Engine::security_alarm (crates/proto/src/engine/mod.rs) raises no \
-            alarm for VerifyError::Malformed, so an undecodable frame from the relay is only \
-            logged (`frame rejected`) and never reaches `status` alarms"]
 async fn junk_frames_raise_an_alarm() {
     let f = Fixture::start(11).await;
     f.relay.set_attack(Attack::Inject {

@@ -277,16 +277,15 @@ impl<R: CryptoRng> Engine<R> {
     /// wrong; security failures are also raised as [`Action::Alarm`].
     pub fn handle_frame(&mut self, now: Time, bytes: &[u8]) -> Result<(), VerifyError> {
         self.tick(now);
-        let frame = match wire::decode_frame(bytes) {
-            Ok((frame, used)) if used == bytes.len() => frame,
-            Ok(_) => return Err(VerifyError::Malformed("trailing bytes after frame")),
-            Err(wire::DecodeError::UnknownVersion(v)) => {
-                return Err(VerifyError::UnknownVersion(v));
-            }
-            Err(wire::DecodeError::UnknownSuite(s)) => return Err(VerifyError::UnknownSuite(s)),
-            Err(_) => return Err(VerifyError::Malformed("frame does not decode")),
+        let refused = match wire::decode_frame(bytes) {
+            Ok((frame, used)) if used == bytes.len() => return self.handle_decoded(frame),
+            Ok(_) => VerifyError::Malformed("trailing bytes after frame"),
+            Err(wire::DecodeError::UnknownVersion(v)) => VerifyError::UnknownVersion(v),
+            Err(wire::DecodeError::UnknownSuite(s)) => VerifyError::UnknownSuite(s),
+            Err(_) => VerifyError::Malformed("frame does not decode"),
         };
-        self.handle_decoded(frame)
+        self.security_alarm(&refused);
+        Err(refused)
     }
 
     /// Like [`handle_frame`](Self::handle_frame) for a frame the caller already decoded.
@@ -685,9 +684,12 @@ impl<R: CryptoRng> Engine<R> {
         }
     }
 
-    /// Raises a frame's verification failure (a malformed frame is only returned).
+    /// Raises a frame's verification failure. A malformed frame counts too: an honest relay
+    /// forwards bytes unchanged over an authenticated stream, so one that does not decode is
+    /// the relay's (or a broken partner's) doing; coalescing keeps a flood to one alarm a
+    /// window. The lane limit raises its own alarm.
     fn security_alarm(&mut self, e: &VerifyError) {
-        if !matches!(e, VerifyError::Malformed(_)) {
+        if *e != VerifyError::Malformed(inbound::LANE_LIMIT) {
             self.alarm(AlarmKind::Security(e.clone()), None, e.to_string());
         }
     }
