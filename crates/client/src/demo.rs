@@ -135,7 +135,7 @@ pub async fn run(keep: bool, print: &mut dyn FnMut(&str)) -> Result<()> {
         };
         let row = exchange(from, sender, receiver, precedence, body, ack).await?;
         print(&format!(
-            "{:<3} → {:<3} {:<9} {:<22} {}",
+            "{:<3} → {:<3} {:<9} {:<34} {}",
             from,
             if from == "us" { "jp" } else { "us" },
             precedence,
@@ -175,7 +175,7 @@ pub async fn run(keep: bool, print: &mut dyn FnMut(&str)) -> Result<()> {
 
     print("\ntimeline (milliseconds from send):");
     print(&format!(
-        "{:<5} {:<22} {:<10} {:>10} {:>10} {:>13}",
+        "{:<5} {:<34} {:<10} {:>10} {:>10} {:>13}",
         "from", "message", "precedence", "accepted", "delivered", "acknowledged"
     ));
     let fmt = |v: Option<f64>| v.map_or("—".to_string(), |ms| format!("{ms:.1}"));
@@ -186,7 +186,7 @@ pub async fn run(keep: bool, print: &mut dyn FnMut(&str)) -> Result<()> {
             ""
         };
         print(&format!(
-            "{:<5} {:<22} {:<10} {:>10} {:>10} {:>13}{memory}",
+            "{:<5} {:<34} {:<10} {:>10} {:>10} {:>13}{memory}",
             r.from,
             escape_control(&r.id),
             r.precedence,
