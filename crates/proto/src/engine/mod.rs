@@ -21,6 +21,8 @@
 //! - `timer`: the one table of message timers;
 //! - `gate`: the ordered output queue and the actions held until their write is durable;
 //! - `frames`: one handler per decoded frame kind, checking addressing and signatures;
+//! - `deadlines`: what a message timer does when it fires (retransmit, escalate, re-alert);
+//! - `incarnation`: where each side's sequences start, and re-pairing after a store loss;
 //! - `clock`: which partner times are shown as fact, and the clock-skew alarm;
 //! - `alarms`: alarms coalesced per kind and counted, details capped;
 //! - `restore`: rebuilding from records; `types`: the public data types.
@@ -46,9 +48,11 @@ macro_rules! cx {
 mod alarms;
 mod clock;
 mod config;
+mod deadlines;
 mod frames;
 mod gate;
 mod inbound;
+mod incarnation;
 mod keys;
 mod link;
 mod outbox;
@@ -70,8 +74,8 @@ pub use types::{
 };
 
 use crate::crypto::{Digest, SealingKey};
-use crate::envelope::{Announcement, Envelope, EscalationNotice, Signed, VerifyError};
-use crate::types::{Lane, MessageId, Precedence, Time};
+use crate::envelope::{Announcement, Envelope, Signed, VerifyError};
+use crate::types::{Lane, MessageId, Time};
 use crate::wire::{self, Frame, MAX_BODY_LEN};
 use alarms::Alarms;
 use gate::DurabilityGate;
@@ -502,178 +506,6 @@ impl<R: CryptoRng> Engine<R> {
         }
     }
 
-    fn fire(&mut self, kind: TimerKind, id: &MessageId) {
-        let now = self.now;
-        let Some(m) = self.outbox.msgs.get_mut(id) else {
-            return;
-        };
-        match kind {
-            TimerKind::Retransmit => {
-                if !m.relay_holds && m.delivered.is_none() && self.link.connected {
-                    self.outbox.send_queue.insert(id.clone());
-                }
-            }
-            TimerKind::Delivered => {
-                if m.delivered.is_some() {
-                    return;
-                }
-                let (to, count) = m.raise();
-                m.delivered_deadline = now.plus(self.cfg.delivered_deadline(to));
-                let next = m.delivered_deadline;
-                let session = match &m.state {
-                    OutState::Sealed { envelope, .. } => Some(envelope.header.session),
-                    OutState::AwaitingKey { .. } => None,
-                };
-                if let Some(session) = &session {
-                    // The recipient may have lost the session; offer the setup again.
-                    self.keys.set_setup_confirmed(session, false);
-                }
-                self.outbox
-                    .timers
-                    .set((TimerKind::Delivered, id.clone()), next);
-                self.escalate(id, DeadlineKind::Delivered, to, count);
-                if session.is_some() {
-                    self.outbox.send_queue.insert(id.clone());
-                }
-            }
-            TimerKind::Acknowledged => {
-                if m.acknowledged.is_some() || m.delivered.is_none() {
-                    return;
-                }
-                let (to, count) = m.raise();
-                m.ack_deadline = self.cfg.acknowledged_deadline(to).map(|d| now.plus(d));
-                if let Some(next) = m.ack_deadline {
-                    self.outbox
-                        .timers
-                        .set((TimerKind::Acknowledged, id.clone()), next);
-                }
-                self.escalate(id, DeadlineKind::Acknowledged, to, count);
-                let notice = Signed::sign(
-                    EscalationNotice {
-                        from: self.local.id.clone(),
-                        to: self.partner.id.clone(),
-                        message: id.clone(),
-                        level: to,
-                        count,
-                        at: now,
-                    },
-                    &self.local.key,
-                );
-                if self.link.connected {
-                    self.gate.push(send_control(&Frame::Escalation(notice)));
-                }
-            }
-        }
-    }
-
-    fn escalate(&mut self, id: &MessageId, kind: DeadlineKind, to: Precedence, count: u32) {
-        let at = self.now;
-        self.gate.persist(Record::Escalated {
-            id: id.clone(),
-            kind,
-            to,
-            at,
-        });
-        self.gate.push(Action::Escalate(Escalation {
-            id: id.clone(),
-            kind,
-            escalated_to: to,
-            count,
-            at,
-        }));
-    }
-
-    // ----- internals: incarnations ----------------------------------------------------------
-
-    /// Starts our message sequences afresh after the current time (never at or below a
-    /// sequence already used), for partner incarnation `peer` (`0`: from nothing). Every message
-    /// still in the outbox is reported [`AckLevel::Lost`]: the store that would have delivered or
-    /// acknowledged it is gone. Returns them.
-    fn start_incarnation(&mut self, peer: u64) -> Vec<MessageId> {
-        let used = self
-            .outbox
-            .lanes
-            .values()
-            .map(|l| l.last_seq.0)
-            .max()
-            .unwrap_or(0)
-            .max(self.outbox.base);
-        let base = self.now.0.max(used.saturating_add(1));
-        let lost = self.outbox.restart(base);
-        self.keys.incarnation = keys::Incarnation { base, peer };
-        let write = self.gate.persist(Record::Incarnation {
-            incarnation: base,
-            peer,
-        });
-        for id in &lost {
-            self.gate.after(
-                write,
-                Action::Report(Report {
-                    id: id.clone(),
-                    level: AckLevel::Lost,
-                    at: self.now,
-                }),
-            );
-        }
-        lost
-    }
-
-    /// A verified announcement of the partner's with a new epoch: adopt it and, if its
-    /// incarnation changed, restart the partner's lanes and tell the operator what happened.
-    fn adopt_partner_announcement(&mut self, a: Signed<Announcement>) {
-        let previous = self
-            .keys
-            .partner_announcement
-            .as_ref()
-            .map(|p| p.body.incarnation);
-        let (incarnation, peer) = (a.body.incarnation, a.body.peer_incarnation);
-        self.gate.persist(Record::PartnerAnnouncement(a.clone()));
-        self.keys.set_partner_announcement(a);
-        self.inbound.set_partner_incarnation(incarnation);
-        let ours = self.keys.incarnation.base;
-        match previous {
-            Some(previous) if previous != incarnation && peer != ours => {
-                // The partner started from nothing: what it had received from us is gone, so
-                // our sequences restart for it.
-                let lost = self.start_incarnation(incarnation);
-                self.rotate_sealing_key(self.now);
-                self.alarm(
-                    AlarmKind::PartnerLostStore,
-                    None,
-                    format!(
-                        "partner {} lost its store (incarnation {previous} is now {incarnation}): {} message(s) in flight to it reported undelivered{}; message sequences restarted both ways",
-                        self.partner.id,
-                        lost.len(),
-                        list_ids(&lost),
-                    ),
-                );
-            }
-            Some(previous) if previous != incarnation => self.alarm(
-                AlarmKind::StoreLossRepaired,
-                None,
-                format!(
-                    "partner {} restarted its message sequences for this node (incarnation {ours}): this node's earlier store was lost, and messages the partner had in flight to it were reported undelivered on its side",
-                    self.partner.id
-                ),
-            ),
-            None if peer != 0 => self.alarm(
-                AlarmKind::StoreLossRepaired,
-                None,
-                format!(
-                    "partner {} had state for an earlier store of this node (its sequences were restarted for incarnation {peer}; ours is {ours}): this node's store was lost, and the partner restarts its sequences for it",
-                    self.partner.id
-                ),
-            ),
-            _ => {}
-        }
-        self.seal_awaiting();
-        for f in std::mem::take(&mut self.early_envelopes) {
-            if let Err(e) = self.on_envelope(f) {
-                self.security_alarm(&e);
-            }
-        }
-    }
-
     // ----- internals: shared ----------------------------------------------------------------
 
     fn send_announcement(&mut self) {
@@ -699,22 +531,6 @@ impl<R: CryptoRng> Engine<R> {
         self.alarms
             .raise(self.now, kind, message, detail, &mut self.gate);
     }
-}
-
-/// `: a, b, c` for the first few of `ids` (`, and N more` beyond), empty for none.
-fn list_ids(ids: &[MessageId]) -> String {
-    const SHOWN: usize = 16;
-    if ids.is_empty() {
-        return String::new();
-    }
-    let shown: Vec<String> = ids.iter().take(SHOWN).map(ToString::to_string).collect();
-    let more = ids.len().saturating_sub(SHOWN);
-    let tail = if more > 0 {
-        format!(", and {more} more")
-    } else {
-        String::new()
-    };
-    format!(": {}{tail}", shown.join(", "))
 }
 
 fn send_control(frame: &Frame) -> Action {
