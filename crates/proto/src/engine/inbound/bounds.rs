@@ -3,8 +3,8 @@
 //! changes.
 //!
 //! Split from the accept/release path so that what bounds memory reads in one place: the buffer
-//! never exceeds [`MAX_BUFFERED_BYTES`](super::MAX_BUFFERED_BYTES) and the lanes never exceed
-//! [`MAX_INBOUND_LANES`](super::MAX_INBOUND_LANES).
+//! never exceeds [`MAX_BUFFERED_BYTES`] and the lanes never exceed
+//! [`MAX_INBOUND_LANES`].
 
 use super::{InLane, Inbound, MAX_BUFFERED_BYTES, MAX_INBOUND_LANES, Pending};
 use crate::types::{Channel, Precedence, Seq};

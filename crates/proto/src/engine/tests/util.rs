@@ -127,14 +127,7 @@ impl Peer {
     pub(crate) fn crash_and_restore(&mut self, now: Time) {
         self.pending.clear();
         self.accepted_frames.clear();
-        let held: u32 = self
-            .engine
-            .status()
-            .held_alarms
-            .iter()
-            .map(|a| a.count)
-            .sum();
-        self.alarms_lost_in_crashes += held;
+        self.alarms_lost_in_crashes += self.held_alarm_count();
         self.rng_counter += 1;
         let local = Local {
             id: self.id.clone(),
@@ -169,18 +162,21 @@ impl Peer {
     }
 
     /// Alarm occurrences so far: each emitted alarm counts its `count`, plus those the engine
-    /// still holds back while coalescing (or held when it crashed). Timeouts move held ones into an emitted alarm, so
-    /// this only grows.
+    /// still holds back while coalescing (or held when it crashed). Timeouts move held ones into
+    /// an emitted alarm, so this only grows.
     pub(crate) fn alarm_total(&self) -> u32 {
         let emitted: u32 = self.alarms.iter().map(|a| a.count).sum();
-        let held: u32 = self
-            .engine
+        emitted + self.held_alarm_count() + self.alarms_lost_in_crashes
+    }
+
+    /// Alarm occurrences the engine holds back while coalescing.
+    fn held_alarm_count(&self) -> u32 {
+        self.engine
             .status()
             .held_alarms
             .iter()
             .map(|a| a.count)
-            .sum();
-        emitted + held + self.alarms_lost_in_crashes
+            .sum()
     }
 
     /// Where the alarms stand now, for [`alarms_since`](Self::alarms_since).
