@@ -14,6 +14,8 @@
 //! - [`framed`]: reading and writing length-prefixed [`hotline_proto::wire`] frames on quinn
 //!   streams, with the size limit checked before any allocation.
 //!
+//! - [`close`]: the relay's QUIC close codes, read by nodes to tell an identity conflict
+//!   from a restart.
 //! - [`clock`]: the wall clock the shells stamp engine inputs with.
 //! - [`failpoint`]: named crash points for recovery tests.
 //!
@@ -21,6 +23,7 @@
 
 pub mod bounds;
 pub mod clock;
+pub mod close;
 pub mod failpoint;
 pub mod framed;
 pub mod pki;

@@ -329,6 +329,7 @@ impl Config {
             timeouts,
             max_queue_bytes_per_endpoint,
             ttl,
+            identity: hotline_relay::IdentityLimits::default(),
             metrics: self.metrics,
         };
         config.quic_config().map_err(one_line).with_context(|| {

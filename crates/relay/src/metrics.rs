@@ -7,6 +7,9 @@
 //! - `forwarded_frames_total{stream}`: frames written to nodes (counter);
 //! - `refusals_total{code}`: `Refused` replies by refusal code (counter);
 //! - `rejected_connections_total{reason}`: connections closed before registration (counter);
+//! - `identity_conflicts_total{outcome}`: a second live connection claimed an identity; it
+//!   `displaced` the live one, or was `refused` because the identity flaps (counter; any
+//!   increase means two nodes share one identity, or a node's old connection lingered).
 //! - `store_commits_total`, `store_ops_total`: group commits of the store and the operations
 //!   they held (counters; their ratio is the mean batch size).
 //!
@@ -50,6 +53,11 @@ struct ReasonLabel {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
 /// The relay's metric handles and their registry.
 #[derive(Debug)]
 pub(crate) struct Metrics {
@@ -60,6 +68,7 @@ pub(crate) struct Metrics {
     forwarded: Family<StreamLabel, Counter>,
     refusals: Family<CodeLabel, Counter>,
     rejected: Family<ReasonLabel, Counter>,
+    identity_conflicts: Family<OutcomeLabel, Counter>,
     store_commits: Counter,
     store_ops: Counter,
 }
@@ -73,6 +82,7 @@ impl Metrics {
         let forwarded = Family::<StreamLabel, Counter>::default();
         let refusals = Family::<CodeLabel, Counter>::default();
         let rejected = Family::<ReasonLabel, Counter>::default();
+        let identity_conflicts = Family::<OutcomeLabel, Counter>::default();
         let store_commits = Counter::default();
         let store_ops = Counter::default();
         registry.register(
@@ -106,6 +116,11 @@ impl Metrics {
             rejected.clone(),
         );
         registry.register(
+            "identity_conflicts",
+            "Second live connections with one identity, by outcome (displaced, refused)",
+            identity_conflicts.clone(),
+        );
+        registry.register(
             "store_commits",
             "Store transactions committed (each one fsync)",
             store_commits.clone(),
@@ -124,6 +139,9 @@ impl Metrics {
             let _ = queued_bytes.get_or_create(&label);
             let _ = forwarded.get_or_create(&label);
         }
+        for outcome in ["displaced", "refused"] {
+            let _ = identity_conflicts.get_or_create(&OutcomeLabel { outcome });
+        }
         Self {
             registry,
             connections,
@@ -132,6 +150,7 @@ impl Metrics {
             forwarded,
             refusals,
             rejected,
+            identity_conflicts,
             store_commits,
             store_ops,
         }
@@ -160,6 +179,13 @@ impl Metrics {
 
     pub(crate) fn rejected(&self, reason: &'static str) {
         self.rejected.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// A second live connection claimed an identity: `displaced` or `refused`.
+    pub(crate) fn identity_conflict(&self, outcome: &'static str) {
+        self.identity_conflicts
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
     }
 
     /// The text exposition, with gauges set from `stats`.

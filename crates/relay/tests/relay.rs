@@ -220,10 +220,20 @@ async fn undelivered_envelopes_are_written_again_on_reconnection() {
     let mut jp2 = fx.connect("jp").await;
     assert_eq!(
         app_close_code(&jp.closed_with().await),
-        Some(CloseReason::Replaced)
+        Some(CloseReason::IdentityConflict)
     );
     let (_, _, e) = jp2.next_envelope().await;
     assert_eq!(e.envelope.header.seq, Seq(1));
+    // The displacement is counted as an identity conflict.
+    let metrics = http_get(fx.server.metrics_addr().unwrap(), "/metrics").await;
+    assert!(
+        metrics.contains("hotline_relay_identity_conflicts_total{outcome=\"displaced\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hotline_relay_identity_conflicts_total{outcome=\"refused\"} 0"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

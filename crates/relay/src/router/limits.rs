@@ -2,13 +2,16 @@
 //!
 //! [`Limits`] bounds the bytes queued for one destination (by precedence: routine first refused,
 //! flash and durable control frames last); [`Ttl`] says how long an envelope is held per
-//! transport lane. Plain values: the router applies them.
+//! transport lane; [`IdentityLimits`] how many identity conflicts are tolerated (see
+//! `identity`). Plain values: the router applies them.
 
 use std::time::Duration;
 
 use hotline_proto::Precedence;
 
-/// Per-destination queue bounds and time-to-live.
+use super::IdentityLimits;
+
+/// Per-destination queue bounds and time-to-live, and the identity-conflict back-off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Bytes queued for one destination (envelopes plus control frames) past which `routine`
@@ -16,6 +19,8 @@ pub struct Limits {
     pub max_queue_bytes: u64,
     /// How long a queued envelope is held, per transport lane.
     pub ttl: Ttl,
+    /// When a flapping identity's live connection is kept and newcomers refused.
+    pub identity: IdentityLimits,
 }
 
 impl Limits {
@@ -44,6 +49,7 @@ impl Default for Limits {
         Self {
             max_queue_bytes: Self::DEFAULT_MAX_QUEUE_BYTES,
             ttl: Ttl::default(),
+            identity: IdentityLimits::default(),
         }
     }
 }

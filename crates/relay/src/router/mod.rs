@@ -6,14 +6,14 @@
 //! disk.
 //!
 //! - Inputs: [`Router::restore`] (once, at startup, from the store), [`Router::handle_connected`],
-//!   [`Router::handle_disconnected`], [`Router::handle_frame`] (whole frames, length prefix
+//!   (with the wall-clock time) [`Router::handle_disconnected`], [`Router::handle_frame`] (whole frames, length prefix
 //!   included, exactly as read, with the wall-clock time), [`Router::handle_written`] (the shell
 //!   handed a [`Transmit`] to its stream), [`Router::handle_persisted`] (a write committed) and
 //!   [`Router::handle_timeout`].
 //! - Outputs: [`Router::poll_transmit`] (the next frame for one stream of one connection; the
 //!   shell's one writer per stream pulls it only when it can write), [`Router::poll_output`]
 //!   ([`Output::Persist`] a batch of store operations, [`Output::Wake`] a writer,
-//!   [`Output::Close`] a replaced connection, [`Output::Refused`] for metrics) and
+//!   [`Output::Close`] a connection displaced by another with its identity, [`Output::Refused`] for metrics) and
 //!   [`Router::poll_timeout`] (when to call [`Router::handle_timeout`]).
 //!
 //! Contract, as in quinn-proto: after any `handle_*` call drain [`Router::poll_output`] in order,
@@ -28,9 +28,14 @@
 //! - `inspect`: what the shell reads for back-pressure and metrics (backlogs, queues, totals);
 //! - `restore`: loading a store [`Snapshot`] at startup;
 //! - `persist`: what is stored ([`StoreOp`], [`Snapshot`]);
+//! - `identity`: when a second connection with a live identity displaces the first, and when
+//!   it is refused because the identity flaps ([`IdentityLimits`]);
 //! - `limits`: [`Limits`] and [`Ttl`].
 //!
 //! Routing rules (see `DESIGN.md`, "Delivery" and "Durability"):
+//! - One live connection per identity. A newcomer displaces the live one ([`Output::Close`]),
+//!   unless the identity flapped: then the live one is kept and the newcomer refused
+//!   ([`ConnectError::IdentityInUse`]) for a back-off (rules in `identity`).
 //! - An envelope must name the connection's identity as sender ([`RefusalCode::SenderMismatch`])
 //!   and one of its partners as recipient ([`RefusalCode::NotPaired`]). It is queued per
 //!   destination and per *transport* lane in arrival order, deduplicated by
@@ -70,6 +75,7 @@ use tracing::debug;
 
 mod commit;
 mod frames;
+mod identity;
 mod inspect;
 mod limits;
 mod persist;
@@ -77,6 +83,8 @@ mod queue;
 mod restore;
 
 use commit::{CommitGate, Deferred};
+pub use identity::IdentityLimits;
+use identity::{ConflictGuard, Verdict};
 pub use limits::{Limits, Ttl};
 pub use persist::{
     CommitId, Restored, Snapshot, SnapshotError, StoreOp, StoredAnnouncement, StoredControl,
@@ -118,6 +126,17 @@ pub enum ConnectError {
     /// The shell reused a connection id (a bug in the shell).
     #[error("connection id {0} is already registered")]
     DuplicateConn(ConnId),
+    /// The identity flapped between connections; its live connection is kept and newcomers are
+    /// refused for a while.
+    #[error("endpoint {endpoint} is in use by connection {kept}; newcomers refused until {}", until.0)]
+    IdentityInUse {
+        /// The identity.
+        endpoint: EndpointId,
+        /// The live connection that is kept.
+        kept: ConnId,
+        /// Newcomers are refused until then (wall clock).
+        until: Time,
+    },
 }
 
 /// Something the shell must do.
@@ -138,12 +157,13 @@ pub enum Output {
         /// Which of its streams.
         stream: Lane,
     },
-    /// Close this connection: a newer connection with the same identity replaced it.
+    /// Close this connection: a newer connection with the same identity took its place (an
+    /// identity conflict; two nodes may share one identity).
     Close {
         /// Which connection.
         conn: ConnId,
-        /// Why, in words.
-        reason: &'static str,
+        /// The newcomer that displaced it.
+        by: ConnId,
     },
     /// A refusal was queued (already logged; for metrics).
     Refused {
@@ -204,6 +224,8 @@ pub struct Router {
     limits: Limits,
     endpoints: BTreeMap<EndpointId, Endpoint>,
     conns: BTreeMap<ConnId, EndpointId>,
+    /// Identity conflicts seen, per endpoint that had one.
+    conflicts: BTreeMap<EndpointId, ConflictGuard>,
     /// Arrival order of the next new envelope (its store row key).
     next_order: u64,
     /// Store row key of the next durable control frame.
@@ -249,6 +271,7 @@ impl Router {
             limits,
             endpoints,
             conns: BTreeMap::new(),
+            conflicts: BTreeMap::new(),
             next_order: 0,
             next_control: 0,
             outputs: VecDeque::new(),
@@ -280,11 +303,19 @@ impl Router {
         self.conns.get(&conn)
     }
 
-    /// `endpoint` connected as `conn` (after the hello exchange). Replaces (and asks the shell to
-    /// close) an older connection of the same identity; queues presence and the partners'
-    /// announcements for it; makes everything queued for it eligible to be written again.
+    /// The live connection of `endpoint`, if any.
+    pub fn connection_of(&self, endpoint: &EndpointId) -> Option<ConnId> {
+        self.endpoints.get(endpoint).and_then(|e| e.conn)
+    }
+
+    /// `endpoint` connected as `conn` (after the hello exchange) at wall-clock time `now`.
+    /// Displaces (and asks the shell to close) a live connection of the same identity, unless
+    /// that identity flaps: then `conn` is refused ([`ConnectError::IdentityInUse`]) and the
+    /// live one kept. Queues presence and the partners' announcements for it; makes everything
+    /// queued for it eligible to be written again.
     pub fn handle_connected(
         &mut self,
+        now: Time,
         conn: ConnId,
         endpoint: EndpointId,
     ) -> Result<(), ConnectError> {
@@ -294,13 +325,26 @@ impl Router {
         let Some(ep) = self.endpoints.get_mut(&endpoint) else {
             return Err(ConnectError::NotConfigured(endpoint));
         };
-        if let Some(old) = ep.conn.replace(conn) {
-            self.conns.remove(&old);
-            self.outputs.push_back(Output::Close {
-                conn: old,
-                reason: "replaced by a newer connection with the same identity",
-            });
+        if let Some(old) = ep.conn {
+            let guard = self.conflicts.entry(endpoint.clone()).or_default();
+            match guard.on_conflict(now, &self.limits.identity) {
+                Verdict::Refuse { until } => {
+                    return Err(ConnectError::IdentityInUse {
+                        endpoint,
+                        kept: old,
+                        until,
+                    });
+                }
+                Verdict::Displace => {
+                    self.conns.remove(&old);
+                    self.outputs.push_back(Output::Close {
+                        conn: old,
+                        by: conn,
+                    });
+                }
+            }
         }
+        ep.conn = Some(conn);
         self.conns.insert(conn, endpoint.clone());
         ep.rewind();
         let partners: Vec<EndpointId> = ep.partners.iter().cloned().collect();

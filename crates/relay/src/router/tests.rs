@@ -18,7 +18,7 @@ fn router() -> Router {
 /// A router with us connected and what it was sent on connecting drained.
 fn us_connected() -> Router {
     let mut r = router();
-    r.handle_connected(US, id("us")).unwrap();
+    r.handle_connected(T0, US, id("us")).unwrap();
     let _ = drain(&mut r, US, Lane::Control);
     r
 }
@@ -26,8 +26,8 @@ fn us_connected() -> Router {
 /// A router with both us and jp connected.
 fn both_connected() -> Router {
     let mut r = router();
-    r.handle_connected(US, id("us")).unwrap();
-    r.handle_connected(JP, id("jp")).unwrap();
+    r.handle_connected(T0, US, id("us")).unwrap();
+    r.handle_connected(T0, JP, id("jp")).unwrap();
     r
 }
 
@@ -133,7 +133,7 @@ fn queued_envelope_is_written_when_the_destination_connects() {
     assert_eq!(drain_frames(&mut r, US, Lane::Control), [accepted(1, R)]);
     assert_eq!(r.queued_envelopes(&id("jp")).len(), 1);
 
-    r.handle_connected(JP, id("jp")).unwrap();
+    r.handle_connected(T0, JP, id("jp")).unwrap();
     let wakes = outputs(&mut r);
     assert!(wakes.contains(&Output::Wake {
         conn: JP,
@@ -157,7 +157,7 @@ fn duplicates_are_queued_once_and_accepted_each_time() {
         [accepted(1, R), accepted(1, R), accepted(1, R)]
     );
     assert_eq!(r.queued_envelopes(&id("jp")).len(), 1);
-    r.handle_connected(JP, id("jp")).unwrap();
+    r.handle_connected(T0, JP, id("jp")).unwrap();
     assert_eq!(drain(&mut r, JP, Lane::Precedence(R)).len(), 1);
 }
 
@@ -230,7 +230,7 @@ fn reconnection_writes_everything_still_queued_again() {
     r.handle_frame(T0, JP, delivered("jp", "us", R, 1));
     r.handle_disconnected(JP);
     let jp2 = ConnId(3);
-    r.handle_connected(jp2, id("jp")).unwrap();
+    r.handle_connected(T0, jp2, id("jp")).unwrap();
     let again: Vec<_> = drain_frames(&mut r, jp2, Lane::Precedence(R));
     assert_eq!(again.len(), 1);
     let Frame::Envelope(e) = &again[0] else {
@@ -242,8 +242,8 @@ fn reconnection_writes_everything_still_queued_again() {
 #[test]
 fn every_signed_frame_kind_is_checked_for_signer_and_addressee() {
     let mut r = router();
-    r.handle_connected(US, id("us")).unwrap();
-    r.handle_connected(JP, id("jp")).unwrap();
+    r.handle_connected(T0, US, id("us")).unwrap();
+    r.handle_connected(T0, JP, id("jp")).unwrap();
     let _ = drain(&mut r, US, Lane::Control);
     let _ = drain(&mut r, JP, Lane::Control);
     use RefusalCode::*;
@@ -318,7 +318,7 @@ fn wrong_sender_and_unpaired_recipient_are_refused() {
 #[test]
 fn presence_follows_connections() {
     let mut r = router();
-    r.handle_connected(US, id("us")).unwrap();
+    r.handle_connected(T0, US, id("us")).unwrap();
     let presence = |endpoint: &str, online| {
         Frame::Presence(Presence {
             endpoint: id(endpoint),
@@ -329,7 +329,7 @@ fn presence_follows_connections() {
         drain_frames(&mut r, US, Lane::Control),
         [presence("jp", false)]
     );
-    r.handle_connected(JP, id("jp")).unwrap();
+    r.handle_connected(T0, JP, id("jp")).unwrap();
     assert_eq!(
         drain_frames(&mut r, JP, Lane::Control),
         [presence("us", true)]
@@ -345,35 +345,35 @@ fn presence_follows_connections() {
     );
     // Unrelated hotlines hear nothing.
     let uk = ConnId(9);
-    r.handle_connected(uk, id("uk")).unwrap();
+    r.handle_connected(T0, uk, id("uk")).unwrap();
     assert!(drain(&mut r, US, Lane::Control).is_empty());
 }
 
 #[test]
 fn announcements_are_stored_and_replayed_to_partners() {
     let mut r = router();
-    r.handle_connected(US, id("us")).unwrap();
+    r.handle_connected(T0, US, id("us")).unwrap();
     let a1 = announcement("us", 1);
     r.handle_frame(T0, US, a1.clone());
     r.handle_frame(T0, US, announcement("us", 0)); // older: ignored
     r.handle_disconnected(US);
 
     // jp connects while us is offline and still gets us's latest announcement.
-    r.handle_connected(JP, id("jp")).unwrap();
+    r.handle_connected(T0, JP, id("jp")).unwrap();
     let frames = drain(&mut r, JP, Lane::Control);
     assert_eq!(frames.len(), 2, "presence, then the announcement");
     assert_eq!(frames[1], a1);
 
     // A newer one is forwarded to the online partner at once.
     let us2 = ConnId(5);
-    r.handle_connected(us2, id("us")).unwrap();
+    r.handle_connected(T0, us2, id("us")).unwrap();
     let _ = drain(&mut r, JP, Lane::Control);
     let a2 = announcement("us", 2);
     r.handle_frame(T0, us2, a2.clone());
     assert_eq!(drain(&mut r, JP, Lane::Control), std::slice::from_ref(&a2));
     r.handle_disconnected(JP);
     let jp2 = ConnId(6);
-    r.handle_connected(jp2, id("jp")).unwrap();
+    r.handle_connected(T0, jp2, id("jp")).unwrap();
     assert_eq!(drain(&mut r, jp2, Lane::Control)[1], a2);
 
     // us lost its store: its new incarnation wins even with a lower epoch, and an announcement
@@ -396,7 +396,7 @@ fn overload_refuses_routine_first_then_higher_lanes() {
         max_queue_bytes: probe * 10,
         ..Limits::default()
     });
-    r.handle_connected(US, id("us")).unwrap();
+    r.handle_connected(T0, US, id("us")).unwrap();
     let _ = drain(&mut r, US, Lane::Control);
     let send = |r: &mut Router, p: Precedence, seq: u64| -> Frame {
         r.handle_frame(
@@ -426,7 +426,7 @@ fn overload_refuses_routine_first_then_higher_lanes() {
     assert_eq!(refusals(&[send(&mut r, R, 12)]), [RefusalCode::Overloaded]);
     assert_eq!(r.queued_envelopes(&id("jp")).len(), 15);
     // A delivered receipt frees space again.
-    r.handle_connected(JP, id("jp")).unwrap();
+    r.handle_connected(T0, JP, id("jp")).unwrap();
     r.handle_frame(T0, JP, delivered("jp", "us", R, 10));
     let _ = drain(&mut r, US, Lane::Control); // presence and the receipt
     assert_eq!(send(&mut r, R, 11), accepted(11, R));
@@ -435,11 +435,11 @@ fn overload_refuses_routine_first_then_higher_lanes() {
 #[test]
 fn receipts_wait_for_an_offline_addressee() {
     let mut r = router();
-    r.handle_connected(JP, id("jp")).unwrap();
+    r.handle_connected(T0, JP, id("jp")).unwrap();
     let receipt = delivered("jp", "us", R, 1);
     r.handle_frame(T0, JP, receipt.clone());
     r.handle_frame(T0, JP, link_test("jp", "us")); // offline partner: dropped
-    r.handle_connected(US, id("us")).unwrap();
+    r.handle_connected(T0, US, id("us")).unwrap();
     let frames = drain(&mut r, US, Lane::Control);
     assert_eq!(frames.len(), 2, "presence, then the receipt: {frames:?}");
     assert_eq!(frames[1], receipt);
@@ -456,7 +456,7 @@ fn receipt_being_written_when_the_connection_drops_is_kept() {
     r.handle_disconnected(US);
     r.handle_written(US, t); // too late: that connection is gone
     let us2 = ConnId(7);
-    r.handle_connected(us2, id("us")).unwrap();
+    r.handle_connected(T0, us2, id("us")).unwrap();
     assert_eq!(drain(&mut r, us2, Lane::Control)[1], receipt);
 }
 
@@ -499,14 +499,11 @@ fn malformed_frames_are_refused_and_the_connection_kept() {
 #[test]
 fn a_new_connection_replaces_the_old_one() {
     let mut r = router();
-    r.handle_connected(US, id("us")).unwrap();
+    r.handle_connected(T0, US, id("us")).unwrap();
     let _ = outputs(&mut r);
     let us2 = ConnId(8);
-    r.handle_connected(us2, id("us")).unwrap();
-    assert!(outputs(&mut r).contains(&Output::Close {
-        conn: US,
-        reason: "replaced by a newer connection with the same identity",
-    }));
+    r.handle_connected(T0, us2, id("us")).unwrap();
+    assert!(outputs(&mut r).contains(&Output::Close { conn: US, by: us2 }));
     // Frames and the late disconnect of the old connection change nothing.
     r.handle_frame(T0, US, envelope("us", "jp", R, 1));
     r.handle_disconnected(US);
@@ -515,11 +512,157 @@ fn a_new_connection_replaces_the_old_one() {
     assert_eq!(r.stats().connections, 1);
 }
 
+/// Connects `n` connections of `us` in turn, `step` apart from `at`, each displacing the one
+/// before; returns the last time used.
+fn flip(r: &mut Router, ids: std::ops::Range<u64>, at: Time, step: Duration) -> Time {
+    let mut now = at;
+    for (i, c) in ids.enumerate() {
+        now = at.plus(step * i as u32);
+        let before = r.connection_of(&id("us"));
+        r.handle_connected(now, ConnId(c), id("us")).unwrap();
+        let closes: Vec<Output> = outputs(r)
+            .into_iter()
+            .filter(|o| matches!(o, Output::Close { .. }))
+            .collect();
+        match before {
+            Some(old) => assert_eq!(
+                closes,
+                [Output::Close {
+                    conn: old,
+                    by: ConnId(c)
+                }]
+            ),
+            None => assert!(closes.is_empty(), "{closes:?}"),
+        }
+    }
+    now
+}
+
+#[test]
+fn a_second_connection_displaces_the_first_and_each_flip_is_a_close() {
+    let mut r = router();
+    // First connection, then three displacements a second apart: each closes the one before.
+    let last = flip(&mut r, 10..14, T0, Duration::from_secs(1));
+    assert_eq!(r.connection_of(&id("us")), Some(ConnId(13)));
+    assert_eq!(r.stats().connections, 1);
+    // The displaced connections are unregistered: their frames and disconnects change nothing.
+    r.handle_disconnected(ConnId(12));
+    assert_eq!(r.endpoint_of(ConnId(13)), Some(&id("us")));
+    assert!(last > T0);
+}
+
+#[test]
+fn a_flapping_identity_keeps_the_live_connection_and_refuses_newcomers_until_the_backoff_ends() {
+    let limits = IdentityLimits::default();
+    let mut r = router();
+    // Connection 10, then 3 flips (11, 12, 13) within the window.
+    let t = flip(&mut r, 10..14, T0, Duration::from_secs(1));
+    // The fourth newcomer is refused; 13 (the live one) is kept and nothing is closed.
+    let refused = r.handle_connected(t.plus(Duration::from_secs(1)), ConnId(14), id("us"));
+    let until = t.plus(Duration::from_secs(1)).plus(limits.backoff);
+    assert_eq!(
+        refused,
+        Err(ConnectError::IdentityInUse {
+            endpoint: id("us"),
+            kept: ConnId(13),
+            until,
+        })
+    );
+    assert!(
+        !outputs(&mut r)
+            .iter()
+            .any(|o| matches!(o, Output::Close { .. }))
+    );
+    assert_eq!(r.connection_of(&id("us")), Some(ConnId(13)));
+    assert_eq!(r.endpoint_of(ConnId(14)), None);
+    // Refused for the whole back-off, however often it retries.
+    let just_before = Time(until.0 - 1);
+    assert!(matches!(
+        r.handle_connected(just_before, ConnId(15), id("us")),
+        Err(ConnectError::IdentityInUse {
+            kept: ConnId(13),
+            ..
+        })
+    ));
+    assert_eq!(r.connection_of(&id("us")), Some(ConnId(13)));
+    // Once it ends, a newcomer displaces the live one again.
+    r.handle_connected(until, ConnId(16), id("us")).unwrap();
+    assert!(outputs(&mut r).contains(&Output::Close {
+        conn: ConnId(13),
+        by: ConnId(16),
+    }));
+    assert_eq!(r.connection_of(&id("us")), Some(ConnId(16)));
+}
+
+#[test]
+fn flips_spread_wider_than_the_window_are_never_refused() {
+    let limits = IdentityLimits::default();
+    let mut r = router();
+    // Twenty flips, each a window apart: never three within one window.
+    let t = flip(&mut r, 10..30, T0, limits.window);
+    assert_eq!(r.connection_of(&id("us")), Some(ConnId(29)));
+    assert!(t > T0);
+}
+
+#[test]
+fn a_newcomer_while_no_connection_is_live_is_accepted_even_during_a_backoff() {
+    let mut r = router();
+    let t = flip(&mut r, 10..14, T0, Duration::from_secs(1));
+    assert!(r.handle_connected(t, ConnId(14), id("us")).is_err());
+    // The kept connection goes away: the identity is free, back-off or not.
+    r.handle_disconnected(ConnId(13));
+    r.handle_connected(t, ConnId(15), id("us")).unwrap();
+    assert_eq!(r.connection_of(&id("us")), Some(ConnId(15)));
+    // Other identities never were affected.
+    r.handle_connected(t, JP, id("jp")).unwrap();
+}
+
+#[test]
+fn repeated_flapping_doubles_the_backoff_up_to_the_cap_and_quiet_resets_it() {
+    let limits = IdentityLimits {
+        flips: 1,
+        window: Duration::from_secs(30),
+        backoff: Duration::from_secs(60),
+        max_backoff: Duration::from_secs(200),
+    };
+    let mut r = router_with(Limits {
+        identity: limits,
+        ..Limits::default()
+    });
+    r.handle_connected(T0, ConnId(10), id("us")).unwrap();
+    let mut now = T0;
+    let mut next = 11;
+    let mut backoffs = Vec::new();
+    for _ in 0..4 {
+        // One flip is tolerated, the next newcomer starts a back-off.
+        r.handle_connected(now, ConnId(next), id("us")).unwrap();
+        let Err(ConnectError::IdentityInUse { until, .. }) =
+            r.handle_connected(now, ConnId(next + 1), id("us"))
+        else {
+            panic!("second newcomer accepted");
+        };
+        backoffs.push(until.since(now));
+        now = until;
+        next += 2;
+    }
+    let secs: Vec<u64> = backoffs.iter().map(Duration::as_secs).collect();
+    assert_eq!(secs, [60, 120, 200, 200]);
+    // Quiet for the longest back-off: the next one starts from the base again.
+    now = now.plus(limits.max_backoff);
+    r.handle_connected(now, ConnId(next), id("us")).unwrap();
+    let Err(ConnectError::IdentityInUse { until, .. }) =
+        r.handle_connected(now, ConnId(next + 1), id("us"))
+    else {
+        panic!("second newcomer accepted");
+    };
+    assert_eq!(until.since(now), limits.backoff);
+}
+
 #[test]
 fn unconfigured_endpoints_and_bad_configs_are_refused() {
     let mut r = router();
     assert_eq!(
-        r.handle_connected(US, id("xx")),
+        r.handle_connected(T0, US, id("xx")),
         Err(ConnectError::NotConfigured(id("xx")))
     );
     assert_eq!(
@@ -541,7 +684,7 @@ fn queued_byte_counts_stay_exact() {
     r.handle_frame(T0, US, b.clone());
     let _ = drain(&mut r, US, Lane::Control);
     assert_eq!(r.queued_bytes(&id("jp")), b.len() as u64);
-    r.handle_connected(JP, id("jp")).unwrap();
+    r.handle_connected(T0, JP, id("jp")).unwrap();
     r.handle_frame(T0, JP, delivered("jp", "us", R, 1));
     // The receipt waits on us's control stream; jp's queue is empty.
     let _ = drain(&mut r, JP, Lane::Control);
@@ -629,7 +772,7 @@ fn restore_from(r: &mut Router, mut fresh: Router) -> (Router, Restored) {
 /// `r` with us connected and `frames` from us handled at `T0`, committed; then `fresh`
 /// restored from what it wrote, as by [`restore_from`].
 fn restored_after(mut r: Router, frames: &[Bytes], fresh: Router) -> (Router, Restored) {
-    r.handle_connected(US, id("us")).unwrap();
+    r.handle_connected(T0, US, id("us")).unwrap();
     for f in frames {
         r.handle_frame(T0, US, f.clone());
     }
@@ -780,7 +923,7 @@ fn delivered_receipt_is_stored_with_its_deletions_and_forwarded_after_the_commit
 #[test]
 fn announcements_are_stored() {
     let mut r = router();
-    r.handle_connected(US, id("us")).unwrap();
+    r.handle_connected(T0, US, id("us")).unwrap();
     let a = announcement("us", 3);
     r.handle_frame(T0, US, a.clone());
     let ops = commit(&mut r);
@@ -800,7 +943,7 @@ fn expired_envelope_is_freed_and_its_sender_told() {
         routine: Some(60 * SECOND),
         ..Ttl::NEVER
     });
-    r.handle_connected(US, id("us")).unwrap();
+    r.handle_connected(T0, US, id("us")).unwrap();
     let _ = drain(&mut r, US, Lane::Control);
     let env = envelope("us", "jp", R, 1);
     r.handle_frame(T0, US, env.clone());
@@ -859,7 +1002,7 @@ fn expired_refusal_waits_for_an_offline_sender() {
         routine: Some(SECOND),
         ..Ttl::NEVER
     });
-    r.handle_connected(US, id("us")).unwrap();
+    r.handle_connected(T0, US, id("us")).unwrap();
     r.handle_frame(T0, US, envelope("us", "jp", R, 1));
     let _ = drain(&mut r, US, Lane::Control);
     r.handle_disconnected(US);
@@ -868,7 +1011,7 @@ fn expired_refusal_waits_for_an_offline_sender() {
     assert!(r.queued_envelopes(&id("jp")).is_empty());
     assert_eq!(r.poll_timeout(), None);
     let us2 = ConnId(5);
-    r.handle_connected(us2, id("us")).unwrap();
+    r.handle_connected(T0, us2, id("us")).unwrap();
     let frames = drain_frames(&mut r, us2, Lane::Control);
     assert_eq!(refusals(&frames), [RefusalCode::Expired]);
 }
@@ -880,7 +1023,7 @@ fn escalation_moves_the_expiry_to_the_new_lane_and_delivery_clears_it() {
         priority: Some(600 * SECOND),
         ..Ttl::NEVER
     });
-    r.handle_connected(US, id("us")).unwrap();
+    r.handle_connected(T0, US, id("us")).unwrap();
     r.handle_frame(T0, US, envelope("us", "jp", R, 1));
     r.handle_frame(T0, US, envelope("us", "jp", R, 2));
     // Escalated to priority later on: its time-to-live is priority's, from its first arrival.
@@ -898,7 +1041,7 @@ fn escalation_moves_the_expiry_to_the_new_lane_and_delivery_clears_it() {
     assert_eq!(q[0].expires_at, Some(T0.plus(600 * SECOND)));
     assert_eq!(r.poll_timeout(), Some(T0.plus(60 * SECOND)));
 
-    r.handle_connected(JP, id("jp")).unwrap();
+    r.handle_connected(T0, JP, id("jp")).unwrap();
     r.handle_frame(T0, JP, delivered("jp", "us", R, 2));
     let _ = commit(&mut r);
     assert_eq!(
@@ -913,7 +1056,7 @@ fn escalation_moves_the_expiry_to_the_new_lane_and_delivery_clears_it() {
 #[test]
 fn restore_reproduces_queues_lanes_and_waiting_frames() {
     let mut r = router();
-    r.handle_connected(US, id("us")).unwrap();
+    r.handle_connected(T0, US, id("us")).unwrap();
     // Interleaved lanes; seq 2 escalated to flash after seq 3 arrived.
     r.handle_frame(T0, US, envelope("us", "jp", R, 1));
     r.handle_frame(T0, US, envelope("us", "jp", R, 2));
@@ -928,7 +1071,7 @@ fn restore_reproduces_queues_lanes_and_waiting_frames() {
     r.handle_frame(T0, US, announcement("us", 4));
     // While us is away, jp reports us's routine seq 1 delivered and sends us a message.
     r.handle_disconnected(US);
-    r.handle_connected(JP, id("jp")).unwrap();
+    r.handle_connected(T0, JP, id("jp")).unwrap();
     r.handle_frame(T0, JP, envelope("jp", "us", R, 1));
     r.handle_frame(T0, JP, delivered("jp", "us", R, 1));
     r.handle_frame(T0, JP, announcement("jp", 2));
@@ -967,8 +1110,8 @@ fn restore_reproduces_queues_lanes_and_waiting_frames() {
 
     // Same lanes, same order, byte for byte, as the original would write them now.
     let us2 = ConnId(10);
-    r.handle_connected(us2, id("us")).unwrap();
-    fresh.handle_connected(us2, id("us")).unwrap();
+    r.handle_connected(T0, us2, id("us")).unwrap();
+    fresh.handle_connected(T0, us2, id("us")).unwrap();
     let original_us = drain(&mut r, us2, Lane::Control);
     let restored_us = drain(&mut fresh, us2, Lane::Control);
     // Presence differs (jp is online in the original only); then jp's announcement, the receipt.
@@ -980,8 +1123,8 @@ fn restore_reproduces_queues_lanes_and_waiting_frames() {
     );
     r.handle_disconnected(JP);
     let jp2 = ConnId(11);
-    r.handle_connected(jp2, id("jp")).unwrap();
-    fresh.handle_connected(jp2, id("jp")).unwrap();
+    r.handle_connected(T0, jp2, id("jp")).unwrap();
+    fresh.handle_connected(T0, jp2, id("jp")).unwrap();
     let expected = lanes(&mut r, jp2);
     let got = lanes(&mut fresh, jp2);
     assert_eq!(got, expected);
@@ -1030,7 +1173,7 @@ fn restore_keeps_rows_of_unconfigured_endpoints_out_of_the_queues() {
     assert_eq!(restored.envelopes, 1);
     assert_eq!(restored.unconfigured, [(id("de"), 1)]);
     // Its row's order is not reused.
-    fresh.handle_connected(US, id("us")).unwrap();
+    fresh.handle_connected(T0, US, id("us")).unwrap();
     assert_eq!(order_written(&mut fresh, US, envelope("us", "jp", R, 2)), 2);
 }
 
@@ -1084,7 +1227,7 @@ fn restore_refuses_what_the_router_never_writes() {
         })
     );
     let mut used = router();
-    used.handle_connected(US, id("us")).unwrap();
+    used.handle_connected(T0, US, id("us")).unwrap();
     used.handle_frame(T0, US, envelope("us", "jp", R, 1));
     assert_eq!(
         used.restore(Snapshot::default()),
@@ -1095,7 +1238,7 @@ fn restore_refuses_what_the_router_never_writes() {
 #[test]
 fn uncommitted_bytes_are_counted_per_lane_until_the_commit() {
     let mut r = router();
-    r.handle_connected(US, id("us")).unwrap();
+    r.handle_connected(T0, US, id("us")).unwrap();
     let a = envelope("us", "jp", R, 1);
     let b = envelope("us", "jp", F, 1);
     r.handle_frame(T0, US, a.clone());

@@ -6,7 +6,8 @@
 //! - the node opens the control stream and both sides send `Hello` on it; the node's must pass
 //!   [`Hello::check`](hotline_proto::wire::Hello::check), within [`HELLO_TIMEOUT`]; then the
 //!   connection is registered with the router and the relay opens its four lane streams, each
-//!   starting with its lane byte;
+//!   starting with its lane byte; a registration the router refuses because the identity flaps
+//!   is closed with [`CloseReason::IdentityInUse`];
 //! - one reader per incoming stream hands whole frames to the router; a frame whose length
 //!   prefix exceeds [`MAX_FRAME_LEN`] closes the connection ([`CloseReason::FrameTooLarge`])
 //!   before anything is allocated;
@@ -172,6 +173,7 @@ impl ServeError {
             }
             Self::Read(e) => read_error_reason(e),
             Self::Register(ConnectError::NotConfigured(_)) => Some(CloseReason::NotConfigured),
+            Self::Register(ConnectError::IdentityInUse { .. }) => Some(CloseReason::IdentityInUse),
             _ => None,
         }
     }

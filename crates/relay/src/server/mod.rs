@@ -3,7 +3,8 @@
 //! [`Server::spawn`] opens the store, binds the UDP socket (and the optional metrics listener),
 //! starts the tasks and returns a handle; [`Server::shutdown`] closes every connection and waits
 //! for the tasks; dropping the [`Server`] stops them too. This module holds that handle, its
-//! typed [`ServerConfig`], [`SpawnError`], [`CloseReason`] and the accept loop. It does no
+//! typed [`ServerConfig`], [`SpawnError`], [`CloseReason`] (re-exported from `hotline-net`, which
+//! nodes read it from) and the accept loop. It does no
 //! routing (the [`Router`] does) and no per-connection work (the [`client`] actor does).
 //!
 //! Structured concurrency: every task is owned by the one that started it (server → accept
@@ -44,6 +45,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
+pub use hotline_net::close::CloseReason;
 use hotline_net::quic::{self, EndpointError, Timeouts};
 use hotline_net::tls::{self, Credentials, TlsError};
 use hotline_proto::EndpointId;
@@ -54,7 +56,9 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::failpoint;
 use crate::metrics;
-use crate::router::{ConnId, Limits, Router, RouterConfigError, SnapshotError, Ttl};
+use crate::router::{
+    ConnId, IdentityLimits, Limits, Router, RouterConfigError, SnapshotError, Ttl,
+};
 use crate::store::{self, Store, StoreError};
 
 mod client;
@@ -97,6 +101,9 @@ pub struct ServerConfig {
     pub max_queue_bytes_per_endpoint: u64,
     /// How long a queued envelope is held, per transport lane (see [`Ttl`]).
     pub ttl: Ttl,
+    /// When a flapping identity's live connection is kept and newcomers refused (see
+    /// [`IdentityLimits`]).
+    pub identity: IdentityLimits,
     /// TCP address for `GET /metrics`, if any; port 0 picks a free one.
     pub metrics: Option<SocketAddr>,
 }
@@ -121,6 +128,7 @@ impl ServerConfig {
             timeouts: Timeouts::default(),
             max_queue_bytes_per_endpoint: Limits::DEFAULT_MAX_QUEUE_BYTES,
             ttl: Ttl::default(),
+            identity: IdentityLimits::default(),
             metrics: None,
         }
     }
@@ -140,6 +148,7 @@ impl ServerConfig {
         Limits {
             max_queue_bytes: self.max_queue_bytes_per_endpoint,
             ttl: self.ttl,
+            identity: self.identity,
         }
     }
 }
@@ -185,66 +194,6 @@ pub enum SpawnError {
         /// Why.
         source: std::io::Error,
     },
-}
-
-/// Why the relay closed a connection: the QUIC application close code, with the reason in
-/// words as the close reason.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The relay is shutting down.
-    Shutdown = 0,
-    /// The certificate's endpoint is in no configured hotline.
-    NotConfigured = 1,
-    /// A newer connection with the same identity replaced this one.
-    Replaced = 2,
-    /// The node broke the stream protocol (no hello, bad lane byte, broken framing, a relay
-    /// stream stopped).
-    ProtocolViolation = 3,
-    /// A frame's length prefix exceeded the size limit.
-    FrameTooLarge = 4,
-    /// The client certificate names no endpoint.
-    NoIdentity = 5,
-}
-
-impl CloseReason {
-    /// The QUIC application error code.
-    pub fn code(self) -> quinn::VarInt {
-        quinn::VarInt::from_u32(self as u32)
-    }
-
-    /// The close reason sent to the peer.
-    pub fn reason(self) -> &'static str {
-        match self {
-            Self::Shutdown => "relay shutting down",
-            Self::NotConfigured => "endpoint is in no configured hotline",
-            Self::Replaced => "replaced by a newer connection with the same identity",
-            Self::ProtocolViolation => "protocol violation",
-            Self::FrameTooLarge => "frame exceeds the size limit",
-            Self::NoIdentity => "client certificate names no hotline endpoint",
-        }
-    }
-
-    /// The reason for an application close `code`, if it is one of ours.
-    pub fn from_code(code: quinn::VarInt) -> Option<Self> {
-        [
-            Self::Shutdown,
-            Self::NotConfigured,
-            Self::Replaced,
-            Self::ProtocolViolation,
-            Self::FrameTooLarge,
-            Self::NoIdentity,
-        ]
-        .into_iter()
-        .find(|r| r.code() == code)
-    }
-
-    fn close(self, connection: &quinn::Connection) {
-        connection.close(self.code(), self.reason().as_bytes());
-    }
-
-    fn close_endpoint(self, endpoint: &quinn::Endpoint) {
-        endpoint.close(self.code(), self.reason().as_bytes());
-    }
 }
 
 /// A running relay. Dropping it stops every task and closes every connection.

@@ -3,8 +3,9 @@
 //!
 //! Every router call goes through [`Shared::run`], which makes the call and then carries out
 //! the router's outputs while still holding the lock: writes go to the store writer's queue (so
-//! in issue order), wakes to the connection's stream writers, closes to replaced connections,
-//! and a moved deadline to the timer task. The lock is held only for synchronous router calls,
+//! in issue order), wakes to the connection's stream writers, closes to displaced connections
+//! (an identity conflict: a WARN with both remote addresses, and a metric), and a moved
+//! deadline to the timer task. The lock is held only for synchronous router calls,
 //! never across an await. This module does no I/O of its own.
 //!
 //! Main types: [`Shared`] and the [`State`] under its lock.
@@ -17,10 +18,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
 
 use hotline_proto::{EndpointId, Precedence, Time};
 use tokio::sync::Notify;
-use tracing::info;
+use tracing::warn;
 
 use super::CloseReason;
 use super::client::ConnHandle;
+use super::timer::wall_clock;
 use crate::metrics::Metrics;
 use crate::router::{ConnId, ConnectError, Output, Router};
 use crate::store::{Committed, Request};
@@ -106,10 +108,18 @@ impl Shared {
                         handle.wake[stream.index()].notify_one();
                     }
                 }
-                Output::Close { conn, reason } => {
+                Output::Close { conn, by } => {
+                    self.metrics.identity_conflict("displaced");
                     if let Some(handle) = state.conns.get(&conn) {
-                        info!(conn_id = %conn, reason, "closing replaced connection");
-                        CloseReason::Replaced.close(&handle.connection);
+                        // Only a registration displaces: this runs in the newcomer's span.
+                        warn!(
+                            displaced_conn = %conn,
+                            displaced_remote = %handle.connection.remote_address(),
+                            new_conn = %by,
+                            new_remote = %remote(state, by),
+                            "identity conflict: a second connection with this identity displaced the live one"
+                        );
+                        CloseReason::IdentityConflict.close(&handle.connection);
                     }
                 }
                 Output::Refused { code, .. } => self.metrics.refused(code),
@@ -130,8 +140,25 @@ impl Shared {
     ) -> Result<(), ConnectError> {
         let mut state = self.lock();
         state.conns.insert(conn, handle);
-        let result = state.router.handle_connected(conn, peer);
-        if result.is_err() {
+        let result = state.router.handle_connected(wall_clock(), conn, peer);
+        if let Err(e) = &result {
+            if let ConnectError::IdentityInUse {
+                endpoint,
+                kept,
+                until,
+            } = e
+            {
+                self.metrics.identity_conflict("refused");
+                warn!(
+                    peer = %endpoint,
+                    kept_conn = %kept,
+                    kept_remote = %remote(&state, *kept),
+                    refused_conn = %conn,
+                    refused_remote = %remote(&state, conn),
+                    refused_for = ?until.since(wall_clock()),
+                    "identity conflict: this identity flaps between connections; keeping the live one, refusing the newcomer"
+                );
+            }
             state.conns.remove(&conn);
         }
         self.apply_outputs(&mut state);
@@ -162,4 +189,12 @@ impl Shared {
         let stats = self.lock().router.stats();
         self.metrics.render(&stats)
     }
+}
+
+/// The remote address of `conn`, for logs; `?` if it has no handle.
+fn remote(state: &State, conn: ConnId) -> String {
+    state.conns.get(&conn).map_or_else(
+        || "?".to_owned(),
+        |h| h.connection.remote_address().to_string(),
+    )
 }

@@ -1,5 +1,6 @@
 use std::sync::mpsc;
 
+use hotline_proto::Time;
 use hotline_proto::testing::{self, id};
 
 use super::*;
@@ -127,7 +128,7 @@ fn a_router_restored_from_the_reopened_store_has_the_same_queues_in_the_same_ord
     let mut original = Router::new(&hotlines, Limits::default()).unwrap();
     {
         let (mut store, _) = Store::open(dir.path()).unwrap();
-        original.handle_connected(us, id("us")).unwrap();
+        original.handle_connected(Time(0), us, id("us")).unwrap();
         for (p, seq, t) in [
             (R, 1, R),
             (R, 2, R),
@@ -156,8 +157,8 @@ fn a_router_restored_from_the_reopened_store_has_the_same_queues_in_the_same_ord
             })
             .collect::<Vec<_>>()
     );
-    original.handle_connected(jp, id("jp")).unwrap();
-    restored.handle_connected(jp, id("jp")).unwrap();
+    original.handle_connected(Time(0), jp, id("jp")).unwrap();
+    restored.handle_connected(Time(0), jp, id("jp")).unwrap();
     let got = lane_order(&mut restored, jp);
     assert_eq!(got, lane_order(&mut original, jp));
     assert_eq!(
