@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use hotline_net::tls::{self, Credentials};
 use hotline_relay::{Server, ServerConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::certs::{self, DeadlineOverrides, InitRequest};
 use crate::config::NodeConfig;
@@ -27,6 +28,14 @@ pub struct Hotline {
 impl Hotline {
     /// Writes the PKI and configs (with `deadlines`) and starts the relay.
     pub async fn start(deadlines: &DeadlineOverrides) -> Result<Self> {
+        Self::start_with(deadlines, |_| {}).await
+    }
+
+    /// As [`Hotline::start`], with the relay's configuration edited by `edit` first.
+    pub async fn start_with(
+        deadlines: &DeadlineOverrides,
+        edit: impl FnOnce(&mut ServerConfig),
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("hotline-test-").tempdir()?;
         let pairs = certs::init(
             dir.path(),
@@ -43,13 +52,14 @@ impl Hotline {
         let ca = tls::load_certs(&dir.path().join("ca.pem"))?;
         let creds =
             Credentials::load(&dir.path().join("relay.pem"), &dir.path().join("relay.key"))?;
-        let config = ServerConfig::new(
+        let mut config = ServerConfig::new(
             "127.0.0.1:0".parse()?,
             ca,
             creds,
             dir.path().join("relay-data"),
             pairs,
         );
+        edit(&mut config);
         let relay = Server::spawn(config).await?;
         Ok(Self { dir, relay })
     }
@@ -80,6 +90,31 @@ impl Hotline {
     pub fn relay(&self) -> &Server {
         &self.relay
     }
+
+    /// The relay's `GET /metrics` body (the relay must have been started with metrics on).
+    pub async fn relay_metrics(&self) -> Result<String> {
+        let Some(addr) = self.relay.metrics_addr() else {
+            bail!("the relay serves no metrics");
+        };
+        let mut socket = tokio::net::TcpStream::connect(addr).await?;
+        socket
+            .write_all(b"GET /metrics HTTP/1.1\r\nhost: relay\r\n\r\n")
+            .await?;
+        let mut out = String::new();
+        socket.read_to_string(&mut out).await?;
+        match out.split_once("\r\n\r\n") {
+            Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_owned()),
+            _ => bail!("metrics answered {out:?}"),
+        }
+    }
+}
+
+/// The value of the series `name` (with its labels, as printed) in a metrics body.
+pub fn metric(body: &str, name: &str) -> Option<f64> {
+    body.lines().find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        (series == name).then(|| value.parse().ok())?
+    })
 }
 
 /// `status` of a running node.

@@ -12,6 +12,7 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
+use hotline_net::close::CloseReason;
 use hotline_proto::engine::{AlarmKind, Delivery, LinkState, Status};
 use hotline_proto::{EndpointId, Precedence};
 
@@ -170,6 +171,15 @@ pub fn link_name(s: LinkState) -> &'static str {
         LinkState::Degraded => "degraded",
         LinkState::Down => "down",
     }
+}
+
+/// The relay link's last error when the relay closed us because another connection uses our
+/// identity (a copied configuration or a stolen key): what `status` shows.
+pub fn identity_conflict_line(close: CloseReason) -> String {
+    format!(
+        "another node is using our identity (closed by relay: {})",
+        close.reason()
+    )
 }
 
 /// An alarm's kind in one line, as `status` and the audit log show it.

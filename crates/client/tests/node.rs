@@ -8,8 +8,11 @@ use std::time::Duration;
 use hotline_client::certs::DeadlineOverrides;
 use hotline_client::control::{ControlClient, ControlError, Event, Request, WaitLevel};
 use hotline_client::node::Node;
-use hotline_client::testing::{Hotline, status, wait_link_up};
+use hotline_client::testing::{Hotline, metric, status, wait_link_up};
+use hotline_client::view::identity_conflict_line;
+use hotline_net::close::CloseReason;
 use hotline_proto::{MessageId, Precedence};
+use hotline_relay::IdentityLimits;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// Generous: these are liveness bounds, not timings.
@@ -257,4 +260,115 @@ async fn an_endless_request_line_is_refused_and_the_node_keeps_serving() {
     writer.await.unwrap();
     assert_eq!(status(&us).await.unwrap().endpoint, "us");
     us.shutdown().await.unwrap();
+}
+
+/// Reads the relay's identity-conflict counters: (displaced, refused).
+async fn conflicts(hotline: &Hotline) -> (f64, f64) {
+    let body = tokio::time::timeout(WITHIN, hotline.relay_metrics())
+        .await
+        .unwrap()
+        .unwrap();
+    let get = |outcome: &str| {
+        let name = format!("hotline_relay_identity_conflicts_total{{outcome=\"{outcome}\"}}");
+        metric(&body, &name).unwrap_or_else(|| panic!("no {name} in {body}"))
+    };
+    (get("displaced"), get("refused"))
+}
+
+/// Polls `check` until it returns `Some`, for at most `IDENTITY_WITHIN` (a liveness bound).
+async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + IDENTITY_WITHIN;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Generous: the refused node retries every few seconds, and the machine may be loaded.
+const IDENTITY_WITHIN: Duration = Duration::from_secs(120);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_with_one_identity_stop_flapping_and_the_refused_one_says_why() {
+    let limits = IdentityLimits {
+        flips: 3,
+        // Longer than the test can run: once the back-off starts, no timing can end it.
+        window: Duration::from_secs(3600),
+        backoff: Duration::from_secs(3600),
+        max_backoff: Duration::from_secs(3600),
+    };
+    let hotline = Hotline::start_with(&DeadlineOverrides::new(), |c| {
+        c.metrics = Some("127.0.0.1:0".parse().unwrap());
+        c.identity = limits;
+    })
+    .await
+    .unwrap();
+    let first = hotline.node("us").await.unwrap();
+    let jp = hotline.node("jp").await.unwrap();
+    for n in [&first, &jp] {
+        wait_link_up(n, WITHIN).await.unwrap();
+    }
+    assert_eq!(conflicts(&hotline).await, (0.0, 0.0));
+
+    // A copy of `us`'s configuration on another store: the same certificate and key.
+    let mut copy = hotline.node_config("us").unwrap();
+    copy.data_dir = hotline.dir().join("us-copy-data");
+    let second = Node::spawn(copy).await.unwrap();
+
+    // The two displace each other three times, then the relay refuses the next newcomer.
+    let (displaced, _) = wait_for("a newcomer refused", || async {
+        let c = conflicts(&hotline).await;
+        (c.1 >= 1.0).then_some(c)
+    })
+    .await;
+    assert_eq!(
+        displaced,
+        f64::from(limits.flips),
+        "displacements before refusal"
+    );
+
+    // The refused node keeps retrying and is refused each time: no more displacements.
+    let refused_line = identity_conflict_line(CloseReason::IdentityInUse);
+    let (refused, kept) = wait_for("the refused node to report the conflict", || async {
+        for (a, b) in [(&first, &second), (&second, &first)] {
+            if status(a).await.unwrap().last_error.as_deref() == Some(refused_line.as_str()) {
+                return Some((a, b));
+            }
+        }
+        None
+    })
+    .await;
+    wait_for("two more refusals", || async {
+        let c = conflicts(&hotline).await;
+        (c.1 >= 3.0).then_some(())
+    })
+    .await;
+    let (displaced_after, _) = conflicts(&hotline).await;
+    assert_eq!(displaced_after, displaced, "the relay stopped flapping");
+    let body = hotline.relay_metrics().await.unwrap();
+    // One connection of `us` (the kept one) and jp's.
+    assert_eq!(metric(&body, "hotline_relay_connections"), Some(2.0));
+    // The kept node is connected and reports no error.
+    let kept_status = status(kept).await.unwrap();
+    assert_eq!(kept_status.last_error, None, "{kept_status:?}");
+
+    // Both were displaced at least once, so both raised the alarm in their audit log.
+    for node in [refused, kept] {
+        let mut c = ControlClient::connect(node.control_socket()).await.unwrap();
+        let events = c.call(Request::Audit { export: true }).await.unwrap();
+        let log = format!("{events:?}");
+        assert!(
+            log.contains("identity_conflict") && log.contains("another node is using our identity"),
+            "{log}"
+        );
+    }
+    for n in [first, second, jp] {
+        n.shutdown().await.unwrap();
+    }
 }

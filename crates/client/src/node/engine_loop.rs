@@ -10,10 +10,17 @@
 //! It never blocks: writes go to the store thread, frames to the relay link's writers, answers
 //! to the control server's channels. A failed store write stops the loop with
 //! [`NodeError::StoreFailed`]; nothing after it is acknowledged.
+//!
+//! The shell raises one alarm of its own, beside the engine's: when the relay closes our
+//! connection because another connection uses our identity ([`LinkEvent::IdentityConflict`]),
+//! status shows [`view::identity_conflict_line`] as the last error, and an `identity_conflict` alarm
+//! goes to the log and the audit log, at most once per [`IDENTITY_ALARM_EVERY`] (with the count
+//! of closes since the last one), since a refused node keeps retrying.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use hotline_proto::Time;
 use hotline_proto::engine::{
     Action, Alarm, AlarmKind, Delivery, Engine, Outgoing, Report, WriteId,
 };
@@ -30,6 +37,9 @@ use crate::audit::{self, AuditEvent};
 use crate::control::{InboxEntry, StatusView};
 use crate::time::{format_time, wall_now};
 use crate::view;
+
+/// At most one `identity_conflict` alarm per this long; closes in between are counted.
+const IDENTITY_ALARM_EVERY: Duration = Duration::from_secs(10 * 60);
 
 /// An operator command from the control server.
 #[derive(Debug)]
@@ -94,6 +104,8 @@ pub(super) struct EngineLoop {
     followers: Vec<mpsc::UnboundedSender<InboxEntry>>,
     subscribers: BTreeMap<MessageId, Vec<mpsc::UnboundedSender<Report>>>,
     last_error: Option<String>,
+    /// When the last `identity_conflict` alarm was raised, and the closes since.
+    identity_alarm: Option<(Time, u64)>,
     fatal: Option<NodeError>,
     ack_waiters: Vec<AckWaiter>,
     /// Reports seen, to sweep closed subscribers now and then.
@@ -120,6 +132,7 @@ impl EngineLoop {
             followers: Vec::new(),
             subscribers: BTreeMap::new(),
             last_error: None,
+            identity_alarm: None,
             fatal: None,
             ack_waiters: Vec::new(),
             reports: 0,
@@ -220,7 +233,43 @@ impl EngineLoop {
                 self.engine.handle_disconnected(wall_now());
             }
             LinkEvent::Failed(reason) => self.last_error = Some(reason),
+            LinkEvent::IdentityConflict(close) => {
+                if self.writers.take().is_some() {
+                    self.engine.handle_disconnected(wall_now());
+                }
+                let line = view::identity_conflict_line(close);
+                self.identity_alarm(&line);
+                self.last_error = Some(line);
+            }
         }
+    }
+
+    /// Raises the `identity_conflict` alarm, unless one was raised recently: then counts.
+    fn identity_alarm(&mut self, line: &str) {
+        let now = wall_now();
+        let count = match self.identity_alarm {
+            Some((at, n)) if now.since(at) < IDENTITY_ALARM_EVERY => {
+                self.identity_alarm = Some((at, n + 1));
+                return;
+            }
+            Some((_, n)) => n + 1,
+            None => 1,
+        };
+        self.identity_alarm = Some((now, 0));
+        error!(
+            kind = "identity_conflict",
+            count,
+            detail = line,
+            "SECURITY ALARM"
+        );
+        let detail = match count {
+            1 => line.to_owned(),
+            n => format!("{line} ({n} closes)"),
+        };
+        self.write(StoreMsg::Event(AuditEvent::Alarm {
+            kind: "identity_conflict".into(),
+            detail,
+        }));
     }
 
     fn command(&mut self, c: Command) {

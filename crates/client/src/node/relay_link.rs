@@ -9,16 +9,24 @@
 //!
 //! It does not interpret frames (the engine does) nor decide what to resend (the engine re-offers
 //! on [`LinkEvent::Connected`]).
+//!
+//! A connection the relay closes because another connection took our identity
+//! ([`CloseReason::IdentityConflict`]) or because it keeps the other one for a while
+//! ([`CloseReason::IdentityInUse`]) is reported as [`LinkEvent::IdentityConflict`]: another node
+//! runs with our identity (a copied configuration, or a stolen key). The link keeps redialling,
+//! but such a close does not reset the backoff, so a refused node retries every
+//! [`MAX_BACKOFF`] rather than hammering the relay.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
+use hotline_net::close::CloseReason;
 use hotline_net::framed::{self, LaneTag};
 use hotline_proto::Lane;
 use hotline_proto::wire::{self, Frame, Hello};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Frames from the relay waiting for the engine loop, per lane.
 const READ_QUEUE_FRAMES: usize = 1024;
@@ -61,6 +69,19 @@ pub(super) enum LinkEvent {
     Disconnected(String),
     /// A dial failed, for this reason; the link retries.
     Failed(String),
+    /// The relay closed the connection (or the dial) because another connection uses our
+    /// identity; the link retries.
+    IdentityConflict(CloseReason),
+}
+
+/// The relay closed the connection while it was being set up, with one of its close codes.
+#[derive(Debug, thiserror::Error)]
+#[error("closed by relay: {}", .0.reason())]
+struct RelayClosed(CloseReason);
+
+/// The relay's reason, if it closed `conn` with one of its close codes.
+fn relay_close(conn: &quinn::Connection) -> Option<CloseReason> {
+    conn.close_reason().as_ref().and_then(CloseReason::of)
 }
 
 /// Where and how to reach the relay.
@@ -82,20 +103,40 @@ pub(super) async fn run(
     loop {
         let event = match connect_once(&target).await {
             Ok((conn, writers, control)) => {
-                backoff = MIN_BACKOFF;
                 info!("connected to relay");
                 if events.send(LinkEvent::Connected(writers)).is_err() {
                     return;
                 }
                 let reason = serve_connection(&conn, control, &net).await;
-                warn!(reason = %reason, "relay connection lost");
-                LinkEvent::Disconnected(reason)
+                match relay_close(&conn) {
+                    Some(close) if close.is_identity_conflict() => {
+                        warn!(
+                            reason = close.reason(),
+                            "relay closed the connection: another node uses our identity"
+                        );
+                        LinkEvent::IdentityConflict(close)
+                    }
+                    _ => {
+                        backoff = MIN_BACKOFF;
+                        warn!(reason = %reason, "relay connection lost");
+                        LinkEvent::Disconnected(reason)
+                    }
+                }
             }
-            Err(e) => {
-                let msg = format!("{e:#}");
-                warn!(error = %msg, "cannot connect to relay");
-                LinkEvent::Failed(msg)
-            }
+            Err(e) => match e.downcast_ref::<RelayClosed>() {
+                Some(RelayClosed(close)) if close.is_identity_conflict() => {
+                    warn!(
+                        reason = close.reason(),
+                        "relay refused the connection: another node uses our identity"
+                    );
+                    LinkEvent::IdentityConflict(*close)
+                }
+                _ => {
+                    let msg = format!("{e:#}");
+                    warn!(error = %msg, "cannot connect to relay");
+                    LinkEvent::Failed(msg)
+                }
+            },
         };
         if events.send(event).is_err() {
             return;
@@ -115,6 +156,21 @@ async fn connect_once(
         .context("connecting")?
         .await
         .with_context(|| format!("handshake with relay {addr} as {name:?}"))?;
+    match set_up(&conn).await {
+        Ok((writers, control)) => Ok((conn, writers, control)),
+        // A close by the relay explains whatever step it interrupted.
+        Err(e) => match relay_close(&conn) {
+            Some(close) => {
+                debug!(error = %format!("{e:#}"), "setting up the connection");
+                Err(RelayClosed(close).into())
+            }
+            None => Err(e),
+        },
+    }
+}
+
+/// Hello exchange and streams of a new connection.
+async fn set_up(conn: &quinn::Connection) -> Result<(Writers, quinn::RecvStream)> {
     let (mut control, mut control_recv) = conn.open_bi().await.context("opening control stream")?;
     control.set_priority(Lane::Control.priority()).ok();
     let hello = wire::encode_frame(&Frame::Hello(Hello {
@@ -138,7 +194,7 @@ async fn connect_once(
     let writers = writers
         .try_into()
         .map_err(|_| anyhow!("one writer per lane expected"))?;
-    Ok((conn, Writers(writers), control_recv))
+    Ok((Writers(writers), control_recv))
 }
 
 /// Reads and checks the relay's hello, the first frame on the control stream.
