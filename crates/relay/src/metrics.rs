@@ -6,6 +6,9 @@
 //!   streams, summed over destinations (gauges, refreshed on each scrape);
 //! - `forwarded_frames_total{stream}`: frames written to nodes (counter);
 //! - `refusals_total{code}`: `Refused` replies by refusal code (counter);
+//! - `wrong_stream_frames_total{stream}`: frames refused because they arrived on a stream
+//!   other than their own, by the stream they arrived on (counter; also in `refusals_total` as
+//!   `malformed`);
 //! - `rejected_connections_total{reason}`: connections closed before registration (counter);
 //! - `store_commits_total`, `store_ops_total`: group commits of the store and the operations
 //!   they held (counters; their ratio is the mean batch size).
@@ -59,6 +62,7 @@ pub(crate) struct Metrics {
     queued_bytes: Family<StreamLabel, Gauge>,
     forwarded: Family<StreamLabel, Counter>,
     refusals: Family<CodeLabel, Counter>,
+    wrong_stream: Family<StreamLabel, Counter>,
     rejected: Family<ReasonLabel, Counter>,
     store_commits: Counter,
     store_ops: Counter,
@@ -72,6 +76,7 @@ impl Metrics {
         let queued_bytes = Family::<StreamLabel, Gauge>::default();
         let forwarded = Family::<StreamLabel, Counter>::default();
         let refusals = Family::<CodeLabel, Counter>::default();
+        let wrong_stream = Family::<StreamLabel, Counter>::default();
         let rejected = Family::<ReasonLabel, Counter>::default();
         let store_commits = Counter::default();
         let store_ops = Counter::default();
@@ -101,6 +106,11 @@ impl Metrics {
             refusals.clone(),
         );
         registry.register(
+            "wrong_stream_frames",
+            "Frames refused for arriving on a stream other than their own, by arrival stream",
+            wrong_stream.clone(),
+        );
+        registry.register(
             "rejected_connections",
             "Connections closed before registration, by reason",
             rejected.clone(),
@@ -123,6 +133,7 @@ impl Metrics {
             let _ = queued_frames.get_or_create(&label);
             let _ = queued_bytes.get_or_create(&label);
             let _ = forwarded.get_or_create(&label);
+            let _ = wrong_stream.get_or_create(&label);
         }
         Self {
             registry,
@@ -131,6 +142,7 @@ impl Metrics {
             queued_bytes,
             forwarded,
             refusals,
+            wrong_stream,
             rejected,
             store_commits,
             store_ops,
@@ -154,6 +166,14 @@ impl Metrics {
         self.refusals
             .get_or_create(&CodeLabel {
                 code: code_name(code),
+            })
+            .inc();
+    }
+
+    pub(crate) fn wrong_stream(&self, arrived: Lane) {
+        self.wrong_stream
+            .get_or_create(&StreamLabel {
+                stream: arrived.as_str(),
             })
             .inc();
     }
