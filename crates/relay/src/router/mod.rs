@@ -561,3 +561,5 @@ fn len(bytes: &Bytes) -> u64 {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_props;

@@ -1144,6 +1144,31 @@ fn receipts_overtake_queued_replies_on_the_control_stream() {
     );
 }
 
+#[test]
+fn control_bytes_stay_exact_when_a_frame_being_written_is_requeued() {
+    let mut r = both_connected();
+    let _ = drain(&mut r, US, Lane::Control);
+    let receipt = delivered("jp", "us", R, 1);
+    r.receive(T0, JP, receipt.clone());
+    let _ = commit(&mut r);
+    let t = r.poll_transmit(US, Lane::Control).unwrap();
+    assert_eq!(r.control_backlog(US), receipt.len() as u64);
+    // The connection drops mid-write: the receipt goes back to the queue, counted once.
+    r.handle_disconnected(US);
+    assert_eq!(r.queued_bytes(&id("us")), receipt.len() as u64);
+    r.handle_written(US, t);
+    // Again on the next connection, then written: nothing left counted.
+    let us2 = ConnId(7);
+    r.handle_connected(us2, id("us")).unwrap();
+    let t = r.poll_transmit(us2, Lane::Control).unwrap(); // jp's presence
+    r.handle_connected(ConnId(8), id("us")).unwrap();
+    r.handle_written(us2, t);
+    assert!(r.counter_drift().is_empty(), "{:?}", r.counter_drift());
+    assert!(drain(&mut r, ConnId(8), Lane::Control).contains(&receipt));
+    assert_eq!(r.queued_bytes(&id("us")), 0);
+    assert_eq!(r.control_backlog(ConnId(8)), 0);
+}
+
 /// Refusals told to `conn`, with their details, and the wrong-stream outputs emitted so far.
 fn wrong_stream_refusals(r: &mut Router, conn: ConnId) -> (Vec<Refusal>, Vec<Output>) {
     let wrong = outputs(r)
