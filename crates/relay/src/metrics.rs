@@ -6,6 +6,9 @@
 //!   streams, summed over destinations (gauges, refreshed on each scrape);
 //! - `forwarded_frames_total{stream}`: frames written to nodes (counter);
 //! - `refusals_total{code}`: `Refused` replies by refusal code (counter);
+//! - `wrong_stream_frames_total{stream}`: frames refused because they arrived on a stream
+//!   other than their own, by the stream they arrived on (counter; also in `refusals_total` as
+//!   `malformed`);
 //! - `rejected_connections_total{reason}`: connections closed before registration (counter);
 //! - `identity_conflicts_total{outcome}`: a second live connection claimed an identity; it
 //!   `displaced` the live one, or was `refused` because the identity flaps (counter; any
@@ -67,6 +70,7 @@ pub(crate) struct Metrics {
     queued_bytes: Family<StreamLabel, Gauge>,
     forwarded: Family<StreamLabel, Counter>,
     refusals: Family<CodeLabel, Counter>,
+    wrong_stream: Family<StreamLabel, Counter>,
     rejected: Family<ReasonLabel, Counter>,
     identity_conflicts: Family<OutcomeLabel, Counter>,
     store_commits: Counter,
@@ -81,6 +85,7 @@ impl Metrics {
         let queued_bytes = Family::<StreamLabel, Gauge>::default();
         let forwarded = Family::<StreamLabel, Counter>::default();
         let refusals = Family::<CodeLabel, Counter>::default();
+        let wrong_stream = Family::<StreamLabel, Counter>::default();
         let rejected = Family::<ReasonLabel, Counter>::default();
         let identity_conflicts = Family::<OutcomeLabel, Counter>::default();
         let store_commits = Counter::default();
@@ -111,6 +116,11 @@ impl Metrics {
             refusals.clone(),
         );
         registry.register(
+            "wrong_stream_frames",
+            "Frames refused for arriving on a stream other than their own, by arrival stream",
+            wrong_stream.clone(),
+        );
+        registry.register(
             "rejected_connections",
             "Connections closed before registration, by reason",
             rejected.clone(),
@@ -138,6 +148,7 @@ impl Metrics {
             let _ = queued_frames.get_or_create(&label);
             let _ = queued_bytes.get_or_create(&label);
             let _ = forwarded.get_or_create(&label);
+            let _ = wrong_stream.get_or_create(&label);
         }
         for outcome in ["displaced", "refused"] {
             let _ = identity_conflicts.get_or_create(&OutcomeLabel { outcome });
@@ -149,6 +160,7 @@ impl Metrics {
             queued_bytes,
             forwarded,
             refusals,
+            wrong_stream,
             rejected,
             identity_conflicts,
             store_commits,
@@ -173,6 +185,14 @@ impl Metrics {
         self.refusals
             .get_or_create(&CodeLabel {
                 code: code_name(code),
+            })
+            .inc();
+    }
+
+    pub(crate) fn wrong_stream(&self, arrived: Lane) {
+        self.wrong_stream
+            .get_or_create(&StreamLabel {
+                stream: arrived.as_str(),
             })
             .inc();
     }

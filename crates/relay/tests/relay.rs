@@ -184,6 +184,53 @@ async fn wrong_sender_and_unpaired_recipient_are_refused() {
 }
 
 #[tokio::test]
+async fn envelope_on_another_lanes_stream_is_refused_and_counted() {
+    let fx = fixture().await;
+    let mut us = fx.connect("us").await;
+    // Flash on the control stream, then on the routine stream: both refused, nothing queued.
+    us.send_control(&envelope("us", "jp", F, 1)).await;
+    us.send_lane(R, &envelope("us", "jp", F, 1)).await;
+    let mut details = Vec::new();
+    for _ in 0..2 {
+        let Frame::Refused(r) = us.next_reply().await else {
+            panic!("expected a refusal")
+        };
+        assert_eq!(r.code, RefusalCode::Malformed);
+        assert_eq!(r.id, Some(message_id("us", F, 1)));
+        details.push(r.detail);
+    }
+    // Two streams: the relay may read them in either order.
+    details.sort();
+    assert_eq!(
+        details,
+        [
+            "envelope for lane flash arrived on stream control",
+            "envelope for lane flash arrived on stream routine"
+        ]
+    );
+    // On its own stream it is taken.
+    us.send_lane(F, &envelope("us", "jp", F, 1)).await;
+    assert!(matches!(us.next_reply().await, Frame::Accepted(_)));
+    let metrics = http_get(fx.server.metrics_addr().unwrap(), "/metrics").await;
+    for stream in ["control", "routine"] {
+        assert!(
+            metrics.contains(&format!(
+                "hotline_relay_wrong_stream_frames_total{{stream=\"{stream}\"}} 1"
+            )),
+            "{metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("hotline_relay_wrong_stream_frames_total{stream=\"flash\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hotline_relay_queued_frames{stream=\"flash\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
 async fn delivered_receipt_removes_the_queued_envelope() {
     let fx = fixture().await;
     let mut us = fx.connect("us").await;

@@ -131,4 +131,27 @@ impl CommitGate {
     pub(super) fn uncommitted_bytes(&self, lane: Precedence) -> u64 {
         self.uncommitted_bytes[lane.index()]
     }
+
+    /// Where the per-lane uncommitted byte counts differ from the sum over the writes not yet
+    /// committed; empty when the invariant holds.
+    #[cfg(test)]
+    pub(super) fn counter_drift(&self) -> Vec<String> {
+        let mut sums = [0u64; 4];
+        for (write, lanes) in &self.uncommitted {
+            if *write <= self.committed {
+                return vec![format!("write {write} is committed but still counted")];
+            }
+            for (sum, b) in sums.iter_mut().zip(lanes) {
+                *sum += b;
+            }
+        }
+        if sums == self.uncommitted_bytes {
+            Vec::new()
+        } else {
+            vec![format!(
+                "uncommitted bytes: counted {:?}, uncommitted writes hold {sums:?}",
+                self.uncommitted_bytes
+            )]
+        }
+    }
 }

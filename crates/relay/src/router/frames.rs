@@ -413,6 +413,38 @@ impl Router {
         }
     }
 
+    /// A frame arrived on `arrived` instead of its own stream `expected`: refused unrouted, so
+    /// a node cannot pass flash traffic through its control stream or a routine-tagged stream
+    /// (where it would dodge the per-lane back-pressure, and the flash-first order of writes).
+    pub(super) fn refuse_wrong_stream(
+        &mut self,
+        conn: ConnId,
+        from: &EndpointId,
+        frame: &Frame,
+        expected: Lane,
+        arrived: Lane,
+    ) {
+        let (id, detail) = match frame {
+            Frame::Envelope(e) => (
+                Some(e.envelope.header.message_id()),
+                format!("envelope for lane {expected} arrived on stream {arrived}"),
+            ),
+            _ => (
+                None,
+                format!(
+                    "{} frame arrived on stream {arrived}; it belongs on {expected}",
+                    frame_kind(frame)
+                ),
+            ),
+        };
+        self.refuse(conn, from, id, RefusalCode::Malformed, detail);
+        self.outputs.push_back(Output::WrongStream {
+            conn,
+            expected,
+            arrived,
+        });
+    }
+
     /// A reply to the connection that sent the frame.
     pub(super) fn reply(&mut self, conn: ConnId, to: &EndpointId, bytes: Bytes) {
         if self.conns.get(&conn) == Some(to) {
@@ -466,6 +498,35 @@ impl Router {
                 stream: Lane::Control,
             });
         }
+    }
+}
+
+/// The stream a node must send `frame` on: an envelope on the stream of its transport lane
+/// (an escalated copy on its raised lane), every other frame a node sends on its control
+/// stream. `None` for the frames only the relay sends, which are refused whatever the stream.
+pub(super) fn expected_stream(frame: &Frame) -> Option<Lane> {
+    match frame {
+        Frame::Envelope(e) => Some(Lane::Precedence(e.transport)),
+        Frame::Hello(_)
+        | Frame::Receipt(_)
+        | Frame::Escalation(_)
+        | Frame::Announcement(_)
+        | Frame::LinkTest(_) => Some(Lane::Control),
+        Frame::Accepted(_) | Frame::Refused(_) | Frame::Presence(_) => None,
+    }
+}
+
+fn frame_kind(frame: &Frame) -> &'static str {
+    match frame {
+        Frame::Hello(_) => "hello",
+        Frame::Envelope(_) => "envelope",
+        Frame::Receipt(_) => "receipt",
+        Frame::Escalation(_) => "escalation notice",
+        Frame::Announcement(_) => "announcement",
+        Frame::LinkTest(_) => "link test",
+        Frame::Accepted(_) => "accepted",
+        Frame::Refused(_) => "refused",
+        Frame::Presence(_) => "presence",
     }
 }
 

@@ -76,4 +76,34 @@ impl Router {
         }
         stats
     }
+
+    /// Every counter the router keeps (per endpoint: frames and bytes per lane, control bytes;
+    /// uncommitted bytes per lane), recomputed from the queues it counts, and the unwritten and
+    /// expiry indexes against the queued envelopes. One line per difference; empty when all
+    /// agree.
+    #[cfg(test)]
+    pub(crate) fn counter_drift(&self) -> Vec<String> {
+        let mut drift = self.commits.counter_drift();
+        let mut expiries = std::collections::BTreeMap::new();
+        for (endpoint, ep) in &self.endpoints {
+            drift.extend(
+                ep.counter_drift()
+                    .into_iter()
+                    .map(|d| format!("{endpoint}: {d}")),
+            );
+            for (key, item) in &ep.items {
+                if let Some(at) = item.expires_at {
+                    expiries.insert((at, item.order), (endpoint.clone(), key.clone()));
+                }
+            }
+        }
+        if expiries != self.expiries {
+            drift.push(format!(
+                "expiry index: {} entries, {} queued envelopes with a time-to-live",
+                self.expiries.len(),
+                expiries.len()
+            ));
+        }
+        drift
+    }
 }

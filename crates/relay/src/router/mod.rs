@@ -6,15 +6,16 @@
 //! disk.
 //!
 //! - Inputs: [`Router::restore`] (once, at startup, from the store), [`Router::handle_connected`],
-//!   (with the wall-clock time) [`Router::handle_disconnected`], [`Router::handle_frame`] (whole frames, length prefix
-//!   included, exactly as read, with the wall-clock time), [`Router::handle_written`] (the shell
-//!   handed a [`Transmit`] to its stream), [`Router::handle_persisted`] (a write committed) and
-//!   [`Router::handle_timeout`].
+//!   (with the wall-clock time) [`Router::handle_disconnected`], [`Router::handle_frame`] (whole
+//!   frames, length prefix included, exactly as read, with the stream they came on and the
+//!   wall-clock time), [`Router::handle_written`] (the shell handed a [`Transmit`] to its
+//!   stream), [`Router::handle_persisted`] (a write committed) and [`Router::handle_timeout`].
 //! - Outputs: [`Router::poll_transmit`] (the next frame for one stream of one connection; the
 //!   shell's one writer per stream pulls it only when it can write), [`Router::poll_output`]
 //!   ([`Output::Persist`] a batch of store operations, [`Output::Wake`] a writer,
-//!   [`Output::Close`] a connection displaced by another with its identity, [`Output::Refused`] for metrics) and
-//!   [`Router::poll_timeout`] (when to call [`Router::handle_timeout`]).
+//!   [`Output::Close`] a connection displaced by another with its identity, [`Output::Refused`]
+//!   and [`Output::WrongStream`] for metrics) and [`Router::poll_timeout`] (when to call
+//!   [`Router::handle_timeout`]).
 //!
 //! Contract, as in quinn-proto: after any `handle_*` call drain [`Router::poll_output`] in order,
 //! then re-arm the timer from [`Router::poll_timeout`]; an early `handle_timeout` does nothing.
@@ -55,6 +56,9 @@
 //!   while it is offline; link tests are forwarded only to an online partner; the latest
 //!   announcement per endpoint is kept and replayed to its partners when they connect;
 //!   presence changes go to online partners.
+//! - Streams: an envelope must arrive on the node's stream of its *transport* lane, every other
+//!   frame on its control stream; anything else is refused (`Malformed`) unrouted, so backlog
+//!   and store back-pressure are counted on the stream the frame really used.
 //! - Overload: past `max_queue_bytes` queued for one destination, `routine` is refused with
 //!   [`RefusalCode::Overloaded`]; `priority` and `immediate` past 125 %, `flash`, receipts and
 //!   escalation notices past 150 %. Nothing is dropped without telling its sender.
@@ -172,6 +176,16 @@ pub enum Output {
         conn: Option<ConnId>,
         /// Why.
         code: RefusalCode,
+    },
+    /// A frame arrived on a stream other than its own and was refused (already logged and
+    /// answered with `Refused{Malformed}`, also counted as [`Output::Refused`]; for metrics).
+    WrongStream {
+        /// The connection that sent it.
+        conn: ConnId,
+        /// The stream the frame belongs on.
+        expected: Lane,
+        /// The stream it arrived on.
+        arrived: Lane,
     },
 }
 
@@ -400,14 +414,15 @@ impl Router {
         debug!(peer = %endpoint, conn = %conn, "unregistered");
     }
 
-    /// One whole frame (length prefix included) arrived on `conn` at wall-clock time `now`.
-    /// Frames from a connection that is not registered (already replaced or closed) are ignored.
-    pub fn handle_frame(&mut self, now: Time, conn: ConnId, bytes: Bytes) {
-        self.route_frame(now, conn, bytes);
+    /// One whole frame (length prefix included) arrived on `stream` of `conn` at wall-clock time
+    /// `now`. Frames from a connection that is not registered (already replaced or closed) are
+    /// ignored; a frame on the wrong stream is refused (see [`Output::WrongStream`]).
+    pub fn handle_frame(&mut self, now: Time, conn: ConnId, stream: Lane, bytes: Bytes) {
+        self.route_frame(now, conn, stream, bytes);
         self.flush();
     }
 
-    fn route_frame(&mut self, now: Time, conn: ConnId, bytes: Bytes) {
+    fn route_frame(&mut self, now: Time, conn: ConnId, stream: Lane, bytes: Bytes) {
         let Some(from) = self.conns.get(&conn).cloned() else {
             debug!(conn = %conn, "frame from an unregistered connection ignored");
             return;
@@ -424,6 +439,12 @@ impl Router {
                 return;
             }
         };
+        if let Some(expected) = frames::expected_stream(&frame) {
+            if expected != stream {
+                self.refuse_wrong_stream(conn, &from, &frame, expected, stream);
+                return;
+            }
+        }
         match frame {
             Frame::Hello(_) => debug!(peer = %from, "repeated hello ignored"),
             Frame::Envelope(env) => self.handle_envelope(now, conn, &from, env, bytes),
@@ -585,3 +606,5 @@ fn len(bytes: &Bytes) -> u64 {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_props;

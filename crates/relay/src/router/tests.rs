@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use hotline_proto::wire::{Accepted, Hello, PROTOCOL_VERSION};
+use hotline_proto::wire::{Accepted, Hello, PROTOCOL_VERSION, Refusal};
 use hotline_proto::{Channel, Seq, Time};
 
 use hotline_proto::testing::{self, id};
@@ -45,6 +45,18 @@ fn announcement(endpoint: &str, epoch: u32) -> Bytes {
 
 fn link_test(from: &str, to: &str) -> Bytes {
     testing::link_test(from, to).into()
+}
+
+impl Router {
+    /// [`Router::handle_frame`] on the stream an honest node uses: an envelope on its transport
+    /// lane, anything else (unreadable bytes too) on the control stream.
+    fn receive(&mut self, now: Time, conn: ConnId, bytes: Bytes) {
+        let stream = match wire::decode_frame(&bytes) {
+            Ok((Frame::Envelope(e), _)) => Lane::Precedence(e.transport),
+            _ => Lane::Control,
+        };
+        self.handle_frame(now, conn, stream, bytes);
+    }
 }
 
 fn decode(bytes: &Bytes) -> Frame {
@@ -129,7 +141,7 @@ const F: Precedence = Precedence::Flash;
 fn queued_envelope_is_written_when_the_destination_connects() {
     let mut r = us_connected();
     let env = envelope("us", "jp", R, 1);
-    r.handle_frame(T0, US, env.clone());
+    r.receive(T0, US, env.clone());
     assert_eq!(drain_frames(&mut r, US, Lane::Control), [accepted(1, R)]);
     assert_eq!(r.queued_envelopes(&id("jp")).len(), 1);
 
@@ -150,7 +162,7 @@ fn queued_envelope_is_written_when_the_destination_connects() {
 fn duplicates_are_queued_once_and_accepted_each_time() {
     let mut r = us_connected();
     for _ in 0..3 {
-        r.handle_frame(T0, US, envelope("us", "jp", R, 1));
+        r.receive(T0, US, envelope("us", "jp", R, 1));
     }
     assert_eq!(
         drain_frames(&mut r, US, Lane::Control),
@@ -164,13 +176,13 @@ fn duplicates_are_queued_once_and_accepted_each_time() {
 #[test]
 fn escalation_moves_the_queued_copy_to_the_higher_lane() {
     let mut r = both_connected();
-    r.handle_frame(T0, US, envelope("us", "jp", R, 1));
-    r.handle_frame(T0, US, envelope("us", "jp", R, 2));
+    r.receive(T0, US, envelope("us", "jp", R, 1));
+    r.receive(T0, US, envelope("us", "jp", R, 2));
     assert_eq!(drain(&mut r, JP, Lane::Precedence(R)).len(), 2);
 
     // Seq 1 is escalated to flash: written again on the flash lane, with the new bytes.
     let escalated = Bytes::from(testing::envelope("us", "jp", R, 1, F, 16));
-    r.handle_frame(T0, US, escalated.clone());
+    r.receive(T0, US, escalated.clone());
     let _ = outputs(&mut r);
     let q = r.queued_envelopes(&id("jp"));
     assert_eq!((q[0].transport, q[0].state), (F, ItemState::Unwritten));
@@ -179,7 +191,7 @@ fn escalation_moves_the_queued_copy_to_the_higher_lane() {
     assert!(drain(&mut r, JP, Lane::Precedence(R)).is_empty());
 
     // A lower transport for a queued message changes nothing.
-    r.handle_frame(T0, US, envelope("us", "jp", R, 1));
+    r.receive(T0, US, envelope("us", "jp", R, 1));
     assert_eq!(r.queued_envelopes(&id("jp"))[0].transport, F);
     assert!(drain(&mut r, JP, Lane::Precedence(R)).is_empty());
     assert!(drain(&mut r, JP, Lane::Precedence(F)).is_empty());
@@ -190,9 +202,9 @@ fn escalation_moves_the_queued_copy_to_the_higher_lane() {
 #[test]
 fn escalation_while_in_flight_is_written_again() {
     let mut r = both_connected();
-    r.handle_frame(T0, US, envelope("us", "jp", R, 1));
+    r.receive(T0, US, envelope("us", "jp", R, 1));
     let t = r.poll_transmit(JP, Lane::Precedence(R)).unwrap();
-    r.handle_frame(
+    r.receive(
         T0,
         US,
         Bytes::from(testing::envelope("us", "jp", R, 1, F, 16)),
@@ -206,12 +218,12 @@ fn escalation_while_in_flight_is_written_again() {
 fn delivered_receipt_deletes_covered_envelopes_and_reaches_the_sender() {
     let mut r = both_connected();
     for seq in 1..=3 {
-        r.handle_frame(T0, US, envelope("us", "jp", R, seq));
+        r.receive(T0, US, envelope("us", "jp", R, seq));
     }
-    r.handle_frame(T0, US, envelope("us", "jp", F, 1));
+    r.receive(T0, US, envelope("us", "jp", F, 1));
     let _ = drain(&mut r, US, Lane::Control);
     let receipt = delivered("jp", "us", R, 2);
-    r.handle_frame(T0, JP, receipt.clone());
+    r.receive(T0, JP, receipt.clone());
     let left: Vec<_> = r
         .queued_envelopes(&id("jp"))
         .into_iter()
@@ -224,10 +236,10 @@ fn delivered_receipt_deletes_covered_envelopes_and_reaches_the_sender() {
 #[test]
 fn reconnection_writes_everything_still_queued_again() {
     let mut r = both_connected();
-    r.handle_frame(T0, US, envelope("us", "jp", R, 1));
-    r.handle_frame(T0, US, envelope("us", "jp", R, 2));
+    r.receive(T0, US, envelope("us", "jp", R, 1));
+    r.receive(T0, US, envelope("us", "jp", R, 2));
     assert_eq!(drain(&mut r, JP, Lane::Precedence(R)).len(), 2);
-    r.handle_frame(T0, JP, delivered("jp", "us", R, 1));
+    r.receive(T0, JP, delivered("jp", "us", R, 1));
     r.handle_disconnected(JP);
     let jp2 = ConnId(3);
     r.handle_connected(T0, jp2, id("jp")).unwrap();
@@ -257,7 +269,7 @@ fn every_signed_frame_kind_is_checked_for_signer_and_addressee() {
         (link_test("us", "fr"), NotPaired),
     ];
     for (frame, code) in cases {
-        r.handle_frame(T0, US, frame.clone());
+        r.receive(T0, US, frame.clone());
         let got = refusals(&drain_frames(&mut r, US, Lane::Control));
         assert_eq!(got, [code], "{:?}", decode(&frame));
         assert!(
@@ -273,7 +285,7 @@ fn every_signed_frame_kind_is_checked_for_signer_and_addressee() {
         announcement("us", 1),
         link_test("us", "jp"),
     ] {
-        r.handle_frame(T0, US, frame.clone());
+        r.receive(T0, US, frame.clone());
         let _ = commit(&mut r);
         assert!(refusals(&drain_frames(&mut r, US, Lane::Control)).is_empty());
         assert_eq!(drain(&mut r, JP, Lane::Control), [frame]);
@@ -283,12 +295,12 @@ fn every_signed_frame_kind_is_checked_for_signer_and_addressee() {
 #[test]
 fn wrong_sender_and_unpaired_recipient_are_refused() {
     let mut r = us_connected();
-    r.handle_frame(T0, US, envelope("jp", "us", R, 1));
-    r.handle_frame(T0, US, envelope("us", "uk", R, 1));
-    r.handle_frame(T0, US, delivered("jp", "us", R, 1)); // signed as jp
-    r.handle_frame(T0, US, delivered("us", "fr", R, 1)); // addressed outside the hotline
-    r.handle_frame(T0, US, announcement("jp", 1));
-    r.handle_frame(T0, US, link_test("us", "uk"));
+    r.receive(T0, US, envelope("jp", "us", R, 1));
+    r.receive(T0, US, envelope("us", "uk", R, 1));
+    r.receive(T0, US, delivered("jp", "us", R, 1)); // signed as jp
+    r.receive(T0, US, delivered("us", "fr", R, 1)); // addressed outside the hotline
+    r.receive(T0, US, announcement("jp", 1));
+    r.receive(T0, US, link_test("us", "uk"));
     let frames = drain_frames(&mut r, US, Lane::Control);
     use RefusalCode::*;
     assert_eq!(
@@ -354,8 +366,8 @@ fn announcements_are_stored_and_replayed_to_partners() {
     let mut r = router();
     r.handle_connected(T0, US, id("us")).unwrap();
     let a1 = announcement("us", 1);
-    r.handle_frame(T0, US, a1.clone());
-    r.handle_frame(T0, US, announcement("us", 0)); // older: ignored
+    r.receive(T0, US, a1.clone());
+    r.receive(T0, US, announcement("us", 0)); // older: ignored
     r.handle_disconnected(US);
 
     // jp connects while us is offline and still gets us's latest announcement.
@@ -369,7 +381,7 @@ fn announcements_are_stored_and_replayed_to_partners() {
     r.handle_connected(T0, us2, id("us")).unwrap();
     let _ = drain(&mut r, JP, Lane::Control);
     let a2 = announcement("us", 2);
-    r.handle_frame(T0, us2, a2.clone());
+    r.receive(T0, us2, a2.clone());
     assert_eq!(drain(&mut r, JP, Lane::Control), std::slice::from_ref(&a2));
     r.handle_disconnected(JP);
     let jp2 = ConnId(6);
@@ -379,12 +391,12 @@ fn announcements_are_stored_and_replayed_to_partners() {
     // us lost its store: its new incarnation wins even with a lower epoch, and an announcement
     // of the old incarnation no longer replaces it.
     let restored: Bytes = testing::announcement_in("us", 7, 1).into();
-    r.handle_frame(T0, us2, restored.clone());
+    r.receive(T0, us2, restored.clone());
     assert_eq!(
         drain(&mut r, jp2, Lane::Control),
         std::slice::from_ref(&restored)
     );
-    r.handle_frame(T0, us2, announcement("us", 9));
+    r.receive(T0, us2, announcement("us", 9));
     assert!(drain(&mut r, jp2, Lane::Control).is_empty());
 }
 
@@ -399,7 +411,7 @@ fn overload_refuses_routine_first_then_higher_lanes() {
     r.handle_connected(T0, US, id("us")).unwrap();
     let _ = drain(&mut r, US, Lane::Control);
     let send = |r: &mut Router, p: Precedence, seq: u64| -> Frame {
-        r.handle_frame(
+        r.receive(
             T0,
             US,
             Bytes::from(testing::envelope("us", "jp", p, seq, p, 100)),
@@ -427,7 +439,7 @@ fn overload_refuses_routine_first_then_higher_lanes() {
     assert_eq!(r.queued_envelopes(&id("jp")).len(), 15);
     // A delivered receipt frees space again.
     r.handle_connected(T0, JP, id("jp")).unwrap();
-    r.handle_frame(T0, JP, delivered("jp", "us", R, 10));
+    r.receive(T0, JP, delivered("jp", "us", R, 10));
     let _ = drain(&mut r, US, Lane::Control); // presence and the receipt
     assert_eq!(send(&mut r, R, 11), accepted(11, R));
 }
@@ -437,8 +449,8 @@ fn receipts_wait_for_an_offline_addressee() {
     let mut r = router();
     r.handle_connected(T0, JP, id("jp")).unwrap();
     let receipt = delivered("jp", "us", R, 1);
-    r.handle_frame(T0, JP, receipt.clone());
-    r.handle_frame(T0, JP, link_test("jp", "us")); // offline partner: dropped
+    r.receive(T0, JP, receipt.clone());
+    r.receive(T0, JP, link_test("jp", "us")); // offline partner: dropped
     r.handle_connected(T0, US, id("us")).unwrap();
     let frames = drain(&mut r, US, Lane::Control);
     assert_eq!(frames.len(), 2, "presence, then the receipt: {frames:?}");
@@ -450,7 +462,7 @@ fn receipt_being_written_when_the_connection_drops_is_kept() {
     let mut r = both_connected();
     let _ = drain(&mut r, US, Lane::Control);
     let receipt = delivered("jp", "us", R, 1);
-    r.handle_frame(T0, JP, receipt.clone());
+    r.receive(T0, JP, receipt.clone());
     let _ = commit(&mut r);
     let t = r.poll_transmit(US, Lane::Control).unwrap();
     r.handle_disconnected(US);
@@ -465,7 +477,7 @@ fn link_tests_go_to_online_partners_only() {
     let mut r = both_connected();
     let _ = drain(&mut r, JP, Lane::Control);
     let lt = link_test("us", "jp");
-    r.handle_frame(T0, US, lt.clone());
+    r.receive(T0, US, lt.clone());
     assert_eq!(drain(&mut r, JP, Lane::Control), [lt]);
 }
 
@@ -473,10 +485,10 @@ fn link_tests_go_to_online_partners_only() {
 fn malformed_frames_are_refused_and_the_connection_kept() {
     let mut r = us_connected();
     let mut garbage = vec![0, 0, 0, 5, PROTOCOL_VERSION, 1, 0xFF, 0xFF, 0xFF];
-    r.handle_frame(T0, US, Bytes::from(garbage.clone()));
+    r.receive(T0, US, Bytes::from(garbage.clone()));
     garbage[5] = 9; // unknown suite
-    r.handle_frame(T0, US, Bytes::from(garbage));
-    r.handle_frame(
+    r.receive(T0, US, Bytes::from(garbage));
+    r.receive(
         T0,
         US,
         encode(&Frame::Presence(Presence {
@@ -488,11 +500,11 @@ fn malformed_frames_are_refused_and_the_connection_kept() {
         version: 1,
         agent: "again".into(),
     }));
-    r.handle_frame(T0, US, hello);
+    r.receive(T0, US, hello);
     let frames = drain_frames(&mut r, US, Lane::Control);
     assert_eq!(refusals(&frames), [RefusalCode::Malformed; 3]);
     assert_eq!(frames.len(), 3, "a repeated hello is ignored");
-    r.handle_frame(T0, US, envelope("us", "jp", R, 1));
+    r.receive(T0, US, envelope("us", "jp", R, 1));
     assert_eq!(drain_frames(&mut r, US, Lane::Control), [accepted(1, R)]);
 }
 
@@ -505,7 +517,7 @@ fn a_new_connection_replaces_the_old_one() {
     r.handle_connected(T0, us2, id("us")).unwrap();
     assert!(outputs(&mut r).contains(&Output::Close { conn: US, by: us2 }));
     // Frames and the late disconnect of the old connection change nothing.
-    r.handle_frame(T0, US, envelope("us", "jp", R, 1));
+    r.receive(T0, US, envelope("us", "jp", R, 1));
     r.handle_disconnected(US);
     assert!(r.queued_envelopes(&id("jp")).is_empty());
     assert_eq!(r.endpoint_of(us2), Some(&id("us")));
@@ -680,12 +692,12 @@ fn queued_byte_counts_stay_exact() {
     let mut r = us_connected();
     let a = envelope("us", "jp", R, 1);
     let b = Bytes::from(testing::envelope("us", "jp", R, 1, F, 16));
-    r.handle_frame(T0, US, a);
-    r.handle_frame(T0, US, b.clone());
+    r.receive(T0, US, a);
+    r.receive(T0, US, b.clone());
     let _ = drain(&mut r, US, Lane::Control);
     assert_eq!(r.queued_bytes(&id("jp")), b.len() as u64);
     r.handle_connected(T0, JP, id("jp")).unwrap();
-    r.handle_frame(T0, JP, delivered("jp", "us", R, 1));
+    r.receive(T0, JP, delivered("jp", "us", R, 1));
     // The receipt waits on us's control stream; jp's queue is empty.
     let _ = drain(&mut r, JP, Lane::Control);
     assert_eq!(r.queued_bytes(&id("jp")), 0);
@@ -774,7 +786,7 @@ fn restore_from(r: &mut Router, mut fresh: Router) -> (Router, Restored) {
 fn restored_after(mut r: Router, frames: &[Bytes], fresh: Router) -> (Router, Restored) {
     r.handle_connected(T0, US, id("us")).unwrap();
     for f in frames {
-        r.handle_frame(T0, US, f.clone());
+        r.receive(T0, US, f.clone());
     }
     restore_from(&mut r, fresh)
 }
@@ -782,7 +794,7 @@ fn restored_after(mut r: Router, frames: &[Bytes], fresh: Router) -> (Router, Re
 /// Handles `frame` from `conn` at `T0` and commits; returns the order of the one envelope row
 /// that wrote (panics, showing the writes, if it wrote anything else).
 fn order_written(r: &mut Router, conn: ConnId, frame: Bytes) -> u64 {
-    r.handle_frame(T0, conn, frame);
+    r.receive(T0, conn, frame);
     let ops = commit(r);
     match &ops[..] {
         [StoreOp::PutEnvelope(e)] => e.order,
@@ -804,7 +816,7 @@ const P: Precedence = Precedence::Priority;
 fn accepted_is_durable_and_waits_for_the_write_that_holds_the_envelope() {
     let mut r = us_connected();
     let env = envelope("us", "jp", R, 1);
-    r.handle_frame(T0, US, env.clone());
+    r.receive(T0, US, env.clone());
     let writes = take_writes(&mut r);
     assert_eq!(writes.len(), 1);
     let (write, ops) = &writes[0];
@@ -821,7 +833,7 @@ fn accepted_is_durable_and_waits_for_the_write_that_holds_the_envelope() {
     );
 
     // A duplicate while the first write is pending waits too, even though it writes nothing.
-    r.handle_frame(T0, US, env);
+    r.receive(T0, US, env);
     assert!(take_writes(&mut r).is_empty());
     assert!(pending_control(&mut r, US).is_empty());
 
@@ -837,7 +849,7 @@ fn accepted_is_durable_and_waits_for_the_write_that_holds_the_envelope() {
     assert!(a.durable);
 
     // Once everything is committed, a duplicate's Accepted leaves at once.
-    r.handle_frame(T0, US, envelope("us", "jp", R, 1));
+    r.receive(T0, US, envelope("us", "jp", R, 1));
     assert!(take_writes(&mut r).is_empty());
     assert_eq!(pending_control(&mut r, US), [accepted(1, R)]);
 }
@@ -846,9 +858,9 @@ fn accepted_is_durable_and_waits_for_the_write_that_holds_the_envelope() {
 fn a_commit_releases_every_earlier_write_in_order() {
     let mut r = us_connected();
     for seq in 1..=3 {
-        r.handle_frame(T0, US, envelope("us", "jp", R, seq));
+        r.receive(T0, US, envelope("us", "jp", R, seq));
     }
-    r.handle_frame(T0, US, envelope("us", "jp", F, 1));
+    r.receive(T0, US, envelope("us", "jp", F, 1));
     let writes = take_writes(&mut r);
     let ids: Vec<u64> = writes.iter().map(|(w, _)| w.0).collect();
     assert_eq!(ids, [1, 2, 3, 4]);
@@ -871,7 +883,7 @@ fn a_commit_releases_every_earlier_write_in_order() {
 #[test]
 fn a_refused_envelope_writes_nothing_and_is_answered_at_once() {
     let mut r = us_connected();
-    r.handle_frame(T0, US, envelope("us", "uk", R, 1));
+    r.receive(T0, US, envelope("us", "uk", R, 1));
     assert!(take_writes(&mut r).is_empty());
     assert_eq!(
         refusals(&pending_control(&mut r, US)),
@@ -882,13 +894,13 @@ fn a_refused_envelope_writes_nothing_and_is_answered_at_once() {
 #[test]
 fn delivered_receipt_is_stored_with_its_deletions_and_forwarded_after_the_commit() {
     let mut r = both_connected();
-    r.handle_frame(T0, US, envelope("us", "jp", R, 1));
-    r.handle_frame(T0, US, envelope("us", "jp", R, 2));
+    r.receive(T0, US, envelope("us", "jp", R, 1));
+    r.receive(T0, US, envelope("us", "jp", R, 2));
     let _ = drain(&mut r, US, Lane::Control);
     assert_eq!(drain(&mut r, JP, Lane::Precedence(R)).len(), 2);
 
     let receipt = delivered("jp", "us", R, 2);
-    r.handle_frame(T0, JP, receipt.clone());
+    r.receive(T0, JP, receipt.clone());
     let writes = take_writes(&mut r);
     assert_eq!(
         writes.len(),
@@ -925,7 +937,7 @@ fn announcements_are_stored() {
     let mut r = router();
     r.handle_connected(T0, US, id("us")).unwrap();
     let a = announcement("us", 3);
-    r.handle_frame(T0, US, a.clone());
+    r.receive(T0, US, a.clone());
     let ops = commit(&mut r);
     assert_eq!(
         ops,
@@ -946,9 +958,9 @@ fn expired_envelope_is_freed_and_its_sender_told() {
     r.handle_connected(T0, US, id("us")).unwrap();
     let _ = drain(&mut r, US, Lane::Control);
     let env = envelope("us", "jp", R, 1);
-    r.handle_frame(T0, US, env.clone());
-    r.handle_frame(T0.plus(10 * SECOND), US, envelope("us", "jp", R, 2));
-    r.handle_frame(T0, US, envelope("us", "jp", F, 1)); // flash: no time-to-live
+    r.receive(T0, US, env.clone());
+    r.receive(T0.plus(10 * SECOND), US, envelope("us", "jp", R, 2));
+    r.receive(T0, US, envelope("us", "jp", F, 1)); // flash: no time-to-live
     let _ = drain(&mut r, US, Lane::Control);
     let deadline = T0.plus(60 * SECOND);
     assert_eq!(r.poll_timeout(), Some(deadline));
@@ -1003,7 +1015,7 @@ fn expired_refusal_waits_for_an_offline_sender() {
         ..Ttl::NEVER
     });
     r.handle_connected(T0, US, id("us")).unwrap();
-    r.handle_frame(T0, US, envelope("us", "jp", R, 1));
+    r.receive(T0, US, envelope("us", "jp", R, 1));
     let _ = drain(&mut r, US, Lane::Control);
     r.handle_disconnected(US);
     r.handle_timeout(T0.plus(SECOND));
@@ -1024,10 +1036,10 @@ fn escalation_moves_the_expiry_to_the_new_lane_and_delivery_clears_it() {
         ..Ttl::NEVER
     });
     r.handle_connected(T0, US, id("us")).unwrap();
-    r.handle_frame(T0, US, envelope("us", "jp", R, 1));
-    r.handle_frame(T0, US, envelope("us", "jp", R, 2));
+    r.receive(T0, US, envelope("us", "jp", R, 1));
+    r.receive(T0, US, envelope("us", "jp", R, 2));
     // Escalated to priority later on: its time-to-live is priority's, from its first arrival.
-    r.handle_frame(
+    r.receive(
         T0.plus(30 * SECOND),
         US,
         Bytes::from(testing::envelope("us", "jp", R, 1, P, 16)),
@@ -1042,7 +1054,7 @@ fn escalation_moves_the_expiry_to_the_new_lane_and_delivery_clears_it() {
     assert_eq!(r.poll_timeout(), Some(T0.plus(60 * SECOND)));
 
     r.handle_connected(T0, JP, id("jp")).unwrap();
-    r.handle_frame(T0, JP, delivered("jp", "us", R, 2));
+    r.receive(T0, JP, delivered("jp", "us", R, 2));
     let _ = commit(&mut r);
     assert_eq!(
         r.poll_timeout(),
@@ -1058,23 +1070,23 @@ fn restore_reproduces_queues_lanes_and_waiting_frames() {
     let mut r = router();
     r.handle_connected(T0, US, id("us")).unwrap();
     // Interleaved lanes; seq 2 escalated to flash after seq 3 arrived.
-    r.handle_frame(T0, US, envelope("us", "jp", R, 1));
-    r.handle_frame(T0, US, envelope("us", "jp", R, 2));
-    r.handle_frame(T0, US, envelope("us", "jp", F, 1));
-    r.handle_frame(T0, US, envelope("us", "jp", R, 3));
-    r.handle_frame(
+    r.receive(T0, US, envelope("us", "jp", R, 1));
+    r.receive(T0, US, envelope("us", "jp", R, 2));
+    r.receive(T0, US, envelope("us", "jp", F, 1));
+    r.receive(T0, US, envelope("us", "jp", R, 3));
+    r.receive(
         T0,
         US,
         Bytes::from(testing::envelope("us", "jp", R, 2, F, 16)),
     );
-    r.handle_frame(T0, US, envelope("us", "jp", P, 1));
-    r.handle_frame(T0, US, announcement("us", 4));
+    r.receive(T0, US, envelope("us", "jp", P, 1));
+    r.receive(T0, US, announcement("us", 4));
     // While us is away, jp reports us's routine seq 1 delivered and sends us a message.
     r.handle_disconnected(US);
     r.handle_connected(T0, JP, id("jp")).unwrap();
-    r.handle_frame(T0, JP, envelope("jp", "us", R, 1));
-    r.handle_frame(T0, JP, delivered("jp", "us", R, 1));
-    r.handle_frame(T0, JP, announcement("jp", 2));
+    r.receive(T0, JP, envelope("jp", "us", R, 1));
+    r.receive(T0, JP, delivered("jp", "us", R, 1));
+    r.receive(T0, JP, announcement("jp", 2));
     let (mut fresh, restored) = restore_from(&mut r, router());
 
     let lanes = |r: &mut Router, conn: ConnId| -> Vec<(Lane, Vec<Bytes>)> {
@@ -1228,7 +1240,7 @@ fn restore_refuses_what_the_router_never_writes() {
     );
     let mut used = router();
     used.handle_connected(T0, US, id("us")).unwrap();
-    used.handle_frame(T0, US, envelope("us", "jp", R, 1));
+    used.receive(T0, US, envelope("us", "jp", R, 1));
     assert_eq!(
         used.restore(Snapshot::default()),
         Err(SnapshotError::NotFresh)
@@ -1241,9 +1253,9 @@ fn uncommitted_bytes_are_counted_per_lane_until_the_commit() {
     r.handle_connected(T0, US, id("us")).unwrap();
     let a = envelope("us", "jp", R, 1);
     let b = envelope("us", "jp", F, 1);
-    r.handle_frame(T0, US, a.clone());
-    r.handle_frame(T0, US, b.clone());
-    r.handle_frame(T0, US, a.clone()); // a duplicate writes nothing
+    r.receive(T0, US, a.clone());
+    r.receive(T0, US, b.clone());
+    r.receive(T0, US, a.clone()); // a duplicate writes nothing
     assert_eq!(r.uncommitted_bytes(R), a.len() as u64);
     assert_eq!(r.uncommitted_bytes(F), b.len() as u64);
     assert_eq!(r.uncommitted_bytes(P), 0);
@@ -1261,11 +1273,11 @@ fn receipts_overtake_queued_replies_on_the_control_stream() {
     let _ = drain(&mut r, US, Lane::Control);
     // A burst of envelopes from us leaves `Accepted` replies queued on us's control stream.
     for seq in 1..=5 {
-        r.handle_frame(T0, US, envelope("us", "jp", R, seq));
+        r.receive(T0, US, envelope("us", "jp", R, seq));
     }
     let _ = commit(&mut r);
     let receipt = delivered("jp", "us", R, 1);
-    r.handle_frame(T0, JP, receipt.clone());
+    r.receive(T0, JP, receipt.clone());
     let _ = commit(&mut r);
     let frames = drain(&mut r, US, Lane::Control);
     assert_eq!(
@@ -1273,4 +1285,127 @@ fn receipts_overtake_queued_replies_on_the_control_stream() {
         Some(&receipt),
         "the receipt goes before the queued replies"
     );
+}
+
+#[test]
+fn control_bytes_stay_exact_when_a_frame_being_written_is_requeued() {
+    let mut r = both_connected();
+    let _ = drain(&mut r, US, Lane::Control);
+    let receipt = delivered("jp", "us", R, 1);
+    r.receive(T0, JP, receipt.clone());
+    let _ = commit(&mut r);
+    let t = r.poll_transmit(US, Lane::Control).unwrap();
+    assert_eq!(r.control_backlog(US), receipt.len() as u64);
+    // The connection drops mid-write: the receipt goes back to the queue, counted once.
+    r.handle_disconnected(US);
+    assert_eq!(r.queued_bytes(&id("us")), receipt.len() as u64);
+    r.handle_written(US, t);
+    // Again on the next connection, then written: nothing left counted.
+    let us2 = ConnId(7);
+    r.handle_connected(T0, us2, id("us")).unwrap();
+    let t = r.poll_transmit(us2, Lane::Control).unwrap(); // jp's presence
+    r.handle_connected(T0, ConnId(8), id("us")).unwrap();
+    r.handle_written(us2, t);
+    assert!(r.counter_drift().is_empty(), "{:?}", r.counter_drift());
+    assert!(drain(&mut r, ConnId(8), Lane::Control).contains(&receipt));
+    assert_eq!(r.queued_bytes(&id("us")), 0);
+    assert_eq!(r.control_backlog(ConnId(8)), 0);
+}
+
+/// Refusals told to `conn`, with their details, and the wrong-stream outputs emitted so far.
+fn wrong_stream_refusals(r: &mut Router, conn: ConnId) -> (Vec<Refusal>, Vec<Output>) {
+    let wrong = outputs(r)
+        .into_iter()
+        .filter(|o| matches!(o, Output::WrongStream { .. }))
+        .collect();
+    let refusals = drain_frames(r, conn, Lane::Control)
+        .into_iter()
+        .filter_map(|f| match f {
+            Frame::Refused(refusal) => Some(refusal),
+            _ => None,
+        })
+        .collect();
+    (refusals, wrong)
+}
+
+#[test]
+fn frames_on_the_wrong_stream_are_refused_and_counted() {
+    let mut r = both_connected();
+    let _ = drain(&mut r, US, Lane::Control);
+    let _ = drain(&mut r, JP, Lane::Control);
+    let _ = outputs(&mut r);
+    let flash = envelope("us", "jp", F, 1);
+    // A flash envelope on the control stream, then on the routine stream.
+    r.handle_frame(T0, US, Lane::Control, flash.clone());
+    r.handle_frame(T0, US, Lane::Precedence(R), flash);
+    let (refused, wrong) = wrong_stream_refusals(&mut r, US);
+    let details: Vec<&str> = refused.iter().map(|f| f.detail.as_str()).collect();
+    assert_eq!(
+        details,
+        [
+            "envelope for lane flash arrived on stream control",
+            "envelope for lane flash arrived on stream routine"
+        ]
+    );
+    for f in &refused {
+        assert_eq!(f.code, RefusalCode::Malformed);
+        assert_eq!(f.id, Some(testing::message_id("us", F, 1)));
+    }
+    assert_eq!(
+        wrong,
+        [
+            Output::WrongStream {
+                conn: US,
+                expected: Lane::Precedence(F),
+                arrived: Lane::Control
+            },
+            Output::WrongStream {
+                conn: US,
+                expected: Lane::Precedence(F),
+                arrived: Lane::Precedence(R)
+            }
+        ]
+    );
+    // An escalated copy belongs on its raised transport lane, not its precedence's.
+    r.handle_frame(
+        T0,
+        US,
+        Lane::Precedence(R),
+        Bytes::from(testing::envelope("us", "jp", R, 1, F, 16)),
+    );
+    // Control frames on a lane stream.
+    r.handle_frame(T0, US, Lane::Precedence(F), delivered("us", "jp", R, 1));
+    r.handle_frame(T0, US, Lane::Precedence(F), announcement("us", 1));
+    r.handle_frame(T0, US, Lane::Precedence(R), link_test("us", "jp"));
+    let (refused, wrong) = wrong_stream_refusals(&mut r, US);
+    assert_eq!(refused.len(), 4, "{refused:?}");
+    assert_eq!(wrong.len(), 4, "{wrong:?}");
+    assert_eq!(
+        refused[1].detail,
+        "receipt frame arrived on stream flash; it belongs on control"
+    );
+    // Nothing was routed, queued or stored.
+    assert!(r.queued_envelopes(&id("jp")).is_empty());
+    assert!(drain(&mut r, JP, Lane::Control).is_empty());
+    assert!(commit(&mut r).is_empty());
+    assert_eq!(r.queued_bytes(&id("jp")), 0);
+}
+
+#[test]
+fn frames_on_their_own_stream_are_accepted() {
+    let mut r = both_connected();
+    let _ = drain(&mut r, JP, Lane::Control);
+    r.handle_frame(T0, US, Lane::Precedence(F), envelope("us", "jp", F, 1));
+    r.handle_frame(T0, US, Lane::Precedence(R), envelope("us", "jp", R, 1));
+    // Escalated: precedence routine, transport flash, on the flash stream.
+    let escalated = Bytes::from(testing::envelope("us", "jp", R, 1, F, 16));
+    r.handle_frame(T0, US, Lane::Precedence(F), escalated.clone());
+    let receipt = delivered("us", "jp", R, 1);
+    r.handle_frame(T0, US, Lane::Control, receipt.clone());
+    let (refused, wrong) = wrong_stream_refusals(&mut r, US);
+    assert!(refused.is_empty(), "{refused:?}");
+    assert!(wrong.is_empty(), "{wrong:?}");
+    assert_eq!(drain(&mut r, JP, Lane::Control), [receipt]);
+    let flash = drain(&mut r, JP, Lane::Precedence(F));
+    assert_eq!(flash, [envelope("us", "jp", F, 1), escalated]);
 }

@@ -8,9 +8,10 @@
 //!   connection is registered with the router and the relay opens its four lane streams, each
 //!   starting with its lane byte; a registration the router refuses because the identity flaps
 //!   is closed with [`CloseReason::IdentityInUse`];
-//! - one reader per incoming stream hands whole frames to the router; a frame whose length
-//!   prefix exceeds [`MAX_FRAME_LEN`] closes the connection ([`CloseReason::FrameTooLarge`])
-//!   before anything is allocated;
+//! - one reader per incoming stream hands whole frames to the router, with the stream they came
+//!   on (the router refuses a frame on the wrong stream); a frame whose length prefix exceeds
+//!   [`MAX_FRAME_LEN`] closes the connection ([`CloseReason::FrameTooLarge`]) before anything
+//!   is allocated;
 //! - one writer per outgoing stream pulls the next frame from the router only when the previous
 //!   one has been handed to quinn, which bounds write-ahead (see [`super`]).
 //!
@@ -331,7 +332,7 @@ async fn read_stream(
         match framed::read_frame(&mut recv).await {
             Ok(Some(frame)) => {
                 let now = wall_clock();
-                shared.run(|r| r.handle_frame(now, conn, Bytes::from(frame)));
+                shared.run(|r| r.handle_frame(now, conn, stream, Bytes::from(frame)));
             }
             Ok(None) => {
                 debug!(%stream, "node finished a stream");

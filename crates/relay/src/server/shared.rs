@@ -123,6 +123,7 @@ impl Shared {
                     }
                 }
                 Output::Refused { code, .. } => self.metrics.refused(code),
+                Output::WrongStream { arrived, .. } => self.metrics.wrong_stream(arrived),
             }
         }
         let deadline = state.router.poll_timeout();

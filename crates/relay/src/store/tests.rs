@@ -138,7 +138,7 @@ fn a_router_restored_from_the_reopened_store_has_the_same_queues_in_the_same_ord
             (R, 2, F), // escalated: moves to flash, keeps its place by arrival
             (P, 2, P),
         ] {
-            original.handle_frame(now, us, envelope(p, seq, t));
+            original.handle_frame(now, us, Lane::Precedence(t), envelope(p, seq, t));
             persist(&mut original, &mut store);
         }
     }
