@@ -29,10 +29,13 @@ pub enum CloseReason {
     /// Refused: this identity flapped between connections, and the relay keeps the one it has
     /// for a back-off period.
     IdentityInUse = 7,
+    /// Refused: too many connections with this identity are between their TLS handshake and
+    /// their `Hello`. A node that says hello promptly never sees it; retry later.
+    TooManyPending = 8,
 }
 
 impl CloseReason {
-    const ALL: [Self; 8] = [
+    const ALL: [Self; 9] = [
         Self::Shutdown,
         Self::NotConfigured,
         Self::Replaced,
@@ -41,6 +44,7 @@ impl CloseReason {
         Self::NoIdentity,
         Self::IdentityConflict,
         Self::IdentityInUse,
+        Self::TooManyPending,
     ];
 
     /// The QUIC application error code.
@@ -59,6 +63,9 @@ impl CloseReason {
             Self::NoIdentity => "client certificate names no hotline endpoint",
             Self::IdentityConflict => "another connection took this identity",
             Self::IdentityInUse => "this identity is in use by another connection; retry later",
+            Self::TooManyPending => {
+                "too many connections of this identity await hello; retry later"
+            }
         }
     }
 
@@ -106,5 +113,6 @@ mod tests {
         assert_eq!(CloseReason::from_code(quinn::VarInt::from_u32(99)), None);
         assert_eq!(CloseReason::IdentityConflict.code().into_inner(), 6);
         assert_eq!(CloseReason::IdentityInUse.code().into_inner(), 7);
+        assert_eq!(CloseReason::TooManyPending.code().into_inner(), 8);
     }
 }

@@ -40,5 +40,7 @@ pub mod testing;
 pub use hotline_net::quic::Timeouts;
 pub use hotline_net::tls::Credentials;
 pub use router::{IdentityLimits, Limits, Ttl};
-pub use server::{AGENT, CloseReason, RESET_KEY_FILE, Server, ServerConfig, SpawnError};
+pub use server::{
+    AGENT, CloseReason, HandshakeLimits, RESET_KEY_FILE, Server, ServerConfig, SpawnError,
+};
 pub use store::StoreError;

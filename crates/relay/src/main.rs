@@ -330,6 +330,7 @@ impl Config {
             max_queue_bytes_per_endpoint,
             ttl,
             identity: hotline_relay::IdentityLimits::default(),
+            handshake: hotline_relay::HandshakeLimits::default(),
             metrics: self.metrics,
         };
         config.quic_config().map_err(one_line).with_context(|| {

@@ -12,7 +12,14 @@
 //! - `rejected_connections_total{reason}`: connections closed before registration (counter);
 //! - `identity_conflicts_total{outcome}`: a second live connection claimed an identity; it
 //!   `displaced` the live one, or was `refused` because the identity flaps (counter; any
-//!   increase means two nodes share one identity, or a node's old connection lingered).
+//!   increase means two nodes share one identity, or a node's old connection lingered);
+//! - `handshakes_total{outcome}`: connection attempts by how they ended, each counted once
+//!   (counter): `retry` (asked to validate its address; a real client returns as a new
+//!   attempt), `refused_cap`, `refused_per_address`, `refused_per_identity` (a handshake
+//!   limit), `hello_timeout` (no `Hello` in time), `failed` (TLS, identity or a bad `Hello`),
+//!   `invalid` (an Initial that did not decrypt, dropped without a task), `accepted` (said
+//!   `Hello`); see [`crate::server`]'s handshake limits;
+//! - `handshakes_in_progress`: connections admitted and not yet past `Hello` (gauge);
 //! - `store_commits_total`, `store_ops_total`: group commits of the store and the operations
 //!   they held (counters; their ratio is the mean batch size).
 //!
@@ -36,6 +43,7 @@ use tokio::task::JoinSet;
 use tracing::debug;
 
 use crate::router::Stats;
+use crate::server::handshake::Outcome;
 
 /// Largest HTTP request head the metrics endpoint reads.
 pub(crate) const MAX_REQUEST_BYTES: usize = 8 * 1024;
@@ -73,6 +81,8 @@ pub(crate) struct Metrics {
     wrong_stream: Family<StreamLabel, Counter>,
     rejected: Family<ReasonLabel, Counter>,
     identity_conflicts: Family<OutcomeLabel, Counter>,
+    handshakes: Family<OutcomeLabel, Counter>,
+    handshakes_in_progress: Gauge,
     store_commits: Counter,
     store_ops: Counter,
 }
@@ -88,6 +98,8 @@ impl Metrics {
         let wrong_stream = Family::<StreamLabel, Counter>::default();
         let rejected = Family::<ReasonLabel, Counter>::default();
         let identity_conflicts = Family::<OutcomeLabel, Counter>::default();
+        let handshakes = Family::<OutcomeLabel, Counter>::default();
+        let handshakes_in_progress = Gauge::default();
         let store_commits = Counter::default();
         let store_ops = Counter::default();
         registry.register(
@@ -131,6 +143,16 @@ impl Metrics {
             identity_conflicts.clone(),
         );
         registry.register(
+            "handshakes",
+            "Connection attempts, by outcome (retry, refused_*, hello_timeout, failed, invalid, accepted)",
+            handshakes.clone(),
+        );
+        registry.register(
+            "handshakes_in_progress",
+            "Connections admitted and not yet past Hello",
+            handshakes_in_progress.clone(),
+        );
+        registry.register(
             "store_commits",
             "Store transactions committed (each one fsync)",
             store_commits.clone(),
@@ -153,6 +175,11 @@ impl Metrics {
         for outcome in ["displaced", "refused"] {
             let _ = identity_conflicts.get_or_create(&OutcomeLabel { outcome });
         }
+        for outcome in Outcome::ALL {
+            let _ = handshakes.get_or_create(&OutcomeLabel {
+                outcome: outcome.as_str(),
+            });
+        }
         Self {
             registry,
             connections,
@@ -163,6 +190,8 @@ impl Metrics {
             wrong_stream,
             rejected,
             identity_conflicts,
+            handshakes,
+            handshakes_in_progress,
             store_commits,
             store_ops,
         }
@@ -208,8 +237,19 @@ impl Metrics {
             .inc();
     }
 
-    /// The text exposition, with gauges set from `stats`.
-    pub(crate) fn render(&self, stats: &Stats) -> String {
+    /// A connection attempt ended this way.
+    pub(crate) fn handshake(&self, outcome: Outcome) {
+        self.handshakes
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.as_str(),
+            })
+            .inc();
+    }
+
+    /// The text exposition, with gauges set from `stats` and the handshakes in progress.
+    pub(crate) fn render(&self, stats: &Stats, handshakes_in_progress: usize) -> String {
+        self.handshakes_in_progress
+            .set(i64::try_from(handshakes_in_progress).unwrap_or(i64::MAX));
         self.connections
             .set(i64::try_from(stats.connections).unwrap_or(i64::MAX));
         for stream in Lane::ALL {

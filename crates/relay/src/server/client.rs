@@ -3,8 +3,13 @@
 //! Flow (span `conn{peer, conn_id, remote}`):
 //! - the peer's endpoint id comes from its client certificate (verified against the CA by
 //!   rustls); an endpoint in no configured hotline is closed with [`CloseReason::NotConfigured`];
+//! - the actor starts holding an [`Admission`] (see [`super::handshake`]): after TLS it counts
+//!   the identity against its limit ([`CloseReason::TooManyPending`] beyond it), and releases
+//!   it once `Hello` is done;
 //! - the node opens the control stream and both sides send `Hello` on it; the node's must pass
-//!   [`Hello::check`](hotline_proto::wire::Hello::check), within [`HELLO_TIMEOUT`]; then the
+//!   [`Hello::check`](hotline_proto::wire::Hello::check). TLS, control stream and `Hello`
+//!   together have one deadline, [`HandshakeLimits::hello_timeout`](super::HandshakeLimits)
+//!   (closed with [`CloseReason::ProtocolViolation`] past it); then the
 //!   connection is registered with the router and the relay opens its four lane streams, each
 //!   starting with its lane byte; a registration the router refuses because the identity flaps
 //!   is closed with [`CloseReason::IdentityInUse`];
@@ -27,7 +32,6 @@
 //! is unregistered however the actor ends, abort included.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use hotline_net::framed::{self, LaneTag, ReadError};
@@ -40,13 +44,11 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, field, info, info_span, warn};
 
+use super::handshake::{Admission, Outcome};
 use super::shared::Shared;
 use super::timer::wall_clock;
 use super::{AGENT, CloseReason};
 use crate::router::{ConnId, ConnectError};
-
-/// How long a new connection may take to open its control stream and say hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Reading from a node pauses while this many bytes wait on its own control stream, so a node
 /// that never reads its replies cannot grow them without bound.
@@ -98,40 +100,29 @@ impl Drop for Registered {
 }
 
 /// Runs one connection from the QUIC handshake until it closes, in its span
-/// `conn{peer, conn_id, remote}`: identity, hello, registration, then its streams.
-pub(super) async fn run(shared: Arc<Shared>, incoming: quinn::Incoming, conn: ConnId) {
+/// `conn{peer, conn_id, remote}`: identity and hello (within the hello deadline, holding
+/// `admission`), registration, then its streams.
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    connecting: quinn::Connecting,
+    admission: Admission,
+    conn: ConnId,
+) {
     let span = info_span!(
         "conn",
         peer = field::Empty,
         conn_id = conn.0,
-        remote = %incoming.remote_address()
+        remote = %connecting.remote_address()
     );
     async move {
-        let connection = match incoming.await {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, "handshake failed");
-                shared.metrics.rejected("handshake");
-                return;
-            }
-        };
-        let peer = match tls::peer_identity(&connection) {
-            Ok((peer, _)) => peer,
-            Err(e) => {
-                warn!(error = %e, "client certificate names no endpoint; closing");
-                CloseReason::NoIdentity.close(&connection);
-                shared.metrics.rejected("no_identity");
-                return;
-            }
-        };
-        tracing::Span::current().record("peer", field::display(&peer));
-        if !shared.lock().router.is_configured(&peer) {
-            warn!("endpoint is in no configured hotline; closing");
-            CloseReason::NotConfigured.close(&connection);
-            shared.metrics.rejected("not_configured");
+        let deadline = tokio::time::Instant::now() + shared.gate.limits().hello_timeout;
+        let Some((connection, peer, control, agent)) =
+            handshake(&shared, connecting, admission, deadline).await
+        else {
             return;
-        }
-        match serve(&shared, &connection, conn, peer).await {
+        };
+        shared.metrics.handshake(Outcome::Accepted);
+        match serve(&shared, &connection, conn, peer, control, agent).await {
             Ok(reason) => info!(%reason, "disconnected"),
             Err(e) => {
                 warn!(error = %e, "connection ended");
@@ -145,11 +136,82 @@ pub(super) async fn run(shared: Arc<Shared>, incoming: quinn::Incoming, conn: Co
     .await
 }
 
+/// The node's side of the control stream.
+type Control = (quinn::SendStream, quinn::RecvStream);
+
+/// TLS, identity and the hello exchange, all before `deadline`; `admission` is released when
+/// this returns. On failure, releases it, counts the [`Outcome`] and only then closes the
+/// connection (so a node that hears of it finds it counted), and returns `None`.
+async fn handshake(
+    shared: &Shared,
+    connecting: quinn::Connecting,
+    mut admission: Admission,
+    deadline: tokio::time::Instant,
+) -> Option<(quinn::Connection, EndpointId, Control, String)> {
+    let refuse = |admission: Admission, connection: Option<&quinn::Connection>, outcome, reason| {
+        drop(admission);
+        shared.metrics.handshake(outcome);
+        if let (Some(connection), Some(reason)) = (connection, reason) {
+            CloseReason::close(reason, connection);
+        }
+        None
+    };
+    // Dropping the unfinished handshake at the deadline abandons the connection.
+    let connection = match tokio::time::timeout_at(deadline, connecting).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            warn!(error = %e, "handshake failed");
+            shared.metrics.rejected("handshake");
+            return refuse(admission, None, Outcome::Failed, None);
+        }
+        Err(_) => {
+            warn!("no TLS handshake before the hello deadline");
+            return refuse(admission, None, Outcome::HelloTimeout, None);
+        }
+    };
+    let peer = match tls::peer_identity(&connection) {
+        Ok((peer, _)) => peer,
+        Err(e) => {
+            warn!(error = %e, "client certificate names no endpoint; closing");
+            shared.metrics.rejected("no_identity");
+            let reason = Some(CloseReason::NoIdentity);
+            return refuse(admission, Some(&connection), Outcome::Failed, reason);
+        }
+    };
+    tracing::Span::current().record("peer", field::display(&peer));
+    if !shared.lock().router.is_configured(&peer) {
+        warn!("endpoint is in no configured hotline; closing");
+        shared.metrics.rejected("not_configured");
+        let reason = Some(CloseReason::NotConfigured);
+        return refuse(admission, Some(&connection), Outcome::Failed, reason);
+    }
+    if let Err(outcome) = admission.identify(&peer) {
+        warn!("too many connections of this identity await hello; closing");
+        let reason = Some(CloseReason::TooManyPending);
+        return refuse(admission, Some(&connection), outcome, reason);
+    }
+    match tokio::time::timeout_at(deadline, hello(&connection)).await {
+        Ok(Ok((control, agent))) => Some((connection, peer, control, agent)),
+        Ok(Err(e)) => {
+            warn!(error = %e, "hello failed; closing");
+            refuse(
+                admission,
+                Some(&connection),
+                Outcome::Failed,
+                e.close_reason(),
+            )
+        }
+        Err(_) => {
+            warn!("no hello before the deadline; closing");
+            let reason = Some(CloseReason::ProtocolViolation);
+            refuse(admission, Some(&connection), Outcome::HelloTimeout, reason)
+        }
+    }
+}
+
 /// Why serving a registered (or registering) connection stopped early.
 #[derive(Debug, thiserror::Error)]
 enum ServeError {
-    #[error("no {0} within {HELLO_TIMEOUT:?}")]
-    Timeout(&'static str),
     #[error("connection: {0}")]
     Connection(#[from] quinn::ConnectionError),
     #[error("writing: {0}")]
@@ -169,9 +231,7 @@ enum ServeError {
 impl ServeError {
     fn close_reason(&self) -> Option<CloseReason> {
         match self {
-            Self::Timeout(_) | Self::Protocol(_) | Self::Hello(_) => {
-                Some(CloseReason::ProtocolViolation)
-            }
+            Self::Protocol(_) | Self::Hello(_) => Some(CloseReason::ProtocolViolation),
             Self::Read(e) => read_error_reason(e),
             Self::Register(ConnectError::NotConfigured(_)) => Some(CloseReason::NotConfigured),
             Self::Register(ConnectError::IdentityInUse { .. }) => Some(CloseReason::IdentityInUse),
@@ -180,26 +240,18 @@ impl ServeError {
     }
 }
 
-/// Hello exchange, registration, streams; returns when the connection closes.
-async fn serve(
-    shared: &Arc<Shared>,
-    connection: &quinn::Connection,
-    conn: ConnId,
-    peer: EndpointId,
-) -> Result<quinn::ConnectionError, ServeError> {
-    let (mut control_send, mut control_recv) =
-        tokio::time::timeout(HELLO_TIMEOUT, connection.accept_bi())
-            .await
-            .map_err(|_| ServeError::Timeout("control stream"))??;
+/// The hello exchange on the control stream the node opens: ours, then the node's, checked.
+/// Returns the control stream and the node's agent.
+async fn hello(connection: &quinn::Connection) -> Result<(Control, String), ServeError> {
+    let (mut control_send, mut control_recv) = connection.accept_bi().await?;
     control_send.set_priority(Lane::Control.priority())?;
     let hello = wire::encode_frame(&Frame::Hello(Hello {
         version: PROTOCOL_VERSION,
         agent: AGENT.to_owned(),
     }));
     framed::write_frame(&mut control_send, &hello).await?;
-    let first = tokio::time::timeout(HELLO_TIMEOUT, framed::read_frame(&mut control_recv))
-        .await
-        .map_err(|_| ServeError::Timeout("hello"))??
+    let first = framed::read_frame(&mut control_recv)
+        .await?
         .ok_or_else(|| ServeError::Protocol("control stream finished before hello".into()))?;
     let hello = match wire::decode_frame(&first) {
         Ok((Frame::Hello(h), _)) => h,
@@ -207,8 +259,18 @@ async fn serve(
         Err(e) => return Err(ServeError::Protocol(format!("unreadable hello: {e}"))),
     };
     hello.check()?;
-    let agent = hello.agent;
+    Ok(((control_send, control_recv), hello.agent))
+}
 
+/// Registration and streams, after a good hello; returns when the connection closes.
+async fn serve(
+    shared: &Arc<Shared>,
+    connection: &quinn::Connection,
+    conn: ConnId,
+    peer: EndpointId,
+    (control_send, control_recv): Control,
+    agent: String,
+) -> Result<quinn::ConnectionError, ServeError> {
     let handle = Arc::new(ConnHandle::new(connection.clone()));
     shared.register(conn, peer, handle.clone())?;
     let _registered = Registered {

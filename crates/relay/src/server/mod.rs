@@ -11,6 +11,9 @@
 //! loop → connection → its stream readers and writers; server → timer and metrics), so none
 //! outlives the handle. The store writer is a thread, stopped through its queue.
 //!
+//! - [`handshake`]: the limits on connections not yet past `Hello` (Retry under load, a cap on
+//!   concurrent handshakes, per address and per identity, one deadline), decided in the accept
+//!   loop before any task is spawned; see there for the limits and why.
 //! - [`client`]: one actor per connection (span `conn{peer, conn_id}`): identity, `Hello`,
 //!   registration, one reader per incoming stream and one writer per outgoing stream.
 //! - [`shared`]: the router and the wake-up handles of registered connections, under one lock.
@@ -62,10 +65,13 @@ use crate::router::{
 use crate::store::{self, Store, StoreError};
 
 mod client;
+pub(crate) mod handshake;
 mod shared;
 mod store_writer;
 mod timer;
 
+pub use handshake::HandshakeLimits;
+use handshake::{Gate, Outcome, RetryBucket};
 use shared::Shared;
 use store_writer::StoreWriter;
 
@@ -104,13 +110,15 @@ pub struct ServerConfig {
     /// When a flapping identity's live connection is kept and newcomers refused (see
     /// [`IdentityLimits`]).
     pub identity: IdentityLimits,
+    /// Limits on connections that have not yet said `Hello` (see [`HandshakeLimits`]).
+    pub handshake: HandshakeLimits,
     /// TCP address for `GET /metrics`, if any; port 0 picks a free one.
     pub metrics: Option<SocketAddr>,
 }
 
 impl ServerConfig {
-    /// A configuration with default timeouts, queue bound and time-to-live, no CRL and no
-    /// metrics.
+    /// A configuration with default timeouts, queue bound, time-to-live and handshake limits,
+    /// no CRL and no metrics.
     pub fn new(
         listen: SocketAddr,
         ca: Vec<CertificateDer<'static>>,
@@ -129,6 +137,7 @@ impl ServerConfig {
             max_queue_bytes_per_endpoint: Limits::DEFAULT_MAX_QUEUE_BYTES,
             ttl: Ttl::default(),
             identity: IdentityLimits::default(),
+            handshake: HandshakeLimits::default(),
             metrics: None,
         }
     }
@@ -244,7 +253,11 @@ impl Server {
 
         let endpoints = router.endpoint_count();
         let (requests, requests_rx) = mpsc::channel();
-        let shared = Arc::new(Shared::new(router, requests.clone()));
+        let shared = Arc::new(Shared::new(
+            router,
+            requests.clone(),
+            Gate::new(config.handshake),
+        ));
         let writer = StoreWriter::spawn(store, requests, requests_rx, Arc::downgrade(&shared))?;
         let mut tasks = JoinSet::new();
         let metrics_addr = match config.metrics {
@@ -320,10 +333,14 @@ impl Drop for Server {
     }
 }
 
-/// Accepts connections until the endpoint closes; owns one [`client`] task per connection.
+/// Accepts connections until the endpoint closes; owns one [`client`] task per admitted
+/// connection. Each attempt meets the [`handshake`] limits here, before a task exists, so a
+/// refused or retried attempt costs O(1).
 async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
     let mut connections = JoinSet::new();
     let mut next_id = 0u64;
+    let limits = shared.gate.limits();
+    let mut bucket = RetryBucket::new(limits.unvalidated_per_second, tokio::time::Instant::now());
     loop {
         tokio::select! {
             biased;
@@ -334,8 +351,47 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
                     debug!("endpoint closed; accept loop ends");
                     return;
                 };
+                let remote = incoming.remote_address();
+                if !incoming.remote_address_validated()
+                    && !bucket.take(tokio::time::Instant::now())
+                {
+                    // Counted first, so that whoever sees the answer sees the count.
+                    debug!(%remote, "too many unvalidated attempts: retry");
+                    shared.metrics.handshake(Outcome::Retry);
+                    // Unvalidated means `may_retry` holds, so this does not fail; if it did,
+                    // the attempt would be refused rather than admitted.
+                    if let Err(e) = incoming.retry() {
+                        e.into_incoming().refuse();
+                    }
+                    continue;
+                }
+                let admission = match shared.gate.admit(remote.ip()) {
+                    Ok(admission) => admission,
+                    Err(outcome) => {
+                        debug!(%remote, outcome = outcome.as_str(), "handshake refused");
+                        shared.metrics.handshake(outcome);
+                        incoming.refuse();
+                        continue;
+                    }
+                };
+                // Decrypts the first packet here, so a forged Initial (garbage shaped like
+                // one) is dropped without a task.
+                let connecting = match incoming.accept() {
+                    Ok(connecting) => connecting,
+                    Err(e) => {
+                        debug!(%remote, error = %e, "first packet invalid");
+                        drop(admission);
+                        shared.metrics.handshake(Outcome::Invalid);
+                        continue;
+                    }
+                };
                 next_id += 1;
-                connections.spawn(client::run(shared.clone(), incoming, ConnId(next_id)));
+                connections.spawn(client::run(
+                    shared.clone(),
+                    connecting,
+                    admission,
+                    ConnId(next_id),
+                ));
             }
         }
     }

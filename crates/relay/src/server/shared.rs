@@ -22,6 +22,7 @@ use tracing::warn;
 
 use super::CloseReason;
 use super::client::ConnHandle;
+use super::handshake::Gate;
 use super::timer::wall_clock;
 use crate::metrics::Metrics;
 use crate::router::{ConnId, ConnectError, Output, Router};
@@ -40,6 +41,8 @@ pub(super) const STORE_BACKLOG_BYTES: u64 = 4 * 1024 * 1024;
 pub(super) struct Shared {
     state: Mutex<State>,
     pub(super) metrics: Metrics,
+    /// The handshake limits and what counts against them.
+    pub(super) gate: Arc<Gate>,
     /// The store writer's queue; requests are sent under the state lock, so in write order.
     store: mpsc::Sender<Request>,
     /// Wakes the timer task when the router's deadline moved.
@@ -57,7 +60,7 @@ pub(super) struct State {
 }
 
 impl Shared {
-    pub(super) fn new(router: Router, store: mpsc::Sender<Request>) -> Self {
+    pub(super) fn new(router: Router, store: mpsc::Sender<Request>, gate: Arc<Gate>) -> Self {
         Self {
             state: Mutex::new(State {
                 router,
@@ -65,6 +68,7 @@ impl Shared {
                 armed: None,
             }),
             metrics: Metrics::new(),
+            gate,
             store,
             timer: Notify::new(),
             committed: Notify::new(),
@@ -188,7 +192,7 @@ impl Shared {
 
     pub(super) fn render_metrics(&self) -> String {
         let stats = self.lock().router.stats();
-        self.metrics.render(&stats)
+        self.metrics.render(&stats, self.gate.in_progress())
     }
 }
 
