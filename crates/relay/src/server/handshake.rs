@@ -45,7 +45,7 @@ use hotline_proto::EndpointId;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-/// Limits on connections that have not yet said `Hello` (see the [module docs](self)).
+/// Limits on connections that have not yet said `Hello` (see `server/handshake.rs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HandshakeLimits {
     /// Connection attempts per second from unvalidated addresses (also the burst) above which
