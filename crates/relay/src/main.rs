@@ -16,7 +16,9 @@ use clap::{CommandFactory, Parser, Subcommand};
 use hotline_net::bounds::{MAX_CONFIG_BYTES, OutOfRange, check_range, read_capped};
 use hotline_net::tls;
 use hotline_proto::EndpointId;
-use hotline_relay::{Credentials, Server, ServerConfig, Timeouts, Ttl};
+use hotline_relay::{
+    Credentials, HandshakeLimits, IdentityLimits, Server, ServerConfig, Timeouts, Ttl,
+};
 use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
 use tracing::info;
@@ -154,6 +156,12 @@ struct Config {
     /// Time-to-live of queued envelopes per transport lane, `[ttl]`.
     #[serde(default)]
     ttl: TtlConfig,
+    /// Limits on connections that have not said Hello yet, `[handshake]`.
+    #[serde(default)]
+    handshake: HandshakeConfig,
+    /// What to do when two connections claim one identity, `[identity]`.
+    #[serde(default)]
+    identity: IdentityConfig,
     /// The hotlines, `[[hotline]]` tables.
     #[serde(default, rename = "hotline")]
     hotlines: Vec<HotlineConfig>,
@@ -195,6 +203,91 @@ impl Default for TtlConfig {
             flash_s: cfg_defaults::ttl_flash_s(),
         }
     }
+}
+
+/// `[handshake]`: limits on connections between their first packet and their Hello. Every key
+/// is optional; the defaults are [`HandshakeLimits::default`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HandshakeConfig {
+    /// Attempts per second from unvalidated addresses before QUIC Retry, 1 ..= 100000.
+    unvalidated_per_second: Option<u64>,
+    /// Handshakes in progress at once, 1 ..= 1000000.
+    max_handshakes: Option<u64>,
+    /// Of those, per remote IP address, 1 ..= 1000000.
+    max_per_address: Option<u64>,
+    /// Of those past TLS, per identity, 1 ..= 1000.
+    max_per_identity: Option<u64>,
+    /// Time from first packet to Hello, milliseconds, 500 ..= 60000.
+    hello_timeout_ms: Option<u64>,
+}
+
+impl HandshakeConfig {
+    fn into_limits(self) -> Result<HandshakeLimits, OutOfRange> {
+        let mut l = HandshakeLimits::default();
+        let key = |k: &str| format!("[handshake] {k}");
+        if let Some(v) = self.unvalidated_per_second {
+            let v = check_range(&key("unvalidated_per_second"), v, 1..=100_000)?;
+            l.unvalidated_per_second = u32::try_from(v).unwrap_or(u32::MAX);
+        }
+        if let Some(v) = self.max_handshakes {
+            l.max_handshakes = as_usize(check_range(&key("max_handshakes"), v, 1..=1_000_000)?);
+        }
+        if let Some(v) = self.max_per_address {
+            l.max_per_address = as_usize(check_range(&key("max_per_address"), v, 1..=1_000_000)?);
+        }
+        if let Some(v) = self.max_per_identity {
+            l.max_per_identity = as_usize(check_range(&key("max_per_identity"), v, 1..=1000)?);
+        }
+        if let Some(v) = self.hello_timeout_ms {
+            l.hello_timeout =
+                Duration::from_millis(check_range(&key("hello_timeout_ms"), v, 500..=60_000)?);
+        }
+        Ok(l)
+    }
+}
+
+/// `[identity]`: how the relay stops two connections with one identity from displacing each
+/// other. Every key is optional; the defaults are [`IdentityLimits::default`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdentityConfig {
+    /// Displacements within the window after which newcomers are refused, 0 ..= 1000.
+    flips: Option<u64>,
+    /// The window, seconds, 1 ..= 86400.
+    window_s: Option<u64>,
+    /// First back-off, seconds, 1 ..= 86400.
+    backoff_s: Option<u64>,
+    /// Longest back-off, seconds, 1 ..= 604800, and at least `backoff_s`.
+    max_backoff_s: Option<u64>,
+}
+
+impl IdentityConfig {
+    fn into_limits(self) -> anyhow::Result<IdentityLimits> {
+        let mut l = IdentityLimits::default();
+        let key = |k: &str| format!("[identity] {k}");
+        if let Some(v) = self.flips {
+            l.flips = u32::try_from(check_range(&key("flips"), v, 0..=1000)?).unwrap_or(u32::MAX);
+        }
+        if let Some(v) = self.window_s {
+            l.window = Duration::from_secs(check_range(&key("window_s"), v, 1..=86_400)?);
+        }
+        if let Some(v) = self.backoff_s {
+            l.backoff = Duration::from_secs(check_range(&key("backoff_s"), v, 1..=86_400)?);
+        }
+        if let Some(v) = self.max_backoff_s {
+            l.max_backoff =
+                Duration::from_secs(check_range(&key("max_backoff_s"), v, 1..=604_800)?);
+        }
+        if l.max_backoff < l.backoff {
+            bail!("[identity] max_backoff_s must be at least backoff_s");
+        }
+        Ok(l)
+    }
+}
+
+fn as_usize(v: u64) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
 }
 
 /// Allowed `max_queue_bytes_per_endpoint`: 1 MiB (room for the largest envelope) to 64 GiB.
@@ -289,6 +382,8 @@ impl Config {
             MAX_QUEUE_BYTES_RANGE,
         )?;
         let ttl = self.ttl.into_ttl()?;
+        let handshake = self.handshake.into_limits()?;
+        let identity = self.identity.into_limits()?;
 
         let ca_path = resolve(self.ca);
         let ca = tls::load_certs(&ca_path).map_err(one_line)?;
@@ -329,8 +424,8 @@ impl Config {
             timeouts,
             max_queue_bytes_per_endpoint,
             ttl,
-            identity: hotline_relay::IdentityLimits::default(),
-            handshake: hotline_relay::HandshakeLimits::default(),
+            identity,
+            handshake,
             metrics: self.metrics,
         };
         config.quic_config().map_err(one_line).with_context(|| {
@@ -536,6 +631,41 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn handshake_and_identity_limits_are_read_and_range_checked() {
+        let dir = pki_dir();
+        let with =
+            |section: &str| MINIMAL.replace("[[hotline]]", &format!("{section}\n[[hotline]]"));
+        let c = load_text(
+            dir.path(),
+            &with("[handshake]\nmax_per_identity = 2\nhello_timeout_ms = 2000\n[identity]\nflips = 5\nbackoff_s = 10"),
+        )
+        .unwrap();
+        assert_eq!(c.handshake.max_per_identity, 2);
+        assert_eq!(c.handshake.hello_timeout, Duration::from_secs(2));
+        assert_eq!(
+            c.handshake.max_handshakes,
+            HandshakeLimits::default().max_handshakes
+        );
+        assert_eq!(c.identity.flips, 5);
+        assert_eq!(c.identity.backoff, Duration::from_secs(10));
+        assert_eq!(c.identity.window, IdentityLimits::default().window);
+
+        let err = |text: &str| format!("{:#}", load_text(dir.path(), text).unwrap_err());
+        let e = err(&with("[handshake]\nhello_timeout_ms = 0"));
+        assert!(
+            e.contains("[handshake] hello_timeout_ms must be between 500 and 60000, got 0"),
+            "{e}"
+        );
+        let e = err(&with("[identity]\nbackoff_s = 100\nmax_backoff_s = 10"));
+        assert!(
+            e.contains("max_backoff_s must be at least backoff_s"),
+            "{e}"
+        );
+        let e = err(&with("[identity]\nflipz = 1"));
+        assert!(e.contains("flipz"), "{e}");
     }
 
     #[test]
