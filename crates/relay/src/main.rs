@@ -153,6 +153,10 @@ struct Config {
     /// [`MAX_QUEUE_BYTES_RANGE`].
     #[serde(default = "cfg_defaults::max_queue_bytes_per_endpoint")]
     max_queue_bytes_per_endpoint: u64,
+    /// Envelope bytes queued for all endpoints together, shared out in per-sender quotas,
+    /// [`MAX_QUEUED_BYTES_TOTAL_RANGE`].
+    #[serde(default = "cfg_defaults::max_queued_bytes_total")]
+    max_queued_bytes_total: u64,
     /// Time-to-live of queued envelopes per transport lane, `[ttl]`.
     #[serde(default)]
     ttl: TtlConfig,
@@ -293,6 +297,9 @@ fn as_usize(v: u64) -> usize {
 /// Allowed `max_queue_bytes_per_endpoint`: 1 MiB (room for the largest envelope) to 64 GiB.
 const MAX_QUEUE_BYTES_RANGE: RangeInclusive<u64> = 1 << 20..=64 << 30;
 
+/// Allowed `max_queued_bytes_total`: 16 MiB (a few of the largest envelopes) to 1 TiB.
+const MAX_QUEUED_BYTES_TOTAL_RANGE: RangeInclusive<u64> = 16 << 20..=1 << 40;
+
 /// Allowed non-zero `[ttl]` values: 1 s to 366 days. Far larger ones would overflow the
 /// relay's clock arithmetic.
 const TTL_S_RANGE: RangeInclusive<u64> = 1..=366 * 24 * 3600;
@@ -336,6 +343,9 @@ mod cfg_defaults {
     }
     pub(crate) fn max_queue_bytes_per_endpoint() -> u64 {
         hotline_relay::Limits::DEFAULT_MAX_QUEUE_BYTES
+    }
+    pub(crate) fn max_queued_bytes_total() -> u64 {
+        hotline_relay::Limits::DEFAULT_MAX_QUEUED_BYTES_TOTAL
     }
 }
 
@@ -381,6 +391,11 @@ impl Config {
             self.max_queue_bytes_per_endpoint,
             MAX_QUEUE_BYTES_RANGE,
         )?;
+        let max_queued_bytes_total = check_range(
+            "max_queued_bytes_total",
+            self.max_queued_bytes_total,
+            MAX_QUEUED_BYTES_TOTAL_RANGE,
+        )?;
         let ttl = self.ttl.into_ttl()?;
         let handshake = self.handshake.into_limits()?;
         let identity = self.identity.into_limits()?;
@@ -423,6 +438,7 @@ impl Config {
             hotlines,
             timeouts,
             max_queue_bytes_per_endpoint,
+            max_queued_bytes_total,
             ttl,
             identity,
             handshake,
@@ -537,6 +553,7 @@ mod tests {
         assert_eq!(c.data_dir, dir.path().join("data/relay"));
         assert_eq!(c.timeouts, Timeouts::default());
         assert_eq!(c.max_queue_bytes_per_endpoint, 256 * 1024 * 1024);
+        assert_eq!(c.max_queued_bytes_total, 1024 * 1024 * 1024);
         assert_eq!(c.ttl, Ttl::default());
         assert_eq!(c.ttl.routine, Some(Duration::from_secs(86_400)));
         assert_eq!(c.metrics, None);
@@ -551,6 +568,7 @@ mod tests {
         assert_eq!(config.keep_alive_ms, 1000);
         assert_eq!(config.idle_timeout_ms, 5000);
         assert_eq!(config.max_queue_bytes_per_endpoint, 268_435_456);
+        assert_eq!(config.max_queued_bytes_total, 1_073_741_824);
         assert_eq!(config.ttl.into_ttl(), Ok(Ttl::default()));
         assert_eq!(config.hotlines.len(), 2);
     }
@@ -620,6 +638,11 @@ mod tests {
             e.contains(
                 "max_queue_bytes_per_endpoint must be between 1048576 and 68719476736, got 1"
             ),
+            "{e}"
+        );
+        let e = err(&format!("max_queued_bytes_total = 0\n{MINIMAL}"));
+        assert!(
+            e.contains("max_queued_bytes_total must be between 16777216 and 1099511627776, got 0"),
             "{e}"
         );
         let e = err(&MINIMAL.replace(

@@ -15,9 +15,10 @@ use hotline_proto::wire::{Accepted, EnvelopeFrame, Frame, Presence, Refusal, Ref
 use hotline_proto::{EndpointId, Lane, MessageId, Time};
 use tracing::{debug, info, trace, warn};
 
+use super::budget::{self, OverBudget};
 use super::commit::Deferred;
 use super::persist::{StoreOp, StoredAnnouncement, StoredControl, StoredEnvelope};
-use super::queue::{AnnouncementOrder, ControlFrame, ItemKey};
+use super::queue::{AnnouncementOrder, ControlFrame, Item, ItemKey};
 use super::{ConnId, Output, Router, encode, len};
 
 impl Router {
@@ -54,7 +55,7 @@ impl Router {
         let dest_conn = dest.conn;
         let outcome = if let Some(old) = dest.items.get(&key).map(|i| i.lane) {
             let escalated = if transport > old {
-                dest.escalate(&key, transport, bytes.clone())
+                dest.escalate(&mut self.usage, &key, transport, bytes.clone())
             } else {
                 None
             };
@@ -84,20 +85,27 @@ impl Router {
         } else {
             let queued = dest.queued_bytes();
             let bound = limits.bound(transport);
-            if queued.saturating_add(len(&bytes)) > bound {
+            let size = len(&bytes);
+            if queued.saturating_add(size) > bound {
                 Outcome::Overloaded { queued, bound }
+            } else if let Err(over) = budget::admit(
+                &limits,
+                &self.usage,
+                self.endpoints.keys(),
+                from,
+                transport,
+                size,
+            ) {
+                Outcome::OverBudget(over)
             } else {
+                let Some(dest) = self.endpoints.get_mut(&recipient) else {
+                    return;
+                };
                 let order = self.next_order;
                 self.next_order += 1;
                 let expires_at = limits.ttl.for_lane(transport).map(|t| now.plus(t));
-                dest.insert(
-                    key.clone(),
-                    transport,
-                    order,
-                    now,
-                    expires_at,
-                    bytes.clone(),
-                );
+                let item = Item::unwritten(transport, order, now, expires_at, bytes.clone());
+                dest.insert(&mut self.usage, key.clone(), item);
                 if let Some(at) = expires_at {
                     self.expiries.insert((at, order), (recipient.clone(), key));
                 }
@@ -116,6 +124,10 @@ impl Router {
                 let detail = format!(
                     "{recipient} has {queued} bytes queued; {transport} is refused above {bound}"
                 );
+                self.refuse(conn, from, Some(id), RefusalCode::Overloaded, detail);
+            }
+            Outcome::OverBudget(over) => {
+                let detail = over.to_string();
                 self.refuse(conn, from, Some(id), RefusalCode::Overloaded, detail);
             }
             Outcome::Queued | Outcome::Duplicate => {
@@ -165,7 +177,8 @@ impl Router {
         }
         if let ReceiptKind::Delivered { upto, .. } = r.kind {
             if let Some(ep) = self.endpoints.get_mut(from) {
-                let removed = ep.remove_delivered(&r.to, &r.channel, r.precedence, upto);
+                let removed =
+                    ep.remove_delivered(&mut self.usage, &r.to, &r.channel, r.precedence, upto);
                 trace!(
                     peer = %from,
                     removed = removed.len(),
@@ -358,7 +371,7 @@ impl Router {
         if !current {
             return;
         }
-        let Some(item) = dest.remove(key) else {
+        let Some(item) = dest.remove(&mut self.usage, key) else {
             return;
         };
         self.staged.push(StoreOp::DeleteEnvelope { order });
@@ -534,4 +547,5 @@ enum Outcome {
     Queued,
     Duplicate,
     Overloaded { queued: u64, bound: u64 },
+    OverBudget(OverBudget),
 }

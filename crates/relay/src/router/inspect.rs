@@ -40,6 +40,17 @@ impl Router {
             .map_or(0, Endpoint::queued_bytes)
     }
 
+    /// Envelope bytes queued from `sender`, over every destination: what its quota in the global
+    /// budget is measured against.
+    pub fn queued_bytes_from(&self, sender: &EndpointId) -> u64 {
+        self.usage.of(sender)
+    }
+
+    /// Envelope bytes queued for every destination: what the global budget bounds.
+    pub fn queued_envelope_bytes(&self) -> u64 {
+        self.usage.total
+    }
+
     /// The envelopes queued for `endpoint`, in key order.
     pub fn queued_envelopes(&self, endpoint: &EndpointId) -> Vec<QueuedEnvelope> {
         let Some(ep) = self.endpoints.get(endpoint) else {
@@ -78,13 +89,14 @@ impl Router {
     }
 
     /// Every counter the router keeps (per endpoint: frames and bytes per lane, control bytes;
-    /// uncommitted bytes per lane), recomputed from the queues it counts, and the unwritten and
+    /// uncommitted bytes per lane; envelope bytes per sender and in total), recomputed from the queues it counts, and the unwritten and
     /// expiry indexes against the queued envelopes. One line per difference; empty when all
     /// agree.
     #[cfg(test)]
     pub(crate) fn counter_drift(&self) -> Vec<String> {
         let mut drift = self.commits.counter_drift();
         let mut expiries = std::collections::BTreeMap::new();
+        let mut by_sender = std::collections::BTreeMap::<EndpointId, u64>::new();
         for (endpoint, ep) in &self.endpoints {
             drift.extend(
                 ep.counter_drift()
@@ -92,11 +104,13 @@ impl Router {
                     .map(|d| format!("{endpoint}: {d}")),
             );
             for (key, item) in &ep.items {
+                *by_sender.entry(key.sender.clone()).or_default() += item.bytes.len() as u64;
                 if let Some(at) = item.expires_at {
                     expiries.insert((at, item.order), (endpoint.clone(), key.clone()));
                 }
             }
         }
+        drift.extend(self.usage.drift(&by_sender));
         if expiries != self.expiries {
             drift.push(format!(
                 "expiry index: {} entries, {} queued envelopes with a time-to-live",

@@ -1,7 +1,8 @@
-//! How much the relay holds per destination, and for how long.
+//! How much the relay holds per destination and in all, and for how long.
 //!
 //! [`Limits`] bounds the bytes queued for one destination (by precedence: routine first refused,
-//! flash and durable control frames last); [`Ttl`] says how long an envelope is held per
+//! flash and durable control frames last) and the envelope bytes queued over all destinations
+//! (the global budget, shared out per sender by the rule in `budget`); [`Ttl`] says how long an envelope is held per
 //! transport lane; [`IdentityLimits`] how many identity conflicts are tolerated (see
 //! `identity`). Plain values: the router applies them.
 
@@ -11,12 +12,17 @@ use hotline_proto::Precedence;
 
 use super::IdentityLimits;
 
-/// Per-destination queue bounds and time-to-live, and the identity-conflict back-off.
+/// Per-destination queue bounds, the global budget, time-to-live, and the identity-conflict
+/// back-off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Bytes queued for one destination (envelopes plus control frames) past which `routine`
     /// envelopes are refused; other precedences get 125 % and 150 % of it.
     pub max_queue_bytes: u64,
+    /// Envelope bytes queued for all destinations together (every queued envelope is held in
+    /// RAM). Each configured endpoint has an equal quota of it as a sender; beyond its quota a
+    /// sender only borrows space nobody else is owed (rule in the router's `budget` module).
+    pub max_queued_bytes_total: u64,
     /// How long a queued envelope is held, per transport lane.
     pub ttl: Ttl,
     /// When a flapping identity's live connection is kept and newcomers refused.
@@ -26,6 +32,8 @@ pub struct Limits {
 impl Limits {
     /// Default per-destination bound: 256 MiB.
     pub const DEFAULT_MAX_QUEUE_BYTES: u64 = 256 * 1024 * 1024;
+    /// Default global budget: 1 GiB, for a relay host with a few GiB of RAM.
+    pub const DEFAULT_MAX_QUEUED_BYTES_TOTAL: u64 = 1024 * 1024 * 1024;
 
     /// The bound that applies to an envelope on `transport`.
     pub fn bound(&self, transport: Precedence) -> u64 {
@@ -48,6 +56,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_queue_bytes: Self::DEFAULT_MAX_QUEUE_BYTES,
+            max_queued_bytes_total: Self::DEFAULT_MAX_QUEUED_BYTES_TOTAL,
             ttl: Ttl::default(),
             identity: IdentityLimits::default(),
         }

@@ -31,7 +31,8 @@
 //! - `persist`: what is stored ([`StoreOp`], [`Snapshot`]);
 //! - `identity`: when a second connection with a live identity displaces the first, and when
 //!   it is refused because the identity flaps ([`IdentityLimits`]);
-//! - `limits`: [`Limits`] and [`Ttl`].
+//! - `limits`: [`Limits`] and [`Ttl`];
+//! - `budget`: the global budget over all queued envelope bytes and each sender's quota in it.
 //!
 //! Routing rules (see `DESIGN.md`, "Delivery" and "Durability"):
 //! - One live connection per identity. A newcomer displaces the live one ([`Output::Close`]),
@@ -61,11 +62,16 @@
 //!   and store back-pressure are counted on the stream the frame really used.
 //! - Overload: past `max_queue_bytes` queued for one destination, `routine` is refused with
 //!   [`RefusalCode::Overloaded`]; `priority` and `immediate` past 125 %, `flash`, receipts and
-//!   escalation notices past 150 %. Nothing is dropped without telling its sender.
+//!   escalation notices past 150 %. Over all destinations together, queued envelope bytes
+//!   stay within `max_queued_bytes_total`: each configured endpoint has a quota of it as a
+//!   sender, and beyond its quota a sender's new envelopes are refused (`Overloaded`) heaviest
+//!   first, `flash` last (rule in `budget`). Nothing is dropped without telling its sender, and
+//!   nothing already accepted is dropped to make room.
 //!
 //! Invariant: for each destination, every queued envelope is in exactly one lane, and is listed
 //! as unwritten in that lane exactly when its state is [`ItemState::Unwritten`]; queued byte
-//! counts equal the sum of the queued frames' lengths; every queued envelope with a time-to-live
+//! counts equal the sum of the queued frames' lengths, per destination and, for envelopes, per
+//! sender and in total over all destinations; every queued envelope with a time-to-live
 //! is in the expiry index exactly once.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -77,6 +83,7 @@ use hotline_proto::wire::{self, Frame, Presence, RefusalCode};
 use hotline_proto::{EndpointId, MessageId, Precedence, Time};
 use tracing::debug;
 
+mod budget;
 mod commit;
 mod frames;
 mod identity;
@@ -95,7 +102,7 @@ pub use persist::{
     StoredEnvelope,
 };
 pub use queue::ItemState;
-use queue::{ControlFrame, Endpoint, ItemKey};
+use queue::{ControlFrame, Endpoint, ItemKey, Usage};
 
 /// Identifies one QUIC connection for its lifetime; never reused by a shell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -119,6 +126,9 @@ pub enum RouterConfigError {
     /// The queue bound is zero.
     #[error("max_queue_bytes_per_endpoint must be greater than zero")]
     ZeroQueueBound,
+    /// The global budget is zero.
+    #[error("max_queued_bytes_total must be greater than zero")]
+    ZeroBudget,
 }
 
 /// Why a connection was not registered.
@@ -251,6 +261,8 @@ pub struct Router {
     commits: CommitGate,
     /// Queued envelopes by expiry time, then arrival order.
     expiries: BTreeMap<(Time, u64), (EndpointId, ItemKey)>,
+    /// Queued envelope bytes per sender and in total, against the global budget.
+    usage: Usage,
 }
 
 impl Router {
@@ -264,6 +276,9 @@ impl Router {
         }
         if limits.max_queue_bytes == 0 {
             return Err(RouterConfigError::ZeroQueueBound);
+        }
+        if limits.max_queued_bytes_total == 0 {
+            return Err(RouterConfigError::ZeroBudget);
         }
         let mut endpoints = BTreeMap::<EndpointId, Endpoint>::new();
         for (a, b) in hotlines {
@@ -292,6 +307,7 @@ impl Router {
             staged: Vec::new(),
             commits: CommitGate::default(),
             expiries: BTreeMap::new(),
+            usage: Usage::default(),
         })
     }
 

@@ -7,9 +7,14 @@
 //! sender) ahead of the rest (replies, presence, announcements, link tests). It knows nothing of
 //! routing rules, time-to-live or the store: the router decides what goes in and out.
 //!
+//! [`Usage`] counts the same envelopes the other way round, by sender over every destination:
+//! the global budget (see `budget`) is measured against it. Every method that adds, resizes or
+//! removes a queued envelope takes it, so the two views cannot disagree.
+//!
 //! Invariant: every queued envelope is in exactly one lane, and is listed as unwritten in that
 //! lane exactly when its state is [`ItemState::Unwritten`]; the per-lane counts and
-//! `control_bytes` equal the sums over the queued frames.
+//! `control_bytes` equal the sums over the queued frames; [`Usage`] per sender and in total
+//! equals the sums over the envelopes queued for every destination.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -73,6 +78,26 @@ pub(super) struct Item {
     pub(super) state: ItemState,
 }
 
+impl Item {
+    /// A new envelope waiting for its lane writer.
+    pub(super) fn unwritten(
+        lane: Precedence,
+        order: u64,
+        queued_at: Time,
+        expires_at: Option<Time>,
+        bytes: Bytes,
+    ) -> Self {
+        Self {
+            lane,
+            order,
+            queued_at,
+            expires_at,
+            bytes,
+            state: ItemState::Unwritten,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(super) struct ControlFrame {
     pub(super) bytes: Bytes,
@@ -105,6 +130,65 @@ pub(super) struct Endpoint {
     pub(super) announcement: Option<(AnnouncementOrder, Bytes)>,
 }
 
+/// Bytes of queued envelopes by sender, over every destination, and their total. Control frames
+/// are not counted: they are bounded per addressee (see `Limits::control_bound`) and most are
+/// the relay's own.
+#[derive(Debug, Default)]
+pub(super) struct Usage {
+    /// Sum of `by_sender`.
+    pub(super) total: u64,
+    /// Only senders with something queued: an entry that drops to zero goes.
+    pub(super) by_sender: BTreeMap<EndpointId, u64>,
+}
+
+impl Usage {
+    /// Bytes queued from `sender`.
+    pub(super) fn of(&self, sender: &EndpointId) -> u64 {
+        self.by_sender.get(sender).copied().unwrap_or(0)
+    }
+
+    fn add(&mut self, sender: &EndpointId, n: u64) {
+        self.total += n;
+        *self.by_sender.entry(sender.clone()).or_default() += n;
+    }
+
+    fn sub(&mut self, sender: &EndpointId, n: u64) {
+        self.total -= n;
+        if let Some(used) = self.by_sender.get_mut(sender) {
+            *used -= n;
+            if *used == 0 {
+                self.by_sender.remove(sender);
+            }
+        }
+    }
+
+    /// Where the counts differ from `queued` (bytes per sender recomputed from the queues);
+    /// empty when they agree.
+    #[cfg(test)]
+    pub(super) fn drift(&self, queued: &BTreeMap<EndpointId, u64>) -> Vec<String> {
+        let mut drift = Vec::new();
+        let total: u64 = queued.values().sum();
+        if self.total != total {
+            drift.push(format!(
+                "budget total: counted {}, queued {total}",
+                self.total
+            ));
+        }
+        let senders = self.by_sender.keys().chain(queued.keys());
+        let senders: BTreeSet<&EndpointId> = senders.collect();
+        for sender in senders {
+            let counted = self.of(sender);
+            let actual = queued.get(sender).copied().unwrap_or(0);
+            if counted != actual || self.by_sender.get(sender) == Some(&0) {
+                drift.push(format!(
+                    "budget for sender {sender}: counted {counted}, queued {actual}"
+                ));
+            }
+        }
+        drift
+    }
+}
+
 /// Announcements are ordered by the sender's incarnation (a node restored from nothing starts a
 /// higher one, whatever its epochs), then by epoch.
 pub(super) type AnnouncementOrder = (u64, u32);
@@ -114,27 +198,18 @@ impl Endpoint {
         self.lane_bytes.iter().sum::<u64>() + self.control_bytes
     }
 
-    pub(super) fn insert(
-        &mut self,
-        key: ItemKey,
-        lane: Precedence,
-        order: u64,
-        queued_at: Time,
-        expires_at: Option<Time>,
-        bytes: Bytes,
-    ) {
-        self.lane_frames[lane.index()] += 1;
-        self.lane_bytes[lane.index()] += len(&bytes);
-        self.unwritten[lane.index()].insert(order, key.clone());
+    /// Queues a new envelope, unwritten (whatever `item.state` says).
+    pub(super) fn insert(&mut self, usage: &mut Usage, key: ItemKey, item: Item) {
+        let lane = item.lane.index();
+        self.lane_frames[lane] += 1;
+        self.lane_bytes[lane] += len(&item.bytes);
+        usage.add(&key.sender, len(&item.bytes));
+        self.unwritten[lane].insert(item.order, key.clone());
         self.items.insert(
             key,
             Item {
-                lane,
-                order,
-                queued_at,
-                expires_at,
-                bytes,
                 state: ItemState::Unwritten,
+                ..item
             },
         );
     }
@@ -143,6 +218,7 @@ impl Endpoint {
     /// its arrival order. Returns that order, the first arrival time and the old expiry.
     pub(super) fn escalate(
         &mut self,
+        usage: &mut Usage,
         key: &ItemKey,
         lane: Precedence,
         bytes: Bytes,
@@ -152,11 +228,13 @@ impl Endpoint {
         self.unwritten[old].remove(&item.order);
         self.lane_frames[old] -= 1;
         self.lane_bytes[old] -= len(&item.bytes);
+        usage.sub(&key.sender, len(&item.bytes));
         item.lane = lane;
         item.bytes = bytes;
         item.state = ItemState::Unwritten;
         self.lane_frames[lane.index()] += 1;
         self.lane_bytes[lane.index()] += len(&item.bytes);
+        usage.add(&key.sender, len(&item.bytes));
         self.unwritten[lane.index()].insert(item.order, key.clone());
         Some((item.order, item.queued_at, item.expires_at))
     }
@@ -168,12 +246,13 @@ impl Endpoint {
     }
 
     /// Takes one queued envelope out of its lane.
-    pub(super) fn remove(&mut self, key: &ItemKey) -> Option<Item> {
+    pub(super) fn remove(&mut self, usage: &mut Usage, key: &ItemKey) -> Option<Item> {
         let item = self.items.remove(key)?;
         let lane = item.lane.index();
         self.unwritten[lane].remove(&item.order);
         self.lane_frames[lane] -= 1;
         self.lane_bytes[lane] -= len(&item.bytes);
+        usage.sub(&key.sender, len(&item.bytes));
         Some(item)
     }
 
@@ -181,6 +260,7 @@ impl Endpoint {
     /// returns the arrival order and expiry of each.
     pub(super) fn remove_delivered(
         &mut self,
+        usage: &mut Usage,
         sender: &EndpointId,
         channel: &Channel,
         precedence: Precedence,
@@ -201,7 +281,7 @@ impl Endpoint {
         }
         let keys: Vec<ItemKey> = self.items.range(lo..=hi).map(|(k, _)| k.clone()).collect();
         keys.iter()
-            .filter_map(|key| self.remove(key))
+            .filter_map(|key| self.remove(usage, key))
             .map(|item| (item.order, item.expires_at))
             .collect()
     }

@@ -16,7 +16,7 @@ use hotline_proto::wire::{self, Frame};
 
 use super::Router;
 use super::persist::{Restored, Snapshot, SnapshotError, StoredEnvelope};
-use super::queue::{ControlFrame, ItemKey};
+use super::queue::{ControlFrame, Item, ItemKey};
 
 impl Router {
     /// Loads what a store held, before any connection: queued envelopes go back to their lanes
@@ -81,7 +81,8 @@ impl Router {
                 self.expiries
                     .insert((at, order), (destination.clone(), key.clone()));
             }
-            dest.insert(key, lane, order, queued_at, expires_at, bytes);
+            let item = Item::unwritten(lane, order, queued_at, expires_at, bytes);
+            dest.insert(&mut self.usage, key, item);
             restored.envelopes += 1;
         }
         for stored in control {

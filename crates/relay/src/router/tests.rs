@@ -444,6 +444,179 @@ fn overload_refuses_routine_first_then_higher_lanes() {
     assert_eq!(send(&mut r, R, 11), accepted(11, R));
 }
 
+/// The global budget's test bed: hotlines us:jp and uk:fr (four endpoints), a per-destination
+/// bound far above the budget, and a budget of 80 envelopes of 100 sealed bytes: each endpoint's
+/// quota is 10 of them (half the budget, shared by four), the other 40 are borrowed.
+struct BudgetBed {
+    r: Router,
+    probe: u64,
+}
+
+const UK: ConnId = ConnId(3);
+const FR: ConnId = ConnId(4);
+
+impl BudgetBed {
+    /// us, uk and fr online, jp offline (so nothing is delivered until it connects).
+    fn new() -> Self {
+        let probe = Bytes::from(testing::envelope("us", "jp", R, 1, R, 100)).len() as u64;
+        let mut r = router_with(Limits {
+            max_queue_bytes: probe * 1000,
+            max_queued_bytes_total: probe * 80,
+            ..Limits::default()
+        });
+        for (conn, name) in [(US, "us"), (UK, "uk"), (FR, "fr")] {
+            r.handle_connected(T0, conn, id(name)).unwrap();
+        }
+        for conn in [US, UK, FR] {
+            let _ = drain(&mut r, conn, Lane::Control);
+        }
+        Self { r, probe }
+    }
+
+    fn quota(&self) -> u64 {
+        self.probe * 10
+    }
+
+    /// Offers one envelope of 100 sealed bytes; returns the reply to it.
+    fn offer(&mut self, conn: ConnId, from: &str, to: &str, p: Precedence, seq: u64) -> Frame {
+        let env = Bytes::from(testing::envelope(from, to, p, seq, p, 100));
+        assert_eq!(
+            env.len() as u64,
+            self.probe,
+            "every envelope here is the same size"
+        );
+        self.r.receive(T0, conn, env);
+        let mut replies: Vec<Frame> = drain_frames(&mut self.r, conn, Lane::Control)
+            .into_iter()
+            .filter(|f| !matches!(f, Frame::Presence(_)))
+            .collect();
+        assert_eq!(replies.len(), 1, "{replies:?}");
+        replies.remove(0)
+    }
+
+    /// Offers envelopes seq 1, 2, ... until one is refused; returns how many were accepted and
+    /// the refusal.
+    fn flood(&mut self, conn: ConnId, from: &str, to: &str, p: Precedence) -> (u64, Refusal) {
+        for seq in 1..=100 {
+            match self.offer(conn, from, to, p, seq) {
+                Frame::Accepted(_) => {}
+                Frame::Refused(refusal) => return (seq - 1, refusal),
+                other => panic!("{other:?}"),
+            }
+        }
+        panic!("{from} was never refused");
+    }
+}
+
+fn is_accepted(frame: &Frame) -> bool {
+    matches!(frame, Frame::Accepted(Accepted { durable: true, .. }))
+}
+
+#[test]
+fn budget_refuses_the_heaviest_sender_first_while_a_quiet_pair_gets_through() {
+    let mut b = BudgetBed::new();
+    let budget = b.probe * 80;
+    // us floods its offline partner: within its quota, then borrowing, until refused.
+    let (us_accepted, refusal) = b.flood(US, "us", "jp", R);
+    let us_used = b.r.queued_bytes_from(&id("us"));
+    assert_eq!(us_used, us_accepted * b.probe);
+    assert!(us_used > b.quota(), "us borrowed past its quota: {us_used}");
+    assert!(us_used < budget, "the per-destination bound played no part");
+    assert_eq!(refusal.code, RefusalCode::Overloaded);
+    assert!(
+        refusal
+            .detail
+            .contains(&format!("relay budget {budget} bytes"))
+            && refusal
+                .detail
+                .contains(&format!("us holds {us_used} bytes")),
+        "the detail names the budget and the sender's usage: {}",
+        refusal.detail
+    );
+    // uk also goes past its quota, but it is lighter than us: its routine still gets in.
+    for seq in 1..=15 {
+        assert!(
+            is_accepted(&b.offer(UK, "uk", "fr", R, seq)),
+            "uk seq {seq}"
+        );
+    }
+    assert!(b.r.queued_bytes_from(&id("uk")) > b.quota());
+    // us, the heaviest, is still refused, on routine and priority alike.
+    for p in [R, P] {
+        let reply = b.offer(US, "us", "jp", p, 90);
+        assert_eq!(refusals(&[reply]), [RefusalCode::Overloaded], "{p}");
+    }
+    // fr, quiet and within its quota, gets routine and flash through.
+    assert!(is_accepted(&b.offer(FR, "fr", "uk", R, 1)));
+    assert!(is_accepted(&b.offer(FR, "fr", "uk", F, 1)));
+    assert!(b.r.queued_envelope_bytes() <= budget);
+    assert!(b.r.counter_drift().is_empty(), "{:?}", b.r.counter_drift());
+}
+
+#[test]
+fn a_flash_within_its_quota_is_accepted_at_the_edge_of_the_budget() {
+    let mut b = BudgetBed::new();
+    let budget = b.probe * 80;
+    // us takes everything it can borrow, flash included: its flash is refused only once
+    // nothing is left to borrow.
+    let (_, routine) = b.flood(US, "us", "jp", R);
+    assert_eq!(routine.code, RefusalCode::Overloaded);
+    let (flashes, refusal) = b.flood(US, "us", "jp", F);
+    assert!(
+        flashes > 0,
+        "flash outlasts routine for a sender past its quota"
+    );
+    assert_eq!(refusal.code, RefusalCode::Overloaded);
+    // The edge: what is queued plus the other three quotas, held free, leaves no envelope's
+    // room.
+    let owed = 3 * b.quota();
+    let total = b.r.queued_envelope_bytes();
+    assert!(
+        total + owed <= budget && total + owed + b.probe > budget,
+        "{total}"
+    );
+    // uk, within its quota, still gets its flash in, and all of its quota after it.
+    assert!(is_accepted(&b.offer(UK, "uk", "fr", F, 1)));
+    for seq in 1..10 {
+        assert!(
+            is_accepted(&b.offer(UK, "uk", "fr", R, seq)),
+            "uk seq {seq}"
+        );
+    }
+    assert_eq!(b.r.queued_bytes_from(&id("uk")), b.quota());
+    assert!(b.r.queued_envelope_bytes() <= budget);
+}
+
+#[test]
+fn budget_refusals_drop_nothing_already_accepted() {
+    let mut b = BudgetBed::new();
+    let (accepted_r, _) = b.flood(US, "us", "jp", R);
+    let (accepted_f, _) = b.flood(US, "us", "jp", F);
+    // More refusals, from both lanes; none of them may touch what is queued.
+    let before = b.r.queued_envelopes(&id("jp"));
+    for seq in 50..60 {
+        assert!(!is_accepted(&b.offer(US, "us", "jp", R, seq)));
+        assert!(!is_accepted(&b.offer(US, "us", "jp", F, seq)));
+    }
+    assert_eq!(b.r.queued_envelopes(&id("jp")), before);
+    assert_eq!(before.len() as u64, accepted_r + accepted_f);
+    // jp connects: every accepted envelope is written to it, the flashes and the routine ones.
+    b.r.handle_connected(T0, JP, id("jp")).unwrap();
+    let flash = drain(&mut b.r, JP, Lane::Precedence(F));
+    let routine = drain(&mut b.r, JP, Lane::Precedence(R));
+    assert_eq!(flash.len() as u64, accepted_f);
+    assert_eq!(routine.len() as u64, accepted_r);
+    // Its receipts free the budget, and us is accepted again.
+    b.r.receive(T0, JP, delivered("jp", "us", R, accepted_r));
+    b.r.receive(T0, JP, delivered("jp", "us", F, accepted_f));
+    let _ = drain(&mut b.r, JP, Lane::Control);
+    let _ = drain(&mut b.r, US, Lane::Control); // the receipts
+    assert_eq!(b.r.queued_bytes_from(&id("us")), 0);
+    assert_eq!(b.r.queued_envelope_bytes(), 0);
+    assert!(is_accepted(&b.offer(US, "us", "jp", R, accepted_r + 1)));
+    assert!(b.r.counter_drift().is_empty(), "{:?}", b.r.counter_drift());
+}
+
 #[test]
 fn receipts_wait_for_an_offline_addressee() {
     let mut r = router();
@@ -685,6 +858,25 @@ fn unconfigured_endpoints_and_bad_configs_are_refused() {
         Router::new(&[], Limits::default()).unwrap_err(),
         RouterConfigError::NoHotlines
     );
+    let pair = [(id("us"), id("jp"))];
+    for (limits, err) in [
+        (
+            Limits {
+                max_queue_bytes: 0,
+                ..Limits::default()
+            },
+            RouterConfigError::ZeroQueueBound,
+        ),
+        (
+            Limits {
+                max_queued_bytes_total: 0,
+                ..Limits::default()
+            },
+            RouterConfigError::ZeroBudget,
+        ),
+    ] {
+        assert_eq!(Router::new(&pair, limits).unwrap_err(), err);
+    }
 }
 
 #[test]

@@ -1,9 +1,10 @@
 //! The router's counters against what it actually queues, under random traffic.
 //!
 //! The router keeps running counts (frames and bytes per endpoint and lane, control bytes,
-//! uncommitted bytes per lane) rather than summing its queues on every frame; the overload
-//! bound and the shell's back-pressure read them. A count that drifts refuses traffic it should
-//! take (`Overloaded`) or never pauses a reader. The property: after every input, every count
+//! uncommitted bytes per lane, envelope bytes per sender and in total for the global budget)
+//! rather than summing its queues on every frame; the overload bound, the budget and the
+//! shell's back-pressure read them. A count that drifts refuses traffic it should take
+//! (`Overloaded`), lets the budget be passed, or never pauses a reader. The property: after every input, every count
 //! equals the sum recomputed from the queues ([`Router::counter_drift`]).
 //!
 //! The inputs are what a shell and honest or careless nodes produce: connections, replacements
@@ -177,10 +178,12 @@ struct Shell {
 impl Shell {
     fn new() -> Result<Self, String> {
         let hotlines = [(id("us"), id("jp")), (id("us"), id("uk"))];
-        // A small bound, so overload refusals happen within a run; short time-to-live on the
-        // lower lanes, so expiries do.
+        // A small bound and budget (quotas of 500 bytes for three endpoints), so overload and
+        // budget refusals happen within a run; short time-to-live on the lower lanes, so
+        // expiries do.
         let limits = Limits {
             max_queue_bytes: 1_500,
+            max_queued_bytes_total: 3_000,
             ttl: Ttl {
                 routine: Some(Duration::from_secs(10)),
                 priority: Some(Duration::from_secs(20)),

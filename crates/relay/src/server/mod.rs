@@ -105,6 +105,9 @@ pub struct ServerConfig {
     pub timeouts: Timeouts,
     /// Bytes queued for one destination past which `routine` is refused (see [`Limits`]).
     pub max_queue_bytes_per_endpoint: u64,
+    /// Envelope bytes queued for all destinations together, shared out in per-sender quotas
+    /// (see [`Limits::max_queued_bytes_total`]).
+    pub max_queued_bytes_total: u64,
     /// How long a queued envelope is held, per transport lane (see [`Ttl`]).
     pub ttl: Ttl,
     /// When a flapping identity's live connection is kept and newcomers refused (see
@@ -117,8 +120,8 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    /// A configuration with default timeouts, queue bound, time-to-live and handshake limits,
-    /// no CRL and no metrics.
+    /// A configuration with default timeouts, queue bound, budget, time-to-live and handshake
+    /// limits, no CRL and no metrics.
     pub fn new(
         listen: SocketAddr,
         ca: Vec<CertificateDer<'static>>,
@@ -135,6 +138,7 @@ impl ServerConfig {
             hotlines,
             timeouts: Timeouts::default(),
             max_queue_bytes_per_endpoint: Limits::DEFAULT_MAX_QUEUE_BYTES,
+            max_queued_bytes_total: Limits::DEFAULT_MAX_QUEUED_BYTES_TOTAL,
             ttl: Ttl::default(),
             identity: IdentityLimits::default(),
             handshake: HandshakeLimits::default(),
@@ -156,6 +160,7 @@ impl ServerConfig {
     pub fn limits(&self) -> Limits {
         Limits {
             max_queue_bytes: self.max_queue_bytes_per_endpoint,
+            max_queued_bytes_total: self.max_queued_bytes_total,
             ttl: self.ttl,
             identity: self.identity,
         }
@@ -165,7 +170,7 @@ impl ServerConfig {
 /// Why a relay could not start. All are the caller's or the environment's fault.
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
-    /// The hotline list or queue bound is invalid.
+    /// The hotline list, queue bound or budget is invalid.
     #[error(transparent)]
     Config(#[from] RouterConfigError),
     /// The store could not be opened (locked by another relay, unknown schema, the data
