@@ -134,10 +134,10 @@ pub(super) async fn neighbours(
     );
     println!(
         "{:<14} {:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "quiet flash", "round trip", "count", "p50", "p90", "p99", "p99.9", "max"
+        "round trip ms", "quiet", "count", "p50", "p90", "p99", "p99.9", "max"
     );
-    println!("{}", row("idle", "(ms)", &idle_rt));
-    println!("{}", row("flood", "(ms)", &flood_rt));
+    println!("{}", row("no flood", "flash", &idle_rt));
+    println!("{}", row("flood", "flash", &flood_rt));
     println!("{}", verdict_line(ratio));
 
     let mut counts = Counts::default();
