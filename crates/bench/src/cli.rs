@@ -17,6 +17,7 @@ Examples:
   hotline-bench baseline --rate 10000 --mix routine=90,flash=10 --auto-ack --floor
   hotline-bench flood --duration 10 --flash-rate 150 --json flood.json
   hotline-bench scale --rate 1000 --duration 5 --max-pairs 1000
+  hotline-bench neighbours --quiet-pairs 8 --duration 10 --json neighbours.json
   hotline-bench soak --rate 2000 --duration 3600 --interval 60 --json soak.json
   hotline-bench floor --rate 10000 --duration 10
   hotline-bench baseline --certs ex --relay 127.0.0.1:4433 --relay-pid 4242
@@ -185,6 +186,27 @@ pub enum Scenario {
         #[arg(long, default_value_t = 2.0, value_name = "SECS")]
         settle: f64,
     },
+    /// Noisy neighbour: quiet pairs' FLASH latency while one other pair floods the relay.
+    ///
+    /// --quiet-pairs pairs each send flash at --quiet-rate, first alone (idle phase), then
+    /// while one extra pair sends maximum-size routine bodies as fast as its window allows
+    /// (flood phase); each phase lasts --duration. Reports the quiet pairs' flash round-trip
+    /// p99 flood / idle against the goal of at most 1.5×, and the relay's memory after each
+    /// phase. --pairs, --rate, --mix do not apply; --size is the quiet pairs' body size.
+    /// Example: hotline-bench neighbours --quiet-pairs 8 --duration 10 --json n.json
+    Neighbours {
+        /// Pairs sending flash at a low rate, whose latency is measured. Example:
+        /// --quiet-pairs 8
+        #[arg(long, default_value_t = 8, value_name = "N")]
+        quiet_pairs: usize,
+        /// Flash messages per second per quiet pair. Example: --quiet-rate 5
+        #[arg(long, default_value_t = 5.0, value_name = "MSGS_PER_S")]
+        quiet_rate: f64,
+        /// Maximum-size routine messages the flooding pair keeps unfinished (closed loop).
+        /// Example: --flood-window 64
+        #[arg(long, default_value_t = 64, value_name = "N")]
+        flood_window: usize,
+    },
     /// A long run watching latency drift and memory growth per interval.
     ///
     /// Example: hotline-bench soak --rate 2000 --duration 3600 --interval 60
@@ -208,6 +230,7 @@ impl Scenario {
             Self::Baseline { .. } => "baseline",
             Self::Flood { .. } => "flood",
             Self::Scale { .. } => "scale",
+            Self::Neighbours { .. } => "neighbours",
             Self::Soak { .. } => "soak",
             Self::Floor => "floor",
         }
@@ -351,6 +374,12 @@ mod tests {
         let b = Cli::try_parse_from(["hotline-bench", "baseline", "--rate", "5"]).unwrap();
         assert_eq!(a.opts.rate, 5.0);
         assert_eq!(b.opts.rate, 5.0);
+        let n = Cli::try_parse_from(["hotline-bench", "neighbours", "--duration", "3"]).unwrap();
+        assert_eq!(n.opts.duration, 3.0);
+        assert!(matches!(
+            n.scenario,
+            Scenario::Neighbours { quiet_pairs: 8, quiet_rate, flood_window: 64 } if quiet_rate == 5.0
+        ));
         let c = Cli::try_parse_from(["hotline-bench", "flood", "--flash-rate", "9"]).unwrap();
         assert!(matches!(c.scenario, Scenario::Flood { flash_rate, .. } if flash_rate == 9.0));
         assert!(

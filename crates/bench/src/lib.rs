@@ -9,7 +9,7 @@
 //! build never looks good.
 //!
 //! - [`cli`]: the command line (`hotline-bench --help`).
-//! - [`scenario`]: `baseline`, `flood`, `scale`, `soak`, `floor`.
+//! - [`scenario`]: `baseline`, `flood`, `scale`, `neighbours`, `soak`, `floor`.
 //! - [`driver`]: one load phase against running nodes.
 //! - [`cluster`]: starting (or finding) the relay and the nodes; relay memory.
 //! - [`floor`]: the bare two-hop QUIC forwarder Hotline's overhead is quoted against.

@@ -30,7 +30,7 @@ use crate::stats::{Group, LatencyStats, Level, Summary, ms};
 /// The `--json` document.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
-    /// `baseline`, `flood`, `scale`, `soak` or `floor`.
+    /// `baseline`, `flood`, `scale`, `neighbours`, `soak` or `floor`.
     pub scenario: String,
     /// Every option the run used.
     pub params: Value,

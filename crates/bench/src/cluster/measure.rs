@@ -1,5 +1,5 @@
 //! Resource measurements of a run, read from `/proc` and the relay's metrics endpoint: CPU
-//! seconds and resident memory per process, and the relay's queued frames per stream.
+//! seconds and resident memory (current and peak) per process, and the relay's queued frames per stream.
 //!
 //! It never fails a run: a value that cannot be read is `None` and is reported as `-`.
 
@@ -53,14 +53,24 @@ fn parse_cpu(stat: &str) -> Option<f64> {
 
 /// `VmRSS` of a process, in bytes.
 pub fn rss_of(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    parse_vm_rss(&status)
+    status_kb(pid, "VmRSS:")
 }
 
-fn parse_vm_rss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+/// `VmHWM` (peak resident memory) of a process, in bytes.
+pub fn hwm_of(pid: u32) -> Option<u64> {
+    status_kb(pid, "VmHWM:")
+}
+
+fn status_kb(pid: u32, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_status_kb(&status, key)
+}
+
+/// The `key` line of `/proc/<pid>/status` (a value in kB), in bytes.
+fn parse_status_kb(status: &str, key: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(key))?;
     let kb: u64 = line
-        .trim_start_matches("VmRSS:")
+        .trim_start_matches(key)
         .trim()
         .trim_end_matches("kB")
         .trim()
@@ -119,10 +129,12 @@ mod tests {
 
     #[test]
     fn vm_rss_is_read_in_bytes() {
-        let status = "Name:\thotline-relay\nVmPeak:\t  9000 kB\nVmRSS:\t   12345 kB\nThreads:\t3\n";
-        assert_eq!(parse_vm_rss(status), Some(12345 * 1024));
-        assert_eq!(parse_vm_rss("Name: x\n"), None);
+        let status = "Name:\thotline-relay\nVmPeak:\t  9000 kB\nVmHWM:\t   20000 kB\nVmRSS:\t   12345 kB\nThreads:\t3\n";
+        assert_eq!(parse_status_kb(status, "VmRSS:"), Some(12345 * 1024));
+        assert_eq!(parse_status_kb(status, "VmHWM:"), Some(20000 * 1024));
+        assert_eq!(parse_status_kb("Name: x\n", "VmRSS:"), None);
         assert!(rss_of(std::process::id()).is_some_and(|b| b > 0));
+        assert!(hwm_of(std::process::id()).is_some_and(|b| b > 0));
     }
 
     #[test]

@@ -42,7 +42,7 @@ use tokio::task::JoinSet;
 
 pub use endpoints::{Endpoint, Pair, status};
 use endpoints::{endpoint, exercise_pairs, wait_link_up};
-pub use measure::{CpuTimes, cpu_of, relay_queues, rss_of};
+pub use measure::{CpuTimes, cpu_of, hwm_of, relay_queues, rss_of};
 
 /// How endpoint nodes are run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -345,6 +345,11 @@ impl Cluster {
     /// The relay's resident memory, if the bench knows its pid.
     pub fn relay_rss(&self) -> Option<u64> {
         self.relay_pid.and_then(rss_of)
+    }
+
+    /// The relay's peak resident memory (`VmHWM`), if the bench knows its pid.
+    pub fn relay_hwm(&self) -> Option<u64> {
+        self.relay_pid.and_then(hwm_of)
     }
 
     /// Resident memory of the nodes the bench runs: the sum of node processes, or the bench's

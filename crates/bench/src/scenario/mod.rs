@@ -6,6 +6,7 @@
 //! - `baseline`: `baseline` and `floor`;
 //! - `flood`: flash under a routine flood;
 //! - `scale`: memory and latency as pairs are added;
+//! - `neighbours`: quiet pairs' flash while one other pair floods the relay;
 //! - `soak`: drift and growth over a long run.
 #![expect(
     clippy::print_stdout,
@@ -14,6 +15,7 @@
 
 mod baseline;
 mod flood;
+mod neighbours;
 mod scale;
 mod soak;
 
@@ -84,6 +86,18 @@ pub async fn run(cli: &Cli) -> Result<Report> {
                 &ticker,
             )
             .await?
+        }
+        Scenario::Neighbours {
+            quiet_pairs,
+            quiet_rate,
+            flood_window,
+        } => {
+            let n = neighbours::NeighboursParams {
+                quiet_pairs: *quiet_pairs,
+                quiet_rate: *quiet_rate,
+                flood_window: *flood_window,
+            };
+            neighbours::neighbours(opts, &n, params, &date, &ticker).await?
         }
         Scenario::Soak { interval } => {
             let i = interval.unwrap_or(opts.duration / 10.0).max(1.0);
