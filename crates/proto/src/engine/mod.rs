@@ -260,6 +260,11 @@ impl<R: CryptoRng> Engine<R> {
     /// resend our latest receipts.
     pub fn handle_connected(&mut self, now: Time) {
         self.tick(now);
+        let overdue = self.keys.rotation_due(self.cfg.key_rotation());
+        if overdue.is_some_and(|at| at <= self.now) {
+            // Rotation waits while nobody can hear of the new key; catch up before announcing.
+            self.rotate_sealing_key(self.now);
+        }
         self.link.connected(self.now);
         self.send_announcement();
         self.outbox.reoffer_all(&self.cfg);
@@ -355,11 +360,7 @@ impl<R: CryptoRng> Engine<R> {
         while let Some((kind, id)) = self.outbox.timers.pop_expired(self.now) {
             self.fire(kind, &id);
         }
-        if self
-            .keys
-            .rotation_due(self.cfg.key_rotation())
-            .is_some_and(|at| at <= self.now)
-        {
+        if self.rotation_due().is_some_and(|at| at <= self.now) {
             self.rotate_sealing_key(self.now);
         }
         if let Some((epoch, expired)) = self.keys.partner_key_expired(self.now) {
@@ -394,7 +395,7 @@ impl<R: CryptoRng> Engine<R> {
     pub fn poll_timeout(&self) -> Option<Time> {
         let timer = self.outbox.timers.next();
         let link = self.link.poll_timeout(&self.cfg);
-        let rotation = self.keys.rotation_due(self.cfg.key_rotation());
+        let rotation = self.rotation_due();
         let alarms = self.alarms.poll_timeout();
         [timer, link, rotation, alarms].into_iter().flatten().min()
     }
@@ -514,6 +515,16 @@ impl<R: CryptoRng> Engine<R> {
             self.gate
                 .after_latest_write(send_control(&Frame::Announcement(a.clone())));
         }
+    }
+
+    /// When our sealing key is next due for rotation. Rotation pauses while we are not connected
+    /// to the relay: a key nobody can hear of protects nothing, and rotating through the kept
+    /// keys while the partner still seals to an old one would drop the key it seals to.
+    fn rotation_due(&self) -> Option<Time> {
+        if !self.link.connected {
+            return None;
+        }
+        self.keys.rotation_due(self.cfg.key_rotation())
     }
 
     /// Raises a frame's verification failure. A malformed frame counts too: an honest relay

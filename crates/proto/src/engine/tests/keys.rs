@@ -180,3 +180,33 @@ fn store_loss_re_pairs_even_when_the_lost_store_had_higher_epochs() {
     pair.settle(Duration::from_secs(2));
     assert_eq!(pair.b.delivered_ids(), vec![m]);
 }
+
+#[test]
+fn an_expired_partner_key_is_one_alarm_and_still_used() {
+    let mut cfg = EngineConfig::default();
+    cfg.set_key_rotation(Duration::from_secs(60)).unwrap();
+    let mut pair = Pair::new(cfg, 97);
+    // jp goes away: it keeps rotating, but no newer announcement reaches us; its last one
+    // expires two rotations after it was made.
+    pair.disconnect(Side::B);
+    pair.drive_for(Duration::from_secs(119));
+    assert_eq!(alarms_of(&pair, Side::A, &AlarmKind::PartnerKeyExpired), 0);
+    pair.drive_for(Duration::from_secs(60));
+    assert_eq!(alarms_of(&pair, Side::A, &AlarmKind::PartnerKeyExpired), 1);
+    pair.drive_for(Duration::from_secs(600));
+    assert_eq!(
+        alarms_of(&pair, Side::A, &AlarmKind::PartnerKeyExpired),
+        1,
+        "once per epoch"
+    );
+    // Still sealed to it: a crisis is no time to stop sending.
+    let m = pair.send(Side::A, Flash, "sealed to an expired key");
+    pair.settle(Duration::from_millis(500));
+    assert!(pair.a.engine.outbox().any(|e| e.id == m));
+    let status = pair.a.engine.status();
+    assert_eq!(status.lanes[Flash.index()].awaiting_key, 0);
+    // jp is back with a fresh key: the message arrives.
+    pair.connect(Side::B);
+    pair.drive_for(Duration::from_secs(15));
+    assert_eq!(pair.b.delivered_ids(), vec![m]);
+}
