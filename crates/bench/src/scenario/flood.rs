@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use hotline_proto::Precedence;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{finish, phase, plot_phase, print_phase, ratio, started_cluster};
 use crate::cli::Options;
@@ -91,13 +91,7 @@ pub(super) async fn flood(
     for p in [&probe, &idle, &flooded] {
         counts.add(&p.counts);
     }
-    let flash_json = |p: &PhaseResult| {
-        json!({
-            "accepted": p.stats.summary(Level::Accepted, flash),
-            "delivered": p.stats.summary(Level::Delivered, flash),
-            "round_trip": p.stats.summary(Level::RoundTrip, flash),
-        })
-    };
+    let flash_json = |p: &PhaseResult| super::ack_levels_json(p, flash);
     let mut report = Report::new("flood", params, &flooded, date)
         .with("max_throughput_msgs_per_s", round2(max))
         .with("routine_offered_rate_msgs_per_s", round2(routine_rate))

@@ -261,3 +261,13 @@ fn floor_params(opts: &Options) -> FloorParams {
 fn ratio(a: u64, b: u64) -> f64 {
     if b == 0 { 0.0 } else { a as f64 / b as f64 }
 }
+
+/// A phase's `accepted`, `delivered` and round-trip summaries for one group, as the JSON
+/// reports of the scenarios that compare phases write them.
+fn ack_levels_json(r: &PhaseResult, group: Group) -> Value {
+    serde_json::json!({
+        "accepted": r.stats.summary(Level::Accepted, group),
+        "delivered": r.stats.summary(Level::Delivered, group),
+        "round_trip": r.stats.summary(Level::RoundTrip, group),
+    })
+}

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use anyhow::{Result, bail};
 use hotline_proto::Precedence;
 use hotline_proto::wire::MAX_BODY_LEN;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{finish, phase, plot_phase, print_phase, started_cluster};
 use crate::cli::Options;
@@ -144,13 +144,7 @@ pub(super) async fn neighbours(
     for r in [&p.idle, &p.quiet, &p.noisy] {
         counts.add(&r.counts);
     }
-    let flash_json = |r: &PhaseResult| {
-        json!({
-            "accepted": r.stats.summary(Level::Accepted, flash),
-            "delivered": r.stats.summary(Level::Delivered, flash),
-            "round_trip": r.stats.summary(Level::RoundTrip, flash),
-        })
-    };
+    let flash_json = |r: &PhaseResult| super::ack_levels_json(r, flash);
     let mut report = Report::new("neighbours", params, &p.quiet, date)
         .with("quiet_flash_idle", flash_json(&p.idle))
         .with("quiet_flash_flood", flash_json(&p.quiet))
