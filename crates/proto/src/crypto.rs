@@ -2,7 +2,8 @@
 //!
 //! Every primitive comes from a maintained crate: Ed25519 and SHA-256 and ChaCha20-Poly1305
 //! from `ring`, HPKE (RFC 9180) with the X-Wing post-quantum hybrid KEM (ML-KEM-768 + X25519)
-//! from `hpke`. Nothing here is home-made; this module only fixes *how* they are combined:
+//! from `hpke`. Nothing here is home-made; this module only fixes *how* they are combined (its
+//! length past 600 lines is its unit tests, kept beside the primitives they pin down):
 //!
 //! - **One HPKE setup per channel, direction and key epoch** ([`SendSession`] /
 //!   [`RecvSession`]). The HPKE context is used in export-only mode: each message gets its own

@@ -275,3 +275,20 @@ pub fn envelope_on(
 }
 
 pub use hotline_proto::testing::{delivered, envelope as envelope_sized, id, message_id};
+
+/// `GET path` over plain HTTP/1.1 to `addr` (the relay's metrics listener): the whole response,
+/// head included. Panics if it takes more than 30 s.
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    })
+    .await
+    .unwrap()
+}

@@ -20,7 +20,6 @@ use hotline_net::tls::{self, Credentials};
 use hotline_proto::Precedence;
 use hotline_relay::testing::*;
 use hotline_relay::{CloseReason, HandshakeLimits, Server, ServerConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinSet;
 
 const R: Precedence = Precedence::Routine;
@@ -378,18 +377,4 @@ async fn garbage_datagrams_start_no_handshake() {
         0,
         "a garbage datagram started a handshake:\n{text}"
     );
-}
-
-async fn http_get(addr: SocketAddr, path: &str) -> String {
-    tokio::time::timeout(WAIT, async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        out
-    })
-    .await
-    .unwrap()
 }

@@ -7,7 +7,6 @@
     reason = "helpers outside #[test] functions fail the test loudly too"
 )]
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use hotline_net::quic::{self, Timeouts};
@@ -20,7 +19,6 @@ use hotline_proto::wire::{
 };
 use hotline_relay::testing::*;
 use hotline_relay::{CloseReason, Server, ServerConfig, Ttl};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Fixture {
     dir: TestPki,
@@ -389,18 +387,4 @@ async fn shutdown_closes_connections_with_a_reason() {
         app_close_code(&us.closed_with().await),
         Some(CloseReason::Shutdown)
     );
-}
-
-async fn http_get(addr: SocketAddr, path: &str) -> String {
-    tokio::time::timeout(WAIT, async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        out
-    })
-    .await
-    .unwrap()
 }

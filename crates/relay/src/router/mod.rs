@@ -68,6 +68,9 @@
 //!   first, `flash` last (rule in `budget`). Nothing is dropped without telling its sender, and
 //!   nothing already accepted is dropped to make room.
 //!
+//! The facade is long for its doc and one-line routing methods; each kind of work lives in its
+//! own file (`frames`, `queue`, `commit`, `budget`, `identity`, `restore`, `inspect`).
+//!
 //! Invariant: for each destination, every queued envelope is in exactly one lane, and is listed
 //! as unwritten in that lane exactly when its state is [`ItemState::Unwritten`]; queued byte
 //! counts equal the sum of the queued frames' lengths, per destination and, for envelopes, per

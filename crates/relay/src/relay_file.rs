@@ -1,0 +1,611 @@
+//! `relay.toml` into the library's typed [`ServerConfig`]: parse, check every number against
+//! its range (the error names the key and the range), resolve paths against the file's
+//! directory, and load and check the CA, certificate, key and CRL (files read with a size cap).
+//!
+//! Part of the `hotline-relay` binary only; the library takes a [`ServerConfig`] and never
+//! reads a file of settings. Every key is documented, with its default, in
+//! `deploy/relay.example.toml`, which a test here parses.
+
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use hotline_net::bounds::{MAX_CONFIG_BYTES, OutOfRange, check_range, read_capped};
+use hotline_net::tls;
+use hotline_proto::EndpointId;
+use hotline_relay::{Credentials, HandshakeLimits, IdentityLimits, ServerConfig, Timeouts, Ttl};
+use rustls_pki_types::CertificateDer;
+use serde::Deserialize;
+use x509_parser::certificate::X509Certificate;
+
+/// The relay configuration file. Every key is documented, with its default, in
+/// `deploy/relay.example.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    /// UDP address to listen on.
+    listen: SocketAddr,
+    /// State directory (holds the store `relay.redb` and the stateless-reset key).
+    data_dir: PathBuf,
+    /// CA certificate(s), PEM.
+    ca: PathBuf,
+    /// Relay certificate chain, PEM.
+    cert: PathBuf,
+    /// Relay private key, PEM.
+    key: PathBuf,
+    /// Certificate revocation list, PEM; none by default.
+    #[serde(default)]
+    crl: Option<PathBuf>,
+    /// TCP address for `GET /metrics`; off by default.
+    #[serde(default)]
+    metrics: Option<SocketAddr>,
+    /// QUIC keep-alive interval in milliseconds, 100 ..= 60000.
+    #[serde(default = "cfg_defaults::keep_alive_ms")]
+    keep_alive_ms: u64,
+    /// QUIC idle timeout in milliseconds, 1000 ..= 3600000 and above `keep_alive_ms`.
+    #[serde(default = "cfg_defaults::idle_timeout_ms")]
+    idle_timeout_ms: u64,
+    /// Bytes queued for one endpoint past which routine messages are refused,
+    /// [`MAX_QUEUE_BYTES_RANGE`].
+    #[serde(default = "cfg_defaults::max_queue_bytes_per_endpoint")]
+    max_queue_bytes_per_endpoint: u64,
+    /// Envelope bytes queued for all endpoints together, shared out in per-sender quotas,
+    /// [`MAX_QUEUED_BYTES_TOTAL_RANGE`].
+    #[serde(default = "cfg_defaults::max_queued_bytes_total")]
+    max_queued_bytes_total: u64,
+    /// Time-to-live of queued envelopes per transport lane, `[ttl]`.
+    #[serde(default)]
+    ttl: TtlConfig,
+    /// Limits on connections that have not said Hello yet, `[handshake]`.
+    #[serde(default)]
+    handshake: HandshakeConfig,
+    /// What to do when two connections claim one identity, `[identity]`.
+    #[serde(default)]
+    identity: IdentityConfig,
+    /// The hotlines, `[[hotline]]` tables.
+    #[serde(default, rename = "hotline")]
+    hotlines: Vec<HotlineConfig>,
+}
+
+/// One `[[hotline]]`: two endpoint ids, as in their certificates.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HotlineConfig {
+    a: EndpointId,
+    b: EndpointId,
+}
+
+/// `[ttl]`: seconds a queued envelope is held per transport lane, [`TTL_S_RANGE`]; 0 holds it
+/// until delivered.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TtlConfig {
+    /// Default 86400 (one day).
+    #[serde(default = "cfg_defaults::ttl_routine_s")]
+    routine_s: u64,
+    /// Default 172800 (two days).
+    #[serde(default = "cfg_defaults::ttl_priority_s")]
+    priority_s: u64,
+    /// Default 259200 (three days).
+    #[serde(default = "cfg_defaults::ttl_immediate_s")]
+    immediate_s: u64,
+    /// Default 604800 (seven days).
+    #[serde(default = "cfg_defaults::ttl_flash_s")]
+    flash_s: u64,
+}
+
+impl Default for TtlConfig {
+    fn default() -> Self {
+        Self {
+            routine_s: cfg_defaults::ttl_routine_s(),
+            priority_s: cfg_defaults::ttl_priority_s(),
+            immediate_s: cfg_defaults::ttl_immediate_s(),
+            flash_s: cfg_defaults::ttl_flash_s(),
+        }
+    }
+}
+
+/// `[handshake]`: limits on connections between their first packet and their Hello. Every key
+/// is optional; the defaults are [`HandshakeLimits::default`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HandshakeConfig {
+    /// Attempts per second from unvalidated addresses before QUIC Retry, 1 ..= 100000.
+    unvalidated_per_second: Option<u64>,
+    /// Handshakes in progress at once, 1 ..= 1000000.
+    max_handshakes: Option<u64>,
+    /// Of those, per remote IP address, 1 ..= 1000000.
+    max_per_address: Option<u64>,
+    /// Of those past TLS, per identity, 1 ..= 1000.
+    max_per_identity: Option<u64>,
+    /// Time from first packet to Hello, milliseconds, 500 ..= 60000.
+    hello_timeout_ms: Option<u64>,
+}
+
+impl HandshakeConfig {
+    fn into_limits(self) -> Result<HandshakeLimits, OutOfRange> {
+        let mut l = HandshakeLimits::default();
+        let key = |k: &str| format!("[handshake] {k}");
+        if let Some(v) = self.unvalidated_per_second {
+            let v = check_range(&key("unvalidated_per_second"), v, 1..=100_000)?;
+            l.unvalidated_per_second = u32::try_from(v).unwrap_or(u32::MAX);
+        }
+        if let Some(v) = self.max_handshakes {
+            l.max_handshakes = as_usize(check_range(&key("max_handshakes"), v, 1..=1_000_000)?);
+        }
+        if let Some(v) = self.max_per_address {
+            l.max_per_address = as_usize(check_range(&key("max_per_address"), v, 1..=1_000_000)?);
+        }
+        if let Some(v) = self.max_per_identity {
+            l.max_per_identity = as_usize(check_range(&key("max_per_identity"), v, 1..=1000)?);
+        }
+        if let Some(v) = self.hello_timeout_ms {
+            l.hello_timeout =
+                Duration::from_millis(check_range(&key("hello_timeout_ms"), v, 500..=60_000)?);
+        }
+        Ok(l)
+    }
+}
+
+/// `[identity]`: how the relay stops two connections with one identity from displacing each
+/// other. Every key is optional; the defaults are [`IdentityLimits::default`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdentityConfig {
+    /// Displacements within the window after which newcomers are refused, 0 ..= 1000.
+    flips: Option<u64>,
+    /// The window, seconds, 1 ..= 86400.
+    window_s: Option<u64>,
+    /// First back-off, seconds, 1 ..= 86400.
+    backoff_s: Option<u64>,
+    /// Longest back-off, seconds, 1 ..= 604800, and at least `backoff_s`.
+    max_backoff_s: Option<u64>,
+}
+
+impl IdentityConfig {
+    fn into_limits(self) -> anyhow::Result<IdentityLimits> {
+        let mut l = IdentityLimits::default();
+        let key = |k: &str| format!("[identity] {k}");
+        if let Some(v) = self.flips {
+            l.flips = u32::try_from(check_range(&key("flips"), v, 0..=1000)?).unwrap_or(u32::MAX);
+        }
+        if let Some(v) = self.window_s {
+            l.window = Duration::from_secs(check_range(&key("window_s"), v, 1..=86_400)?);
+        }
+        if let Some(v) = self.backoff_s {
+            l.backoff = Duration::from_secs(check_range(&key("backoff_s"), v, 1..=86_400)?);
+        }
+        if let Some(v) = self.max_backoff_s {
+            l.max_backoff =
+                Duration::from_secs(check_range(&key("max_backoff_s"), v, 1..=604_800)?);
+        }
+        if l.max_backoff < l.backoff {
+            bail!("[identity] max_backoff_s must be at least backoff_s");
+        }
+        Ok(l)
+    }
+}
+
+fn as_usize(v: u64) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
+}
+
+/// Allowed `max_queue_bytes_per_endpoint`: 1 MiB (room for the largest envelope) to 64 GiB.
+const MAX_QUEUE_BYTES_RANGE: RangeInclusive<u64> = 1 << 20..=64 << 30;
+
+/// Allowed `max_queued_bytes_total`: 16 MiB (a few of the largest envelopes) to 1 TiB.
+const MAX_QUEUED_BYTES_TOTAL_RANGE: RangeInclusive<u64> = 16 << 20..=1 << 40;
+
+/// Allowed non-zero `[ttl]` values: 1 s to 366 days. Far larger ones would overflow the
+/// relay's clock arithmetic.
+const TTL_S_RANGE: RangeInclusive<u64> = 1..=366 * 24 * 3600;
+
+impl TtlConfig {
+    fn into_ttl(self) -> Result<Ttl, OutOfRange> {
+        let secs = |key: &str, s: u64| match s {
+            0 => Ok(None),
+            s => check_range(key, s, TTL_S_RANGE).map(|s| Some(Duration::from_secs(s))),
+        };
+        Ok(Ttl {
+            routine: secs("[ttl] routine_s (0 = until delivered)", self.routine_s)?,
+            priority: secs("[ttl] priority_s (0 = until delivered)", self.priority_s)?,
+            immediate: secs("[ttl] immediate_s (0 = until delivered)", self.immediate_s)?,
+            flash: secs("[ttl] flash_s (0 = until delivered)", self.flash_s)?,
+        })
+    }
+}
+
+mod cfg_defaults {
+    use hotline_relay::Ttl;
+
+    pub(crate) fn ttl_routine_s() -> u64 {
+        Ttl::DEFAULT_ROUTINE.as_secs()
+    }
+    pub(crate) fn ttl_priority_s() -> u64 {
+        Ttl::DEFAULT_PRIORITY.as_secs()
+    }
+    pub(crate) fn ttl_immediate_s() -> u64 {
+        Ttl::DEFAULT_IMMEDIATE.as_secs()
+    }
+    pub(crate) fn ttl_flash_s() -> u64 {
+        Ttl::DEFAULT_FLASH.as_secs()
+    }
+
+    pub(crate) fn keep_alive_ms() -> u64 {
+        1000
+    }
+    pub(crate) fn idle_timeout_ms() -> u64 {
+        5000
+    }
+    pub(crate) fn max_queue_bytes_per_endpoint() -> u64 {
+        hotline_relay::Limits::DEFAULT_MAX_QUEUE_BYTES
+    }
+    pub(crate) fn max_queued_bytes_total() -> u64 {
+        hotline_relay::Limits::DEFAULT_MAX_QUEUED_BYTES_TOTAL
+    }
+}
+
+/// Reads `path` and turns it into a [`ServerConfig`]: parses, resolves relative paths against
+/// the file's directory, loads the CA, certificate, key and CRL, checks that the certificates
+/// are valid now and that the TLS configuration builds (the key matches the certificate).
+pub(crate) fn load(path: &Path) -> anyhow::Result<ServerConfig> {
+    let text = String::from_utf8(read_capped(path, MAX_CONFIG_BYTES)?)
+        .with_context(|| format!("{} is not UTF-8", path.display()))?;
+    let config: Config = toml::from_str(&text).map_err(|e| {
+        // A missing key has no line of its own (its span is the enclosing table).
+        let line = e
+            .span()
+            .filter(|_| !e.message().starts_with("missing field"))
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        let message = e.message().replace('\n', " ");
+        match line {
+            Some(line) => anyhow::anyhow!("{} line {line}: {message}", path.display()),
+            None => anyhow::anyhow!("{}: {message}", path.display()),
+        }
+    })?;
+    config
+        .into_server_config(path.parent().unwrap_or(Path::new(".")))
+        .with_context(|| path.display().to_string())
+}
+
+impl Config {
+    fn into_server_config(self, base: &Path) -> anyhow::Result<ServerConfig> {
+        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        if self.hotlines.is_empty() {
+            bail!("no [[hotline]] configured");
+        }
+        let mut hotlines = Vec::with_capacity(self.hotlines.len());
+        for h in self.hotlines {
+            if h.a == h.b {
+                bail!("hotline {}:{} pairs an endpoint with itself", h.a, h.b);
+            }
+            hotlines.push((h.a, h.b));
+        }
+        let timeouts = Timeouts::from_millis(self.keep_alive_ms, self.idle_timeout_ms)?;
+        let max_queue_bytes_per_endpoint = check_range(
+            "max_queue_bytes_per_endpoint",
+            self.max_queue_bytes_per_endpoint,
+            MAX_QUEUE_BYTES_RANGE,
+        )?;
+        let max_queued_bytes_total = check_range(
+            "max_queued_bytes_total",
+            self.max_queued_bytes_total,
+            MAX_QUEUED_BYTES_TOTAL_RANGE,
+        )?;
+        let ttl = self.ttl.into_ttl()?;
+        let handshake = self.handshake.into_limits()?;
+        let identity = self.identity.into_limits()?;
+
+        let ca_path = resolve(self.ca);
+        let ca = tls::load_certs(&ca_path).map_err(one_line)?;
+        for cert in &ca {
+            tls::check_valid_now(cert)
+                .map_err(one_line)
+                .with_context(|| format!("ca {}", ca_path.display()))?;
+            check_is_ca(cert).with_context(|| format!("ca {}", ca_path.display()))?;
+        }
+        let (cert_path, key_path) = (resolve(self.cert), resolve(self.key));
+        let credentials = Credentials::load(&cert_path, &key_path).map_err(one_line)?;
+        for cert in &credentials.certs {
+            tls::check_valid_now(cert)
+                .map_err(one_line)
+                .with_context(|| format!("cert {}", cert_path.display()))?;
+        }
+        if let Some(leaf) = credentials.certs.first() {
+            check_server_usage(leaf).with_context(|| format!("cert {}", cert_path.display()))?;
+        }
+        check_issued_by(&credentials.certs, &ca).with_context(|| {
+            format!(
+                "cert {} is not issued by ca {}",
+                cert_path.display(),
+                ca_path.display()
+            )
+        })?;
+        let crls = match self.crl {
+            Some(p) => vec![tls::load_crl(&resolve(p)).map_err(one_line)?],
+            None => Vec::new(),
+        };
+        let config = ServerConfig {
+            listen: self.listen,
+            ca,
+            credentials,
+            crls,
+            data_dir: resolve(self.data_dir),
+            hotlines,
+            timeouts,
+            max_queue_bytes_per_endpoint,
+            max_queued_bytes_total,
+            ttl,
+            identity,
+            handshake,
+            metrics: self.metrics,
+        };
+        config.quic_config().map_err(one_line).with_context(|| {
+            format!(
+                "cert {} with key {}",
+                cert_path.display(),
+                key_path.display()
+            )
+        })?;
+        Ok(config)
+    }
+}
+
+/// A TLS error as one clause: its own message only (its source repeats it), and words for the
+/// common mistake of a key that belongs to another certificate.
+fn one_line(e: tls::TlsError) -> anyhow::Error {
+    match e {
+        tls::TlsError::Rustls(rustls::Error::InconsistentKeys(_)) => {
+            anyhow::anyhow!("the key does not match the certificate")
+        }
+        e => anyhow::anyhow!("{e}"),
+    }
+}
+
+fn parse<'a>(cert: &'a CertificateDer<'_>) -> anyhow::Result<X509Certificate<'a>> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| anyhow::anyhow!("certificate does not parse: {e}"))?;
+    Ok(parsed)
+}
+
+/// A trust anchor must be a CA certificate: a node or relay certificate named as `ca` would
+/// otherwise be accepted by the verifier and fail every handshake.
+fn check_is_ca(cert: &CertificateDer<'_>) -> anyhow::Result<()> {
+    let parsed = parse(cert)?;
+    if !parsed.is_ca() {
+        bail!("{} is not a CA certificate", parsed.subject());
+    }
+    Ok(())
+}
+
+/// Nodes verify the relay as a TLS server: its certificate must allow server authentication.
+fn check_server_usage(cert: &CertificateDer<'_>) -> anyhow::Result<()> {
+    let parsed = parse(cert)?;
+    let eku = parsed
+        .extended_key_usage()
+        .map_err(|e| anyhow::anyhow!("bad extended key usage: {e}"))?;
+    if let Some(eku) = eku {
+        if !eku.value.any && !eku.value.server_auth {
+            bail!(
+                "{} is not a server certificate (no serverAuth extended key usage)",
+                parsed.subject()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Each certificate of `chain` is signed by the next, and the last by (or equal to) one of `ca`,
+/// so nodes trusting `ca` will accept the relay.
+fn check_issued_by(chain: &[CertificateDer<'_>], ca: &[CertificateDer<'_>]) -> anyhow::Result<()> {
+    let parsed = chain
+        .iter()
+        .map(parse)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for pair in parsed.windows(2) {
+        pair[0]
+            .verify_signature(Some(pair[1].public_key()))
+            .map_err(|_| {
+                anyhow::anyhow!("{} does not sign {}", pair[1].subject(), pair[0].subject())
+            })?;
+    }
+    let (Some(top), Some(top_der)) = (parsed.last(), chain.last()) else {
+        bail!("empty certificate chain");
+    };
+    if ca.iter().any(|c| c == top_der) {
+        return Ok(());
+    }
+    for anchor in ca {
+        if top
+            .verify_signature(Some(parse(anchor)?.public_key()))
+            .is_ok()
+        {
+            return Ok(());
+        }
+    }
+    bail!("its issuer is {}", top.issuer())
+}
+
+#[cfg(test)]
+mod tests {
+    use hotline_relay::testing::{RELAY_TOML as MINIMAL, TestPki};
+
+    use super::*;
+
+    fn pki_dir() -> TestPki {
+        TestPki::generate(&["us", "jp"])
+    }
+
+    fn load_text(dir: &Path, text: &str) -> anyhow::Result<ServerConfig> {
+        let path = dir.join("relay.toml");
+        std::fs::write(&path, text).unwrap();
+        load(&path)
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults_and_resolved_paths() {
+        let dir = pki_dir();
+        let c = load_text(dir.path(), MINIMAL).unwrap();
+        assert_eq!(c.data_dir, dir.path().join("data/relay"));
+        assert_eq!(c.timeouts, Timeouts::default());
+        assert_eq!(c.max_queue_bytes_per_endpoint, 256 * 1024 * 1024);
+        assert_eq!(c.max_queued_bytes_total, 1024 * 1024 * 1024);
+        assert_eq!(c.ttl, Ttl::default());
+        assert_eq!(c.ttl.routine, Some(Duration::from_secs(86_400)));
+        assert_eq!(c.metrics, None);
+        assert!(c.crls.is_empty());
+        assert_eq!(c.hotlines.len(), 1);
+    }
+
+    #[test]
+    fn the_example_file_parses() {
+        let example = include_str!("../../../deploy/relay.example.toml");
+        let config: Config = toml::from_str(example).unwrap();
+        assert_eq!(config.keep_alive_ms, 1000);
+        assert_eq!(config.idle_timeout_ms, 5000);
+        assert_eq!(config.max_queue_bytes_per_endpoint, 268_435_456);
+        assert_eq!(config.max_queued_bytes_total, 1_073_741_824);
+        assert_eq!(config.ttl.into_ttl(), Ok(Ttl::default()));
+        assert_eq!(config.hotlines.len(), 2);
+    }
+
+    #[test]
+    fn ttl_keys_are_seconds_and_zero_is_never() {
+        let dir = pki_dir();
+        let text = MINIMAL.replace(
+            "[[hotline]]",
+            "[ttl]\nroutine_s = 60\nflash_s = 0\n[[hotline]]",
+        );
+        let c = load_text(dir.path(), &text).unwrap();
+        assert_eq!(c.ttl.routine, Some(Duration::from_secs(60)));
+        assert_eq!(c.ttl.priority, Some(Ttl::DEFAULT_PRIORITY));
+        assert_eq!(c.ttl.flash, None);
+        let bad = MINIMAL.replace("[[hotline]]", "[ttl]\nroutine = 60\n[[hotline]]");
+        let e = format!("{:#}", load_text(dir.path(), &bad).unwrap_err());
+        assert!(e.contains("routine") && e.contains("line"), "{e}");
+    }
+
+    #[test]
+    fn errors_are_one_line_naming_the_problem() {
+        let dir = pki_dir();
+        let err = |text: &str| format!("{:#}", load_text(dir.path(), text).unwrap_err());
+
+        let e = err(&format!("listen_port = 4\n{MINIMAL}"));
+        assert!(e.contains("listen_port") && e.contains("line"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+
+        let e = err(&MINIMAL.replace("b = \"jp\"", "b = \"us\""));
+        assert!(e.contains("us:us"), "{e}");
+
+        let e = err(&MINIMAL.replace("b = \"jp\"", "b = \"JP\""));
+        assert!(e.contains("line 9"), "{e}");
+
+        let e = err(&MINIMAL.replace("relay.key", "us.key"));
+        assert!(e.contains("relay.pem") && e.contains("us.key"), "{e}");
+
+        let e = err(&MINIMAL.replace("ca.pem", "missing.pem"));
+        assert!(e.contains("missing.pem"), "{e}");
+
+        let e = err(&format!("keep_alive_ms = 9000\n{MINIMAL}"));
+        assert!(e.contains("keep_alive_ms"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_numbers_name_the_key_and_range() {
+        let dir = pki_dir();
+        let err = |text: &str| format!("{:#}", load_text(dir.path(), text).unwrap_err());
+
+        let e = err(&format!(
+            "idle_timeout_ms = 18446744073709551615\n{MINIMAL}"
+        ));
+        assert!(
+            e.contains(
+                "idle_timeout_ms must be between 1000 and 3600000, got 18446744073709551615"
+            ),
+            "{e}"
+        );
+        let e = err(&format!("keep_alive_ms = 0\n{MINIMAL}"));
+        assert!(
+            e.contains("keep_alive_ms must be between 100 and 60000, got 0"),
+            "{e}"
+        );
+        let e = err(&format!("max_queue_bytes_per_endpoint = 1\n{MINIMAL}"));
+        assert!(
+            e.contains(
+                "max_queue_bytes_per_endpoint must be between 1048576 and 68719476736, got 1"
+            ),
+            "{e}"
+        );
+        let e = err(&format!("max_queued_bytes_total = 0\n{MINIMAL}"));
+        assert!(
+            e.contains("max_queued_bytes_total must be between 16777216 and 1099511627776, got 0"),
+            "{e}"
+        );
+        let e = err(&MINIMAL.replace(
+            "[[hotline]]",
+            "[ttl]\nflash_s = 18446744073709551615\n[[hotline]]",
+        ));
+        assert!(
+            e.contains("flash_s (0 = until delivered) must be between 1 and 31622400"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn handshake_and_identity_limits_are_read_and_range_checked() {
+        let dir = pki_dir();
+        let with =
+            |section: &str| MINIMAL.replace("[[hotline]]", &format!("{section}\n[[hotline]]"));
+        let c = load_text(
+            dir.path(),
+            &with("[handshake]\nmax_per_identity = 2\nhello_timeout_ms = 2000\n[identity]\nflips = 5\nbackoff_s = 10"),
+        )
+        .unwrap();
+        assert_eq!(c.handshake.max_per_identity, 2);
+        assert_eq!(c.handshake.hello_timeout, Duration::from_secs(2));
+        assert_eq!(
+            c.handshake.max_handshakes,
+            HandshakeLimits::default().max_handshakes
+        );
+        assert_eq!(c.identity.flips, 5);
+        assert_eq!(c.identity.backoff, Duration::from_secs(10));
+        assert_eq!(c.identity.window, IdentityLimits::default().window);
+
+        let err = |text: &str| format!("{:#}", load_text(dir.path(), text).unwrap_err());
+        let e = err(&with("[handshake]\nhello_timeout_ms = 0"));
+        assert!(
+            e.contains("[handshake] hello_timeout_ms must be between 500 and 60000, got 0"),
+            "{e}"
+        );
+        let e = err(&with("[identity]\nbackoff_s = 100\nmax_backoff_s = 10"));
+        assert!(
+            e.contains("max_backoff_s must be at least backoff_s"),
+            "{e}"
+        );
+        let e = err(&with("[identity]\nflipz = 1"));
+        assert!(e.contains("flipz"), "{e}");
+    }
+
+    #[test]
+    fn dev_zero_as_ca_crl_or_config_is_refused_naming_the_path() {
+        let dir = pki_dir();
+        let started = std::time::Instant::now();
+        let err = |text: &str| format!("{:#}", load_text(dir.path(), text).unwrap_err());
+        let e = err(&MINIMAL.replace("ca.pem", "/dev/zero"));
+        assert!(
+            e.contains("/dev/zero") && e.contains("4194304-byte limit"),
+            "{e}"
+        );
+        let e = err(&format!("crl = \"/dev/zero\"\n{MINIMAL}"));
+        assert!(e.contains("/dev/zero") && e.contains("limit"), "{e}");
+        let e = format!("{:#}", load(Path::new("/dev/zero")).unwrap_err());
+        assert!(
+            e.contains("/dev/zero") && e.contains("1048576-byte limit"),
+            "{e}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+}
