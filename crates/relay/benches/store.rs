@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hotline_proto::{EndpointId, Precedence, Time};
-use hotline_relay::router::{CommitId, StoreOp, StoredEnvelope};
+use hotline_relay::router::{CommitId, StoreOp, StoredEnvelope, WriteClass};
 use hotline_relay::store::{self, Request, Store};
 
 const ENVELOPE_BYTES: usize = 1024;
@@ -95,7 +95,10 @@ fn group_commit(n: u64, window: Option<u64>) -> Run {
         std::thread::spawn(move || {
             store::group_commit(&mut store, &rx, |c| {
                 let (lock, cv) = &*committed;
-                *lock.lock().unwrap() = c.upto.0;
+                // Every write here is bulk (routine), so commits come in issue order.
+                if let Some(last) = c.writes.last() {
+                    *lock.lock().unwrap() = last.0;
+                }
                 cv.notify_all();
             })
             .unwrap();
@@ -115,6 +118,7 @@ fn group_commit(n: u64, window: Option<u64>) -> Run {
         }
         tx.send(Request::Write {
             id: CommitId(id),
+            class: WriteClass::Bulk,
             ops: vec![put(order, &frame, &destination)],
         })
         .unwrap();

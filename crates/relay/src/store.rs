@@ -13,22 +13,25 @@
 //! `meta` table carrying [`SCHEMA_VERSION`]; a store written with another version, or a file with
 //! tables but no version, is refused at startup ([`StoreError::Open`]), never reinterpreted.
 //!
-//! Tables (schema version 1):
+//! Tables (schema version 2):
 //! - `meta`: `&str → u64`, `schema_version`;
 //! - `envelopes`: arrival order `u64 → (destination, lane index, queued_at µs, frame)`;
 //! - `control`: key `u64 → (addressee, frame)`;
 //! - `announcements`: endpoint `&str → (epoch, frame)`.
 //!
-//! Group commit ([`group_commit`]): one writer thread takes the first waiting write, then every
-//! write queued behind it, and commits them all in one transaction (one fsync); as soon as that
-//! commit returns it starts the next one with whatever queued meanwhile. No timer, no batch size:
-//! batches grow exactly as much as the load needs (the server bounds what can queue: a lane's
-//! readers pause while 4 MiB of that lane wait for a commit). So a write (a `flash` envelope,
-//! say) that arrives while a batch of routine envelopes is being committed waits for the end of
-//! that one commit and goes out in the next, which holds only what arrived during that commit:
-//! it is never held behind a routine batch longer than one commit, and its `Accepted` leaves as
-//! soon as its own batch commits.
+//! Group commit ([`group_commit`]): one writer thread takes every write waiting and commits, in
+//! one transaction (one fsync), all the urgent ones and then bulk ones up to
+//! [`BULK_BATCH_BYTES`]; as soon as that commit returns it starts the next one with the rest and
+//! whatever queued meanwhile. No timer: batches grow as the load needs, and the bulk part is
+//! bounded. Urgent writes (flash and immediate envelopes, receipts, notices, announcements:
+//! see [`WriteClass`]) go ahead of bulk ones (routine and priority envelopes) that have not
+//! started, so a flash that arrives during a routine commit waits for that one commit, at most
+//! about [`BULK_BATCH_BYTES`] of routine data, and goes out in the next; it never waits for a
+//! routine batch that started after it arrived. Each class is committed in the order it was
+//! sent; the router guarantees an urgent write never touches a row an earlier uncommitted bulk
+//! write holds, so committing it first is safe.
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::mpsc::{Receiver, TryRecvError};
 
@@ -39,7 +42,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHand
 
 use crate::failpoint;
 use crate::router::{
-    CommitId, Snapshot, StoreOp, StoredAnnouncement, StoredControl, StoredEnvelope,
+    CommitId, Snapshot, StoreOp, StoredAnnouncement, StoredControl, StoredEnvelope, WriteClass,
 };
 
 /// The store's file name inside the data directory.
@@ -168,6 +171,8 @@ pub enum Request {
     Write {
         /// The router's id for this write.
         id: CommitId,
+        /// Its commit queue.
+        class: WriteClass,
         /// The operations, in order.
         ops: Vec<StoreOp>,
     },
@@ -176,64 +181,127 @@ pub enum Request {
 }
 
 /// One group commit, as reported by [`group_commit`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Committed {
-    /// The last write the commit held; it and every earlier one are durable.
-    pub upto: CommitId,
-    /// How many writes it held.
-    pub writes: usize,
+    /// The writes it held, urgent ones first, each class in issue order.
+    pub writes: Vec<CommitId>,
+    /// How many of them were bulk writes.
+    pub bulk: usize,
     /// How many operations it held.
     pub ops: usize,
 }
 
-/// Runs the group-commit loop until [`Request::Stop`] or until every sender is gone: takes the
-/// first waiting write and every write queued behind it, commits them in one transaction, calls
-/// `committed`, and starts again at once (see the module docs). Writes are committed in the
-/// order they were sent. Returns the first store error; nothing after it is committed.
+/// A commit holds at most this many bytes of bulk writes (at least one write, whatever its
+/// size), so an urgent write that arrives during a commit waits for at most this much routine
+/// data to be written and synced before its own commit starts.
+pub const BULK_BATCH_BYTES: u64 = 1024 * 1024;
+
+/// The writes received and not yet committed, per class, each in issue order.
+#[derive(Debug, Default)]
+struct Queued {
+    urgent: VecDeque<(CommitId, Vec<StoreOp>)>,
+    bulk: VecDeque<(CommitId, Vec<StoreOp>)>,
+    stop: bool,
+}
+
+impl Queued {
+    /// Takes `request`; returns whether more may be taken (false after `Stop`).
+    fn take(&mut self, request: Request) -> bool {
+        match request {
+            Request::Write {
+                id,
+                class: WriteClass::Urgent,
+                ops,
+            } => self.urgent.push_back((id, ops)),
+            Request::Write {
+                id,
+                class: WriteClass::Bulk,
+                ops,
+            } => self.bulk.push_back((id, ops)),
+            Request::Stop => self.stop = true,
+        }
+        !self.stop
+    }
+
+    fn is_empty(&self) -> bool {
+        self.urgent.is_empty() && self.bulk.is_empty()
+    }
+
+    /// The next commit: every urgent write, then bulk writes up to [`BULK_BATCH_BYTES`] (all of
+    /// them when stopping). Appends their operations to `ops`.
+    fn next_batch(&mut self, ops: &mut Vec<StoreOp>) -> Committed {
+        let mut writes = Vec::new();
+        for (id, more) in self.urgent.drain(..) {
+            writes.push(id);
+            ops.extend(more);
+        }
+        let mut bulk = 0;
+        let mut bytes = 0;
+        while let Some((_, front)) = self.bulk.front() {
+            let size = bulk_bytes(front);
+            if bulk > 0 && bytes + size > BULK_BATCH_BYTES && !self.stop {
+                break;
+            }
+            let Some((id, more)) = self.bulk.pop_front() else {
+                break;
+            };
+            bytes += size;
+            bulk += 1;
+            writes.push(id);
+            ops.extend(more);
+        }
+        Committed {
+            writes,
+            bulk,
+            ops: ops.len(),
+        }
+    }
+}
+
+fn bulk_bytes(ops: &[StoreOp]) -> u64 {
+    ops.iter()
+        .map(|op| match op {
+            StoreOp::PutEnvelope(e) => e.bytes.len() as u64,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Runs the group-commit loop until [`Request::Stop`] or until every sender is gone: takes every
+/// write waiting, commits all the urgent ones and a bounded batch of bulk ones in one
+/// transaction (urgent first), calls `committed`, and starts again at once with the rest and
+/// whatever queued meanwhile (see the module docs). Each class is committed in the order it was
+/// sent. Returns the first store error; nothing after it is committed.
 pub fn group_commit(
     store: &mut Store,
     requests: &Receiver<Request>,
     mut committed: impl FnMut(Committed),
 ) -> Result<(), StoreError> {
+    let mut queued = Queued::default();
     let mut ops = Vec::new();
     loop {
-        let Ok(first) = requests.recv() else {
-            return Ok(());
-        };
-        let mut stop = false;
-        let mut upto = None;
-        let mut writes = 0;
-        let mut take = |request: Request, ops: &mut Vec<StoreOp>| match request {
-            Request::Write { id, ops: more } => {
-                upto = Some(id);
-                writes += 1;
-                ops.extend(more);
-                true
-            }
-            Request::Stop => {
-                stop = true;
-                false
-            }
-        };
-        let mut more = take(first, &mut ops);
+        if queued.is_empty() && !queued.stop {
+            let Ok(first) = requests.recv() else {
+                return Ok(());
+            };
+            queued.take(first);
+        }
+        let mut more = !queued.stop;
         while more {
             match requests.try_recv() {
-                Ok(request) => more = take(request, &mut ops),
+                Ok(request) => more = queued.take(request),
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => more = false,
             }
         }
-        if let Some(upto) = upto {
+        if !queued.is_empty() {
+            let batch = queued.next_batch(&mut ops);
             failpoint::hit(failpoint::BEFORE_COMMIT);
             store.commit(&ops)?;
             failpoint::hit(failpoint::AFTER_COMMIT_BEFORE_ACCEPTED);
-            committed(Committed {
-                upto,
-                writes,
-                ops: ops.len(),
-            });
+            committed(batch);
             ops.clear();
         }
-        if stop {
+        if queued.stop && queued.is_empty() {
             return Ok(());
         }
     }

@@ -16,7 +16,7 @@ use hotline_proto::{EndpointId, Lane, MessageId, Time};
 use tracing::{debug, info, trace, warn};
 
 use super::budget::{self, OverBudget};
-use super::commit::Deferred;
+use super::commit::{After, Deferred};
 use super::persist::{StoreOp, StoredAnnouncement, StoredControl, StoredEnvelope};
 use super::queue::{AnnouncementOrder, ControlFrame, Item, ItemKey};
 use super::{ConnId, Output, Router, encode, len};
@@ -53,6 +53,7 @@ impl Router {
             return;
         };
         let dest_conn = dest.conn;
+        let queued_order = dest.items.get(&key).map(|i| i.order);
         let outcome = if let Some(old) = dest.items.get(&key).map(|i| i.lane) {
             let escalated = if transport > old {
                 dest.escalate(&mut self.usage, &key, transport, bytes.clone())
@@ -83,7 +84,9 @@ impl Router {
                 Outcome::Duplicate
             }
         } else {
-            let queued = dest.queued_bytes();
+            // The bound is per sender: a destination in several hotlines gives each partner the
+            // whole bound, so one partner's backlog never refuses another's traffic.
+            let queued = dest.queued_from(from);
             let bound = limits.bound(transport);
             let size = len(&bytes);
             if queued.saturating_add(size) > bound {
@@ -122,7 +125,7 @@ impl Router {
         match outcome {
             Outcome::Overloaded { queued, bound } => {
                 let detail = format!(
-                    "{recipient} has {queued} bytes queued; {transport} is refused above {bound}"
+                    "{recipient} has {queued} bytes queued from {from}; {transport} is refused above {bound}"
                 );
                 self.refuse(conn, from, Some(id), RefusalCode::Overloaded, detail);
             }
@@ -137,13 +140,21 @@ impl Router {
                         stream: Lane::Precedence(transport),
                     });
                 }
-                // The write that holds it (or, for a duplicate, every write so far) first.
+                // The write that holds it first: this input's, or for a duplicate the last
+                // uncommitted write of its row, if any.
                 let reply = encode(&Frame::Accepted(Accepted { id, durable: true }));
-                self.after_commit(Deferred::Reply {
-                    conn,
-                    to: from.clone(),
-                    bytes: reply,
-                });
+                let after = match (&outcome, queued_order) {
+                    (Outcome::Duplicate, Some(order)) => After::Row(order),
+                    _ => After::Staged,
+                };
+                self.after_commit(
+                    after,
+                    Deferred::Reply {
+                        conn,
+                        to: from.clone(),
+                        bytes: reply,
+                    },
+                );
             }
         }
     }
@@ -348,14 +359,17 @@ impl Router {
             addressee: to.clone(),
             bytes: bytes.clone(),
         }));
-        self.after_commit(Deferred::Control {
-            to,
-            frame: ControlFrame {
-                bytes,
-                keep_offline: true,
-                stored: Some(key),
+        self.after_commit(
+            After::Staged,
+            Deferred::Control {
+                to,
+                frame: ControlFrame {
+                    bytes,
+                    keep_offline: true,
+                    stored: Some(key),
+                },
             },
-        });
+        );
     }
 
     /// A queued envelope's time-to-live ran out: free it, tell its sender.

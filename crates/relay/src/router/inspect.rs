@@ -15,12 +15,12 @@ impl Router {
         self.commits.committed()
     }
 
-    /// Bytes of envelopes arrived on `lane` whose write has not committed yet. The shell stops
-    /// reading a lane while its own backlog is large, so a store slower than the network slows
-    /// the senders of that lane (through QUIC flow control) instead of growing memory, and a
-    /// lane never waits for another lane's backlog.
-    pub fn uncommitted_bytes(&self, lane: Precedence) -> u64 {
-        self.commits.uncommitted_bytes(lane)
+    /// Bytes that frames from `conn` on `stream` put in writes not committed yet. The shell
+    /// stops reading that stream while its backlog is large, so a store slower than the network
+    /// slows that sender on that stream (through QUIC flow control) instead of growing memory,
+    /// and no connection or stream waits for another's backlog.
+    pub fn uncommitted_bytes(&self, conn: ConnId, stream: Lane) -> u64 {
+        self.commits.uncommitted_bytes(conn, stream)
     }
 
     /// Bytes waiting on (or being written to) `conn`'s control stream. The shell stops reading

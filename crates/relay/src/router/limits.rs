@@ -16,8 +16,10 @@ use super::IdentityLimits;
 /// back-off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Bytes queued for one destination (envelopes plus control frames) past which `routine`
-    /// envelopes are refused; other precedences get 125 % and 150 % of it.
+    /// Envelope bytes queued for one destination from one sender past which that sender's
+    /// `routine` envelopes are refused; other precedences get 125 % and 150 % of it. Control
+    /// frames (receipts, notices) for one destination, from all its partners, are refused past
+    /// 150 % of it counting its envelopes too.
     pub max_queue_bytes: u64,
     /// Envelope bytes queued for all destinations together (every queued envelope is held in
     /// RAM). Each configured endpoint has an equal quota of it as a sender; beyond its quota a

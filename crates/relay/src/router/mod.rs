@@ -8,7 +8,8 @@
 //! - Inputs: [`Router::restore`] (once, at startup, from the store), [`Router::handle_connected`],
 //!   (with the wall-clock time) [`Router::handle_disconnected`], [`Router::handle_frame`] (whole
 //!   frames, length prefix included, exactly as read, with the stream they came on and the
-//!   wall-clock time), [`Router::handle_written`] (the shell handed a [`Transmit`] to its
+//!   wall-clock time; or [`Router::handle_decoded`] with a frame the shell decoded outside its
+//!   lock), [`Router::handle_written`] (the shell handed a [`Transmit`] to its
 //!   stream), [`Router::handle_persisted`] (a write committed) and [`Router::handle_timeout`].
 //! - Outputs: [`Router::poll_transmit`] (the next frame for one stream of one connection; the
 //!   shell's one writer per stream pulls it only when it can write), [`Router::poll_output`]
@@ -23,8 +24,10 @@
 //!
 //! The router owns its sub-states and only routes between them:
 //! - `queue`: per endpoint, the envelope queues per transport lane and the control queues;
-//! - `commit`: issued and committed [`CommitId`]s, and the replies held until their write
-//!   commits;
+//! - `fair`: within one lane of one destination, which sender's envelope goes next (deficit
+//!   round robin by bytes, so one sender cannot starve the others);
+//! - `commit`: issued and committed [`CommitId`]s, each write's [`WriteClass`], and the replies
+//!   held until their write commits;
 //! - `frames`: the rule for each kind of frame;
 //! - `inspect`: what the shell reads for back-pressure and metrics (backlogs, queues, totals);
 //! - `restore`: loading a store [`Snapshot`] at startup;
@@ -40,7 +43,8 @@
 //!   ([`ConnectError::IdentityInUse`]) for a back-off (rules in `identity`).
 //! - An envelope must name the connection's identity as sender ([`RefusalCode::SenderMismatch`])
 //!   and one of its partners as recipient ([`RefusalCode::NotPaired`]). It is queued per
-//!   destination and per *transport* lane in arrival order, deduplicated by
+//!   destination and per *transport* lane, in arrival order per sender (senders take turns by
+//!   bytes, see `fair`), deduplicated by
 //!   (sender, recipient, channel, precedence, seq); a duplicate with a higher transport moves the
 //!   queued copy to that lane and makes it eligible to be written again.
 //! - Durability: every change to what is queued is emitted as an [`Output::Persist`]. The sender
@@ -60,9 +64,11 @@
 //! - Streams: an envelope must arrive on the node's stream of its *transport* lane, every other
 //!   frame on its control stream; anything else is refused (`Malformed`) unrouted, so backlog
 //!   and store back-pressure are counted on the stream the frame really used.
-//! - Overload: past `max_queue_bytes` queued for one destination, `routine` is refused with
-//!   [`RefusalCode::Overloaded`]; `priority` and `immediate` past 125 %, `flash`, receipts and
-//!   escalation notices past 150 %. Over all destinations together, queued envelope bytes
+//! - Overload: past `max_queue_bytes` of envelopes queued for one destination from one sender,
+//!   that sender's `routine` is refused with [`RefusalCode::Overloaded`]; `priority` and
+//!   `immediate` past 125 %, `flash` past 150 % (so a destination in several hotlines gives each
+//!   partner the whole bound); receipts and escalation notices past 150 % of all the
+//!   destination holds. Over all destinations together, queued envelope bytes
 //!   stay within `max_queued_bytes_total`: each configured endpoint has a quota of it as a
 //!   sender, and beyond its quota a sender's new envelopes are refused (`Overloaded`) heaviest
 //!   first, `flash` last (rule in `budget`). Nothing is dropped without telling its sender, and
@@ -88,6 +94,7 @@ use tracing::debug;
 
 mod budget;
 mod commit;
+mod fair;
 mod frames;
 mod identity;
 mod inspect;
@@ -96,7 +103,8 @@ mod persist;
 mod queue;
 mod restore;
 
-use commit::{CommitGate, Deferred};
+pub use commit::WriteClass;
+use commit::{After, CommitGate, Deferred};
 pub use identity::IdentityLimits;
 use identity::{ConflictGuard, Verdict};
 pub use limits::{Limits, Ttl};
@@ -159,11 +167,15 @@ pub enum ConnectError {
 /// Something the shell must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
-    /// Commit these operations durably (in emission order, possibly together with neighbouring
-    /// writes), then call [`Router::handle_persisted`] with `write` or a later id.
+    /// Commit these operations durably, then report `write` with
+    /// [`Router::handle_persisted_writes`] (or [`Router::handle_persisted`] with it or a later
+    /// id). Writes of one class commit in emission order; an urgent write may commit before an
+    /// earlier bulk one, never after a later one (see [`WriteClass`]).
     Persist {
         /// Which write.
         write: CommitId,
+        /// Which commit queue it goes to.
+        class: WriteClass,
         /// What to change, in order.
         ops: Vec<StoreOp>,
     },
@@ -219,6 +231,27 @@ impl Transmit {
     }
 }
 
+/// A whole frame as read from a stream (length prefix included), and what it decodes to:
+/// decoding needs no router state, so the shell does it before taking its lock.
+#[derive(Debug)]
+pub struct Decoded {
+    bytes: Bytes,
+    /// The frame, or why it is malformed (the detail of the `Malformed` refusal).
+    frame: Result<Frame, String>,
+}
+
+impl Decoded {
+    /// Decodes `bytes`; a frame followed by anything is malformed.
+    pub fn new(bytes: Bytes) -> Self {
+        let frame = match wire::decode_frame(&bytes) {
+            Ok((frame, used)) if used == bytes.len() => Ok(frame),
+            Ok((_, used)) => Err(format!("{} bytes after the frame", bytes.len() - used)),
+            Err(e) => Err(e.to_string()),
+        };
+        Self { bytes, frame }
+    }
+}
+
 /// Totals for metrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -260,6 +293,8 @@ pub struct Router {
     outputs: VecDeque<Output>,
     /// Store operations of the current input, emitted as one write when it returns.
     staged: Vec<StoreOp>,
+    /// The connection and stream whose frame is the current input, if it is one.
+    source: Option<(ConnId, Lane)>,
     /// Issued and committed writes, and the frames that wait for them.
     commits: CommitGate,
     /// Queued envelopes by expiry time, then arrival order.
@@ -308,6 +343,7 @@ impl Router {
             next_control: 0,
             outputs: VecDeque::new(),
             staged: Vec::new(),
+            source: None,
             commits: CommitGate::default(),
             expiries: BTreeMap::new(),
             usage: Usage::default(),
@@ -435,26 +471,31 @@ impl Router {
 
     /// One whole frame (length prefix included) arrived on `stream` of `conn` at wall-clock time
     /// `now`. Frames from a connection that is not registered (already replaced or closed) are
-    /// ignored; a frame on the wrong stream is refused (see [`Output::WrongStream`]).
+    /// ignored; a frame on the wrong stream is refused (see [`Output::WrongStream`]). Decodes
+    /// it first: a shell that shares the router between tasks decodes outside its lock with
+    /// [`Decoded::new`] and calls [`Router::handle_decoded`].
     pub fn handle_frame(&mut self, now: Time, conn: ConnId, stream: Lane, bytes: Bytes) {
-        self.route_frame(now, conn, stream, bytes);
-        self.flush();
+        self.handle_decoded(now, conn, stream, Decoded::new(bytes));
     }
 
-    fn route_frame(&mut self, now: Time, conn: ConnId, stream: Lane, bytes: Bytes) {
+    /// [`Router::handle_frame`] for a frame already decoded.
+    pub fn handle_decoded(&mut self, now: Time, conn: ConnId, stream: Lane, decoded: Decoded) {
+        self.source = Some((conn, stream));
+        self.route_frame(now, conn, stream, decoded);
+        self.flush();
+        self.source = None;
+    }
+
+    fn route_frame(&mut self, now: Time, conn: ConnId, stream: Lane, decoded: Decoded) {
         let Some(from) = self.conns.get(&conn).cloned() else {
             debug!(conn = %conn, "frame from an unregistered connection ignored");
             return;
         };
-        let frame = match wire::decode_frame(&bytes) {
-            Ok((frame, used)) if used == bytes.len() => frame,
-            Ok((_, used)) => {
-                let detail = format!("{} bytes after the frame", bytes.len() - used);
+        let Decoded { bytes, frame } = decoded;
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(detail) => {
                 self.refuse(conn, &from, None, RefusalCode::Malformed, detail);
-                return;
-            }
-            Err(e) => {
-                self.refuse(conn, &from, None, RefusalCode::Malformed, e.to_string());
                 return;
             }
         };
@@ -482,8 +523,8 @@ impl Router {
         }
     }
 
-    /// The next frame for `stream` of `conn`, if any. Envelopes are taken in arrival order per
-    /// lane; the caller calls this only when it is ready to write, which bounds write-ahead.
+    /// The next frame for `stream` of `conn`, if any. Envelopes are taken per lane in arrival
+    /// order from each sender, the senders in deficit round robin (see `fair`); the caller calls this only when it is ready to write, which bounds write-ahead.
     #[must_use]
     pub fn poll_transmit(&mut self, conn: ConnId, stream: Lane) -> Option<Transmit> {
         let endpoint = self.conns.get(&conn)?;
@@ -503,7 +544,7 @@ impl Router {
                 })
             }
             Lane::Precedence(lane) => loop {
-                let (order, key) = ep.unwritten[lane.index()].pop_first()?;
+                let (order, key) = ep.unwritten[lane.index()].pop()?;
                 let Some(item) = ep.items.get_mut(&key) else {
                     // The index only lists queued items; tolerate a stale entry all the same.
                     continue;
@@ -554,9 +595,17 @@ impl Router {
     }
 
     /// Writes up to and including `write` are durable: releases the frames that waited for them
-    /// (`Accepted` replies, receipts, notices, `Expired` refusals), in order.
+    /// (`Accepted` replies, receipts, notices, `Expired` refusals), by write, in order.
     pub fn handle_persisted(&mut self, write: CommitId) {
         for frame in self.commits.handle_persisted(write) {
+            self.release(frame);
+        }
+    }
+
+    /// Exactly `writes` are durable (one group commit: each class in issue order): releases the
+    /// frames that waited for them, by write, in order.
+    pub fn handle_persisted_writes(&mut self, writes: &[CommitId]) {
+        for frame in self.commits.handle_persisted_writes(writes) {
             self.release(frame);
         }
     }
@@ -587,10 +636,10 @@ impl Router {
         self.outputs.pop_front()
     }
 
-    /// Queues `frame` now if the writes it depends on have committed, or when they do. A frame
-    /// depends on the write being staged by the current input, or on the last one issued.
-    fn after_commit(&mut self, frame: Deferred) {
-        if let Some(frame) = self.commits.after_commit(!self.staged.is_empty(), frame) {
+    /// Queues `frame` now if the write it depends on (`after`) has committed, or when it does.
+    fn after_commit(&mut self, after: After, frame: Deferred) {
+        let staging = !self.staged.is_empty();
+        if let Some(frame) = self.commits.after_commit(staging, after, frame) {
             self.release(frame);
         }
     }
@@ -607,9 +656,10 @@ impl Router {
         if self.staged.is_empty() {
             return;
         }
-        let write = self.commits.issue(&self.staged);
+        let (write, class) = self.commits.issue(&self.staged, self.source);
         self.outputs.push_back(Output::Persist {
             write,
+            class,
             ops: std::mem::take(&mut self.staged),
         });
     }

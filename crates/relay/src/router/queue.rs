@@ -2,18 +2,19 @@
 //! control queues.
 //!
 //! An [`Endpoint`] keeps the queued envelopes ([`Item`]s, deduplicated by [`ItemKey`]), an index
-//! of the unwritten ones per lane in arrival order, per-lane frame and byte counts, and two
+//! of the unwritten ones per lane (per sender in arrival order, served in turns: see `fair`), per-lane frame and byte counts, and two
 //! control queues ([`ControlFrame`]s): urgent (receipts, notices, refusals kept for an offline
 //! sender) ahead of the rest (replies, presence, announcements, link tests). It knows nothing of
 //! routing rules, time-to-live or the store: the router decides what goes in and out.
 //!
 //! [`Usage`] counts the same envelopes the other way round, by sender over every destination:
 //! the global budget (see `budget`) is measured against it. Every method that adds, resizes or
-//! removes a queued envelope takes it, so the two views cannot disagree.
+//! removes a queued envelope takes it, so the two views cannot disagree. Each endpoint also
+//! counts its envelopes per sender, which the per-destination bound is measured against.
 //!
 //! Invariant: every queued envelope is in exactly one lane, and is listed as unwritten in that
 //! lane exactly when its state is [`ItemState::Unwritten`]; the per-lane counts and
-//! `control_bytes` equal the sums over the queued frames; [`Usage`] per sender and in total
+//! `control_bytes` and the per-sender counts equal the sums over the queued frames; [`Usage`] per sender and in total
 //! equals the sums over the envelopes queued for every destination.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -22,6 +23,7 @@ use bytes::Bytes;
 use hotline_proto::envelope::Header;
 use hotline_proto::{Channel, EndpointId, MessageId, Precedence, Seq, Time};
 
+use super::fair::FairQueue;
 use super::{ConnId, len};
 
 /// Whether a queued envelope still has to be written to its destination's current connection.
@@ -122,10 +124,13 @@ pub(super) struct Endpoint {
     /// Bytes in `control` and `control_in_flight`.
     pub(super) control_bytes: u64,
     pub(super) items: BTreeMap<ItemKey, Item>,
-    /// Per lane, the unwritten items by arrival order.
-    pub(super) unwritten: [BTreeMap<u64, ItemKey>; 4],
+    /// Per lane, the unwritten items: per sender by arrival order, taken in turns.
+    pub(super) unwritten: [FairQueue; 4],
     pub(super) lane_frames: [u64; 4],
     pub(super) lane_bytes: [u64; 4],
+    /// Envelope bytes queued here per sender (only senders with something queued): the
+    /// per-destination bound applies per sender, so one partner cannot fill it for another.
+    pub(super) bytes_from: BTreeMap<EndpointId, u64>,
     /// The latest announcement: its order (incarnation, then epoch) and frame.
     pub(super) announcement: Option<(AnnouncementOrder, Bytes)>,
 }
@@ -149,17 +154,12 @@ impl Usage {
 
     fn add(&mut self, sender: &EndpointId, n: u64) {
         self.total += n;
-        *self.by_sender.entry(sender.clone()).or_default() += n;
+        add(&mut self.by_sender, sender, n);
     }
 
     fn sub(&mut self, sender: &EndpointId, n: u64) {
         self.total -= n;
-        if let Some(used) = self.by_sender.get_mut(sender) {
-            *used -= n;
-            if *used == 0 {
-                self.by_sender.remove(sender);
-            }
-        }
+        sub(&mut self.by_sender, sender, n);
     }
 
     /// Where the counts differ from `queued` (bytes per sender recomputed from the queues);
@@ -193,9 +193,29 @@ impl Usage {
 /// higher one, whatever its epochs), then by epoch.
 pub(super) type AnnouncementOrder = (u64, u32);
 
+/// Adds `n` to `sender`'s count.
+fn add(counts: &mut BTreeMap<EndpointId, u64>, sender: &EndpointId, n: u64) {
+    *counts.entry(sender.clone()).or_default() += n;
+}
+
+/// Takes `n` from `sender`'s count; a count that drops to zero goes.
+fn sub(counts: &mut BTreeMap<EndpointId, u64>, sender: &EndpointId, n: u64) {
+    if let Some(count) = counts.get_mut(sender) {
+        *count -= n;
+        if *count == 0 {
+            counts.remove(sender);
+        }
+    }
+}
+
 impl Endpoint {
     pub(super) fn queued_bytes(&self) -> u64 {
         self.lane_bytes.iter().sum::<u64>() + self.control_bytes
+    }
+
+    /// Envelope bytes queued here from `sender`.
+    pub(super) fn queued_from(&self, sender: &EndpointId) -> u64 {
+        self.bytes_from.get(sender).copied().unwrap_or(0)
     }
 
     /// Queues a new envelope, unwritten (whatever `item.state` says).
@@ -204,7 +224,8 @@ impl Endpoint {
         self.lane_frames[lane] += 1;
         self.lane_bytes[lane] += len(&item.bytes);
         usage.add(&key.sender, len(&item.bytes));
-        self.unwritten[lane].insert(item.order, key.clone());
+        add(&mut self.bytes_from, &key.sender, len(&item.bytes));
+        self.unwritten[lane].insert(item.order, key.clone(), len(&item.bytes));
         self.items.insert(
             key,
             Item {
@@ -225,17 +246,19 @@ impl Endpoint {
     ) -> Option<(u64, Time, Option<Time>)> {
         let item = self.items.get_mut(key)?;
         let old = item.lane.index();
-        self.unwritten[old].remove(&item.order);
+        self.unwritten[old].remove(&key.sender, item.order);
         self.lane_frames[old] -= 1;
         self.lane_bytes[old] -= len(&item.bytes);
         usage.sub(&key.sender, len(&item.bytes));
+        sub(&mut self.bytes_from, &key.sender, len(&item.bytes));
         item.lane = lane;
         item.bytes = bytes;
         item.state = ItemState::Unwritten;
         self.lane_frames[lane.index()] += 1;
         self.lane_bytes[lane.index()] += len(&item.bytes);
         usage.add(&key.sender, len(&item.bytes));
-        self.unwritten[lane.index()].insert(item.order, key.clone());
+        add(&mut self.bytes_from, &key.sender, len(&item.bytes));
+        self.unwritten[lane.index()].insert(item.order, key.clone(), len(&item.bytes));
         Some((item.order, item.queued_at, item.expires_at))
     }
 
@@ -249,10 +272,11 @@ impl Endpoint {
     pub(super) fn remove(&mut self, usage: &mut Usage, key: &ItemKey) -> Option<Item> {
         let item = self.items.remove(key)?;
         let lane = item.lane.index();
-        self.unwritten[lane].remove(&item.order);
+        self.unwritten[lane].remove(&key.sender, item.order);
         self.lane_frames[lane] -= 1;
         self.lane_bytes[lane] -= len(&item.bytes);
         usage.sub(&key.sender, len(&item.bytes));
+        sub(&mut self.bytes_from, &key.sender, len(&item.bytes));
         Some(item)
     }
 
@@ -292,7 +316,8 @@ impl Endpoint {
         for (key, item) in &mut self.items {
             if item.state != ItemState::Unwritten {
                 item.state = ItemState::Unwritten;
-                self.unwritten[item.lane.index()].insert(item.order, key.clone());
+                let size = len(&item.bytes);
+                self.unwritten[item.lane.index()].insert(item.order, key.clone(), size);
             }
         }
         self.drop_session_frames();
@@ -374,13 +399,24 @@ impl Endpoint {
                 .filter(|(_, item)| item.lane == p && item.state == ItemState::Unwritten)
                 .map(|(key, item)| (item.order, key.clone()))
                 .collect();
-            if self.unwritten[i] != unwritten {
+            let listed = self.unwritten[i].listed();
+            if listed != unwritten {
                 drift.push(format!(
                     "{p} unwritten index: {:?}, unwritten items {:?}",
-                    self.unwritten[i].keys().collect::<Vec<_>>(),
+                    listed.keys().collect::<Vec<_>>(),
                     unwritten.keys().collect::<Vec<_>>()
                 ));
             }
+        }
+        let mut from = BTreeMap::<EndpointId, u64>::new();
+        for (key, item) in &self.items {
+            add(&mut from, &key.sender, len(&item.bytes));
+        }
+        if from != self.bytes_from {
+            drift.push(format!(
+                "bytes per sender: counted {:?}, queued {from:?}",
+                self.bytes_from
+            ));
         }
         let control: u64 = self
             .control_urgent

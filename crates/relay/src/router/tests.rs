@@ -72,7 +72,9 @@ fn commit(r: &mut Router) -> Vec<StoreOp> {
         let mut kept = VecDeque::new();
         for o in r.outputs.drain(..) {
             match o {
-                Output::Persist { write, ops: more } => {
+                Output::Persist {
+                    write, ops: more, ..
+                } => {
                     upto = Some(write);
                     ops.extend(more);
                 }
@@ -906,7 +908,7 @@ fn take_writes(r: &mut Router) -> Vec<(CommitId, Vec<StoreOp>)> {
     let mut kept = VecDeque::new();
     for o in r.outputs.drain(..) {
         match o {
-            Output::Persist { write, ops } => writes.push((write, ops)),
+            Output::Persist { write, ops, .. } => writes.push((write, ops)),
             o => kept.push_back(o),
         }
     }
@@ -1440,23 +1442,36 @@ fn restore_refuses_what_the_router_never_writes() {
 }
 
 #[test]
-fn uncommitted_bytes_are_counted_per_lane_until_the_commit() {
-    let mut r = router();
-    r.handle_connected(T0, US, id("us")).unwrap();
+fn uncommitted_bytes_are_counted_per_connection_and_stream_until_the_commit() {
+    let mut r = both_connected();
     let a = envelope("us", "jp", R, 1);
     let b = envelope("us", "jp", F, 1);
+    let c = envelope("jp", "us", R, 1);
     r.receive(T0, US, a.clone());
     r.receive(T0, US, b.clone());
     r.receive(T0, US, a.clone()); // a duplicate writes nothing
-    assert_eq!(r.uncommitted_bytes(R), a.len() as u64);
-    assert_eq!(r.uncommitted_bytes(F), b.len() as u64);
-    assert_eq!(r.uncommitted_bytes(P), 0);
+    r.receive(T0, JP, c.clone());
+    let stream = |p| Lane::Precedence(p);
+    assert_eq!(r.uncommitted_bytes(US, stream(R)), a.len() as u64);
+    assert_eq!(r.uncommitted_bytes(US, stream(F)), b.len() as u64);
+    assert_eq!(r.uncommitted_bytes(US, stream(P)), 0);
+    assert_eq!(r.uncommitted_bytes(JP, stream(R)), c.len() as u64);
     let writes = take_writes(&mut r);
-    r.handle_persisted(writes[0].0);
-    assert_eq!(r.uncommitted_bytes(R), 0);
-    assert_eq!(r.uncommitted_bytes(F), b.len() as u64);
-    r.handle_persisted(writes[1].0);
-    assert_eq!(r.uncommitted_bytes(F), 0);
+    r.handle_persisted_writes(&[writes[0].0]);
+    assert_eq!(r.uncommitted_bytes(US, stream(R)), 0);
+    assert_eq!(r.uncommitted_bytes(US, stream(F)), b.len() as u64);
+    assert_eq!(
+        r.uncommitted_bytes(JP, stream(R)),
+        c.len() as u64,
+        "jp's own"
+    );
+    r.handle_persisted(writes[2].0);
+    assert_eq!(r.uncommitted_bytes(US, stream(F)), 0);
+    assert_eq!(r.uncommitted_bytes(JP, stream(R)), 0);
+    // A stored receipt counts against the control stream it came on.
+    let receipt = delivered("jp", "us", R, 1);
+    r.receive(T0, JP, receipt.clone());
+    assert_eq!(r.uncommitted_bytes(JP, Lane::Control), receipt.len() as u64);
 }
 
 #[test]
@@ -1601,3 +1616,5 @@ fn frames_on_their_own_stream_are_accepted() {
     let flash = drain(&mut r, JP, Lane::Precedence(F));
     assert_eq!(flash, [envelope("us", "jp", F, 1), escalated]);
 }
+
+mod isolation;

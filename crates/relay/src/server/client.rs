@@ -22,8 +22,8 @@
 //!
 //! The actor never routes: every frame goes to the [`Router`](crate::router::Router) through
 //! [`Shared::run`], and what to write comes back from it. Reading pauses while the node's own
-//! control backlog exceeds [`CONTROL_BACKLOG_BYTES`], or (per lane) while the store backlog of
-//! that lane is too large.
+//! control backlog exceeds [`CONTROL_BACKLOG_BYTES`], or (per stream, control included) while
+//! what this connection sent on that stream waits too long for the store.
 //!
 //! Main types: [`ConnHandle`] (what other tasks need to reach the connection) and the private
 //! `ServeError`.
@@ -48,7 +48,7 @@ use super::handshake::{Admission, Outcome};
 use super::shared::Shared;
 use super::timer::wall_clock;
 use super::{AGENT, CloseReason};
-use crate::router::{ConnId, ConnectError};
+use crate::router::{ConnId, ConnectError, Decoded};
 
 /// Reading from a node pauses while this many bytes wait on its own control stream, so a node
 /// that never reads its replies cannot grow them without bound.
@@ -388,13 +388,13 @@ async fn read_stream(
 ) {
     loop {
         handle.room_to_read(&shared, conn).await;
-        if let Lane::Precedence(lane) = stream {
-            shared.room_to_store(lane).await;
-        }
+        shared.room_to_store(conn, stream).await;
         match framed::read_frame(&mut recv).await {
             Ok(Some(frame)) => {
+                // Decoded before taking the shared lock: no other connection waits for it.
+                let decoded = Decoded::new(Bytes::from(frame));
                 let now = wall_clock();
-                shared.run(|r| r.handle_frame(now, conn, stream, Bytes::from(frame)));
+                shared.run(|r| r.handle_decoded(now, conn, stream, decoded));
             }
             Ok(None) => {
                 debug!(%stream, "node finished a stream");

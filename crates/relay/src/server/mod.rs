@@ -24,13 +24,16 @@
 //! binds anything, so a second relay on the same data directory fails at once, and reloads the
 //! router's queues from it. One writer thread runs [`store::group_commit`]: the router's
 //! [`Output::Persist`](crate::router::Output::Persist) writes go to it in order, each batch is
-//! committed (fsync) and only then is the router told ([`Router::handle_persisted`]), which
-//! releases the `Accepted` replies, receipts and notices that waited for it. A store error
-//! stops the writer, so nothing more is acknowledged; [`Server::store_failure`] reports it and
-//! the binary exits. Each lane reader pauses while more than
-//! [`STORE_BACKLOG_BYTES`](shared::STORE_BACKLOG_BYTES) of its own lane wait for a commit, so a
-//! slow disk slows that lane's senders (QUIC flow control) rather than filling memory, and
-//! bounds how long a flash waits behind a routine batch.
+//! committed (fsync) and only then is the router told
+//! ([`Router::handle_persisted_writes`](crate::router::Router::handle_persisted_writes)), which
+//! releases the `Accepted` replies, receipts and notices that waited for it. Urgent writes
+//! (flash, immediate, control) go ahead of routine batches that have not started, and a routine
+//! batch is bounded ([`store::BULK_BATCH_BYTES`]). A store error stops the writer, so nothing
+//! more is acknowledged; [`Server::store_failure`] reports it and the binary exits. Each stream
+//! reader of each connection pauses while more than
+//! [`STORE_BACKLOG_BYTES`](shared::STORE_BACKLOG_BYTES) that it read wait for a commit, so a
+//! slow disk slows that sender on that stream (QUIC flow control) rather than filling memory,
+//! and never pauses another sender.
 //!
 //! Write-ahead bound: a lane writer blocks inside quinn once its stream has used the node's
 //! stream flow-control window ([`hotline_net::quic::LANE_WINDOW_BYTES`], 256 KiB). So at most

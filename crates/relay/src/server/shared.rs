@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
 
-use hotline_proto::{EndpointId, Precedence, Time};
+use hotline_proto::{EndpointId, Lane, Time};
 use tokio::sync::Notify;
 use tracing::warn;
 
@@ -28,11 +28,12 @@ use crate::metrics::Metrics;
 use crate::router::{ConnId, ConnectError, Output, Router};
 use crate::store::{Committed, Request};
 
-/// Reading a lane stream (from every node) pauses while this many bytes of envelopes that
-/// arrived on that lane wait for the store's commit. It bounds memory when the disk is slower
-/// than the network, and the size of a group commit, hence how long a flash can wait behind a
-/// routine batch (one commit of at most about this much per lane). A lane never waits for
-/// another lane's backlog.
+/// Reading one stream of one connection pauses while the frames read from it put this many
+/// bytes in writes that wait for the store's commit. It bounds memory when the disk is slower
+/// than the network, per sender and stream: a flooding node pauses on its own backlog, never on
+/// another node's, and none of its streams waits for another of its streams. How long a flash
+/// can wait behind routine data is bounded by the store instead (see
+/// [`crate::store::BULK_BATCH_BYTES`]).
 pub(super) const STORE_BACKLOG_BYTES: u64 = 4 * 1024 * 1024;
 
 /// State shared by every task: the router and the wake-up handles of registered connections,
@@ -47,7 +48,7 @@ pub(super) struct Shared {
     store: mpsc::Sender<Request>,
     /// Wakes the timer task when the router's deadline moved.
     pub(super) timer: Notify,
-    /// Signalled after each commit, for lane readers waiting on the store backlog.
+    /// Signalled after each commit, for stream readers waiting on the store backlog.
     committed: Notify,
 }
 
@@ -91,21 +92,25 @@ impl Shared {
         result
     }
 
-    /// The store committed every write up to `committed.upto`: tell the router, which releases
-    /// what waited for it, and wake the lane readers waiting on the store backlog.
+    /// The store committed `committed.writes`: tell the router, which releases what waited for
+    /// them, and wake the stream readers waiting on the store backlog.
     pub(super) fn handle_committed(&self, committed: &Committed) {
         self.metrics.committed(committed.ops);
-        self.run(|r| r.handle_persisted(committed.upto));
+        self.run(|r| r.handle_persisted_writes(&committed.writes));
         self.committed.notify_waiters();
     }
 
     fn apply_outputs(&self, state: &mut State) {
         while let Some(output) = state.router.poll_output() {
             match output {
-                Output::Persist { write, ops } => {
+                Output::Persist { write, class, ops } => {
                     // If the writer is gone (store failure, shutdown), the write never commits
                     // and nothing that waits on it is sent: no false promise.
-                    let _ = self.store.send(Request::Write { id: write, ops });
+                    let _ = self.store.send(Request::Write {
+                        id: write,
+                        class,
+                        ops,
+                    });
                 }
                 Output::Wake { conn, stream } => {
                     if let Some(handle) = state.conns.get(&conn) {
@@ -177,13 +182,14 @@ impl Shared {
         self.apply_outputs(&mut state);
     }
 
-    /// Waits until the envelopes of `lane` waiting for the store are few enough to read more.
-    pub(super) async fn room_to_store(&self, lane: Precedence) {
+    /// Waits until what `conn` sent on `stream` and the store has not committed is small enough
+    /// to read more from that stream.
+    pub(super) async fn room_to_store(&self, conn: ConnId, stream: Lane) {
         loop {
             let committed = self.committed.notified();
             tokio::pin!(committed);
             committed.as_mut().enable();
-            if self.lock().router.uncommitted_bytes(lane) <= STORE_BACKLOG_BYTES {
+            if self.lock().router.uncommitted_bytes(conn, stream) <= STORE_BACKLOG_BYTES {
                 return;
             }
             committed.await;

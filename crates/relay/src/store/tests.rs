@@ -27,7 +27,7 @@ fn persist(router: &mut Router, store: &mut Store) {
         let mut kept = Vec::new();
         while let Some(o) = router.poll_output() {
             match o {
-                Output::Persist { write, ops } => writes.push((write, ops)),
+                Output::Persist { write, ops, .. } => writes.push((write, ops)),
                 o => kept.push(o),
             }
         }
@@ -211,32 +211,41 @@ fn a_file_without_a_schema_version_is_refused() {
     );
 }
 
+fn write(id: u64, class: WriteClass, ops: Vec<StoreOp>) -> Request {
+    Request::Write {
+        id: CommitId(id),
+        class,
+        ops,
+    }
+}
+
+const URGENT: WriteClass = WriteClass::Urgent;
+const BULK: WriteClass = WriteClass::Bulk;
+
 #[test]
 fn group_commit_takes_everything_queued_in_one_transaction() {
     let dir = tempfile::tempdir().unwrap();
     let (mut store, _) = Store::open(dir.path()).unwrap();
     let (tx, rx) = mpsc::channel();
     for order in 0..5 {
-        tx.send(Request::Write {
-            id: CommitId(order + 1),
-            ops: vec![put(order, R, envelope(R, order + 1, R))],
-        })
+        tx.send(write(
+            order + 1,
+            BULK,
+            vec![put(order, R, envelope(R, order + 1, R))],
+        ))
         .unwrap();
     }
     tx.send(Request::Stop).unwrap();
     // Sent after Stop: never taken.
-    tx.send(Request::Write {
-        id: CommitId(6),
-        ops: vec![put(5, R, envelope(R, 6, R))],
-    })
-    .unwrap();
+    tx.send(write(6, BULK, vec![put(5, R, envelope(R, 6, R))]))
+        .unwrap();
     let mut reports = Vec::new();
     group_commit(&mut store, &rx, |c| reports.push(c)).unwrap();
     assert_eq!(
         reports,
         [Committed {
-            upto: CommitId(5),
-            writes: 5,
+            writes: (1..=5).map(CommitId).collect(),
+            bulk: 5,
             ops: 5
         }]
     );
@@ -252,22 +261,20 @@ fn group_commit_commits_again_as_soon_as_the_previous_commit_returns() {
     let (mut store, _) = Store::open(dir.path()).unwrap();
     let (tx, rx) = mpsc::channel();
     let feeder = tx.clone();
-    tx.send(Request::Write {
-        id: CommitId(1),
-        ops: vec![put(0, R, envelope(R, 1, R))],
-    })
-    .unwrap();
+    tx.send(write(1, BULK, vec![put(0, R, envelope(R, 1, R))]))
+        .unwrap();
     let mut reports = Vec::new();
     let mut next = 2;
     // Each report queues one more write, as new envelopes would arrive during a commit.
     group_commit(&mut store, &rx, |c| {
-        reports.push(c.upto);
+        reports.extend(c.writes);
         if next <= 4 {
             feeder
-                .send(Request::Write {
-                    id: CommitId(next),
-                    ops: vec![put(next - 1, F, envelope(F, next, F))],
-                })
+                .send(write(
+                    next,
+                    URGENT,
+                    vec![put(next - 1, F, envelope(F, next, F))],
+                ))
                 .unwrap();
             next += 1;
         } else {
@@ -280,4 +287,70 @@ fn group_commit_commits_again_as_soon_as_the_previous_commit_returns() {
         [CommitId(1), CommitId(2), CommitId(3), CommitId(4)]
     );
     assert_eq!(store.commits(), 4);
+}
+
+/// A bulk write of `size` body bytes (routine, order = id - 1).
+fn bulk_write(id: u64, size: usize) -> Request {
+    let bytes = Bytes::from(testing::envelope("us", "jp", R, id, R, size));
+    write(id, BULK, vec![put(id - 1, R, bytes)])
+}
+
+#[test]
+fn urgent_writes_go_ahead_of_bulk_batches_that_have_not_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = Store::open(dir.path()).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let feeder = tx.clone();
+    // 12 routine writes of about 256 KiB queue up: a commit takes four (1 MiB).
+    let quarter = usize::try_from(BULK_BATCH_BYTES / 4).unwrap() - 400;
+    for id in 1..=12 {
+        tx.send(bulk_write(id, quarter)).unwrap();
+    }
+    let mut reports = Vec::new();
+    group_commit(&mut store, &rx, |c| {
+        if reports.is_empty() {
+            // A flash arrives while the first routine batch is committing.
+            feeder
+                .send(write(13, URGENT, vec![put(12, F, envelope(F, 1, F))]))
+                .unwrap();
+        }
+        reports.push(c);
+        if reports.len() == 3 {
+            feeder.send(Request::Stop).unwrap();
+        }
+    })
+    .unwrap();
+    let ids = |c: &Committed| c.writes.iter().map(|w| w.0).collect::<Vec<_>>();
+    assert_eq!(ids(&reports[0]), [1, 2, 3, 4], "a routine batch is bounded");
+    assert_eq!(
+        ids(&reports[1]),
+        [13, 5, 6, 7, 8],
+        "the flash waits for one routine batch only, and goes first in the next"
+    );
+    assert_eq!(reports[1].bulk, 4);
+    // Stopping commits everything left at once.
+    assert_eq!(ids(&reports[2]), [9, 10, 11, 12]);
+    drop(store);
+    let (_store, snapshot) = Store::open(dir.path()).unwrap();
+    assert_eq!(snapshot.envelopes.len(), 13);
+}
+
+#[test]
+fn a_bulk_write_larger_than_the_batch_bound_is_committed_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = Store::open(dir.path()).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let feeder = tx.clone();
+    let big = usize::try_from(BULK_BATCH_BYTES).unwrap() + 10;
+    tx.send(bulk_write(1, big)).unwrap();
+    tx.send(bulk_write(2, 10)).unwrap();
+    let mut reports = Vec::new();
+    group_commit(&mut store, &rx, |c| {
+        reports.push(c.writes);
+        if reports.len() == 2 {
+            feeder.send(Request::Stop).unwrap();
+        }
+    })
+    .unwrap();
+    assert_eq!(reports, [vec![CommitId(1)], vec![CommitId(2)]]);
 }
