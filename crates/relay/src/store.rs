@@ -193,8 +193,10 @@ pub struct Committed {
 
 /// A commit holds at most this many bytes of bulk writes (at least one write, whatever its
 /// size), so an urgent write that arrives during a commit waits for at most this much routine
-/// data to be written and synced before its own commit starts.
-pub const BULK_BATCH_BYTES: u64 = 1024 * 1024;
+/// data to be written and synced before its own commit starts. 256 KiB (one largest envelope):
+/// `hotline-bench neighbours` gave the same flood throughput (about 66 MiB/s) with 256 KiB as
+/// with 1 MiB, and lower quiet-pair latency (BENCHMARKS.md).
+pub const BULK_BATCH_BYTES: u64 = 256 * 1024;
 
 /// The writes received and not yet committed, per class, each in issue order.
 #[derive(Debug, Default)]
