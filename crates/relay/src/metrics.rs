@@ -21,7 +21,10 @@
 //!   `Hello`); see [`crate::server`]'s handshake limits;
 //! - `handshakes_in_progress`: connections admitted and not yet past `Hello` (gauge);
 //! - `store_commits_total`, `store_ops_total`: group commits of the store and the operations
-//!   they held (counters; their ratio is the mean batch size).
+//!   they held (counters; their ratio is the mean batch size);
+//! - `queued_in_memory_bytes`: bytes of queued envelopes also held in memory (gauge; at most
+//!   about `max_queued_bytes_in_memory`, the rest is only in the store);
+//! - `store_reads_total`: queued envelopes read back from the store to be written (counter).
 //!
 //! The endpoint answers `GET /metrics` with the OpenMetrics text format and anything else with
 //! 404; it reads at most [`MAX_REQUEST_BYTES`] of a request and closes every connection after
@@ -85,6 +88,8 @@ pub(crate) struct Metrics {
     handshakes_in_progress: Gauge,
     store_commits: Counter,
     store_ops: Counter,
+    in_memory_bytes: Gauge,
+    store_reads: Counter,
 }
 
 impl Metrics {
@@ -102,6 +107,18 @@ impl Metrics {
         let handshakes_in_progress = Gauge::default();
         let store_commits = Counter::default();
         let store_ops = Counter::default();
+        let in_memory_bytes = Gauge::default();
+        let store_reads = Counter::default();
+        registry.register(
+            "queued_in_memory_bytes",
+            "Bytes of queued envelopes also held in memory (the rest is only in the store)",
+            in_memory_bytes.clone(),
+        );
+        registry.register(
+            "store_reads",
+            "Queued envelopes read back from the store to be written",
+            store_reads.clone(),
+        );
         registry.register(
             "connections",
             "Registered node connections",
@@ -194,7 +211,13 @@ impl Metrics {
             handshakes_in_progress,
             store_commits,
             store_ops,
+            in_memory_bytes,
+            store_reads,
         }
+    }
+
+    pub(crate) fn loaded(&self) {
+        self.store_reads.inc();
     }
 
     pub(crate) fn committed(&self, ops: usize) {
@@ -252,6 +275,8 @@ impl Metrics {
             .set(i64::try_from(handshakes_in_progress).unwrap_or(i64::MAX));
         self.connections
             .set(i64::try_from(stats.connections).unwrap_or(i64::MAX));
+        self.in_memory_bytes
+            .set(i64::try_from(stats.in_memory_bytes).unwrap_or(i64::MAX));
         for stream in Lane::ALL {
             let label = StreamLabel {
                 stream: stream.as_str(),

@@ -55,6 +55,9 @@ struct Config {
     /// [`MAX_QUEUED_BYTES_TOTAL_RANGE`].
     #[serde(default = "cfg_defaults::max_queued_bytes_total")]
     max_queued_bytes_total: u64,
+    /// Bytes of queued envelopes also held in memory, [`MAX_QUEUED_BYTES_IN_MEMORY_RANGE`].
+    #[serde(default = "cfg_defaults::max_queued_bytes_in_memory")]
+    max_queued_bytes_in_memory: u64,
     /// Time-to-live of queued envelopes per transport lane, `[ttl]`.
     #[serde(default)]
     ttl: TtlConfig,
@@ -198,6 +201,9 @@ const MAX_QUEUE_BYTES_RANGE: RangeInclusive<u64> = 1 << 20..=64 << 30;
 /// Allowed `max_queued_bytes_total`: 16 MiB (a few of the largest envelopes) to 1 TiB.
 const MAX_QUEUED_BYTES_TOTAL_RANGE: RangeInclusive<u64> = 16 << 20..=1 << 40;
 
+/// Allowed `max_queued_bytes_in_memory`: 1 MiB (a few of the largest envelopes) to 1 TiB.
+const MAX_QUEUED_BYTES_IN_MEMORY_RANGE: RangeInclusive<u64> = 1 << 20..=1 << 40;
+
 /// Allowed non-zero `[ttl]` values: 1 s to 366 days. Far larger ones would overflow the
 /// relay's clock arithmetic.
 const TTL_S_RANGE: RangeInclusive<u64> = 1..=366 * 24 * 3600;
@@ -244,6 +250,9 @@ mod cfg_defaults {
     }
     pub(crate) fn max_queued_bytes_total() -> u64 {
         hotline_relay::Limits::DEFAULT_MAX_QUEUED_BYTES_TOTAL
+    }
+    pub(crate) fn max_queued_bytes_in_memory() -> u64 {
+        hotline_relay::Limits::DEFAULT_MAX_IN_MEMORY_BYTES
     }
 }
 
@@ -294,6 +303,11 @@ impl Config {
             self.max_queued_bytes_total,
             MAX_QUEUED_BYTES_TOTAL_RANGE,
         )?;
+        let max_queued_bytes_in_memory = check_range(
+            "max_queued_bytes_in_memory",
+            self.max_queued_bytes_in_memory,
+            MAX_QUEUED_BYTES_IN_MEMORY_RANGE,
+        )?;
         let ttl = self.ttl.into_ttl()?;
         let handshake = self.handshake.into_limits()?;
         let identity = self.identity.into_limits()?;
@@ -337,6 +351,7 @@ impl Config {
             timeouts,
             max_queue_bytes_per_endpoint,
             max_queued_bytes_total,
+            max_queued_bytes_in_memory,
             ttl,
             identity,
             handshake,
@@ -452,6 +467,7 @@ mod tests {
         assert_eq!(c.timeouts, Timeouts::default());
         assert_eq!(c.max_queue_bytes_per_endpoint, 256 * 1024 * 1024);
         assert_eq!(c.max_queued_bytes_total, 1024 * 1024 * 1024);
+        assert_eq!(c.max_queued_bytes_in_memory, 64 * 1024 * 1024);
         assert_eq!(c.ttl, Ttl::default());
         assert_eq!(c.ttl.routine, Some(Duration::from_secs(86_400)));
         assert_eq!(c.metrics, None);
@@ -467,6 +483,7 @@ mod tests {
         assert_eq!(config.idle_timeout_ms, 5000);
         assert_eq!(config.max_queue_bytes_per_endpoint, 268_435_456);
         assert_eq!(config.max_queued_bytes_total, 1_073_741_824);
+        assert_eq!(config.max_queued_bytes_in_memory, 67_108_864);
         assert_eq!(config.ttl.into_ttl(), Ok(Ttl::default()));
         assert_eq!(config.hotlines.len(), 2);
     }
@@ -541,6 +558,13 @@ mod tests {
         let e = err(&format!("max_queued_bytes_total = 0\n{MINIMAL}"));
         assert!(
             e.contains("max_queued_bytes_total must be between 16777216 and 1099511627776, got 0"),
+            "{e}"
+        );
+        let e = err(&format!("max_queued_bytes_in_memory = 1000\n{MINIMAL}"));
+        assert!(
+            e.contains(
+                "max_queued_bytes_in_memory must be between 1048576 and 1099511627776, got 1000"
+            ),
             "{e}"
         );
         let e = err(&MINIMAL.replace(

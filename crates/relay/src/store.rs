@@ -33,6 +33,7 @@
 
 use std::collections::VecDeque;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, TryRecvError};
 
 use bytes::Bytes;
@@ -93,11 +94,29 @@ pub enum StoreError {
     },
 }
 
-/// An open store. Dropping it closes the file and releases its lock.
+/// An open store. Dropping it (and every [`StoreReader`] of it) closes the file and releases
+/// its lock.
 #[derive(Debug)]
 pub struct Store {
-    db: Database,
+    db: Arc<Database>,
     commits: u64,
+}
+
+/// Reads queued envelopes back while the writer commits (redb readers never block the writer,
+/// nor see a write that has not committed).
+#[derive(Clone, Debug)]
+pub struct StoreReader {
+    db: Arc<Database>,
+}
+
+impl StoreReader {
+    /// The stored frame of queued envelope row `order`, if the row exists.
+    pub fn envelope(&self, order: u64) -> Result<Option<Bytes>, StoreError> {
+        let txn = self.db.begin_read().map_err(DbError::from)?;
+        let table = txn.open_table(ENVELOPES).in_table(ENVELOPES)?;
+        let row = table.get(order).in_table(ENVELOPES)?;
+        Ok(row.map(|row| Bytes::copy_from_slice(row.value().3)))
+    }
 }
 
 impl Store {
@@ -111,7 +130,15 @@ impl Store {
             Ok(())
         })?;
         let snapshot = read_all(&db)?;
+        let db = Arc::new(db);
         Ok((Self { db, commits: 0 }, snapshot))
+    }
+
+    /// A reader of this store, for another thread.
+    pub fn reader(&self) -> StoreReader {
+        StoreReader {
+            db: self.db.clone(),
+        }
     }
 
     /// Applies `ops` in order in one transaction and commits it (one fsync). Returns once the

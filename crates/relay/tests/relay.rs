@@ -388,3 +388,45 @@ async fn shutdown_closes_connections_with_a_reason() {
         Some(CloseReason::Shutdown)
     );
 }
+
+/// The value of an unlabelled metric in a scrape.
+fn metric(scrape: &str, name: &str) -> u64 {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {scrape}"))
+}
+
+#[tokio::test]
+async fn a_backlog_past_the_memory_window_is_served_from_the_store() {
+    let window = 1024 * 1024;
+    let fx = fixture_with(|c| c.max_queued_bytes_in_memory = window).await;
+    let mut us = fx.connect("us").await;
+    // 12 envelopes of 200 KB for jp, offline: 2.4 MB, more than twice the window.
+    let sent: Vec<Vec<u8>> = (1..=12)
+        .map(|seq| hotline_proto::testing::envelope("us", "jp", R, seq, R, 200_000))
+        .collect();
+    for env in &sent {
+        us.send_lane(R, env).await;
+        assert!(matches!(us.next_reply().await, Frame::Accepted(_)));
+    }
+    let scrape = http_get(fx.server.metrics_addr().unwrap(), "/metrics").await;
+    let in_memory = metric(&scrape, "hotline_relay_queued_in_memory_bytes");
+    assert!(
+        in_memory <= window + 200_100,
+        "{in_memory} bytes in memory, window {window}"
+    );
+    assert_eq!(metric(&scrape, "hotline_relay_store_reads_total"), 0);
+
+    // jp connects and gets all twelve, in order, byte for byte.
+    let mut jp = fx.connect("jp").await;
+    for env in &sent {
+        let (_, bytes, _) = jp.next_envelope().await;
+        assert_eq!(&bytes[..], &env[..]);
+    }
+    let scrape = http_get(fx.server.metrics_addr().unwrap(), "/metrics").await;
+    assert!(
+        metric(&scrape, "hotline_relay_store_reads_total") >= 6,
+        "{scrape}"
+    );
+}

@@ -73,6 +73,15 @@ impl WriteClass {
     }
 }
 
+/// What a commit released.
+#[derive(Debug, Default)]
+pub(super) struct Released {
+    /// Frames that waited for it, by write, in the order they were held.
+    pub(super) frames: Vec<Deferred>,
+    /// Envelope rows whose latest write it was: the store now holds their latest state.
+    pub(super) rows: Vec<u64>,
+}
+
 /// What the frames that wait on a write depend on.
 #[derive(Clone, Copy, Debug)]
 pub(super) enum After {
@@ -188,24 +197,25 @@ impl CommitGate {
     }
 
     /// Every write up to and including `upto` is durable: returns the frames that waited for
-    /// them, by write, in the order they were held.
+    /// them, by write, in the order they were held, and the envelope rows now fully committed.
     #[must_use]
-    pub(super) fn handle_persisted(&mut self, upto: CommitId) -> Vec<Deferred> {
+    pub(super) fn handle_persisted(&mut self, upto: CommitId) -> Released {
         let writes: Vec<u64> = self.uncommitted.range(..=upto.0).map(|(w, _)| *w).collect();
         self.commit(writes)
     }
 
     /// Exactly `writes` are durable (each class commits in issue order, but an urgent write may
-    /// commit before an earlier bulk one): returns the frames that waited for them, by write.
+    /// commit before an earlier bulk one): returns the frames that waited for them, by write,
+    /// and the envelope rows now fully committed.
     #[must_use]
-    pub(super) fn handle_persisted_writes(&mut self, writes: &[CommitId]) -> Vec<Deferred> {
+    pub(super) fn handle_persisted_writes(&mut self, writes: &[CommitId]) -> Released {
         let mut writes: Vec<u64> = writes.iter().map(|w| w.0).collect();
         writes.sort_unstable();
         self.commit(writes)
     }
 
-    fn commit(&mut self, writes: Vec<u64>) -> Vec<Deferred> {
-        let mut released = Vec::new();
+    fn commit(&mut self, writes: Vec<u64>) -> Released {
+        let mut released = Released::default();
         for write in writes {
             let Some(pending) = self.uncommitted.remove(&write) else {
                 // Already reported, or never issued: nothing waits on it.
@@ -222,11 +232,20 @@ impl CommitGate {
             for row in pending.rows {
                 if self.rows.get(&row).is_some_and(|(w, _)| *w == write) {
                     self.rows.remove(&row);
+                    released.rows.push(row);
                 }
             }
-            released.extend(self.deferred.remove(&write).unwrap_or_default());
+            released
+                .frames
+                .extend(self.deferred.remove(&write).unwrap_or_default());
         }
         released
+    }
+
+    /// Whether an uncommitted write touches envelope row `row` (so the store may not hold its
+    /// latest state yet).
+    pub(super) fn row_pending(&self, row: u64) -> bool {
+        self.rows.contains_key(&row)
     }
 
     /// The highest write such that it and every earlier one have committed.

@@ -70,13 +70,16 @@ impl Router {
                     self.expiries
                         .insert((at, order), (recipient.clone(), key.clone()));
                 }
-                self.staged.push(StoreOp::PutEnvelope(StoredEnvelope {
-                    order,
-                    destination: recipient.clone(),
-                    lane: transport,
-                    queued_at,
-                    bytes,
-                }));
+                self.stage_put(
+                    key.clone(),
+                    StoredEnvelope {
+                        order,
+                        destination: recipient.clone(),
+                        lane: transport,
+                        queued_at,
+                        bytes,
+                    },
+                );
                 trace!(peer = %from, %id, %old, new = %transport, "queued envelope escalated");
                 Outcome::Queued
             } else {
@@ -110,15 +113,19 @@ impl Router {
                 let item = Item::unwritten(transport, order, now, expires_at, bytes.clone());
                 dest.insert(&mut self.usage, key.clone(), item);
                 if let Some(at) = expires_at {
-                    self.expiries.insert((at, order), (recipient.clone(), key));
+                    self.expiries
+                        .insert((at, order), (recipient.clone(), key.clone()));
                 }
-                self.staged.push(StoreOp::PutEnvelope(StoredEnvelope {
-                    order,
-                    destination: recipient.clone(),
-                    lane: transport,
-                    queued_at: now,
-                    bytes,
-                }));
+                self.stage_put(
+                    key,
+                    StoredEnvelope {
+                        order,
+                        destination: recipient.clone(),
+                        lane: transport,
+                        queued_at: now,
+                        bytes,
+                    },
+                );
                 Outcome::Queued
             }
         };
@@ -328,6 +335,14 @@ impl Router {
         let detail = format!("{what} addressed to {to}, which is not a partner of {from}");
         self.refuse(conn, from, id, RefusalCode::NotPaired, detail);
         false
+    }
+
+    /// Stages the store write of a queued envelope (new, or moved to a higher lane), noting where
+    /// it is so it can leave memory once committed.
+    fn stage_put(&mut self, key: ItemKey, stored: StoredEnvelope) {
+        self.uncommitted_puts
+            .insert(stored.order, (stored.destination.clone(), key));
+        self.staged.push(StoreOp::PutEnvelope(stored));
     }
 
     /// Queues a receipt or notice for `to`, online or not, within the control bound.

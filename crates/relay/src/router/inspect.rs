@@ -72,6 +72,7 @@ impl Router {
     pub fn stats(&self) -> Stats {
         let mut stats = Stats {
             connections: self.conns.len() as u64,
+            in_memory_bytes: self.usage.hot,
             ..Stats::default()
         };
         for ep in self.endpoints.values() {
@@ -97,6 +98,7 @@ impl Router {
         let mut drift = self.commits.counter_drift();
         let mut expiries = std::collections::BTreeMap::new();
         let mut by_sender = std::collections::BTreeMap::<EndpointId, u64>::new();
+        let mut hot = 0;
         for (endpoint, ep) in &self.endpoints {
             drift.extend(
                 ep.counter_drift()
@@ -104,13 +106,17 @@ impl Router {
                     .map(|d| format!("{endpoint}: {d}")),
             );
             for (key, item) in &ep.items {
-                *by_sender.entry(key.sender.clone()).or_default() += item.bytes.len() as u64;
+                *by_sender.entry(key.sender.clone()).or_default() += item.len;
+                hot += item.bytes.as_ref().map_or(0, |b| b.len() as u64);
                 if let Some(at) = item.expires_at {
                     expiries.insert((at, item.order), (endpoint.clone(), key.clone()));
                 }
             }
         }
         drift.extend(self.usage.drift(&by_sender));
+        if hot != self.usage.hot {
+            drift.push(format!("in memory: counted {}, held {hot}", self.usage.hot));
+        }
         if expiries != self.expiries {
             drift.push(format!(
                 "expiry index: {} entries, {} queued envelopes with a time-to-live",

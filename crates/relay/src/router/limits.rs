@@ -21,10 +21,14 @@ pub struct Limits {
     /// frames (receipts, notices) for one destination, from all its partners, are refused past
     /// 150 % of it counting its envelopes too.
     pub max_queue_bytes: u64,
-    /// Envelope bytes queued for all destinations together (every queued envelope is held in
-    /// RAM). Each configured endpoint has an equal quota of it as a sender; beyond its quota a
+    /// Envelope bytes queued for all destinations together (in the store; at most
+    /// `max_in_memory_bytes` of them also in RAM). Each configured endpoint has an equal quota of it as a sender; beyond its quota a
     /// sender only borrows space nobody else is owed (rule in the router's `budget` module).
     pub max_queued_bytes_total: u64,
+    /// Bytes of queued envelope frames held in memory, over all destinations. Past it, a newly
+    /// committed envelope (and one just written to its destination) is dropped from memory and
+    /// read back from the store when its turn to be written comes.
+    pub max_in_memory_bytes: u64,
     /// How long a queued envelope is held, per transport lane.
     pub ttl: Ttl,
     /// When a flapping identity's live connection is kept and newcomers refused.
@@ -36,6 +40,8 @@ impl Limits {
     pub const DEFAULT_MAX_QUEUE_BYTES: u64 = 256 * 1024 * 1024;
     /// Default global budget: 1 GiB, for a relay host with a few GiB of RAM.
     pub const DEFAULT_MAX_QUEUED_BYTES_TOTAL: u64 = 1024 * 1024 * 1024;
+    /// Default in-memory window: 64 MiB.
+    pub const DEFAULT_MAX_IN_MEMORY_BYTES: u64 = 64 * 1024 * 1024;
 
     /// The bound that applies to an envelope on `transport`.
     pub fn bound(&self, transport: Precedence) -> u64 {
@@ -59,6 +65,7 @@ impl Default for Limits {
         Self {
             max_queue_bytes: Self::DEFAULT_MAX_QUEUE_BYTES,
             max_queued_bytes_total: Self::DEFAULT_MAX_QUEUED_BYTES_TOTAL,
+            max_in_memory_bytes: Self::DEFAULT_MAX_IN_MEMORY_BYTES,
             ttl: Ttl::default(),
             identity: IdentityLimits::default(),
         }

@@ -83,14 +83,14 @@
 //! sender and in total over all destinations; every queued envelope with a time-to-live
 //! is in the expiry index exactly once.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 
 use bytes::Bytes;
 pub use hotline_proto::Lane;
 use hotline_proto::wire::{self, Frame, Presence, RefusalCode};
 use hotline_proto::{EndpointId, MessageId, Precedence, Time};
-use tracing::debug;
+use tracing::{debug, error};
 
 mod budget;
 mod commit;
@@ -104,7 +104,7 @@ mod queue;
 mod restore;
 
 pub use commit::WriteClass;
-use commit::{After, CommitGate, Deferred};
+use commit::{After, CommitGate, Deferred, Released};
 pub use identity::IdentityLimits;
 use identity::{ConflictGuard, Verdict};
 pub use limits::{Limits, Ttl};
@@ -202,6 +202,16 @@ pub enum Output {
         /// Why.
         code: RefusalCode,
     },
+    /// Read the frame of queued envelope row `order` (for `destination`'s `lane` writer) back
+    /// from the store and hand it to [`Router::handle_loaded`]; `None` if the row is gone.
+    Load {
+        /// The envelope's destination.
+        destination: EndpointId,
+        /// The lane whose writer waits for it.
+        lane: Precedence,
+        /// Its row key (arrival order).
+        order: u64,
+    },
     /// A frame arrived on a stream other than its own and was refused (already logged and
     /// answered with `Refused{Malformed}`, also counted as [`Output::Refused`]; for metrics).
     WrongStream {
@@ -261,6 +271,8 @@ pub struct Stats {
     pub queued_frames: [u64; Lane::COUNT],
     /// Bytes queued per stream, by [`Lane::index`].
     pub queued_bytes: [u64; Lane::COUNT],
+    /// Bytes of queued envelopes also held in memory.
+    pub in_memory_bytes: u64,
 }
 
 /// A queued envelope as seen from outside (tests, status).
@@ -293,6 +305,9 @@ pub struct Router {
     outputs: VecDeque<Output>,
     /// Store operations of the current input, emitted as one write when it returns.
     staged: Vec<StoreOp>,
+    /// Envelope rows put by writes not yet committed: where the item is, so it can leave
+    /// memory once the store has it.
+    uncommitted_puts: HashMap<u64, (EndpointId, ItemKey)>,
     /// The connection and stream whose frame is the current input, if it is one.
     source: Option<(ConnId, Lane)>,
     /// Issued and committed writes, and the frames that wait for them.
@@ -343,6 +358,7 @@ impl Router {
             next_control: 0,
             outputs: VecDeque::new(),
             staged: Vec::new(),
+            uncommitted_puts: HashMap::new(),
             source: None,
             commits: CommitGate::default(),
             expiries: BTreeMap::new(),
@@ -543,19 +559,98 @@ impl Router {
                     item: None,
                 })
             }
-            Lane::Precedence(lane) => loop {
-                let (order, key) = ep.unwritten[lane.index()].pop()?;
-                let Some(item) = ep.items.get_mut(&key) else {
-                    // The index only lists queued items; tolerate a stale entry all the same.
-                    continue;
-                };
-                item.state = ItemState::InFlight;
-                return Some(Transmit {
-                    bytes: item.bytes.clone(),
-                    stream,
-                    item: Some((key, order)),
-                });
-            },
+            Lane::Precedence(lane) => {
+                let slot = lane.index();
+                // The envelope taken last time, if its frame was being read back.
+                if let Some((order, key)) = ep.loading[slot].take() {
+                    match ep.items.get(&key) {
+                        Some(item)
+                            if item.order == order
+                                && item.lane == lane
+                                && item.state == ItemState::InFlight =>
+                        {
+                            let Some(bytes) = item.bytes.clone() else {
+                                // Still being read.
+                                ep.loading[slot] = Some((order, key));
+                                return None;
+                            };
+                            return Some(Transmit {
+                                bytes,
+                                stream,
+                                item: Some((key, order)),
+                            });
+                        }
+                        // Delivered, expired or moved meanwhile: take the next one.
+                        _ => {}
+                    }
+                }
+                loop {
+                    let (order, key) = ep.unwritten[slot].pop()?;
+                    let Some(item) = ep.items.get_mut(&key) else {
+                        // The index only lists queued items; tolerate a stale entry all the same.
+                        continue;
+                    };
+                    item.state = ItemState::InFlight;
+                    let Some(bytes) = item.bytes.clone() else {
+                        // Only the store has it: read it back, then this writer is woken.
+                        ep.loading[slot] = Some((order, key));
+                        self.outputs.push_back(Output::Load {
+                            destination: endpoint.clone(),
+                            lane,
+                            order,
+                        });
+                        return None;
+                    };
+                    return Some(Transmit {
+                        bytes,
+                        stream,
+                        item: Some((key, order)),
+                    });
+                }
+            }
+        }
+    }
+
+    /// The frame of row `order` that [`Output::Load`] asked for, read back from the store
+    /// (`None`: the row is gone). Wakes the writer that waits for it.
+    pub fn handle_loaded(
+        &mut self,
+        destination: &EndpointId,
+        lane: Precedence,
+        order: u64,
+        bytes: Option<Bytes>,
+    ) {
+        let Some(ep) = self.endpoints.get_mut(destination) else {
+            return;
+        };
+        let slot = lane.index();
+        let Some((_, key)) = ep.loading[slot].clone().filter(|(o, _)| *o == order) else {
+            // Not (or no longer) waited for.
+            return;
+        };
+        match bytes {
+            Some(bytes) => {
+                if !ep.warm(&mut self.usage, lane, order, bytes) {
+                    // It changed meanwhile (moved to another lane, say): the writer moves on.
+                    ep.loading[slot] = None;
+                }
+            }
+            None => {
+                if ep.items.get(&key).is_some_and(|item| item.order == order) {
+                    error!(
+                        to = %destination,
+                        order,
+                        "a queued envelope is missing from the store; offered again on reconnection"
+                    );
+                }
+                ep.loading[slot] = None;
+            }
+        }
+        if let Some(conn) = ep.conn {
+            self.outputs.push_back(Output::Wake {
+                conn,
+                stream: Lane::Precedence(lane),
+            });
         }
     }
 
@@ -589,6 +684,9 @@ impl Router {
                         item.state = ItemState::Written;
                     }
                 }
+                // Written, it waits only for its receipt: memory need not hold it.
+                let destination = endpoint.clone();
+                self.cool(&destination, &key, order);
             }
         }
         self.flush();
@@ -597,16 +695,37 @@ impl Router {
     /// Writes up to and including `write` are durable: releases the frames that waited for them
     /// (`Accepted` replies, receipts, notices, `Expired` refusals), by write, in order.
     pub fn handle_persisted(&mut self, write: CommitId) {
-        for frame in self.commits.handle_persisted(write) {
-            self.release(frame);
-        }
+        let released = self.commits.handle_persisted(write);
+        self.after_persisted(released);
     }
 
     /// Exactly `writes` are durable (one group commit: each class in issue order): releases the
     /// frames that waited for them, by write, in order.
     pub fn handle_persisted_writes(&mut self, writes: &[CommitId]) {
-        for frame in self.commits.handle_persisted_writes(writes) {
+        let released = self.commits.handle_persisted_writes(writes);
+        self.after_persisted(released);
+    }
+
+    /// Sends what waited for a commit, and lets what the store now holds leave memory if
+    /// memory is over its window.
+    fn after_persisted(&mut self, released: Released) {
+        for frame in released.frames {
             self.release(frame);
+        }
+        for row in released.rows {
+            if let Some((destination, key)) = self.uncommitted_puts.remove(&row) {
+                self.cool(&destination, &key, row);
+            }
+        }
+    }
+
+    /// Drops a committed envelope's frame from memory if memory is over its window.
+    fn cool(&mut self, destination: &EndpointId, key: &ItemKey, order: u64) {
+        if self.usage.hot <= self.limits.max_in_memory_bytes || self.commits.row_pending(order) {
+            return;
+        }
+        if let Some(ep) = self.endpoints.get_mut(destination) {
+            ep.cool(&mut self.usage, key, order);
         }
     }
 

@@ -76,7 +76,11 @@ pub(super) struct Item {
     pub(super) queued_at: Time,
     /// `queued_at` plus the time-to-live of `lane`.
     pub(super) expires_at: Option<Time>,
-    pub(super) bytes: Bytes,
+    /// The frame, while it is held in memory; `None` once only the store has it (a cold item,
+    /// read back before it is written: see the router's `Output::Load`).
+    pub(super) bytes: Option<Bytes>,
+    /// The frame's length, in memory or not.
+    pub(super) len: u64,
     pub(super) state: ItemState,
 }
 
@@ -94,9 +98,15 @@ impl Item {
             order,
             queued_at,
             expires_at,
-            bytes,
+            len: len(&bytes),
+            bytes: Some(bytes),
             state: ItemState::Unwritten,
         }
+    }
+
+    /// Bytes it holds in memory.
+    fn hot_len(&self) -> u64 {
+        if self.bytes.is_some() { self.len } else { 0 }
     }
 }
 
@@ -128,6 +138,9 @@ pub(super) struct Endpoint {
     pub(super) unwritten: [FairQueue; 4],
     pub(super) lane_frames: [u64; 4],
     pub(super) lane_bytes: [u64; 4],
+    /// Per lane, the envelope its writer took whose frame is being read back from the store
+    /// (arrival order and key; the item is [`ItemState::InFlight`] meanwhile).
+    pub(super) loading: [Option<(u64, ItemKey)>; 4],
     /// Envelope bytes queued here per sender (only senders with something queued): the
     /// per-destination bound applies per sender, so one partner cannot fill it for another.
     pub(super) bytes_from: BTreeMap<EndpointId, u64>,
@@ -135,13 +148,15 @@ pub(super) struct Endpoint {
     pub(super) announcement: Option<(AnnouncementOrder, Bytes)>,
 }
 
-/// Bytes of queued envelopes by sender, over every destination, and their total. Control frames
-/// are not counted: they are bounded per addressee (see `Limits::control_bound`) and most are
-/// the relay's own.
+/// Bytes of queued envelopes by sender, over every destination, and their total; and how many
+/// of them are held in memory. Control frames are not counted: they are bounded per addressee
+/// (see `Limits::control_bound`) and most are the relay's own.
 #[derive(Debug, Default)]
 pub(super) struct Usage {
     /// Sum of `by_sender`.
     pub(super) total: u64,
+    /// Bytes of queued envelopes held in memory (the others are only in the store).
+    pub(super) hot: u64,
     /// Only senders with something queued: an entry that drops to zero goes.
     pub(super) by_sender: BTreeMap<EndpointId, u64>,
 }
@@ -222,10 +237,11 @@ impl Endpoint {
     pub(super) fn insert(&mut self, usage: &mut Usage, key: ItemKey, item: Item) {
         let lane = item.lane.index();
         self.lane_frames[lane] += 1;
-        self.lane_bytes[lane] += len(&item.bytes);
-        usage.add(&key.sender, len(&item.bytes));
-        add(&mut self.bytes_from, &key.sender, len(&item.bytes));
-        self.unwritten[lane].insert(item.order, key.clone(), len(&item.bytes));
+        self.lane_bytes[lane] += item.len;
+        usage.add(&key.sender, item.len);
+        usage.hot += item.hot_len();
+        add(&mut self.bytes_from, &key.sender, item.len);
+        self.unwritten[lane].insert(item.order, key.clone(), item.len);
         self.items.insert(
             key,
             Item {
@@ -248,17 +264,20 @@ impl Endpoint {
         let old = item.lane.index();
         self.unwritten[old].remove(&key.sender, item.order);
         self.lane_frames[old] -= 1;
-        self.lane_bytes[old] -= len(&item.bytes);
-        usage.sub(&key.sender, len(&item.bytes));
-        sub(&mut self.bytes_from, &key.sender, len(&item.bytes));
+        self.lane_bytes[old] -= item.len;
+        usage.sub(&key.sender, item.len);
+        usage.hot -= item.hot_len();
+        sub(&mut self.bytes_from, &key.sender, item.len);
         item.lane = lane;
-        item.bytes = bytes;
+        item.len = len(&bytes);
+        item.bytes = Some(bytes);
         item.state = ItemState::Unwritten;
         self.lane_frames[lane.index()] += 1;
-        self.lane_bytes[lane.index()] += len(&item.bytes);
-        usage.add(&key.sender, len(&item.bytes));
-        add(&mut self.bytes_from, &key.sender, len(&item.bytes));
-        self.unwritten[lane.index()].insert(item.order, key.clone(), len(&item.bytes));
+        self.lane_bytes[lane.index()] += item.len;
+        usage.add(&key.sender, item.len);
+        usage.hot += item.len;
+        add(&mut self.bytes_from, &key.sender, item.len);
+        self.unwritten[lane.index()].insert(item.order, key.clone(), item.len);
         Some((item.order, item.queued_at, item.expires_at))
     }
 
@@ -274,9 +293,10 @@ impl Endpoint {
         let lane = item.lane.index();
         self.unwritten[lane].remove(&key.sender, item.order);
         self.lane_frames[lane] -= 1;
-        self.lane_bytes[lane] -= len(&item.bytes);
-        usage.sub(&key.sender, len(&item.bytes));
-        sub(&mut self.bytes_from, &key.sender, len(&item.bytes));
+        self.lane_bytes[lane] -= item.len;
+        usage.sub(&key.sender, item.len);
+        usage.hot -= item.hot_len();
+        sub(&mut self.bytes_from, &key.sender, item.len);
         Some(item)
     }
 
@@ -310,14 +330,54 @@ impl Endpoint {
             .collect()
     }
 
+    /// Drops the frame of a queued envelope from memory (the store has it); returns the bytes
+    /// freed. Not while it is being written: that writer holds the frame.
+    pub(super) fn cool(&mut self, usage: &mut Usage, key: &ItemKey, order: u64) -> u64 {
+        let Some(item) = self.items.get_mut(key) else {
+            return 0;
+        };
+        if item.order != order || item.state == ItemState::InFlight || item.bytes.is_none() {
+            return 0;
+        }
+        item.bytes = None;
+        usage.hot -= item.len;
+        item.len
+    }
+
+    /// The frame of the envelope being read back for `lane`'s writer came from the store:
+    /// holds it in memory again. Returns whether it is still wanted (else it is dropped).
+    pub(super) fn warm(
+        &mut self,
+        usage: &mut Usage,
+        lane: Precedence,
+        order: u64,
+        bytes: Bytes,
+    ) -> bool {
+        let Some((slot_order, key)) = &self.loading[lane.index()] else {
+            return false;
+        };
+        if *slot_order != order {
+            return false;
+        }
+        let Some(item) = self.items.get_mut(key) else {
+            return false;
+        };
+        if item.order != order || item.bytes.is_some() || len(&bytes) != item.len {
+            return false;
+        }
+        item.bytes = Some(bytes);
+        usage.hot += item.len;
+        true
+    }
+
     /// A new connection: every queued envelope is to be written again; control frames meant for
     /// the old connection go, receipts and notices stay.
     pub(super) fn rewind(&mut self) {
+        self.loading = Default::default();
         for (key, item) in &mut self.items {
             if item.state != ItemState::Unwritten {
                 item.state = ItemState::Unwritten;
-                let size = len(&item.bytes);
-                self.unwritten[item.lane.index()].insert(item.order, key.clone(), size);
+                self.unwritten[item.lane.index()].insert(item.order, key.clone(), item.len);
             }
         }
         self.drop_session_frames();
@@ -380,7 +440,7 @@ impl Endpoint {
             let i = p.index();
             let items = || self.items.values().filter(|item| item.lane == p);
             let frames = items().count() as u64;
-            let bytes: u64 = items().map(|item| len(&item.bytes)).sum();
+            let bytes: u64 = items().map(|item| item.len).sum();
             if self.lane_frames[i] != frames {
                 drift.push(format!(
                     "{p} frames: counted {}, queued {frames}",
@@ -410,7 +470,13 @@ impl Endpoint {
         }
         let mut from = BTreeMap::<EndpointId, u64>::new();
         for (key, item) in &self.items {
-            add(&mut from, &key.sender, len(&item.bytes));
+            add(&mut from, &key.sender, item.len);
+            if item.bytes.as_ref().is_some_and(|b| len(b) != item.len) {
+                drift.push(format!(
+                    "{key:?}: length {} but holds other bytes",
+                    item.len
+                ));
+            }
         }
         if from != self.bytes_from {
             drift.push(format!(

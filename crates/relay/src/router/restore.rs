@@ -4,7 +4,9 @@
 //! time-to-live counted from their first arrival; waiting control frames go back to their
 //! addressees in key order; announcements back in place. Rows for endpoints in no configured
 //! hotline stay in the store, unserved, and are reported. It never writes: nothing restored is
-//! emitted again as a [`StoreOp`](super::StoreOp).
+//! emitted again as a [`StoreOp`](super::StoreOp). Past the in-memory window
+//! ([`Limits::max_in_memory_bytes`](super::Limits::max_in_memory_bytes)), the newest envelopes
+//! are dropped from memory again (the whole snapshot is read once at startup).
 //!
 //! Invariant: a snapshot this relay wrote restores to queues equal, lane by lane and in order,
 //! to the ones it was written from; anything else is refused with a [`SnapshotError`].
@@ -112,6 +114,33 @@ impl Router {
             restored.announcements += 1;
         }
         restored.unconfigured = unconfigured.into_iter().collect();
+        self.cool_restored();
         Ok(restored)
+    }
+
+    /// Everything restored is in the store: past the in-memory window, the newest envelopes
+    /// (the last to be written) leave memory.
+    fn cool_restored(&mut self) {
+        if self.usage.hot <= self.limits.max_in_memory_bytes {
+            return;
+        }
+        let mut newest: Vec<(u64, EndpointId, ItemKey)> = self
+            .endpoints
+            .iter()
+            .flat_map(|(e, ep)| {
+                ep.items
+                    .iter()
+                    .map(|(k, i)| (i.order, e.clone(), k.clone()))
+            })
+            .collect();
+        newest.sort_unstable_by_key(|(order, _, _)| std::cmp::Reverse(*order));
+        for (order, destination, key) in newest {
+            if self.usage.hot <= self.limits.max_in_memory_bytes {
+                break;
+            }
+            if let Some(ep) = self.endpoints.get_mut(&destination) {
+                ep.cool(&mut self.usage, &key, order);
+            }
+        }
     }
 }

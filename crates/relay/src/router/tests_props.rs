@@ -12,7 +12,8 @@
 //! any precedence, transport and size (escalations and duplicates included, some on the wrong
 //! stream), receipts, escalation notices, announcements, link tests, writers taking frames and
 //! reporting them written (late, after their connection is gone, too), commits of some or all
-//! writes, and time passing past the time-to-live.
+//! writes, and time passing past the time-to-live. The in-memory window is small, so envelopes
+//! leave memory and are read back from the (modelled) store before they are written.
 //!
 //! The shell commits like the relay's store writer: every urgent write, then a prefix of the
 //! bulk writes, so urgent writes often commit before earlier bulk ones (see `commit`). A second
@@ -234,6 +235,8 @@ impl Shell {
         let limits = Limits {
             max_queue_bytes: 1_500,
             max_queued_bytes_total: 3_000,
+            // Small, so envelopes go cold and are read back within a run.
+            max_in_memory_bytes: 600,
             ttl: Ttl {
                 routine: Some(Duration::from_secs(10)),
                 priority: Some(Duration::from_secs(20)),
@@ -357,15 +360,28 @@ impl Shell {
         Ok(())
     }
 
-    /// Takes the writes the router issued into their class queues.
+    /// Takes the writes the router issued into their class queues, and answers reads from what
+    /// the store holds (at once: a store reader never waits for the writer).
     fn collect_writes(&mut self) {
         while let Some(output) = self.router.poll_output() {
-            if let Output::Persist { write, class, ops } = output {
-                self.in_order.apply(&ops);
-                match class {
-                    WriteClass::Urgent => self.urgent.push_back((write, ops)),
-                    WriteClass::Bulk => self.bulk.push_back((write, ops)),
+            match output {
+                Output::Persist { write, class, ops } => {
+                    self.in_order.apply(&ops);
+                    match class {
+                        WriteClass::Urgent => self.urgent.push_back((write, ops)),
+                        WriteClass::Bulk => self.bulk.push_back((write, ops)),
+                    }
                 }
+                Output::Load {
+                    destination,
+                    lane,
+                    order,
+                } => {
+                    let row = self.committed.envelopes.get(&order);
+                    let bytes = row.map(|(_, _, bytes)| bytes.clone());
+                    self.router.handle_loaded(&destination, lane, order, bytes);
+                }
+                _ => {}
             }
         }
     }

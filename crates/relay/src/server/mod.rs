@@ -18,6 +18,7 @@
 //!   registration, one reader per incoming stream and one writer per outgoing stream.
 //! - [`shared`]: the router and the wake-up handles of registered connections, under one lock.
 //! - [`store_writer`]: the thread that group-commits the router's writes and reports them back.
+//! - [`loader`]: the thread that reads queued envelopes that left memory back from the store.
 //! - [`timer`]: the task that calls [`Router::handle_timeout`] when it is due.
 //!
 //! Durability: [`Server::spawn`] opens `data_dir/relay.redb` (see [`crate::store`]) before it
@@ -69,12 +70,14 @@ use crate::store::{self, Store, StoreError};
 
 mod client;
 pub(crate) mod handshake;
+mod loader;
 mod shared;
 mod store_writer;
 mod timer;
 
 pub use handshake::HandshakeLimits;
 use handshake::{Gate, Outcome, RetryBucket};
+use loader::Loader;
 use shared::Shared;
 use store_writer::StoreWriter;
 
@@ -111,6 +114,9 @@ pub struct ServerConfig {
     /// Envelope bytes queued for all destinations together, shared out in per-sender quotas
     /// (see [`Limits::max_queued_bytes_total`]).
     pub max_queued_bytes_total: u64,
+    /// Bytes of queued envelopes also held in memory; the rest is read back from the store
+    /// when it is written (see [`Limits::max_in_memory_bytes`]).
+    pub max_queued_bytes_in_memory: u64,
     /// How long a queued envelope is held, per transport lane (see [`Ttl`]).
     pub ttl: Ttl,
     /// When a flapping identity's live connection is kept and newcomers refused (see
@@ -142,6 +148,7 @@ impl ServerConfig {
             timeouts: Timeouts::default(),
             max_queue_bytes_per_endpoint: Limits::DEFAULT_MAX_QUEUE_BYTES,
             max_queued_bytes_total: Limits::DEFAULT_MAX_QUEUED_BYTES_TOTAL,
+            max_queued_bytes_in_memory: Limits::DEFAULT_MAX_IN_MEMORY_BYTES,
             ttl: Ttl::default(),
             identity: IdentityLimits::default(),
             handshake: HandshakeLimits::default(),
@@ -164,6 +171,7 @@ impl ServerConfig {
         Limits {
             max_queue_bytes: self.max_queue_bytes_per_endpoint,
             max_queued_bytes_total: self.max_queued_bytes_total,
+            max_in_memory_bytes: self.max_queued_bytes_in_memory,
             ttl: self.ttl,
             identity: self.identity,
         }
@@ -186,6 +194,9 @@ pub enum SpawnError {
     /// The store's writer thread could not be started.
     #[error("starting the store writer: {0}")]
     StoreThread(std::io::Error),
+    /// The store's reader thread could not be started.
+    #[error("starting the store reader: {0}")]
+    LoaderThread(std::io::Error),
     /// The stateless-reset key could not be read or written.
     #[error("stateless reset key: {0}")]
     ResetKey(EndpointError),
@@ -261,11 +272,14 @@ impl Server {
 
         let endpoints = router.endpoint_count();
         let (requests, requests_rx) = mpsc::channel();
+        let (loads, loads_rx) = mpsc::channel();
         let shared = Arc::new(Shared::new(
             router,
             requests.clone(),
+            loads,
             Gate::new(config.handshake),
         ));
+        Loader::spawn(store.reader(), loads_rx, Arc::downgrade(&shared))?;
         let writer = StoreWriter::spawn(store, requests, requests_rx, Arc::downgrade(&shared))?;
         let mut tasks = JoinSet::new();
         let metrics_addr = match config.metrics {

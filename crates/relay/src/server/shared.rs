@@ -23,6 +23,7 @@ use tracing::warn;
 use super::CloseReason;
 use super::client::ConnHandle;
 use super::handshake::Gate;
+use super::loader::Load;
 use super::timer::wall_clock;
 use crate::metrics::Metrics;
 use crate::router::{ConnId, ConnectError, Output, Router};
@@ -46,6 +47,8 @@ pub(super) struct Shared {
     pub(super) gate: Arc<Gate>,
     /// The store writer's queue; requests are sent under the state lock, so in write order.
     store: mpsc::Sender<Request>,
+    /// The store reader's queue: queued envelopes to read back for their writer.
+    loads: mpsc::Sender<Load>,
     /// Wakes the timer task when the router's deadline moved.
     pub(super) timer: Notify,
     /// Signalled after each commit, for stream readers waiting on the store backlog.
@@ -61,7 +64,12 @@ pub(super) struct State {
 }
 
 impl Shared {
-    pub(super) fn new(router: Router, store: mpsc::Sender<Request>, gate: Arc<Gate>) -> Self {
+    pub(super) fn new(
+        router: Router,
+        store: mpsc::Sender<Request>,
+        loads: mpsc::Sender<Load>,
+        gate: Arc<Gate>,
+    ) -> Self {
         Self {
             state: Mutex::new(State {
                 router,
@@ -71,6 +79,7 @@ impl Shared {
             metrics: Metrics::new(),
             gate,
             store,
+            loads,
             timer: Notify::new(),
             committed: Notify::new(),
         }
@@ -132,6 +141,18 @@ impl Shared {
                     }
                 }
                 Output::Refused { code, .. } => self.metrics.refused(code),
+                Output::Load {
+                    destination,
+                    lane,
+                    order,
+                } => {
+                    // If the loader is gone (shutdown), the writer waits until reconnection.
+                    let _ = self.loads.send(Load {
+                        destination,
+                        lane,
+                        order,
+                    });
+                }
                 Output::WrongStream { arrived, .. } => self.metrics.wrong_stream(arrived),
             }
         }

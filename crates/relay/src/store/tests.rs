@@ -354,3 +354,18 @@ fn a_bulk_write_larger_than_the_batch_bound_is_committed_alone() {
     .unwrap();
     assert_eq!(reports, [vec![CommitId(1)], vec![CommitId(2)]]);
 }
+
+#[test]
+fn a_reader_sees_committed_envelopes_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = Store::open(dir.path()).unwrap();
+    let reader = store.reader();
+    assert_eq!(reader.envelope(0).unwrap(), None);
+    let env = envelope(R, 1, R);
+    store.commit(&[put(0, R, env.clone())]).unwrap();
+    assert_eq!(reader.envelope(0).unwrap(), Some(env));
+    store
+        .commit(&[StoreOp::DeleteEnvelope { order: 0 }])
+        .unwrap();
+    assert_eq!(reader.envelope(0).unwrap(), None);
+}

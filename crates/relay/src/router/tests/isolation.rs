@@ -193,3 +193,140 @@ fn the_destination_bound_is_per_sender() {
         "{frames:?}"
     );
 }
+
+// Queued envelopes past the in-memory window live in the store only.
+
+/// A router whose memory holds at most `window` bytes of queued envelopes, us online.
+fn with_window(window: u64) -> Router {
+    let mut r = router_with(Limits {
+        max_in_memory_bytes: window,
+        ..Limits::default()
+    });
+    r.handle_connected(T0, US, id("us")).unwrap();
+    let _ = drain(&mut r, US, Lane::Control);
+    r
+}
+
+/// Commits everything into `store` (one write at a time, in issue order) and answers every
+/// read from it, until the router asks for nothing more; returns the outputs left.
+fn serve_store(r: &mut Router, store: &mut MemStore) -> Vec<Output> {
+    let mut kept = Vec::new();
+    while let Some(o) = r.poll_output() {
+        match o {
+            Output::Persist { write, ops, .. } => {
+                store.apply(ops);
+                r.handle_persisted_writes(&[write]);
+            }
+            Output::Load {
+                destination,
+                lane,
+                order,
+            } => {
+                let bytes = store.envelopes.get(&order).map(|e| e.bytes.clone());
+                assert!(
+                    store
+                        .envelopes
+                        .get(&order)
+                        .is_none_or(|e| e.destination == destination),
+                    "a read for the wrong destination"
+                );
+                r.handle_loaded(&destination, lane, order, bytes);
+            }
+            o => kept.push(o),
+        }
+    }
+    kept
+}
+
+#[test]
+fn envelopes_past_the_memory_window_are_read_back_from_the_store_in_order() {
+    let probe = envelope("us", "jp", R, 1).len() as u64;
+    let mut r = with_window(3 * probe);
+    let mut store = MemStore::default();
+    let sent: Vec<Bytes> = (1..=10).map(|seq| envelope("us", "jp", R, seq)).collect();
+    for env in &sent {
+        r.receive(T0, US, env.clone());
+        let _ = serve_store(&mut r, &mut store);
+    }
+    let in_memory = r.stats().in_memory_bytes;
+    assert!(
+        (3 * probe..=4 * probe).contains(&in_memory),
+        "jp is offline: 10 envelopes queued, {in_memory} bytes in memory (window {})",
+        3 * probe
+    );
+    assert_eq!(r.queued_bytes(&id("jp")), 10 * probe, "all 10 stay queued");
+
+    // jp connects: everything is written in order, the cold ones after a read.
+    r.handle_connected(T0, JP, id("jp")).unwrap();
+    let mut written = Vec::new();
+    let mut loads = 0;
+    for _ in 0..100 {
+        let outputs = serve_store(&mut r, &mut store);
+        loads += outputs.len();
+        match r.poll_transmit(JP, Lane::Precedence(R)) {
+            Some(t) => {
+                written.push(t.bytes.clone());
+                r.handle_written(JP, t);
+            }
+            None if r.outputs.iter().any(|o| matches!(o, Output::Load { .. })) => {}
+            None => break,
+        }
+    }
+    assert_eq!(written, sent);
+    assert!(loads > 0);
+    assert!(r.stats().in_memory_bytes <= 4 * probe);
+    assert!(r.counter_drift().is_empty(), "{:?}", r.counter_drift());
+}
+
+#[test]
+fn a_read_for_an_envelope_delivered_meanwhile_moves_the_writer_on() {
+    let probe = envelope("us", "jp", R, 1).len() as u64;
+    let mut r = with_window(probe);
+    let mut store = MemStore::default();
+    for seq in 1..=3 {
+        r.receive(T0, US, envelope("us", "jp", R, seq));
+        let _ = serve_store(&mut r, &mut store);
+    }
+    r.handle_connected(T0, JP, id("jp")).unwrap();
+    let _ = serve_store(&mut r, &mut store);
+    // The first is in memory; the second is not: its writer asks for a read.
+    let first = r.poll_transmit(JP, Lane::Precedence(R)).unwrap();
+    r.handle_written(JP, first);
+    assert!(r.poll_transmit(JP, Lane::Precedence(R)).is_none());
+    let Some(Output::Load { order, .. }) = r
+        .outputs
+        .iter()
+        .find(|o| matches!(o, Output::Load { .. }))
+        .cloned()
+    else {
+        panic!("no read asked for: {:?}", r.outputs)
+    };
+    // Before the read returns, a delivered receipt covering seq 2 deletes it.
+    r.receive(T0, JP, delivered("jp", "us", R, 2));
+    r.outputs.retain(|o| !matches!(o, Output::Load { .. }));
+    let _ = serve_store(&mut r, &mut store);
+    r.handle_loaded(&id("jp"), R, order, None);
+    let t = r.poll_transmit(JP, Lane::Precedence(R)).or_else(|| {
+        let _ = serve_store(&mut r, &mut store);
+        r.poll_transmit(JP, Lane::Precedence(R))
+    });
+    let Frame::Envelope(e) = decode(&t.expect("the writer moved on to seq 3").bytes) else {
+        panic!("not an envelope")
+    };
+    assert_eq!(e.envelope.header.seq, Seq(3));
+    assert!(r.counter_drift().is_empty(), "{:?}", r.counter_drift());
+}
+
+#[test]
+fn a_restored_backlog_past_the_window_stays_in_the_store() {
+    let probe = envelope("us", "jp", R, 1).len() as u64;
+    let frames: Vec<Bytes> = (1..=8).map(|seq| envelope("us", "jp", R, seq)).collect();
+    let fresh = router_with(Limits {
+        max_in_memory_bytes: 2 * probe,
+        ..Limits::default()
+    });
+    let (r, restored) = restored_after(router(), &frames, fresh);
+    assert_eq!(restored.envelopes, 8);
+    assert_eq!(r.stats().in_memory_bytes, 2 * probe);
+    assert!(r.counter_drift().is_empty(), "{:?}", r.counter_drift());
+}
