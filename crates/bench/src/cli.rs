@@ -18,6 +18,7 @@ Examples:
   hotline-bench flood --duration 10 --flash-rate 150 --json flood.json
   hotline-bench scale --rate 1000 --duration 5 --max-pairs 1000
   hotline-bench neighbours --quiet-pairs 8 --duration 10 --json neighbours.json
+  hotline-bench neighbours --quiet-pairs 8 --duration 10 --flood-wrong-streams
   hotline-bench soak --rate 2000 --duration 3600 --interval 60 --json soak.json
   hotline-bench floor --rate 10000 --duration 10
   hotline-bench baseline --certs ex --relay 127.0.0.1:4433 --relay-pid 4242
@@ -193,6 +194,13 @@ pub enum Scenario {
     /// (flood phase); each phase lasts --duration. Reports the quiet pairs' flash round-trip
     /// p99 flood / idle against the goal of at most 1.5×, and the relay's memory after each
     /// phase. --pairs, --rate, --mix do not apply; --size is the quiet pairs' body size.
+    ///
+    /// With --flood-wrong-streams the flooding pair's sender runs no node: a rogue client in
+    /// the bench connects with that endpoint's own certificate and key and writes
+    /// maximum-size routine envelopes on its flash lane stream (every 8th on its control
+    /// stream) as fast as QUIC lets it, for --duration; the relay refuses each one. Reports
+    /// the same ratio, the frames and MiB/s the rogue client wrote, the refusals it read back
+    /// and the relay's wrong-stream counter.
     /// Example: hotline-bench neighbours --quiet-pairs 8 --duration 10 --json n.json
     Neighbours {
         /// Pairs sending flash at a low rate, whose latency is measured. Example:
@@ -206,6 +214,11 @@ pub enum Scenario {
         /// Example: --flood-window 64
         #[arg(long, default_value_t = 64, value_name = "N")]
         flood_window: usize,
+        /// Flood with a rogue client on the wrong streams (routine envelopes on the flash lane
+        /// and control streams, each refused by the relay) instead of a node sending routine.
+        /// --flood-window does not apply. Example: --flood-wrong-streams
+        #[arg(long)]
+        flood_wrong_streams: bool,
     },
     /// A long run watching latency drift and memory growth per interval.
     ///
@@ -378,13 +391,47 @@ mod tests {
         assert_eq!(n.opts.duration, 3.0);
         assert!(matches!(
             n.scenario,
-            Scenario::Neighbours { quiet_pairs: 8, quiet_rate, flood_window: 64 } if quiet_rate == 5.0
+            Scenario::Neighbours {
+                quiet_pairs: 8,
+                quiet_rate,
+                flood_window: 64,
+                flood_wrong_streams: false,
+            } if quiet_rate == 5.0
         ));
         let c = Cli::try_parse_from(["hotline-bench", "flood", "--flash-rate", "9"]).unwrap();
         assert!(matches!(c.scenario, Scenario::Flood { flash_rate, .. } if flash_rate == 9.0));
         assert!(
             Cli::try_parse_from(["hotline-bench", "baseline", "--relay", "127.0.0.1:1"]).is_err()
         );
+    }
+
+    #[test]
+    fn neighbours_can_flood_on_the_wrong_streams() {
+        let n = Cli::try_parse_from([
+            "hotline-bench",
+            "neighbours",
+            "--quiet-pairs",
+            "2",
+            "--duration",
+            "3",
+            "--flood-wrong-streams",
+        ])
+        .unwrap();
+        assert!(matches!(
+            n.scenario,
+            Scenario::Neighbours {
+                quiet_pairs: 2,
+                flood_wrong_streams: true,
+                ..
+            }
+        ));
+        // The flag belongs to neighbours only.
+        assert!(
+            Cli::try_parse_from(["hotline-bench", "baseline", "--flood-wrong-streams"]).is_err()
+        );
+        // It lands in the report's params.
+        let json = serde_json::to_value(&n.scenario).unwrap();
+        assert_eq!(json["neighbours"]["flood_wrong_streams"], true);
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! - [`driver`]: one load phase against running nodes.
 //! - [`cluster`]: starting (or finding) the relay and the nodes; relay memory.
 //! - [`floor`]: the bare two-hop QUIC forwarder Hotline's overhead is quoted against.
+//! - [`rogue`]: a client with an endpoint's own credentials that floods on the wrong streams.
 //! - [`schedule`], [`clock`]: intended send times, precedence mixes, precise sleeping.
 //! - [`stats`], [`check`]: histograms and percentiles; lost / duplicated / out-of-order.
 //! - [`report`], [`plot`]: the table, `--json` and `--plot`.
@@ -28,6 +29,7 @@ pub mod driver;
 pub mod floor;
 pub mod plot;
 pub mod report;
+pub mod rogue;
 pub mod scenario;
 pub mod schedule;
 pub mod stats;

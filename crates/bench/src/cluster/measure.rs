@@ -1,5 +1,6 @@
 //! Resource measurements of a run, read from `/proc` and the relay's metrics endpoint: CPU
-//! seconds and resident memory (current and peak) per process, and the relay's queued frames per stream.
+//! seconds and resident memory (current and peak) per process, the relay's queued frames per
+//! stream, and its count of frames refused for arriving on the wrong stream.
 //!
 //! It never fails a run: a value that cannot be read is `None` and is reported as `-`.
 
@@ -82,7 +83,17 @@ fn parse_status_kb(status: &str, key: &str) -> Option<u64> {
 /// The queued frames per stream of the relay whose metrics are at `addr`.
 pub async fn relay_queues(addr: SocketAddr) -> Option<BTreeMap<String, u64>> {
     let text = scrape(addr).await.ok()?;
-    Some(parse_queued_frames(&text))
+    Some(parse_by_stream(&text, "hotline_relay_queued_frames"))
+}
+
+/// The frames the relay whose metrics are at `addr` refused for arriving on a stream other than
+/// their own, per arrival stream (`hotline_relay_wrong_stream_frames_total`).
+pub async fn relay_wrong_stream_frames(addr: SocketAddr) -> Option<BTreeMap<String, u64>> {
+    let text = scrape(addr).await.ok()?;
+    Some(parse_by_stream(
+        &text,
+        "hotline_relay_wrong_stream_frames_total",
+    ))
 }
 
 async fn scrape(addr: SocketAddr) -> Result<String> {
@@ -99,11 +110,14 @@ async fn scrape(addr: SocketAddr) -> Result<String> {
         .context("metrics scrape timed out")?
 }
 
-/// `hotline_relay_queued_frames{stream="flash"} 12` lines → `{"flash": 12}`.
-fn parse_queued_frames(text: &str) -> BTreeMap<String, u64> {
+/// `METRIC{stream="flash"} 12` lines → `{"flash": 12}`.
+fn parse_by_stream(text: &str, metric: &str) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
     for line in text.lines() {
-        let Some(rest) = line.strip_prefix("hotline_relay_queued_frames{") else {
+        let Some(rest) = line
+            .strip_prefix(metric)
+            .and_then(|rest| rest.strip_prefix('{'))
+        else {
             continue;
         };
         let Some((labels, value)) = rest.split_once('}') else {
@@ -164,9 +178,21 @@ mod tests {
                     hotline_relay_queued_frames{stream=\"flash\"} 3\n\
                     hotline_relay_queued_frames{stream=\"routine\"} 1200\n\
                     hotline_relay_queued_bytes{stream=\"routine\"} 99\n";
-        let q = parse_queued_frames(text);
+        let q = parse_by_stream(text, "hotline_relay_queued_frames");
         assert_eq!(q.len(), 2);
         assert_eq!(q["routine"], 1200);
         assert_eq!(q["flash"], 3);
+    }
+
+    #[test]
+    fn wrong_stream_frames_are_read_from_openmetrics() {
+        let text = "# TYPE hotline_relay_wrong_stream_frames counter\n\
+                    hotline_relay_wrong_stream_frames_total{stream=\"control\"} 7\n\
+                    hotline_relay_wrong_stream_frames_total{stream=\"flash\"} 120\n\
+                    hotline_relay_refusals_total{code=\"malformed\"} 127\n";
+        let w = parse_by_stream(text, "hotline_relay_wrong_stream_frames_total");
+        assert_eq!(w.len(), 2);
+        assert_eq!(w["flash"], 120);
+        assert_eq!(w["control"], 7);
     }
 }

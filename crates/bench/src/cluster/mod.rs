@@ -15,6 +15,10 @@
 //! used as it is, and a missing one is started from `DIR/<id>.toml` (its relay address replaced
 //! by `--relay`, if given, in a copy of the config).
 //!
+//! A prepared pair need not be started: [`Cluster::prepared`] and [`Cluster::node_config`]
+//! hand its endpoints' configs to a client of the bench's own (the `neighbours` scenario's
+//! rogue client connects with one).
+//!
 //! Everything started here is stopped by [`Cluster::shutdown`] or on drop; relay memory is read
 //! from `/proc/<pid>/status`.
 //!
@@ -42,7 +46,7 @@ use tokio::task::JoinSet;
 
 pub use endpoints::{Endpoint, Pair, status};
 use endpoints::{endpoint, exercise_pairs, wait_link_up};
-pub use measure::{CpuTimes, cpu_of, hwm_of, relay_queues, rss_of};
+pub use measure::{CpuTimes, cpu_of, hwm_of, relay_queues, relay_wrong_stream_frames, rss_of};
 
 /// How endpoint nodes are run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -212,6 +216,11 @@ impl Cluster {
         &self.pairs[..n.min(self.started)]
     }
 
+    /// The `index`th pair prepared by [`Cluster::create`], whether or not its nodes run.
+    pub fn prepared(&self, index: usize) -> Option<&Pair> {
+        self.pairs.get(index)
+    }
+
     /// Makes sure the first `n` pairs' nodes run and report their link up.
     pub async fn start_pairs(&mut self, n: usize) -> Result<()> {
         if n > self.pairs.len() {
@@ -299,7 +308,7 @@ impl Cluster {
     }
 
     /// The config to start `ep` with: its own, or (with `--relay`) a copy pointing there.
-    fn node_config(&self, ep: &Endpoint) -> Result<PathBuf> {
+    pub fn node_config(&self, ep: &Endpoint) -> Result<PathBuf> {
         let Some(relay) = self.opts.relay.filter(|_| self.opts.certs.is_some()) else {
             return Ok(ep.config.clone());
         };
@@ -390,6 +399,12 @@ impl Cluster {
     /// The relay's queued frames per stream (`control`, `flash`, …), from its metrics.
     pub async fn relay_queues(&self) -> Option<BTreeMap<String, u64>> {
         relay_queues(self.metrics?).await
+    }
+
+    /// The relay's count of frames refused for arriving on the wrong stream, per arrival
+    /// stream, from its metrics.
+    pub async fn relay_wrong_stream_frames(&self) -> Option<BTreeMap<String, u64>> {
+        relay_wrong_stream_frames(self.metrics?).await
     }
 
     /// The relay's metrics address, when the bench started the relay.

@@ -91,11 +91,13 @@ pub async fn run(cli: &Cli) -> Result<Report> {
             quiet_pairs,
             quiet_rate,
             flood_window,
+            flood_wrong_streams,
         } => {
             let n = neighbours::NeighboursParams {
                 quiet_pairs: *quiet_pairs,
                 quiet_rate: *quiet_rate,
                 flood_window: *flood_window,
+                wrong_streams: *flood_wrong_streams,
             };
             neighbours::neighbours(opts, &n, params, &date, &ticker).await?
         }

@@ -4,36 +4,49 @@
 //! figure of merit is the quiet pairs' flash round-trip p99 flooded / idle, against the goal of
 //! at most 1.5× (issue 10, item 6); the relay's memory is read after each phase.
 //!
-//! Not measured here: a flooding node that sends on the wrong streams (routine on the flash
-//! stream, say). The node always sends on the stream its precedence names, so that variant
-//! needs a misbehaving node mode first.
+//! With `--flood-wrong-streams` the flood comes from a misbehaving client instead: the flooding
+//! pair's sender runs no node (the relay keeps one live connection per identity), and a
+//! [`Rogue`] client connects with that endpoint's own credentials before the idle phase, idles
+//! through it, then writes maximum-size routine envelopes on its flash lane stream and control
+//! stream for the flood phase's duration. The relay refuses every one (`Refused{Malformed}`);
+//! the same ratio then shows what refusing a wrong-stream flood costs the quiet pairs. Reported
+//! besides: the frames and MiB/s the rogue client wrote, the refusals it read back, and the
+//! relay's `hotline_relay_wrong_stream_frames_total` before and after.
 //!
 //! Output: the phase tables and the comparison on stdout, and the JSON report.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
+use hotline_client::control::ControlClient;
 use hotline_proto::Precedence;
 use hotline_proto::wire::MAX_BODY_LEN;
 use serde_json::Value;
 
-use super::{finish, phase, plot_phase, print_phase, started_cluster};
+use super::{cluster_options, finish, phase, plot_phase, print_phase, started_cluster};
 use crate::cli::Options;
 use crate::clock::Ticker;
 use crate::cluster::Cluster;
 use crate::driver::{Counts, Flow, PhaseResult, run_phase};
 use crate::plot::Curve;
 use crate::report::{Report, mib, phase_json, round2, row};
+use crate::rogue::{CONTROL_EVERY, FloodPlan, Rogue, RogueFlood};
 use crate::schedule::Mix;
 use crate::stats::{Group, Level};
 
 /// The goal: quiet pairs' flash round-trip p99 under the flood at most this multiple of idle.
 const GOAL: f64 = 1.5;
+/// The rogue client's frame budget per second of flood: about 2.4 GiB/s of 256 KiB frames,
+/// above what loopback QUIC carries, so it only bounds a run that went wrong.
+const ROGUE_MAX_FRAMES_PER_S: f64 = 10_000.0;
 
 pub(super) struct NeighboursParams {
     pub(super) quiet_pairs: usize,
     pub(super) quiet_rate: f64,
     pub(super) flood_window: usize,
+    /// The flood comes from a rogue client on the wrong streams.
+    pub(super) wrong_streams: bool,
 }
 
 /// The relay's memory after a phase has drained.
@@ -57,8 +70,58 @@ struct Phases {
     idle: PhaseResult,
     idle_mem: Memory,
     quiet: PhaseResult,
-    noisy: PhaseResult,
+    noise: Noise,
     flood_mem: Memory,
+}
+
+/// Where the flood came from.
+enum Noise {
+    /// A pair of nodes sending routine.
+    Pair(Box<PhaseResult>),
+    /// A rogue client on the wrong streams.
+    Rogue(Box<RogueNoise>),
+}
+
+struct RogueNoise {
+    flood: RogueFlood,
+    /// The relay's wrong-stream counter per arrival stream, before and after the flood.
+    relay_before: Option<BTreeMap<String, u64>>,
+    relay_after: Option<BTreeMap<String, u64>>,
+}
+
+impl RogueNoise {
+    /// How much the relay's wrong-stream counter grew, per stream and in total.
+    fn relay_delta(&self) -> Option<(BTreeMap<String, u64>, u64)> {
+        let (before, after) = (self.relay_before.as_ref()?, self.relay_after.as_ref()?);
+        Some(counter_delta(before, after))
+    }
+}
+
+/// Per-label growth of a counter between two scrapes, and its total.
+fn counter_delta(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> (BTreeMap<String, u64>, u64) {
+    let delta: BTreeMap<String, u64> = after
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.saturating_sub(before.get(k).copied().unwrap_or(0)),
+            )
+        })
+        .collect();
+    let total = delta.values().sum();
+    (delta, total)
+}
+
+impl Noise {
+    fn mode(&self) -> &'static str {
+        match self {
+            Self::Pair(_) => "pair",
+            Self::Rogue(_) => "wrong_streams",
+        }
+    }
 }
 
 pub(super) async fn neighbours(
@@ -77,8 +140,16 @@ pub(super) async fn neighbours(
     if n.flood_window == 0 {
         bail!("--flood-window must be at least 1");
     }
-    // Every pair, the noisy one included, is connected through both phases.
-    let cluster = started_cluster(opts, n.quiet_pairs + 1).await?;
+    let cluster = if n.wrong_streams {
+        // The noisy pair is prepared (its PKI and configs) but runs no node: its sender's
+        // identity is the rogue client's.
+        let mut cluster = Cluster::create(cluster_options(opts)?, n.quiet_pairs + 1).await?;
+        cluster.start_pairs(n.quiet_pairs).await?;
+        cluster
+    } else {
+        // Every pair, the noisy one included, is connected through both phases.
+        started_cluster(opts, n.quiet_pairs + 1).await?
+    };
     let result = phases(&cluster, opts, n, ticker).await;
     let mode = cluster.node_mode();
     finish(cluster).await;
@@ -92,37 +163,59 @@ pub(super) async fn neighbours(
         ),
         &p.idle,
     );
+    let flooder = match &p.noise {
+        Noise::Pair(_) => "one pair floods",
+        Noise::Rogue(_) => "a rogue client floods on the wrong streams",
+    };
     print_phase(
-        "neighbours 2/2: the same quiet pairs while one pair floods (quiet pairs' figures)",
+        &format!("neighbours 2/2: the same quiet pairs while {flooder} (quiet pairs' figures)"),
         &p.quiet,
     );
-    print_phase(
-        &format!(
-            "neighbours 2/2: the flooding pair, {} KiB routine bodies, window {}",
-            MAX_BODY_LEN / 1024,
-            n.flood_window
-        ),
-        &p.noisy,
-    );
+    if let Noise::Pair(noisy) = &p.noise {
+        print_phase(
+            &format!(
+                "neighbours 2/2: the flooding pair, {} KiB routine bodies, window {}",
+                MAX_BODY_LEN / 1024,
+                n.flood_window
+            ),
+            noisy,
+        );
+    }
 
     let flash = Group::Only(Precedence::Flash);
     let idle_rt = p.idle.stats.summary(Level::RoundTrip, flash);
     let flood_rt = p.quiet.stats.summary(Level::RoundTrip, flash);
     let ratio = p99_ratio(idle_rt.p99, flood_rt.p99);
-    let flood_mib_s = p.noisy.throughput * MAX_BODY_LEN as f64 / (1024.0 * 1024.0);
     let show = |m: Option<u64>| m.map_or("-".into(), mib);
+    let flooding = match &p.noise {
+        Noise::Pair(_) => format!("one pair flooding {} KiB routine", MAX_BODY_LEN / 1024),
+        Noise::Rogue(r) => format!(
+            "a rogue client as {} flooding {} KiB routine on the wrong streams",
+            r.flood.endpoint,
+            MAX_BODY_LEN / 1024
+        ),
+    };
     println!(
         "\n== neighbours: {} quiet pair(s) × {} flash msg/s ({quiet_total} msg/s), {} B; \
-         one pair flooding {} KiB routine; nodes {mode:?}",
-        n.quiet_pairs,
-        n.quiet_rate,
-        opts.size,
-        MAX_BODY_LEN / 1024
+         {flooding}; nodes {mode:?}",
+        n.quiet_pairs, n.quiet_rate, opts.size,
     );
-    println!(
-        "flooding pair delivered {:.1} msg/s ({flood_mib_s:.1} MiB/s)",
-        p.noisy.throughput
-    );
+    let flood_mib_s = match &p.noise {
+        Noise::Pair(noisy) => {
+            let mib_s = noisy.throughput * MAX_BODY_LEN as f64 / (1024.0 * 1024.0);
+            println!(
+                "flooding pair delivered {:.1} msg/s ({mib_s:.1} MiB/s)",
+                noisy.throughput
+            );
+            mib_s
+        }
+        Noise::Rogue(r) => {
+            for line in rogue_lines(r) {
+                println!("{line}");
+            }
+            r.flood.mib_per_s()
+        }
+    };
     println!(
         "relay memory: connected {} (peak {}), after idle {} (peak {}), after flood {} (peak {})",
         show(p.connected.relay_rss_bytes),
@@ -141,7 +234,11 @@ pub(super) async fn neighbours(
     println!("{}", verdict_line(ratio));
 
     let mut counts = Counts::default();
-    for r in [&p.idle, &p.quiet, &p.noisy] {
+    let mut phases = vec![&p.idle, &p.quiet];
+    if let Noise::Pair(noisy) = &p.noise {
+        phases.push(noisy);
+    }
+    for r in &phases {
         counts.add(&r.counts);
     }
     let flash_json = |r: &PhaseResult| super::ack_levels_json(r, flash);
@@ -151,30 +248,52 @@ pub(super) async fn neighbours(
         .with("quiet_flash_round_trip_p99_ratio", ratio.map(round2))
         .with("goal_ratio", GOAL)
         .with("goal_met", ratio.map(met))
-        .with("flood_delivered_msgs_per_s", round2(p.noisy.throughput))
-        .with("flood_delivered_mib_per_s", round2(flood_mib_s))
-        .with("flood_body_bytes", MAX_BODY_LEN)
+        .with("flood_mode", p.noise.mode())
+        .with("flood_body_bytes", MAX_BODY_LEN);
+    report = match &p.noise {
+        Noise::Pair(noisy) => report
+            .with("flood_delivered_msgs_per_s", round2(noisy.throughput))
+            .with("flood_delivered_mib_per_s", round2(flood_mib_s))
+            .with("queues", &noisy.queues),
+        Noise::Rogue(r) => {
+            let delta = r.relay_delta();
+            report
+                .with("flood_sent_frames", r.flood.frames)
+                .with("flood_sent_frames_per_s", round2(r.flood.frames_per_s()))
+                .with("flood_sent_mib_per_s", round2(flood_mib_s))
+                .with("flood_refusals_read", r.flood.replies.malformed_refusals)
+                .with("rogue_flood", &r.flood)
+                .with(
+                    "relay_wrong_stream_frames_delta",
+                    delta.as_ref().map(|(per_stream, _)| per_stream),
+                )
+                .with(
+                    "relay_wrong_stream_frames_delta_total",
+                    delta.map(|(_, total)| total),
+                )
+                .with("queues", &p.quiet.queues)
+        }
+    };
+    let phases: Vec<Value> = phases.into_iter().map(phase_json).collect();
+    let mut report = report
         .with("relay_memory_connected", p.connected)
         .with("relay_memory_after_idle", p.idle_mem)
         .with("relay_memory_after_flood", p.flood_mem)
-        .with("queues", &p.noisy.queues)
         .with("node_mode", mode)
-        .with(
-            "phases",
-            vec![
-                phase_json(&p.idle),
-                phase_json(&p.quiet),
-                phase_json(&p.noisy),
-            ],
-        );
+        .with("phases", phases);
     report.counts = counts;
     report.ok = report.counts.correct();
     if let Some(path) = &opts.plot {
         plot_phase(
             path,
             &format!(
-                "hotline-bench neighbours — {} quiet pairs × {} flash/s + one flooding pair, {date}",
-                n.quiet_pairs, n.quiet_rate
+                "hotline-bench neighbours — {} quiet pairs × {} flash/s + {}, {date}",
+                n.quiet_pairs,
+                n.quiet_rate,
+                match p.noise {
+                    Noise::Pair(_) => "one flooding pair",
+                    Noise::Rogue(_) => "a wrong-stream flood",
+                }
             ),
             &p.quiet,
             vec![Curve {
@@ -198,39 +317,151 @@ async fn phases(
         rate: n.quiet_rate * n.quiet_pairs as f64,
         mix: Mix::only(Precedence::Flash),
     };
+    // The rogue client connects before the idle phase, as the noisy pair's nodes are
+    // connected through both phases in the other mode.
+    let rogue = if n.wrong_streams {
+        Some(connect_rogue(cluster, n.quiet_pairs).await?)
+    } else {
+        None
+    };
     let connected = Memory::read(cluster);
 
     let idle_phase = phase("neighbours idle", opts, vec![quiet_flow.clone()]);
     let idle = run_phase(cluster, quiet_pairs, &idle_phase, ticker, 0).await?;
     let idle_mem = Memory::read(cluster);
 
-    let quiet_phase = phase("neighbours quiet", opts, vec![quiet_flow]);
-    let mut noisy_phase = phase(
-        "neighbours flood",
-        opts,
-        vec![Flow {
-            rate: 1.0,
-            mix: Mix::only(Precedence::Routine),
-        }],
-    );
-    noisy_phase.size = MAX_BODY_LEN;
-    noisy_phase.closed_window = Some(n.flood_window);
-    noisy_phase.auto_ack = false;
-    noisy_phase.sample_queues = true;
-    // Both at once: each phase paces and measures its own pairs.
-    let (quiet, noisy) = tokio::join!(
-        run_phase(cluster, quiet_pairs, &quiet_phase, ticker, 1),
-        run_phase(cluster, noisy_pair, &noisy_phase, ticker, 2),
-    );
+    let mut quiet_phase = phase("neighbours quiet", opts, vec![quiet_flow]);
+    let (quiet, noise) = match rogue {
+        Some(rogue) => {
+            // No noisy phase to sample the relay's queues: the quiet one does.
+            quiet_phase.sample_queues = true;
+            let relay_before = cluster.relay_wrong_stream_frames().await;
+            let plan = FloodPlan {
+                duration: opts.duration(),
+                max_frames: (opts.duration * ROGUE_MAX_FRAMES_PER_S).ceil() as u64,
+            };
+            let (quiet, flood) = tokio::join!(
+                run_phase(cluster, quiet_pairs, &quiet_phase, ticker, 1),
+                rogue.flood(plan),
+            );
+            let relay_after = cluster.relay_wrong_stream_frames().await;
+            let noise = RogueNoise {
+                flood: flood.context("the rogue client's flood")?,
+                relay_before,
+                relay_after,
+            };
+            (quiet?, Noise::Rogue(Box::new(noise)))
+        }
+        None => {
+            let mut noisy_phase = phase(
+                "neighbours flood",
+                opts,
+                vec![Flow {
+                    rate: 1.0,
+                    mix: Mix::only(Precedence::Routine),
+                }],
+            );
+            noisy_phase.size = MAX_BODY_LEN;
+            noisy_phase.closed_window = Some(n.flood_window);
+            noisy_phase.auto_ack = false;
+            noisy_phase.sample_queues = true;
+            // Both at once: each phase paces and measures its own pairs.
+            let (quiet, noisy) = tokio::join!(
+                run_phase(cluster, quiet_pairs, &quiet_phase, ticker, 1),
+                run_phase(cluster, noisy_pair, &noisy_phase, ticker, 2),
+            );
+            (quiet?, Noise::Pair(Box::new(noisy?)))
+        }
+    };
     let flood_mem = Memory::read(cluster);
     Ok(Phases {
         connected,
         idle,
         idle_mem,
-        quiet: quiet?,
-        noisy: noisy?,
+        quiet,
+        noise,
         flood_mem,
     })
+}
+
+/// A rogue client connected as the noisy pair's sender, which runs no node.
+async fn connect_rogue(cluster: &Cluster, index: usize) -> Result<Rogue> {
+    let pair = cluster
+        .prepared(index)
+        .with_context(|| format!("pair {index} was not prepared"))?;
+    let ep = &pair.sender;
+    if ControlClient::connect(&ep.socket).await.is_ok() {
+        bail!(
+            "--flood-wrong-streams: a node of {} is running (its control socket {} answers); \
+             stop it, the rogue client needs its identity",
+            ep.id,
+            ep.socket.display()
+        );
+    }
+    let config = cluster.node_config(ep)?;
+    Rogue::connect(config)
+        .await
+        .with_context(|| format!("connecting the rogue client as {}", ep.id))
+}
+
+/// The rogue client's lines of the comparison.
+fn rogue_lines(r: &RogueNoise) -> Vec<String> {
+    let f = &r.flood;
+    let mut lines = vec![format!(
+        "rogue client {} → {} wrote {} routine envelope(s) of {} KiB on the wrong streams \
+         ({} on flash, {} on control, 1 in {CONTROL_EVERY}) in {:.1} s: {:.0} frames/s, \
+         {:.1} MiB/s{}",
+        f.endpoint,
+        f.recipient,
+        f.frames,
+        f.body_bytes / 1024,
+        f.flash_stream_frames,
+        f.control_stream_frames,
+        f.seconds,
+        f.frames_per_s(),
+        f.mib_per_s(),
+        if f.frame_budget_hit {
+            " (frame budget reached)"
+        } else {
+            ""
+        }
+    )];
+    let rep = &f.replies;
+    lines.push(format!(
+        "refusals read back: {} Refused{{Malformed}} of {} frames; {} other refusal(s), \
+         {} accepted, {} other frame(s)",
+        rep.malformed_refusals, f.frames, rep.other_refusals, rep.accepted, rep.other_frames
+    ));
+    lines.push(match r.relay_delta() {
+        Some((per_stream, total)) => {
+            let streams: Vec<String> = per_stream
+                .iter()
+                .filter(|(_, v)| **v > 0)
+                .map(|(k, v)| format!("{k} +{v}"))
+                .collect();
+            format!(
+                "relay hotline_relay_wrong_stream_frames_total: +{total} ({})",
+                if streams.is_empty() {
+                    "none".to_owned()
+                } else {
+                    streams.join(", ")
+                }
+            )
+        }
+        None => "relay hotline_relay_wrong_stream_frames_total: not readable (no metrics \
+                 endpoint)"
+            .to_owned(),
+    });
+    if let Some(d) = &rep.first_malformed_detail {
+        lines.push(format!("first refusal: {d}"));
+    }
+    if let Some(d) = &rep.first_other_refusal {
+        lines.push(format!("first other refusal: {d}"));
+    }
+    if let Some(e) = &f.write_error {
+        lines.push(format!("rogue client stopped early: {e}"));
+    }
+    lines
 }
 
 /// Flooded p99 / idle p99, when the idle phase has a p99 to divide by.
@@ -265,6 +496,18 @@ mod tests {
         assert_eq!(p99_ratio(0, 5_000), None);
         assert_eq!(p99_ratio(4_000, 6_000), Some(1.5));
         assert_eq!(p99_ratio(4_000, 2_000), Some(0.5));
+    }
+
+    #[test]
+    fn relay_counter_delta_is_the_growth_per_stream() {
+        let m = |v: &[(&str, u64)]| -> BTreeMap<String, u64> {
+            v.iter().map(|(k, n)| ((*k).to_owned(), *n)).collect()
+        };
+        let before = m(&[("control", 2), ("flash", 10)]);
+        let after = m(&[("control", 5), ("flash", 30), ("routine", 1)]);
+        let (delta, total) = counter_delta(&before, &after);
+        assert_eq!(delta, m(&[("control", 3), ("flash", 20), ("routine", 1)]));
+        assert_eq!(total, 24);
     }
 
     #[test]
