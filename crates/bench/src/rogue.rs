@@ -40,8 +40,6 @@ use tokio::task::JoinSet;
 
 /// Every this many frames, one goes on the control stream instead of the flash lane stream.
 pub const CONTROL_EVERY: u64 = 8;
-/// How long the relay has to answer our hello with its own.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// After the flood, the longest wait for the replies to frames already written.
 const REPLY_WAIT: Duration = Duration::from_secs(5);
 /// The longest wait for the connection to close cleanly.
@@ -225,7 +223,7 @@ impl Link {
         framed::write_frame(&mut control, &hello)
             .await
             .context("sending hello")?;
-        relay_hello(&mut control_recv).await?;
+        hotline_client::node::relay_hello(&mut control_recv).await?;
         let flash_lane = Lane::Precedence(Precedence::Flash);
         let mut flash = conn.open_uni().await.context("opening flash lane stream")?;
         flash.set_priority(flash_lane.priority()).ok();
@@ -345,20 +343,6 @@ fn routine_frame(sender: &EndpointId, recipient: &EndpointId) -> EnvelopeFrame {
         envelope,
         head: None,
         setup: None,
-    }
-}
-
-/// Reads and checks the relay's hello, the first frame on the control stream.
-async fn relay_hello(control: &mut quinn::RecvStream) -> Result<()> {
-    let first = tokio::time::timeout(HELLO_TIMEOUT, framed::read_frame(control))
-        .await
-        .map_err(|_| anyhow!("the relay sent no hello within {HELLO_TIMEOUT:?}"))?
-        .context("reading the relay's hello")?
-        .ok_or_else(|| anyhow!("the relay closed the control stream before its hello"))?;
-    match wire::decode_frame(&first) {
-        Ok((Frame::Hello(hello), _)) => hello.check().context("the relay's hello"),
-        Ok(_) => Err(anyhow!("the relay's first frame is not a hello")),
-        Err(e) => Err(anyhow!("the relay's hello does not decode: {e}")),
     }
 }
 

@@ -32,6 +32,8 @@ mod inbox;
 mod relay_link;
 mod store_thread;
 
+pub use relay_link::relay_hello;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

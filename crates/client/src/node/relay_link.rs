@@ -197,8 +197,9 @@ async fn set_up(conn: &quinn::Connection) -> Result<(Writers, quinn::RecvStream)
     Ok((Writers(writers), control_recv))
 }
 
-/// Reads and checks the relay's hello, the first frame on the control stream.
-async fn relay_hello(control: &mut quinn::RecvStream) -> Result<String> {
+/// Reads and checks the relay's hello, the first frame on the control stream; returns the
+/// relay's agent. Also used by `hotline-bench`'s misbehaving client.
+pub async fn relay_hello(control: &mut quinn::RecvStream) -> Result<String> {
     let first = tokio::time::timeout(HELLO_TIMEOUT, framed::read_frame(control))
         .await
         .map_err(|_| anyhow!("the relay sent no hello within {HELLO_TIMEOUT:?}"))?
