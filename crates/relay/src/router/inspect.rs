@@ -4,10 +4,25 @@
 //! Nothing here changes state; every figure is derived from the queues and the commit gate, so
 //! it cannot drift from them.
 
-use hotline_proto::{EndpointId, Lane, Precedence};
+use hotline_proto::{EndpointId, Lane, MessageId, Precedence, Time};
 
 use super::queue::Endpoint;
-use super::{CommitId, ConnId, QueuedEnvelope, Router, Stats};
+use super::{CommitId, ConnId, ItemState, Router, Stats};
+
+/// A queued envelope as seen from outside (tests, status).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedEnvelope {
+    /// The message.
+    pub id: MessageId,
+    /// The lane it is scheduled on.
+    pub transport: Precedence,
+    /// Where it stands.
+    pub state: ItemState,
+    /// When it first arrived (wall clock).
+    pub queued_at: Time,
+    /// When its time-to-live runs out, if it has one.
+    pub expires_at: Option<Time>,
+}
 
 impl Router {
     /// The last write reported committed.

@@ -29,6 +29,8 @@
 //! - `commit`: issued and committed [`CommitId`]s, each write's [`WriteClass`], and the replies
 //!   held until their write commits;
 //! - `frames`: the rule for each kind of frame;
+//! - `transmit`: what goes out to a node's streams, and queued envelopes read back from the
+//!   store when memory no longer holds them;
 //! - `inspect`: what the shell reads for back-pressure and metrics (backlogs, queues, totals);
 //! - `restore`: loading a store [`Snapshot`] at startup;
 //! - `persist`: what is stored ([`StoreOp`], [`Snapshot`]);
@@ -74,8 +76,9 @@
 //!   first, `flash` last (rule in `budget`). Nothing is dropped without telling its sender, and
 //!   nothing already accepted is dropped to make room.
 //!
-//! The facade is long for its doc and one-line routing methods; each kind of work lives in its
-//! own file (`frames`, `queue`, `commit`, `budget`, `identity`, `restore`, `inspect`).
+//! Each kind of work lives in its own file (`frames`, `queue`, `fair`, `commit`, `budget`,
+//! `identity`, `restore`, `transmit`, `inspect`); this facade holds the docs, the types the
+//! shell sees and the routing between them.
 //!
 //! Invariant: for each destination, every queued envelope is in exactly one lane, and is listed
 //! as unwritten in that lane exactly when its state is [`ItemState::Unwritten`]; queued byte
@@ -89,8 +92,8 @@ use std::fmt;
 use bytes::Bytes;
 pub use hotline_proto::Lane;
 use hotline_proto::wire::{self, Frame, Presence, RefusalCode};
-use hotline_proto::{EndpointId, MessageId, Precedence, Time};
-use tracing::{debug, error};
+use hotline_proto::{EndpointId, Precedence, Time};
+use tracing::debug;
 
 mod budget;
 mod commit;
@@ -102,6 +105,11 @@ mod limits;
 mod persist;
 mod queue;
 mod restore;
+mod transmit;
+
+pub use frames::Decoded;
+pub use inspect::QueuedEnvelope;
+pub use transmit::Transmit;
 
 pub use commit::WriteClass;
 use commit::{After, CommitGate, Deferred, Released};
@@ -224,44 +232,6 @@ pub enum Output {
     },
 }
 
-/// One frame for one stream, from [`Router::poll_transmit`]. Hand it back to
-/// [`Router::handle_written`] once written.
-#[derive(Clone, Debug)]
-pub struct Transmit {
-    /// The frame, length prefix included, byte for byte as it arrived (or as the relay made it).
-    pub bytes: Bytes,
-    stream: Lane,
-    item: Option<(ItemKey, u64)>,
-}
-
-impl Transmit {
-    /// The stream it goes to.
-    pub fn stream(&self) -> Lane {
-        self.stream
-    }
-}
-
-/// A whole frame as read from a stream (length prefix included), and what it decodes to:
-/// decoding needs no router state, so the shell does it before taking its lock.
-#[derive(Debug)]
-pub struct Decoded {
-    bytes: Bytes,
-    /// The frame, or why it is malformed (the detail of the `Malformed` refusal).
-    frame: Result<Frame, String>,
-}
-
-impl Decoded {
-    /// Decodes `bytes`; a frame followed by anything is malformed.
-    pub fn new(bytes: Bytes) -> Self {
-        let frame = match wire::decode_frame(&bytes) {
-            Ok((frame, used)) if used == bytes.len() => Ok(frame),
-            Ok((_, used)) => Err(format!("{} bytes after the frame", bytes.len() - used)),
-            Err(e) => Err(e.to_string()),
-        };
-        Self { bytes, frame }
-    }
-}
-
 /// Totals for metrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -273,21 +243,6 @@ pub struct Stats {
     pub queued_bytes: [u64; Lane::COUNT],
     /// Bytes of queued envelopes also held in memory.
     pub in_memory_bytes: u64,
-}
-
-/// A queued envelope as seen from outside (tests, status).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QueuedEnvelope {
-    /// The message.
-    pub id: MessageId,
-    /// The lane it is scheduled on.
-    pub transport: Precedence,
-    /// Where it stands.
-    pub state: ItemState,
-    /// When it first arrived (wall clock).
-    pub queued_at: Time,
-    /// When its time-to-live runs out, if it has one.
-    pub expires_at: Option<Time>,
 }
 
 /// The routing and queueing state of a relay. See the module docs for the rules.
@@ -539,159 +494,6 @@ impl Router {
         }
     }
 
-    /// The next frame for `stream` of `conn`, if any. Envelopes are taken per lane in arrival
-    /// order from each sender, the senders in deficit round robin (see `fair`); the caller calls this only when it is ready to write, which bounds write-ahead.
-    #[must_use]
-    pub fn poll_transmit(&mut self, conn: ConnId, stream: Lane) -> Option<Transmit> {
-        let endpoint = self.conns.get(&conn)?;
-        let ep = self.endpoints.get_mut(endpoint)?;
-        match stream {
-            Lane::Control => {
-                if ep.control_in_flight.is_some() {
-                    return None;
-                }
-                let frame = ep.pop_control()?;
-                let bytes = frame.bytes.clone();
-                ep.control_in_flight = Some(frame);
-                Some(Transmit {
-                    bytes,
-                    stream,
-                    item: None,
-                })
-            }
-            Lane::Precedence(lane) => {
-                let slot = lane.index();
-                // The envelope taken last time, if its frame was being read back.
-                if let Some((order, key)) = ep.loading[slot].take() {
-                    match ep.items.get(&key) {
-                        Some(item)
-                            if item.order == order
-                                && item.lane == lane
-                                && item.state == ItemState::InFlight =>
-                        {
-                            let Some(bytes) = item.bytes.clone() else {
-                                // Still being read.
-                                ep.loading[slot] = Some((order, key));
-                                return None;
-                            };
-                            return Some(Transmit {
-                                bytes,
-                                stream,
-                                item: Some((key, order)),
-                            });
-                        }
-                        // Delivered, expired or moved meanwhile: take the next one.
-                        _ => {}
-                    }
-                }
-                loop {
-                    let (order, key) = ep.unwritten[slot].pop()?;
-                    let Some(item) = ep.items.get_mut(&key) else {
-                        // The index only lists queued items; tolerate a stale entry all the same.
-                        continue;
-                    };
-                    item.state = ItemState::InFlight;
-                    let Some(bytes) = item.bytes.clone() else {
-                        // Only the store has it: read it back, then this writer is woken.
-                        ep.loading[slot] = Some((order, key));
-                        self.outputs.push_back(Output::Load {
-                            destination: endpoint.clone(),
-                            lane,
-                            order,
-                        });
-                        return None;
-                    };
-                    return Some(Transmit {
-                        bytes,
-                        stream,
-                        item: Some((key, order)),
-                    });
-                }
-            }
-        }
-    }
-
-    /// The frame of row `order` that [`Output::Load`] asked for, read back from the store
-    /// (`None`: the row is gone). Wakes the writer that waits for it.
-    pub fn handle_loaded(
-        &mut self,
-        destination: &EndpointId,
-        lane: Precedence,
-        order: u64,
-        bytes: Option<Bytes>,
-    ) {
-        let Some(ep) = self.endpoints.get_mut(destination) else {
-            return;
-        };
-        let slot = lane.index();
-        let Some((_, key)) = ep.loading[slot].clone().filter(|(o, _)| *o == order) else {
-            // Not (or no longer) waited for.
-            return;
-        };
-        match bytes {
-            Some(bytes) => {
-                if !ep.warm(&mut self.usage, lane, order, bytes) {
-                    // It changed meanwhile (moved to another lane, say): the writer moves on.
-                    ep.loading[slot] = None;
-                }
-            }
-            None => {
-                if ep.items.get(&key).is_some_and(|item| item.order == order) {
-                    error!(
-                        to = %destination,
-                        order,
-                        "a queued envelope is missing from the store; offered again on reconnection"
-                    );
-                }
-                ep.loading[slot] = None;
-            }
-        }
-        if let Some(conn) = ep.conn {
-            self.outputs.push_back(Output::Wake {
-                conn,
-                stream: Lane::Precedence(lane),
-            });
-        }
-    }
-
-    /// The shell wrote `transmit` to `conn`'s stream.
-    pub fn handle_written(&mut self, conn: ConnId, transmit: Transmit) {
-        let Some(endpoint) = self.conns.get(&conn) else {
-            return;
-        };
-        let Some(ep) = self.endpoints.get_mut(endpoint) else {
-            return;
-        };
-        match transmit.item {
-            None => {
-                if let Some(frame) = ep.control_in_flight.take() {
-                    ep.control_bytes -= len(&frame.bytes);
-                    if let Some(key) = frame.stored {
-                        self.staged.push(StoreOp::DeleteControl { key });
-                    }
-                }
-                if ep.control_len() > 0 {
-                    self.outputs.push_back(Output::Wake {
-                        conn,
-                        stream: Lane::Control,
-                    });
-                }
-            }
-            Some((key, order)) => {
-                if let Some(item) = ep.items.get_mut(&key) {
-                    // An escalation meanwhile made it unwritten on a higher lane: leave it so.
-                    if item.order == order && item.state == ItemState::InFlight {
-                        item.state = ItemState::Written;
-                    }
-                }
-                // Written, it waits only for its receipt: memory need not hold it.
-                let destination = endpoint.clone();
-                self.cool(&destination, &key, order);
-            }
-        }
-        self.flush();
-    }
-
     /// Writes up to and including `write` are durable: releases the frames that waited for them
     /// (`Accepted` replies, receipts, notices, `Expired` refusals), by write, in order.
     pub fn handle_persisted(&mut self, write: CommitId) {
@@ -716,16 +518,6 @@ impl Router {
             if let Some((destination, key)) = self.uncommitted_puts.remove(&row) {
                 self.cool(&destination, &key, row);
             }
-        }
-    }
-
-    /// Drops a committed envelope's frame from memory if memory is over its window.
-    fn cool(&mut self, destination: &EndpointId, key: &ItemKey, order: u64) {
-        if self.usage.hot <= self.limits.max_in_memory_bytes || self.commits.row_pending(order) {
-            return;
-        }
-        if let Some(ep) = self.endpoints.get_mut(destination) {
-            ep.cool(&mut self.usage, key, order);
         }
     }
 

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use hotline_proto::wire::{Accepted, Hello, PROTOCOL_VERSION, Refusal};
-use hotline_proto::{Channel, Seq, Time};
+use hotline_proto::{Channel, MessageId, Seq, Time};
 
 use hotline_proto::testing::{self, id};
 
