@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use hotline_client::config::NodeConfig;
 use hotline_net::framed::{self, LaneTag};
 use hotline_net::quic;
@@ -206,8 +206,16 @@ struct Link {
 impl Link {
     async fn connect(config: &Path) -> Result<Self> {
         let cfg = NodeConfig::load(config)?;
-        let endpoint = quic::client(cfg.relay, cfg.client_config()?)?;
-        let (addr, name) = (cfg.relay, cfg.relay_name.as_str());
+        // The bench's exercise has one relay, at an IP address.
+        let Some(relay) = cfg.relays.first() else {
+            bail!("{} lists no relay", config.display());
+        };
+        let addr: std::net::SocketAddr = relay
+            .addr
+            .parse()
+            .with_context(|| format!("relay address {:?}", relay.addr))?;
+        let endpoint = quic::client(addr, cfg.client_config()?)?;
+        let name = relay.name.as_str();
         let conn = endpoint
             .connect(addr, name)
             .context("connecting")?

@@ -1,8 +1,10 @@
 //! `hotline certs init`: an exercise PKI plus ready-to-run configs in one directory.
 //!
 //! Writes `ca.pem`/`ca.key`, `relay.pem`/`relay.key`, `<id>.pem`/`<id>.key` (keys 0600),
-//! `relay.toml` and one `<id>.toml` per endpoint, each pinning its partner's identity key.
-//! Paths inside the configs are relative to the directory, so it can be moved as a whole.
+//! `relay.toml` (or, with several relays, `relay-1.toml` … `relay-N.toml`, each with its own
+//! data directory and the one relay certificate naming them all) and one `<id>.toml` per
+//! endpoint, each listing every relay and pinning its partner's identity key. Paths inside the
+//! configs are relative to the directory, so it can be moved as a whole.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,19 +14,53 @@ use anyhow::{Context, Result, bail};
 use hotline_net::pki::ExercisePki;
 use hotline_proto::EndpointId;
 
+use crate::config::MAX_RELAYS;
+
 /// What `certs init` was asked for.
 #[derive(Debug, Clone)]
 pub struct InitRequest {
-    /// Relay DNS name (also in its certificate).
-    pub relay_name: String,
+    /// The relays (at least one): the name in their certificate and the address nodes dial.
+    pub relays: Vec<RelaySpec>,
     /// Endpoint ids.
     pub endpoints: Vec<String>,
     /// `a:b` pairs; empty with two endpoints pairs them.
     pub pairs: Vec<String>,
-    /// Relay address written into the configs.
-    pub relay_addr: SocketAddr,
     /// Overwrite an existing PKI.
     pub force: bool,
+}
+
+/// One relay of an exercise.
+#[derive(Debug, Clone)]
+pub struct RelaySpec {
+    /// DNS name (in the relay certificate).
+    pub name: String,
+    /// `IP:PORT`, or `HOST:PORT` (resolved by the nodes at each connection).
+    pub addr: String,
+}
+
+impl RelaySpec {
+    /// A relay named `name` at `addr`.
+    pub fn new(name: impl Into<String>, addr: impl ToString) -> Self {
+        Self {
+            name: name.into(),
+            addr: addr.to_string(),
+        }
+    }
+
+    /// What the relay listens on: its address, or for a host name every interface on its port.
+    fn listen(&self) -> Result<SocketAddr> {
+        if let Ok(addr) = self.addr.parse() {
+            return Ok(addr);
+        }
+        let port = self
+            .addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .with_context(|| {
+                format!("relay address {:?} is not IP:PORT or HOST:PORT", self.addr)
+            })?;
+        Ok(SocketAddr::from(([0, 0, 0, 0], port)))
+    }
 }
 
 /// Per-precedence deadline overrides written into endpoint configs (the demo uses short ones).
@@ -91,8 +127,20 @@ pub fn init(
             out.display()
         );
     }
+    if req.relays.is_empty() {
+        bail!("at least one relay is needed");
+    }
+    if req.relays.len() > MAX_RELAYS {
+        bail!("{} relays given; at most {MAX_RELAYS}", req.relays.len());
+    }
+    let listens = req
+        .relays
+        .iter()
+        .map(RelaySpec::listen)
+        .collect::<Result<Vec<_>>>()?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let pki = ExercisePki::generate(&req.relay_name, &ids)?;
+    let names: Vec<&str> = req.relays.iter().map(|r| r.name.as_str()).collect();
+    let pki = ExercisePki::generate_for_relays(&names, &ids)?;
     pki.write(out)?;
     let identity: BTreeMap<&EndpointId, String> = pki
         .endpoints
@@ -100,20 +148,52 @@ pub fn init(
         .map(|e| (&e.id, e.identity.to_hex()))
         .collect();
 
-    let mut relay = format!(
-        "# Relay config written by `hotline certs init` (exercise PKI; never production keys).\n\
-         # Every key is documented in deploy/relay.example.toml.\n\
-         listen = \"{addr}\"\n\
-         data_dir = \"data/relay\"\n\
-         ca = \"ca.pem\"\n\
-         cert = \"relay.pem\"\n\
-         key = \"relay.key\"\n",
-        addr = req.relay_addr
-    );
+    let mut hotlines = String::new();
     for (a, b) in &pairs {
-        relay.push_str(&format!("\n[[hotline]]\na = \"{a}\"\nb = \"{b}\"\n"));
+        hotlines.push_str(&format!("\n[[hotline]]\na = \"{a}\"\nb = \"{b}\"\n"));
     }
-    write(out, "relay.toml", &relay)?;
+    let several = req.relays.len() > 1;
+    for (i, (spec, listen)) in req.relays.iter().zip(&listens).enumerate() {
+        let (file, data) = if several {
+            (
+                format!("relay-{}.toml", i + 1),
+                format!("data/relay-{}", i + 1),
+            )
+        } else {
+            ("relay.toml".to_owned(), "data/relay".to_owned())
+        };
+        let relay = format!(
+            "# Relay config written by `hotline certs init` (exercise PKI; never production keys).\n\
+             # Every key is documented in deploy/relay.example.toml.\n\
+             # Nodes reach this relay as {name} at {addr}.\n\
+             listen = \"{listen}\"\n\
+             data_dir = \"{data}\"\n\
+             ca = \"ca.pem\"\n\
+             cert = \"relay.pem\"\n\
+             key = \"relay.key\"\n\
+             {hotlines}",
+            name = spec.name,
+            addr = spec.addr,
+        );
+        write(out, &file, &relay)?;
+    }
+    let relay_lines = match req.relays.as_slice() {
+        [one] => format!("relay = \"{}\"\nrelay_name = \"{}\"\n", one.addr, one.name),
+        _ => String::new(),
+    };
+    let relay_tables: String = if several {
+        let mut t =
+            String::from("\n# Every relay is used at once: each frame goes out on all of them.\n");
+        for r in &req.relays {
+            t.push_str(&format!(
+                "[[relays]]\naddr = \"{}\"\nname = \"{}\"\n",
+                r.addr, r.name
+            ));
+        }
+        t
+    } else {
+        String::new()
+    };
 
     for id in &ids {
         let Some(partner) = partner_of.get(id) else {
@@ -122,19 +202,17 @@ pub fn init(
         let mut cfg = format!(
             "# Endpoint config for {id}, written by `hotline certs init`.\n\
              # Every key is documented in deploy/node.example.toml.\n\
-             relay = \"{addr}\"\n\
-             relay_name = \"{name}\"\n\
+             {relay_lines}\
              data_dir = \"data/{id}\"\n\
              ca = \"ca.pem\"\n\
              cert = \"{id}.pem\"\n\
              key = \"{id}.key\"\n\
+             {relay_tables}\
              \n\
              # The partner's identity key is pinned: a different key is a security alarm.\n\
              [[partner]]\n\
              id = \"{partner}\"\n\
              identity_key = \"{key}\"\n",
-            addr = req.relay_addr,
-            name = req.relay_name,
             key = identity[partner],
         );
         for (p, (delivered, acknowledged)) in deadlines {
@@ -163,10 +241,9 @@ mod tests {
 
     fn req(endpoints: &[&str], pairs: &[&str]) -> InitRequest {
         InitRequest {
-            relay_name: "localhost".into(),
             endpoints: endpoints.iter().map(|s| s.to_string()).collect(),
             pairs: pairs.iter().map(|s| s.to_string()).collect(),
-            relay_addr: "127.0.0.1:4433".parse().unwrap(),
+            relays: vec![RelaySpec::new("localhost", "127.0.0.1:4433")],
             force: false,
         }
     }
@@ -221,5 +298,46 @@ mod tests {
             &DeadlineOverrides::new(),
         )
         .unwrap();
+    }
+
+    #[test]
+    fn two_relays_make_two_relay_configs_and_nodes_list_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let request = InitRequest {
+            relays: vec![
+                RelaySpec::new("relay-a", "127.0.0.1:4433"),
+                RelaySpec::new("relay-b", "relay-b.example:4434"),
+            ],
+            ..req(&["us", "jp"], &[])
+        };
+        init(dir.path(), &request, &DeadlineOverrides::new()).unwrap();
+        assert!(!dir.path().join("relay.toml").exists());
+        let one = std::fs::read_to_string(dir.path().join("relay-1.toml")).unwrap();
+        let two = std::fs::read_to_string(dir.path().join("relay-2.toml")).unwrap();
+        assert!(one.contains("listen = \"127.0.0.1:4433\"") && one.contains("data/relay-1"));
+        assert!(two.contains("listen = \"0.0.0.0:4434\"") && two.contains("data/relay-2"));
+        let us = crate::config::NodeConfig::load(&dir.path().join("us.toml")).unwrap();
+        let relays: Vec<(&str, &str)> = us
+            .relays
+            .iter()
+            .map(|r| (r.addr.as_str(), r.name.as_str()))
+            .collect();
+        assert_eq!(
+            relays,
+            [
+                ("127.0.0.1:4433", "relay-a"),
+                ("relay-b.example:4434", "relay-b")
+            ]
+        );
+        let bad = InitRequest {
+            relays: vec![RelaySpec::new("r", "nowhere")],
+            force: true,
+            ..req(&["us", "jp"], &[])
+        };
+        let err = init(dir.path(), &bad, &DeadlineOverrides::new()).unwrap_err();
+        assert!(
+            err.to_string().contains("not IP:PORT or HOST:PORT"),
+            "{err}"
+        );
     }
 }

@@ -28,11 +28,16 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeFile {
-    /// Relay address, `IP:PORT`.
-    pub relay: String,
-    /// Name the relay's certificate must carry. Default `localhost`.
+    /// The relay's address, `IP:PORT` or `HOST:PORT` (resolved at each connection), when there
+    /// is one relay. Several relays are listed as `[[relays]]` instead; not both.
+    #[serde(default)]
+    pub relay: Option<String>,
+    /// Name the relay's certificate must carry (with `relay`). Default `localhost`.
     #[serde(default = "cfg_defaults::relay_name")]
     pub relay_name: String,
+    /// Every relay of the hotline, all used at once (at most [`MAX_RELAYS`]).
+    #[serde(default)]
+    pub relays: Vec<RelayFile>,
     /// Data directory (store, control socket). Relative to the config file.
     pub data_dir: PathBuf,
     /// Exercise CA certificate (PEM).
@@ -41,12 +46,14 @@ pub struct NodeFile {
     pub cert: PathBuf,
     /// Our private key (PEM, PKCS#8 Ed25519).
     pub key: PathBuf,
-    /// QUIC keep-alive interval, 100 ..= 60000 ms. Default 1000 ms.
-    #[serde(default = "cfg_defaults::keep_alive_ms")]
-    pub keep_alive_ms: u64,
-    /// QUIC idle timeout, 1000 ..= 3600000 ms and above `keep_alive_ms`. Default 5000 ms.
-    #[serde(default = "cfg_defaults::idle_timeout_ms")]
-    pub idle_timeout_ms: u64,
+    /// QUIC keep-alive interval, 100 ..= 60000 ms. Default 1000 ms with one relay, 500 ms with
+    /// several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_alive_ms: Option<u64>,
+    /// QUIC idle timeout, 1000 ..= 3600000 ms and above `keep_alive_ms`. Default 5000 ms with one
+    /// relay; 2000 ms with several, since another relay carries the traffic meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u64>,
     /// Interval between signed link tests, 100 ..= 600000 ms. Default 2000 ms.
     #[serde(default = "cfg_defaults::link_test_interval_ms")]
     pub link_test_interval_ms: u64,
@@ -59,6 +66,59 @@ pub struct NodeFile {
     /// Per-precedence deadlines, e.g. `[deadlines.flash] delivered_ms = 10000`.
     #[serde(default)]
     pub deadlines: BTreeMap<String, DeadlineFile>,
+}
+
+/// One relay in `[[relays]]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayFile {
+    /// `IP:PORT` or `HOST:PORT` (resolved at each connection).
+    pub addr: String,
+    /// Name its certificate must carry. Default `localhost`.
+    #[serde(default = "cfg_defaults::relay_name")]
+    pub name: String,
+}
+
+/// At most this many relays per node: each is one connection and one copy of every frame.
+pub const MAX_RELAYS: usize = 8;
+
+/// Where one relay is, and the name its certificate must carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayAddress {
+    /// `IP:PORT`, or `HOST:PORT` resolved at each connection.
+    pub addr: String,
+    /// The name its certificate must carry.
+    pub name: String,
+}
+
+impl RelayAddress {
+    /// A relay at a fixed socket address.
+    pub fn at(addr: SocketAddr, name: impl Into<String>) -> Self {
+        Self {
+            addr: addr.to_string(),
+            name: name.into(),
+        }
+    }
+
+    /// Checks that `addr` is `IP:PORT` or `HOST:PORT` with a port.
+    fn check(addr: &str, name: String) -> Result<Self> {
+        if addr.parse::<SocketAddr>().is_err() {
+            let port = addr.rsplit_once(':').and_then(|(host, port)| {
+                let ok = !host.is_empty() && !host.contains(':');
+                port.parse::<u16>().ok().filter(|p| ok && *p != 0)
+            });
+            if port.is_none() {
+                bail!("relay address {addr:?} is not IP:PORT or HOST:PORT");
+            }
+        }
+        if name.is_empty() {
+            bail!("relay {addr}: the certificate name is empty");
+        }
+        Ok(Self {
+            addr: addr.to_owned(),
+            name,
+        })
+    }
 }
 
 /// One pinned partner.
@@ -85,12 +145,9 @@ mod cfg_defaults {
     pub(super) fn relay_name() -> String {
         "localhost".into()
     }
-    pub(super) fn keep_alive_ms() -> u64 {
-        1000
-    }
-    pub(super) fn idle_timeout_ms() -> u64 {
-        5000
-    }
+    /// Keep-alive and idle timeout when there is one relay, and when there are several.
+    pub(super) const TIMEOUTS_ONE_RELAY_MS: (u64, u64) = (1000, 5000);
+    pub(super) const TIMEOUTS_SEVERAL_RELAYS_MS: (u64, u64) = (500, 2000);
     pub(super) fn link_test_interval_ms() -> u64 {
         2000
     }
@@ -131,10 +188,8 @@ impl NodeFile {
 /// A validated node configuration.
 #[derive(Debug)]
 pub struct NodeConfig {
-    /// Relay address.
-    pub relay: SocketAddr,
-    /// Expected relay certificate name.
-    pub relay_name: String,
+    /// The relays, all used at once (at least one).
+    pub relays: Vec<RelayAddress>,
     /// Data directory.
     pub data_dir: PathBuf,
     /// CA roots.
@@ -162,10 +217,25 @@ impl NodeConfig {
 
     /// Converts a parsed file into a validated configuration.
     pub fn from_file(file: NodeFile) -> Result<Self> {
-        let relay: SocketAddr = file
-            .relay
-            .parse()
-            .with_context(|| format!("relay = {:?} is not an IP:PORT address", file.relay))?;
+        let relays = match (file.relay, file.relays.as_slice()) {
+            (Some(addr), []) => vec![RelayAddress::check(&addr, file.relay_name)?],
+            (None, []) => bail!("no relay configured: set relay = \"IP:PORT\" or [[relays]]"),
+            (Some(_), _) => {
+                bail!("both relay and [[relays]] are set; list every relay in [[relays]]")
+            }
+            (None, list) if list.len() > MAX_RELAYS => {
+                bail!("{} relays configured; at most {MAX_RELAYS}", list.len())
+            }
+            (None, list) => list
+                .iter()
+                .map(|r| RelayAddress::check(&r.addr, r.name.clone()))
+                .collect::<Result<Vec<_>>>()?,
+        };
+        for (i, r) in relays.iter().enumerate() {
+            if relays[..i].iter().any(|o| o.addr == r.addr) {
+                bail!("relay {} is listed twice", r.addr);
+            }
+        }
         let ca = tls::load_certs(&file.ca)?;
         let creds = Credentials::load(&file.cert, &file.key)?;
         let leaf = creds.certs.first().context("certificate file is empty")?;
@@ -223,10 +293,17 @@ impl NodeConfig {
                     .with_context(|| format!("[deadlines.{name}] acknowledged_ms"))?;
             }
         }
-        let timeouts = Timeouts::from_millis(file.keep_alive_ms, file.idle_timeout_ms)?;
+        let (keep_alive, idle) = if relays.len() > 1 {
+            cfg_defaults::TIMEOUTS_SEVERAL_RELAYS_MS
+        } else {
+            cfg_defaults::TIMEOUTS_ONE_RELAY_MS
+        };
+        let timeouts = Timeouts::from_millis(
+            file.keep_alive_ms.unwrap_or(keep_alive),
+            file.idle_timeout_ms.unwrap_or(idle),
+        )?;
         Ok(Self {
-            relay,
-            relay_name: file.relay_name,
+            relays,
             data_dir: file.data_dir,
             ca,
             credentials: creds,
@@ -272,7 +349,7 @@ fn identity_key_from(key: &PrivateKeyDer<'_>) -> Result<IdentityKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::certs::{DeadlineOverrides, InitRequest};
+    use crate::certs::{DeadlineOverrides, InitRequest, RelaySpec};
 
     /// An exercise PKI with `us.toml`; `edit` rewrites that file's text before it is loaded.
     fn load_with(edit: impl FnOnce(String) -> String) -> Result<NodeConfig> {
@@ -280,10 +357,9 @@ mod tests {
         crate::certs::init(
             dir.path(),
             &InitRequest {
-                relay_name: "localhost".into(),
                 endpoints: vec!["us".into(), "jp".into()],
                 pairs: vec![],
-                relay_addr: "127.0.0.1:4433".parse().unwrap(),
+                relays: vec![RelaySpec::new("localhost", "127.0.0.1:4433")],
                 force: false,
             },
             &DeadlineOverrides::new(),
@@ -364,6 +440,59 @@ mod tests {
             format!("{}+{}", &t[..at], &t[at + 1..])
         });
         assert!(e.contains("identity_key") && e.contains("'+'"), "{e}");
+    }
+
+    #[test]
+    fn one_relay_or_a_list_of_relays() {
+        let c = load_with(|t| t).unwrap();
+        assert_eq!(
+            c.relays,
+            [RelayAddress::at(
+                "127.0.0.1:4433".parse().unwrap(),
+                "localhost"
+            )]
+        );
+        let two = "[[relays]]\naddr = \"127.0.0.1:4433\"\nname = \"relay-1\"\n\
+                   [[relays]]\naddr = \"relay-2.example:4434\"\n";
+        let c = load_with(|t| format!("{}\n{two}", drop_relay(&t))).unwrap();
+        let addrs: Vec<(&str, &str)> = c
+            .relays
+            .iter()
+            .map(|r| (r.addr.as_str(), r.name.as_str()))
+            .collect();
+        assert_eq!(
+            addrs,
+            [
+                ("127.0.0.1:4433", "relay-1"),
+                ("relay-2.example:4434", "localhost")
+            ]
+        );
+        // With several relays a silent one is given up sooner: another carries the traffic.
+        assert_eq!(
+            c.timeouts,
+            Timeouts::from_millis(500, 2000).unwrap(),
+            "defaults with several relays"
+        );
+        let c =
+            load_with(|t| format!("idle_timeout_ms = 9000\n{}\n{two}", drop_relay(&t))).unwrap();
+        assert_eq!(c.timeouts, Timeouts::from_millis(500, 9000).unwrap());
+        let e = error_with(|t| format!("{t}\n{two}"));
+        assert!(e.contains("both relay and [[relays]]"), "{e}");
+        let e = error_with(|t| drop_relay(&t));
+        assert!(e.contains("no relay configured"), "{e}");
+        let e = error_with(|t| t.replace("127.0.0.1:4433", "nowhere"));
+        assert!(e.contains("\"nowhere\" is not IP:PORT or HOST:PORT"), "{e}");
+        let twice = "[[relays]]\naddr = \"127.0.0.1:1\"\n[[relays]]\naddr = \"127.0.0.1:1\"\n";
+        let e = error_with(|t| format!("{}\n{twice}", drop_relay(&t)));
+        assert!(e.contains("listed twice"), "{e}");
+    }
+
+    /// The config text without its `relay = ...` line.
+    fn drop_relay(text: &str) -> String {
+        text.lines()
+            .filter(|l| !l.starts_with("relay = "))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     #[test]

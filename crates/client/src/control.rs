@@ -263,7 +263,7 @@ pub struct StatusView {
     pub link: String,
     /// Since when.
     pub link_since: String,
-    /// Connected to the relay.
+    /// Connected to at least one relay.
     pub connected: bool,
     /// Relay's word on the partner.
     pub partner_online: Option<bool>,
@@ -285,6 +285,26 @@ pub struct StatusView {
     pub alarms: Vec<AlarmView>,
     /// Inbox size.
     pub inbox: usize,
+    /// Each configured relay's link, in configuration order.
+    #[serde(default)]
+    pub relays: Vec<RelayView>,
+}
+
+/// One relay link in `status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayView {
+    /// Its address as configured (`IP:PORT` or `HOST:PORT`).
+    pub addr: String,
+    /// The name its certificate must carry.
+    pub name: String,
+    /// Connected now.
+    pub connected: bool,
+    /// Since when it has been connected, or not.
+    pub since: String,
+    /// Why it is not connected, if it is not.
+    pub last_error: Option<String>,
+    /// This relay's word on the partner.
+    pub partner_online: Option<bool>,
 }
 
 /// Why talking to a node's control socket failed.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use hotline_proto::{MessageId, Precedence};
 
-use crate::certs::{self, DeadlineOverrides, InitRequest};
+use crate::certs::{self, DeadlineOverrides, InitRequest, RelaySpec};
 use crate::control::{ControlClient, Event, Request, StatusView, WaitLevel};
 use crate::process::{Binaries, LOOPBACK_ANY, Launcher, Process, point_node_at};
 use crate::view::escape_control;
@@ -50,11 +50,10 @@ pub async fn run(keep: bool, print: &mut dyn FnMut(&str)) -> Result<()> {
     certs::init(
         &dir,
         &InitRequest {
-            relay_name: "localhost".into(),
             endpoints: vec!["us".into(), "jp".into()],
             pairs: vec![],
             // The relay picks its port; the node configs are pointed at it once it runs.
-            relay_addr: LOOPBACK_ANY,
+            relays: vec![RelaySpec::new("localhost", LOOPBACK_ANY)],
             force: false,
         },
         &deadlines,

@@ -5,24 +5,29 @@
 //! never race for a "free" port. Nodes are real [`Node`]s (QUIC, TLS, redb with fsync); only the
 //! processes are missing, which is what `tests/` adds.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Result, bail};
 use hotline_net::tls::{self, Credentials};
+use hotline_proto::EndpointId;
 use hotline_relay::{Server, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::certs::{self, DeadlineOverrides, InitRequest};
-use crate::config::NodeConfig;
+use crate::certs::{self, DeadlineOverrides, InitRequest, RelaySpec};
+use crate::config::{NodeConfig, RelayAddress};
 use crate::control::{ControlClient, Event, Request, StatusView};
 use crate::node::Node;
 
-/// A relay serving the hotline `us` ↔ `jp`, with configs for both nodes.
+/// One or more relays serving the hotline `us` ↔ `jp`, with configs for both nodes.
 #[derive(Debug)]
 pub struct Hotline {
     dir: tempfile::TempDir,
-    relay: Server,
+    /// Each relay, `None` while stopped; its address stays, so a restart listens there again.
+    relays: Vec<Option<Server>>,
+    addrs: Vec<SocketAddr>,
+    pairs: Vec<(EndpointId, EndpointId)>,
 }
 
 impl Hotline {
@@ -34,34 +39,78 @@ impl Hotline {
     /// As [`Hotline::start`], with the relay's configuration edited by `edit` first.
     pub async fn start_with(
         deadlines: &DeadlineOverrides,
-        edit: impl FnOnce(&mut ServerConfig),
+        edit: impl FnMut(&mut ServerConfig),
+    ) -> Result<Self> {
+        Self::start_relays(1, deadlines, edit).await
+    }
+
+    /// As [`Hotline::start_with`], with `count` independent relays (each its own store); every
+    /// node config lists all of them.
+    pub async fn start_relays(
+        count: usize,
+        deadlines: &DeadlineOverrides,
+        mut edit: impl FnMut(&mut ServerConfig),
     ) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("hotline-test-").tempdir()?;
         let pairs = certs::init(
             dir.path(),
             &InitRequest {
-                relay_name: "localhost".into(),
                 endpoints: vec!["us".into(), "jp".into()],
                 pairs: vec![],
-                // Replaced by the relay's real address when a node is configured.
-                relay_addr: "127.0.0.1:9".parse()?,
+                // Replaced by the relays' real addresses when a node is configured.
+                relays: vec![RelaySpec::new("localhost", "127.0.0.1:9")],
                 force: false,
             },
             deadlines,
         )?;
-        let ca = tls::load_certs(&dir.path().join("ca.pem"))?;
-        let creds =
-            Credentials::load(&dir.path().join("relay.pem"), &dir.path().join("relay.key"))?;
-        let mut config = ServerConfig::new(
-            "127.0.0.1:0".parse()?,
+        let mut hotline = Self {
+            dir,
+            relays: Vec::new(),
+            addrs: Vec::new(),
+            pairs,
+        };
+        for i in 0..count {
+            let mut config = hotline.relay_config(i, "127.0.0.1:0".parse()?)?;
+            edit(&mut config);
+            let relay = Server::spawn(config).await?;
+            hotline.addrs.push(relay.local_addr());
+            hotline.relays.push(Some(relay));
+        }
+        Ok(hotline)
+    }
+
+    fn relay_config(&self, i: usize, listen: SocketAddr) -> Result<ServerConfig> {
+        let dir = self.dir.path();
+        let ca = tls::load_certs(&dir.join("ca.pem"))?;
+        let creds = Credentials::load(&dir.join("relay.pem"), &dir.join("relay.key"))?;
+        let data = match i {
+            0 => dir.join("relay-data"),
+            i => dir.join(format!("relay-data-{}", i + 1)),
+        };
+        Ok(ServerConfig::new(
+            listen,
             ca,
             creds,
-            dir.path().join("relay-data"),
-            pairs,
-        );
-        edit(&mut config);
-        let relay = Server::spawn(config).await?;
-        Ok(Self { dir, relay })
+            data,
+            self.pairs.clone(),
+        ))
+    }
+
+    /// Stops relay `i` (its connections are closed; its store is kept).
+    pub async fn stop_relay(&mut self, i: usize) {
+        if let Some(relay) = self.relays.get_mut(i).and_then(Option::take) {
+            relay.shutdown().await;
+        }
+    }
+
+    /// Starts relay `i` again, on its address and store, with a default configuration.
+    pub async fn restart_relay(&mut self, i: usize) -> Result<()> {
+        let Some(addr) = self.addrs.get(i).copied() else {
+            bail!("no relay {i}");
+        };
+        let relay = Server::spawn(self.relay_config(i, addr)?).await?;
+        self.relays[i] = Some(relay);
+        Ok(())
     }
 
     /// The directory holding the PKI, configs and stores.
@@ -74,10 +123,14 @@ impl Hotline {
         self.dir.path().join(format!("{endpoint}.toml"))
     }
 
-    /// `endpoint`'s validated config, pointed at this relay.
+    /// `endpoint`'s validated config, pointed at these relays.
     pub fn node_config(&self, endpoint: &str) -> Result<NodeConfig> {
         let mut cfg = NodeConfig::load(&self.config_path(endpoint))?;
-        cfg.relay = self.relay.local_addr();
+        cfg.relays = self
+            .addrs
+            .iter()
+            .map(|a| RelayAddress::at(*a, "localhost"))
+            .collect();
         Ok(cfg)
     }
 
@@ -86,14 +139,28 @@ impl Hotline {
         Ok(Node::spawn(self.node_config(endpoint)?).await?)
     }
 
-    /// The relay.
+    /// The first relay (panics if it is stopped: a test bug).
     pub fn relay(&self) -> &Server {
-        &self.relay
+        self.relay_at(0)
     }
 
-    /// The relay's `GET /metrics` body (the relay must have been started with metrics on).
+    /// Relay `i` (panics if it is stopped or does not exist: a test bug).
+    pub fn relay_at(&self, i: usize) -> &Server {
+        match self.relays.get(i) {
+            Some(Some(relay)) => relay,
+            _ => panic!("relay {i} is not running"),
+        }
+    }
+
+    /// The first relay's `GET /metrics` body (the relay must have been started with metrics
+    /// on).
     pub async fn relay_metrics(&self) -> Result<String> {
-        let Some(addr) = self.relay.metrics_addr() else {
+        self.relay_metrics_at(0).await
+    }
+
+    /// Relay `i`'s `GET /metrics` body (started with metrics on).
+    pub async fn relay_metrics_at(&self, i: usize) -> Result<String> {
+        let Some(addr) = self.relay_at(i).metrics_addr() else {
             bail!("the relay serves no metrics");
         };
         let mut socket = tokio::net::TcpStream::connect(addr).await?;

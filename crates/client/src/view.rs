@@ -16,7 +16,7 @@ use hotline_net::close::CloseReason;
 use hotline_proto::engine::{AlarmKind, Delivery, LinkState, Status};
 use hotline_proto::{EndpointId, Precedence};
 
-use crate::control::{AlarmView, EscalationView, InboxEntry, LaneView, StatusView};
+use crate::control::{AlarmView, EscalationView, InboxEntry, LaneView, RelayView, StatusView};
 use crate::time::format_time;
 
 /// Foreign text made safe for a terminal: every control character (C0 including newline and
@@ -93,6 +93,27 @@ pub fn status_lines(s: &StatusView) -> Vec<String> {
             }
         ),
     ];
+    for r in &s.relays {
+        let state = if r.connected {
+            format!("connected since {}", e(&r.since))
+        } else {
+            format!("not connected since {}", e(&r.since))
+        };
+        let partner = match r.partner_online {
+            Some(true) => ", says partner online",
+            Some(false) => ", says partner offline",
+            None => "",
+        };
+        let why = match (&r.last_error, r.connected) {
+            (Some(err), false) => format!(": {}", e(err)),
+            _ => String::new(),
+        };
+        out.push(format!(
+            "relay {} ({}): {state}{partner}{why}",
+            e(&r.addr),
+            e(&r.name)
+        ));
+    }
     if let Some(err) = &s.last_error {
         out.push(format!("last connection error: {}", e(err)));
     }
@@ -208,6 +229,8 @@ pub struct ShellState<'a> {
     pub last_error: Option<&'a str>,
     /// Messages in the inbox.
     pub inbox: usize,
+    /// Each relay link.
+    pub relays: Vec<RelayView>,
 }
 
 /// `status` from an engine snapshot.
@@ -264,6 +287,7 @@ pub fn status(s: &Status, shell: &ShellState<'_>) -> StatusView {
             })
             .collect(),
         inbox: shell.inbox,
+        relays: shell.relays.clone(),
     }
 }
 
@@ -365,6 +389,14 @@ mod tests {
                 detail: "queue full\x1b[2J\x07\nALARM forged".into(),
             }],
             inbox: 0,
+            relays: vec![RelayView {
+                addr: "relay.example:4433".into(),
+                name: "relay\x1b[2J".into(),
+                connected: false,
+                since: "t".into(),
+                last_error: Some("timed out\x1b[1A".into()),
+                partner_online: None,
+            }],
         };
         let lines = status_lines(&s);
         for l in &lines {

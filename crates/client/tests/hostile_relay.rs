@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use hostile::{Attack, Forgery, HostileRelay};
-use hotline_client::certs::{self, DeadlineOverrides, InitRequest};
+use hotline_client::certs::{self, DeadlineOverrides, InitRequest, RelaySpec};
 use hotline_client::config::NodeConfig;
 use hotline_client::control::{ControlClient, Event, InboxEntry, Request, StatusView};
 use hotline_client::node::Node;
@@ -67,11 +67,10 @@ impl Fixture {
         certs::init(
             dir.path(),
             &InitRequest {
-                relay_name: "localhost".into(),
                 endpoints: vec!["us".into(), "jp".into()],
                 pairs: vec![],
                 // Replaced by the hostile relay's address below.
-                relay_addr: "127.0.0.1:9".parse().unwrap(),
+                relays: vec![RelaySpec::new("localhost", "127.0.0.1:9")],
                 force: false,
             },
             &DeadlineOverrides::new(),
@@ -81,7 +80,10 @@ impl Fixture {
         let mut nodes = Vec::new();
         for name in ["us", "jp"] {
             let mut cfg = NodeConfig::load(&dir.path().join(format!("{name}.toml"))).unwrap();
-            cfg.relay = relay.addr();
+            cfg.relays = vec![hotline_client::config::RelayAddress::at(
+                relay.addr(),
+                "localhost",
+            )];
             tune(&mut cfg.engine);
             nodes.push(Node::spawn(cfg).await.unwrap());
         }

@@ -84,6 +84,17 @@ impl ExercisePki {
     /// Makes a CA, a relay certificate for `relay_name` (plus `localhost`, `127.0.0.1`, `::1`)
     /// and one certificate per endpoint.
     pub fn generate(relay_name: &str, endpoints: &[EndpointId]) -> Result<Self, PkiError> {
+        Self::generate_for_relays(&[relay_name], endpoints)
+    }
+
+    /// As [`ExercisePki::generate`], with one relay certificate naming every relay in
+    /// `relay_names` (the first is its subject), shared by all of them: relays are untrusted
+    /// forwarders (every frame is signed end to end), so one exercise certificate is enough.
+    pub fn generate_for_relays(
+        relay_names: &[&str],
+        endpoints: &[EndpointId],
+    ) -> Result<Self, PkiError> {
+        let relay_name = relay_names.first().copied().unwrap_or("localhost");
         let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params.distinguished_name = name("Hotline exercise CA");
@@ -96,8 +107,10 @@ impl ExercisePki {
         };
         let issuer = Issuer::new(ca_params, ca_key);
 
-        let mut sans = vec![relay_name.to_owned(), "localhost".to_owned()];
-        sans.dedup();
+        let mut sans: Vec<String> = relay_names.iter().map(|n| (*n).to_owned()).collect();
+        sans.push("localhost".to_owned());
+        let mut seen = std::collections::BTreeSet::new();
+        sans.retain(|n| seen.insert(n.clone()));
         let relay_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut relay_params = CertificateParams::new(sans)?;
         relay_params.subject_alt_names.push(SanType::IpAddress(

@@ -143,7 +143,19 @@ pub fn server(
 ) -> Result<quinn::Endpoint, EndpointError> {
     let mut ep_config = quinn::EndpointConfig::default();
     if let Some(key) = reset_key {
+        // Connection ids are signed with a key (quinn's hashed generator) and a packet whose id
+        // does not verify is dropped before a stateless reset is considered. With a random key
+        // per start, a restarted relay dropped its old connections' packets silently and the
+        // nodes waited for their idle timeout; with a key derived from the persisted reset key
+        // it recognises them and resets them at once.
+        let tag = ring::hmac::sign(&key, b"hotline relay connection id key");
+        let mut cid_key = [0u8; 8];
+        cid_key.copy_from_slice(&tag.as_ref()[..8]);
+        let cid_key = u64::from_le_bytes(cid_key);
         ep_config = quinn::EndpointConfig::new(Arc::new(key));
+        ep_config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
     }
     let runtime = quinn::default_runtime().ok_or_else(|| EndpointError::Io {
         what: "starting QUIC".into(),

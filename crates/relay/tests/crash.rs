@@ -389,3 +389,24 @@ async fn a_second_relay_on_the_same_data_dir_exits_with_one_line() {
     assert!(stderr.starts_with("error: "), "{stderr}");
     assert!(stderr.contains("already running"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_relay_restarted_after_kill_9_resets_its_old_connections() {
+    let pki = setup();
+    let mut relay = Relay::start(pki.path(), None).await;
+    let addr = relay.addr;
+    let us = relay.connect(pki.path(), "us").await;
+    // The restarted relay listens where the old one did, with the same persisted reset key.
+    pki.write_config(&RELAY_TOML.replace("127.0.0.1:0", &addr.to_string()));
+    relay.kill9().await;
+    let restarted = Relay::start(pki.path(), None).await;
+    assert_eq!(restarted.addr, addr);
+    // The node's next keep-alive reaches the new process, which recognises the connection id as
+    // its own and answers with a stateless reset: the connection ends as reset, not after the
+    // idle timeout with a timeout.
+    let why = us.closed_with().await;
+    assert!(
+        matches!(why, quinn::ConnectionError::Reset),
+        "the old connection ended with {why:?}, not a stateless reset"
+    );
+}

@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use hotline_client::certs::{self, DeadlineOverrides, InitRequest};
+use hotline_client::certs::{self, DeadlineOverrides, InitRequest, RelaySpec};
 use hotline_client::config::{NodeConfig, NodeFile};
 use hotline_client::control::ControlClient;
 use hotline_client::process::{
@@ -134,11 +134,10 @@ impl Cluster {
         certs::init(
             &dir,
             &InitRequest {
-                relay_name: "localhost".into(),
                 endpoints,
                 pairs: pair_names,
                 // The relay picks its port; the node configs are pointed at it below.
-                relay_addr: LOOPBACK_ANY,
+                relays: vec![RelaySpec::new("localhost", LOOPBACK_ANY)],
                 force: false,
             },
             &DeadlineOverrides::new(),
@@ -313,10 +312,11 @@ impl Cluster {
             return Ok(ep.config.clone());
         };
         let mut file = NodeFile::read(&ep.config)?;
-        if file.relay == relay.to_string() {
+        if file.relay == Some(relay.to_string()) && file.relays.is_empty() {
             return Ok(ep.config.clone());
         }
-        file.relay = relay.to_string();
+        file.relay = Some(relay.to_string());
+        file.relays.clear();
         let path = self.dir.join(format!("{}.toml", ep.id));
         std::fs::write(&path, toml::to_string(&file)?)
             .with_context(|| format!("writing {}", path.display()))?;

@@ -6,12 +6,11 @@
 #![expect(clippy::print_stdout, reason = "the CLI's output")]
 
 use std::io::Read;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use hotline_client::certs::{self, DeadlineOverrides, InitRequest};
+use hotline_client::certs::{self, DeadlineOverrides, InitRequest, RelaySpec};
 use hotline_client::config::NodeConfig;
 use hotline_client::control::{self, ControlClient, Event, Request, WaitLevel};
 use hotline_client::node::Node;
@@ -165,25 +164,32 @@ enum AuditCmd {
 
 #[derive(Debug, Subcommand)]
 enum CertsCmd {
-    /// Write an exercise CA, relay and endpoint certificates, relay.toml and ENDPOINT.toml.
+    /// Write an exercise CA, relay and endpoint certificates, relay.toml (relay-1.toml …
+    /// relay-N.toml with several relays) and ENDPOINT.toml.
     ///
     /// Example: hotline certs init --out ex --relay localhost --endpoint us --endpoint jp
+    ///
+    /// Two relays, used at once by both nodes: hotline certs init --out ex --relay r1
+    /// --relay-addr 127.0.0.1:4433 --relay r2 --relay-addr 127.0.0.1:4434 --endpoint us
+    /// --endpoint jp
     Init {
         /// Output directory.
         #[arg(long)]
         out: PathBuf,
-        /// Relay DNS name (its certificate also covers localhost, 127.0.0.1 and ::1).
-        #[arg(long)]
-        relay: String,
+        /// Relay DNS name (repeat for several relays; the certificate also covers localhost,
+        /// 127.0.0.1 and ::1).
+        #[arg(long = "relay", required = true)]
+        relays: Vec<String>,
         /// An endpoint id (repeat).
         #[arg(long = "endpoint", required = true)]
         endpoints: Vec<String>,
         /// A hotline a:b (repeat); two endpoints are paired by default.
         #[arg(long = "pair")]
         pairs: Vec<String>,
-        /// Relay address written into the configs.
-        #[arg(long, default_value = "127.0.0.1:4433")]
-        relay_addr: SocketAddr,
+        /// Relay address the nodes dial, IP:PORT or HOST:PORT (repeat, paired with --relay by
+        /// position). Default 127.0.0.1:4433 with one relay; required for each of several.
+        #[arg(long = "relay-addr")]
+        relay_addrs: Vec<String>,
         /// Overwrite an existing PKI in --out.
         #[arg(long)]
         force: bool,
@@ -220,20 +226,31 @@ async fn run(cmd: Cmd) -> Result<()> {
             command:
                 CertsCmd::Init {
                     out,
-                    relay,
+                    relays,
                     endpoints,
                     pairs,
-                    relay_addr,
+                    relay_addrs,
                     force,
                 },
         } => {
+            let relays = match (relays.len(), relay_addrs.len()) {
+                (1, 0) => vec![RelaySpec::new(relays[0].clone(), "127.0.0.1:4433")],
+                (n, m) if n == m => relays
+                    .into_iter()
+                    .zip(relay_addrs)
+                    .map(|(name, addr)| RelaySpec::new(name, addr))
+                    .collect(),
+                (n, m) => bail!(
+                    "{n} --relay and {m} --relay-addr given: give one --relay-addr per --relay (paired by position)"
+                ),
+            };
+            let relay_count = relays.len();
             let made = certs::init(
                 &out,
                 &InitRequest {
-                    relay_name: relay,
+                    relays,
                     endpoints: endpoints.clone(),
                     pairs,
-                    relay_addr,
                     force,
                 },
                 &DeadlineOverrides::new(),
@@ -242,10 +259,16 @@ async fn run(cmd: Cmd) -> Result<()> {
                 "wrote exercise PKI and configs to {} (never use these keys in production)",
                 out.display()
             );
-            println!(
-                "  relay:     hotline-relay --config {}",
-                out.join("relay.toml").display()
-            );
+            let relay_files: Vec<String> = match relay_count {
+                1 => vec!["relay.toml".into()],
+                n => (1..=n).map(|i| format!("relay-{i}.toml")).collect(),
+            };
+            for file in relay_files {
+                println!(
+                    "  relay:     hotline-relay --config {}",
+                    out.join(file).display()
+                );
+            }
             for e in &endpoints {
                 println!(
                     "  endpoint:  hotline node --config {}",

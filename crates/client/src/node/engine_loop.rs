@@ -24,17 +24,19 @@ use hotline_proto::Time;
 use hotline_proto::engine::{
     Action, Alarm, AlarmKind, Delivery, Engine, Outgoing, Report, WriteId,
 };
+use hotline_proto::wire::{self, Frame, Presence};
 use hotline_proto::{EndpointId, MessageId};
 use rand_chacha::ChaCha20Rng;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use super::inbox::InboxIndex;
-use super::relay_link::{LaneReceivers, LinkEvent, Writers};
+use super::relay_link::{LaneReceivers, LinkEvent, LinkEventKind, RelayFrame, Writers};
 use super::store_thread::{Persisted, StoreMsg};
 use super::{AuditSource, NodeError, RequestError};
 use crate::audit::{self, AuditEvent};
-use crate::control::{InboxEntry, StatusView};
+use crate::config::RelayAddress;
+use crate::control::{InboxEntry, RelayView, StatusView};
 use crate::time::{format_time, wall_now};
 use crate::view;
 
@@ -100,7 +102,8 @@ pub(super) struct EngineLoop {
     pub(super) audit: AuditSource,
     pub(super) writes: mpsc::UnboundedSender<StoreMsg>,
     pub(super) inbox: InboxIndex,
-    writers: Option<Writers>,
+    /// Every configured relay, in configuration order.
+    relays: Vec<RelayState>,
     followers: Vec<mpsc::UnboundedSender<InboxEntry>>,
     subscribers: BTreeMap<MessageId, Vec<mpsc::UnboundedSender<Report>>>,
     last_error: Option<String>,
@@ -120,7 +123,9 @@ impl EngineLoop {
         audit: AuditSource,
         writes: mpsc::UnboundedSender<StoreMsg>,
         inbox: InboxIndex,
+        relays: &[RelayAddress],
     ) -> Self {
+        let now = wall_now();
         Self {
             engine,
             local,
@@ -128,7 +133,7 @@ impl EngineLoop {
             audit,
             writes,
             inbox,
-            writers: None,
+            relays: relays.iter().map(|r| RelayState::new(r, now)).collect(),
             followers: Vec::new(),
             subscribers: BTreeMap::new(),
             last_error: None,
@@ -214,33 +219,84 @@ impl EngineLoop {
         }
     }
 
-    fn frame(&mut self, bytes: &[u8]) {
-        if let Err(e) = self.engine.handle_frame(wall_now(), bytes) {
-            warn!(error = %e, "frame rejected");
+    /// A frame from one relay. The relay's word on the partner's presence is kept per relay
+    /// and the engine hears the sum of them: online if any live relay says so.
+    fn frame(&mut self, f: &RelayFrame) {
+        let now = wall_now();
+        let result = match wire::decode_frame(&f.bytes) {
+            Ok((Frame::Presence(p), used)) if used == f.bytes.len() => {
+                if p.endpoint == self.partner {
+                    if let Some(relay) = self.relays.get_mut(f.relay) {
+                        relay.partner_online = Some(p.online);
+                    }
+                    let online = self.partner_online().unwrap_or(p.online);
+                    let summed = wire::encode_frame(&Frame::Presence(Presence { online, ..p }));
+                    self.engine.handle_frame(now, &summed)
+                } else {
+                    self.engine.handle_frame(now, &f.bytes)
+                }
+            }
+            _ => self.engine.handle_frame(now, &f.bytes),
+        };
+        if let Err(e) = result {
+            warn!(error = %e, relay = f.relay, "frame rejected");
         }
     }
 
+    /// The partner's presence as the live relays report it: online if any says so.
+    fn partner_online(&self) -> Option<bool> {
+        let said = self
+            .relays
+            .iter()
+            .filter(|r| r.writers.is_some())
+            .filter_map(|r| r.partner_online);
+        said.reduce(|a, b| a || b)
+    }
+
+    fn connected_relays(&self) -> usize {
+        self.relays.iter().filter(|r| r.writers.is_some()).count()
+    }
+
     fn link(&mut self, ev: LinkEvent) {
-        match ev {
-            LinkEvent::Connected(w) => {
-                self.writers = Some(w);
+        let now = wall_now();
+        let Some(relay) = self.relays.get_mut(ev.relay) else {
+            return;
+        };
+        match ev.kind {
+            LinkEventKind::Connected(w) => {
+                relay.up(w, now);
                 self.last_error = None;
-                self.engine.handle_connected(wall_now());
+                // Every unconfirmed message is offered again, to every live relay: the new one
+                // must get it, and the others drop what they already hold.
+                self.engine.handle_connected(now);
             }
-            LinkEvent::Disconnected(reason) => {
-                self.writers = None;
-                self.last_error = Some(reason);
-                self.engine.handle_disconnected(wall_now());
+            LinkEventKind::Disconnected(reason) => {
+                let was_up = relay.down(reason.clone(), now);
+                self.last_error = Some(format!("relay {}: {reason}", relay.address.addr));
+                self.after_relay_down(was_up, now);
             }
-            LinkEvent::Failed(reason) => self.last_error = Some(reason),
-            LinkEvent::IdentityConflict(close) => {
-                if self.writers.take().is_some() {
-                    self.engine.handle_disconnected(wall_now());
-                }
+            LinkEventKind::Failed(reason) => {
+                relay.failed(reason.clone(), now);
+                self.last_error = Some(format!("relay {}: {reason}", relay.address.addr));
+            }
+            LinkEventKind::IdentityConflict(close) => {
                 let line = view::identity_conflict_line(close);
+                let was_up = relay.down(line.clone(), now);
+                self.after_relay_down(was_up, now);
                 self.identity_alarm(&line);
                 self.last_error = Some(line);
             }
+        }
+    }
+
+    /// A relay that carried traffic went away: the engine is told it is disconnected only when
+    /// no relay is left; otherwise it may only hear that the partner's presence changed.
+    fn after_relay_down(&mut self, was_up: bool, now: Time) {
+        if !was_up {
+            return;
+        }
+        if self.connected_relays() == 0 {
+            self.engine.handle_disconnected(now);
         }
     }
 
@@ -337,8 +393,13 @@ impl EngineLoop {
         while let Some(action) = self.engine.poll_action() {
             match action {
                 Action::Send { lane, frame } => {
-                    if let Some(w) = &self.writers {
-                        w.send(lane, frame);
+                    // Every live relay gets every frame; the partner keeps the first copy.
+                    let mut live = self.relays.iter().filter_map(|r| r.writers.as_ref());
+                    if let Some(first) = live.next() {
+                        for w in live {
+                            w.send(lane, frame.clone());
+                        }
+                        first.send(lane, frame);
                     }
                 }
                 Action::Persist { id, record } => self.write(StoreMsg::Record(id, record)),
@@ -416,6 +477,7 @@ impl EngineLoop {
                 partner: &self.partner,
                 last_error: self.last_error.as_deref(),
                 inbox: self.inbox.len(),
+                relays: self.relays.iter().map(RelayState::view).collect(),
             },
         )
     }
@@ -435,6 +497,68 @@ fn log_alarm(a: &Alarm) {
         }
         _ => {
             error!(kind = %view::escape_control(&kind), count = a.count, detail = %view::escape_control(&a.detail), "SECURITY ALARM");
+        }
+    }
+}
+
+/// What the loop knows of one relay link.
+#[derive(Debug)]
+struct RelayState {
+    address: RelayAddress,
+    /// The live connection's writers, if connected.
+    writers: Option<Writers>,
+    /// Since when it has been in its current state (connected or not).
+    since: Time,
+    /// Why it is not connected, if it is not.
+    last_error: Option<String>,
+    /// This relay's latest word on the partner (forgotten when the connection ends).
+    partner_online: Option<bool>,
+}
+
+impl RelayState {
+    fn new(address: &RelayAddress, now: Time) -> Self {
+        Self {
+            address: address.clone(),
+            writers: None,
+            since: now,
+            last_error: None,
+            partner_online: None,
+        }
+    }
+
+    fn up(&mut self, writers: Writers, now: Time) {
+        self.writers = Some(writers);
+        self.since = now;
+        self.last_error = None;
+        self.partner_online = None;
+    }
+
+    /// Returns whether it was connected.
+    fn down(&mut self, reason: String, now: Time) -> bool {
+        let was_up = self.writers.take().is_some();
+        if was_up {
+            self.since = now;
+        }
+        self.last_error = Some(reason);
+        self.partner_online = None;
+        was_up
+    }
+
+    fn failed(&mut self, reason: String, now: Time) {
+        if self.last_error.is_none() && self.writers.is_none() {
+            self.since = now;
+        }
+        self.last_error = Some(reason);
+    }
+
+    fn view(&self) -> RelayView {
+        RelayView {
+            addr: self.address.addr.clone(),
+            name: self.address.name.clone(),
+            connected: self.writers.is_some(),
+            since: format_time(self.since),
+            last_error: self.last_error.clone(),
+            partner_online: self.partner_online,
         }
     }
 }

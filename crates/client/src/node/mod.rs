@@ -9,8 +9,9 @@
 //! - the **engine loop** (`engine_loop`) owns the [`Engine`] and the operator-facing state;
 //! - the **store thread** (`store_thread`) group-commits the engine's writes to redb and
 //!   confirms them in order;
-//! - the **relay link** (`relay_link`) dials the relay, opens the control stream and one
-//!   stream per lane, and feeds frames from the relay into per-lane channels;
+//! - one **relay link** (`relay_link`) per configured relay dials it, opens the control stream
+//!   and one stream per lane, and feeds frames from it into per-lane channels (every relay is
+//!   used at once: every frame goes out on every live link, the first copy in wins);
 //! - the **control server** (`control_server`) serves the CLI on a Unix socket (mode 0600);
 //! - the **inbox index** (`inbox`) keeps what `inbox` shows, rebuilt from the store.
 //!
@@ -44,7 +45,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tracing::{Instrument, info, info_span};
 
 use crate::config::{CredentialsError, NodeConfig};
@@ -203,7 +204,7 @@ impl Node {
 
         let control_socket = cfg.data_dir.join("control.sock");
         let listener = bind_control_socket(&control_socket)?;
-        let endpoint = hotline_net::quic::client(cfg.relay, cfg.client_config()?)?;
+        let client_config = cfg.client_config()?;
 
         let (writes_tx, writes_rx) = mpsc::unbounded_channel();
         let (persisted_tx, persisted_rx) = mpsc::unbounded_channel();
@@ -222,18 +223,23 @@ impl Node {
         );
         let (net_tx, net_rx) = relay_link::lane_channels();
         let (link_tx, link_rx) = mpsc::unbounded_channel();
-        let link = tokio::spawn(
-            relay_link::run(
-                RelayTarget {
-                    addr: cfg.relay,
-                    name: cfg.relay_name.clone(),
-                    endpoint,
-                },
-                net_tx,
-                link_tx,
-            )
-            .instrument(info_span!(parent: &span, "conn", relay = %cfg.relay)),
-        );
+        let mut links = JoinSet::new();
+        for (index, address) in cfg.relays.iter().enumerate() {
+            let span = info_span!(parent: &span, "conn", relay = %address.addr);
+            links.spawn(
+                relay_link::run(
+                    RelayTarget {
+                        index,
+                        address: address.clone(),
+                        client_config: client_config.clone(),
+                    },
+                    net_tx.clone(),
+                    link_tx.clone(),
+                )
+                .instrument(span),
+            );
+        }
+        drop((net_tx, link_tx));
         let (stop_tx, stop_rx) = oneshot::channel();
         let inputs = Inputs {
             persisted: persisted_rx,
@@ -250,13 +256,14 @@ impl Node {
             audit,
             writes_tx,
             inbox,
+            &cfg.relays,
         );
         let socket = control_socket.clone();
         let task = tokio::spawn(
             async move {
                 let result = engine_loop.run(inputs).await;
                 control.abort();
-                link.abort();
+                links.abort_all();
                 // Closing the write queue ends the store thread once it has committed what it
                 // holds; the store (and its file lock) is released when it returns.
                 drop(engine_loop);

@@ -1,11 +1,14 @@
-//! The relay link: one QUIC connection to the relay, redialled with backoff while the node runs.
+//! The relay links: one QUIC connection to each configured relay, each redialled with backoff
+//! while the node runs. All are used at once (the engine loop offers every frame on every live
+//! link and takes whatever arrives first; the engine's dedupe does the rest).
 //!
 //! Per connection the node opens the bidirectional control stream (starting with our `Hello`;
 //! the relay's own `Hello` must pass [`Hello::check`] before anything else happens) and one
 //! unidirectional stream per precedence lane (starting with its lane byte), each fed by
 //! its own writer task, and stream priorities follow [`Lane::priority`]. Frames the relay sends
-//! are read whole and handed to the engine loop on one bounded channel per lane, so a flood on
-//! routine never queues ahead of flash or control.
+//! are read whole and handed to the engine loop on one bounded channel per lane (shared by
+//! every relay, each frame tagged with its relay), so a flood on routine never queues ahead of
+//! flash or control. A relay address may be a host name: it is resolved at every dial.
 //!
 //! It does not interpret frames (the engine does) nor decide what to resend (the engine re-offers
 //! on [`LinkEvent::Connected`]).
@@ -17,7 +20,6 @@
 //! but such a close does not reset the backoff, so a refused node retries every
 //! [`MAX_BACKOFF`] rather than hammering the relay.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
@@ -27,6 +29,8 @@ use hotline_proto::Lane;
 use hotline_proto::wire::{self, Frame, Hello};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
+
+use crate::config::RelayAddress;
 
 /// Frames from the relay waiting for the engine loop, per lane.
 const READ_QUEUE_FRAMES: usize = 1024;
@@ -48,10 +52,17 @@ impl Writers {
     }
 }
 
-/// Frames read from the relay, one channel per lane, by [`Lane::index`].
-pub(super) type LaneSenders = [mpsc::Sender<Vec<u8>>; Lane::COUNT];
+/// A whole frame read from relay number `relay` (its index in the configuration).
+#[derive(Debug)]
+pub(super) struct RelayFrame {
+    pub(super) relay: usize,
+    pub(super) bytes: Vec<u8>,
+}
+
+/// Frames read from the relays, one channel per lane, by [`Lane::index`].
+pub(super) type LaneSenders = [mpsc::Sender<RelayFrame>; Lane::COUNT];
 /// The engine loop's ends of [`LaneSenders`].
-pub(super) type LaneReceivers = [mpsc::Receiver<Vec<u8>>; Lane::COUNT];
+pub(super) type LaneReceivers = [mpsc::Receiver<RelayFrame>; Lane::COUNT];
 
 /// One bounded channel per lane.
 pub(super) fn lane_channels() -> (LaneSenders, LaneReceivers) {
@@ -60,9 +71,16 @@ pub(super) fn lane_channels() -> (LaneSenders, LaneReceivers) {
     (senders, pairs.map(|(_, rx)| rx))
 }
 
-/// What the link tells the engine loop.
+/// What relay number `relay`'s link tells the engine loop.
 #[derive(Debug)]
-pub(super) enum LinkEvent {
+pub(super) struct LinkEvent {
+    pub(super) relay: usize,
+    pub(super) kind: LinkEventKind,
+}
+
+/// What happened on one relay link.
+#[derive(Debug)]
+pub(super) enum LinkEventKind {
     /// A connection is up; frames for it go to these writers.
     Connected(Writers),
     /// The connection ended, for this reason.
@@ -84,15 +102,16 @@ fn relay_close(conn: &quinn::Connection) -> Option<CloseReason> {
     conn.close_reason().as_ref().and_then(CloseReason::of)
 }
 
-/// Where and how to reach the relay.
+/// Where and how to reach one relay.
 #[derive(Debug)]
 pub(super) struct RelayTarget {
-    pub(super) addr: SocketAddr,
-    pub(super) name: String,
-    pub(super) endpoint: quinn::Endpoint,
+    /// Its index in the configuration.
+    pub(super) index: usize,
+    pub(super) address: RelayAddress,
+    pub(super) client_config: quinn::ClientConfig,
 }
 
-/// Dials the relay, serves each connection until it ends, and redials with backoff; runs until
+/// Dials one relay, serves each connection until it ends, and redials with backoff; runs until
 /// the engine loop goes away.
 pub(super) async fn run(
     target: RelayTarget,
@@ -100,26 +119,35 @@ pub(super) async fn run(
     events: mpsc::UnboundedSender<LinkEvent>,
 ) {
     let mut backoff = MIN_BACKOFF;
+    let mut endpoint = None;
+    let send = |kind| {
+        events
+            .send(LinkEvent {
+                relay: target.index,
+                kind,
+            })
+            .is_ok()
+    };
     loop {
-        let event = match connect_once(&target).await {
+        let event = match connect_once(&target, &mut endpoint).await {
             Ok((conn, writers, control)) => {
                 info!("connected to relay");
-                if events.send(LinkEvent::Connected(writers)).is_err() {
+                if !send(LinkEventKind::Connected(writers)) {
                     return;
                 }
-                let reason = serve_connection(&conn, control, &net).await;
+                let reason = serve_connection(&conn, control, &net, target.index).await;
                 match relay_close(&conn) {
                     Some(close) if close.is_identity_conflict() => {
                         warn!(
                             reason = close.reason(),
                             "relay closed the connection: another node uses our identity"
                         );
-                        LinkEvent::IdentityConflict(close)
+                        LinkEventKind::IdentityConflict(close)
                     }
                     _ => {
                         backoff = MIN_BACKOFF;
                         warn!(reason = %reason, "relay connection lost");
-                        LinkEvent::Disconnected(reason)
+                        LinkEventKind::Disconnected(reason)
                     }
                 }
             }
@@ -129,16 +157,16 @@ pub(super) async fn run(
                         reason = close.reason(),
                         "relay refused the connection: another node uses our identity"
                     );
-                    LinkEvent::IdentityConflict(*close)
+                    LinkEventKind::IdentityConflict(*close)
                 }
                 _ => {
                     let msg = format!("{e:#}");
                     warn!(error = %msg, "cannot connect to relay");
-                    LinkEvent::Failed(msg)
+                    LinkEventKind::Failed(msg)
                 }
             },
         };
-        if events.send(event).is_err() {
+        if !send(event) {
             return;
         }
         tokio::time::sleep(backoff).await;
@@ -146,12 +174,32 @@ pub(super) async fn run(
     }
 }
 
+/// Resolves the relay's address (a host name, at every dial), makes sure `endpoint` is a UDP
+/// socket of the right address family, and connects.
 async fn connect_once(
     target: &RelayTarget,
+    endpoint: &mut Option<quinn::Endpoint>,
 ) -> Result<(quinn::Connection, Writers, quinn::RecvStream)> {
-    let (addr, name) = (target.addr, target.name.as_str());
-    let conn = target
-        .endpoint
+    let RelayAddress { addr, name } = &target.address;
+    let addr = tokio::net::lookup_host(addr.as_str())
+        .await
+        .with_context(|| format!("resolving relay address {addr}"))?
+        .next()
+        .with_context(|| format!("relay address {addr} resolves to nothing"))?;
+    let family_ok = endpoint
+        .as_ref()
+        .and_then(|e| e.local_addr().ok())
+        .is_some_and(|local| local.is_ipv6() == addr.is_ipv6());
+    if !family_ok {
+        *endpoint = Some(hotline_net::quic::client(
+            addr,
+            target.client_config.clone(),
+        )?);
+    }
+    let Some(endpoint) = endpoint.as_ref() else {
+        unreachable!("set just above")
+    };
+    let conn = endpoint
         .connect(addr, name)
         .context("connecting")?
         .await
@@ -235,10 +283,11 @@ async fn serve_connection(
     conn: &quinn::Connection,
     mut control: quinn::RecvStream,
     net: &LaneSenders,
+    relay: usize,
 ) -> String {
     let control_tx = net[Lane::Control.index()].clone();
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(async move { read_into(&mut control, control_tx).await });
+    tasks.spawn(async move { read_into(&mut control, control_tx, relay).await });
     loop {
         tokio::select! {
             uni = conn.accept_uni() => match uni {
@@ -249,7 +298,7 @@ async fn serve_connection(
                             Ok(LaneTag(p)) => Lane::Precedence(p),
                             Err(e) => return format!("bad lane stream: {e}"),
                         };
-                        read_into(&mut stream, net[lane.index()].clone()).await
+                        read_into(&mut stream, net[lane.index()].clone(), relay).await
                     });
                 }
                 Err(e) => {
@@ -271,11 +320,15 @@ async fn serve_connection(
 }
 
 /// Forwards whole frames from `stream` to `tx`; an empty string when the stream finished.
-async fn read_into(stream: &mut quinn::RecvStream, tx: mpsc::Sender<Vec<u8>>) -> String {
+async fn read_into(
+    stream: &mut quinn::RecvStream,
+    tx: mpsc::Sender<RelayFrame>,
+    relay: usize,
+) -> String {
     loop {
         match framed::read_frame(stream).await {
-            Ok(Some(frame)) => {
-                if tx.send(frame).await.is_err() {
+            Ok(Some(bytes)) => {
+                if tx.send(RelayFrame { relay, bytes }).await.is_err() {
                     return "node stopping".into();
                 }
             }

@@ -1,0 +1,152 @@
+//! Several relays per node, all used at once: two relays and two nodes in this process on
+//! 127.0.0.1 port 0. Each relay keeps its own store and knows nothing of the other; the nodes
+//! offer every frame on every live relay and keep the first copy, so a message gets through
+//! while either relay is down, and the operator sees it exactly once.
+//!
+//! No timing assertions: every wait has a generous bound that only turns a hang into a failure.
+
+#![expect(clippy::unwrap_used, reason = "a failed step is the test failing")]
+
+use std::time::Duration;
+
+use hotline_client::certs::DeadlineOverrides;
+use hotline_client::control::{ControlClient, Event, Request, StatusView, WaitLevel};
+use hotline_client::node::Node;
+use hotline_client::testing::{Hotline, metric, status, wait_link_up};
+use hotline_client::view;
+use hotline_proto::Precedence;
+
+/// Generous: these are liveness bounds, not timings.
+const WITHIN: Duration = Duration::from_secs(30);
+
+fn send(body: &str) -> Request {
+    Request::Send {
+        to: None,
+        channel: None,
+        precedence: Some(Precedence::Routine),
+        body: body.into(),
+        wait: Some(WaitLevel::Delivered),
+        timeout_ms: Some(WITHIN.as_millis() as u64),
+    }
+}
+
+/// Waits until `node`'s status satisfies `ok`; returns that status.
+async fn wait_status(node: &Node, what: &str, ok: impl Fn(&StatusView) -> bool) -> StatusView {
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let s = status(node).await.unwrap();
+        if ok(&s) {
+            return s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}: {what} not reached: {s:#?}",
+            node.endpoint()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn relays_up(s: &StatusView) -> Vec<bool> {
+    s.relays.iter().map(|r| r.connected).collect()
+}
+
+/// Sends `bodies` from `sender`, each waiting for `delivered`.
+async fn send_all(sender: &mut ControlClient, bodies: &[String]) {
+    for body in bodies {
+        let events = sender.call(send(body)).await.unwrap();
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, Event::Level { level, .. } if level == "delivered")),
+            "{body}: {events:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_relays_messages_get_through_while_either_is_down_and_arrive_once() {
+    let mut hotline = Hotline::start_relays(2, &DeadlineOverrides::new(), |c| {
+        c.metrics = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await
+    .unwrap();
+    let us = hotline.node("us").await.unwrap();
+    let jp = hotline.node("jp").await.unwrap();
+    for n in [&us, &jp] {
+        wait_link_up(n, WITHIN).await.unwrap();
+        wait_status(n, "both relays connected", |s| relays_up(s) == [true, true]).await;
+    }
+    let mut sender = ControlClient::connect(us.control_socket()).await.unwrap();
+    let batch = |name: &str| -> Vec<String> { (0..5).map(|i| format!("{name} {i}")).collect() };
+
+    send_all(&mut sender, &batch("both relays")).await;
+    // Both relays carried every message (offered on every live relay, not just one).
+    // The slower copy may still be on its way when the first one is delivered: wait for it.
+    for i in 0..2 {
+        let deadline = tokio::time::Instant::now() + WITHIN;
+        loop {
+            let body = hotline.relay_metrics_at(i).await.unwrap();
+            let series = "hotline_relay_forwarded_frames_total{stream=\"routine\"}";
+            let forwarded = metric(&body, series);
+            if forwarded >= Some(5.0) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "relay {i} forwarded {forwarded:?} routine frames"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    hotline.stop_relay(0).await;
+    for n in [&us, &jp] {
+        let s = wait_status(n, "relay 1 seen down", |s| relays_up(s) == [false, true]).await;
+        assert!(
+            s.connected,
+            "still connected through the other relay: {s:#?}"
+        );
+    }
+    send_all(&mut sender, &batch("second relay only")).await;
+
+    // The first relay comes back with what it held (already delivered: discarded by jp).
+    hotline.restart_relay(0).await.unwrap();
+    for n in [&us, &jp] {
+        wait_status(n, "relay 1 back", |s| relays_up(s) == [true, true]).await;
+    }
+    hotline.stop_relay(1).await;
+    for n in [&us, &jp] {
+        wait_status(n, "relay 2 seen down", |s| relays_up(s) == [true, false]).await;
+    }
+    send_all(&mut sender, &batch("first relay only")).await;
+
+    // Every message once, in order, whichever relay carried it.
+    let mut c = ControlClient::connect(jp.control_socket()).await.unwrap();
+    let got: Vec<String> = c
+        .call(Request::Inbox { follow: false })
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Message(m) => Some(m.body),
+            _ => None,
+        })
+        .collect();
+    let want: Vec<String> = ["both relays", "second relay only", "first relay only"]
+        .iter()
+        .flat_map(|b| batch(b))
+        .collect();
+    assert_eq!(got, want);
+
+    // The status names each relay and its state.
+    let s = status(&jp).await.unwrap();
+    assert_eq!(s.relays.len(), 2);
+    let text = view::status_lines(&s).join("\n");
+    assert!(
+        text.contains("connected since") && text.contains("not connected since"),
+        "{text}"
+    );
+    us.shutdown().await.unwrap();
+    jp.shutdown().await.unwrap();
+}
