@@ -267,6 +267,10 @@ pub struct StatusView {
     pub connected: bool,
     /// Relay's word on the partner.
     pub partner_online: Option<bool>,
+    /// When the last fresh signed link test from the partner arrived (`Down` after ten link-test
+    /// intervals without one).
+    #[serde(default)]
+    pub partner_last_heard: Option<String>,
     /// Last connection error, if any.
     pub last_error: Option<String>,
     /// Our sealing-key epoch.
@@ -305,6 +309,9 @@ pub struct RelayView {
     pub last_error: Option<String>,
     /// This relay's word on the partner.
     pub partner_online: Option<bool>,
+    /// It brought the partner's newest fresh signed link test within three link-test intervals.
+    #[serde(default)]
+    pub carries_link_tests: bool,
 }
 
 /// Why talking to a node's control socket failed.

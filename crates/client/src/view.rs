@@ -78,7 +78,7 @@ pub fn status_lines(s: &StatusView) -> Vec<String> {
     let mut out = vec![
         format!("endpoint {} ↔ partner {}", e(&s.endpoint), e(&s.partner)),
         format!(
-            "link {} since {} (relay {}, partner {})",
+            "link {} since {} (relay {}, partner {}{})",
             e(&s.link),
             e(&s.link_since),
             if s.connected {
@@ -90,6 +90,11 @@ pub fn status_lines(s: &StatusView) -> Vec<String> {
                 Some(true) => "online",
                 Some(false) => "offline",
                 None => "unknown",
+            },
+            match (&s.partner_last_heard, s.link.as_str()) {
+                (_, "up") => String::new(),
+                (Some(at), _) => format!("; last heard {}", e(at)),
+                (None, _) => "; not heard from yet".to_owned(),
             }
         ),
     ];
@@ -104,14 +109,28 @@ pub fn status_lines(s: &StatusView) -> Vec<String> {
             Some(false) => ", says partner offline",
             None => "",
         };
+        let tests = if r.carries_link_tests {
+            ", carries link tests"
+        } else if r.connected {
+            ", no fresh link test"
+        } else {
+            ""
+        };
         let why = match (&r.last_error, r.connected) {
             (Some(err), false) => format!(": {}", e(err)),
             _ => String::new(),
         };
         out.push(format!(
-            "relay {} ({}): {state}{partner}{why}",
+            "relay {} ({}): {state}{partner}{tests}{why}",
             e(&r.addr),
             e(&r.name)
+        ));
+    }
+    if s.relays.len() > 1 {
+        let carrying = s.relays.iter().filter(|r| r.carries_link_tests).count();
+        out.push(format!(
+            "redundancy: {carrying} of {} relays carry fresh link tests",
+            s.relays.len()
         ));
     }
     if let Some(err) = &s.last_error {
@@ -251,13 +270,21 @@ pub fn status(s: &Status, shell: &ShellState<'_>) -> StatusView {
             )
         })
         .collect();
+    // With several relays, an engine `Up` carried by only some of them is shown degraded: the
+    // hotline works, but with less redundancy than configured.
+    let carrying = shell.relays.iter().filter(|r| r.carries_link_tests).count();
+    let link = match s.link {
+        LinkState::Up if shell.relays.len() > 1 && carrying < shell.relays.len() => "degraded",
+        state => link_name(state),
+    };
     StatusView {
         endpoint: shell.local.to_string(),
         partner: shell.partner.to_string(),
-        link: link_name(s.link).into(),
+        link: link.into(),
         link_since: format_time(s.link_since),
         connected: s.connected,
         partner_online: s.partner_online,
+        partner_last_heard: s.partner_last_heard.map(format_time),
         last_error: shell.last_error.map(str::to_owned),
         own_epoch: s.own_epoch,
         partner_epoch: s.partner_epoch,
@@ -372,6 +399,7 @@ mod tests {
             link_since: "t".into(),
             connected: true,
             partner_online: Some(true),
+            partner_last_heard: Some("t\x1b[1A".into()),
             last_error: Some("closed by peer: \x1b[2J".into()),
             own_epoch: Some(2),
             partner_epoch: None,
@@ -396,6 +424,7 @@ mod tests {
                 since: "t".into(),
                 last_error: Some("timed out\x1b[1A".into()),
                 partner_online: None,
+                carries_link_tests: false,
             }],
         };
         let lines = status_lines(&s);

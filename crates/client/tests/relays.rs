@@ -75,7 +75,10 @@ async fn with_two_relays_messages_get_through_while_either_is_down_and_arrive_on
     let jp = hotline.node("jp").await.unwrap();
     for n in [&us, &jp] {
         wait_link_up(n, WITHIN).await.unwrap();
-        wait_status(n, "both relays connected", |s| relays_up(s) == [true, true]).await;
+        wait_status(n, "both relays carrying link tests", |s| {
+            s.link == "up" && s.relays.iter().all(|r| r.connected && r.carries_link_tests)
+        })
+        .await;
     }
     let mut sender = ControlClient::connect(us.control_socket()).await.unwrap();
     let batch = |name: &str| -> Vec<String> { (0..5).map(|i| format!("{name} {i}")).collect() };
@@ -107,13 +110,22 @@ async fn with_two_relays_messages_get_through_while_either_is_down_and_arrive_on
             s.connected,
             "still connected through the other relay: {s:#?}"
         );
+        // The hotline works through one relay of two: degraded, not down.
+        let s = wait_status(n, "degraded with one relay of two", |s| {
+            s.link == "degraded"
+        })
+        .await;
+        assert!(s.relays[1].carries_link_tests, "{s:#?}");
     }
     send_all(&mut sender, &batch("second relay only")).await;
 
     // The first relay comes back with what it held (already delivered: discarded by jp).
     hotline.restart_relay(0).await.unwrap();
     for n in [&us, &jp] {
-        wait_status(n, "relay 1 back", |s| relays_up(s) == [true, true]).await;
+        wait_status(n, "relay 1 back and the link up", |s| {
+            relays_up(s) == [true, true] && s.link == "up"
+        })
+        .await;
     }
     hotline.stop_relay(1).await;
     for n in [&us, &jp] {

@@ -24,6 +24,7 @@ use hotline_proto::Time;
 use hotline_proto::engine::{
     Action, Alarm, AlarmKind, Delivery, Engine, Outgoing, Report, WriteId,
 };
+use hotline_proto::envelope::VerifyError;
 use hotline_proto::wire::{self, Frame, Presence};
 use hotline_proto::{EndpointId, MessageId};
 use rand_chacha::ChaCha20Rng;
@@ -104,6 +105,9 @@ pub(super) struct EngineLoop {
     pub(super) inbox: InboxIndex,
     /// Every configured relay, in configuration order.
     relays: Vec<RelayState>,
+    /// The partner's newest fresh link test, as the first relay brought it: an identical copy
+    /// from another relay shows that relay carries link tests too.
+    newest_link_test: Vec<u8>,
     followers: Vec<mpsc::UnboundedSender<InboxEntry>>,
     subscribers: BTreeMap<MessageId, Vec<mpsc::UnboundedSender<Report>>>,
     last_error: Option<String>,
@@ -134,6 +138,7 @@ impl EngineLoop {
             writes,
             inbox,
             relays: relays.iter().map(|r| RelayState::new(r, now)).collect(),
+            newest_link_test: Vec::new(),
             followers: Vec::new(),
             subscribers: BTreeMap::new(),
             last_error: None,
@@ -220,10 +225,32 @@ impl EngineLoop {
     }
 
     /// A frame from one relay. The relay's word on the partner's presence is kept per relay
-    /// and the engine hears the sum of them: online if any live relay says so.
+    /// and the engine hears the sum of them: online if any live relay says so. A relay that
+    /// brings the partner's newest fresh link test (first, or as an identical copy) is noted as
+    /// carrying link tests.
     fn frame(&mut self, f: &RelayFrame) {
         let now = wall_now();
-        let result = match wire::decode_frame(&f.bytes) {
+        let link_test = matches!(wire::decode_frame(&f.bytes), Ok((Frame::LinkTest(_), _)));
+        let heard_before = self.engine.partner_last_heard();
+        let result = self.hand_to_engine(f, now);
+        if let Err(e) = result {
+            warn!(error = %e, relay = f.relay, "frame rejected");
+        }
+        if link_test {
+            let fresh = self.engine.partner_last_heard() != heard_before;
+            if fresh {
+                self.newest_link_test = f.bytes.clone();
+            }
+            if fresh || f.bytes == self.newest_link_test {
+                if let Some(relay) = self.relays.get_mut(f.relay) {
+                    relay.link_test_at = Some(now);
+                }
+            }
+        }
+    }
+
+    fn hand_to_engine(&mut self, f: &RelayFrame, now: Time) -> Result<(), VerifyError> {
+        match wire::decode_frame(&f.bytes) {
             Ok((Frame::Presence(p), used)) if used == f.bytes.len() => {
                 if p.endpoint == self.partner {
                     if let Some(relay) = self.relays.get_mut(f.relay) {
@@ -237,9 +264,6 @@ impl EngineLoop {
                 }
             }
             _ => self.engine.handle_frame(now, &f.bytes),
-        };
-        if let Err(e) = result {
-            warn!(error = %e, relay = f.relay, "frame rejected");
         }
     }
 
@@ -470,6 +494,9 @@ impl EngineLoop {
     }
 
     fn status(&self) -> StatusView {
+        let now = wall_now();
+        // As the engine's own `Up`: a fresh test within three intervals.
+        let fresh_within = self.engine.config().link_test_interval() * 3;
         view::status(
             &self.engine.status(),
             &view::ShellState {
@@ -477,7 +504,11 @@ impl EngineLoop {
                 partner: &self.partner,
                 last_error: self.last_error.as_deref(),
                 inbox: self.inbox.len(),
-                relays: self.relays.iter().map(RelayState::view).collect(),
+                relays: self
+                    .relays
+                    .iter()
+                    .map(|r| r.view(now, fresh_within))
+                    .collect(),
             },
         )
     }
@@ -513,6 +544,8 @@ struct RelayState {
     last_error: Option<String>,
     /// This relay's latest word on the partner (forgotten when the connection ends).
     partner_online: Option<bool>,
+    /// When it last brought the partner's newest fresh link test.
+    link_test_at: Option<Time>,
 }
 
 impl RelayState {
@@ -523,6 +556,7 @@ impl RelayState {
             since: now,
             last_error: None,
             partner_online: None,
+            link_test_at: None,
         }
     }
 
@@ -551,8 +585,12 @@ impl RelayState {
         self.last_error = Some(reason);
     }
 
-    fn view(&self) -> RelayView {
+    fn view(&self, now: Time, fresh_within: Duration) -> RelayView {
         RelayView {
+            carries_link_tests: self.writers.is_some()
+                && self
+                    .link_test_at
+                    .is_some_and(|at| now < at.plus(fresh_within)),
             addr: self.address.addr.clone(),
             name: self.address.name.clone(),
             connected: self.writers.is_some(),

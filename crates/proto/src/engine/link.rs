@@ -7,7 +7,10 @@
 //! emits what it builds.
 //!
 //! `Up` means: connected, and a *fresh* signed link test from the partner arrived within
-//! `link_test_interval * 3`. Nothing else counts: envelopes, receipts and notices can be
+//! `link_test_interval * 3`. `Degraded`: connected, but not heard from that recently (or the
+//! relay says the partner is offline). `Down`: not connected to any relay, or the partner has
+//! not been heard from within `link_test_interval * 10` (counted from the connection when it
+//! was never heard since): an offline partner is not "degraded" forever. Nothing else counts: envelopes, receipts and notices can be
 //! replayed by the relay with their signatures intact, and the relay's `Presence` is unsigned,
 //! so a relay that drops everything new (or replays old frames) degrades the link on time.
 //! Presence is only a hint that can degrade it: "offline" voids the last test, "online" proves
@@ -34,6 +37,8 @@ use crate::types::Time;
 
 /// Link tests missed before the link counts as degraded.
 const DEGRADED_AFTER_INTERVALS: u32 = 3;
+/// Link tests missed before the link counts as down although a relay is connected.
+const DOWN_AFTER_INTERVALS: u32 = 10;
 
 #[derive(Debug)]
 pub(super) struct Link {
@@ -42,7 +47,12 @@ pub(super) struct Link {
     /// The relay's word on whether the partner is connected.
     pub(super) partner_online: Option<bool>,
     /// When the last fresh partner link test arrived.
-    last_heard: Option<Time>,
+    pub(super) last_heard: Option<Time>,
+    /// The relay said the partner went offline after `last_heard`: that test no longer
+    /// counts for `Up` (it still dates the silence for `Down`).
+    voided: bool,
+    /// When the relay connection came up, if it is up.
+    connected_at: Option<Time>,
     pub(super) state: LinkState,
     pub(super) since: Time,
     /// When to send the next link test (only while connected).
@@ -61,6 +71,8 @@ impl Link {
             connected: false,
             partner_online: None,
             last_heard: None,
+            voided: false,
+            connected_at: None,
             state: LinkState::Down,
             since: now,
             next_test: None,
@@ -73,6 +85,9 @@ impl Link {
 
     /// The relay connection is up; test the link at once.
     pub(super) fn connected(&mut self, now: Time) {
+        if !self.connected {
+            self.connected_at = Some(now);
+        }
         self.connected = true;
         self.next_test = Some(now);
     }
@@ -80,6 +95,7 @@ impl Link {
     /// The relay connection is gone, and with it the relay's word on the partner.
     pub(super) fn disconnected(&mut self) {
         self.connected = false;
+        self.connected_at = None;
         self.partner_online = None;
     }
 
@@ -88,7 +104,7 @@ impl Link {
     pub(super) fn presence(&mut self, online: bool) {
         self.partner_online = Some(online);
         if !online {
-            self.last_heard = None;
+            self.voided = true;
         }
     }
 
@@ -118,6 +134,7 @@ impl Link {
         let changed = self.partner_audit_head != Some(head);
         self.partner_audit_head = Some(head);
         self.last_heard = Some(now);
+        self.voided = false;
         self.partner_online = Some(true);
         changed.then_some(t)
     }
@@ -150,10 +167,14 @@ impl Link {
 
     /// Recomputes the link state and reports a change.
     pub(super) fn update(&mut self, now: Time, cfg: &EngineConfig, gate: &mut DurabilityGate) {
-        let heard_recently = self
-            .last_heard
-            .is_some_and(|h| now < h.plus(degraded_after(cfg)));
-        let state = if !self.connected {
+        let heard_recently = !self.voided
+            && self
+                .last_heard
+                .is_some_and(|h| now < h.plus(degraded_after(cfg)));
+        let silent = self
+            .silent_since()
+            .is_some_and(|s| now >= s.plus(down_after(cfg)));
+        let state = if !self.connected || silent {
             LinkState::Down
         } else if heard_recently && self.partner_online != Some(false) {
             LinkState::Up
@@ -167,17 +188,40 @@ impl Link {
         }
     }
 
-    /// The earliest of the next link test and the moment an `Up` link degrades.
+    /// The earliest of the next link test, the moment an `Up` link degrades and the moment a
+    /// connected link goes down for silence.
     pub(super) fn poll_timeout(&self, cfg: &EngineConfig) -> Option<Time> {
         let test = if self.connected { self.next_test } else { None };
         let degrade = match (self.state, self.last_heard) {
             (LinkState::Up, Some(h)) => Some(h.plus(degraded_after(cfg))),
             _ => None,
         };
-        [test, degrade].into_iter().flatten().min()
+        let down = match self.state {
+            LinkState::Up | LinkState::Degraded if self.connected => {
+                self.silent_since().map(|s| s.plus(down_after(cfg)))
+            }
+            _ => None,
+        };
+        [test, degrade, down].into_iter().flatten().min()
+    }
+
+    /// What the partner's silence is counted from while connected: its last fresh link test,
+    /// or the connection if none came since.
+    fn silent_since(&self) -> Option<Time> {
+        if !self.connected {
+            return None;
+        }
+        match (self.last_heard, self.connected_at) {
+            (Some(h), Some(c)) => Some(h.max(c)),
+            (h, c) => h.or(c),
+        }
     }
 }
 
 fn degraded_after(cfg: &EngineConfig) -> Duration {
     cfg.link_test_interval() * DEGRADED_AFTER_INTERVALS
+}
+
+fn down_after(cfg: &EngineConfig) -> Duration {
+    cfg.link_test_interval() * DOWN_AFTER_INTERVALS
 }

@@ -400,6 +400,17 @@ impl<R: CryptoRng> Engine<R> {
         [timer, link, rotation, alarms].into_iter().flatten().min()
     }
 
+    /// When the last fresh signed link test from the partner arrived (cheaper than
+    /// [`Engine::status`], for a shell that watches which relay carries them).
+    pub fn partner_last_heard(&self) -> Option<Time> {
+        self.link.last_heard
+    }
+
+    /// The configuration this engine runs with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
     /// A snapshot for status displays.
     pub fn status(&self) -> Status {
         let mut lanes = [LaneDepth::default(); 4];
@@ -410,6 +421,7 @@ impl<R: CryptoRng> Engine<R> {
             link_since: self.link.since,
             connected: self.link.connected,
             partner_online: self.link.partner_online,
+            partner_last_heard: self.link.last_heard,
             partner_epoch: self
                 .keys
                 .partner_announcement

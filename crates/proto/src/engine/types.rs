@@ -281,6 +281,8 @@ pub struct Status {
     pub connected: bool,
     /// Relay's word on whether the partner is connected.
     pub partner_online: Option<bool>,
+    /// When the last fresh signed link test from the partner arrived.
+    pub partner_last_heard: Option<Time>,
     /// Partner key epoch known, if any.
     pub partner_epoch: Option<u32>,
     /// Our current sealing-key epoch.

@@ -3,6 +3,7 @@
 mod forgery;
 mod hostile;
 mod keys;
+mod link;
 mod model;
 mod timers;
 mod util;
