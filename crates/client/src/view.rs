@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 
 use hotline_net::close::CloseReason;
 use hotline_proto::engine::{AlarmKind, Delivery, LinkState, Status};
-use hotline_proto::{EndpointId, Precedence};
+use hotline_proto::{EndpointId, Precedence, Time};
 
 use crate::control::{AlarmView, EscalationView, InboxEntry, LaneView, RelayView, StatusView};
 use crate::time::format_time;
@@ -250,6 +250,8 @@ pub struct ShellState<'a> {
     pub inbox: usize,
     /// Each relay link.
     pub relays: Vec<RelayView>,
+    /// When the last relay that no longer carries fresh link tests stopped carrying them.
+    pub redundancy_lost_at: Option<Time>,
 }
 
 /// `status` from an engine snapshot.
@@ -273,15 +275,20 @@ pub fn status(s: &Status, shell: &ShellState<'_>) -> StatusView {
     // With several relays, an engine `Up` carried by only some of them is shown degraded: the
     // hotline works, but with less redundancy than configured.
     let carrying = shell.relays.iter().filter(|r| r.carries_link_tests).count();
-    let link = match s.link {
-        LinkState::Up if shell.relays.len() > 1 && carrying < shell.relays.len() => "degraded",
-        state => link_name(state),
+    let (link, since) = match s.link {
+        LinkState::Up if shell.relays.len() > 1 && carrying < shell.relays.len() => (
+            "degraded",
+            shell
+                .redundancy_lost_at
+                .map_or(s.link_since, |t| t.max(s.link_since)),
+        ),
+        state => (link_name(state), s.link_since),
     };
     StatusView {
         endpoint: shell.local.to_string(),
         partner: shell.partner.to_string(),
         link: link.into(),
-        link_since: format_time(s.link_since),
+        link_since: format_time(since),
         connected: s.connected,
         partner_online: s.partner_online,
         partner_last_heard: s.partner_last_heard.map(format_time),

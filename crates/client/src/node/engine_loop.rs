@@ -509,6 +509,11 @@ impl EngineLoop {
                     .iter()
                     .map(|r| r.view(now, fresh_within))
                     .collect(),
+                redundancy_lost_at: self
+                    .relays
+                    .iter()
+                    .filter_map(|r| r.stopped_carrying(now, fresh_within))
+                    .max(),
             },
         )
     }
@@ -560,11 +565,12 @@ impl RelayState {
         }
     }
 
+    /// Its greeting (the relay's word on the partner) may have been read before this event:
+    /// that word is kept.
     fn up(&mut self, writers: Writers, now: Time) {
         self.writers = Some(writers);
         self.since = now;
         self.last_error = None;
-        self.partner_online = None;
     }
 
     /// Returns whether it was connected.
@@ -583,6 +589,18 @@ impl RelayState {
             self.since = now;
         }
         self.last_error = Some(reason);
+    }
+
+    /// When it stopped carrying fresh link tests, if it does not carry them now: when its last
+    /// one went stale or when it disconnected, whichever came first.
+    fn stopped_carrying(&self, now: Time, fresh_within: Duration) -> Option<Time> {
+        let stale_at = self.link_test_at.map(|at| at.plus(fresh_within));
+        match (self.writers.is_some(), stale_at) {
+            (true, Some(stale)) if now < stale => None,
+            (true, Some(stale)) => Some(stale),
+            (false, Some(stale)) => Some(stale.min(self.since)),
+            (_, None) => Some(self.since),
+        }
     }
 
     fn view(&self, now: Time, fresh_within: Duration) -> RelayView {
