@@ -21,6 +21,8 @@ Examples:
   hotline-bench neighbours --quiet-pairs 8 --duration 10 --flood-wrong-streams
   hotline-bench soak --rate 2000 --duration 3600 --interval 60 --json soak.json
   hotline-bench floor --rate 10000 --duration 10
+  hotline-bench failover --rate 500 --duration 20 --json failover.json
+  hotline-bench baseline --rate 1000 --duration 15 --relays 2
   hotline-bench baseline --certs ex --relay 127.0.0.1:4433 --relay-pid 4242
 
 By default each run makes a fresh exercise PKI in a temporary directory, starts its own
@@ -128,6 +130,11 @@ pub struct Options {
     /// Keep the run directory (PKI, configs, stores, logs) and print its path. Example: --keep
     #[arg(long, global = true)]
     pub keep: bool,
+    /// Relays to start, each its own process and store; every node uses all of them at once
+    /// (the cost of redundancy). Example: --relays 2
+    #[arg(long, global = true, default_value_t = 1, value_name = "N",
+          value_parser = clap::value_parser!(u8).range(1..=8))]
+    pub relays: u8,
 }
 
 /// What to measure.
@@ -234,6 +241,18 @@ pub enum Scenario {
     ///
     /// Example: hotline-bench floor --rate 10000 --duration 10
     Floor,
+    /// A relay killed under load: two relays (or --relays), steady load, `kill -9` of the first
+    /// relay at --kill-at. Reports the round trip per second around the kill against the
+    /// steady state before it (goal: failover p99 < steady p99 + 1 s, max < 1.5 s) and the
+    /// lost and duplicated counts (must be 0).
+    ///
+    /// Example: hotline-bench failover --rate 500 --duration 20
+    Failover {
+        /// Seconds into the run at which the first relay is killed (default: half of
+        /// --duration). Example: --kill-at 8
+        #[arg(long, value_name = "SECS")]
+        kill_at: Option<f64>,
+    },
 }
 
 impl Scenario {
@@ -246,6 +265,7 @@ impl Scenario {
             Self::Neighbours { .. } => "neighbours",
             Self::Soak { .. } => "soak",
             Self::Floor => "floor",
+            Self::Failover { .. } => "failover",
         }
     }
 }

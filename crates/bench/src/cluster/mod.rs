@@ -90,6 +90,8 @@ pub struct ClusterOptions {
     pub relay_pid: Option<u32>,
     /// Host the started nodes in this many `hotline node` processes.
     pub processes: Option<usize>,
+    /// Relays to start (each its own process and store); every node uses all of them.
+    pub relays: usize,
 }
 
 /// A relay and nodes.
@@ -98,7 +100,10 @@ pub struct Cluster {
     opts: ClusterOptions,
     dir: PathBuf,
     tmp: Option<tempfile::TempDir>,
-    relay: Option<Process>,
+    /// The relays started here, in order; the first one's memory and metrics are reported.
+    relays: Vec<Process>,
+    /// Which of `relays` were killed on purpose ([`Cluster::kill_relay`]).
+    killed: std::sync::Mutex<Vec<bool>>,
     relay_pid: Option<u32>,
     metrics: Option<SocketAddr>,
     pairs: Vec<Pair>,
@@ -131,22 +136,34 @@ impl Cluster {
             .flat_map(|i| [format!("a{i}"), format!("b{i}")])
             .collect();
         let pair_names: Vec<String> = (0..max_pairs).map(|i| format!("a{i}:b{i}")).collect();
+        let relay_count = opts.relays.max(1);
         certs::init(
             &dir,
             &InitRequest {
                 endpoints,
                 pairs: pair_names,
-                // The relay picks its port; the node configs are pointed at it below.
-                relays: vec![RelaySpec::new("localhost", LOOPBACK_ANY)],
+                // The relays pick their ports; the node configs are pointed at them below.
+                relays: (0..relay_count)
+                    .map(|_| RelaySpec::new("localhost", LOOPBACK_ANY))
+                    .collect(),
                 force: false,
             },
             &DeadlineOverrides::new(),
         )
         .context("making the exercise PKI")?;
-        // Turn the relay's metrics endpoint on: queue depths come from there.
-        let relay_toml = dir.join("relay.toml");
-        set_top_level_key(&relay_toml, "metrics", &LOOPBACK_ANY.to_string())?;
-        let relay = launcher.start_relay(&relay_toml, LOOPBACK_ANY, &dir.join("relay.log"))?;
+        let mut relays = Vec::new();
+        for i in 1..=relay_count {
+            let (toml, log) = if relay_count == 1 {
+                ("relay.toml".to_owned(), "relay.log".to_owned())
+            } else {
+                (format!("relay-{i}.toml"), format!("relay-{i}.log"))
+            };
+            // Turn the relay's metrics endpoint on: queue depths come from there.
+            let relay_toml = dir.join(toml);
+            set_top_level_key(&relay_toml, "metrics", &LOOPBACK_ANY.to_string())?;
+            relays.push(launcher.start_relay(&relay_toml, LOOPBACK_ANY, &dir.join(log))?);
+        }
+        let addrs: Vec<SocketAddr> = relays.iter().map(|r| r.addr).collect();
         let pairs: Vec<Pair> = (0..max_pairs)
             .map(|i| Pair {
                 index: i,
@@ -155,15 +172,20 @@ impl Cluster {
             })
             .collect();
         for ep in pairs.iter().flat_map(|p| [&p.sender, &p.receiver]) {
-            point_node_at(&ep.config, relay.addr)?;
+            match addrs.as_slice() {
+                [one] => point_node_at(&ep.config, *one)?,
+                several => point_node_at_relays(&ep.config, several)?,
+            }
         }
-        let relay_pid = relay.process.pid();
-        let metrics = relay.metrics;
+        let relay_pid = relays.first().and_then(|r| r.process.pid());
+        let metrics = relays.first().and_then(|r| r.metrics);
+        let killed = std::sync::Mutex::new(vec![false; relays.len()]);
         let cluster = Self {
             opts,
             dir,
             tmp: Some(tmp),
-            relay: Some(relay.process),
+            relays: relays.into_iter().map(|r| r.process).collect(),
+            killed,
             relay_pid,
             metrics,
             pairs,
@@ -191,7 +213,8 @@ impl Cluster {
             opts,
             dir: tmp.path().to_owned(),
             tmp: Some(tmp),
-            relay: None,
+            relays: Vec::new(),
+            killed: std::sync::Mutex::new(Vec::new()),
             metrics: None,
             pairs,
             started: 0,
@@ -325,9 +348,13 @@ impl Cluster {
 
     /// Fails, naming the process and its log, if anything the bench started has exited.
     pub fn check_alive(&mut self) -> Result<()> {
+        let killed = self.killed.lock().map(|k| k.clone()).unwrap_or_default();
         let procs = self
-            .relay
+            .relays
             .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| !killed.get(*i).copied().unwrap_or(false))
+            .map(|(_, p)| p)
             .chain(self.nodes.iter_mut().filter_map(|n| match n {
                 RunningNode::Process(p) => Some(p),
                 RunningNode::InProcess(_) => None,
@@ -439,10 +466,49 @@ impl Cluster {
             }
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), in_process.join_all()).await;
-        if let Some(mut r) = self.relay.take() {
+        for mut r in self.relays.drain(..) {
             r.stop();
         }
     }
+
+    /// Relays started here.
+    pub fn relay_count(&self) -> usize {
+        self.relays.len()
+    }
+
+    /// `kill -9` relay `i` (counting from 0): the nodes must carry on through the others.
+    pub fn kill_relay(&self, i: usize) -> Result<()> {
+        let Some(relay) = self.relays.get(i) else {
+            bail!("no relay {i}: {} started", self.relays.len());
+        };
+        if let Ok(mut killed) = self.killed.lock() {
+            killed[i] = true;
+        }
+        relay.signal(nix::sys::signal::Signal::SIGKILL);
+        Ok(())
+    }
+}
+
+/// Points the node config at `path` at every one of `relays` (a `[[relays]]` table each,
+/// replacing `relay`), keeping the rest of the file.
+fn point_node_at_relays(path: &Path, relays: &[SocketAddr]) -> Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    table.remove("relay");
+    let list = relays
+        .iter()
+        .map(|a| {
+            let mut t = toml::Table::new();
+            t.insert("addr".into(), toml::Value::String(a.to_string()));
+            t.insert("name".into(), toml::Value::String("localhost".into()));
+            toml::Value::Table(t)
+        })
+        .collect();
+    table.insert("relays".into(), toml::Value::Array(list));
+    std::fs::write(path, toml::to_string(&table)?)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 impl Drop for Cluster {
@@ -459,7 +525,7 @@ impl Drop for Cluster {
                 p.stop();
             }
         }
-        if let Some(r) = &mut self.relay {
+        for r in &mut self.relays {
             r.stop();
         }
     }

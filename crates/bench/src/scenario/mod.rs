@@ -7,13 +7,15 @@
 //! - `flood`: flash under a routine flood;
 //! - `scale`: memory and latency as pairs are added;
 //! - `neighbours`: quiet pairs' flash while one other pair floods the relay;
-//! - `soak`: drift and growth over a long run.
+//! - `soak`: drift and growth over a long run;
+//! - `failover`: a relay killed under load, with two or more relays.
 #![expect(
     clippy::print_stdout,
     reason = "the bench's report tables are its output"
 )]
 
 mod baseline;
+mod failover;
 mod flood;
 mod neighbours;
 mod scale;
@@ -106,6 +108,9 @@ pub async fn run(cli: &Cli) -> Result<Report> {
             soak::soak(opts, Duration::from_secs_f64(i), params, &date, &ticker).await?
         }
         Scenario::Floor => baseline::floor_only(opts, params, &date, &ticker).await?,
+        Scenario::Failover { kill_at } => {
+            failover::failover(opts, *kill_at, params, &date, &ticker).await?
+        }
     };
     if let Some(path) = &opts.json {
         let text = serde_json::to_string_pretty(&report)?;
@@ -145,6 +150,7 @@ fn cluster_options(opts: &Options) -> Result<ClusterOptions> {
         relay: opts.relay,
         certs: opts.certs.clone(),
         relay_pid: opts.relay_pid,
+        relays: usize::from(opts.relays),
     })
 }
 
