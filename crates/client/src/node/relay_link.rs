@@ -34,9 +34,12 @@ use crate::config::RelayAddress;
 
 /// Frames from the relay waiting for the engine loop, per lane.
 const READ_QUEUE_FRAMES: usize = 1024;
-/// First redial delay after a failure; doubles up to [`MAX_BACKOFF`].
+/// First redial delay after a failure; doubles up to [`MAX_BACKOFF`], and each wait is
+/// jittered down by up to half so that many nodes do not redial a returning relay in step.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// At most this long between redials: a healed path is never left idle for longer (it was 5 s;
+/// with several relays a relay that comes back should carry traffic again at once).
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How long the relay has to answer our hello with its own.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -169,9 +172,19 @@ pub(super) async fn run(
         if !send(event) {
             return;
         }
-        tokio::time::sleep(backoff).await;
+        tokio::time::sleep(jittered(backoff)).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// `backoff` less a pseudo-random part of up to half of it. The clock's nanoseconds are
+/// entropy enough to spread redials; nothing here needs to be unpredictable.
+fn jittered(backoff: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let fraction = f64::from(nanos % 1000) / 2000.0;
+    backoff.mul_f64(1.0 - fraction)
 }
 
 /// Resolves the relay's address (a host name, at every dial), makes sure `endpoint` is a UDP
