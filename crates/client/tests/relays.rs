@@ -151,8 +151,12 @@ async fn with_two_relays_messages_get_through_while_either_is_down_and_arrive_on
         .collect();
     assert_eq!(got, want);
 
-    // The status names each relay and its state.
+    // The status names each relay and its state; the copies the returning relay delivered
+    // were discarded without an alarm, on either side.
     let s = status(&jp).await.unwrap();
+    assert!(s.alarms.is_empty(), "{:#?}", s.alarms);
+    let u = status(&us).await.unwrap();
+    assert!(u.alarms.is_empty(), "{:#?}", u.alarms);
     assert_eq!(s.relays.len(), 2);
     let text = view::status_lines(&s).join("\n");
     assert!(
