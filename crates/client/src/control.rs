@@ -312,6 +312,9 @@ pub struct RelayView {
     /// It brought the partner's newest fresh signed link test within three link-test intervals.
     #[serde(default)]
     pub carries_link_tests: bool,
+    /// Our messages it accepted (stored) on this connection and that are not delivered yet.
+    #[serde(default)]
+    pub holds: usize,
 }
 
 /// Why talking to a node's control socket failed.

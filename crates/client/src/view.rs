@@ -120,8 +120,13 @@ pub fn status_lines(s: &StatusView) -> Vec<String> {
             (Some(err), false) => format!(": {}", e(err)),
             _ => String::new(),
         };
+        let holds = if r.holds > 0 {
+            format!(", holds {} of ours", r.holds)
+        } else {
+            String::new()
+        };
         out.push(format!(
-            "relay {} ({}): {state}{partner}{tests}{why}",
+            "relay {} ({}): {state}{partner}{tests}{holds}{why}",
             e(&r.addr),
             e(&r.name)
         ));
@@ -432,6 +437,7 @@ mod tests {
                 last_error: Some("timed out\x1b[1A".into()),
                 partner_online: None,
                 carries_link_tests: false,
+                holds: 0,
             }],
         };
         let lines = status_lines(&s);

@@ -22,9 +22,8 @@ use std::time::Duration;
 
 use hotline_proto::Time;
 use hotline_proto::engine::{
-    Action, Alarm, AlarmKind, Delivery, Engine, Outgoing, Report, WriteId,
+    AckLevel, Action, Alarm, AlarmKind, Delivery, Engine, Outgoing, Report, WriteId,
 };
-use hotline_proto::envelope::VerifyError;
 use hotline_proto::wire::{self, Frame, Presence};
 use hotline_proto::{EndpointId, MessageId};
 use rand_chacha::ChaCha20Rng;
@@ -174,7 +173,7 @@ impl EngineLoop {
                 biased;
                 // Confirmations first: they release receipts and deliveries.
                 Some(p) = persisted.recv() => self.persisted(p),
-                Some(f) = control.recv() => self.frame(&f),
+                Some(f) = control.recv() => self.control_frame(&f),
                 Some(f) = flash.recv() => self.frame(&f),
                 // Flash sends and operator queries never wait behind queued routine sends.
                 Some(c) = urgent.recv() => self.command(c),
@@ -224,16 +223,46 @@ impl EngineLoop {
         }
     }
 
-    /// A frame from one relay. The relay's word on the partner's presence is kept per relay
-    /// and the engine hears the sum of them: online if any live relay says so. A relay that
-    /// brings the partner's newest fresh link test (first, or as an identical copy) is noted as
-    /// carrying link tests.
+    /// A frame from one relay's lane stream (envelopes): straight to the engine.
     fn frame(&mut self, f: &RelayFrame) {
+        if let Err(e) = self.engine.handle_frame(wall_now(), &f.bytes) {
+            warn!(error = %e, relay = f.relay, "frame rejected");
+        }
+    }
+
+    /// A frame from one relay's control stream, decoded once here. The relay's word on the
+    /// partner's presence is kept per relay and the engine hears the sum of them (online if
+    /// any live relay says so); an `Accepted` reply counts towards what that relay holds; a
+    /// relay that brings the partner's newest fresh link test (first, or as an identical copy)
+    /// is noted as carrying link tests.
+    fn control_frame(&mut self, f: &RelayFrame) {
         let now = wall_now();
-        let link_test = matches!(wire::decode_frame(&f.bytes), Ok((Frame::LinkTest(_), _)));
+        let frame = match wire::decode_frame(&f.bytes) {
+            Ok((frame, used)) if used == f.bytes.len() => frame,
+            // The engine names what is wrong with it, and alarms.
+            _ => return self.frame(f),
+        };
+        let link_test = matches!(frame, Frame::LinkTest(_));
         let heard_before = self.engine.partner_last_heard();
-        let result = self.hand_to_engine(f, now);
-        if let Err(e) = result {
+        let frame = match frame {
+            Frame::Presence(p) if p.endpoint == self.partner => {
+                if let Some(relay) = self.relays.get_mut(f.relay) {
+                    relay.partner_online = Some(p.online);
+                }
+                let online = self.partner_online().unwrap_or(p.online);
+                Frame::Presence(Presence { online, ..p })
+            }
+            Frame::Accepted(a) => {
+                if let Some(relay) = self.relays.get_mut(f.relay) {
+                    if a.id.sender == self.local && relay.holds.len() < MAX_HELD_IDS {
+                        relay.holds.insert(a.id.clone());
+                    }
+                }
+                Frame::Accepted(a)
+            }
+            other => other,
+        };
+        if let Err(e) = self.engine.handle_decoded_at(now, frame) {
             warn!(error = %e, relay = f.relay, "frame rejected");
         }
         if link_test {
@@ -246,24 +275,6 @@ impl EngineLoop {
                     relay.link_test_at = Some(now);
                 }
             }
-        }
-    }
-
-    fn hand_to_engine(&mut self, f: &RelayFrame, now: Time) -> Result<(), VerifyError> {
-        match wire::decode_frame(&f.bytes) {
-            Ok((Frame::Presence(p), used)) if used == f.bytes.len() => {
-                if p.endpoint == self.partner {
-                    if let Some(relay) = self.relays.get_mut(f.relay) {
-                        relay.partner_online = Some(p.online);
-                    }
-                    let online = self.partner_online().unwrap_or(p.online);
-                    let summed = wire::encode_frame(&Frame::Presence(Presence { online, ..p }));
-                    self.engine.handle_frame(now, &summed)
-                } else {
-                    self.engine.handle_frame(now, &f.bytes)
-                }
-            }
-            _ => self.engine.handle_frame(now, &f.bytes),
         }
     }
 
@@ -396,6 +407,7 @@ impl EngineLoop {
                 }
             },
             Command::Status { reply } => {
+                self.prune_holds();
                 let _ = reply.send(self.status());
             }
             Command::Rekey { reply } => {
@@ -475,6 +487,11 @@ impl EngineLoop {
 
     fn report(&mut self, r: Report) {
         debug!(id = %r.id, level = ?r.level, "ack level");
+        if matches!(r.level, AckLevel::Delivered | AckLevel::Lost) {
+            for relay in &mut self.relays {
+                relay.holds.remove(&r.id);
+            }
+        }
         self.reports += 1;
         if self.reports % 4096 == 0 {
             // Waiters that stopped listening (e.g. `--wait delivered` on a message nobody
@@ -490,6 +507,20 @@ impl EngineLoop {
             if subs.is_empty() {
                 self.subscribers.remove(&r.id);
             }
+        }
+    }
+
+    /// Forgets held ids the engine no longer has undelivered (a late `Accepted` for a message
+    /// already delivered, say).
+    fn prune_holds(&mut self) {
+        let undelivered: std::collections::BTreeSet<MessageId> = self
+            .engine
+            .outbox()
+            .filter(|e| e.delivered.is_none())
+            .map(|e| e.id)
+            .collect();
+        for relay in &mut self.relays {
+            relay.holds.retain(|id| undelivered.contains(id));
         }
     }
 
@@ -537,6 +568,10 @@ fn log_alarm(a: &Alarm) {
     }
 }
 
+/// At most this many message ids are kept per relay for `status` (what it holds); beyond it
+/// the count stops growing rather than memory.
+const MAX_HELD_IDS: usize = 65_536;
+
 /// What the loop knows of one relay link.
 #[derive(Debug)]
 struct RelayState {
@@ -551,6 +586,9 @@ struct RelayState {
     partner_online: Option<bool>,
     /// When it last brought the partner's newest fresh link test.
     link_test_at: Option<Time>,
+    /// Our messages it accepted that are not yet delivered (as far as we know: a restarted
+    /// relay may still hold what its last connection accepted).
+    holds: std::collections::BTreeSet<MessageId>,
 }
 
 impl RelayState {
@@ -562,6 +600,7 @@ impl RelayState {
             last_error: None,
             partner_online: None,
             link_test_at: None,
+            holds: std::collections::BTreeSet::new(),
         }
     }
 
@@ -579,6 +618,8 @@ impl RelayState {
         if was_up {
             self.since = now;
         }
+        // What it held is offered again to every relay; its count starts afresh.
+        self.holds.clear();
         self.last_error = Some(reason);
         self.partner_online = None;
         was_up
@@ -605,6 +646,7 @@ impl RelayState {
 
     fn view(&self, now: Time, fresh_within: Duration) -> RelayView {
         RelayView {
+            holds: self.holds.len(),
             carries_link_tests: self.writers.is_some()
                 && self
                     .link_test_at

@@ -297,6 +297,12 @@ impl<R: CryptoRng> Engine<R> {
         Err(refused)
     }
 
+    /// [`handle_decoded`](Self::handle_decoded) at wall-clock time `now`.
+    pub fn handle_decoded_at(&mut self, now: Time, frame: Frame) -> Result<(), VerifyError> {
+        self.tick(now);
+        self.handle_decoded(frame)
+    }
+
     /// Like [`handle_frame`](Self::handle_frame) for a frame the caller already decoded.
     pub fn handle_decoded(&mut self, frame: Frame) -> Result<(), VerifyError> {
         let result = match frame {
