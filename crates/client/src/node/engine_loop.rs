@@ -12,7 +12,7 @@
 //! [`NodeError::StoreFailed`]; nothing after it is acknowledged.
 //!
 //! The shell raises one alarm of its own, beside the engine's: when the relay closes our
-//! connection because another connection uses our identity ([`LinkEvent::IdentityConflict`]),
+//! connection because another connection uses our identity ([`LinkEventKind::IdentityConflict`]),
 //! status shows [`view::identity_conflict_line`] as the last error, and an `identity_conflict` alarm
 //! goes to the log and the audit log, at most once per [`IDENTITY_ALARM_EVERY`] (with the count
 //! of closes since the last one), since a refused node keeps retrying.

@@ -11,11 +11,11 @@
 //! flash or control. A relay address may be a host name: it is resolved at every dial.
 //!
 //! It does not interpret frames (the engine does) nor decide what to resend (the engine re-offers
-//! on [`LinkEvent::Connected`]).
+//! on [`LinkEventKind::Connected`]).
 //!
 //! A connection the relay closes because another connection took our identity
 //! ([`CloseReason::IdentityConflict`]) or because it keeps the other one for a while
-//! ([`CloseReason::IdentityInUse`]) is reported as [`LinkEvent::IdentityConflict`]: another node
+//! ([`CloseReason::IdentityInUse`]) is reported as [`LinkEventKind::IdentityConflict`]: another node
 //! runs with our identity (a copied configuration, or a stolen key). The link keeps redialling,
 //! but such a close does not reset the backoff, so a refused node retries every
 //! [`MAX_BACKOFF`] rather than hammering the relay.
