@@ -28,7 +28,7 @@ bench:
 	./target/release/hotline-bench scale --rate 1000 --duration 6 --max-pairs 1000 --json target/bench-scale.json
 
 soak: build
-	HOTLINE_SOAK=1 $(CARGO) test -p hotline-e2e --locked --test kill_rounds -- --nocapture
+	HOTLINE_SOAK=1 $(CARGO) test -p hotline-e2e --locked --test kill_rounds --test faults -- --nocapture
 
 # Every fuzz target for FUZZ_SECONDS each (needs `cargo install cargo-fuzz`).
 FUZZ_SECONDS ?= 60

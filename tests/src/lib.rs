@@ -25,6 +25,10 @@ pub use hotline_client::process::Process;
 use hotline_client::process::{Binaries, LOOPBACK_ANY, Launcher, point_node_at};
 pub use hotline_proto::Precedence;
 
+pub mod impair;
+pub mod netns;
+pub mod relays;
+
 /// Generous limit for anything a test waits for; no test asserts on timing.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -75,17 +79,12 @@ pub struct Exercise {
     endpoints: Vec<String>,
     /// The address the relay bound on its first start.
     relay_addr: Mutex<Option<SocketAddr>>,
-    launcher: Launcher,
+    pub(crate) launcher: Launcher,
 }
 
 impl Exercise {
     /// `hotline certs init` for `endpoints` (paired by `pairs`, or the two by default).
     pub fn new(endpoints: &[&str], pairs: &[&str]) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("hotline-e2e-")
-            .tempdir()
-            .unwrap();
-        let out = dir.path().to_str().unwrap().to_owned();
         // The relay chooses its port when it starts; see `start_relay`.
         let addr = LOOPBACK_ANY.to_string();
         let mut extra = vec!["--relay-addr", &addr];
@@ -93,7 +92,32 @@ impl Exercise {
             extra.push("--pair");
             extra.push(p);
         }
-        let o = certs_init(&out, endpoints, &extra);
+        Self::init(endpoints, |out| certs_init(out, endpoints, &extra))
+    }
+
+    /// `hotline certs init` for the two `endpoints` with one `--relay NAME --relay-addr ADDR`
+    /// per entry of `relays` (written as `relay-1.toml` …; see [`relays::TwoRelays`]).
+    pub fn with_relays(endpoints: &[&str], relays: &[(&str, &str)]) -> Self {
+        Self::init(endpoints, |out| {
+            let mut args = vec!["certs", "init", "--out", out];
+            for (name, addr) in relays {
+                args.extend_from_slice(&["--relay", name, "--relay-addr", addr]);
+            }
+            for e in endpoints {
+                args.extend_from_slice(&["--endpoint", e]);
+            }
+            hotline(&args)
+        })
+    }
+
+    /// A new exercise directory filled by `certs_init(dir)`.
+    fn init(endpoints: &[&str], certs_init: impl FnOnce(&str) -> Output) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("hotline-e2e-")
+            .tempdir()
+            .unwrap();
+        let out = dir.path().to_str().unwrap().to_owned();
+        let o = certs_init(&out);
         assert!(
             o.status.success(),
             "certs init failed: {}",
@@ -205,7 +229,7 @@ impl Exercise {
     }
 
     /// `<name>.<n>.log` for the first `n` not yet used, so a restart keeps the earlier log.
-    fn next_log(&self, name: &str) -> PathBuf {
+    pub(crate) fn next_log(&self, name: &str) -> PathBuf {
         (0..)
             .map(|i| self.path(&format!("{name}.{i}.log")))
             .find(|p| !p.exists())
