@@ -25,7 +25,8 @@ pub use hotline_client::process::Process;
 use hotline_client::process::{Binaries, LOOPBACK_ANY, Launcher, point_node_at};
 pub use hotline_proto::Precedence;
 
-pub mod impair;
+/// The impairment proxy, from its own crate (the bench uses it too).
+pub use hotline_impair as impair;
 pub mod netns;
 pub mod relays;
 

@@ -22,7 +22,9 @@ Examples:
   hotline-bench soak --rate 2000 --duration 3600 --interval 60 --json soak.json
   hotline-bench floor --rate 10000 --duration 10
   hotline-bench failover --rate 500 --duration 20 --json failover.json
+  hotline-bench failover --rate 200 --duration 40 --partition 20 --impair loss=2%,delay=40ms
   hotline-bench baseline --rate 1000 --duration 15 --relays 2
+  hotline-bench baseline --rate 100 --duration 20 --impair loss=5%,delay=150ms,jitter=30ms
   hotline-bench baseline --certs ex --relay 127.0.0.1:4433 --relay-pid 4242
 
 By default each run makes a fresh exercise PKI in a temporary directory, starts its own
@@ -135,6 +137,11 @@ pub struct Options {
     #[arg(long, global = true, default_value_t = 1, value_name = "N",
           value_parser = clap::value_parser!(u8).range(1..=8))]
     pub relays: u8,
+    /// Put a user-space impairment proxy in front of every relay the bench starts, both
+    /// directions: loss, dup, reorder as percentages, delay and jitter in ms or s. Shows what
+    /// an exercise over a poor link will see. Example: --impair loss=5%,delay=150ms,jitter=30ms
+    #[arg(long, global = true, value_name = "SPEC")]
+    pub impair: Option<String>,
 }
 
 /// What to measure.
@@ -252,6 +259,12 @@ pub enum Scenario {
         /// --duration). Example: --kill-at 8
         #[arg(long, value_name = "SECS")]
         kill_at: Option<f64>,
+        /// Instead of killing a relay, cut every path between nodes and relays for SECS at
+        /// --kill-at (default a third of --duration), then heal it, and report how long the
+        /// backlog took to drain. The paths run through impairment proxies (--impair sets
+        /// them; none by default). Example: --partition 20
+        #[arg(long, value_name = "SECS")]
+        partition: Option<f64>,
     },
 }
 
@@ -299,7 +312,22 @@ impl Options {
             );
         }
         Mix::parse(&self.mix)?;
+        self.impairment()?;
+        if self.impair.is_some() && self.relay.is_some() {
+            bail!("--impair applies to the relays the bench starts, not to --relay");
+        }
         Ok(())
+    }
+
+    /// `--impair` parsed, if given.
+    pub fn impairment(&self) -> Result<Option<hotline_impair::Impairment>> {
+        self.impair
+            .as_deref()
+            .map(|s| {
+                s.parse()
+                    .map_err(|e| anyhow::anyhow!("--impair {s:?}: {e}"))
+            })
+            .transpose()
     }
 
     /// `--duration` as a duration.

@@ -41,6 +41,7 @@ use hotline_client::control::ControlClient;
 use hotline_client::process::{
     Binaries, LOOPBACK_ANY, Launcher, Process, point_node_at, set_top_level_key,
 };
+use hotline_impair::{Impairment, Proxy};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -92,6 +93,8 @@ pub struct ClusterOptions {
     pub processes: Option<usize>,
     /// Relays to start (each its own process and store); every node uses all of them.
     pub relays: usize,
+    /// Put an impairment proxy with this setting (both directions) in front of every relay.
+    pub impair: Option<Impairment>,
 }
 
 /// A relay and nodes.
@@ -104,6 +107,8 @@ pub struct Cluster {
     relays: Vec<Process>,
     /// Which of `relays` were killed on purpose ([`Cluster::kill_relay`]).
     killed: std::sync::Mutex<Vec<bool>>,
+    /// The impairment proxy in front of each relay, when there are proxies.
+    proxies: Vec<Proxy>,
     relay_pid: Option<u32>,
     metrics: Option<SocketAddr>,
     pairs: Vec<Pair>,
@@ -163,7 +168,18 @@ impl Cluster {
             set_top_level_key(&relay_toml, "metrics", &LOOPBACK_ANY.to_string())?;
             relays.push(launcher.start_relay(&relay_toml, LOOPBACK_ANY, &dir.join(log))?);
         }
-        let addrs: Vec<SocketAddr> = relays.iter().map(|r| r.addr).collect();
+        let mut addrs: Vec<SocketAddr> = relays.iter().map(|r| r.addr).collect();
+        // Nodes reach each relay through its proxy, when asked for.
+        let mut proxies = Vec::new();
+        if let Some(imp) = opts.impair {
+            for (i, addr) in addrs.iter_mut().enumerate() {
+                let proxy = Proxy::start(*addr, 0x5eed + i as u64)
+                    .with_context(|| format!("starting the impairment proxy for {addr}"))?;
+                proxy.set(imp);
+                *addr = proxy.addr();
+                proxies.push(proxy);
+            }
+        }
         let pairs: Vec<Pair> = (0..max_pairs)
             .map(|i| Pair {
                 index: i,
@@ -186,6 +202,7 @@ impl Cluster {
             tmp: Some(tmp),
             relays: relays.into_iter().map(|r| r.process).collect(),
             killed,
+            proxies,
             relay_pid,
             metrics,
             pairs,
@@ -215,6 +232,7 @@ impl Cluster {
             tmp: Some(tmp),
             relays: Vec::new(),
             killed: std::sync::Mutex::new(Vec::new()),
+            proxies: Vec::new(),
             metrics: None,
             pairs,
             started: 0,
@@ -474,6 +492,15 @@ impl Cluster {
     /// Relays started here.
     pub fn relay_count(&self) -> usize {
         self.relays.len()
+    }
+
+    /// Cuts (or restores) every path between the nodes and the relays, like a partition: only
+    /// with `--impair` (the paths run through the proxies). Returns whether there are proxies.
+    pub fn blackout(&self, on: bool) -> bool {
+        for p in &self.proxies {
+            p.blackout(on);
+        }
+        !self.proxies.is_empty()
     }
 
     /// `kill -9` relay `i` (counting from 0): the nodes must carry on through the others.

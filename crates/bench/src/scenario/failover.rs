@@ -7,6 +7,12 @@
 //! Goal (issue 11, item 5): round-trip p99 in the failover seconds below the steady p99 plus
 //! 1 s, and the largest round trip below 1.5 s.
 //!
+//! With `--partition SECS` no relay is killed: every path between the nodes and the relays
+//! runs through an impairment proxy (`--impair`, none by default), and at `--kill-at` all of
+//! them are cut for SECS, then healed. Reported: the backlog at the heal and how long after it
+//! the nodes took to deliver it (issue 11, item 2: a healed link drains at link speed; goal:
+//! within a few seconds).
+//!
 //! Output: the phase table, the per-second table around the kill and the verdict on stdout,
 //! and the JSON report.
 
@@ -34,10 +40,14 @@ const FAILOVER_SECONDS: f64 = 2.0;
 pub(super) async fn failover(
     opts: &Options,
     kill_at: Option<f64>,
+    partition: Option<f64>,
     params: Value,
     date: &str,
     ticker: &Arc<Ticker>,
 ) -> Result<Report> {
+    if let Some(secs) = partition {
+        return partitioned(opts, kill_at, secs, params, date, ticker).await;
+    }
     if opts.relay.is_some() {
         bail!("failover starts and kills its own relays: --relay does not apply");
     }
@@ -148,6 +158,149 @@ pub(super) async fn failover(
     Ok(report)
 }
 
+/// The partition variant: every path cut for `secs` at `cut_at`, then healed.
+async fn partitioned(
+    opts: &Options,
+    cut_at: Option<f64>,
+    secs: f64,
+    params: Value,
+    date: &str,
+    ticker: &Arc<Ticker>,
+) -> Result<Report> {
+    let cut_at = cut_at.unwrap_or(opts.duration / 3.0);
+    if !(secs > 0.0 && cut_at > opts.warmup + 1.0 && cut_at + secs < opts.duration) {
+        bail!(
+            "--partition must be positive and, from --kill-at ({cut_at} s), end before --duration ({} s), with 1 s of steady state after the warm-up",
+            opts.duration
+        );
+    }
+    let mut with_proxies = opts.clone();
+    with_proxies.relays = opts.relays.max(2);
+    // The paths need proxies to be cut: an unimpaired one unless --impair says otherwise.
+    with_proxies.impair.get_or_insert_with(String::new);
+    let mix = Mix::parse(&opts.mix)?;
+    let cluster = started_cluster(&with_proxies, opts.pairs).await?;
+    let p = phase(
+        "partition",
+        opts,
+        vec![Flow {
+            rate: opts.rate,
+            mix,
+        }],
+    );
+    let started = Instant::now();
+    let cut = async {
+        tokio::time::sleep(Duration::from_secs_f64(cut_at)).await;
+        eprintln!("[partition] every path cut for {secs} s");
+        cluster.blackout(true);
+        tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+        cluster.blackout(false);
+        eprintln!("[partition] healed");
+        started.elapsed().as_secs_f64()
+    };
+    let (result, healed) = tokio::join!(
+        run_phase(&cluster, cluster.pairs(opts.pairs), &p, ticker, 0),
+        cut
+    );
+    let mode = cluster.node_mode();
+    let relays = cluster.relay_count();
+    finish(cluster).await;
+    let result = result?;
+    print_phase(
+        &format!(
+            "partition: {} pair(s), {} msg/s, {} B, mix {mix}, {relays} relays{}, every path cut {cut_at:.1}–{healed:.1} s, nodes {mode:?}",
+            opts.pairs,
+            opts.rate,
+            opts.size,
+            opts.impair
+                .as_deref()
+                .map_or_else(String::new, |i| format!(", impaired {i}"))
+        ),
+        &result,
+    );
+    let drain = Drain::of(&result.series, opts.warmup, cut_at, healed);
+    println!(
+        "
+per second around the heal at {healed:.1} s:"
+    );
+    println!(
+        "{:>7} {:>6} {:>10} {:>10}",
+        "t (s)", "sent", "delivered", "in flight"
+    );
+    for pt in result.series.iter().filter(|pt| {
+        pt.t_s > healed - 2.0 && pt.t_s <= healed + drain.drained_after_s.max(3.0) + 2.0
+    }) {
+        println!(
+            "{:>7.1} {:>6} {:>10} {:>10}",
+            pt.t_s, pt.sent, pt.delivered, pt.in_flight
+        );
+    }
+    println!(
+        "
+backlog at the heal: {} messages in flight (steady state: at most {}); drained {} after the heal; lost {}, duplicated {}",
+        drain.backlog,
+        drain.steady_in_flight,
+        if drain.drained {
+            format!("within {:.0} s", drain.drained_after_s)
+        } else {
+            "NOT within the run".to_owned()
+        },
+        result.counts.lost,
+        result.counts.duplicated
+    );
+    let mut report = Report::new("failover", params, &result, date)
+        .with("mode", "partition")
+        .with("relays", relays)
+        .with("impair", opts.impair.clone())
+        .with("cut_at_s", cut_at)
+        .with("healed_at_s", healed)
+        .with("backlog_at_heal", drain.backlog)
+        .with("drained", drain.drained)
+        .with("drained_after_heal_s", drain.drained_after_s)
+        .with("series", &result.series)
+        .with("phases", vec![phase_json(&result)]);
+    report.ok = report.counts.correct();
+    Ok(report)
+}
+
+/// How a backlog built during a partition drained after the heal, from the per-second series.
+#[derive(Debug, PartialEq)]
+struct Drain {
+    /// Messages in flight at the last second before the heal.
+    backlog: u64,
+    /// The most messages in flight in any steady second before the cut.
+    steady_in_flight: u64,
+    /// Whether in-flight came back down to the steady level.
+    drained: bool,
+    /// Seconds from the heal to the end of the first second back at the steady level.
+    drained_after_s: f64,
+}
+
+impl Drain {
+    fn of(series: &[Point], warmup: f64, cut_at: f64, healed: f64) -> Self {
+        let steady_in_flight = series
+            .iter()
+            .filter(|p| p.t_s > warmup + 0.5 && p.t_s <= cut_at)
+            .map(|p| p.in_flight)
+            .max()
+            .unwrap_or(0);
+        let backlog = series
+            .iter()
+            .rev()
+            .find(|p| p.t_s <= healed)
+            .map_or(0, |p| p.in_flight);
+        let back = series
+            .iter()
+            .find(|p| p.t_s > healed && p.in_flight <= steady_in_flight.max(1));
+        Self {
+            backlog,
+            steady_in_flight,
+            drained: back.is_some(),
+            drained_after_s: back.map_or(0.0, |p| p.t_s - healed),
+        }
+    }
+}
+
 /// The per-second round trips split into the steady state before the kill and the failover
 /// seconds after it (all in µs).
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -216,6 +369,30 @@ mod tests {
             },
             ..Point::default()
         }
+    }
+
+    #[test]
+    fn the_drain_ends_when_in_flight_is_back_at_the_steady_level() {
+        let pt = |t_s: f64, in_flight: u64| Point {
+            t_s,
+            in_flight,
+            ..Point::default()
+        };
+        let series = [
+            pt(2.0, 3),
+            pt(3.0, 5),
+            pt(4.0, 100),
+            pt(5.0, 200),
+            pt(6.0, 150),
+            pt(7.0, 4),
+        ];
+        let d = Drain::of(&series, 1.0, 3.5, 5.2);
+        assert_eq!(d.steady_in_flight, 5);
+        assert_eq!(d.backlog, 200);
+        assert!(d.drained);
+        assert!((d.drained_after_s - 1.8).abs() < 1e-9, "{d:?}");
+        let stuck = Drain::of(&series[..5], 1.0, 3.5, 5.2);
+        assert!(!stuck.drained);
     }
 
     #[test]

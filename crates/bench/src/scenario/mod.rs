@@ -108,8 +108,8 @@ pub async fn run(cli: &Cli) -> Result<Report> {
             soak::soak(opts, Duration::from_secs_f64(i), params, &date, &ticker).await?
         }
         Scenario::Floor => baseline::floor_only(opts, params, &date, &ticker).await?,
-        Scenario::Failover { kill_at } => {
-            failover::failover(opts, *kill_at, params, &date, &ticker).await?
+        Scenario::Failover { kill_at, partition } => {
+            failover::failover(opts, *kill_at, *partition, params, &date, &ticker).await?
         }
     };
     if let Some(path) = &opts.json {
@@ -151,6 +151,7 @@ fn cluster_options(opts: &Options) -> Result<ClusterOptions> {
         certs: opts.certs.clone(),
         relay_pid: opts.relay_pid,
         relays: usize::from(opts.relays),
+        impair: opts.impairment()?,
     })
 }
 

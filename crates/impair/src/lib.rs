@@ -1,5 +1,5 @@
 //! A user-space UDP impairment proxy, because the test machines have no netem (and tests should
-//! not need root): real UDP between real processes, with loss, duplication, reordering, delay with
+//! not need root), for the network-fault tests (`tests/`) and `hotline-bench --impair`: real UDP between real processes, with loss, duplication, reordering, delay with
 //! jitter and blackouts applied per direction and changeable while traffic flows.
 //!
 //! A [`Proxy`] listens on `127.0.0.1:0` and forwards every datagram a client sends to one
@@ -54,6 +54,85 @@ pub struct Impairment {
     pub delay: Duration,
     /// Uniform jitter around `delay` (the delay never goes below zero).
     pub jitter: Duration,
+}
+
+/// Why an impairment spec (`loss=5%,delay=150ms,jitter=30ms`) was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpecError(String);
+
+impl std::fmt::Display for SpecError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SpecError {}
+
+/// The longest delay or jitter a spec may ask for.
+const MAX_SPEC_DELAY: Duration = Duration::from_secs(10);
+
+impl std::str::FromStr for Impairment {
+    type Err = SpecError;
+
+    /// `key=value` pairs separated by commas: `loss`, `dup` and `reorder` as a percentage
+    /// (`5%`) or a fraction (`0.05`); `delay` and `jitter` in `ms` or `s` (at most 10 s).
+    /// Keys left out are zero. Example: `loss=5%,delay=150ms,jitter=30ms`.
+    fn from_str(spec: &str) -> Result<Self, SpecError> {
+        let mut imp = Self::default();
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((key, value)) = part.split_once('=') else {
+                return Err(SpecError(format!("{part:?} is not key=value")));
+            };
+            let (key, value) = (key.trim(), value.trim());
+            match key {
+                "loss" => imp.loss = probability(key, value)?,
+                "dup" => imp.dup = probability(key, value)?,
+                "reorder" => imp.reorder = probability(key, value)?,
+                "delay" => imp.delay = duration(key, value)?,
+                "jitter" => imp.jitter = duration(key, value)?,
+                other => {
+                    return Err(SpecError(format!(
+                        "unknown key {other:?}: use loss, dup, reorder, delay, jitter"
+                    )));
+                }
+            }
+        }
+        Ok(imp)
+    }
+}
+
+fn probability(key: &str, value: &str) -> Result<f64, SpecError> {
+    let (number, scale) = match value.strip_suffix('%') {
+        Some(n) => (n, 100.0),
+        None => (value, 1.0),
+    };
+    let p = number
+        .parse::<f64>()
+        .ok()
+        .map(|n| n / scale)
+        .filter(|p| (0.0..=1.0).contains(p));
+    p.ok_or_else(|| {
+        SpecError(format!(
+            "{key}={value}: a percentage 0%..=100% or a fraction 0..=1"
+        ))
+    })
+}
+
+fn duration(key: &str, value: &str) -> Result<Duration, SpecError> {
+    let (number, unit) = if let Some(n) = value.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = value.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        return Err(SpecError(format!("{key}={value}: give a unit, ms or s")));
+    };
+    number
+        .parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite() && *n >= 0.0)
+        .map(|n| Duration::from_secs_f64(n * unit))
+        .filter(|d| *d <= MAX_SPEC_DELAY)
+        .ok_or_else(|| SpecError(format!("{key}={value}: 0 to 10 s")))
 }
 
 /// A direction through the proxy.
@@ -452,203 +531,4 @@ fn client_socket(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// An upstream that echoes every datagram, and a client socket.
-    struct Rig {
-        proxy: Proxy,
-        client: UdpSocket,
-        _echo: EchoServer,
-    }
-
-    struct EchoServer {
-        stop: Arc<AtomicBool>,
-        thread: Option<JoinHandle<()>>,
-        addr: SocketAddr,
-    }
-
-    impl EchoServer {
-        fn start() -> Self {
-            let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-            sock.set_read_timeout(Some(TICK)).unwrap();
-            let addr = sock.local_addr().unwrap();
-            let stop = Arc::new(AtomicBool::new(false));
-            let s = stop.clone();
-            let thread = std::thread::spawn(move || {
-                let mut buf = [0u8; 2048];
-                while !s.load(Ordering::Relaxed) {
-                    if let Ok((n, from)) = sock.recv_from(&mut buf) {
-                        let _ = sock.send_to(&buf[..n], from);
-                    }
-                }
-            });
-            Self {
-                stop,
-                thread: Some(thread),
-                addr,
-            }
-        }
-    }
-
-    impl Drop for EchoServer {
-        fn drop(&mut self) {
-            self.stop.store(true, Ordering::Relaxed);
-            if let Some(t) = self.thread.take() {
-                let _ = t.join();
-            }
-        }
-    }
-
-    fn rig() -> Rig {
-        let echo = EchoServer::start();
-        let proxy = Proxy::start(echo.addr, 7).unwrap();
-        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
-        client.connect(proxy.addr()).unwrap();
-        Rig {
-            proxy,
-            client,
-            _echo: echo,
-        }
-    }
-
-    /// Sends `n` numbered datagrams (paced a little, so no socket buffer overflows) and collects
-    /// the echoes that arrive within `wait` of the last send, or until `enough` have.
-    fn round_trip(r: &Rig, n: u32, wait: Duration, enough: usize) -> Vec<u32> {
-        for i in 0..n {
-            r.client.send(&i.to_be_bytes()).unwrap();
-            if i % 50 == 49 {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        }
-        let mut got = Vec::new();
-        let deadline = Instant::now() + wait;
-        let mut buf = [0u8; 16];
-        while Instant::now() < deadline && got.len() < enough {
-            r.client
-                .set_read_timeout(Some(Duration::from_millis(50)))
-                .unwrap();
-            if let Ok(4) = r.client.recv(&mut buf) {
-                got.push(u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]));
-            }
-        }
-        got
-    }
-
-    #[test]
-    fn no_impairment_forwards_everything_both_ways() {
-        let r = rig();
-        let mut got = round_trip(&r, 200, Duration::from_secs(5), 200);
-        got.sort_unstable();
-        assert_eq!(got, (0..200).collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn total_loss_drops_everything() {
-        let r = rig();
-        r.proxy.set_dir(
-            Dir::Up,
-            Impairment {
-                loss: 1.0,
-                ..Impairment::default()
-            },
-        );
-        assert!(round_trip(&r, 100, Duration::from_millis(500), usize::MAX).is_empty());
-        assert_eq!(r.proxy.stats().lost, 100);
-    }
-
-    #[test]
-    fn certain_duplication_doubles_each_way() {
-        let r = rig();
-        r.proxy.set(Impairment {
-            dup: 1.0,
-            ..Impairment::default()
-        });
-        let got = round_trip(&r, 50, Duration::from_secs(5), 200);
-        // Doubled on the way up, and each copy doubled again on the way back.
-        assert_eq!(got.len(), 200, "{:?}", r.proxy.stats());
-        for i in 0..50 {
-            assert_eq!(got.iter().filter(|&&g| g == i).count(), 4);
-        }
-    }
-
-    #[test]
-    fn blackout_drops_everything_until_it_ends() {
-        let r = rig();
-        r.proxy.blackout(true);
-        assert!(round_trip(&r, 50, Duration::from_millis(500), usize::MAX).is_empty());
-        assert_eq!(r.proxy.stats().blacked_out, 50);
-        r.proxy.blackout(false);
-        assert_eq!(round_trip(&r, 50, Duration::from_secs(5), 50).len(), 50);
-    }
-
-    #[test]
-    fn a_blackout_of_one_direction_drops_replies_only() {
-        let r = rig();
-        r.proxy.blackout_dir(Dir::Down, true);
-        assert!(round_trip(&r, 20, Duration::from_millis(500), usize::MAX).is_empty());
-        let s = r.proxy.stats();
-        // All 20 went up and were echoed; the 20 echoes were dropped.
-        assert_eq!((s.blacked_out, s.sent), (20, 20), "{s:?}");
-    }
-
-    #[test]
-    fn delay_holds_each_datagram_at_least_the_delay() {
-        let r = rig();
-        r.proxy.set_dir(
-            Dir::Up,
-            Impairment {
-                delay: Duration::from_millis(200),
-                ..Impairment::default()
-            },
-        );
-        let t = Instant::now();
-        r.client.send(&1u32.to_be_bytes()).unwrap();
-        r.client
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let mut buf = [0u8; 16];
-        assert_eq!(r.client.recv(&mut buf).unwrap(), 4);
-        assert!(
-            t.elapsed() >= Duration::from_millis(200),
-            "{:?}",
-            t.elapsed()
-        );
-    }
-
-    #[test]
-    fn reordering_and_jitter_reorder_but_keep_every_datagram() {
-        let r = rig();
-        r.proxy.set_dir(
-            Dir::Up,
-            Impairment {
-                reorder: 0.3,
-                delay: Duration::from_millis(5),
-                jitter: Duration::from_millis(3),
-                ..Impairment::default()
-            },
-        );
-        let got = round_trip(&r, 200, Duration::from_secs(5), 200);
-        let mut sorted = got.clone();
-        sorted.sort_unstable();
-        assert_eq!(sorted, (0..200).collect::<Vec<_>>());
-        assert_ne!(got, sorted, "nothing was reordered");
-        assert!(r.proxy.stats().reordered > 0);
-    }
-
-    #[test]
-    fn partial_loss_with_a_seed_is_roughly_the_rate() {
-        let r = rig();
-        r.proxy.set_dir(
-            Dir::Up,
-            Impairment {
-                loss: 0.5,
-                ..Impairment::default()
-            },
-        );
-        let got = round_trip(&r, 400, Duration::from_secs(1), usize::MAX);
-        // Generous: a fair coin over 400 throws lands in 120..=280 all but never.
-        assert!((120..=280).contains(&got.len()), "{}", got.len());
-        assert_eq!(r.proxy.stats().lost as usize + got.len(), 400);
-    }
-}
+mod tests;
