@@ -80,6 +80,7 @@ pub fn transport(timeouts: Timeouts) -> Arc<quinn::TransportConfig> {
     t.send_window(16 * 1024 * 1024);
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(16));
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(4));
+    t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
     Arc::new(t)
 }
 
