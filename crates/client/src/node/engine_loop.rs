@@ -31,12 +31,13 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use super::inbox::InboxIndex;
-use super::relay_link::{LaneReceivers, LinkEvent, LinkEventKind, RelayFrame, Writers};
+use super::relay_link::{LaneReceivers, LinkEvent, LinkEventKind, RelayFrame};
+use super::relays::{MAX_HELD_IDS, RelayState};
 use super::store_thread::{Persisted, StoreMsg};
 use super::{AuditSource, NodeError, RequestError};
 use crate::audit::{self, AuditEvent};
 use crate::config::RelayAddress;
-use crate::control::{InboxEntry, RelayView, StatusView};
+use crate::control::{InboxEntry, StatusView};
 use crate::time::{format_time, wall_now};
 use crate::view;
 
@@ -564,99 +565,6 @@ fn log_alarm(a: &Alarm) {
         }
         _ => {
             error!(kind = %view::escape_control(&kind), count = a.count, detail = %view::escape_control(&a.detail), "SECURITY ALARM");
-        }
-    }
-}
-
-/// At most this many message ids are kept per relay for `status` (what it holds); beyond it
-/// the count stops growing rather than memory.
-const MAX_HELD_IDS: usize = 65_536;
-
-/// What the loop knows of one relay link.
-#[derive(Debug)]
-struct RelayState {
-    address: RelayAddress,
-    /// The live connection's writers, if connected.
-    writers: Option<Writers>,
-    /// Since when it has been in its current state (connected or not).
-    since: Time,
-    /// Why it is not connected, if it is not.
-    last_error: Option<String>,
-    /// This relay's latest word on the partner (forgotten when the connection ends).
-    partner_online: Option<bool>,
-    /// When it last brought the partner's newest fresh link test.
-    link_test_at: Option<Time>,
-    /// Our messages it accepted that are not yet delivered (as far as we know: a restarted
-    /// relay may still hold what its last connection accepted).
-    holds: std::collections::BTreeSet<MessageId>,
-}
-
-impl RelayState {
-    fn new(address: &RelayAddress, now: Time) -> Self {
-        Self {
-            address: address.clone(),
-            writers: None,
-            since: now,
-            last_error: None,
-            partner_online: None,
-            link_test_at: None,
-            holds: std::collections::BTreeSet::new(),
-        }
-    }
-
-    /// Its greeting (the relay's word on the partner) may have been read before this event:
-    /// that word is kept.
-    fn up(&mut self, writers: Writers, now: Time) {
-        self.writers = Some(writers);
-        self.since = now;
-        self.last_error = None;
-    }
-
-    /// Returns whether it was connected.
-    fn down(&mut self, reason: String, now: Time) -> bool {
-        let was_up = self.writers.take().is_some();
-        if was_up {
-            self.since = now;
-        }
-        // What it held is offered again to every relay; its count starts afresh.
-        self.holds.clear();
-        self.last_error = Some(reason);
-        self.partner_online = None;
-        was_up
-    }
-
-    fn failed(&mut self, reason: String, now: Time) {
-        if self.last_error.is_none() && self.writers.is_none() {
-            self.since = now;
-        }
-        self.last_error = Some(reason);
-    }
-
-    /// When it stopped carrying fresh link tests, if it does not carry them now: when its last
-    /// one went stale or when it disconnected, whichever came first.
-    fn stopped_carrying(&self, now: Time, fresh_within: Duration) -> Option<Time> {
-        let stale_at = self.link_test_at.map(|at| at.plus(fresh_within));
-        match (self.writers.is_some(), stale_at) {
-            (true, Some(stale)) if now < stale => None,
-            (true, Some(stale)) => Some(stale),
-            (false, Some(stale)) => Some(stale.min(self.since)),
-            (_, None) => Some(self.since),
-        }
-    }
-
-    fn view(&self, now: Time, fresh_within: Duration) -> RelayView {
-        RelayView {
-            holds: self.holds.len(),
-            carries_link_tests: self.writers.is_some()
-                && self
-                    .link_test_at
-                    .is_some_and(|at| now < at.plus(fresh_within)),
-            addr: self.address.addr.clone(),
-            name: self.address.name.clone(),
-            connected: self.writers.is_some(),
-            since: format_time(self.since),
-            last_error: self.last_error.clone(),
-            partner_online: self.partner_online,
         }
     }
 }

@@ -13,7 +13,8 @@
 //!   and one stream per lane, and feeds frames from it into per-lane channels (every relay is
 //!   used at once: every frame goes out on every live link, the first copy in wins);
 //! - the **control server** (`control_server`) serves the CLI on a Unix socket (mode 0600);
-//! - the **inbox index** (`inbox`) keeps what `inbox` shows, rebuilt from the store.
+//! - the **inbox index** (`inbox`) keeps what `inbox` shows, rebuilt from the store;
+//! - what the engine loop knows of each relay link (`relays`) is what `status` shows per relay.
 //!
 //! Nothing acknowledged is lost on a crash: every record that made a receipt, a delivery or a
 //! `stored` report possible was committed first (the engine's durability contract).
@@ -31,6 +32,7 @@ mod control_server;
 mod engine_loop;
 mod inbox;
 mod relay_link;
+mod relays;
 mod store_thread;
 
 pub use relay_link::relay_hello;

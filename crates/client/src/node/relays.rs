@@ -1,0 +1,106 @@
+//! What the engine loop knows of each relay link: whether it is connected and since when, why
+//! not, its word on the partner, whether it carries the partner's fresh link tests, and which of
+//! our messages it holds. The engine sees one link; this is what `status` shows per relay.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use hotline_proto::{MessageId, Time};
+
+use super::relay_link::Writers;
+use crate::config::RelayAddress;
+use crate::control::RelayView;
+use crate::time::format_time;
+
+/// At most this many message ids are kept per relay for `status` (what it holds); beyond it
+/// the count stops growing rather than memory.
+pub(super) const MAX_HELD_IDS: usize = 65_536;
+
+/// What the loop knows of one relay link.
+#[derive(Debug)]
+pub(super) struct RelayState {
+    pub(super) address: RelayAddress,
+    /// The live connection's writers, if connected.
+    pub(super) writers: Option<Writers>,
+    /// Since when it has been in its current state (connected or not).
+    pub(super) since: Time,
+    /// Why it is not connected, if it is not.
+    pub(super) last_error: Option<String>,
+    /// This relay's latest word on the partner (forgotten when the connection ends).
+    pub(super) partner_online: Option<bool>,
+    /// When it last brought the partner's newest fresh link test.
+    pub(super) link_test_at: Option<Time>,
+    /// Our messages it accepted that are not yet delivered (as far as we know: a restarted
+    /// relay may still hold what its last connection accepted).
+    pub(super) holds: BTreeSet<MessageId>,
+}
+
+impl RelayState {
+    pub(super) fn new(address: &RelayAddress, now: Time) -> Self {
+        Self {
+            address: address.clone(),
+            writers: None,
+            since: now,
+            last_error: None,
+            partner_online: None,
+            link_test_at: None,
+            holds: BTreeSet::new(),
+        }
+    }
+
+    /// Its greeting (the relay's word on the partner) may have been read before this event:
+    /// that word is kept.
+    pub(super) fn up(&mut self, writers: Writers, now: Time) {
+        self.writers = Some(writers);
+        self.since = now;
+        self.last_error = None;
+    }
+
+    /// Returns whether it was connected.
+    pub(super) fn down(&mut self, reason: String, now: Time) -> bool {
+        let was_up = self.writers.take().is_some();
+        if was_up {
+            self.since = now;
+        }
+        // What it held is offered again to every relay; its count starts afresh.
+        self.holds.clear();
+        self.last_error = Some(reason);
+        self.partner_online = None;
+        was_up
+    }
+
+    pub(super) fn failed(&mut self, reason: String, now: Time) {
+        if self.last_error.is_none() && self.writers.is_none() {
+            self.since = now;
+        }
+        self.last_error = Some(reason);
+    }
+
+    /// When it stopped carrying fresh link tests, if it does not carry them now: when its last
+    /// one went stale or when it disconnected, whichever came first.
+    pub(super) fn stopped_carrying(&self, now: Time, fresh_within: Duration) -> Option<Time> {
+        let stale_at = self.link_test_at.map(|at| at.plus(fresh_within));
+        match (self.writers.is_some(), stale_at) {
+            (true, Some(stale)) if now < stale => None,
+            (true, Some(stale)) => Some(stale),
+            (false, Some(stale)) => Some(stale.min(self.since)),
+            (_, None) => Some(self.since),
+        }
+    }
+
+    pub(super) fn view(&self, now: Time, fresh_within: Duration) -> RelayView {
+        RelayView {
+            holds: self.holds.len(),
+            carries_link_tests: self.writers.is_some()
+                && self
+                    .link_test_at
+                    .is_some_and(|at| now < at.plus(fresh_within)),
+            addr: self.address.addr.clone(),
+            name: self.address.name.clone(),
+            connected: self.writers.is_some(),
+            since: format_time(self.since),
+            last_error: self.last_error.clone(),
+            partner_online: self.partner_online,
+        }
+    }
+}
