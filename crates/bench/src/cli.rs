@@ -316,6 +316,11 @@ impl Options {
         if self.impair.is_some() && self.relay.is_some() {
             bail!("--impair applies to the relays the bench starts, not to --relay");
         }
+        if self.relays > 1 && self.certs.is_some() {
+            bail!(
+                "--relays starts the bench's own relays; with --certs the exercise's relays are used"
+            );
+        }
         Ok(())
     }
 

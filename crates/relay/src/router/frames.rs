@@ -11,7 +11,7 @@
 
 use bytes::Bytes;
 use hotline_proto::envelope::{EscalationNotice, LinkTest, Receipt, ReceiptKind, Signed};
-use hotline_proto::wire::{self, Accepted, EnvelopeFrame, Frame, Presence, Refusal, RefusalCode};
+use hotline_proto::wire::{Accepted, EnvelopeFrame, Frame, Presence, Refusal, RefusalCode};
 use hotline_proto::{EndpointId, Lane, MessageId, Time};
 use tracing::{debug, info, trace, warn};
 
@@ -577,25 +577,4 @@ enum Outcome {
     Duplicate,
     Overloaded { queued: u64, bound: u64 },
     OverBudget(OverBudget),
-}
-
-/// A whole frame as read from a stream (length prefix included), and what it decodes to:
-/// decoding needs no router state, so the shell does it before taking its lock.
-#[derive(Debug)]
-pub struct Decoded {
-    pub(super) bytes: Bytes,
-    /// The frame, or why it is malformed (the detail of the `Malformed` refusal).
-    pub(super) frame: Result<Frame, String>,
-}
-
-impl Decoded {
-    /// Decodes `bytes`; a frame followed by anything is malformed.
-    pub fn new(bytes: Bytes) -> Self {
-        let frame = match wire::decode_frame(&bytes) {
-            Ok((frame, used)) if used == bytes.len() => Ok(frame),
-            Ok((_, used)) => Err(format!("{} bytes after the frame", bytes.len() - used)),
-            Err(e) => Err(e.to_string()),
-        };
-        Self { bytes, frame }
-    }
 }

@@ -28,6 +28,7 @@
 //!   round robin by bytes, so one sender cannot starve the others);
 //! - `commit`: issued and committed [`CommitId`]s, each write's [`WriteClass`], and the replies
 //!   held until their write commits;
+//! - `decode`: frames decoded before the router (and the shell's lock) is reached;
 //! - `frames`: the rule for each kind of frame;
 //! - `transmit`: what goes out to a node's streams, and queued envelopes read back from the
 //!   store when memory no longer holds them;
@@ -97,6 +98,7 @@ use tracing::debug;
 
 mod budget;
 mod commit;
+mod decode;
 mod fair;
 mod frames;
 mod identity;
@@ -107,7 +109,7 @@ mod queue;
 mod restore;
 mod transmit;
 
-pub use frames::Decoded;
+pub use decode::Decoded;
 pub use inspect::QueuedEnvelope;
 pub use transmit::Transmit;
 
