@@ -1,0 +1,116 @@
+//! `hotline`: run an endpoint node and talk to it.
+//!
+//! Parses arguments, installs logging and hands off to `hotline_client`; every failure is one
+//! `error: …` line and a non-zero exit. What a command prints on stdout is its output, so this
+//! binary is where stdout is written. One module per group of subcommands.
+#![expect(clippy::print_stdout, reason = "the CLI's output")]
+
+mod audit;
+mod certs;
+mod messages;
+mod node;
+mod status;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Hotline endpoint node and operator CLI.
+///
+/// Quick start (three terminals):
+///   hotline certs init --out ex --relay localhost --endpoint us --endpoint jp
+///   hotline-relay --config ex/relay.toml
+///   hotline node --config ex/us.toml        (and ex/jp.toml)
+///   hotline send --config ex/us.toml --precedence flash --wait delivered "hello"
+///   hotline inbox --config ex/jp.toml
+#[derive(Debug, Parser)]
+#[command(name = "hotline", version, verbatim_doc_comment)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Exercise PKI and ready-to-run configs.
+    Certs {
+        #[command(subcommand)]
+        command: certs::CertsCmd,
+    },
+    /// Run an endpoint node (serves the CLI on DATA_DIR/control.sock).
+    ///
+    /// Repeat --config to host several endpoints in one process (load tests spread
+    /// endpoints over a few processes this way); each keeps its own store and socket.
+    ///
+    /// Example: hotline node --config ex/us.toml
+    Node(node::NodeArgs),
+    /// Send a message; prints its id once it is durably in the outbox.
+    ///
+    /// Example: hotline send --config ex/us.toml --precedence flash --wait acknowledged --timeout 60 "Confirm status"
+    Send(messages::SendArgs),
+    /// List received messages in delivery order.
+    ///
+    /// Example: hotline inbox --config ex/jp.toml --json --follow
+    Inbox(messages::InboxArgs),
+    /// Acknowledge a received message (sends a signed receipt).
+    ///
+    /// Example: hotline ack --config ex/jp.toml us:main:flash:1
+    Ack(messages::AckArgs),
+    /// Link state, queue depths, pending acknowledgements, escalations and alarms.
+    Status(status::StatusArgs),
+    /// Replace this node's sealing key now (keys also rotate on `key_rotation_secs`).
+    ///
+    /// The new key is announced to the partner once it is on disk; messages already sealed to
+    /// the old key still open (the 8 newest keys are kept).
+    Rekey(status::StatusArgs),
+    /// Check or export the hash-chained audit log (works whether or not the node runs).
+    ///
+    /// Example: hotline audit verify --config ex/us.toml
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCmd,
+    },
+    /// Relay and two nodes on loopback, with a scripted exchange across all precedences.
+    Demo {
+        /// Keep the demo directory (PKI, configs, logs, stores) afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let verbose = matches!(cli.command, Cmd::Node { .. });
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(if verbose { "info" } else { "warn" })
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(run(cli.command)) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Certs { command } => certs::run(command),
+        Cmd::Node(args) => node::run(args).await,
+        Cmd::Send(args) => messages::send(args).await,
+        Cmd::Inbox(args) => messages::inbox(args).await,
+        Cmd::Ack(args) => messages::ack(args).await,
+        Cmd::Status(args) => status::status(args).await,
+        Cmd::Rekey(args) => status::rekey(args).await,
+        Cmd::Audit { command } => audit::run(command).await,
+        Cmd::Demo { keep } => hotline_client::demo::run(keep, &mut |line| println!("{line}")).await,
+    }
+}
