@@ -183,6 +183,34 @@ impl NodeFile {
     pub fn control_socket(&self) -> PathBuf {
         self.data_dir.join("control.sock")
     }
+
+    /// The engine tunables this file sets (link tests, key rotation, deadlines), checked.
+    pub fn engine_config(&self) -> Result<EngineConfig> {
+        let mut engine = EngineConfig::default();
+        engine
+            .set_link_test_interval(Duration::from_millis(self.link_test_interval_ms))
+            .context("link_test_interval_ms")?;
+        engine
+            .set_key_rotation(Duration::from_secs(self.key_rotation_secs))
+            .context("key_rotation_secs")?;
+        for (name, d) in &self.deadlines {
+            let p: Precedence = name
+                .parse()
+                .with_context(|| format!("[deadlines.{name}]"))?;
+            if let Some(ms) = d.delivered_ms {
+                engine
+                    .set_delivered_deadline(p, Duration::from_millis(ms))
+                    .with_context(|| format!("[deadlines.{name}] delivered_ms"))?;
+            }
+            if let Some(ms) = d.acknowledged_ms {
+                let v = (ms > 0).then(|| Duration::from_millis(ms));
+                engine
+                    .set_acknowledged_deadline(p, v)
+                    .with_context(|| format!("[deadlines.{name}] acknowledged_ms"))?;
+            }
+        }
+        Ok(engine)
+    }
 }
 
 /// A validated node configuration.
@@ -217,6 +245,7 @@ impl NodeConfig {
 
     /// Converts a parsed file into a validated configuration.
     pub fn from_file(file: NodeFile) -> Result<Self> {
+        let engine = file.engine_config()?;
         let relays = match (file.relay, file.relays.as_slice()) {
             (Some(addr), []) => vec![RelayAddress::check(&addr, file.relay_name)?],
             (None, []) => bail!("no relay configured: set relay = \"IP:PORT\" or [[relays]]"),
@@ -269,29 +298,6 @@ impl NodeConfig {
         };
         if partner.id == local {
             bail!("partner {} is this endpoint itself", partner.id);
-        }
-        let mut engine = EngineConfig::default();
-        engine
-            .set_link_test_interval(Duration::from_millis(file.link_test_interval_ms))
-            .context("link_test_interval_ms")?;
-        engine
-            .set_key_rotation(Duration::from_secs(file.key_rotation_secs))
-            .context("key_rotation_secs")?;
-        for (name, d) in &file.deadlines {
-            let p: Precedence = name
-                .parse()
-                .with_context(|| format!("[deadlines.{name}]"))?;
-            if let Some(ms) = d.delivered_ms {
-                engine
-                    .set_delivered_deadline(p, Duration::from_millis(ms))
-                    .with_context(|| format!("[deadlines.{name}] delivered_ms"))?;
-            }
-            if let Some(ms) = d.acknowledged_ms {
-                let v = (ms > 0).then(|| Duration::from_millis(ms));
-                engine
-                    .set_acknowledged_deadline(p, v)
-                    .with_context(|| format!("[deadlines.{name}] acknowledged_ms"))?;
-            }
         }
         let (keep_alive, idle) = if relays.len() > 1 {
             cfg_defaults::TIMEOUTS_SEVERAL_RELAYS_MS

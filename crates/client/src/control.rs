@@ -84,6 +84,8 @@ pub enum Request {
     },
     /// Link state, queues, escalations, alarms.
     Status,
+    /// Our messages that await the partner's delivery receipt or acknowledgement, in id order.
+    Sent,
     /// Replace our sealing key now (a new epoch, announced once durable).
     Rekey,
     /// Verify the audit log (and with `export`, list it).
@@ -166,6 +168,8 @@ pub enum Event {
     Message(InboxEntry),
     /// A status snapshot.
     Status(Box<StatusView>),
+    /// One of our messages that awaits the partner.
+    Sent(SentView),
     /// A new sealing key is in place.
     Rekeyed {
         /// Its epoch.
@@ -211,6 +215,31 @@ pub struct InboxEntry {
     pub acknowledged: Option<String>,
     /// Raised transport precedence, if it escalated, as the relay claims it (unsigned).
     pub escalated_to: Option<String>,
+}
+
+/// One of our messages that awaits the partner, as `Request::Sent` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentView {
+    /// `sender:channel:precedence:seq`.
+    pub id: String,
+    /// Channel.
+    pub channel: String,
+    /// Original precedence.
+    pub precedence: String,
+    /// Current transport precedence (higher once escalated).
+    pub transport: String,
+    /// Escalations so far.
+    pub escalations: u32,
+    /// When it was submitted (RFC 3339).
+    pub sent_at: String,
+    /// The highest ack level reached: `stored`, `accepted`, `delivered` or `acknowledged`.
+    pub level: String,
+    /// What it waits for next: `delivered` or `acknowledged`; none once nothing escalates it.
+    pub awaiting: Option<String>,
+    /// When that deadline falls (RFC 3339).
+    pub deadline: Option<String>,
+    /// The deadline in microseconds since the Unix epoch, for countdowns.
+    pub deadline_us: Option<u64>,
 }
 
 /// Per-lane queue depths.

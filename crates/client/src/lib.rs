@@ -6,6 +6,7 @@
 //!   `hotline_proto::engine::Engine` — engine loop, store thread, relay link, control server,
 //!   inbox index.
 //! - [`control`]: the JSON-lines protocol between the CLI and a running node, and its client.
+//! - [`console`]: `hotline console`, the operator's terminal UI on the control socket.
 //! - [`view`]: engine state rendered for operators (status, inbox lines, alarm names).
 //! - [`audit`]: the hash-chained audit log's entries, verification and report.
 //! - [`time`]: wall-clock time and its one text form.
@@ -19,6 +20,7 @@
 pub mod audit;
 pub mod certs;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod demo;
 pub mod failpoint;

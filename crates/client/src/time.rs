@@ -24,6 +24,14 @@ pub fn format_time(t: Time) -> String {
     out
 }
 
+/// Reads back a time [`format_time`] wrote (any RFC 3339 UTC time); `None` for anything else.
+pub fn parse_time(text: &str) -> Option<Time> {
+    let st = humantime::parse_rfc3339_weak(text).ok()?;
+    st.duration_since(SystemTime::UNIX_EPOCH)
+        .ok()
+        .map(Time::from_unix)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -35,5 +43,12 @@ mod tests {
             format_time(Time(u64::MAX)),
             format!("{}us after the Unix epoch", u64::MAX)
         );
+    }
+
+    #[test]
+    fn parses_what_it_formats() {
+        let t = Time(1_764_270_000_123_456);
+        assert_eq!(parse_time(&format_time(t)), Some(t));
+        assert_eq!(parse_time("yesterday"), None);
     }
 }

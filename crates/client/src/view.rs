@@ -13,10 +13,12 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use hotline_net::close::CloseReason;
-use hotline_proto::engine::{AlarmKind, Delivery, LinkState, Status};
+use hotline_proto::engine::{AlarmKind, DeadlineKind, Delivery, LinkState, OutboxEntry, Status};
 use hotline_proto::{EndpointId, Precedence, Time};
 
-use crate::control::{AlarmView, EscalationView, InboxEntry, LaneView, RelayView, StatusView};
+use crate::control::{
+    AlarmView, EscalationView, InboxEntry, LaneView, RelayView, SentView, StatusView,
+};
 use crate::time::format_time;
 
 /// Foreign text made safe for a terminal: every control character (C0 including newline and
@@ -239,6 +241,37 @@ pub fn alarm_kind(k: &AlarmKind) -> String {
         AlarmKind::StoreLossRepaired => "this node's store was lost; re-paired".into(),
         AlarmKind::ClockSkew => "partner clock skew".into(),
         AlarmKind::LaneLimit => "inbound lane limit".into(),
+    }
+}
+
+/// One outbox entry as `Request::Sent` lists it.
+pub fn sent(e: &OutboxEntry) -> SentView {
+    let level = if e.acknowledged.is_some() {
+        "acknowledged"
+    } else if e.delivered.is_some() {
+        "delivered"
+    } else if e.accepted.is_some() {
+        "accepted"
+    } else {
+        "stored"
+    };
+    SentView {
+        id: e.id.to_string(),
+        channel: e.id.channel.to_string(),
+        precedence: e.id.precedence.to_string(),
+        transport: e.transport.to_string(),
+        escalations: e.escalations,
+        sent_at: format_time(e.sent_at),
+        level: level.into(),
+        awaiting: e.next_deadline.map(|(kind, _)| {
+            match kind {
+                DeadlineKind::Delivered => "delivered",
+                DeadlineKind::Acknowledged => "acknowledged",
+            }
+            .into()
+        }),
+        deadline: e.next_deadline.map(|(_, at)| format_time(at)),
+        deadline_us: e.next_deadline.map(|(_, at)| at.0),
     }
 }
 

@@ -256,6 +256,13 @@ async fn handle_query(request: Request, cmds: mpsc::UnboundedSender<Command>, re
         Request::Status => ask(&cmds, |reply| Command::Status { reply })
             .await
             .map(|s| replies.emit(Event::Status(Box::new(s)))),
+        Request::Sent => ask(&cmds, |reply| Command::Sent { reply })
+            .await
+            .map(|sent| {
+                for s in sent {
+                    replies.emit(Event::Sent(s));
+                }
+            }),
         Request::Rekey => ask(&cmds, |reply| Command::Rekey { reply })
             .await
             .map(|epoch| replies.emit(Event::Rekeyed { epoch })),

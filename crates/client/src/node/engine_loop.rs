@@ -37,7 +37,7 @@ use super::store_thread::{Persisted, StoreMsg};
 use super::{AuditSource, NodeError, RequestError};
 use crate::audit::{self, AuditEvent};
 use crate::config::RelayAddress;
-use crate::control::{InboxEntry, StatusView};
+use crate::control::{InboxEntry, SentView, StatusView};
 use crate::time::{format_time, wall_now};
 use crate::view;
 
@@ -66,6 +66,10 @@ pub(super) enum Command {
     },
     /// A status snapshot.
     Status { reply: oneshot::Sender<StatusView> },
+    /// Our messages that await the partner (delivery or acknowledgement).
+    Sent {
+        reply: oneshot::Sender<Vec<SentView>>,
+    },
     /// Replace the sealing key now; answered with the new epoch.
     Rekey { reply: oneshot::Sender<u32> },
     /// Verify or export the audit log.
@@ -410,6 +414,9 @@ impl EngineLoop {
             Command::Status { reply } => {
                 self.prune_holds();
                 let _ = reply.send(self.status());
+            }
+            Command::Sent { reply } => {
+                let _ = reply.send(self.engine.outbox().map(|e| view::sent(&e)).collect());
             }
             Command::Rekey { reply } => {
                 let epoch = self.engine.rotate_sealing_key(now);

@@ -460,6 +460,11 @@ impl<R: CryptoRng> Engine<R> {
             accepted: m.accepted,
             delivered: m.delivered,
             acknowledged: m.acknowledged,
+            next_deadline: match (m.delivered, m.acknowledged, m.ack_deadline) {
+                (None, _, _) => Some((DeadlineKind::Delivered, m.delivered_deadline)),
+                (Some(_), None, Some(at)) => Some((DeadlineKind::Acknowledged, at)),
+                _ => None,
+            },
         })
     }
 

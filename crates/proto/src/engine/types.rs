@@ -319,6 +319,9 @@ pub struct OutboxEntry {
     pub delivered: Option<Time>,
     /// Partner-signed acknowledgement time.
     pub acknowledged: Option<Time>,
+    /// The next deadline that escalates it, if any: `delivered` until it is delivered, then
+    /// `acknowledged` where its precedence expects an acknowledgement.
+    pub next_deadline: Option<(DeadlineKind, Time)>,
 }
 
 /// The local endpoint's identity.

@@ -11,8 +11,11 @@ mod messages;
 mod node;
 mod status;
 
+use std::path::PathBuf;
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use hotline_client::console::BellPolicy;
 
 /// Hotline endpoint node and operator CLI.
 ///
@@ -55,6 +58,23 @@ enum Cmd {
     ///
     /// Example: hotline ack --config ex/jp.toml us:main:flash:1
     Ack(messages::AckArgs),
+    /// The operator's console: a live terminal view of the node, acknowledging with one key.
+    ///
+    /// Shows the link and each relay, the inbox (unacknowledged messages pinned on top, flash
+    /// first, with the time left to acknowledge), our messages awaiting the partner, and the
+    /// alarms. Keys: ↑/↓ or j/k select, Tab switches inbox/alarms, Enter opens, a acknowledges
+    /// (a flash asks y/n), c composes, x clears an alarm, ? help, q quits. Keeps running when
+    /// the node restarts and reconnects by itself.
+    ///
+    /// Example: hotline console --config ex/jp.toml
+    Console {
+        /// Node config (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// When to ring the terminal bell.
+        #[arg(long, value_enum, default_value = "all")]
+        bell: BellPolicy,
+    },
     /// Link state, queue depths, pending acknowledgements, escalations and alarms.
     Status(status::StatusArgs),
     /// Replace this node's sealing key now (keys also rotate on `key_rotation_secs`).
@@ -79,10 +99,14 @@ enum Cmd {
 
 fn main() {
     let cli = Cli::parse();
-    let verbose = matches!(cli.command, Cmd::Node { .. });
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(if verbose { "info" } else { "warn" })
-    });
+    // The console owns the terminal: a log line would tear its screen.
+    let level = match cli.command {
+        Cmd::Node { .. } => "info",
+        Cmd::Console { .. } => "off",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -108,6 +132,7 @@ async fn run(cmd: Cmd) -> Result<()> {
         Cmd::Send(args) => messages::send(args).await,
         Cmd::Inbox(args) => messages::inbox(args).await,
         Cmd::Ack(args) => messages::ack(args).await,
+        Cmd::Console { config, bell } => hotline_client::console::run(&config, bell).await,
         Cmd::Status(args) => status::status(args).await,
         Cmd::Rekey(args) => status::rekey(args).await,
         Cmd::Audit { command } => audit::run(command).await,
