@@ -7,6 +7,7 @@
 //!   inbox index.
 //! - [`control`]: the JSON-lines protocol between the CLI and a running node, and its client.
 //! - [`view`]: engine state rendered for operators (status, inbox lines, alarm names).
+//! - [`alarms`]: the operator's alarm book (deduplicated, with severity, counts and clearing).
 //! - [`audit`]: the hash-chained audit log's entries, verification and report.
 //! - [`time`]: wall-clock time and its one text form.
 //! - [`certs`]: `hotline certs init`, an exercise PKI plus ready-to-run configs.
@@ -16,6 +17,7 @@
 //! - `fuzzing` (hidden): the control-request parser as a fuzz entry point.
 //! - `testing` (feature `test-utils`): a relay and nodes in one process on port 0, for tests.
 
+pub mod alarms;
 pub mod audit;
 pub mod certs;
 pub mod config;
