@@ -192,6 +192,8 @@ async fn repeated_security_alarms_are_one_entry_that_can_be_followed_and_cleared
     // once, and the book (restored from the store) counts it into the same entry.
     us.stop();
     let _us = ex.start_node("us");
+    // Waits for the restarted node's control socket.
+    let _ = ex.status("us").await;
     let repeated = wait_alarms(
         &ex,
         "us",
@@ -204,6 +206,7 @@ async fn repeated_security_alarms_are_one_entry_that_can_be_followed_and_cleared
         },
     );
     let entries = alarms(&ex, "us", true);
+    eprintln!("after the restart: {entries:#?}");
     let keys: BTreeSet<(&str, &str)> = entries
         .iter()
         .map(|a| (a.kind.as_str(), a.cause.as_str()))
