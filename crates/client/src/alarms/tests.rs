@@ -259,3 +259,34 @@ fn the_book_survives_a_store_round_trip_and_ids_stay_unused() {
     // 1..=4 were handed out before, and 5 went to the overflow entry or "fifth".
     assert!(new_id > 5, "a fresh id after restart, got {new_id}");
 }
+
+#[test]
+fn the_control_protocol_names_are_the_contract() {
+    use crate::control::{Event, Request, RequestLine, ResponseLine};
+    let line = RequestLine::parse(r#"{"tag":4,"cmd":"clear_alarm","id":3,"by":"alice"}"#).unwrap();
+    assert!(matches!(
+        line.request,
+        Request::ClearAlarm { id: Some(3), all: false, ref by } if by == "alice"
+    ));
+    let line = RequestLine::parse(r#"{"tag":5,"cmd":"alarms","follow":true}"#).unwrap();
+    assert!(matches!(
+        line.request,
+        Request::Alarms {
+            follow: true,
+            all: false
+        }
+    ));
+    let mut book = AlarmBook::default();
+    book.raise(security("why", 1, 1));
+    let response = ResponseLine {
+        tag: 5,
+        event: Event::Alarm(book.open_entries()[0].view()),
+    };
+    let json = serde_json::to_value(&response).unwrap();
+    assert_eq!(json["event"], "alarm");
+    assert_eq!(json["tag"], 5);
+    assert_eq!(json["id"], 1);
+    assert!(json["cleared"].is_null());
+    let back: ResponseLine = serde_json::from_value(json).unwrap();
+    assert!(matches!(back.event, Event::Alarm(v) if v.cause == "why"));
+}
