@@ -57,15 +57,15 @@ async fn deleting_a_nodes_data_dir_re_pairs_both_ways() {
         .await;
     let notice = us.alarms.iter().find(|a| a.kind == PARTNER_LOST).unwrap();
     assert!(
-        notice.detail.contains(&in_flight.id),
+        notice.cause.contains(&in_flight.id),
         "the notice names {}: {}",
         in_flight.id,
-        notice.detail
+        notice.cause
     );
     assert!(
-        !notice.detail.contains(&before.id),
+        !notice.cause.contains(&before.id),
         "a delivered and finished message is not reported lost: {}",
-        notice.detail
+        notice.cause
     );
     ex.wait_status("jp", "own-store-lost notice", |s| {
         s.alarms.iter().any(|a| a.kind == OWN_LOST)

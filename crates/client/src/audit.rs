@@ -1,8 +1,8 @@
 //! The node's audit log: append-only, hash-chained, with signed heads.
 //!
 //! Every envelope sent and received (by hash, with its id), every receipt, escalation,
-//! re-alert, link-state change and security alarm becomes an [`AuditEntry`] whose `prev` is the
-//! hash of the entry before it. The node periodically signs the head (length, hash) with its
+//! re-alert, link-state change, security alarm and alarm clearing becomes an [`AuditEntry`]
+//! whose `prev` is the hash of the entry before it. The node periodically signs the head (length, hash) with its
 //! identity key and keeps those [`SignedHead`]s; the head also rides in every signed link test,
 //! and each side stores the partner's link tests, so either side can show the other's log was
 //! not rewritten afterwards.
@@ -87,6 +87,18 @@ pub enum AuditEvent {
         len: u64,
         /// Partner log head.
         head: String,
+    },
+    /// An operator cleared an alarm-book entry ([`crate::alarms`]). Last variant: postcard
+    /// numbers variants by position, so new ones go at the end and old logs still verify.
+    AlarmCleared {
+        /// The entry's id.
+        id: u64,
+        /// Its kind.
+        kind: String,
+        /// Who cleared it (the local user).
+        by: String,
+        /// When (RFC 3339).
+        at: String,
     },
 }
 

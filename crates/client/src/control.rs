@@ -12,6 +12,18 @@
 //! ← {"tag":1,"event":"level","id":"us:main:flash:1","level":"delivered","at":"…"}
 //! ← {"tag":1,"event":"done","ok":true}
 //! ```
+//!
+//! Alarms (see [`crate::alarms`]) are listed, followed and cleared with `alarms` and
+//! `clear_alarm`:
+//!
+//! ```text
+//! → {"tag":2,"cmd":"clear_alarm","id":3,"by":"alice"}
+//! ← {"tag":2,"event":"alarm","id":3,"severity":"critical","kind":"security: bad signature",…,"cleared":{"by":"alice","at":"…"}}
+//! ← {"tag":2,"event":"done","ok":true}
+//! ```
+//!
+//! The values carried (status, inbox entries, alarms) are in the `views` submodule and
+//! re-exported here.
 
 use std::path::{Path, PathBuf};
 
@@ -20,6 +32,11 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+
+mod views;
+pub use views::{
+    AlarmView, ClearedView, EscalationView, InboxEntry, LaneView, RelayView, SentView, StatusView,
+};
 
 /// The ack level a `send` waits for.
 #[derive(
@@ -93,6 +110,30 @@ pub enum Request {
         /// Also list every entry and head.
         #[serde(default)]
         export: bool,
+    },
+    /// The alarm book: one [`Event::Alarm`] per entry, highest severity first, then most
+    /// recent first; with `follow`, then one for every new or changed entry (count up,
+    /// cleared, re-opened) until the client goes away.
+    Alarms {
+        /// Keep the stream open.
+        #[serde(default)]
+        follow: bool,
+        /// Cleared entries too (by default only uncleared ones).
+        #[serde(default)]
+        all: bool,
+    },
+    /// Clear one alarm (`id`) or every uncleared one (`all`; exactly one of the two). Answers
+    /// one [`Event::Alarm`] per entry cleared, once the clearing and its audit record are
+    /// durable. An unknown id is refused (`no alarm 7`).
+    ClearAlarm {
+        /// The entry to clear.
+        #[serde(default)]
+        id: Option<u64>,
+        /// Clear every uncleared entry.
+        #[serde(default)]
+        all: bool,
+        /// Who clears (the local user), for the audit log.
+        by: String,
     },
 }
 
@@ -175,6 +216,8 @@ pub enum Event {
         /// Its epoch.
         epoch: u32,
     },
+    /// An alarm-book entry (from `alarms` or `clear_alarm`).
+    Alarm(AlarmView),
     /// An audit entry, head or the verification report.
     Audit {
         /// The value.
@@ -188,162 +231,6 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
-}
-
-/// One inbox message, as `inbox --json` prints it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InboxEntry {
-    /// `sender:channel:precedence:seq`.
-    pub id: String,
-    /// Sender.
-    pub from: String,
-    /// Recipient.
-    pub to: String,
-    /// Channel.
-    pub channel: String,
-    /// Original precedence.
-    pub precedence: String,
-    /// Lane sequence.
-    pub seq: u64,
-    /// Text (lossy UTF-8).
-    pub body: String,
-    /// Sender's time (RFC 3339).
-    pub sent_at: String,
-    /// Our delivery time (RFC 3339).
-    pub received_at: String,
-    /// When our operator acknowledged it, if so.
-    pub acknowledged: Option<String>,
-    /// Raised transport precedence, if it escalated, as the relay claims it (unsigned).
-    pub escalated_to: Option<String>,
-}
-
-/// One of our messages that awaits the partner, as `Request::Sent` lists it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SentView {
-    /// `sender:channel:precedence:seq`.
-    pub id: String,
-    /// Channel.
-    pub channel: String,
-    /// Original precedence.
-    pub precedence: String,
-    /// Current transport precedence (higher once escalated).
-    pub transport: String,
-    /// Escalations so far.
-    pub escalations: u32,
-    /// When it was submitted (RFC 3339).
-    pub sent_at: String,
-    /// The highest ack level reached: `stored`, `accepted`, `delivered` or `acknowledged`.
-    pub level: String,
-    /// What it waits for next: `delivered` or `acknowledged`; none once nothing escalates it.
-    pub awaiting: Option<String>,
-    /// When that deadline falls (RFC 3339).
-    pub deadline: Option<String>,
-    /// The deadline in microseconds since the Unix epoch, for countdowns.
-    pub deadline_us: Option<u64>,
-}
-
-/// Per-lane queue depths.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LaneView {
-    /// Waiting for the partner's key.
-    pub awaiting_key: usize,
-    /// Not yet accepted by the relay.
-    pub unaccepted: usize,
-    /// Not yet delivered.
-    pub undelivered: usize,
-    /// Delivered, not yet acknowledged.
-    pub unacknowledged: usize,
-    /// Received, waiting for earlier messages.
-    pub receive_buffered: usize,
-}
-
-/// An alarm as shown by `status`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AlarmView {
-    /// When.
-    pub at: String,
-    /// Kind.
-    pub kind: String,
-    /// Message, if any.
-    pub message: Option<String>,
-    /// Detail.
-    pub detail: String,
-}
-
-/// An open escalation.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EscalationView {
-    /// Message id.
-    pub id: String,
-    /// Current transport precedence.
-    pub escalated_to: String,
-    /// Escalations so far.
-    pub count: u32,
-}
-
-/// `status --json`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StatusView {
-    /// This endpoint.
-    pub endpoint: String,
-    /// The partner.
-    pub partner: String,
-    /// `up`, `degraded` or `down`.
-    pub link: String,
-    /// Since when.
-    pub link_since: String,
-    /// Connected to at least one relay.
-    pub connected: bool,
-    /// Relay's word on the partner.
-    pub partner_online: Option<bool>,
-    /// When the last fresh signed link test from the partner arrived (`Down` after ten link-test
-    /// intervals without one).
-    #[serde(default)]
-    pub partner_last_heard: Option<String>,
-    /// Last connection error, if any.
-    pub last_error: Option<String>,
-    /// Our sealing-key epoch.
-    #[serde(default)]
-    pub own_epoch: Option<u32>,
-    /// The partner's sealing-key epoch we seal to, once known.
-    #[serde(default)]
-    pub partner_epoch: Option<u32>,
-    /// Queue depths by precedence name.
-    pub lanes: std::collections::BTreeMap<String, LaneView>,
-    /// Delivered messages our operator has not acknowledged.
-    pub pending_acks: Vec<String>,
-    /// Our messages that escalated.
-    pub open_escalations: Vec<EscalationView>,
-    /// Recent alarms, newest last.
-    pub alarms: Vec<AlarmView>,
-    /// Inbox size.
-    pub inbox: usize,
-    /// Each configured relay's link, in configuration order.
-    #[serde(default)]
-    pub relays: Vec<RelayView>,
-}
-
-/// One relay link in `status`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RelayView {
-    /// Its address as configured (`IP:PORT` or `HOST:PORT`).
-    pub addr: String,
-    /// The name its certificate must carry.
-    pub name: String,
-    /// Connected now.
-    pub connected: bool,
-    /// Since when it has been connected, or not.
-    pub since: String,
-    /// Why it is not connected, if it is not.
-    pub last_error: Option<String>,
-    /// This relay's word on the partner.
-    pub partner_online: Option<bool>,
-    /// It brought the partner's newest fresh signed link test within three link-test intervals.
-    #[serde(default)]
-    pub carries_link_tests: bool,
-    /// Our messages it accepted (stored) on this connection and that are not delivered yet.
-    #[serde(default)]
-    pub holds: usize,
 }
 
 /// Why talking to a node's control socket failed.

@@ -8,6 +8,7 @@
 //! - [`control`]: the JSON-lines protocol between the CLI and a running node, and its client.
 //! - [`console`]: `hotline console`, the operator's terminal UI on the control socket.
 //! - [`view`]: engine state rendered for operators (status, inbox lines, alarm names).
+//! - [`alarms`]: the operator's alarm book (deduplicated, with severity, counts and clearing).
 //! - [`audit`]: the hash-chained audit log's entries, verification and report.
 //! - [`time`]: wall-clock time and its one text form.
 //! - [`certs`]: `hotline certs init`, an exercise PKI plus ready-to-run configs.
@@ -17,6 +18,7 @@
 //! - `fuzzing` (hidden): the control-request parser as a fuzz entry point.
 //! - `testing` (feature `test-utils`): a relay and nodes in one process on port 0, for tests.
 
+pub mod alarms;
 pub mod audit;
 pub mod certs;
 pub mod config;

@@ -10,7 +10,11 @@
 //! they imply — in one transaction, one fsync.
 //!
 //! The audit log ([`crate::audit`]) lives in the same file: `audit` (the hash chain), `heads`
-//! (our signed heads) and `partner_heads` (the partner's signed link tests).
+//! (our signed heads) and `partner_heads` (the partner's signed link tests). So does the
+//! operator's alarm book ([`crate::alarms`]): `alarm_book` (one row per entry, by id) and
+//! `alarm_next_id`, written in the same transaction as the alarm's audit record. Adding those
+//! tables did not change [`SCHEMA_VERSION`]: an older build ignores them, and an older file
+//! gets them, empty, when opened.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -28,6 +32,7 @@ use redb::{
 };
 use serde::de::DeserializeOwned;
 
+use crate::alarms::{AlarmBook, AlarmEntry, BookWrite};
 use crate::audit::{AuditData, AuditEntry, AuditEvent, SignedHead, StoredEntry, events_of};
 use crate::failpoint;
 
@@ -38,6 +43,9 @@ const RECORDS: Rows = TableDefinition::new("records");
 const AUDIT: Rows = TableDefinition::new("audit");
 const HEADS: Rows = TableDefinition::new("heads");
 const PARTNER_HEADS: Rows = TableDefinition::new("partner_heads");
+const ALARM_BOOK: Rows = TableDefinition::new("alarm_book");
+/// One row, key 0: the alarm book's next id (ids are never reused, even after eviction).
+const ALARM_NEXT_ID: TableDefinition<'static, u64, u64> = TableDefinition::new("alarm_next_id");
 
 /// How often the audit head is signed while entries are being added.
 pub const SIGN_HEAD_EVERY: Duration = Duration::from_secs(1);
@@ -51,6 +59,8 @@ pub struct Batch {
     pub events: Vec<AuditEvent>,
     /// Partner link tests carrying new audit heads.
     pub partner_heads: Vec<Signed<LinkTest>>,
+    /// Alarm-book changes, in order (the alarms' audit records are in `events`).
+    pub alarm_book: Vec<BookWrite>,
 }
 
 /// The schema this build writes and reads. 2: announcements carry incarnations and the
@@ -118,6 +128,8 @@ impl Store {
             txn.open_table(AUDIT).in_table(AUDIT)?;
             txn.open_table(HEADS).in_table(HEADS)?;
             txn.open_table(PARTNER_HEADS).in_table(PARTNER_HEADS)?;
+            txn.open_table(ALARM_BOOK).in_table(ALARM_BOOK)?;
+            txn.open_table(ALARM_NEXT_ID).in_table(ALARM_NEXT_ID)?;
             Ok(())
         })?;
         let txn = db.begin_read().map_err(DbError::from)?;
@@ -214,6 +226,7 @@ impl Store {
                     .in_table(PARTNER_HEADS)?;
                 partner_key += 1;
             }
+            write_alarm_book(&txn, &batch.alarm_book)?;
             let due = self
                 .signed_at
                 .is_none_or(|t| t.elapsed() >= SIGN_HEAD_EVERY);
@@ -254,6 +267,19 @@ impl Store {
         })
     }
 
+    /// The stored alarm book: its entries, and the next id to hand out.
+    pub fn read_alarm_book(&self) -> Result<AlarmBook, StoreError> {
+        let txn = self.db.begin_read().map_err(DbError::from)?;
+        let entries: Vec<AlarmEntry> = read_rows(&txn, ALARM_BOOK)?;
+        let next_id = txn
+            .open_table(ALARM_NEXT_ID)
+            .in_table(ALARM_NEXT_ID)?
+            .get(0)
+            .in_table(ALARM_NEXT_ID)?
+            .map_or(1, |v| v.value());
+        Ok(AlarmBook::restore(entries, next_id))
+    }
+
     /// Number of records stored.
     pub fn len(&self) -> u64 {
         self.next_key
@@ -263,6 +289,28 @@ impl Store {
     pub fn is_empty(&self) -> bool {
         self.next_key == 0
     }
+}
+
+/// Applies alarm-book changes inside the commit's transaction.
+fn write_alarm_book(txn: &redb::WriteTransaction, writes: &[BookWrite]) -> Result<(), DbError> {
+    if writes.is_empty() {
+        return Ok(());
+    }
+    let mut book = txn.open_table(ALARM_BOOK).in_table(ALARM_BOOK)?;
+    let mut next = txn.open_table(ALARM_NEXT_ID).in_table(ALARM_NEXT_ID)?;
+    for w in writes {
+        match w {
+            BookWrite::Put { entry, next_id } => {
+                book.insert(entry.id, encode_value(entry).as_slice())
+                    .in_table(ALARM_BOOK)?;
+                next.insert(0, *next_id).in_table(ALARM_NEXT_ID)?;
+            }
+            BookWrite::Remove(id) => {
+                book.remove(*id).in_table(ALARM_BOOK)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Every row of `table`, decoded, in key order.

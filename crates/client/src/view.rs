@@ -5,7 +5,7 @@
 //! alarms, so wording lives in one place and the shell stays free of presentation.
 //!
 //! It also renders those values as the CLI's text output ([`inbox_line`], [`status_lines`],
-//! [`audit_entry_line`]). Text that a partner or the relay chose (bodies, alarm and refusal
+//! [`alarm_line`], [`audit_entry_line`]). Text that a partner or the relay chose (bodies, alarm and refusal
 //! details, names, errors) goes through [`escape_control`] there, so a message cannot clear the
 //! operator's screen, rewrite a line or forge one; JSON output (`--json`) stays exact.
 
@@ -180,15 +180,44 @@ pub fn status_lines(s: &StatusView) -> Vec<String> {
             x.count
         ));
     }
-    for a in &s.alarms {
+    if !s.alarms.is_empty() {
         out.push(format!(
-            "  ALARM {} {}: {}",
-            e(&a.at),
-            e(&a.kind),
-            e(&a.detail)
+            "alarms: {} uncleared (hotline alarms clear ID|--all)",
+            s.alarms.len()
         ));
     }
+    for a in &s.alarms {
+        out.push(format!("  {}", alarm_line(a)));
+    }
     out
+}
+
+/// One alarm-book entry in one line, e.g.
+/// `#3 CRITICAL security: bad signature ×64 (first 10:00:01Z, last 10:02:00Z): a link test was
+/// refused`, with `[cleared by alice at …]` when cleared. Kind, cause and message are escaped
+/// (they may quote the relay or the partner); a cause that only repeats the kind is left out,
+/// so the line reads once.
+pub fn alarm_line(a: &AlarmView) -> String {
+    let e = |t: &str| escape_control(t).into_owned();
+    let mut line = format!("#{} {} {}", a.id, e(&a.severity.to_uppercase()), e(&a.kind));
+    if a.count > 1 {
+        let _ = write!(line, " ×{}", a.count);
+    }
+    if a.first == a.last {
+        let _ = write!(line, " ({})", e(&a.first));
+    } else {
+        let _ = write!(line, " (first {}, last {})", e(&a.first), e(&a.last));
+    }
+    if let Some(m) = &a.message {
+        let _ = write!(line, " [message {}]", e(m));
+    }
+    if !a.cause.is_empty() && a.cause != a.kind {
+        let _ = write!(line, ": {}", e(&a.cause));
+    }
+    if let Some(c) = &a.cleared {
+        let _ = write!(line, " [cleared by {} at {}]", e(&c.by), e(&c.at));
+    }
+    line
 }
 
 /// One `hotline audit export` text line for a JSON value of the audit report: an entry as
@@ -290,6 +319,8 @@ pub struct ShellState<'a> {
     pub relays: Vec<RelayView>,
     /// When the last relay that no longer carries fresh link tests stopped carrying them.
     pub redundancy_lost_at: Option<Time>,
+    /// Uncleared alarm-book entries, in the book's order (see [`crate::alarms`]).
+    pub alarms: Vec<AlarmView>,
 }
 
 /// `status` from an engine snapshot.
@@ -348,16 +379,7 @@ pub fn status(s: &Status, shell: &ShellState<'_>) -> StatusView {
                 count: *count,
             })
             .collect(),
-        alarms: s
-            .alarms
-            .iter()
-            .map(|a| AlarmView {
-                at: format_time(a.at),
-                kind: alarm_kind(&a.kind),
-                message: a.message.as_ref().map(ToString::to_string),
-                detail: a.detail.clone(),
-            })
-            .collect(),
+        alarms: shell.alarms.clone(),
         inbox: shell.inbox,
         relays: shell.relays.clone(),
     }
@@ -456,10 +478,15 @@ mod tests {
                 count: 1,
             }],
             alarms: vec![AlarmView {
-                at: "t".into(),
+                id: 3,
+                severity: "warning".into(),
                 kind: "refused by relay: Overloaded".into(),
-                message: None,
-                detail: "queue full\x1b[2J\x07\nALARM forged".into(),
+                cause: "queue full\x1b[2J\x07\nALARM forged".into(),
+                message: Some("us:main:flash:2\x1b[1A".into()),
+                count: 64,
+                first: "10:00:01Z".into(),
+                last: "10:02:00Z".into(),
+                cleared: None,
             }],
             inbox: 0,
             relays: vec![RelayView {
@@ -483,10 +510,17 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("closed by peer: \\u{1b}[2J"), "{text}");
+        assert!(
+            text.contains(
+                "#3 WARNING refused by relay: Overloaded ×64 (first 10:00:01Z, last 10:02:00Z) \
+                 [message us:main:flash:2\\u{1b}[1A]: queue full"
+            ),
+            "{text}"
+        );
         assert!(text.contains("partner jp\\u{1b}[1A"), "{text}");
         let json = serde_json::to_string(&s).unwrap();
         let back: StatusView = serde_json::from_str(&json).unwrap();
-        assert_eq!(back.alarms[0].detail, "queue full\x1b[2J\x07\nALARM forged");
+        assert_eq!(back.alarms[0].cause, "queue full\x1b[2J\x07\nALARM forged");
     }
 
     #[test]

@@ -241,23 +241,27 @@ async fn wait_status(node: &Node, what: &str, ok: impl Fn(&StatusView) -> bool) 
     }
 }
 
-/// `status` for a failure message, alarm details cut short (a forged one can be huge).
+/// `status` for a failure message, alarm causes cut short (a forged one can be huge).
 fn summary(s: &StatusView) -> String {
     let mut s = s.clone();
     for a in &mut s.alarms {
-        if a.detail.len() > 80 {
-            a.detail = format!("{}… ({} bytes)", &a.detail[..80], a.detail.len());
+        if a.cause.len() > 80 {
+            let cut = (0..=80)
+                .rev()
+                .find(|i| a.cause.is_char_boundary(*i))
+                .unwrap_or(0);
+            a.cause = format!("{}… ({} bytes)", &a.cause[..cut], a.cause.len());
         }
     }
     format!("{s:#?}")
 }
 
-/// `node`'s alarms, one line each, details cut short.
+/// `node`'s alarms, one line each, causes cut short.
 async fn alarms(node: &Node) -> Vec<String> {
     let s = status(node).await.unwrap();
     s.alarms
         .iter()
-        .map(|a| format!("{}: {:.80}", a.kind, a.detail))
+        .map(|a| format!("{}: {:.80}", a.kind, a.cause))
         .collect()
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use hotline_proto::{Channel, MessageId, Precedence, Time};
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
-use crate::control::{InboxEntry, SentView, StatusView};
+use crate::control::{AlarmView, InboxEntry, SentView, StatusView};
 use crate::time::parse_time;
 
 /// When the console rings the terminal bell.
@@ -27,32 +27,12 @@ pub enum BellPolicy {
     Off,
 }
 
-/// One alarm as the console shows it (see [`crate::control::AlarmView`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AlarmRow {
-    /// The node's id for it (what `x` clears).
-    pub id: u64,
-    /// `critical`, `warning` or `notice`.
-    pub severity: String,
-    /// What kind of alarm.
-    pub kind: String,
-    /// Why, as first reported.
-    pub cause: String,
-    /// How many times it was raised.
-    pub count: u64,
-    /// When first and last raised.
-    pub first: String,
-    /// When last raised.
-    pub last: String,
-}
-
-impl AlarmRow {
-    fn rank(&self) -> u8 {
-        match self.severity.as_str() {
-            "critical" => 0,
-            "warning" => 1,
-            _ => 2,
-        }
+/// Critical first, then warning, then anything else.
+fn severity_rank(a: &AlarmView) -> u8 {
+    match a.severity.as_str() {
+        "critical" => 0,
+        "warning" => 1,
+        _ => 2,
     }
 }
 
@@ -69,10 +49,8 @@ pub enum Update {
     Status(Box<StatusView>),
     /// Our messages that await the partner.
     Sent(Vec<SentView>),
-    /// Every current alarm (replaces the list).
-    Alarms(Vec<AlarmRow>),
-    /// One new or changed alarm.
-    Alarm(AlarmRow),
+    /// One alarm, new or changed (a cleared one leaves the list).
+    Alarm(AlarmView),
     /// A message we composed is durably queued.
     Queued(String),
     /// A message is acknowledged (by this console), at this time.
@@ -188,8 +166,8 @@ pub struct App {
     pub inbox: Vec<InboxEntry>,
     /// Our messages that await the partner.
     pub sent: Vec<SentView>,
-    /// Alarms, highest severity first.
-    pub alarms: Vec<AlarmRow>,
+    /// Uncleared alarms, highest severity first, then the most recent.
+    pub alarms: Vec<AlarmView>,
     /// Acknowledgement deadlines by precedence index, from the node's config.
     pub ack_deadlines: [Option<Duration>; 4],
     /// Which list the arrows move in.
@@ -212,6 +190,8 @@ pub struct App {
     connections: u32,
     /// The operator moved the selection (or a new flash took it): it no longer follows the top.
     operator_moved: bool,
+    /// The same for the alarms.
+    operator_moved_alarm: bool,
 }
 
 impl App {
@@ -235,6 +215,7 @@ impl App {
             seen: HashSet::new(),
             connections: 0,
             operator_moved: false,
+            operator_moved_alarm: false,
         }
     }
 
@@ -284,6 +265,7 @@ impl App {
             Update::Connected => {
                 self.connections += 1;
                 self.inbox.clear();
+                self.alarms.clear();
                 if self.connections > 1 {
                     self.note("reconnected to the node", false);
                 } else if matches!(self.node, NodeLink::Lost(_)) {
@@ -300,11 +282,6 @@ impl App {
             Update::Message(m) => self.arrived(m),
             Update::Status(s) => self.status = Some(*s),
             Update::Sent(sent) => self.sent = sent,
-            Update::Alarms(mut rows) => {
-                rows.sort_by(|a, b| a.rank().cmp(&b.rank()).then(b.last.cmp(&a.last)));
-                self.alarms = rows;
-                self.fix_alarm_selection();
-            }
             Update::Alarm(row) => self.alarm(row),
             Update::Queued(id) => self.note(format!("sent {id}"), false),
             Update::Acknowledged { id, at } => {
@@ -339,33 +316,40 @@ impl App {
         }
     }
 
-    fn alarm(&mut self, row: AlarmRow) {
-        let grew = match self.alarms.iter().position(|a| a.id == row.id) {
-            Some(i) => {
-                let grew = row.count > self.alarms[i].count;
-                self.alarms[i] = row.clone();
-                grew
+    fn alarm(&mut self, row: AlarmView) {
+        let old = self.alarms.iter().position(|a| a.id == row.id);
+        if row.cleared.is_some() {
+            if let Some(i) = old {
+                self.alarms.remove(i);
             }
+            self.fix_alarm_selection();
+            return;
+        }
+        let grew = match old {
+            Some(i) => row.count > std::mem::replace(&mut self.alarms[i], row.clone()).count,
             None => {
                 self.alarms.push(row.clone());
                 true
             }
         };
-        let critical = row.severity == "critical";
         let recent = parse_time(&row.last).is_some_and(|t| t >= self.started);
-        if grew && critical && recent {
+        if grew && row.severity == "critical" && recent {
             self.ring |= matches!(self.bell, BellPolicy::All | BellPolicy::Security);
         }
-        self.alarms
-            .sort_by(|a, b| a.rank().cmp(&b.rank()).then(b.last.cmp(&a.last)));
+        self.alarms.sort_by(|a, b| {
+            severity_rank(a)
+                .cmp(&severity_rank(b))
+                .then(b.last.cmp(&a.last))
+        });
         self.fix_alarm_selection();
     }
 
+    /// Until the operator moves in the alarms, the selection follows the top (most severe).
     fn fix_alarm_selection(&mut self) {
-        if !self
+        let kept = self
             .selected_alarm
-            .is_some_and(|id| self.alarms.iter().any(|a| a.id == id))
-        {
+            .is_some_and(|id| self.alarms.iter().any(|a| a.id == id));
+        if !kept || !self.operator_moved_alarm {
             self.selected_alarm = self.alarms.first().map(|a| a.id);
         }
     }
@@ -476,6 +460,7 @@ impl App {
                 self.selected_message = stepped(&ids, self.selected_message.as_ref(), by);
             }
             Focus::Alarms => {
+                self.operator_moved_alarm = true;
                 let ids: Vec<u64> = self.alarms.iter().map(|a| a.id).collect();
                 self.selected_alarm = stepped(&ids, self.selected_alarm.as_ref(), by);
             }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::app::{AlarmRow, Effect, Update};
+use super::app::{Effect, Update};
 use crate::control::{ControlClient, ControlError, ControlReader, Event, Request, SentView};
 
 /// How often status and the sent list are refreshed; under what a person notices.
@@ -32,8 +32,6 @@ enum Pending {
     Effect(String),
     /// An acknowledgement of this message id.
     Ack(String),
-    /// Something the node cannot do; reported as failed when its placeholder request ends.
-    Refused(String),
 }
 
 type PendingMap = Arc<Mutex<HashMap<u64, Pending>>>;
@@ -121,9 +119,12 @@ async fn wait_closed(effects: &mut mpsc::UnboundedReceiver<Effect>) -> bool {
     effects.recv().await.is_none_or(|e| e == Effect::Quit)
 }
 
-/// The request for the alarm book, following changes.
+/// The alarm book's uncleared entries, then every change (a clearing included).
 fn alarms_request() -> Request {
-    Request::Status
+    Request::Alarms {
+        follow: true,
+        all: false,
+    }
 }
 
 /// The request that carries out an effect; quitting is the console's own business.
@@ -149,10 +150,12 @@ fn effect_request(effect: Effect) -> Option<(Request, Pending)> {
             Pending::Effect(format!("{precedence} message queued")),
         ),
         Effect::ClearAlarm(id) => (
-            Request::Audit { export: false },
-            Pending::Refused(format!(
-                "clearing alarm #{id}: not supported by this node yet"
-            )),
+            Request::ClearAlarm {
+                id: Some(id),
+                all: false,
+                by: crate::alarms::local_user(),
+            },
+            Pending::Effect(format!("cleared alarm #{id}")),
         ),
         Effect::Quit => return None,
     })
@@ -173,7 +176,7 @@ async fn read_loop(
         let update = match (p, line.event) {
             (Pending::Inbox, Event::Message(m)) => Some(Update::Message(m)),
             (Pending::Status, Event::Status(s)) => Some(Update::Status(s)),
-            (Pending::Alarms, Event::Status(s)) => Some(Update::Alarms(alarm_rows(&s))),
+            (Pending::Alarms | Pending::Effect(_), Event::Alarm(a)) => Some(Update::Alarm(a)),
             (Pending::Sent(list), Event::Sent(s)) => {
                 list.push(s);
                 None
@@ -193,10 +196,6 @@ async fn read_loop(
                         error: None,
                     })
                 }
-                Some(Pending::Refused(what)) => Some(Update::Finished {
-                    what,
-                    error: Some("unsupported".into()),
-                }),
                 Some(Pending::Ack(id)) => Some(Update::Finished {
                     what: format!("acknowledging {id}"),
                     error: Some(error.unwrap_or_else(|| "request failed".into())),
@@ -213,27 +212,6 @@ async fn read_loop(
         }
     }
     Ok(())
-}
-
-/// The alarm rows a status snapshot carries.
-fn alarm_rows(s: &crate::control::StatusView) -> Vec<AlarmRow> {
-    s.alarms
-        .iter()
-        .enumerate()
-        .map(|(i, a)| AlarmRow {
-            id: i as u64,
-            severity: if a.kind.starts_with("security") {
-                "critical".into()
-            } else {
-                "warning".into()
-            },
-            kind: a.kind.clone(),
-            cause: a.detail.clone(),
-            count: 1,
-            first: a.at.clone(),
-            last: a.at.clone(),
-        })
-        .collect()
 }
 
 /// A connection failure in a few words.

@@ -7,9 +7,11 @@ use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
-use super::app::{AlarmRow, App, BellPolicy, Effect, Focus, Mode, Update};
+use super::app::{App, BellPolicy, Effect, Focus, Mode, Update};
 use super::ui;
-use crate::control::{InboxEntry, LaneView, RelayView, SentView, StatusView};
+use crate::control::{
+    AlarmView, ClearedView, InboxEntry, LaneView, RelayView, SentView, StatusView,
+};
 use crate::time::{format_time, parse_time};
 
 /// 10:00:00 on the day of the tests.
@@ -84,15 +86,17 @@ fn status(link: &str, relays: &[(&str, bool)]) -> StatusView {
     }
 }
 
-fn alarm(id: u64, severity: &str, kind: &str, count: u64, last: &str) -> AlarmRow {
-    AlarmRow {
+fn alarm(id: u64, severity: &str, kind: &str, count: u64, last: &str) -> AlarmView {
+    AlarmView {
         id,
         severity: severity.into(),
         kind: kind.into(),
         cause: format!("cause of {kind}"),
+        message: None,
         count,
         first: t("09:50:00"),
         last: t(last),
+        cleared: None,
     }
 }
 
@@ -329,10 +333,20 @@ fn compose_chooses_precedence_and_channel_and_refuses_an_empty_body() {
 #[test]
 fn alarms_are_listed_highest_severity_first_and_x_clears_the_selected_one() {
     let mut a = connected();
-    a.apply(Update::Alarms(vec![
-        alarm(1, "warning", "partner clock skew", 3, "09:55:00"),
-        alarm(2, "critical", "security: bad signature", 64, "09:50:30"),
-    ]));
+    a.apply(Update::Alarm(alarm(
+        1,
+        "warning",
+        "partner clock skew",
+        3,
+        "09:55:00",
+    )));
+    a.apply(Update::Alarm(alarm(
+        2,
+        "critical",
+        "security: bad signature",
+        64,
+        "09:50:30",
+    )));
     let screen = render(&a, at("10:00:00"));
     let critical = row_of(&screen, "#2 ×64 security: bad signature");
     let warning = row_of(&screen, "#1 ×3 partner clock skew");
@@ -360,6 +374,18 @@ fn alarms_are_listed_highest_severity_first_and_x_clears_the_selected_one() {
         "10:00:00",
     )));
     assert!(a.take_bell());
+    // A clearing (by this console or by `hotline alarms clear`) takes it off the list, and
+    // the selection moves to what is left.
+    let mut cleared = alarm(2, "critical", "security: bad signature", 65, "10:00:00");
+    cleared.cleared = Some(ClearedView {
+        by: "duty".into(),
+        at: t("10:00:05"),
+    });
+    a.apply(Update::Alarm(cleared));
+    assert_eq!(a.alarms.len(), 1);
+    assert_eq!(a.selected_alarm, Some(1));
+    let screen = render(&a, at("10:00:06"));
+    assert!(screen.iter().all(|l| !l.contains("bad signature")));
 }
 
 #[test]

@@ -6,6 +6,10 @@
 //! ack levels, and every other request, runs in its own task, so requests on one connection are
 //! served concurrently and their answers interleave by tag.
 //!
+//! `alarms --follow` streams until the client's connection is gone: a write to a closed Unix
+//! socket fails at once, so a client that went away is noticed at the next change (the
+//! connection's writer ends).
+//!
 //! Flash sends and queries go to the engine loop's urgent queue; other sends to the normal one.
 //! A flash overtakes lower precedences anyway, so the ordering rule is unaffected.
 
@@ -21,6 +25,7 @@ use tracing::warn;
 
 use super::RequestError;
 use super::engine_loop::Command;
+use crate::alarms::ClearTarget;
 use crate::control::{Event, Request, RequestLine, ResponseLine, WaitLevel};
 use crate::time::format_time;
 
@@ -266,8 +271,59 @@ async fn handle_query(request: Request, cmds: mpsc::UnboundedSender<Command>, re
         Request::Rekey => ask(&cmds, |reply| Command::Rekey { reply })
             .await
             .map(|epoch| replies.emit(Event::Rekeyed { epoch })),
+        Request::Alarms { follow, all } => alarms(&cmds, follow, all, &replies).await,
+        Request::ClearAlarm { id, all, by } => clear_alarm(&cmds, id, all, by, &replies).await,
     };
     replies.done(result);
+}
+
+/// `alarms`: the book's entries, then (with `follow`) every change until the client goes away
+/// or the node stops.
+async fn alarms(
+    cmds: &mpsc::UnboundedSender<Command>,
+    follow: bool,
+    all: bool,
+    replies: &Replies,
+) -> Result<(), RequestError> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    cmds.send(Command::Alarms {
+        follow,
+        all,
+        entries: tx,
+    })
+    .map_err(|_| RequestError::Stopping)?;
+    loop {
+        tokio::select! {
+            entry = rx.recv() => match entry {
+                Some(view) => replies.emit(Event::Alarm(view)),
+                None => return Ok(()),
+            },
+            // The connection's writer ended: nobody is listening any more.
+            () = replies.out.closed() => return Ok(()),
+        }
+    }
+}
+
+/// `clear_alarm`: answered with each cleared entry once the clearing is durable.
+async fn clear_alarm(
+    cmds: &mpsc::UnboundedSender<Command>,
+    id: Option<u64>,
+    all: bool,
+    by: String,
+    replies: &Replies,
+) -> Result<(), RequestError> {
+    let target = match (id, all) {
+        (Some(id), false) => ClearTarget::One(id),
+        (None, true) => ClearTarget::All,
+        _ => return Err(RequestError::ClearTarget),
+    };
+    let (cleared, durable) = ask(cmds, |reply| Command::ClearAlarm { target, by, reply }).await??;
+    // Dropped unanswered only if the commit failed, and then the node stops.
+    durable.await.map_err(|_| RequestError::Stopping)?;
+    for view in cleared {
+        replies.emit(Event::Alarm(view));
+    }
+    Ok(())
 }
 
 /// Sends a command carrying a reply channel and waits for the answer.

@@ -11,38 +11,35 @@
 //! to the control server's channels. A failed store write stops the loop with
 //! [`NodeError::StoreFailed`]; nothing after it is acknowledged.
 //!
-//! The shell raises one alarm of its own, beside the engine's: when the relay closes our
-//! connection because another connection uses our identity ([`LinkEventKind::IdentityConflict`]),
-//! status shows [`view::identity_conflict_line`] as the last error, and an `identity_conflict` alarm
-//! goes to the log and the audit log, at most once per [`IDENTITY_ALARM_EVERY`] (with the count
-//! of closes since the last one), since a refused node keeps retrying.
+//! Alarms, the engine's and the shell's own (when the relay closes our connection because
+//! another connection uses our identity, [`LinkEventKind::IdentityConflict`], status shows
+//! [`view::identity_conflict_line`] as the last error and an `identity conflict` alarm is
+//! raised), go through the alarm desk (`alarm_desk`): logged, counted into the operator's alarm
+//! book, and written with their audit record.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hotline_proto::Time;
-use hotline_proto::engine::{
-    AckLevel, Action, Alarm, AlarmKind, Delivery, Engine, Outgoing, Report, WriteId,
-};
+use hotline_proto::engine::{AckLevel, Action, Delivery, Engine, Outgoing, Report, WriteId};
 use hotline_proto::wire::{self, Frame, Presence};
 use hotline_proto::{EndpointId, MessageId};
 use rand_chacha::ChaCha20Rng;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
+use super::alarm_desk::{AlarmDesk, Clearing};
 use super::inbox::InboxIndex;
 use super::relay_link::{LaneReceivers, LinkEvent, LinkEventKind, RelayFrame};
 use super::relays::{MAX_HELD_IDS, RelayState};
 use super::store_thread::{Persisted, StoreMsg};
 use super::{AuditSource, NodeError, RequestError};
+use crate::alarms::{AlarmBook, ClearTarget};
 use crate::audit::{self, AuditEvent};
 use crate::config::RelayAddress;
-use crate::control::{InboxEntry, SentView, StatusView};
+use crate::control::{AlarmView, InboxEntry, SentView, StatusView};
 use crate::time::{format_time, wall_now};
 use crate::view;
-
-/// At most one `identity_conflict` alarm per this long; closes in between are counted.
-const IDENTITY_ALARM_EVERY: Duration = Duration::from_secs(10 * 60);
 
 /// An operator command from the control server.
 #[derive(Debug)]
@@ -76,6 +73,19 @@ pub(super) enum Command {
     Audit {
         export: bool,
         reply: oneshot::Sender<Result<Vec<serde_json::Value>, RequestError>>,
+    },
+    /// Stream the alarm book (uncleared only unless `all`; with `follow`, every change too).
+    Alarms {
+        follow: bool,
+        all: bool,
+        entries: mpsc::UnboundedSender<AlarmView>,
+    },
+    /// Clear alarms; answered with what was cleared and a handle that hears once it is
+    /// durable.
+    ClearAlarm {
+        target: ClearTarget,
+        by: String,
+        reply: oneshot::Sender<Result<Clearing, RequestError>>,
     },
 }
 
@@ -115,8 +125,8 @@ pub(super) struct EngineLoop {
     followers: Vec<mpsc::UnboundedSender<InboxEntry>>,
     subscribers: BTreeMap<MessageId, Vec<mpsc::UnboundedSender<Report>>>,
     last_error: Option<String>,
-    /// When the last `identity_conflict` alarm was raised, and the closes since.
-    identity_alarm: Option<(Time, u64)>,
+    /// The operator's alarm book and its followers.
+    alarms: AlarmDesk,
     fatal: Option<NodeError>,
     ack_waiters: Vec<AckWaiter>,
     /// Reports seen, to sweep closed subscribers now and then.
@@ -146,11 +156,17 @@ impl EngineLoop {
             followers: Vec::new(),
             subscribers: BTreeMap::new(),
             last_error: None,
-            identity_alarm: None,
+            alarms: AlarmDesk::new(AlarmBook::default()),
             fatal: None,
             ack_waiters: Vec::new(),
             reports: 0,
         }
+    }
+
+    /// The alarm book as the store had it (empty until this is called).
+    pub(super) fn with_alarm_book(mut self, book: AlarmBook) -> Self {
+        self.alarms = AlarmDesk::new(book);
+        self
     }
 
     /// Runs until stopped or until a store write fails.
@@ -340,32 +356,11 @@ impl EngineLoop {
         }
     }
 
-    /// Raises the `identity_conflict` alarm, unless one was raised recently: then counts.
+    /// Raises the `identity conflict` alarm, unless one was raised recently: then counts.
     fn identity_alarm(&mut self, line: &str) {
-        let now = wall_now();
-        let count = match self.identity_alarm {
-            Some((at, n)) if now.since(at) < IDENTITY_ALARM_EVERY => {
-                self.identity_alarm = Some((at, n + 1));
-                return;
-            }
-            Some((_, n)) => n + 1,
-            None => 1,
-        };
-        self.identity_alarm = Some((now, 0));
-        error!(
-            kind = "identity_conflict",
-            count,
-            detail = line,
-            "SECURITY ALARM"
-        );
-        let detail = match count {
-            1 => line.to_owned(),
-            n => format!("{line} ({n} closes)"),
-        };
-        self.write(StoreMsg::Event(AuditEvent::Alarm {
-            kind: "identity_conflict".into(),
-            detail,
-        }));
+        if let Some(msg) = self.alarms.identity_conflict(line, wall_now()) {
+            self.write(msg);
+        }
     }
 
     fn command(&mut self, c: Command) {
@@ -430,6 +425,22 @@ impl EngineLoop {
                     let _ = reply.send(result.map_err(RequestError::from));
                 });
             }
+            Command::Alarms {
+                follow,
+                all,
+                entries,
+            } => self.alarms.list(follow, all, entries),
+            Command::ClearAlarm { target, by, reply } => {
+                match self.alarms.clear(target, &by, now) {
+                    Ok((clearing, msg)) => {
+                        self.write(msg);
+                        let _ = reply.send(Ok(clearing));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                    }
+                }
+            }
         }
     }
 
@@ -457,15 +468,8 @@ impl EngineLoop {
                     self.inbox.realerted(&n.message, n.level);
                 }
                 Action::Alarm(a) => {
-                    log_alarm(&a);
-                    let detail = match a.count {
-                        1 => a.detail,
-                        n => format!("{} ({n} occurrences)", a.detail),
-                    };
-                    self.write(StoreMsg::Event(AuditEvent::Alarm {
-                        kind: view::alarm_kind(&a.kind),
-                        detail,
-                    }));
+                    let msg = self.alarms.engine_alarm(a);
+                    self.write(msg);
                 }
                 Action::PartnerAuditHead(t) => {
                     debug!(len = t.body.audit_len, head = %t.body.audit_head, "partner audit head");
@@ -553,25 +557,8 @@ impl EngineLoop {
                     .iter()
                     .filter_map(|r| r.stopped_carrying(now, fresh_within))
                     .max(),
+                alarms: self.alarms.open_views(),
             },
         )
-    }
-}
-
-/// Alarm details come from the relay or the partner: escaped, so a log on a terminal shows
-/// them without running their control characters.
-fn log_alarm(a: &Alarm) {
-    let kind = view::alarm_kind(&a.kind);
-    match &a.kind {
-        AlarmKind::Refused(_)
-        | AlarmKind::ClockSkew
-        | AlarmKind::PartnerKeyExpired
-        | AlarmKind::PartnerLostStore
-        | AlarmKind::StoreLossRepaired => {
-            warn!(kind = %view::escape_control(&kind), count = a.count, detail = %view::escape_control(&a.detail), "ALARM");
-        }
-        _ => {
-            error!(kind = %view::escape_control(&kind), count = a.count, detail = %view::escape_control(&a.detail), "SECURITY ALARM");
-        }
     }
 }

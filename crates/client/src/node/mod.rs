@@ -14,7 +14,9 @@
 //!   used at once: every frame goes out on every live link, the first copy in wins);
 //! - the **control server** (`control_server`) serves the CLI on a Unix socket (mode 0600);
 //! - the **inbox index** (`inbox`) keeps what `inbox` shows, rebuilt from the store;
-//! - what the engine loop knows of each relay link (`relays`) is what `status` shows per relay.
+//! - what the engine loop knows of each relay link (`relays`) is what `status` shows per relay;
+//! - the **alarm desk** (`alarm_desk`) keeps the operator's alarm book ([`crate::alarms`]),
+//!   restored from the store at start.
 //!
 //! Nothing acknowledged is lost on a crash: every record that made a receipt, a delivery or a
 //! `stored` report possible was committed first (the engine's durability contract).
@@ -28,6 +30,7 @@
 //! # Ok(()) }
 //! ```
 
+mod alarm_desk;
 mod control_server;
 mod engine_loop;
 mod inbox;
@@ -146,6 +149,12 @@ pub enum RequestError {
         /// The message.
         id: MessageId,
     },
+    /// The alarm to clear does not exist or is cleared already.
+    #[error(transparent)]
+    Clear(#[from] crate::alarms::ClearError),
+    /// `clear_alarm` named neither or both of an id and `all`.
+    #[error("clear_alarm needs exactly one of `id` and `all`")]
+    ClearTarget,
     /// The node is shutting down.
     #[error("node is stopping")]
     Stopping,
@@ -200,6 +209,7 @@ impl Node {
             own: identity.public(),
             partner: cfg.partner.key,
         };
+        let alarm_book = store.read_alarm_book()?;
         let (len, head) = store.audit_head();
         engine.set_audit_head(len, head);
         store.set_signer(identity, cfg.local.clone());
@@ -259,7 +269,8 @@ impl Node {
             writes_tx,
             inbox,
             &cfg.relays,
-        );
+        )
+        .with_alarm_book(alarm_book);
         let socket = control_socket.clone();
         let task = tokio::spawn(
             async move {

@@ -5,6 +5,9 @@
 //! ([`Persisted`]) go back in write order; the first failure is reported and ends the thread,
 //! so nothing after a failed write is ever confirmed.
 //!
+//! Alarm-book changes ride with the audit entries that record them ([`StoreMsg::Alarms`]), so
+//! both are in the same transaction.
+//!
 //! It does not decide what is durable-first: the engine's gate holds receipts and deliveries
 //! until the write that justifies them is confirmed here.
 
@@ -13,8 +16,9 @@ use std::thread::JoinHandle;
 use hotline_proto::crypto::Digest;
 use hotline_proto::engine::{Record, WriteId};
 use hotline_proto::envelope::{LinkTest, Signed};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
+use crate::alarms::BookWrite;
 use crate::audit::AuditEvent;
 use crate::failpoint;
 use crate::store::{Batch, Store, StoreError};
@@ -33,6 +37,13 @@ pub(super) enum StoreMsg {
     Event(AuditEvent),
     /// The partner's signed audit head, carried by a link test.
     PartnerHead(Signed<LinkTest>),
+    /// Alarm-book changes and the audit entries that record them, in one transaction;
+    /// `durable` hears once they are committed (dropped if the commit failed).
+    Alarms {
+        events: Vec<AuditEvent>,
+        book: Vec<BookWrite>,
+        durable: Option<oneshot::Sender<()>>,
+    },
 }
 
 /// What the store thread reports back, in commit order.
@@ -63,10 +74,13 @@ pub(super) fn spawn(
                 while let Ok(more) = writes.try_recv() {
                     msgs.push(more);
                 }
-                let (batch, last) = batch_of(msgs.drain(..));
+                let (batch, last, durable) = batch_of(msgs.drain(..));
                 let result = store.commit(&batch, wall_now());
                 if result.is_ok() {
                     hit_failpoints(&batch);
+                    for d in durable {
+                        let _ = d.send(());
+                    }
                 }
                 let msg = match result {
                     Ok(head) => Persisted::Ok { last, head },
@@ -83,10 +97,14 @@ pub(super) fn spawn(
         })
 }
 
-/// One transaction's worth of writes, and the last engine write among them.
-fn batch_of(msgs: impl Iterator<Item = StoreMsg>) -> (Batch, Option<WriteId>) {
+/// One transaction's worth of writes, the last engine write among them, and who waits for the
+/// commit.
+fn batch_of(
+    msgs: impl Iterator<Item = StoreMsg>,
+) -> (Batch, Option<WriteId>, Vec<oneshot::Sender<()>>) {
     let mut batch = Batch::default();
     let mut last = None;
+    let mut waiting = Vec::new();
     for m in msgs {
         match m {
             StoreMsg::Record(id, r) => {
@@ -95,9 +113,18 @@ fn batch_of(msgs: impl Iterator<Item = StoreMsg>) -> (Batch, Option<WriteId>) {
             }
             StoreMsg::Event(e) => batch.events.push(e),
             StoreMsg::PartnerHead(t) => batch.partner_heads.push(t),
+            StoreMsg::Alarms {
+                events,
+                book,
+                durable,
+            } => {
+                batch.events.extend(events);
+                batch.alarm_book.extend(book);
+                waiting.extend(durable);
+            }
         }
     }
-    (batch, last)
+    (batch, last, waiting)
 }
 
 /// Crash points for the recovery tests, right after the commit that makes each kind durable.

@@ -47,8 +47,8 @@ use tokio::task::{JoinHandle, JoinSet};
 const TICK: Duration = Duration::from_millis(100);
 /// Frames remembered for replay; enough for a test's traffic, bounded so replay stays cheap.
 const MAX_RECORDED: usize = 600;
-/// Bad-head twins injected per destination: each raises one alarm, and `status` keeps only the
-/// most recent 64, so the other forgeries' alarms must not be pushed out.
+/// Bad-head twins injected per destination: each raises an alarm; kept few so the test stays
+/// quick (the alarm book keeps each kind and cause once anyway).
 const MAX_TWINS: usize = 5;
 /// Size of the forged refusal's detail: far beyond anything a real relay writes, still within
 /// the frame limit, so it reaches the node instead of closing the connection.

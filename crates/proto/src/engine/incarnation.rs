@@ -101,7 +101,7 @@ impl<R: CryptoRng> Engine<R> {
         self.seal_awaiting();
         for f in std::mem::take(&mut self.early_envelopes) {
             if let Err(e) = self.on_envelope(f) {
-                self.security_alarm(&e);
+                self.security_alarm(&e, "an early envelope");
             }
         }
     }

@@ -293,7 +293,7 @@ impl<R: CryptoRng> Engine<R> {
             Err(wire::DecodeError::UnknownSuite(s)) => VerifyError::UnknownSuite(s),
             Err(_) => VerifyError::Malformed("frame does not decode"),
         };
-        self.security_alarm(&refused);
+        self.security_alarm(&refused, "a frame from the relay");
         Err(refused)
     }
 
@@ -305,6 +305,7 @@ impl<R: CryptoRng> Engine<R> {
 
     /// Like [`handle_frame`](Self::handle_frame) for a frame the caller already decoded.
     pub fn handle_decoded(&mut self, frame: Frame) -> Result<(), VerifyError> {
+        let what = frame_name(&frame);
         let result = match frame {
             Frame::Hello(_) => Ok(()),
             Frame::Envelope(f) => self.on_envelope(f),
@@ -328,7 +329,7 @@ impl<R: CryptoRng> Engine<R> {
             }
         };
         if let Err(e) = &result {
-            self.security_alarm(e);
+            self.security_alarm(e, what);
         }
         self.finish();
         result
@@ -554,9 +555,16 @@ impl<R: CryptoRng> Engine<R> {
     /// forwards bytes unchanged over an authenticated stream, so one that does not decode is
     /// the relay's (or a broken partner's) doing; coalescing keeps a flood to one alarm a
     /// window. The lane limit raises its own alarm.
-    fn security_alarm(&mut self, e: &VerifyError) {
+    ///
+    /// The kind already names the error, so the detail says what was refused (`what`, e.g.
+    /// "a link test"), not the error again: an alarm reads once.
+    fn security_alarm(&mut self, e: &VerifyError, what: &str) {
         if *e != VerifyError::Malformed(inbound::LANE_LIMIT) {
-            self.alarm(AlarmKind::Security(e.clone()), None, e.to_string());
+            self.alarm(
+                AlarmKind::Security(e.clone()),
+                None,
+                format!("{what} was refused"),
+            );
         }
     }
 
@@ -564,6 +572,21 @@ impl<R: CryptoRng> Engine<R> {
     fn alarm(&mut self, kind: AlarmKind, message: Option<MessageId>, detail: String) {
         self.alarms
             .raise(self.now, kind, message, detail, &mut self.gate);
+    }
+}
+
+/// What a frame is, for a security alarm's detail.
+fn frame_name(frame: &Frame) -> &'static str {
+    match frame {
+        Frame::Hello(_) => "a hello",
+        Frame::Envelope(_) => "an envelope",
+        Frame::Accepted(_) => "an accepted reply",
+        Frame::Receipt(_) => "a receipt",
+        Frame::LinkTest(_) => "a link test",
+        Frame::Announcement(_) => "a key announcement",
+        Frame::Escalation(_) => "an escalation",
+        Frame::Refused(_) => "a refusal",
+        Frame::Presence(_) => "a presence notice",
     }
 }
 

@@ -5,6 +5,7 @@
 //! binary is where stdout is written. One module per group of subcommands.
 #![expect(clippy::print_stdout, reason = "the CLI's output")]
 
+mod alarms;
 mod audit;
 mod certs;
 mod messages;
@@ -76,7 +77,14 @@ enum Cmd {
         bell: BellPolicy,
     },
     /// Link state, queue depths, pending acknowledgements, escalations and alarms.
+    ///
+    /// Example: hotline status --config ex/us.toml
     Status(status::StatusArgs),
+    /// The alarm book: alarms deduplicated by kind and cause, with severity (critical,
+    /// warning, notice), count and first/last time; uncleared ones, highest severity first.
+    ///
+    /// Example: hotline alarms --config ex/us.toml --follow
+    Alarms(alarms::AlarmsArgs),
     /// Replace this node's sealing key now (keys also rotate on `key_rotation_secs`).
     ///
     /// The new key is announced to the partner once it is on disk; messages already sealed to
@@ -134,6 +142,7 @@ async fn run(cmd: Cmd) -> Result<()> {
         Cmd::Ack(args) => messages::ack(args).await,
         Cmd::Console { config, bell } => hotline_client::console::run(&config, bell).await,
         Cmd::Status(args) => status::status(args).await,
+        Cmd::Alarms(args) => alarms::run(args).await,
         Cmd::Rekey(args) => status::rekey(args).await,
         Cmd::Audit { command } => audit::run(command).await,
         Cmd::Demo { keep } => hotline_client::demo::run(keep, &mut |line| println!("{line}")).await,
