@@ -441,7 +441,7 @@ fn sent_messages_show_their_level_and_time_left() {
     let screen = render(&a, at("10:00:00"));
     let row = row_of(&screen, "jp:main:flash:7");
     assert!(
-        screen[row].contains("delivered  awaiting acknowledged ⏱ 1:30"),
+        screen[row].contains("FLASH     delivered, acknowledged due ⏱ 1:30"),
         "{}",
         screen[row]
     );

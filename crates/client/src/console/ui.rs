@@ -152,12 +152,7 @@ fn draw_inbox(frame: &mut Frame<'_>, area: Rect, app: &App, now: Time) {
 
 fn inbox_item<'a>(app: &App, m: &InboxEntry, now: Time) -> ListItem<'a> {
     let flash = m.precedence == "flash";
-    let mut style = match m.precedence.as_str() {
-        "flash" => Style::new().fg(Color::Red).bold(),
-        "immediate" => Style::new().fg(Color::Yellow).bold(),
-        "priority" => Style::new().fg(Color::Cyan),
-        _ => Style::new(),
-    };
+    let mut style = precedence_style(&m.precedence);
     if m.acknowledged.is_some() {
         style = Style::new().fg(Color::DarkGray);
     }
@@ -195,19 +190,23 @@ fn draw_sent(frame: &mut Frame<'_>, area: Rect, app: &App, now: Time) {
         .iter()
         .map(|s| {
             let mut spans = vec![
-                Span::from(format!("{}  ", escape_control(&s.id))),
+                Span::styled(
+                    format!("{:<9} ", s.precedence.to_uppercase()),
+                    precedence_style(&s.precedence),
+                ),
                 Span::styled(s.level.clone(), Style::new().bold()),
             ];
+            if let (Some(what), Some(us)) = (&s.awaiting, s.deadline_us) {
+                spans.push(Span::from(format!(", {what} due ")));
+                spans.push(countdown(Time(us), now));
+            }
             if s.escalations > 0 {
                 spans.push(Span::styled(
                     format!(" ESCALATED→{}", s.transport),
                     Style::new().fg(Color::Magenta).bold(),
                 ));
             }
-            if let (Some(what), Some(us)) = (&s.awaiting, s.deadline_us) {
-                spans.push(Span::from(format!("  awaiting {what} ")));
-                spans.push(countdown(Time(us), now));
-            }
+            spans.push(Span::from(format!("  {}", escape_control(&s.id))).dark_gray());
             ListItem::new(Line::from(spans))
         })
         .collect();
@@ -385,6 +384,16 @@ fn draw_compose(frame: &mut Frame<'_>, body: Rect, app: &App) {
             .block(Block::bordered().title(" Compose ")),
         area,
     );
+}
+
+/// Flash red, immediate yellow, priority cyan, routine plain.
+fn precedence_style(precedence: &str) -> Style {
+    match precedence {
+        "flash" => Style::new().fg(Color::Red).bold(),
+        "immediate" => Style::new().fg(Color::Yellow).bold(),
+        "priority" => Style::new().fg(Color::Cyan),
+        _ => Style::new(),
+    }
 }
 
 fn focused(block: Block<'_>, on: bool) -> Block<'_> {
