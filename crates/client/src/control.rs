@@ -327,12 +327,12 @@ pub enum ControlError {
         socket: PathBuf,
     },
     /// Reading or writing the socket failed.
-    #[error("control socket {}: {source}", socket.display())]
+    #[error("control socket {}: {error}", socket.display())]
     Io {
         /// The socket path.
         socket: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The node answered something that is not a response line.
     #[error("bad response from node ({detail}): {line}")]
@@ -374,7 +374,7 @@ impl ControlClient {
                 }
                 _ => ControlError::Io {
                     socket: socket.to_owned(),
-                    source: e,
+                    error: e,
                 },
             })?;
         let (r, w) = stream.into_split();
@@ -493,9 +493,9 @@ impl ControlWriter {
         self.inner
             .write_all(&self.buf)
             .await
-            .map_err(|source| ControlError::Io {
+            .map_err(|error| ControlError::Io {
                 socket: self.socket.clone(),
-                source,
+                error,
             })?;
         self.buf.clear();
         Ok(())
@@ -527,9 +527,9 @@ impl ControlReader {
             .inner
             .read_line(&mut self.line)
             .await
-            .map_err(|source| ControlError::Io {
+            .map_err(|error| ControlError::Io {
                 socket: self.socket.clone(),
-                source,
+                error,
             })?;
         if n == 0 {
             return Ok(None);
