@@ -61,7 +61,7 @@ pub enum Request {
         /// Precedence (default `routine`).
         #[serde(default)]
         precedence: Option<Precedence>,
-        /// Text.
+        /// Text: not empty, at most [`hotline_proto::wire::MAX_BODY_LEN`] bytes.
         body: String,
         /// Block until this level.
         #[serde(default)]
@@ -70,11 +70,18 @@ pub enum Request {
         #[serde(default)]
         timeout_ms: Option<u64>,
     },
-    /// List the inbox in delivery order; with `follow`, keep streaming new messages.
+    /// List the inbox in delivery order; with `follow`, keep streaming new messages. The
+    /// filters apply to both.
     Inbox {
         /// Keep the stream open.
         #[serde(default)]
         follow: bool,
+        /// Only messages our operator has not acknowledged yet.
+        #[serde(default)]
+        unacked: bool,
+        /// Only messages on this channel.
+        #[serde(default)]
+        channel: Option<Channel>,
     },
     /// Acknowledge a delivered message.
     Ack {

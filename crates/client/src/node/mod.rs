@@ -147,8 +147,13 @@ pub enum RequestError {
     /// The audit log could not be read.
     #[error("reading the audit log: {0}")]
     Audit(#[from] StoreError),
+    /// An empty message body.
+    #[error("empty message refused: a message needs some text")]
+    EmptyBody,
     /// `--wait` ran out of time; the message stays queued and will still be delivered.
-    #[error("timed out waiting for {level} of {id}")]
+    #[error(
+        "timed out waiting for {id} to be {level}; it is still queued and will still be delivered"
+    )]
     Timeout {
         /// The level waited for.
         level: &'static str,
