@@ -354,10 +354,17 @@ pub enum ControlError {
     Closed,
     /// A request did not encode.
     #[error("encoding a request: {0}")]
-    Encode(#[from] serde_json::Error),
+    Encode(serde_json::Error),
     /// The node refused the request (its `done` error).
     #[error("{0}")]
     Refused(String),
+}
+
+// serde_json's error is in the message, not a `source()`: anyhow's `{:#}` would print it twice.
+impl From<serde_json::Error> for ControlError {
+    fn from(e: serde_json::Error) -> Self {
+        Self::Encode(e)
+    }
 }
 
 /// A connection to a node's control socket: a [`ControlWriter`] and a [`ControlReader`], which
