@@ -279,15 +279,20 @@ impl Exercise {
     /// An endpoint's inbox in delivery order.
     pub async fn inbox(&self, endpoint: &str) -> Vec<InboxEntry> {
         let mut c = self.control(endpoint).await;
-        c.call(Request::Inbox { follow: false })
-            .await
-            .unwrap()
-            .into_iter()
-            .filter_map(|e| match e {
-                Event::Message(m) => Some(m),
-                _ => None,
-            })
-            .collect()
+        c.call(Request::Inbox {
+            follow: false,
+            unacked: false,
+            channel: None,
+            updates: false,
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Message(m) => Some(m),
+            _ => None,
+        })
+        .collect()
     }
 
     /// Waits until `check` holds for the endpoint's status.

@@ -1,6 +1,7 @@
 //! `hotline console` in a real terminal: the binary runs in a tmux pane (a pseudo-terminal)
 //! against real nodes and a relay. A flash arrives, `a` then `y` acknowledges it, and the
-//! sender's `send --wait acknowledged` completes; the node restarts and the console says so.
+//! sender's `send --wait acknowledged` completes; the node restarts and the console says so;
+//! an acknowledgement made with `hotline ack` shows at once.
 #![expect(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -10,7 +11,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hotline_e2e::{Exercise, PATIENCE, bin_dir};
+use hotline_e2e::{Exercise, PATIENCE, bin_dir, hotline};
 
 /// A private tmux server (its own socket name) running one command in a fixed-size pane;
 /// killed on drop.
@@ -81,9 +82,9 @@ fn the_console_acknowledges_a_flash_with_a_and_y_and_follows_a_node_restart() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let [_relay, _us, mut jp] = rt.block_on(ex.start_linked("us", "jp"));
 
-    let hotline = bin_dir().join("hotline");
+    let hotline_bin = bin_dir().join("hotline");
     let pane = Pane::start(&[
-        hotline.to_str().unwrap(),
+        hotline_bin.to_str().unwrap(),
         "console",
         "--config",
         ex.config("jp").to_str().unwrap(),
@@ -91,7 +92,7 @@ fn the_console_acknowledges_a_flash_with_a_and_y_and_follows_a_node_restart() {
     pane.wait_for("node: connected");
     pane.wait_for("LINK UP");
 
-    let mut sender = Command::new(&hotline)
+    let mut sender = Command::new(&hotline_bin)
         .args(["send", "--config", ex.config("us").to_str().unwrap()])
         .args([
             "--precedence",
@@ -148,6 +149,26 @@ fn the_console_acknowledges_a_flash_with_a_and_y_and_follows_a_node_restart() {
     let _jp = ex.start_node("jp");
     pane.wait_for("reconnected to the node");
     pane.wait_for("confirm readiness");
+
+    // An acknowledgement made elsewhere (`hotline ack`) shows at once.
+    let sent = hotline(&[
+        "send",
+        "--config",
+        ex.config("us").to_str().unwrap(),
+        "--precedence",
+        "priority",
+        "observers arrive at 05:30Z",
+    ]);
+    assert!(sent.status.success());
+    let id = String::from_utf8_lossy(&sent.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned();
+    pane.wait_for("1 to acknowledge");
+    let acked = hotline(&["ack", "--config", ex.config("jp").to_str().unwrap(), &id]);
+    assert!(acked.status.success());
+    pane.wait_for("0 to acknowledge");
 
     pane.keys("q");
     let deadline = Instant::now() + PATIENCE;

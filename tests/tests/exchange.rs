@@ -35,7 +35,12 @@ async fn auto_ack(ex: &Exercise, endpoint: &str, n: usize) {
     let mut follow = ex.control(endpoint).await;
     let mut acker = ex.control(endpoint).await;
     let tag = follow
-        .request(Request::Inbox { follow: true })
+        .request(Request::Inbox {
+            follow: true,
+            unacked: false,
+            channel: None,
+            updates: false,
+        })
         .await
         .unwrap();
     let mut acked = 0;

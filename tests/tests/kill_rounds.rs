@@ -116,7 +116,15 @@ async fn acker(ex: Arc<Exercise>, ledger: Arc<Mutex<Ledger>>, stop: Arc<Mutex<bo
         let Ok(mut c) = ControlClient::connect(&ex.socket("jp")).await else {
             continue;
         };
-        let Ok(events) = c.call(Request::Inbox { follow: false }).await else {
+        let Ok(events) = c
+            .call(Request::Inbox {
+                follow: false,
+                unacked: false,
+                channel: None,
+                updates: false,
+            })
+            .await
+        else {
             continue;
         };
         let pending: Vec<String> = events

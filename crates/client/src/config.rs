@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use hotline_net::bounds::{MAX_CONFIG_BYTES, read_capped};
+use hotline_net::config_file::ConfigFileError;
 use hotline_net::quic::Timeouts;
 use hotline_net::tls::{self, Credentials};
 use hotline_proto::crypto::{IdentityKey, IdentityPublicKey};
@@ -158,13 +159,14 @@ mod cfg_defaults {
 
 impl NodeFile {
     /// Reads and parses a config file (at most [`MAX_CONFIG_BYTES`]); relative paths are
-    /// resolved against its directory.
+    /// resolved against its directory. A parse error is one line naming the file, line, key
+    /// and what was expected ([`ConfigFileError`], as for the relay's file).
     pub fn read(path: &Path) -> Result<Self> {
         let bytes = read_capped(path, MAX_CONFIG_BYTES).context("config")?;
         let text = String::from_utf8(bytes)
             .with_context(|| format!("config {} is not UTF-8", path.display()))?;
-        let mut file: Self =
-            toml::from_str(&text).with_context(|| format!("config {}", path.display()))?;
+        let mut file: Self = toml::from_str(&text)
+            .map_err(|e| ConfigFileError::new(path, &text, e.span(), e.message()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [
             &mut file.data_dir,
@@ -435,6 +437,27 @@ mod tests {
         );
         assert!(
             e.contains("/dev/zero") && e.contains("1048576-byte limit"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_bad_value_or_unknown_key_is_one_line_with_file_line_and_key() {
+        let e = error_with(|t| format!("{t}\n[deadlines.flash]\ndelivered_ms = \"soon\"\n"));
+        assert!(!e.contains('\n'), "{e}");
+        assert!(e.contains("us.toml line "), "{e}");
+        assert!(
+            e.contains(
+                ", key [deadlines.flash] delivered_ms: invalid type: string \"soon\", expected u64"
+            ),
+            "{e}"
+        );
+        let e = error_with(top("relay_nmae = \"x\""));
+        assert!(!e.contains('\n'), "{e}");
+        assert!(
+            e.contains(
+                "us.toml line 1, key relay_nmae: unknown field `relay_nmae`, expected one of"
+            ),
             "{e}"
         );
     }

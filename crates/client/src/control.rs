@@ -78,7 +78,7 @@ pub enum Request {
         /// Precedence (default `routine`).
         #[serde(default)]
         precedence: Option<Precedence>,
-        /// Text.
+        /// Text: not empty, at most [`hotline_proto::wire::MAX_BODY_LEN`] bytes.
         body: String,
         /// Block until this level.
         #[serde(default)]
@@ -87,11 +87,22 @@ pub enum Request {
         #[serde(default)]
         timeout_ms: Option<u64>,
     },
-    /// List the inbox in delivery order; with `follow`, keep streaming new messages.
+    /// List the inbox in delivery order; with `follow`, keep streaming new messages. The
+    /// filters apply to both (a changed line sent with `updates` is filtered too).
     Inbox {
         /// Keep the stream open.
         #[serde(default)]
         follow: bool,
+        /// Only messages our operator has not acknowledged yet.
+        #[serde(default)]
+        unacked: bool,
+        /// Only messages on this channel.
+        #[serde(default)]
+        channel: Option<Channel>,
+        /// With `follow`, also send a message again whenever its line changes (acknowledged
+        /// here, or re-alerted by the partner), so a live view stays current.
+        #[serde(default)]
+        updates: bool,
     },
     /// Acknowledge a delivered message.
     Ack {
@@ -243,12 +254,12 @@ pub enum ControlError {
         socket: PathBuf,
     },
     /// Reading or writing the socket failed.
-    #[error("control socket {}: {source}", socket.display())]
+    #[error("control socket {}: {error}", socket.display())]
     Io {
         /// The socket path.
         socket: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The node answered something that is not a response line.
     #[error("bad response from node ({detail}): {line}")]
@@ -263,10 +274,17 @@ pub enum ControlError {
     Closed,
     /// A request did not encode.
     #[error("encoding a request: {0}")]
-    Encode(#[from] serde_json::Error),
+    Encode(serde_json::Error),
     /// The node refused the request (its `done` error).
     #[error("{0}")]
     Refused(String),
+}
+
+// serde_json's error is in the message, not a `source()`: anyhow's `{:#}` would print it twice.
+impl From<serde_json::Error> for ControlError {
+    fn from(e: serde_json::Error) -> Self {
+        Self::Encode(e)
+    }
 }
 
 /// A connection to a node's control socket: a [`ControlWriter`] and a [`ControlReader`], which
@@ -290,7 +308,7 @@ impl ControlClient {
                 }
                 _ => ControlError::Io {
                     socket: socket.to_owned(),
-                    source: e,
+                    error: e,
                 },
             })?;
         let (r, w) = stream.into_split();
@@ -409,9 +427,9 @@ impl ControlWriter {
         self.inner
             .write_all(&self.buf)
             .await
-            .map_err(|source| ControlError::Io {
+            .map_err(|error| ControlError::Io {
                 socket: self.socket.clone(),
-                source,
+                error,
             })?;
         self.buf.clear();
         Ok(())
@@ -443,9 +461,9 @@ impl ControlReader {
             .inner
             .read_line(&mut self.line)
             .await
-            .map_err(|source| ControlError::Io {
+            .map_err(|error| ControlError::Io {
                 socket: self.socket.clone(),
-                source,
+                error,
             })?;
         if n == 0 {
             return Ok(None);

@@ -154,7 +154,14 @@ pub async fn run(keep: bool, print: &mut dyn FnMut(&str)) -> Result<()> {
     ));
     let jp_status = status(&jp_sock).await?;
     let mut inbox = ControlClient::connect(&jp_sock).await?;
-    let entries = inbox.call(Request::Inbox { follow: false }).await?;
+    let entries = inbox
+        .call(Request::Inbox {
+            follow: false,
+            unacked: false,
+            channel: None,
+            updates: false,
+        })
+        .await?;
     for e in entries {
         if let Event::Message(m) = e {
             if m.escalated_to.is_some() {

@@ -88,14 +88,14 @@ pub enum StoreError {
     #[error(transparent)]
     Db(#[from] DbError),
     /// A row does not decode as what its table holds.
-    #[error("store table {table}, row {key} does not decode: {source}")]
+    #[error("store table {table}, row {key} does not decode: {error}")]
     Decode {
         /// The table.
         table: String,
         /// The row key.
         key: u64,
         /// postcard's error.
-        source: postcard::Error,
+        error: postcard::Error,
     },
 }
 
@@ -346,10 +346,10 @@ fn last_key(txn: &ReadTransaction, table: Rows) -> Result<Option<u64>, DbError> 
 }
 
 fn decode<T: DeserializeOwned>(table: Rows, key: u64, bytes: &[u8]) -> Result<T, StoreError> {
-    postcard::from_bytes(bytes).map_err(|source| StoreError::Decode {
+    postcard::from_bytes(bytes).map_err(|error| StoreError::Decode {
         table: table.name().to_owned(),
         key,
-        source,
+        error,
     })
 }
 

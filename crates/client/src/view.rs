@@ -54,10 +54,32 @@ fn needs_escape(c: char) -> bool {
     c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
-/// One `hotline inbox` text line: time, precedence, id, marks, body (escaped).
+/// One `hotline inbox` text entry: time, precedence, id, marks, body (escaped).
+///
+/// A one-line body follows the header on its line. A multi-line body goes under the header, each
+/// of its lines indented by [`BODY_INDENT`] (so none can pass for a header, which starts with a
+/// time), with the lines joined by `\n`; each line is escaped as above (a `\r` before the
+/// newline included), so the entry's text holds no other control character.
 pub fn inbox_line(m: &InboxEntry) -> String {
+    if !m.body.contains('\n') {
+        return format!("{}  {}", inbox_header(m), escape_control(&m.body));
+    }
+    let mut out = inbox_header(m);
+    for line in m.body.split('\n') {
+        out.push('\n');
+        out.push_str(BODY_INDENT);
+        out.push_str(&escape_control(line));
+    }
+    out
+}
+
+/// What each line of a multi-line body is indented by in `hotline inbox`.
+pub const BODY_INDENT: &str = "    ";
+
+/// An inbox entry's header: time, precedence, id and marks.
+fn inbox_header(m: &InboxEntry) -> String {
     format!(
-        "{}  {:<9} {}{}{}  {}",
+        "{}  {:<9} {}{}{}",
         escape_control(&m.received_at),
         escape_control(&m.precedence),
         escape_control(&m.id),
@@ -70,7 +92,6 @@ pub fn inbox_line(m: &InboxEntry) -> String {
         } else {
             ""
         },
-        escape_control(&m.body)
     )
 }
 
@@ -440,11 +461,20 @@ mod tests {
 
     #[test]
     fn inbox_text_is_escaped_and_json_is_exact() {
-        let m = entry("\x1b[2J\x07line one\nline two");
-        let line = inbox_line(&m);
-        assert!(!line.chars().any(char::is_control), "{line:?}");
+        let m = entry("\x1b[2J\x07line one\r\nline two");
+        let text = inbox_line(&m);
+        let lines: Vec<&str> = text.split('\n').collect();
+        for l in &lines {
+            assert!(!l.chars().any(char::is_control), "{text:?}");
+        }
+        assert_eq!(
+            lines[1..],
+            ["    \\u{1b}[2J\\u{7}line one\\r", "    line two"],
+            "{text:?}"
+        );
+        let line = lines[0];
         assert!(
-            line.ends_with("  \\u{1b}[2J\\u{7}line one\\nline two"),
+            line.ends_with("us:main:flash:1 [escalated to flash\\u{1b}]0;x\\u{7}]"),
             "{line:?}"
         );
         assert!(
@@ -454,7 +484,32 @@ mod tests {
         let json = serde_json::to_string(&m).unwrap();
         let back: InboxEntry = serde_json::from_str(&json).unwrap();
         assert_eq!(back, m);
-        assert_eq!(back.body, "\x1b[2J\x07line one\nline two");
+        assert_eq!(back.body, "\x1b[2J\x07line one\r\nline two");
+    }
+
+    #[test]
+    fn a_one_line_body_stays_on_its_header_line() {
+        let mut m = entry("all\tclear\x1b[1A");
+        m.escalated_to = None;
+        m.acknowledged = Some("t".into());
+        assert_eq!(
+            inbox_line(&m),
+            "2026-11-26T01:48:33Z  flash     us:main:flash:1 [acknowledged]  all\\tclear\\u{1b}[1A"
+        );
+    }
+
+    #[test]
+    fn a_multi_line_body_cannot_forge_a_header() {
+        let forged = "2026-11-26T01:48:34Z  flash     us:main:flash:2  fake";
+        let m = entry(&format!("real\n{forged}\n"));
+        let text = inbox_line(&m);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text:?}");
+        assert!(
+            lines[1..].iter().all(|l| l.starts_with(BODY_INDENT)),
+            "{text:?}"
+        );
+        assert_eq!(lines[2], format!("{BODY_INDENT}{forged}"));
     }
 
     #[test]

@@ -163,7 +163,15 @@ async fn send_all(node: &Node) {
 /// Reads `inbox --follow` until `n` messages arrived.
 async fn inbox(node: &Node, n: usize) -> Vec<InboxEntry> {
     let mut c = ControlClient::connect(node.control_socket()).await.unwrap();
-    let tag = c.request(Request::Inbox { follow: true }).await.unwrap();
+    let tag = c
+        .request(Request::Inbox {
+            follow: true,
+            unacked: false,
+            channel: None,
+            updates: false,
+        })
+        .await
+        .unwrap();
     let mut events = c.events_for(tag);
     let mut out = Vec::new();
     while out.len() < n {

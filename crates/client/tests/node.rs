@@ -42,7 +42,15 @@ fn send(precedence: Precedence, body: &str, wait: Option<WaitLevel>) -> Request 
 /// Reads `inbox --follow` until `n` messages arrived; returns (id, body).
 async fn inbox(node: &Node, n: usize) -> Vec<(String, String)> {
     let mut c = ControlClient::connect(node.control_socket()).await.unwrap();
-    let tag = c.request(Request::Inbox { follow: true }).await.unwrap();
+    let tag = c
+        .request(Request::Inbox {
+            follow: true,
+            unacked: false,
+            channel: None,
+            updates: false,
+        })
+        .await
+        .unwrap();
     let mut events = c.events_for(tag);
     let mut out = Vec::new();
     while out.len() < n {

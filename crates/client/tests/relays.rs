@@ -115,7 +115,12 @@ async fn with_two_relays_messages_get_through_while_either_is_down_and_arrive_on
     // Every message once, in order, whichever relay carried it.
     let mut c = ControlClient::connect(jp.control_socket()).await.unwrap();
     let got: Vec<String> = c
-        .call(Request::Inbox { follow: false })
+        .call(Request::Inbox {
+            follow: false,
+            unacked: false,
+            channel: None,
+            updates: false,
+        })
         .await
         .unwrap()
         .into_iter()

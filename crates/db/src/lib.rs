@@ -112,63 +112,68 @@ pub enum OpenError {
         path: PathBuf,
     },
     /// The store's directory or file could not be created or opened.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         /// The directory or file.
         path: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// redb could not open the file (damaged, an old format, I/O).
-    #[error("opening store {}: {source}", path.display())]
+    #[error("opening store {}: {error}", path.display())]
     Database {
         /// The store file.
         path: PathBuf,
         /// redb's error.
-        source: redb::DatabaseError,
+        error: redb::DatabaseError,
     },
     /// Checking the schema version or creating the tables failed.
-    #[error("preparing store {}: {source}", path.display())]
+    #[error("preparing store {}: {error}", path.display())]
     Prepare {
         /// The store file.
         path: PathBuf,
         /// The failed step.
-        source: DbError,
+        error: DbError,
     },
+}
+
+impl From<redb::TransactionError> for DbError {
+    fn from(error: redb::TransactionError) -> Self {
+        Self::Transaction { error }
+    }
 }
 
 /// A redb step that failed, and the table it was working on.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     /// A transaction could not be started.
-    #[error("starting a store transaction: {source}")]
+    #[error("starting a store transaction: {error}")]
     Transaction {
-        /// redb's error.
-        #[from]
-        source: redb::TransactionError,
+        /// redb's error (in the message, not a `source()`, so it is printed once).
+        error: redb::TransactionError,
     },
     /// A table could not be opened or created.
-    #[error("opening store table {table}: {source}")]
+    #[error("opening store table {table}: {error}")]
     Table {
         /// The table's name.
         table: String,
         /// redb's error (boxed: it carries type names, and every store result holds this enum).
-        source: Box<redb::TableError>,
+        error: Box<redb::TableError>,
     },
     /// Reading or writing a table failed.
-    #[error("reading or writing store table {table}: {source}")]
+    #[error("reading or writing store table {table}: {error}")]
     Storage {
         /// The table's name.
         table: String,
         /// redb's error.
-        source: redb::StorageError,
+        error: redb::StorageError,
     },
     /// The transaction could not be committed.
-    #[error("committing a store transaction: {source}")]
+    #[error("committing a store transaction: {error}")]
     Commit {
         /// redb's error.
         #[from]
-        source: redb::CommitError,
+        error: redb::CommitError,
     },
 }
 
@@ -180,18 +185,18 @@ pub trait InTable<T> {
 
 impl<T> InTable<T> for Result<T, redb::TableError> {
     fn in_table(self, table: impl TableHandle) -> Result<T, DbError> {
-        self.map_err(|source| DbError::Table {
+        self.map_err(|error| DbError::Table {
             table: table.name().to_owned(),
-            source: Box::new(source),
+            error: Box::new(error),
         })
     }
 }
 
 impl<T> InTable<T> for Result<T, redb::StorageError> {
     fn in_table(self, table: impl TableHandle) -> Result<T, DbError> {
-        self.map_err(|source| DbError::Storage {
+        self.map_err(|error| DbError::Storage {
             table: table.name().to_owned(),
-            source,
+            error,
         })
     }
 }
@@ -210,9 +215,9 @@ pub fn open(
         .set_cache_size(CACHE_BYTES)
         .create_with_backend(backend)
         .map_err(|e| database_error(path, schema, e))?;
-    let prepare = |source| OpenError::Prepare {
+    let prepare = |error| OpenError::Prepare {
         path: path.to_owned(),
-        source,
+        error,
     };
     let txn = db.begin_write().map_err(|e| prepare(e.into()))?;
     match check_version(&txn, schema).map_err(prepare)? {
@@ -240,7 +245,7 @@ pub fn open(
 fn create_private(path: &Path) -> Result<File, OpenError> {
     let io = |path: &Path| {
         let path = path.to_owned();
-        move |source| OpenError::Io { path, source }
+        move |error| OpenError::Io { path, error }
     };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         DirBuilder::new()
@@ -259,15 +264,15 @@ fn create_private(path: &Path) -> Result<File, OpenError> {
         .map_err(io(path))
 }
 
-fn database_error(path: &Path, schema: Schema, source: redb::DatabaseError) -> OpenError {
-    match source {
+fn database_error(path: &Path, schema: Schema, error: redb::DatabaseError) -> OpenError {
+    match error {
         redb::DatabaseError::DatabaseAlreadyOpen => OpenError::Locked {
             owner: schema.owner,
             path: path.to_owned(),
         },
-        source => OpenError::Database {
+        error => OpenError::Database {
             path: path.to_owned(),
-            source,
+            error,
         },
     }
 }

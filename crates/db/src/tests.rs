@@ -143,7 +143,7 @@ fn a_table_error_names_the_table() {
     })
     .unwrap_err();
     let OpenError::Prepare {
-        source: DbError::Table { table, .. },
+        error: DbError::Table { table, .. },
         ..
     } = &err
     else {

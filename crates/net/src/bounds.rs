@@ -25,12 +25,12 @@ pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     /// Opening or reading failed.
-    #[error("reading {}: {source}", path.display())]
+    #[error("reading {}: {error}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file holds more than the limit.
     #[error("{} is larger than the {limit}-byte limit", path.display())]
@@ -47,9 +47,9 @@ pub enum ReadError {
 /// The buffer is sized from the file's length up front, so a regular file is read without the
 /// buffer growing (a key read this way leaves no stale copy behind in freed memory).
 pub fn read_capped(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
-    let io = |source| ReadError::Io {
+    let io = |error| ReadError::Io {
         path: path.to_owned(),
-        source,
+        error,
     };
     let file = std::fs::File::open(path).map_err(io)?;
     let hint = file.metadata().map(|m| m.len()).unwrap_or(0).min(limit);

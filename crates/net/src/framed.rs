@@ -12,10 +12,17 @@ use hotline_proto::wire::{self, DecodeError, LEN_PREFIX};
 pub enum ReadError {
     /// The stream failed.
     #[error("stream read failed: {0}")]
-    Stream(#[from] quinn::ReadExactError),
+    Stream(quinn::ReadExactError),
     /// The length prefix was out of bounds.
     #[error(transparent)]
     Frame(#[from] DecodeError),
+}
+
+// quinn's error is in the message, not a `source()`: anyhow's `{:#}` would print it twice.
+impl From<quinn::ReadExactError> for ReadError {
+    fn from(e: quinn::ReadExactError) -> Self {
+        Self::Stream(e)
+    }
 }
 
 /// The first byte on a unidirectional lane stream.

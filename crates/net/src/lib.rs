@@ -3,6 +3,8 @@
 //!
 //! - [`bounds`]: size-capped file reads and range checks for configured numbers, shared by the
 //!   node's and the relay's configurations.
+//! - [`config_file`]: one-line errors (file, line, key, what was expected) for the node's and
+//!   the relay's TOML files.
 //! - [`pki`]: makes an exercise CA, a relay certificate and one certificate per endpoint, the
 //!   endpoint id carried as URI SAN `urn:hotline:endpoint:<id>` and the endpoint's Ed25519
 //!   identity key as the certificate key.
@@ -24,6 +26,7 @@
 pub mod bounds;
 pub mod clock;
 pub mod close;
+pub mod config_file;
 pub mod failpoint;
 pub mod framed;
 pub mod pki;

@@ -21,15 +21,22 @@ use crate::tls::ENDPOINT_URI_PREFIX;
 pub enum PkiError {
     /// Certificate generation failed.
     #[error("certificate generation: {0}")]
-    Generate(#[from] rcgen::Error),
+    Generate(rcgen::Error),
     /// A file could not be written.
-    #[error("writing {}: {source}", path.display())]
+    #[error("writing {}: {error}", path.display())]
     Write {
         /// Which file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
+}
+
+// rcgen's error is in the message, not a `source()`: anyhow's `{:#}` would print it twice.
+impl From<rcgen::Error> for PkiError {
+    fn from(e: rcgen::Error) -> Self {
+        Self::Generate(e)
+    }
 }
 
 /// A certificate and its key, PEM-encoded. `Debug` leaves the key out; it is wiped on drop.
@@ -183,10 +190,10 @@ impl ExercisePki {
 pub fn write_issued(dir: &Path, stem: &str, issued: &Issued) -> Result<(), PkiError> {
     let cert = dir.join(format!("{stem}.pem"));
     std::fs::write(&cert, &issued.cert_pem)
-        .map_err(|source| PkiError::Write { path: cert, source })?;
+        .map_err(|error| PkiError::Write { path: cert, error })?;
     let key = dir.join(format!("{stem}.key"));
     crate::quic::write_private(&key, issued.key_pem.as_bytes())
-        .map_err(|source| PkiError::Write { path: key, source })
+        .map_err(|error| PkiError::Write { path: key, error })
 }
 
 #[cfg(test)]

@@ -88,18 +88,18 @@ pub fn transport(timeouts: Timeouts) -> Arc<quinn::TransportConfig> {
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
     /// Socket or file trouble.
-    #[error("{what}: {source}")]
+    #[error("{what}: {error}")]
     Io {
         /// What was being done.
         what: String,
         /// The error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
 /// Loads (or creates, mode 0600) the 32-byte stateless-reset key at `path`.
 pub fn reset_key(path: &Path) -> Result<ring::hmac::Key, EndpointError> {
-    let io = |what: String| move |source| EndpointError::Io { what, source };
+    let io = |what: String| move |error| EndpointError::Io { what, error };
     // Anything but 32 bytes (missing, short, or a runaway file) is replaced by a fresh key.
     let bytes = match read_capped(path, 32).map(Zeroizing::new) {
         Ok(b) if b.len() == 32 => b,
@@ -108,7 +108,7 @@ pub fn reset_key(path: &Path) -> Result<ring::hmac::Key, EndpointError> {
             ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).map_err(
                 |_| EndpointError::Io {
                     what: "generating reset key".into(),
-                    source: std::io::Error::other("system RNG failed"),
+                    error: std::io::Error::other("system RNG failed"),
                 },
             )?;
             write_private(path, &b).map_err(io(format!("writing {}", path.display())))?;
@@ -160,12 +160,12 @@ pub fn server(
     }
     let runtime = quinn::default_runtime().ok_or_else(|| EndpointError::Io {
         what: "starting QUIC".into(),
-        source: std::io::Error::other("no async runtime"),
+        error: std::io::Error::other("no async runtime"),
     })?;
-    quinn::Endpoint::new(ep_config, Some(config), socket, runtime).map_err(|source| {
+    quinn::Endpoint::new(ep_config, Some(config), socket, runtime).map_err(|error| {
         EndpointError::Io {
             what: "creating QUIC endpoint".into(),
-            source,
+            error,
         }
     })
 }
@@ -183,11 +183,11 @@ pub fn client(
     .parse()
     .map_err(|_| EndpointError::Io {
         what: "bind address".into(),
-        source: std::io::Error::other("parse"),
+        error: std::io::Error::other("parse"),
     })?;
-    let mut ep = quinn::Endpoint::client(bind).map_err(|source| EndpointError::Io {
+    let mut ep = quinn::Endpoint::client(bind).map_err(|error| EndpointError::Io {
         what: format!("binding UDP socket {bind}"),
-        source,
+        error,
     })?;
     ep.set_default_client_config(config);
     Ok(ep)

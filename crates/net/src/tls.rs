@@ -29,7 +29,7 @@ pub enum TlsError {
     },
     /// rustls refused the configuration (e.g. key does not match certificate).
     #[error("TLS configuration: {0}")]
-    Rustls(#[from] rustls::Error),
+    Rustls(rustls::Error),
     /// The certificate verifier could not be built (e.g. bad CA or CRL).
     #[error("client certificate verifier: {0}")]
     Verifier(String),
@@ -56,6 +56,13 @@ pub enum TlsError {
     /// The peer presented no certificate.
     #[error("peer presented no certificate")]
     NoPeerCertificate,
+}
+
+// rustls's error is in the message, not a `source()`: anyhow's `{:#}` would print it twice.
+impl From<rustls::Error> for TlsError {
+    fn from(e: rustls::Error) -> Self {
+        Self::Rustls(e)
+    }
 }
 
 /// A certificate chain and its private key.
@@ -87,7 +94,7 @@ fn file_err(path: &Path, detail: impl ToString) -> TlsError {
 /// A PEM file's bytes, at most [`MAX_PEM_BYTES`].
 fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
     read_capped(path, MAX_PEM_BYTES).map_err(|e| match e {
-        ReadError::Io { source, .. } => file_err(path, source),
+        ReadError::Io { error, .. } => file_err(path, error),
         ReadError::TooLarge { limit, .. } => file_err(
             path,
             format!("larger than the {limit}-byte limit for PEM files"),

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use hotline_net::bounds::{MAX_CONFIG_BYTES, OutOfRange, check_range, read_capped};
+use hotline_net::config_file::ConfigFileError;
 use hotline_net::tls;
 use hotline_proto::EndpointId;
 use hotline_relay::{Credentials, HandshakeLimits, IdentityLimits, ServerConfig, Timeouts, Ttl};
@@ -262,18 +263,8 @@ mod cfg_defaults {
 pub(crate) fn load(path: &Path) -> anyhow::Result<ServerConfig> {
     let text = String::from_utf8(read_capped(path, MAX_CONFIG_BYTES)?)
         .with_context(|| format!("{} is not UTF-8", path.display()))?;
-    let config: Config = toml::from_str(&text).map_err(|e| {
-        // A missing key has no line of its own (its span is the enclosing table).
-        let line = e
-            .span()
-            .filter(|_| !e.message().starts_with("missing field"))
-            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-        let message = e.message().replace('\n', " ");
-        match line {
-            Some(line) => anyhow::anyhow!("{} line {line}: {message}", path.display()),
-            None => anyhow::anyhow!("{}: {message}", path.display()),
-        }
-    })?;
+    let config: Config = toml::from_str(&text)
+        .map_err(|e| ConfigFileError::new(path, &text, e.span(), e.message()))?;
     config
         .into_server_config(path.parent().unwrap_or(Path::new(".")))
         .with_context(|| path.display().to_string())
@@ -368,8 +359,8 @@ impl Config {
     }
 }
 
-/// A TLS error as one clause: its own message only (its source repeats it), and words for the
-/// common mistake of a key that belongs to another certificate.
+/// A TLS error as one clause, with words for the common mistake of a key that belongs to
+/// another certificate.
 fn one_line(e: tls::TlsError) -> anyhow::Error {
     match e {
         tls::TlsError::Rustls(rustls::Error::InconsistentKeys(_)) => {

@@ -75,14 +75,14 @@ pub enum StoreError {
     #[error(transparent)]
     Db(#[from] DbError),
     /// A stored endpoint name is not a valid endpoint id.
-    #[error("store table {table}, row {key}: {source}")]
+    #[error("store table {table}, row {key}: {error}")]
     BadName {
         /// The table.
         table: String,
         /// The row key.
         key: String,
         /// Why the name is invalid.
-        source: NameError,
+        error: NameError,
     },
     /// A stored envelope's lane index is no precedence.
     #[error("store table envelopes, row {order}: lane index {index} is no precedence")]
@@ -387,10 +387,10 @@ fn endpoint(
     key: impl ToString,
     name: &str,
 ) -> Result<EndpointId, StoreError> {
-    EndpointId::new(name).map_err(|source| StoreError::BadName {
+    EndpointId::new(name).map_err(|error| StoreError::BadName {
         table: table.name().to_owned(),
         key: key.to_string(),
-        source,
+        error,
     })
 }
 

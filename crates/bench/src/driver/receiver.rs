@@ -23,7 +23,12 @@ pub(super) async fn follow_loop(
     state: Arc<Mutex<PairState>>,
     acks: Option<mpsc::UnboundedSender<MessageId>>,
 ) -> Result<()> {
-    w.push(&Request::Inbox { follow: true })?;
+    w.push(&Request::Inbox {
+        follow: true,
+        unacked: false,
+        channel: None,
+        updates: false,
+    })?;
     w.flush().await?;
     while let Some(line) = r.next().await? {
         let Event::Message(m) = line.event else {

@@ -77,7 +77,7 @@ pub async fn run(
                     let mut r = Ok(());
                     if first {
                         first = false;
-                        r = r.and(register(&mut writer, Request::Inbox { follow: true }, Pending::Inbox));
+                        r = r.and(register(&mut writer, inbox_request(), Pending::Inbox));
                         r = r.and(register(&mut writer, alarms_request(), Pending::Alarms));
                     }
                     r = r.and(register(&mut writer, Request::Status, Pending::Status));
@@ -117,6 +117,17 @@ pub async fn run(
 /// than quitting cannot be carried out without the node and are dropped.
 async fn wait_closed(effects: &mut mpsc::UnboundedReceiver<Effect>) -> bool {
     effects.recv().await.is_none_or(|e| e == Effect::Quit)
+}
+
+/// The whole inbox, then each new message and each changed line (an acknowledgement made
+/// with `hotline ack`, a partner's re-alert).
+fn inbox_request() -> Request {
+    Request::Inbox {
+        follow: true,
+        unacked: false,
+        channel: None,
+        updates: true,
+    }
 }
 
 /// The alarm book's uncleared entries, then every change (a clearing included).

@@ -26,7 +26,7 @@ use tracing::warn;
 use super::RequestError;
 use super::engine_loop::Command;
 use crate::alarms::ClearTarget;
-use crate::control::{Event, Request, RequestLine, ResponseLine, WaitLevel};
+use crate::control::{Event, InboxEntry, Request, RequestLine, ResponseLine, WaitLevel};
 use crate::time::format_time;
 
 /// How long a `send --wait` that reached its level keeps listening for a late `accepted`. The
@@ -151,6 +151,10 @@ async fn serve_connection(stream: UnixStream, cmds: Commands) {
                 wait,
                 timeout_ms,
             } => {
+                if body.is_empty() {
+                    replies.done(Err(RequestError::EmptyBody));
+                    continue;
+                }
                 let precedence = precedence.unwrap_or(Precedence::Routine);
                 let queue = if precedence == Precedence::Flash {
                     &cmds.urgent
@@ -232,15 +236,28 @@ async fn read_request_line<R: AsyncBufRead + Unpin>(
 async fn handle_query(request: Request, cmds: mpsc::UnboundedSender<Command>, replies: Replies) {
     let result = match request {
         Request::Send { .. } => Ok(()),
-        Request::Inbox { follow } => {
+        Request::Inbox {
+            follow,
+            unacked,
+            channel,
+            updates,
+        } => {
             let (tx, mut rx) = mpsc::unbounded_channel();
+            let channel = channel.map(|c| c.to_string());
+            let wanted = |e: &InboxEntry| {
+                !(unacked && e.acknowledged.is_some())
+                    && channel.as_ref().is_none_or(|c| *c == e.channel)
+            };
             match cmds.send(Command::Inbox {
                 follow,
+                updates,
                 entries: tx,
             }) {
                 Ok(()) => {
                     while let Some(e) = rx.recv().await {
-                        replies.emit(Event::Message(e));
+                        if wanted(&e) {
+                            replies.emit(Event::Message(e));
+                        }
                     }
                     Ok(())
                 }

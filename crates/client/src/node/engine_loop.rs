@@ -54,6 +54,7 @@ pub(super) enum Command {
     /// Stream the inbox (and, with `follow`, new deliveries).
     Inbox {
         follow: bool,
+        updates: bool,
         entries: mpsc::UnboundedSender<InboxEntry>,
     },
     /// Acknowledge; answered once the acknowledgement is durable.
@@ -102,6 +103,13 @@ pub(super) struct Inputs {
 }
 
 /// An operator acknowledgement waiting for the write that makes it durable.
+/// An `inbox --follow` stream: new deliveries, and with `updates` each changed line again.
+#[derive(Debug)]
+struct InboxFollower {
+    entries: mpsc::UnboundedSender<InboxEntry>,
+    updates: bool,
+}
+
 #[derive(Debug)]
 struct AckWaiter {
     write: WriteId,
@@ -122,7 +130,7 @@ pub(super) struct EngineLoop {
     /// The partner's newest fresh link test, as the first relay brought it: an identical copy
     /// from another relay shows that relay carries link tests too.
     newest_link_test: Vec<u8>,
-    followers: Vec<mpsc::UnboundedSender<InboxEntry>>,
+    followers: Vec<InboxFollower>,
     subscribers: BTreeMap<MessageId, Vec<mpsc::UnboundedSender<Report>>>,
     last_error: Option<String>,
     /// The operator's alarm book and its followers.
@@ -386,19 +394,24 @@ impl EngineLoop {
                 }
                 let _ = submitted.send(result.map_err(RequestError::from));
             }
-            Command::Inbox { follow, entries } => {
+            Command::Inbox {
+                follow,
+                updates,
+                entries,
+            } => {
                 for e in self.inbox.entries() {
                     if entries.send(e.clone()).is_err() {
                         return;
                     }
                 }
                 if follow {
-                    self.followers.push(entries);
+                    self.followers.push(InboxFollower { entries, updates });
                 }
             }
             Command::Ack { id, reply } => match self.engine.acknowledge(now, &id) {
                 Ok(write) => {
-                    self.inbox.acknowledged(&id, now);
+                    let changed = self.inbox.acknowledged(&id, now).cloned();
+                    self.changed(changed);
                     // Answered only once the acknowledgement is durable.
                     self.ack_waiters.push(AckWaiter { write, reply });
                 }
@@ -465,7 +478,8 @@ impl EngineLoop {
                 }
                 Action::Realert(n) => {
                     warn!(id = %n.message, level = %n.level, count = n.count, "RE-ALERT from partner: acknowledge this message");
-                    self.inbox.realerted(&n.message, n.level);
+                    let changed = self.inbox.realerted(&n.message, n.level).cloned();
+                    self.changed(changed);
                 }
                 Action::Alarm(a) => {
                     let msg = self.alarms.engine_alarm(a);
@@ -494,7 +508,16 @@ impl EngineLoop {
     fn deliver(&mut self, d: &Delivery) {
         info!(id = %d.id, relay_transport = %d.relay_transport, "delivered to inbox");
         let entry = self.inbox.push(d);
-        self.followers.retain(|f| f.send(entry.clone()).is_ok());
+        self.followers
+            .retain(|f| f.entries.send(entry.clone()).is_ok());
+    }
+
+    /// Streams a changed inbox line to the followers that asked for updates.
+    fn changed(&mut self, entry: Option<InboxEntry>) {
+        if let Some(entry) = entry {
+            self.followers
+                .retain(|f| !f.updates || f.entries.send(entry.clone()).is_ok());
+        }
     }
 
     fn report(&mut self, r: Report) {

@@ -29,8 +29,12 @@ impl InboxIndex {
                 Record::Received { delivery, .. } => {
                     index.push(delivery);
                 }
-                Record::OperatorAck { id, receipt } => index.acknowledged(id, receipt.body.at),
-                Record::PartnerEscalated { id, level } => index.realerted(id, *level),
+                Record::OperatorAck { id, receipt } => {
+                    index.acknowledged(id, receipt.body.at);
+                }
+                Record::PartnerEscalated { id, level } => {
+                    index.realerted(id, *level);
+                }
                 _ => {}
             }
         }
@@ -45,18 +49,18 @@ impl InboxIndex {
         entry
     }
 
-    /// Our operator acknowledged `id` at `at`.
-    pub(super) fn acknowledged(&mut self, id: &MessageId, at: Time) {
-        if let Some(&i) = self.by_id.get(id) {
-            self.entries[i].acknowledged = Some(format_time(at));
-        }
+    /// Our operator acknowledged `id` at `at`; returns the changed line.
+    pub(super) fn acknowledged(&mut self, id: &MessageId, at: Time) -> Option<&InboxEntry> {
+        let entry = &mut self.entries[*self.by_id.get(id)?];
+        entry.acknowledged = Some(format_time(at));
+        Some(entry)
     }
 
-    /// The partner re-alerted `id` at `level`.
-    pub(super) fn realerted(&mut self, id: &MessageId, level: Precedence) {
-        if let Some(&i) = self.by_id.get(id) {
-            self.entries[i].escalated_to = Some(level.to_string());
-        }
+    /// The partner re-alerted `id` at `level`; returns the changed line.
+    pub(super) fn realerted(&mut self, id: &MessageId, level: Precedence) -> Option<&InboxEntry> {
+        let entry = &mut self.entries[*self.by_id.get(id)?];
+        entry.escalated_to = Some(level.to_string());
+        Some(entry)
     }
 
     /// Every line, oldest first.

@@ -65,19 +65,19 @@ use relay_link::RelayTarget;
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
     /// The data directory could not be created or made private.
-    #[error("data dir {}: {source}", path.display())]
+    #[error("data dir {}: {error}", path.display())]
     DataDir {
         /// The directory.
         path: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The store did not open (another node on it, a newer schema, a broken record).
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The stored records do not rebuild an engine.
     #[error("restoring the engine from the store: {0}")]
-    Restore(#[from] RestoreError),
+    Restore(RestoreError),
     /// Our key or certificates did not load.
     #[error(transparent)]
     Credentials(#[from] CredentialsError),
@@ -85,19 +85,35 @@ pub enum SpawnError {
     #[error("the system random generator failed")]
     Random,
     /// The control socket could not be bound.
-    #[error("control socket {}: {source}", path.display())]
+    #[error("control socket {}: {error}", path.display())]
     ControlSocket {
         /// The socket path.
         path: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The QUIC endpoint could not be created.
     #[error(transparent)]
     Endpoint(#[from] hotline_net::quic::EndpointError),
     /// The store thread could not be started.
     #[error("starting the store thread: {0}")]
-    Thread(#[from] std::io::Error),
+    Thread(std::io::Error),
+}
+
+// Error types here and in the other crates keep the underlying error in their message rather
+// than exposing it as `source()`: the CLI prints anyhow's `{:#}` chain, which would repeat it
+// (`Address already in use (os error 98): Address already in use (os error 98)`), while logs
+// and the control protocol print the message alone.
+impl From<RestoreError> for SpawnError {
+    fn from(e: RestoreError) -> Self {
+        Self::Restore(e)
+    }
+}
+
+impl From<std::io::Error> for SpawnError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Thread(e)
+    }
 }
 
 /// Why a running node stopped on its own.
@@ -134,8 +150,13 @@ pub enum RequestError {
     /// The audit log could not be read.
     #[error("reading the audit log: {0}")]
     Audit(#[from] StoreError),
+    /// An empty message body.
+    #[error("empty message refused: a message needs some text")]
+    EmptyBody,
     /// `--wait` ran out of time; the message stays queued and will still be delivered.
-    #[error("timed out waiting for {level} of {id}")]
+    #[error(
+        "timed out waiting for {id} to be {level}; it is still queued and will still be delivered"
+    )]
     Timeout {
         /// The level waited for.
         level: &'static str,
@@ -359,9 +380,9 @@ fn os_seed() -> Result<[u8; 32], SpawnError> {
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), SpawnError> {
-    let err = |source| SpawnError::DataDir {
+    let err = |error| SpawnError::DataDir {
         path: dir.to_owned(),
-        source,
+        error,
     };
     std::fs::create_dir_all(dir).map_err(err)?;
     set_mode(dir, 0o700).map_err(err)
@@ -370,9 +391,9 @@ fn create_private_dir(dir: &Path) -> Result<(), SpawnError> {
 /// Binds the control socket (mode 0600), replacing a stale one. The store is already open, so
 /// no other node owns this data directory.
 fn bind_control_socket(path: &Path) -> Result<UnixListener, SpawnError> {
-    let err = |source| SpawnError::ControlSocket {
+    let err = |error| SpawnError::ControlSocket {
         path: path.to_owned(),
-        source,
+        error,
     };
     match std::fs::remove_file(path) {
         Ok(()) => {}

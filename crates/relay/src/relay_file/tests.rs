@@ -57,6 +57,21 @@ fn ttl_keys_are_seconds_and_zero_is_never() {
     let bad = MINIMAL.replace("[[hotline]]", "[ttl]\nroutine = 60\n[[hotline]]");
     let e = format!("{:#}", load_text(dir.path(), &bad).unwrap_err());
     assert!(e.contains("routine") && e.contains("line"), "{e}");
+    // The same one-line form as the node's file: file, line, key with its table, expectation.
+    let e = format!(
+        "{:#}",
+        load_text(
+            dir.path(),
+            &MINIMAL.replace("[[hotline]]", "[ttl]\nflash_s = \"x\"\n[[hotline]]")
+        )
+        .unwrap_err()
+    );
+    assert!(
+        e.contains("relay.toml line ")
+            && e.contains(", key [ttl] flash_s: invalid type: string \"x\", expected u64")
+            && !e.contains('\n'),
+        "{e}"
+    );
 }
 
 #[test]

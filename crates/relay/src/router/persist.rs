@@ -116,12 +116,12 @@ pub struct Restored {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SnapshotError {
     /// A stored envelope row does not decode as a frame.
-    #[error("stored envelope {order} does not decode: {source}")]
+    #[error("stored envelope {order} does not decode: {error}")]
     Undecodable {
         /// Its row key.
         order: u64,
         /// Why it does not decode.
-        source: DecodeError,
+        error: DecodeError,
     },
     /// A stored envelope row decodes, but not as exactly one envelope frame.
     #[error("stored envelope {order} is not exactly one envelope frame")]

@@ -58,7 +58,7 @@ impl Router {
             let header = match wire::decode_frame(&bytes) {
                 Ok((Frame::Envelope(e), used)) if used == bytes.len() => e.envelope.header,
                 Ok(_) => return Err(SnapshotError::NotAnEnvelope { order }),
-                Err(source) => return Err(SnapshotError::Undecodable { order, source }),
+                Err(error) => return Err(SnapshotError::Undecodable { order, error }),
             };
             if header.recipient != destination {
                 return Err(SnapshotError::Misaddressed {

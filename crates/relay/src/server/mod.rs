@@ -190,7 +190,7 @@ pub enum SpawnError {
     Store(#[from] StoreError),
     /// The store holds something the router cannot load.
     #[error("loading the store: {0}")]
-    Restore(#[from] SnapshotError),
+    Restore(SnapshotError),
     /// The store's writer thread could not be started.
     #[error("starting the store writer: {0}")]
     StoreThread(std::io::Error),
@@ -204,24 +204,32 @@ pub enum SpawnError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     /// The UDP socket could not be bound.
-    #[error("binding UDP {addr}: {source}")]
+    #[error("binding UDP {addr}: {error}")]
     Bind {
         /// The address.
         addr: SocketAddr,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The QUIC endpoint could not be created.
     #[error("QUIC endpoint: {0}")]
     Endpoint(EndpointError),
     /// The metrics listener could not be bound.
-    #[error("binding metrics listener {addr}: {source}")]
+    #[error("binding metrics listener {addr}: {error}")]
     MetricsBind {
         /// The address.
         addr: SocketAddr,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
+}
+
+// The underlying error is in the message, not a `source()`: anyhow's `{:#}` would print it
+// twice.
+impl From<SnapshotError> for SpawnError {
+    fn from(e: SnapshotError) -> Self {
+        Self::Restore(e)
+    }
 }
 
 /// A running relay. Dropping it stops every task and closes every connection.
@@ -261,9 +269,9 @@ impl Server {
         let reset_key =
             quic::reset_key(&config.data_dir.join(RESET_KEY_FILE)).map_err(SpawnError::ResetKey)?;
         let quic_config = config.quic_config()?;
-        let bind = |source| SpawnError::Bind {
+        let bind = |error| SpawnError::Bind {
             addr: config.listen,
-            source,
+            error,
         };
         let socket = std::net::UdpSocket::bind(config.listen).map_err(bind)?;
         let endpoint =
@@ -284,7 +292,7 @@ impl Server {
         let mut tasks = JoinSet::new();
         let metrics_addr = match config.metrics {
             Some(addr) => {
-                let metrics_bind = |source| SpawnError::MetricsBind { addr, source };
+                let metrics_bind = |error| SpawnError::MetricsBind { addr, error };
                 let listener = TcpListener::bind(addr).await.map_err(metrics_bind)?;
                 let bound = listener.local_addr().map_err(metrics_bind)?;
                 let shared = shared.clone();

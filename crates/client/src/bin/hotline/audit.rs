@@ -12,9 +12,11 @@ use hotline_client::view;
 pub(crate) enum AuditCmd {
     /// Check the chain, every signed head and the partner's signed heads; name the first bad
     /// record. Exit 1 if anything is wrong.
+    ///
+    /// Example: hotline audit verify --config ex/us.toml
     Verify {
         /// Node config (TOML).
-        #[arg(long)]
+        #[arg(long, env = "HOTLINE_CONFIG")]
         config: PathBuf,
         /// Print the report as JSON.
         #[arg(long)]
@@ -22,9 +24,11 @@ pub(crate) enum AuditCmd {
     },
     /// Print every entry, signed head and partner head (for oversight bodies), then the
     /// verification report.
+    ///
+    /// Example: hotline audit export --config ex/us.toml --json > us-audit.jsonl
     Export {
         /// Node config (TOML).
-        #[arg(long)]
+        #[arg(long, env = "HOTLINE_CONFIG")]
         config: PathBuf,
         /// One JSON object per line.
         #[arg(long)]

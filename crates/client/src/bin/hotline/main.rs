@@ -20,7 +20,7 @@ use hotline_client::console::BellPolicy;
 
 /// Hotline endpoint node and operator CLI.
 ///
-/// Quick start (three terminals):
+/// Quick start (three terminals; `export HOTLINE_CONFIG=ex/us.toml` saves the --config):
 ///   hotline certs init --out ex --relay localhost --endpoint us --endpoint jp
 ///   hotline-relay --config ex/relay.toml
 ///   hotline node --config ex/us.toml        (and ex/jp.toml)
@@ -36,6 +36,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Exercise PKI and ready-to-run configs.
+    ///
+    /// Example: hotline certs init --out ex --relay localhost --endpoint us --endpoint jp
     Certs {
         #[command(subcommand)]
         command: certs::CertsCmd,
@@ -49,11 +51,17 @@ enum Cmd {
     Node(node::NodeArgs),
     /// Send a message; prints its id once it is durably in the outbox.
     ///
+    /// The body is UTF-8 text, not empty, of at most 256 KiB (262144 bytes). With --wait, each
+    /// ack level is printed as it is reached; a --timeout that runs out exits 1, and the
+    /// message stays queued and will still be delivered.
+    ///
     /// Example: hotline send --config ex/us.toml --precedence flash --wait acknowledged --timeout 60 "Confirm status"
     Send(messages::SendArgs),
     /// List received messages in delivery order.
     ///
-    /// Example: hotline inbox --config ex/jp.toml --json --follow
+    /// A multi-line body is shown indented under its message's line.
+    ///
+    /// Example: hotline inbox --config ex/jp.toml --unacked --channel main --follow
     Inbox(messages::InboxArgs),
     /// Acknowledge a received message (sends a signed receipt).
     ///
@@ -70,7 +78,7 @@ enum Cmd {
     /// Example: hotline console --config ex/jp.toml
     Console {
         /// Node config (TOML).
-        #[arg(long)]
+        #[arg(long, env = "HOTLINE_CONFIG")]
         config: PathBuf,
         /// When to ring the terminal bell.
         #[arg(long, value_enum, default_value = "all")]
@@ -89,6 +97,8 @@ enum Cmd {
     ///
     /// The new key is announced to the partner once it is on disk; messages already sealed to
     /// the old key still open (the 8 newest keys are kept).
+    ///
+    /// Example: hotline rekey --config ex/us.toml
     Rekey(status::StatusArgs),
     /// Check or export the hash-chained audit log (works whether or not the node runs).
     ///
@@ -98,6 +108,8 @@ enum Cmd {
         command: audit::AuditCmd,
     },
     /// Relay and two nodes on loopback, with a scripted exchange across all precedences.
+    ///
+    /// Example: hotline demo --keep
     Demo {
         /// Keep the demo directory (PKI, configs, logs, stores) afterwards.
         #[arg(long)]

@@ -4,7 +4,7 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use hotline_client::control::{self, ControlClient, Event, Request, WaitLevel};
 use hotline_client::view;
 use hotline_proto::{Channel, EndpointId, MessageId, Precedence};
@@ -12,7 +12,7 @@ use hotline_proto::{Channel, EndpointId, MessageId, Precedence};
 #[derive(Debug, Args)]
 pub(crate) struct SendArgs {
     /// Node config (TOML).
-    #[arg(long)]
+    #[arg(long, env = "HOTLINE_CONFIG")]
     config: PathBuf,
     /// Recipient; may be left out when the node has exactly one partner.
     #[arg(long)]
@@ -23,20 +23,22 @@ pub(crate) struct SendArgs {
     /// routine, priority, immediate or flash.
     #[arg(long, default_value = "routine")]
     precedence: Precedence,
-    /// Block until this ack level is reached.
+    /// Block until this ack level is reached, printing each level as it is reached. Stopping
+    /// the wait (Ctrl-C, --timeout) leaves the message queued: it will still be delivered.
     #[arg(long, value_enum)]
     wait: Option<WaitLevel>,
-    /// Give up waiting after SECS seconds (exit 1).
-    #[arg(long, value_name = "SECS")]
+    /// With --wait: give up waiting after SECS seconds (exit 1; the message stays queued).
+    #[arg(long, value_name = "SECS", requires = "wait")]
     timeout: Option<f64>,
-    /// The text, or - to read it from stdin.
+    /// The text (not empty; at most 256 KiB, 262144 bytes, of UTF-8), or - to read it from
+    /// stdin (one trailing newline is dropped).
     text: String,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct InboxArgs {
     /// Node config (TOML).
-    #[arg(long)]
+    #[arg(long, env = "HOTLINE_CONFIG")]
     config: PathBuf,
     /// One JSON object per line.
     #[arg(long)]
@@ -44,12 +46,18 @@ pub(crate) struct InboxArgs {
     /// Keep printing new messages as they arrive.
     #[arg(long)]
     follow: bool,
+    /// Only messages not yet acknowledged.
+    #[arg(long)]
+    unacked: bool,
+    /// Only messages on this channel.
+    #[arg(long, value_name = "NAME")]
+    channel: Option<Channel>,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct AckArgs {
     /// Node config (TOML).
-    #[arg(long)]
+    #[arg(long, env = "HOTLINE_CONFIG")]
     config: PathBuf,
     /// Message id, as shown by `inbox`.
     id: MessageId,
@@ -69,21 +77,13 @@ pub(crate) async fn send(args: SendArgs) -> Result<()> {
         text,
     } = args;
     let body = if text == "-" {
-        // Read one byte past the limit, so an oversized message is refused here without
-        // reading all of it into memory.
-        let limit = hotline_proto::wire::MAX_BODY_LEN;
-        let mut s = String::new();
-        std::io::stdin()
-            .take(limit as u64 + 1)
-            .read_to_string(&mut s)
-            .context("reading the message from stdin")?;
-        if s.len() > limit {
-            bail!("the message on stdin is longer than the {limit}-byte limit");
-        }
-        s
+        read_stdin_body()?
     } else {
         text
     };
+    if body.is_empty() {
+        bail!("the message is empty: give the text as an argument, or - to read it from stdin");
+    }
     if let Some(t) = timeout {
         if !(t > 0.0 && t.is_finite()) {
             bail!("--timeout must be a positive number of seconds");
@@ -103,7 +103,12 @@ pub(crate) async fn send(args: SendArgs) -> Result<()> {
     let mut events = c.events_for(tag);
     while let Some(event) = events.next().await? {
         match event {
-            Event::Stored { id, .. } => println!("{id}"),
+            Event::Stored { id, .. } => {
+                println!("{id}");
+                if let Some(level) = wait {
+                    eprintln!("{}", waiting_line(&id, level, timeout));
+                }
+            }
             Event::Level { level, at, .. } => println!("{level} at {at}"),
             _ => {}
         }
@@ -111,14 +116,66 @@ pub(crate) async fn send(args: SendArgs) -> Result<()> {
     Ok(())
 }
 
+/// What `send --wait` tells the operator on stderr once the message is stored.
+fn waiting_line(id: &str, level: WaitLevel, timeout: Option<f64>) -> String {
+    let level = level
+        .to_possible_value()
+        .map_or_else(String::new, |v| v.get_name().to_owned());
+    let limit = timeout.map_or_else(
+        || "no --timeout, so until it is reached".to_owned(),
+        |t| format!("for at most {t} s"),
+    );
+    format!(
+        "waiting for {id} to be {level} ({limit}); stopping the wait (Ctrl-C) leaves the message queued and it will still be delivered"
+    )
+}
+
+/// The message on stdin, at most [`hotline_proto::wire::MAX_BODY_LEN`] bytes, without its one
+/// trailing newline (`echo text |` adds one; only one is dropped).
+fn read_stdin_body() -> Result<String> {
+    // Read one byte past the limit (plus the newline that is dropped), so an oversized message
+    // is refused here without reading all of it into memory.
+    let limit = hotline_proto::wire::MAX_BODY_LEN;
+    let mut s = String::new();
+    std::io::stdin()
+        .take(limit as u64 + 3)
+        .read_to_string(&mut s)
+        .context("reading the message from stdin")?;
+    let body = drop_one_trailing_newline(s);
+    if body.len() > limit {
+        bail!("the message on stdin is longer than the {limit}-byte limit");
+    }
+    Ok(body)
+}
+
+/// `text` without one trailing `\n` (or `\r\n`).
+fn drop_one_trailing_newline(mut text: String) -> String {
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    text
+}
+
 pub(crate) async fn inbox(args: InboxArgs) -> Result<()> {
     let InboxArgs {
         config,
         json,
         follow,
+        unacked,
+        channel,
     } = args;
     let mut c = ControlClient::connect(&control::socket_for(&config)?).await?;
-    let tag = c.request(Request::Inbox { follow }).await?;
+    let tag = c
+        .request(Request::Inbox {
+            follow,
+            unacked,
+            channel,
+            updates: false,
+        })
+        .await?;
     let mut events = c.events_for(tag);
     while let Some(event) = events.next().await? {
         let Event::Message(m) = event else { continue };
@@ -141,4 +198,18 @@ pub(crate) async fn ack(args: AckArgs) -> Result<()> {
         println!("acknowledged {id}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_one_trailing_newline_is_dropped() {
+        assert_eq!(drop_one_trailing_newline("a\n".into()), "a");
+        assert_eq!(drop_one_trailing_newline("a\r\n".into()), "a");
+        assert_eq!(drop_one_trailing_newline("a\n\n".into()), "a\n");
+        assert_eq!(drop_one_trailing_newline("a\nb".into()), "a\nb");
+        assert_eq!(drop_one_trailing_newline("\n".into()), "");
+    }
 }

@@ -10,7 +10,7 @@ use hotline_client::node::Node;
 #[derive(Debug, Args)]
 pub(crate) struct NodeArgs {
     /// Node config (TOML); repeat for several endpoints in one process.
-    #[arg(long, required = true)]
+    #[arg(long, required = true, env = "HOTLINE_CONFIG")]
     config: Vec<PathBuf>,
 }
 

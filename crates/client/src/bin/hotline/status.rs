@@ -10,7 +10,7 @@ use hotline_client::view;
 #[derive(Debug, Args)]
 pub(crate) struct StatusArgs {
     /// Node config (TOML).
-    #[arg(long)]
+    #[arg(long, env = "HOTLINE_CONFIG")]
     config: PathBuf,
     /// Print JSON.
     #[arg(long)]
