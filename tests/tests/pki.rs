@@ -1,13 +1,10 @@
 //! The PKI lifecycle with real processes: keys born at the endpoints and signed by the
 //! organiser's CA, partners pinned from fingerprints, a message delivered; a revocation that
 //! locks one endpoint out at the relay while its partner still connects; a foreign CRL and an
-//! EKU-less certificate refused by `hotline-relay check`; `certs init` refusing before writing;
+//! relay certificate without serverAuth refused by `hotline-relay check`; `certs init` refusing before writing;
 //! `--force` over an exercise that ran needing `--wipe-data`.
 
-#![expect(
-    clippy::unwrap_used,
-    reason = "a failed step is the test failing"
-)]
+#![expect(clippy::unwrap_used, reason = "a failed step is the test failing")]
 
 use std::path::Path;
 use std::process::{Command, Output};
