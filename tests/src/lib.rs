@@ -80,6 +80,8 @@ pub struct Exercise {
     endpoints: Vec<String>,
     /// The address the relay bound on its first start.
     relay_addr: Mutex<Option<SocketAddr>>,
+    /// The relay's config, `relay.toml` in the directory unless set up otherwise.
+    relay_config: PathBuf,
     pub(crate) launcher: Launcher,
 }
 
@@ -111,6 +113,19 @@ impl Exercise {
         })
     }
 
+    /// An exercise directory filled by `setup(dir)` instead of `certs init` (e.g. keys made
+    /// by `hotline keys init` in it, the organiser's CA in a subdirectory): the endpoints'
+    /// configs must be `<id>.toml` in it with `data/<id>`, and the relay's config is
+    /// `relay_config` (relative to the directory).
+    pub fn with_setup(endpoints: &[&str], relay_config: &str, setup: impl FnOnce(&Path)) -> Self {
+        let mut ex = Self::init(endpoints, |out| {
+            setup(Path::new(out));
+            Command::new("true").output().unwrap()
+        });
+        ex.relay_config = ex.path(relay_config);
+        ex
+    }
+
     /// A new exercise directory filled by `certs_init(dir)`.
     fn init(endpoints: &[&str], certs_init: impl FnOnce(&str) -> Output) -> Self {
         let dir = tempfile::Builder::new()
@@ -125,6 +140,7 @@ impl Exercise {
             String::from_utf8_lossy(&o.stderr)
         );
         Self {
+            relay_config: dir.path().join("relay.toml"),
             dir,
             endpoints: endpoints.iter().map(|e| (*e).to_owned()).collect(),
             relay_addr: Mutex::new(None),
@@ -177,7 +193,7 @@ impl Exercise {
         let relay = self
             .launcher
             .start_relay(
-                &self.path("relay.toml"),
+                &self.relay_config,
                 bound.unwrap_or(LOOPBACK_ANY),
                 &self.next_log("relay"),
             )

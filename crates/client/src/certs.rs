@@ -4,13 +4,18 @@
 //! `relay.toml` (or, with several relays, `relay-1.toml` … `relay-N.toml`, each with its own
 //! data directory and the one relay certificate naming them all) and one `<id>.toml` per
 //! endpoint, each listing every relay and pinning its partner's identity key. Paths inside the
-//! configs are relative to the directory, so it can be moved as a whole.
+//! configs are relative to the directory, so it can be moved as a whole. `pki.toml` records
+//! the relays, for `hotline certs add-endpoint`.
+//!
+//! Everything asked for (names, addresses, pairs, validity, the `--force`/`--wipe-data` rule) is
+//! checked before the first file is written: a refused `init` leaves nothing behind.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use hotline_net::ca::Validity;
 use hotline_net::pki::ExercisePki;
 use hotline_proto::EndpointId;
 
@@ -27,6 +32,30 @@ pub struct InitRequest {
     pub pairs: Vec<String>,
     /// Overwrite an existing PKI.
     pub force: bool,
+    /// With `force`, delete the directory's `data/` from an earlier run (its stores would
+    /// otherwise meet new keys and raise equivocation alarms).
+    pub wipe_data: bool,
+    /// Validity of the certificates, in days.
+    pub days: Validity,
+    /// Make endpoint keys, certificates and configs here (`certs init`, development: the
+    /// organiser holds every key); without, only the CA, the relay and relay.toml (`certs ca`,
+    /// for keys born at the endpoints).
+    pub endpoint_keys: bool,
+}
+
+impl InitRequest {
+    /// A development `certs init` request with default validity and no `--force`.
+    pub fn new(relays: Vec<RelaySpec>, endpoints: Vec<String>, pairs: Vec<String>) -> Self {
+        Self {
+            relays,
+            endpoints,
+            pairs,
+            force: false,
+            wipe_data: false,
+            days: Validity::default(),
+            endpoint_keys: true,
+        }
+    }
 }
 
 /// One relay of an exercise.
@@ -48,19 +77,33 @@ impl RelaySpec {
     }
 
     /// What the relay listens on: its address, or for a host name every interface on its port.
+    /// The name must be a DNS name and a host a DNS name too.
     fn listen(&self) -> Result<SocketAddr> {
-        if let Ok(addr) = self.addr.parse() {
-            return Ok(addr);
-        }
-        let port = self
-            .addr
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse::<u16>().ok())
-            .with_context(|| {
-                format!("relay address {:?} is not IP:PORT or HOST:PORT", self.addr)
-            })?;
-        Ok(SocketAddr::from(([0, 0, 0, 0], port)))
+        check_dns_name(&self.name).with_context(|| format!("--relay {:?}", self.name))?;
+        check_relay_addr(&self.addr)
     }
+}
+
+/// Checks that `name` is a DNS name (what a relay certificate can carry and a node can check).
+pub fn check_dns_name(name: &str) -> Result<()> {
+    match rustls_pki_types::ServerName::try_from(name) {
+        Ok(rustls_pki_types::ServerName::DnsName(_)) => Ok(()),
+        Ok(_) => bail!("is an IP address; a relay name must be a DNS name"),
+        Err(_) => bail!("is not a valid DNS name"),
+    }
+}
+
+/// Checks a relay address, `IP:PORT` or `HOST:PORT` (a DNS name and a port), and returns what
+/// the relay listens on: the address, or every interface on the port for a host name.
+pub fn check_relay_addr(addr: &str) -> Result<SocketAddr> {
+    if let Ok(a) = addr.parse() {
+        return Ok(a);
+    }
+    let bad = || format!("relay address {addr:?} is not IP:PORT or HOST:PORT");
+    let (host, port) = addr.rsplit_once(':').with_context(bad)?;
+    let port = port.parse::<u16>().ok().with_context(bad)?;
+    check_dns_name(host).with_context(|| format!("relay address {addr:?}: host {host:?}"))?;
+    Ok(SocketAddr::from(([0, 0, 0, 0], port)))
 }
 
 /// Per-precedence deadline overrides written into endpoint configs (the demo uses short ones).
@@ -121,11 +164,27 @@ pub fn init(
             }
         }
     }
+    for id in &ids {
+        if !partner_of.contains_key(id) {
+            bail!("--endpoint {id} is in no --pair; every endpoint needs a partner");
+        }
+    }
     if out.join("ca.pem").exists() && !req.force {
         bail!(
             "{} already holds a PKI (ca.pem); use --force to overwrite",
             out.display()
         );
+    }
+    let data = out.join("data");
+    if req.force && data.exists() && !req.wipe_data {
+        bail!(
+            "{} holds the stores of an earlier run, which new keys would meet as equivocation; \
+             add --wipe-data to delete it, or move it away",
+            data.display()
+        );
+    }
+    for d in [req.days.ca, req.days.relay, req.days.endpoint] {
+        hotline_net::ca::check_days(d)?;
     }
     if req.relays.is_empty() {
         bail!("at least one relay is needed");
@@ -138,10 +197,16 @@ pub fn init(
         .iter()
         .map(RelaySpec::listen)
         .collect::<Result<Vec<_>>>()?;
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let names: Vec<&str> = req.relays.iter().map(|r| r.name.as_str()).collect();
-    let pki = ExercisePki::generate_for_relays(&names, &ids)?;
+    let keyed: &[EndpointId] = if req.endpoint_keys { &ids } else { &[] };
+    let pki = ExercisePki::generate_with(&names, keyed, req.days)?;
+    // Everything is checked and made: now write.
+    if req.force && req.wipe_data && data.exists() {
+        std::fs::remove_dir_all(&data).with_context(|| format!("deleting {}", data.display()))?;
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     pki.write(out)?;
+    crate::lifecycle::write_pki_record(out, &req.relays)?;
     let identity: BTreeMap<&EndpointId, String> = pki
         .endpoints
         .iter()
@@ -177,37 +242,19 @@ pub fn init(
         );
         write(out, &file, &relay)?;
     }
-    let relay_lines = match req.relays.as_slice() {
-        [one] => format!("relay = \"{}\"\nrelay_name = \"{}\"\n", one.addr, one.name),
-        _ => String::new(),
-    };
-    let relay_tables: String = if several {
-        let mut t =
-            String::from("\n# Every relay is used at once: each frame goes out on all of them.\n");
-        for r in &req.relays {
-            t.push_str(&format!(
-                "[[relays]]\naddr = \"{}\"\nname = \"{}\"\n",
-                r.addr, r.name
-            ));
-        }
-        t
-    } else {
-        String::new()
-    };
-
+    if !req.endpoint_keys {
+        return Ok(pairs);
+    }
     for id in &ids {
         let Some(partner) = partner_of.get(id) else {
             bail!("{id} is in no --pair")
         };
+        let relay_lines = node_config_head(&req.relays, id);
         let mut cfg = format!(
-            "# Endpoint config for {id}, written by `hotline certs init`.\n\
+            "# Endpoint config for {id}, written by `hotline certs init` (development: the\n\
+             # organiser made this key; see `hotline keys init` for keys born at the endpoint).\n\
              # Every key is documented in deploy/node.example.toml.\n\
              {relay_lines}\
-             data_dir = \"data/{id}\"\n\
-             ca = \"ca.pem\"\n\
-             cert = \"{id}.pem\"\n\
-             key = \"{id}.key\"\n\
-             {relay_tables}\
              \n\
              # The partner's identity key is pinned: a different key is a security alarm.\n\
              [[partner]]\n\
@@ -229,7 +276,29 @@ pub fn init(
     Ok(pairs)
 }
 
-fn write(dir: &Path, name: &str, text: &str) -> Result<()> {
+/// The top-level keys of a node config naming `relays` (`relay`/`relay_name`, or `[[relays]]`
+/// tables), its data directory and its PKI files `ca.pem`, `<id>.pem`, `<id>.key`.
+pub fn node_config_head(relays: &[RelaySpec], id: &EndpointId) -> String {
+    let mut out = match relays {
+        [one] => format!("relay = \"{}\"\nrelay_name = \"{}\"\n", one.addr, one.name),
+        _ => String::new(),
+    };
+    out.push_str(&format!(
+        "data_dir = \"data/{id}\"\nca = \"ca.pem\"\ncert = \"{id}.pem\"\nkey = \"{id}.key\"\n"
+    ));
+    if relays.len() > 1 {
+        out.push_str("\n# Every relay is used at once: each frame goes out on all of them.\n");
+        for r in relays {
+            out.push_str(&format!(
+                "[[relays]]\naddr = \"{}\"\nname = \"{}\"\n",
+                r.addr, r.name
+            ));
+        }
+    }
+    out
+}
+
+pub(crate) fn write(dir: &Path, name: &str, text: &str) -> Result<()> {
     let path = dir.join(name);
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
 }
@@ -240,12 +309,11 @@ mod tests {
     use super::*;
 
     fn req(endpoints: &[&str], pairs: &[&str]) -> InitRequest {
-        InitRequest {
-            endpoints: endpoints.iter().map(|s| s.to_string()).collect(),
-            pairs: pairs.iter().map(|s| s.to_string()).collect(),
-            relays: vec![RelaySpec::new("localhost", "127.0.0.1:4433")],
-            force: false,
-        }
+        InitRequest::new(
+            vec![RelaySpec::new("localhost", "127.0.0.1:4433")],
+            endpoints.iter().map(|s| s.to_string()).collect(),
+            pairs.iter().map(|s| s.to_string()).collect(),
+        )
     }
 
     #[test]
@@ -273,6 +341,56 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("--force"), "{err}");
+    }
+
+    #[test]
+    fn a_refused_init_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("ex");
+        let bad_relay = InitRequest {
+            relays: vec![RelaySpec::new("bad name!", "127.0.0.1:4433")],
+            ..req(&["us", "jp"], &[])
+        };
+        let bad_addr = InitRequest {
+            relays: vec![RelaySpec::new("r", "bad host!:4433")],
+            ..req(&["us", "jp"], &[])
+        };
+        let mut bad_days = req(&["us", "jp"], &[]);
+        bad_days.days.endpoint = 0;
+        for (request, needle) in [
+            (bad_relay, "not a valid DNS name"),
+            (bad_addr, "not a valid DNS name"),
+            (
+                req(&["a", "b", "c", "d"], &["a:b", "c:a"]),
+                "paired with both",
+            ),
+            (req(&["a", "b", "c"], &["a:b"]), "c is in no --pair"),
+            (bad_days, "between 1 and"),
+        ] {
+            let err = init(&out, &request, &DeadlineOverrides::new()).unwrap_err();
+            assert!(format!("{err:#}").contains(needle), "{err:#}");
+            assert!(!out.exists(), "{needle}: nothing written");
+        }
+    }
+
+    #[test]
+    fn force_over_an_exercise_that_ran_needs_wipe_data() {
+        let dir = tempfile::tempdir().unwrap();
+        init(
+            dir.path(),
+            &req(&["us", "jp"], &[]),
+            &DeadlineOverrides::new(),
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.path().join("data/us")).unwrap();
+        let mut again = req(&["us", "jp"], &[]);
+        again.force = true;
+        let err = init(dir.path(), &again, &DeadlineOverrides::new()).unwrap_err();
+        assert!(err.to_string().contains("--wipe-data"), "{err}");
+        assert!(dir.path().join("data/us").exists());
+        again.wipe_data = true;
+        init(dir.path(), &again, &DeadlineOverrides::new()).unwrap();
+        assert!(!dir.path().join("data").exists());
     }
 
     #[test]

@@ -62,7 +62,9 @@ pub struct NodeFile {
     /// 86400 s (daily); 60 s ..= 90 days.
     #[serde(default = "cfg_defaults::key_rotation_secs")]
     pub key_rotation_secs: u64,
-    /// Our partner(s) with their pinned identity keys (hex). Exactly one is supported.
+    /// Our partner(s) with their pinned identity keys (hex). Exactly one is supported; none
+    /// yet is refused at load with a pointer to `hotline pin`.
+    #[serde(default)]
     pub partner: Vec<PartnerFile>,
     /// Per-precedence deadlines, e.g. `[deadlines.flash] delivered_ms = 10000`.
     #[serde(default)]
@@ -292,7 +294,10 @@ impl NodeConfig {
                 key: IdentityPublicKey::from_hex(&p.identity_key)
                     .with_context(|| format!("partner {} identity_key", p.id))?,
             },
-            [] => bail!("no [[partner]] configured"),
+            [] => bail!(
+                "no [[partner]] configured: pin the partner's key with \
+                 `hotline pin --config FILE --partner ID --fingerprint \"…\"`"
+            ),
             _ => bail!(
                 "{} partners configured; this version supports exactly one per node",
                 file.partner.len()
@@ -369,6 +374,9 @@ mod tests {
                 pairs: vec![],
                 relays: vec![RelaySpec::new("localhost", "127.0.0.1:4433")],
                 force: false,
+                wipe_data: false,
+                days: Default::default(),
+                endpoint_keys: true,
             },
             &DeadlineOverrides::new(),
         )

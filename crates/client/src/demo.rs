@@ -55,6 +55,9 @@ pub async fn run(keep: bool, print: &mut dyn FnMut(&str)) -> Result<()> {
             // The relay picks its port; the node configs are pointed at it once it runs.
             relays: vec![RelaySpec::new("localhost", LOOPBACK_ANY)],
             force: false,
+            wipe_data: false,
+            days: Default::default(),
+            endpoint_keys: true,
         },
         &deadlines,
     )?;

@@ -28,6 +28,7 @@ pub mod demo;
 pub mod failpoint;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod lifecycle;
 pub mod node;
 pub mod process;
 pub mod store;

@@ -60,6 +60,9 @@ impl Hotline {
                 // Replaced by the relays' real addresses when a node is configured.
                 relays: vec![RelaySpec::new("localhost", "127.0.0.1:9")],
                 force: false,
+                wipe_data: false,
+                days: Default::default(),
+                endpoint_keys: true,
             },
             deadlines,
         )?;

@@ -72,6 +72,9 @@ impl Fixture {
                 // Replaced by the hostile relay's address below.
                 relays: vec![RelaySpec::new("localhost", "127.0.0.1:9")],
                 force: false,
+                wipe_data: false,
+                days: Default::default(),
+                endpoint_keys: true,
             },
             &DeadlineOverrides::new(),
         )

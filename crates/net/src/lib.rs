@@ -24,9 +24,11 @@
 //! It holds no protocol logic: what a frame means is `hotline-proto`'s business.
 
 pub mod bounds;
+pub mod ca;
 pub mod clock;
 pub mod close;
 pub mod config_file;
+pub mod crl;
 pub mod failpoint;
 pub mod framed;
 pub mod pki;

@@ -3,17 +3,22 @@
 //! Endpoint certificates carry the endpoint id as URI SAN `urn:hotline:endpoint:<id>` and an
 //! Ed25519 key, which is also the endpoint's identity key for signing envelopes and receipts
 //! (its partner pins it). These keys are for exercises and development, never production.
+//!
+//! Every certificate has a random 16-byte serial and a validity of a number of days from now
+//! (see [`crate::ca`] for the defaults); the CA itself, its CSR signing and its CRLs are in
+//! [`crate::ca`].
 
 use std::path::{Path, PathBuf};
 
 use hotline_proto::EndpointId;
 use hotline_proto::crypto::IdentityPublicKey;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 use zeroize::Zeroizing;
 
+use crate::ca::{Ca, Validity, set_validity};
 use crate::tls::ENDPOINT_URI_PREFIX;
 
 /// Why the PKI could not be made or written.
@@ -22,6 +27,32 @@ pub enum PkiError {
     /// Certificate generation failed.
     #[error("certificate generation: {0}")]
     Generate(rcgen::Error),
+    /// A validity in days outside 1 ..= [`crate::ca::MAX_DAYS`].
+    #[error("validity of {0} days: must be between 1 and {max}", max = crate::ca::MAX_DAYS)]
+    Days(u32),
+    /// The system random generator failed.
+    #[error("the system random number generator failed")]
+    Random,
+    /// A certificate signing request was refused.
+    #[error("certificate signing request: {0}")]
+    Csr(String),
+    /// A fingerprint (pinned identity key) is malformed.
+    #[error("fingerprint: {0}")]
+    Fingerprint(String),
+    /// The CA's certificate or key could not be used.
+    #[error("CA: {0}")]
+    Ca(String),
+    /// A certificate could not be read or parsed.
+    #[error("{0}")]
+    Tls(crate::tls::TlsError),
+    /// A file could not be read.
+    #[error("reading {}: {error}", path.display())]
+    Read {
+        /// Which file.
+        path: PathBuf,
+        /// Why (in the message, not a `source()`, so it is printed once).
+        error: std::io::Error,
+    },
     /// A file could not be written.
     #[error("writing {}: {error}", path.display())]
     Write {
@@ -33,6 +64,12 @@ pub enum PkiError {
 }
 
 // rcgen's error is in the message, not a `source()`: anyhow's `{:#}` would print it twice.
+impl From<crate::tls::TlsError> for PkiError {
+    fn from(e: crate::tls::TlsError) -> Self {
+        Self::Tls(e)
+    }
+}
+
 impl From<rcgen::Error> for PkiError {
     fn from(e: rcgen::Error) -> Self {
         Self::Generate(e)
@@ -77,10 +114,11 @@ pub struct ExercisePki {
     pub relay: Issued,
     /// The endpoints.
     pub endpoints: Vec<IssuedEndpoint>,
-    issuer: Issuer<'static, KeyPair>,
+    authority: Ca,
+    days: Validity,
 }
 
-fn name(cn: &str) -> DistinguishedName {
+pub(crate) fn name(cn: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "Hotline exercise PKI");
     dn.push(DnType::CommonName, cn);
@@ -101,18 +139,17 @@ impl ExercisePki {
         relay_names: &[&str],
         endpoints: &[EndpointId],
     ) -> Result<Self, PkiError> {
+        Self::generate_with(relay_names, endpoints, Validity::default())
+    }
+
+    /// As [`ExercisePki::generate_for_relays`], with the validity of each kind of certificate.
+    pub fn generate_with(
+        relay_names: &[&str],
+        endpoints: &[EndpointId],
+        days: Validity,
+    ) -> Result<Self, PkiError> {
         let relay_name = relay_names.first().copied().unwrap_or("localhost");
-        let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.distinguished_name = name("Hotline exercise CA");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca_cert = ca_params.self_signed(&ca_key)?;
-        let ca = Issued {
-            cert_pem: ca_cert.pem(),
-            key_pem: Zeroizing::new(ca_key.serialize_pem()),
-        };
-        let issuer = Issuer::new(ca_params, ca_key);
+        let (authority, ca) = Ca::generate(days.ca)?;
 
         let mut sans: Vec<String> = relay_names.iter().map(|n| (*n).to_owned()).collect();
         sans.push("localhost".to_owned());
@@ -120,19 +157,16 @@ impl ExercisePki {
         sans.retain(|n| seen.insert(n.clone()));
         let relay_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut relay_params = CertificateParams::new(sans)?;
-        relay_params.subject_alt_names.push(SanType::IpAddress(
-            "127.0.0.1"
-                .parse()
-                .map_err(|_| rcgen::Error::CouldNotParseCertificate)?,
-        ));
-        relay_params.subject_alt_names.push(SanType::IpAddress(
-            "::1"
-                .parse()
-                .map_err(|_| rcgen::Error::CouldNotParseCertificate)?,
-        ));
+        for ip in [
+            std::net::IpAddr::from([127, 0, 0, 1]),
+            std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        ] {
+            relay_params.subject_alt_names.push(SanType::IpAddress(ip));
+        }
         relay_params.distinguished_name = name(relay_name);
         relay_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let relay_cert = relay_params.signed_by(&relay_key, &issuer)?;
+        set_validity(&mut relay_params, days.relay)?;
+        let relay_cert = relay_params.signed_by(&relay_key, authority.issuer())?;
         let relay = Issued {
             cert_pem: relay_cert.pem(),
             key_pem: Zeroizing::new(relay_key.serialize_pem()),
@@ -142,7 +176,8 @@ impl ExercisePki {
             ca,
             relay,
             endpoints: Vec::new(),
-            issuer,
+            authority,
+            days,
         };
         for id in endpoints {
             let e = pki.issue_endpoint(id)?;
@@ -151,27 +186,14 @@ impl ExercisePki {
         Ok(pki)
     }
 
+    /// The CA, to sign more with.
+    pub fn authority(&self) -> &Ca {
+        &self.authority
+    }
+
     /// Issues one more endpoint certificate from this CA (e.g. a second `jp` key, to test pins).
     pub fn issue_endpoint(&self, id: &EndpointId) -> Result<IssuedEndpoint, PkiError> {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name = name(&format!("endpoint {id}"));
-        let uri = format!("{ENDPOINT_URI_PREFIX}{id}");
-        params.subject_alt_names.push(SanType::URI(uri.try_into()?));
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let cert = params.signed_by(&key, &self.issuer)?;
-        let raw: [u8; 32] = key
-            .public_key_raw()
-            .try_into()
-            .map_err(|_| rcgen::Error::KeyGenerationUnavailable)?;
-        Ok(IssuedEndpoint {
-            id: id.clone(),
-            issued: Issued {
-                cert_pem: cert.pem(),
-                key_pem: Zeroizing::new(key.serialize_pem()),
-            },
-            identity: IdentityPublicKey(raw),
-        })
+        self.authority.issue_endpoint(id, self.days.endpoint)
     }
 
     /// Writes `ca.pem`, `ca.key`, `relay.pem`, `relay.key`, `<id>.pem`, `<id>.key` into `dir`
@@ -184,6 +206,19 @@ impl ExercisePki {
         }
         Ok(())
     }
+}
+
+/// The certificate parameters of endpoint `id`: its URI SAN, clientAuth only, a random serial
+/// and `days` of validity.
+pub(crate) fn endpoint_params(id: &EndpointId, days: u32) -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name = name(&format!("endpoint {id}"));
+    let uri = format!("{ENDPOINT_URI_PREFIX}{id}");
+    params.subject_alt_names.push(SanType::URI(uri.try_into()?));
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    set_validity(&mut params, days)?;
+    Ok(params)
 }
 
 /// Writes `<stem>.pem` and `<stem>.key` (0600) into `dir`.

@@ -53,6 +53,17 @@ pub enum TlsError {
         /// End of validity.
         not_after: String,
     },
+    /// A certificate without the extended key usage its role needs (clientAuth for endpoints,
+    /// serverAuth for relays), or with no extended key usage extension at all.
+    #[error("certificate {subject} lacks the {usage} extended key usage: {why}")]
+    WrongUsage {
+        /// Its subject.
+        subject: String,
+        /// The usage needed.
+        usage: &'static str,
+        /// What is wrong.
+        why: &'static str,
+    },
     /// The peer presented no certificate.
     #[error("peer presented no certificate")]
     NoPeerCertificate,
@@ -145,20 +156,38 @@ fn roots(ca: &[CertificateDer<'static>]) -> Result<rustls::RootCertStore, TlsErr
 }
 
 /// The relay's QUIC server configuration: client certificates required, verified against `ca`
-/// (and `crls`, if any).
+/// (and `crls`, if any, without enforcing their next update; see [`server_config_with`]).
 pub fn server_config(
     ca: &[CertificateDer<'static>],
     creds: Credentials,
     crls: Vec<CertificateRevocationListDer<'static>>,
     timeouts: Timeouts,
 ) -> Result<quinn::ServerConfig, TlsError> {
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+    server_config_with(ca, creds, crls, false, timeouts)
+}
+
+/// As [`server_config`]; with `enforce_crl_expiry`, a CRL past its next update refuses every
+/// client (rustls' `enforce_revocation_expiration`). Client certificates must carry the
+/// clientAuth extended key usage: one without the extension is refused too.
+pub fn server_config_with(
+    ca: &[CertificateDer<'static>],
+    creds: Credentials,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+    enforce_crl_expiry: bool,
+    timeouts: Timeouts,
+) -> Result<quinn::ServerConfig, TlsError> {
+    let mut builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots(ca)?),
         provider(),
     )
-    .with_crls(crls)
-    .build()
-    .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    .with_crls(crls);
+    if enforce_crl_expiry {
+        builder = builder.enforce_revocation_expiration();
+    }
+    let inner = builder
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let verifier = Arc::new(RequireClientAuthEku { inner });
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
@@ -170,6 +199,96 @@ pub fn server_config(
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     config.transport_config(transport(timeouts));
     Ok(config)
+}
+
+/// A client certificate verifier that also requires the clientAuth extended key usage to be
+/// present: webpki only checks it when the extension is there.
+#[derive(Debug)]
+struct RequireClientAuthEku {
+    inner: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+}
+
+impl rustls::server::danger::ClientCertVerifier for RequireClientAuthEku {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        check_client_usage(end_entity).map_err(|_| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::InvalidPurpose)
+        })?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Checks that a certificate carries the extended key usage extension with clientAuth.
+pub fn check_client_usage(cert: &CertificateDer<'_>) -> Result<(), TlsError> {
+    check_usage(cert, "clientAuth", |eku| eku.client_auth)
+}
+
+/// Checks that a certificate carries the extended key usage extension with serverAuth.
+pub fn check_server_usage(cert: &CertificateDer<'_>) -> Result<(), TlsError> {
+    check_usage(cert, "serverAuth", |eku| eku.server_auth)
+}
+
+fn check_usage(
+    cert: &CertificateDer<'_>,
+    usage: &'static str,
+    has: fn(&x509_parser::extensions::ExtendedKeyUsage<'_>) -> bool,
+) -> Result<(), TlsError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| TlsError::BadCertificate(e.to_string()))?;
+    let eku = parsed
+        .extended_key_usage()
+        .map_err(|e| TlsError::BadCertificate(format!("extended key usage: {e}")))?;
+    let why = match eku {
+        None => "it has no extended key usage extension",
+        Some(eku) if has(eku.value) => return Ok(()),
+        Some(_) => "its extended key usage does not list it",
+    };
+    Err(TlsError::WrongUsage {
+        subject: parsed.subject().to_string(),
+        usage,
+        why,
+    })
 }
 
 /// A node's (or bench client's) QUIC client configuration: the relay must chain to `ca`; we

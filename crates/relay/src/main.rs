@@ -39,8 +39,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Validate the configuration and certificates (validity, CA, key matches certificate),
-    /// print one `ok:` line and exit.
+    /// Validate the configuration and certificates (validity, CA, key matches certificate,
+    /// serverAuth usage, CRL signed by the CA and not expired), print one `ok:` line and exit.
     Check,
 }
 
@@ -70,6 +70,14 @@ fn main() -> ExitCode {
 #[expect(clippy::print_stdout, reason = "`check` reports its verdict on stdout")]
 fn check(path: &Path) -> anyhow::Result<()> {
     let config = load(path)?;
+    if let Some(next) = config.crl_next_update {
+        if next < std::time::SystemTime::now() {
+            eprintln!(
+                "warning: the CRL expired at {} (next update); crl_expired = \"warn\" lets the relay run",
+                humantime::format_rfc3339_seconds(next)
+            );
+        }
+    }
     let endpoints: std::collections::BTreeSet<_> =
         config.hotlines.iter().flat_map(|(a, b)| [a, b]).collect();
     println!(

@@ -24,14 +24,18 @@
 //!   they held (counters; their ratio is the mean batch size);
 //! - `queued_in_memory_bytes`: bytes of queued envelopes also held in memory (gauge; at most
 //!   about `max_queued_bytes_in_memory`, the rest is only in the store);
-//! - `store_reads_total`: queued envelopes read back from the store to be written (counter).
+//! - `store_reads_total`: queued envelopes read back from the store to be written (counter);
+//! - `crl_expired`: 1 while the configured CRL is past its next update (then revocations newer
+//!   than it are unknown; see `crl_expired` in relay.toml), 0 otherwise or without a CRL (gauge,
+//!   refreshed on each scrape).
 //!
 //! The endpoint answers `GET /metrics` with the OpenMetrics text format and anything else with
 //! 404; it reads at most [`MAX_REQUEST_BYTES`] of a request and closes every connection after
 //! one answer. It serves nothing else and never reads a body.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, SystemTime};
 
 use hotline_proto::Lane;
 use hotline_proto::wire::RefusalCode;
@@ -90,6 +94,9 @@ pub(crate) struct Metrics {
     store_ops: Counter,
     in_memory_bytes: Gauge,
     store_reads: Counter,
+    crl_expired: Gauge,
+    /// The CRL's next update, seconds since the epoch; 0 without a CRL.
+    crl_next_update: AtomicI64,
 }
 
 impl Metrics {
@@ -109,6 +116,12 @@ impl Metrics {
         let store_ops = Counter::default();
         let in_memory_bytes = Gauge::default();
         let store_reads = Counter::default();
+        let crl_expired = Gauge::default();
+        registry.register(
+            "crl_expired",
+            "1 while the configured CRL is past its next update",
+            crl_expired.clone(),
+        );
         registry.register(
             "queued_in_memory_bytes",
             "Bytes of queued envelopes also held in memory (the rest is only in the store)",
@@ -213,7 +226,26 @@ impl Metrics {
             store_ops,
             in_memory_bytes,
             store_reads,
+            crl_expired,
+            crl_next_update: AtomicI64::new(0),
         }
+    }
+
+    /// Records the configured CRL's next update (`None`: no CRL).
+    pub(crate) fn set_crl_next_update(&self, next: Option<SystemTime>) {
+        let secs = next.map_or(0, |t| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(1, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX).max(1))
+        });
+        self.crl_next_update.store(secs, Ordering::Relaxed);
+    }
+
+    fn crl_is_expired(&self) -> bool {
+        let next = self.crl_next_update.load(Ordering::Relaxed);
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        next > 0 && now > next
     }
 
     pub(crate) fn loaded(&self) {
@@ -289,6 +321,7 @@ impl Metrics {
                 .get_or_create(&label)
                 .set(i64::try_from(stats.queued_bytes[i]).unwrap_or(i64::MAX));
         }
+        self.crl_expired.set(i64::from(self.crl_is_expired()));
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -9,16 +9,17 @@
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
 use hotline_net::bounds::{MAX_CONFIG_BYTES, OutOfRange, check_range, read_capped};
 use hotline_net::config_file::ConfigFileError;
-use hotline_net::tls;
+use hotline_net::{crl, tls};
 use hotline_proto::EndpointId;
 use hotline_relay::{Credentials, HandshakeLimits, IdentityLimits, ServerConfig, Timeouts, Ttl};
 use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
+use tracing::warn;
 use x509_parser::certificate::X509Certificate;
 
 /// The relay configuration file. Every key is documented, with its default, in
@@ -36,9 +37,14 @@ struct Config {
     cert: PathBuf,
     /// Relay private key, PEM.
     key: PathBuf,
-    /// Certificate revocation list, PEM; none by default.
+    /// Certificate revocation list, PEM; none by default. It must be signed by `ca`.
     #[serde(default)]
     crl: Option<PathBuf>,
+    /// What an expired CRL (past its next update) does: `warn` (default: a loud warning, the
+    /// `crl_expired` metric at 1, the relay runs) or `fail` (refused at start and by `check`,
+    /// and enforced in every handshake).
+    #[serde(default)]
+    crl_expired: CrlExpiredPolicy,
     /// TCP address for `GET /metrics`; off by default.
     #[serde(default)]
     metrics: Option<SocketAddr>,
@@ -71,6 +77,15 @@ struct Config {
     /// The hotlines, `[[hotline]]` tables.
     #[serde(default, rename = "hotline")]
     hotlines: Vec<HotlineConfig>,
+}
+
+/// `crl_expired = "warn" | "fail"`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum CrlExpiredPolicy {
+    #[default]
+    Warn,
+    Fail,
 }
 
 /// One `[[hotline]]`: two endpoint ids, as in their certificates.
@@ -328,15 +343,40 @@ impl Config {
                 ca_path.display()
             )
         })?;
-        let crls = match self.crl {
-            Some(p) => vec![tls::load_crl(&resolve(p)).map_err(one_line)?],
-            None => Vec::new(),
+        let (crls, crl_next_update) = match self.crl {
+            Some(p) => {
+                let path = resolve(p);
+                let crl = tls::load_crl(&path).map_err(one_line)?;
+                let info =
+                    crl::verify(&crl, &ca).with_context(|| format!("crl {}", path.display()))?;
+                if info.expired_at(SystemTime::now()) {
+                    let due = humantime::format_rfc3339_seconds(info.next_update);
+                    if self.crl_expired == CrlExpiredPolicy::Fail {
+                        bail!(
+                            "crl {}: expired (next update was due {due}); issue a new one \
+                             (hotline certs revoke) or set crl_expired = \"warn\"",
+                            path.display()
+                        );
+                    }
+                    warn!(
+                        crl = %path.display(),
+                        next_update = %due,
+                        "THE CRL HAS EXPIRED: revocations newer than it are not known; issue a \
+                         new one with `hotline certs revoke` (crl_expired = \"warn\" keeps the \
+                         relay running)"
+                    );
+                }
+                (vec![crl], Some(info.next_update))
+            }
+            None => (Vec::new(), None),
         };
         let config = ServerConfig {
             listen: self.listen,
             ca,
             credentials,
             crls,
+            crl_next_update,
+            enforce_crl_expiry: self.crl_expired == CrlExpiredPolicy::Fail,
             data_dir: resolve(self.data_dir),
             hotlines,
             timeouts,
@@ -386,21 +426,10 @@ fn check_is_ca(cert: &CertificateDer<'_>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Nodes verify the relay as a TLS server: its certificate must allow server authentication.
+/// Nodes verify the relay as a TLS server: its certificate must carry the extended key usage
+/// extension with serverAuth (webpki would accept one without the extension).
 fn check_server_usage(cert: &CertificateDer<'_>) -> anyhow::Result<()> {
-    let parsed = parse(cert)?;
-    let eku = parsed
-        .extended_key_usage()
-        .map_err(|e| anyhow::anyhow!("bad extended key usage: {e}"))?;
-    if let Some(eku) = eku {
-        if !eku.value.any && !eku.value.server_auth {
-            bail!(
-                "{} is not a server certificate (no serverAuth extended key usage)",
-                parsed.subject()
-            );
-        }
-    }
-    Ok(())
+    tls::check_server_usage(cert).map_err(one_line)
 }
 
 /// Each certificate of `chain` is signed by the next, and the last by (or equal to) one of `ca`,

@@ -152,6 +152,9 @@ impl Cluster {
                     .map(|_| RelaySpec::new("localhost", LOOPBACK_ANY))
                     .collect(),
                 force: false,
+                wipe_data: false,
+                days: Default::default(),
+                endpoint_keys: true,
             },
             &DeadlineOverrides::new(),
         )

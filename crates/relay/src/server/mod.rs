@@ -102,6 +102,13 @@ pub struct ServerConfig {
     pub credentials: Credentials,
     /// Certificate revocation lists; empty for none.
     pub crls: Vec<CertificateRevocationListDer<'static>>,
+    /// The earliest next update of `crls` (checked against the CA when loaded), for the
+    /// `crl_expired` metric; `None` without a CRL.
+    pub crl_next_update: Option<std::time::SystemTime>,
+    /// Refuse every client while a CRL is past its next update (rustls'
+    /// `enforce_revocation_expiration`); otherwise an expired CRL is still used, and only
+    /// warned about and counted.
+    pub enforce_crl_expiry: bool,
     /// Directory for the relay's state (the store `relay.redb` and the stateless-reset key);
     /// created if missing.
     pub data_dir: PathBuf,
@@ -143,6 +150,8 @@ impl ServerConfig {
             ca,
             credentials,
             crls: Vec::new(),
+            crl_next_update: None,
+            enforce_crl_expiry: false,
             data_dir,
             hotlines,
             timeouts: Timeouts::default(),
@@ -163,7 +172,13 @@ impl ServerConfig {
             certs: self.credentials.certs.clone(),
             key: self.credentials.key.clone_key(),
         };
-        tls::server_config(&self.ca, credentials, self.crls.clone(), self.timeouts)
+        tls::server_config_with(
+            &self.ca,
+            credentials,
+            self.crls.clone(),
+            self.enforce_crl_expiry,
+            self.timeouts,
+        )
     }
 
     /// The queue limits this configuration asks for.
@@ -287,6 +302,7 @@ impl Server {
             loads,
             Gate::new(config.handshake),
         ));
+        shared.metrics.set_crl_next_update(config.crl_next_update);
         Loader::spawn(store.reader(), loads_rx, Arc::downgrade(&shared))?;
         let writer = StoreWriter::spawn(store, requests, requests_rx, Arc::downgrade(&shared))?;
         let mut tasks = JoinSet::new();

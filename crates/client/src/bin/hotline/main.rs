@@ -8,6 +8,7 @@
 mod alarms;
 mod audit;
 mod certs;
+mod keys;
 mod messages;
 mod node;
 mod status;
@@ -42,6 +43,15 @@ enum Cmd {
         #[command(subcommand)]
         command: certs::CertsCmd,
     },
+    /// This endpoint's own identity key and CSR.
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCmd,
+    },
+    /// Pin the partner's identity key from the fingerprint it read to you.
+    ///
+    /// Example: hotline pin --config us.toml --partner jp --fingerprint "1a2b 3c4d …"
+    Pin(keys::PinArgs),
     /// Run an endpoint node (serves the CLI on DATA_DIR/control.sock).
     ///
     /// Repeat --config to host several endpoints in one process (load tests spread
@@ -148,6 +158,8 @@ fn main() {
 async fn run(cmd: Cmd) -> Result<()> {
     match cmd {
         Cmd::Certs { command } => certs::run(command),
+        Cmd::Keys { command } => keys::run(command),
+        Cmd::Pin(args) => keys::pin(args),
         Cmd::Node(args) => node::run(args).await,
         Cmd::Send(args) => messages::send(args).await,
         Cmd::Inbox(args) => messages::inbox(args).await,
