@@ -148,14 +148,19 @@ pub enum NodeLink {
     Lost(String),
 }
 
-/// A line under the dashboard.
+/// A line under the dashboard, shown for [`NOTICE_FOR`] (then the key hints return).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Notice {
     /// Text.
     pub text: String,
     /// Shown as an error.
     pub error: bool,
+    /// When it was first drawn (set by [`App::tick`]).
+    pub shown: Option<Time>,
 }
+
+/// How long a notice stays under the dashboard.
+pub const NOTICE_FOR: Duration = Duration::from_secs(10);
 
 /// Everything the console shows.
 #[derive(Debug)]
@@ -216,6 +221,16 @@ impl App {
             connections: 0,
             operator_moved: false,
             operator_moved_alarm: false,
+        }
+    }
+
+    /// Moves the console's own time: a notice shown for [`NOTICE_FOR`] goes away.
+    pub fn tick(&mut self, now: Time) {
+        if let Some(n) = &mut self.notice {
+            let shown = *n.shown.get_or_insert(now);
+            if now.since(shown) >= NOTICE_FOR {
+                self.notice = None;
+            }
         }
     }
 
@@ -358,6 +373,7 @@ impl App {
         self.notice = Some(Notice {
             text: text.into(),
             error,
+            shown: None,
         });
     }
 

@@ -89,11 +89,13 @@ pub async fn run(config: &Path, bell: BellPolicy) -> Result<()> {
             Some(u) = updates.recv() => app.apply(u),
             _ = redraw.tick() => {}
         }
+        let now = wall_now();
+        app.tick(now);
         if app.take_bell() {
             let mut out = std::io::stdout();
             let _ = out.write_all(b"\x07").and_then(|()| out.flush());
         }
-        if let Err(e) = terminal.draw(|f| ui::draw(f, &app, wall_now())) {
+        if let Err(e) = terminal.draw(|f| ui::draw(f, &app, now)) {
             break Err(e).context("drawing the console");
         }
     };

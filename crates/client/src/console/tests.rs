@@ -404,6 +404,13 @@ fn losing_the_node_is_shown_and_a_reconnect_is_said() {
     let screen = render(&a, at("10:00:00"));
     row_of(&screen, "reconnected to the node");
     assert!(screen[1].contains("node: connected"));
+    // A notice goes away after a while and the key hints return.
+    a.tick(at("10:00:00"));
+    a.tick(at("10:00:09"));
+    assert!(a.notice.is_some());
+    a.tick(at("10:00:10"));
+    let screen = render(&a, at("10:00:10"));
+    row_of(&screen, "? help  q quit");
 }
 
 #[test]
