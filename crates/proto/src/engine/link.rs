@@ -39,6 +39,14 @@ use crate::types::Time;
 const DEGRADED_AFTER_INTERVALS: u32 = 3;
 /// Link tests missed before the link counts as down although a relay is connected.
 const DOWN_AFTER_INTERVALS: u32 = 10;
+/// A partner audit head is handed out for the audit log once the partner's log has grown by
+/// this many records since the last one handed out …
+pub(super) const PARTNER_HEAD_EVERY_RECORDS: u64 = 100;
+/// … or has grown at all and this long has passed. Recording a partner head adds a record to
+/// our log, which the partner's next head covers, and so on: handing out every changed head
+/// cost one record per link test on each side (43,000 a day idle). With these thresholds an
+/// idle day costs at most 144 partner-head records per node.
+pub(super) const PARTNER_HEAD_EVERY: Duration = Duration::from_secs(600);
 
 #[derive(Debug)]
 pub(super) struct Link {
@@ -60,6 +68,8 @@ pub(super) struct Link {
     test_seq: u64,
     audit_head: (u64, Digest),
     pub(super) partner_audit_head: Option<(u64, Digest)>,
+    /// The partner head last handed out for the audit log, and when.
+    partner_head_recorded: Option<((u64, Digest), Time)>,
     /// The newest fresh partner link test taken, by (partner's clock, counter); older or
     /// equal ones are replays and prove nothing about the partner now.
     partner_test: Option<(Time, u64)>,
@@ -79,6 +89,7 @@ impl Link {
             test_seq: 0,
             audit_head: (0, Digest::default()),
             partner_audit_head: None,
+            partner_head_recorded: None,
             partner_test: None,
         }
     }
@@ -113,7 +124,10 @@ impl Link {
     }
 
     /// A verified link test from the partner; returns it if it is fresh and its audit head is
-    /// new. `at_plausible` says whether its `at` lies within the clock-skew tolerance. A test
+    /// worth recording: the first one, one that grew by [`PARTNER_HEAD_EVERY_RECORDS`] or
+    /// grew at all [`PARTNER_HEAD_EVERY`] after the last recorded, and at once one that is
+    /// shorter than or differs at the same length from the last recorded (evidence of a lost
+    /// or rewritten log). `at_plausible` says whether its `at` lies within the clock-skew tolerance. A test
     /// that is not fresh (see the module doc; a replay's signature is still good) is ignored:
     /// it does not count as hearing from the partner, nor move the newest test taken.
     pub(super) fn on_link_test(
@@ -131,12 +145,23 @@ impl Link {
         }
         self.partner_test = Some(order);
         let head = (t.body.audit_len, t.body.audit_head);
-        let changed = self.partner_audit_head != Some(head);
         self.partner_audit_head = Some(head);
+        let record = match self.partner_head_recorded {
+            None => true,
+            Some((last, _)) if last == head => false,
+            Some(((len, _), at)) => {
+                head.0 <= len
+                    || head.0 >= len.saturating_add(PARTNER_HEAD_EVERY_RECORDS)
+                    || now.since(at) >= PARTNER_HEAD_EVERY
+            }
+        };
+        if record {
+            self.partner_head_recorded = Some((head, now));
+        }
         self.last_heard = Some(now);
         self.voided = false;
         self.partner_online = Some(true);
-        changed.then_some(t)
+        record.then_some(t)
     }
 
     /// Our next link test, if one is due; schedules the one after.

@@ -58,3 +58,34 @@ fn a_partner_never_heard_since_connecting_is_down_after_ten_intervals() {
     pair.drive_for(Duration::from_secs(3));
     assert_eq!(link(&pair), LinkState::Up);
 }
+
+#[test]
+fn an_idle_link_records_a_bounded_number_of_partner_heads() {
+    use crate::engine::link::{PARTNER_HEAD_EVERY, PARTNER_HEAD_EVERY_RECORDS};
+    let mut pair = Pair::new(EngineConfig::default(), 913);
+    // Two idle hours: 3,600 link tests each way. Each recorded partner head grows the recorder's
+    // log, which its next link test carries; without the thresholds every test was recorded.
+    pair.drive_for(Duration::from_secs(2 * 3600));
+    assert_eq!(link(&pair), LinkState::Up);
+    let bound = 1 + (2 * 3600 / PARTNER_HEAD_EVERY.as_secs()) as usize;
+    for side in [Side::A, Side::B] {
+        let heads = &pair.peer(side).partner_heads;
+        assert!(!heads.is_empty(), "the first head is recorded at once");
+        assert!(
+            heads.len() <= bound,
+            "{side:?} recorded {} partner heads in two idle hours (at most {bound})",
+            heads.len()
+        );
+    }
+    // A partner log that grew by the record threshold is recorded at the next link test.
+    let before = pair.peer(Side::A).partner_heads.len();
+    let len = pair.peer(Side::B).audit_len + PARTNER_HEAD_EVERY_RECORDS;
+    pair.peer(Side::B).set_audit_len(len);
+    pair.drive_for(Duration::from_secs(3));
+    assert_eq!(pair.peer(Side::A).partner_heads.len(), before + 1);
+    assert_eq!(pair.peer(Side::A).partner_heads.last(), Some(&len));
+    // One that shrank (a lost log) is recorded at once too.
+    pair.peer(Side::B).set_audit_len(1);
+    pair.drive_for(Duration::from_secs(3));
+    assert_eq!(pair.peer(Side::A).partner_heads.last(), Some(&1));
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 
-use crate::crypto::IdentityKey;
+use crate::crypto::{Digest, IdentityKey};
 use crate::engine::alarms::class_of;
 use crate::engine::{
     Action, Alarm, Delivery, Engine, EngineConfig, Escalation, Local, Outgoing, Partner, Record,
@@ -53,6 +53,10 @@ pub(crate) struct Peer {
     /// Alarm occurrences held back by coalescing when the engine crashed (held alarms live in
     /// memory only; the first of their kind was emitted).
     alarms_lost_in_crashes: u32,
+    /// The lengths of the partner audit heads handed out for recording, in order.
+    pub(crate) partner_heads: Vec<u64>,
+    /// This peer's simulated audit log length (one record per recorded partner head).
+    pub(crate) audit_len: u64,
     pub(crate) sent_frames: Vec<(crate::Lane, Frame)>,
     /// Frames the current engine (since its last restore) took without error.
     pub(crate) accepted_frames: Vec<Frame>,
@@ -60,6 +64,14 @@ pub(crate) struct Peer {
 }
 
 impl Peer {
+    /// Sets the simulated audit log's length, as if records were added (or lost).
+    pub(crate) fn set_audit_len(&mut self, len: u64) {
+        self.audit_len = len;
+        let mut digest = [0u8; 32];
+        digest[..8].copy_from_slice(&len.to_be_bytes());
+        self.engine.set_audit_head(len, Digest(digest));
+    }
+
     fn new(
         name: &str,
         seed: u8,
@@ -99,6 +111,8 @@ impl Peer {
             realerts: Vec::new(),
             alarms: Vec::new(),
             alarms_lost_in_crashes: 0,
+            partner_heads: Vec::new(),
+            audit_len: 0,
             sent_frames: Vec::new(),
             accepted_frames: Vec::new(),
             rng_counter: 0,
@@ -467,7 +481,13 @@ impl Pair {
                         Action::Escalate(e) => node.escalations.push(e),
                         Action::Realert(n) => node.realerts.push(n),
                         Action::Alarm(a) => node.alarms.push(a),
-                        Action::Link { .. } | Action::PartnerAuditHead(_) => {}
+                        Action::PartnerAuditHead(t) => {
+                            // The node records it in its audit log, which grows by one.
+                            node.partner_heads.push(t.body.audit_len);
+                            let len = node.audit_len + 1;
+                            node.set_audit_len(len);
+                        }
+                        Action::Link { .. } => {}
                     }
                 }
                 let now = self.now;
