@@ -197,6 +197,14 @@ pub enum SpawnError {
     /// The store's reader thread could not be started.
     #[error("starting the store reader: {0}")]
     LoaderThread(std::io::Error),
+    /// The data directory, its store or its reset key could not be made private.
+    #[error("making {} private: {source}", path.display())]
+    DataDir {
+        /// The directory or file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// The stateless-reset key could not be read or written.
     #[error("stateless reset key: {0}")]
     ResetKey(EndpointError),
@@ -222,6 +230,30 @@ pub enum SpawnError {
         /// Why.
         source: std::io::Error,
     },
+}
+
+/// Makes the data directory 0700 and the store and reset key in it 0600 (clearing group and
+/// other bits only), with a warning for each that was readable by others: a data directory made
+/// by hand, or by an older relay, gets the modes a new one is created with.
+fn make_private(dir: &std::path::Path) -> Result<(), SpawnError> {
+    let paths = [
+        (dir.to_owned(), hotline_db::DIR_MODE),
+        (dir.join(store::FILE_NAME), hotline_db::FILE_MODE),
+        (dir.join(RESET_KEY_FILE), hotline_db::FILE_MODE),
+    ];
+    for (path, mode) in paths {
+        match hotline_db::tighten(&path, mode) {
+            Ok(None) => {}
+            Ok(Some(old)) => warn!(
+                path = %path.display(),
+                old = format_args!("{old:04o}"),
+                new = format_args!("{:04o}", old & mode),
+                "was readable by other users: made private"
+            ),
+            Err(source) => return Err(SpawnError::DataDir { path, source }),
+        }
+    }
+    Ok(())
 }
 
 /// A running relay. Dropping it stops every task and closes every connection.
@@ -260,6 +292,7 @@ impl Server {
         }
         let reset_key =
             quic::reset_key(&config.data_dir.join(RESET_KEY_FILE)).map_err(SpawnError::ResetKey)?;
+        make_private(&config.data_dir)?;
         let quic_config = config.quic_config()?;
         let bind = |source| SpawnError::Bind {
             addr: config.listen,
