@@ -401,3 +401,24 @@ fn send_wait_bodies_and_inbox_filters_as_an_operator_sees_them() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// `hotline … | head -1` closes the pipe early: the CLI ends quietly instead of panicking on a
+/// broken pipe. (`head -c0` exits before the PKI is generated, so the first write meets a closed
+/// pipe.)
+#[test]
+fn a_closed_stdout_ends_the_cli_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ex");
+    let script = format!(
+        "set -o pipefail; \"$0\" certs init --out '{}' --relay localhost --endpoint us --endpoint jp | head -c0",
+        out.display()
+    );
+    let o = Command::new("bash")
+        .args(["-c", &script])
+        .arg(bin_dir().join("hotline"))
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(o.status.success(), "exit {:?}: {err}", o.status);
+}

@@ -165,6 +165,26 @@ async fn a_second_node_on_the_same_store_is_refused() {
     us.shutdown().await.unwrap();
 }
 
+/// The data directory is 0700 and the store 0600, also when a previous run (or an operator)
+/// left them readable by others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_dir_and_store_are_private_even_when_found_open() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let hotline = Hotline::start(&DeadlineOverrides::new()).await.unwrap();
+    let data = hotline.node_config("us").unwrap().data_dir;
+    let store = data.join("node.redb");
+    let us = hotline.node("us").await.unwrap();
+    assert_eq!((mode(&data), mode(&store)), (0o700, 0o600));
+    us.shutdown().await.unwrap();
+
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let us = hotline.node("us").await.unwrap();
+    assert_eq!((mode(&data), mode(&store)), (0o700, 0o600));
+    us.shutdown().await.unwrap();
+}
+
 /// Raw lines on the control socket: typed values are checked where they enter, and every
 /// refusal comes back on the request's own tag.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

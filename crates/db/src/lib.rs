@@ -8,8 +8,10 @@
 //! caller create its own tables.
 //!
 //! It will not define, read or write a store's own tables, migrate a file between schema versions,
-//! loosen or tighten the mode of a directory or file that already exists, or lower redb's
-//! durability: every commit still fsyncs (`Durability::Immediate`, redb's default).
+//! change the mode of a directory or file that already exists, or lower redb's durability: every
+//! commit still fsyncs (`Durability::Immediate`, redb's default). Callers that own their data
+//! directory make an existing one private with [`tighten`], once the store is open (so a second
+//! process on the same directory, refused as [`OpenError::Locked`], has changed nothing).
 //!
 //! Types:
 //! - [`Schema`]: the version a store reads and writes, and what to do with a file whose tables
@@ -239,6 +241,21 @@ pub fn open(
     create_tables(&txn).map_err(prepare)?;
     txn.commit().map_err(|e| prepare(e.into()))?;
     Ok(db)
+}
+
+/// Clears every permission bit of `path` outside `mode` (never adds one): a store file left 0644
+/// becomes 0600 with `mode` [`FILE_MODE`], a data directory left 0755 becomes 0700 with
+/// [`DIR_MODE`]. Returns the old mode (permission bits only) when it changed, `None` when
+/// `path` was private enough already. Follows symbolic links.
+pub fn tighten(path: &Path, mode: u32) -> std::io::Result<Option<u32>> {
+    use std::os::unix::fs::PermissionsExt;
+    let old = std::fs::metadata(path)?.permissions().mode() & 0o7777;
+    let new = old & (mode | !0o777);
+    if new == old {
+        return Ok(None);
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(new))?;
+    Ok(Some(old & 0o777))
 }
 
 /// Creates `path`'s directory and `path` itself, private, if they are missing; opens `path`.

@@ -152,3 +152,20 @@ fn a_table_error_names_the_table() {
     assert_eq!(table, "rows");
     assert!(!err.to_string().contains('\n'), "{err}");
 }
+
+#[test]
+fn tighten_clears_group_and_other_bits_and_never_adds_any() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    std::fs::write(&path, b"").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(tighten(&path, FILE_MODE).unwrap(), Some(0o644));
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(tighten(&path, FILE_MODE).unwrap(), None);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+    assert_eq!(tighten(&path, FILE_MODE).unwrap(), None);
+    assert_eq!(mode(&path), 0o400);
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(tighten(dir.path(), DIR_MODE).unwrap(), Some(0o755));
+    assert_eq!(mode(dir.path()), 0o700);
+}

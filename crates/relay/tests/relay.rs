@@ -430,3 +430,40 @@ async fn a_backlog_past_the_memory_window_is_served_from_the_store() {
         "{scrape}"
     );
 }
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// A new data directory is 0700 with its store and reset key 0600; one left readable by others
+/// (made by hand, or by an older relay) is made private at the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_dir_and_store_are_private_even_when_found_open() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TestPki::generate(&["us", "jp"]);
+    let data = dir.path().join("data");
+    let files = [data.join("relay.redb"), data.join("reset.key")];
+    let server = Server::spawn(dir.server_config(&[("us", "jp")]))
+        .await
+        .unwrap();
+    assert_eq!(mode(&data), 0o700);
+    for file in &files {
+        assert_eq!(mode(file), 0o600, "{}", file.display());
+    }
+    server.shutdown().await;
+
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for file in &files {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    // `shutdown` returns once the store is closed, so the restart finds it unlocked.
+    let server = Server::spawn(dir.server_config(&[("us", "jp")]))
+        .await
+        .unwrap();
+    assert_eq!(mode(&data), 0o700);
+    for file in &files {
+        assert_eq!(mode(file), 0o600, "{}", file.display());
+    }
+    server.shutdown().await;
+}

@@ -203,6 +203,7 @@ impl Node {
     pub async fn spawn(cfg: NodeConfig) -> Result<Self, SpawnError> {
         create_private_dir(&cfg.data_dir)?;
         let (mut store, records) = Store::open(&cfg.data_dir)?;
+        make_store_private(&cfg.data_dir)?;
         let identity = cfg.identity_key();
         let local = Local {
             id: cfg.local.clone(),
@@ -386,6 +387,24 @@ fn create_private_dir(dir: &Path) -> Result<(), SpawnError> {
     };
     std::fs::create_dir_all(dir).map_err(err)?;
     set_mode(dir, 0o700).map_err(err)
+}
+
+/// Clears the group and other bits of an existing store file (one left 0644 by hand or by an
+/// older node), with a warning; a new one is created 0600.
+fn make_store_private(dir: &Path) -> Result<(), SpawnError> {
+    let path = dir.join(crate::store::FILE_NAME);
+    match hotline_db::tighten(&path, hotline_db::FILE_MODE) {
+        Ok(None) => Ok(()),
+        Ok(Some(old)) => {
+            tracing::warn!(
+                path = %path.display(),
+                old = format_args!("{old:04o}"),
+                "was readable by other users: made private (0600)"
+            );
+            Ok(())
+        }
+        Err(error) => Err(SpawnError::DataDir { path, error }),
+    }
 }
 
 /// Binds the control socket (mode 0600), replacing a stale one. The store is already open, so

@@ -13,7 +13,7 @@
 //!
 //! Invariant: every request is answered (with the frame, or `None` when the row is gone or
 //! cannot be read, which is logged), so no writer waits forever; the thread ends when
-//! [`Shared`] (which holds the sending side) is dropped.
+//! [`Shared`] (which holds the sending side) is dropped, and [`Loader::join`] waits for that.
 
 use std::sync::{Weak, mpsc};
 
@@ -34,7 +34,9 @@ pub(super) struct Load {
 
 /// The reader thread, from the server's side.
 #[derive(Debug)]
-pub(super) struct Loader;
+pub(super) struct Loader {
+    thread: std::thread::JoinHandle<()>,
+}
 
 impl Loader {
     /// Starts the thread that answers `loads` from `reader`.
@@ -43,7 +45,7 @@ impl Loader {
         loads: mpsc::Receiver<Load>,
         shared: Weak<Shared>,
     ) -> Result<Self, SpawnError> {
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("relay-loader".into())
             .spawn(move || {
                 while let Ok(load) = loads.recv() {
@@ -65,6 +67,15 @@ impl Loader {
                 }
             })
             .map_err(SpawnError::LoaderThread)?;
-        Ok(Self)
+        Ok(Self { thread })
+    }
+
+    /// Waits, at most `grace`, for the thread to end, which it does once [`Shared`] is gone: it
+    /// holds the store open, so a relay restarted in the same process after
+    /// [`Server::shutdown`](super::Server::shutdown) would otherwise find the store locked.
+    pub(super) async fn join(self, grace: std::time::Duration) {
+        let thread = self.thread;
+        let _ =
+            tokio::time::timeout(grace, tokio::task::spawn_blocking(move || thread.join())).await;
     }
 }

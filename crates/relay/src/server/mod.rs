@@ -212,6 +212,14 @@ pub enum SpawnError {
     /// The store's reader thread could not be started.
     #[error("starting the store reader: {0}")]
     LoaderThread(std::io::Error),
+    /// The data directory, its store or its reset key could not be made private.
+    #[error("making {} private: {error}", path.display())]
+    DataDir {
+        /// The directory or file.
+        path: PathBuf,
+        /// The OS error (in the message only, so it is printed once).
+        error: std::io::Error,
+    },
     /// The stateless-reset key could not be read or written.
     #[error("stateless reset key: {0}")]
     ResetKey(EndpointError),
@@ -247,6 +255,30 @@ impl From<SnapshotError> for SpawnError {
     }
 }
 
+/// Makes the data directory 0700 and the store and reset key in it 0600 (clearing group and
+/// other bits only), with a warning for each that was readable by others: a data directory made
+/// by hand, or by an older relay, gets the modes a new one is created with.
+fn make_private(dir: &std::path::Path) -> Result<(), SpawnError> {
+    let paths = [
+        (dir.to_owned(), hotline_db::DIR_MODE),
+        (dir.join(store::FILE_NAME), hotline_db::FILE_MODE),
+        (dir.join(RESET_KEY_FILE), hotline_db::FILE_MODE),
+    ];
+    for (path, mode) in paths {
+        match hotline_db::tighten(&path, mode) {
+            Ok(None) => {}
+            Ok(Some(old)) => warn!(
+                path = %path.display(),
+                old = format_args!("{old:04o}"),
+                new = format_args!("{:04o}", old & mode),
+                "was readable by other users: made private"
+            ),
+            Err(error) => return Err(SpawnError::DataDir { path, error }),
+        }
+    }
+    Ok(())
+}
+
 /// A running relay. Dropping it stops every task and closes every connection.
 #[derive(Debug)]
 pub struct Server {
@@ -255,6 +287,8 @@ pub struct Server {
     endpoint: quinn::Endpoint,
     tasks: JoinSet<()>,
     writer: StoreWriter,
+    /// Taken by [`Server::shutdown`] to wait for the reader thread to let go of the store.
+    loader: Option<Loader>,
 }
 
 impl Server {
@@ -283,6 +317,7 @@ impl Server {
         }
         let reset_key =
             quic::reset_key(&config.data_dir.join(RESET_KEY_FILE)).map_err(SpawnError::ResetKey)?;
+        make_private(&config.data_dir)?;
         let quic_config = config.quic_config()?;
         let bind = |error| SpawnError::Bind {
             addr: config.listen,
@@ -303,7 +338,7 @@ impl Server {
             Gate::new(config.handshake),
         ));
         shared.metrics.set_crl_next_update(config.crl_next_update);
-        Loader::spawn(store.reader(), loads_rx, Arc::downgrade(&shared))?;
+        let loader = Loader::spawn(store.reader(), loads_rx, Arc::downgrade(&shared))?;
         let writer = StoreWriter::spawn(store, requests, requests_rx, Arc::downgrade(&shared))?;
         let mut tasks = JoinSet::new();
         let metrics_addr = match config.metrics {
@@ -340,6 +375,7 @@ impl Server {
             endpoint,
             tasks,
             writer,
+            loader: Some(loader),
         })
     }
 
@@ -366,6 +402,9 @@ impl Server {
         CloseReason::Shutdown.close_endpoint(&self.endpoint);
         self.tasks.shutdown().await;
         self.writer.stop().await;
+        if let Some(loader) = self.loader.take() {
+            loader.join(SHUTDOWN_GRACE).await;
+        }
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.endpoint.wait_idle()).await;
     }
 }

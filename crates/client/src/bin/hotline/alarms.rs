@@ -74,7 +74,7 @@ async fn list(config: PathBuf, follow: bool, json: bool, all: bool) -> Result<()
         shown += 1;
     }
     if shown == 0 && !json {
-        println!("no alarms");
+        say!("no alarms");
     }
     Ok(())
 }
@@ -102,16 +102,16 @@ async fn clear(args: ClearArgs) -> Result<()> {
         }
     }
     if cleared == 0 && !json {
-        println!("no uncleared alarms");
+        say!("no uncleared alarms");
     }
     Ok(())
 }
 
 fn print_entry(a: &AlarmView, json: bool) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string(a)?);
+        say!("{}", serde_json::to_string(a)?);
     } else {
-        println!("{}", view::alarm_line(a));
+        say!("{}", view::alarm_line(a));
     }
     Ok(())
 }

@@ -49,14 +49,14 @@ pub(crate) async fn run(cmd: AuditCmd) -> Result<()> {
             continue;
         }
         if json {
-            println!("{v}");
+            say!("{v}");
         } else {
-            println!("{}", view::audit_entry_line(&v));
+            say!("{}", view::audit_entry_line(&v));
         }
     }
     let report = report.context("no verification report")?;
     if json {
-        println!(
+        say!(
             "{}",
             serde_json::json!({ "type": "verify", "report": report })
         );
@@ -65,9 +65,11 @@ pub(crate) async fn run(cmd: AuditCmd) -> Result<()> {
         Some(bad) => bail!("audit log does not verify: {}", view::escape_control(bad)),
         None => {
             if !json {
-                println!(
+                say!(
                     "audit log ok: {} records, {} signed heads, {} partner heads verified",
-                    report["entries"], report["signed_heads"], report["partner_heads"]
+                    report["entries"],
+                    report["signed_heads"],
+                    report["partner_heads"]
                 );
             }
             Ok(())

@@ -151,24 +151,24 @@ pub(crate) fn run(cmd: CertsCmd) -> Result<()> {
         } => return organiser(&out, RelaySpec::new(relay, relay_addr), pairs, days),
         CertsCmd::Sign { ca, csr, days, out } => {
             let s = lifecycle::sign(&ca, &csr, days, out.as_deref())?;
-            println!(
+            say!(
                 "signed {} for {days} days; give the endpoint {} and {}",
                 s.id,
                 s.cert.display(),
                 s.ca.display()
             );
-            println!("fingerprint of {}: {}", s.id, ca::fingerprint(&s.identity));
+            say!("fingerprint of {}: {}", s.id, ca::fingerprint(&s.identity));
             return Ok(());
         }
         CertsCmd::Revoke { ca, endpoint, days } => {
             let r = lifecycle::revoke(&ca, &endpoint, days)?;
-            println!(
+            say!(
                 "revoked {endpoint}: {} lists {} certificate(s), next update in {days} days",
                 r.crl.display(),
                 r.count
             );
             for c in r.relay_configs {
-                println!(
+                say!(
                     "  restart the relay to apply: hotline-relay --config {}",
                     c.display()
                 );
@@ -183,14 +183,14 @@ pub(crate) fn run(cmd: CertsCmd) -> Result<()> {
         } => {
             let added = lifecycle::add_endpoints(&ca, &endpoints, &pairs, days)?;
             for (_, config, key) in added.endpoints {
-                println!(
+                say!(
                     "  endpoint:  hotline node --config {}  (fingerprint {})",
                     config.display(),
                     ca::fingerprint(&key)
                 );
             }
             for c in added.relay_configs {
-                println!(
+                say!(
                     "  restart the relay to apply: hotline-relay --config {}",
                     c.display()
                 );
@@ -227,7 +227,7 @@ pub(crate) fn run(cmd: CertsCmd) -> Result<()> {
         },
         &DeadlineOverrides::new(),
     )?;
-    println!(
+    say!(
         "wrote exercise PKI and configs to {} (never use these keys in production)",
         out.display()
     );
@@ -236,19 +236,19 @@ pub(crate) fn run(cmd: CertsCmd) -> Result<()> {
         n => (1..=n).map(|i| format!("relay-{i}.toml")).collect(),
     };
     for file in relay_files {
-        println!(
+        say!(
             "  relay:     hotline-relay --config {}",
             out.join(file).display()
         );
     }
     for e in &endpoints {
-        println!(
+        say!(
             "  endpoint:  hotline node --config {}",
             out.join(format!("{e}.toml")).display()
         );
     }
     for (a, b) in made {
-        println!("  hotline:   {a} <-> {b}");
+        say!("  hotline:   {a} <-> {b}");
     }
     Ok(())
 }
@@ -267,18 +267,16 @@ fn organiser(out: &std::path::Path, relay: RelaySpec, pairs: Vec<String>, days: 
     req.days.relay = days;
     req.endpoint_keys = false;
     let made = certs::init(out, &req, &DeadlineOverrides::new())?;
-    println!(
+    say!(
         "wrote a CA, relay certificate and relay.toml to {}",
         out.display()
     );
-    println!(
+    say!(
         "  relay:     hotline-relay --config {}",
         out.join("relay.toml").display()
     );
     for (a, b) in made {
-        println!(
-            "  hotline:   {a} <-> {b}  (each makes its key: hotline keys init; then certs sign)"
-        );
+        say!("  hotline:   {a} <-> {b}  (each makes its key: hotline keys init; then certs sign)");
     }
     Ok(())
 }

@@ -53,10 +53,10 @@ pub(crate) fn run(cmd: KeysCmd) -> Result<()> {
         relay_addr,
     } = cmd;
     let made = lifecycle::keys_init(&out, &endpoint, &RelaySpec::new(relay, relay_addr))?;
-    println!("identity key: {} (keep it here)", made.key.display());
-    println!("send to the organiser: {}", made.csr.display());
-    println!("node config: {}", made.config.display());
-    println!(
+    say!("identity key: {} (keep it here)", made.key.display());
+    say!("send to the organiser: {}", made.csr.display());
+    say!("node config: {}", made.config.display());
+    say!(
         "fingerprint of {endpoint}: {}",
         ca::fingerprint(&made.identity)
     );
@@ -66,9 +66,9 @@ pub(crate) fn run(cmd: KeysCmd) -> Result<()> {
 pub(crate) fn pin(args: PinArgs) -> Result<()> {
     let previous = lifecycle::pin(&args.config, &args.partner, &args.fingerprint)?;
     if let Some(p) = previous {
-        println!("replaced the pin {p}");
+        say!("replaced the pin {p}");
     }
-    println!(
+    say!(
         "pinned {} in {}; restart the node to apply",
         args.partner,
         args.config.display()

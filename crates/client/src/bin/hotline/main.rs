@@ -3,7 +3,18 @@
 //! Parses arguments, installs logging and hands off to `hotline_client`; every failure is one
 //! `error: …` line and a non-zero exit. What a command prints on stdout is its output, so this
 //! binary is where stdout is written. One module per group of subcommands.
-#![expect(clippy::print_stdout, reason = "the CLI's output")]
+
+/// `println!` for the CLI's output, except that a closed stdout (`hotline status | head -1`)
+/// ends the process quietly (exit 0: the reader has what it wanted) instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = writeln!(out, $($arg)*).and_then(|()| out.flush()) {
+            $crate::stdout_failed(&e);
+        }
+    }};
+}
 
 mod alarms;
 mod audit;
@@ -155,6 +166,16 @@ fn main() {
     }
 }
 
+/// What [`say!`] does when stdout cannot be written: a closed pipe ends the process quietly,
+/// anything else is the usual one `error:` line.
+fn stdout_failed(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: writing to stdout: {e}");
+    std::process::exit(1);
+}
+
 async fn run(cmd: Cmd) -> Result<()> {
     match cmd {
         Cmd::Certs { command } => certs::run(command),
@@ -169,6 +190,6 @@ async fn run(cmd: Cmd) -> Result<()> {
         Cmd::Alarms(args) => alarms::run(args).await,
         Cmd::Rekey(args) => status::rekey(args).await,
         Cmd::Audit { command } => audit::run(command).await,
-        Cmd::Demo { keep } => hotline_client::demo::run(keep, &mut |line| println!("{line}")).await,
+        Cmd::Demo { keep } => hotline_client::demo::run(keep, &mut |line| say!("{line}")).await,
     }
 }

@@ -104,12 +104,12 @@ pub(crate) async fn send(args: SendArgs) -> Result<()> {
     while let Some(event) = events.next().await? {
         match event {
             Event::Stored { id, .. } => {
-                println!("{id}");
+                say!("{id}");
                 if let Some(level) = wait {
                     eprintln!("{}", waiting_line(&id, level, timeout));
                 }
             }
-            Event::Level { level, at, .. } => println!("{level} at {at}"),
+            Event::Level { level, at, .. } => say!("{level} at {at}"),
             _ => {}
         }
     }
@@ -180,9 +180,9 @@ pub(crate) async fn inbox(args: InboxArgs) -> Result<()> {
     while let Some(event) = events.next().await? {
         let Event::Message(m) = event else { continue };
         if json {
-            println!("{}", serde_json::to_string(&m)?);
+            say!("{}", serde_json::to_string(&m)?);
         } else {
-            println!("{}", view::inbox_line(&m));
+            say!("{}", view::inbox_line(&m));
         }
     }
     Ok(())
@@ -193,9 +193,9 @@ pub(crate) async fn ack(args: AckArgs) -> Result<()> {
     let mut c = ControlClient::connect(&control::socket_for(&config)?).await?;
     c.call(Request::Ack { id: id.clone() }).await?;
     if json {
-        println!("{}", serde_json::json!({ "id": id, "acknowledged": true }));
+        say!("{}", serde_json::json!({ "id": id, "acknowledged": true }));
     } else {
-        println!("acknowledged {id}");
+        say!("acknowledged {id}");
     }
     Ok(())
 }

@@ -22,10 +22,10 @@ pub(crate) async fn status(args: StatusArgs) -> Result<()> {
     for e in c.call(Request::Status).await? {
         if let Event::Status(s) = e {
             if args.json {
-                println!("{}", serde_json::to_string(&s)?);
+                say!("{}", serde_json::to_string(&s)?);
             } else {
                 for line in view::status_lines(&s) {
-                    println!("{line}");
+                    say!("{line}");
                 }
             }
         }
@@ -38,9 +38,9 @@ pub(crate) async fn rekey(args: StatusArgs) -> Result<()> {
     for e in c.call(Request::Rekey).await? {
         if let Event::Rekeyed { epoch } = e {
             if args.json {
-                println!("{}", serde_json::json!({ "epoch": epoch }));
+                say!("{}", serde_json::json!({ "epoch": epoch }));
             } else {
-                println!("new sealing key: epoch {epoch}");
+                say!("new sealing key: epoch {epoch}");
             }
         }
     }
