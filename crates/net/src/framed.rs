@@ -11,7 +11,7 @@ use hotline_proto::wire::{self, DecodeError, LEN_PREFIX};
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     /// The stream failed.
-    #[error("stream read failed: {0}")]
+    #[error("stream read failed: {}", with_causes(.0))]
     Stream(quinn::ReadExactError),
     /// The length prefix was out of bounds.
     #[error(transparent)]
@@ -23,6 +23,23 @@ impl From<quinn::ReadExactError> for ReadError {
     fn from(e: quinn::ReadExactError) -> Self {
         Self::Stream(e)
     }
+}
+
+/// An error and every cause under it, `: `-separated. quinn's "connection lost" keeps *why*
+/// (a TLS alert such as a revoked certificate, a close reason) in its `source()`, which the
+/// operator needs to read.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// The first byte on a unidirectional lane stream.
