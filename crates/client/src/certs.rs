@@ -232,6 +232,8 @@ pub fn init(
              # Every key is documented in deploy/relay.example.toml.\n\
              # Nodes reach this relay as {name} at {addr}.\n\
              listen = \"{listen}\"\n\
+             # Metrics, /healthz, /readyz and /status (`hotline-relay status`); loopback only.\n\
+             metrics = \"127.0.0.1:{metrics_port}\"\n\
              data_dir = \"{data}\"\n\
              ca = \"ca.pem\"\n\
              cert = \"relay.pem\"\n\
@@ -239,6 +241,8 @@ pub fn init(
              {hotlines}",
             name = spec.name,
             addr = spec.addr,
+            // Several relays on one host each get their own port.
+            metrics_port = 9464 + i,
         );
         write(out, &file, &relay)?;
     }

@@ -5,8 +5,9 @@
 //!   bounded time, then SIGKILLs and reaps; dropping it does the same.
 //! - [`Binaries`]: where `hotline` and `hotline-relay` are, checked once.
 //! - [`Launcher`]: starts them with one `RUST_LOG`. [`Launcher::start_relay`] rewrites the relay
-//!   config's `listen` (normally to `127.0.0.1:0`), starts the relay and reads the address it
-//!   bound back from its `relay listening` log line, so no port is ever guessed free and then
+//!   config's `listen` (normally to `127.0.0.1:0`) and its `metrics` (to `127.0.0.1:0`, unless
+//!   `"off"`), starts the relay and reads the addresses it bound back from its `relay listening`
+//!   log line, so no port is ever guessed free and then
 //!   raced for; [`point_node_at`] then writes that address into a node config's `relay` key.
 //!
 //! It will not wait for a node's link or control socket: callers know what "ready" means to
@@ -368,7 +369,8 @@ impl Launcher {
     }
 
     /// Sets the relay config's `listen` to `listen` (in place: [`LOOPBACK_ANY`] for a fresh
-    /// port, or the address a previous run bound, so that running nodes find it again), starts
+    /// port, or the address a previous run bound, so that running nodes find it again) and its
+    /// `metrics` to [`LOOPBACK_ANY`] unless it is `"off"`, starts
     /// `hotline-relay --config <config>` with its stderr in `log`, and waits up to
     /// [`STARTUP_TIMEOUT`] for its `relay listening` line.
     ///
@@ -381,6 +383,11 @@ impl Launcher {
         log: &Path,
     ) -> Result<RunningRelay, ProcessError> {
         set_top_level_key(config, "listen", &listen.to_string())?;
+        // Several relays run at once in tests and demos: each gets a free loopback port for
+        // its metrics listener (read back below), unless the file turns metrics off.
+        if !metrics_off(config)? {
+            set_top_level_key(config, "metrics", &LOOPBACK_ANY.to_string())?;
+        }
         let base = self
             .filter
             .clone()
@@ -432,6 +439,21 @@ impl Launcher {
         command.envs(env.iter().map(|(k, v)| (OsStr::new(k), OsStr::new(v))));
         Process::spawn(name, command, log)
     }
+}
+
+/// Whether the relay config at `path` says `metrics = "off"`.
+fn metrics_off(path: &Path) -> Result<bool, ProcessError> {
+    let read = || -> Result<bool, ConfigEditError> {
+        let text = std::fs::read_to_string(path)?;
+        let table: toml::Table =
+            toml::from_str(&text).map_err(|e| ConfigEditError::Toml(Box::new(e)))?;
+        Ok(table.get("metrics").and_then(toml::Value::as_str) == Some("off"))
+    };
+    read().map_err(|source| ProcessError::Config {
+        path: path.to_owned(),
+        key: "metrics".to_owned(),
+        source,
+    })
 }
 
 /// Points the node config at `relay`: rewrites its `relay = "…"` key in place.

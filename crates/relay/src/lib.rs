@@ -17,6 +17,9 @@
 //!   (`client.rs`), the state they share (`shared.rs`), the group-commit store writer
 //!   (`store_writer.rs`) and the time-to-live timer (`timer.rs`).
 //! - [`failpoint`]: crash points for recovery tests (`HOTLINE_FAILPOINT`).
+//! - [`status`]: the operator's snapshot of a running relay ([`Server::status`], `GET /status`
+//!   on the metrics listener, `hotline-relay status`); the listener itself (`/metrics`,
+//!   `/healthz`, `/readyz`, `/status`) is the private `http` module, the metrics `metrics`.
 //! - `testing` (feature `test-utils`): exercise PKI, a loopback [`ServerConfig`] and a raw
 //!   wire-speaking node, shared by the relay's tests and its users'.
 //!
@@ -30,9 +33,11 @@
 //! ```
 
 pub mod failpoint;
+mod http;
 mod metrics;
 pub mod router;
 mod server;
+pub mod status;
 pub mod store;
 #[cfg(feature = "test-utils")]
 pub mod testing;

@@ -21,6 +21,8 @@ const EXAMPLES: &str = "\
 Examples:
   hotline-relay --config relay.toml          run the relay
   hotline-relay check --config relay.toml    validate config and certificates, then exit
+  hotline-relay status --config relay.toml   hotlines, connected endpoints, queues, store size
+  hotline-relay --log-format json --config relay.toml   one JSON object per log line
   RUST_LOG=hotline_relay=debug hotline-relay --config relay.toml
 
 The configuration format is documented in deploy/relay.example.toml; `hotline certs init`
@@ -33,6 +35,9 @@ struct Cli {
     /// The relay's TOML configuration file.
     #[arg(long, short, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Log lines on stderr: `text` (default) or `json` (one object per line, for collectors).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -42,6 +47,21 @@ enum Command {
     /// Validate the configuration and certificates (validity, CA, key matches certificate,
     /// serverAuth usage, CRL signed by the CA and not expired), print one `ok:` line and exit.
     Check,
+    /// Ask the running relay (over its metrics listener, `GET /status`) for its hotlines,
+    /// each endpoint's connection (address, since, last frame) and queues per lane, and the
+    /// store's size; one line per hotline and per endpoint.
+    Status {
+        /// Print the JSON snapshot instead.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn main() -> ExitCode {
@@ -56,7 +76,8 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Some(Command::Check) => check(&config),
-        None => run(&config),
+        Some(Command::Status { json }) => status(&config, json),
+        None => run(&config, cli.log_format),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -90,15 +111,39 @@ fn check(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(path: &Path) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
+#[expect(
+    clippy::print_stdout,
+    reason = "`status` prints the relay's status on stdout"
+)]
+fn status(path: &Path, json: bool) -> anyhow::Result<()> {
+    let Some(addr) = relay_file::load_metrics_addr(path)? else {
+        anyhow::bail!(
+            "{}: metrics = \"off\": the status is served on the metrics listener",
+            path.display()
+        );
+    };
+    let status = hotline_relay::status::fetch(addr)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", status.to_text());
+    }
+    Ok(())
+}
+
+fn run(path: &Path, format: LogFormat) -> anyhow::Result<()> {
+    let subscriber = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+        );
+    match format {
+        LogFormat::Text => subscriber
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => subscriber.json().with_current_span(true).init(),
+    }
     let config = load(path)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {

@@ -27,34 +27,80 @@
 //! - `store_reads_total`: queued envelopes read back from the store to be written (counter);
 //! - `crl_expired`: 1 while the configured CRL is past its next update (then revocations newer
 //!   than it are unknown; see `crl_expired` in relay.toml), 0 otherwise or without a CRL (gauge,
-//!   refreshed on each scrape).
+//!   refreshed on each scrape);
+//! - `build_info{version}`: always 1, the version in its label (gauge).
 //!
-//! The endpoint answers `GET /metrics` with the OpenMetrics text format and anything else with
-//! 404; it reads at most [`MAX_REQUEST_BYTES`] of a request and closes every connection after
-//! one answer. It serves nothing else and never reads a body.
+//! Per hotline (label `hotline="a:b"` as configured; the labels come from the configuration
+//! only, never from the network, so there are at most hotlines × 4 × 5 series):
+//! - `hotline_queued_bytes{hotline,to}`: envelope bytes queued on the hotline for its endpoint
+//!   `to` (gauge, refreshed on each scrape);
+//! - `hotline_forwarded_envelopes_total{hotline,precedence}`: envelopes written to the
+//!   recipient's stream, by the lane they travelled on (counter; an envelope written again
+//!   after a reconnection counts again);
+//! - `hotline_refused_envelopes_total{hotline,precedence,code}`: envelopes refused `overloaded`
+//!   or `expired` (counter; refusals of envelopes naming no partner of their sender are only in
+//!   `refusals_total`).
+//!
+//! - `forwarding_latency_seconds{precedence}`: from an envelope's first arrival at the relay to
+//!   its being written to the recipient's stream, by lane (histogram; includes the time the
+//!   recipient was offline, so its tail is the outage).
+//!
+//! The HTTP side (`/metrics`, `/healthz`, `/readyz`, `/status`) is in [`crate::http`].
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use hotline_proto::Lane;
 use hotline_proto::wire::RefusalCode;
+use hotline_proto::{EndpointId, Lane, Precedence};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
-use tracing::debug;
 
-use crate::router::Stats;
+use crate::router::{Router, Stats};
 use crate::server::handshake::Outcome;
 
-/// Largest HTTP request head the metrics endpoint reads.
-pub(crate) const MAX_REQUEST_BYTES: usize = 8 * 1024;
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Upper bounds of the forwarding latency buckets, seconds: a millisecond to a day.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 600.0, 3600.0,
+    86400.0,
+];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HotlineTo {
+    hotline: String,
+    to: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HotlinePrecedence {
+    hotline: String,
+    precedence: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HotlineRefusal {
+    hotline: String,
+    precedence: &'static str,
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PrecedenceLabel {
+    precedence: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: &'static str,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StreamLabel {
@@ -97,10 +143,18 @@ pub(crate) struct Metrics {
     crl_expired: Gauge,
     /// The CRL's next update, seconds since the epoch; 0 without a CRL.
     crl_next_update: AtomicI64,
+    /// The `hotline` label of each ordered pair of partners (both orders), from the
+    /// configuration.
+    hotline_names: BTreeMap<(EndpointId, EndpointId), String>,
+    hotline_queued: Family<HotlineTo, Gauge>,
+    hotline_forwarded: Family<HotlinePrecedence, Counter>,
+    hotline_refused: Family<HotlineRefusal, Counter>,
+    latency: Family<PrecedenceLabel, Histogram, fn() -> Histogram>,
 }
 
 impl Metrics {
-    pub(crate) fn new() -> Self {
+    /// Metrics for a relay serving `hotlines` (as configured: each pair's name is `a:b`).
+    pub(crate) fn new(hotlines: &[(EndpointId, EndpointId)]) -> Self {
         let mut registry = Registry::with_prefix("hotline_relay");
         let connections = Gauge::default();
         let queued_frames = Family::<StreamLabel, Gauge>::default();
@@ -192,6 +246,70 @@ impl Metrics {
             "Store operations committed (envelopes, receipts, deletions, announcements)",
             store_ops.clone(),
         );
+        let build_info = Family::<VersionLabel, Gauge>::default();
+        build_info
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "Always 1; the relay's version is in the label",
+            build_info,
+        );
+        let hotline_queued = Family::<HotlineTo, Gauge>::default();
+        let hotline_forwarded = Family::<HotlinePrecedence, Counter>::default();
+        let hotline_refused = Family::<HotlineRefusal, Counter>::default();
+        let latency = Family::<PrecedenceLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
+        registry.register(
+            "hotline_queued_bytes",
+            "Envelope bytes queued on a hotline for its endpoint `to`",
+            hotline_queued.clone(),
+        );
+        registry.register(
+            "hotline_forwarded_envelopes",
+            "Envelopes written to their recipient, per hotline and lane",
+            hotline_forwarded.clone(),
+        );
+        registry.register(
+            "hotline_refused_envelopes",
+            "Envelopes refused overloaded or expired, per hotline, lane and code",
+            hotline_refused.clone(),
+        );
+        registry.register(
+            "forwarding_latency_seconds",
+            "From an envelope's first arrival to its write to the recipient, per lane",
+            latency.clone(),
+        );
+        let mut hotline_names = BTreeMap::new();
+        for (a, b) in hotlines {
+            let name = format!("{a}:{b}");
+            hotline_names
+                .entry((a.clone(), b.clone()))
+                .or_insert_with(|| name.clone());
+            hotline_names
+                .entry((b.clone(), a.clone()))
+                .or_insert_with(|| name.clone());
+        }
+        for ((_, to), name) in &hotline_names {
+            let _ = hotline_queued.get_or_create(&HotlineTo {
+                hotline: name.clone(),
+                to: to.to_string(),
+            });
+            for p in Precedence::ALL {
+                let _ = hotline_forwarded.get_or_create(&HotlinePrecedence {
+                    hotline: name.clone(),
+                    precedence: p.as_str(),
+                });
+            }
+        }
+        for p in Precedence::ALL {
+            let _ = latency.get_or_create(&PrecedenceLabel {
+                precedence: p.as_str(),
+            });
+        }
         // Every series exists from the start, so a dashboard sees zeros rather than gaps.
         for stream in Lane::ALL {
             let label = StreamLabel {
@@ -228,6 +346,66 @@ impl Metrics {
             store_reads,
             crl_expired,
             crl_next_update: AtomicI64::new(0),
+            hotline_names,
+            hotline_queued,
+            hotline_forwarded,
+            hotline_refused,
+            latency,
+        }
+    }
+
+    /// An envelope from `sender` was written to `recipient` on lane `lane`, `latency` after it
+    /// first reached the relay.
+    pub(crate) fn envelope_forwarded(
+        &self,
+        sender: &EndpointId,
+        recipient: &EndpointId,
+        lane: Precedence,
+        latency: Duration,
+    ) {
+        let precedence = lane.as_str();
+        if let Some(name) = self.hotline_names.get(&(sender.clone(), recipient.clone())) {
+            self.hotline_forwarded
+                .get_or_create(&HotlinePrecedence {
+                    hotline: name.clone(),
+                    precedence,
+                })
+                .inc();
+        }
+        self.latency
+            .get_or_create(&PrecedenceLabel { precedence })
+            .observe(latency.as_secs_f64());
+    }
+
+    /// An envelope of a configured hotline was refused.
+    pub(crate) fn envelope_refused(
+        &self,
+        sender: &EndpointId,
+        recipient: &EndpointId,
+        lane: Precedence,
+        code: RefusalCode,
+    ) {
+        if let Some(name) = self.hotline_names.get(&(sender.clone(), recipient.clone())) {
+            self.hotline_refused
+                .get_or_create(&HotlineRefusal {
+                    hotline: name.clone(),
+                    precedence: lane.as_str(),
+                    code: code_name(code),
+                })
+                .inc();
+        }
+    }
+
+    /// Sets the per-hotline queue gauges from `router`.
+    pub(crate) fn set_hotline_queues(&self, router: &Router) {
+        for ((from, to), name) in &self.hotline_names {
+            let bytes = router.queued_bytes_between(from, to);
+            self.hotline_queued
+                .get_or_create(&HotlineTo {
+                    hotline: name.clone(),
+                    to: to.to_string(),
+                })
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
         }
     }
 
@@ -337,75 +515,4 @@ fn code_name(code: RefusalCode) -> &'static str {
         RefusalCode::Malformed => "malformed",
         RefusalCode::Expired => "expired",
     }
-}
-
-/// Serves `GET /metrics` on `listener` until the task is dropped; `render` produces the body.
-pub(crate) async fn serve(listener: TcpListener, render: Arc<dyn Fn() -> String + Send + Sync>) {
-    let mut requests = JoinSet::new();
-    loop {
-        tokio::select! {
-            // Reap finished requests first so the set stays small.
-            Some(_) = requests.join_next(), if !requests.is_empty() => {}
-            accepted = listener.accept() => match accepted {
-                Ok((socket, peer)) => {
-                    let render = render.clone();
-                    requests.spawn(async move {
-                        if let Err(e) = answer(socket, &*render).await {
-                            debug!(%peer, error = %e, "metrics request failed");
-                        }
-                    });
-                }
-                Err(e) => {
-                    debug!(error = %e, "metrics accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-        }
-    }
-}
-
-async fn answer(
-    mut socket: TcpStream,
-    render: &(dyn Fn() -> String + Send + Sync),
-) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(1024);
-    let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
-        let mut buf = [0u8; 1024];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST_BYTES {
-            let n = socket.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            head.extend_from_slice(&buf[..n]);
-        }
-        Ok::<_, std::io::Error>(())
-    })
-    .await;
-    match read {
-        Ok(r) => r?,
-        Err(_) => return Ok(()),
-    }
-    let line = head.split(|b| *b == b'\r').next().unwrap_or_default();
-    let mut parts = line.split(|b| *b == b' ');
-    let (method, target) = (parts.next(), parts.next());
-    let path = target.map(|t| t.split(|b| *b == b'?').next().unwrap_or_default());
-    let (status, content_type, body) = match (method, path) {
-        (Some(b"GET"), Some(b"/metrics")) => (
-            "200 OK",
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            render(),
-        ),
-        (Some(b"GET"), _) => ("404 Not Found", "text/plain", "not found\n".to_owned()),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain",
-            "only GET /metrics\n".to_owned(),
-        ),
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    socket.write_all(response.as_bytes()).await?;
-    socket.shutdown().await
 }

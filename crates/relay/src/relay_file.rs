@@ -45,9 +45,13 @@ struct Config {
     /// and enforced in every handshake).
     #[serde(default)]
     crl_expired: CrlExpiredPolicy,
-    /// TCP address for `GET /metrics`; off by default.
+    /// TCP address of the metrics listener (`/metrics`, `/healthz`, `/readyz`, `/status`), or
+    /// `"off"`; [`DEFAULT_METRICS`] by default. Loopback only unless `metrics_allow_remote`.
     #[serde(default)]
-    metrics: Option<SocketAddr>,
+    metrics: Option<String>,
+    /// Serve metrics on a non-loopback address (they show who talks to whom, and when).
+    #[serde(default)]
+    metrics_allow_remote: bool,
     /// QUIC keep-alive interval in milliseconds, 100 ..= 60000.
     #[serde(default = "cfg_defaults::keep_alive_ms")]
     keep_alive_ms: u64,
@@ -272,6 +276,50 @@ mod cfg_defaults {
     }
 }
 
+/// The metrics listener's address when relay.toml does not set `metrics`.
+pub(crate) const DEFAULT_METRICS: &str = "127.0.0.1:9464";
+
+/// The metrics address `metrics = …` asks for (`None`: `"off"`). A non-loopback address is
+/// refused unless `allow_remote`, and then warned about: `/metrics` and `/status` show which
+/// endpoints are connected, from where, and how much they exchange.
+fn metrics_addr(value: Option<&str>, allow_remote: bool) -> anyhow::Result<Option<SocketAddr>> {
+    let value = value.unwrap_or(DEFAULT_METRICS);
+    if value == "off" {
+        return Ok(None);
+    }
+    let Ok(addr) = value.parse::<SocketAddr>() else {
+        bail!(
+            "metrics = {value:?}: expected an IP address with a port (like {DEFAULT_METRICS:?}) or \"off\""
+        );
+    };
+    if !addr.ip().is_loopback() {
+        if !allow_remote {
+            bail!(
+                "metrics = \"{addr}\" is not a loopback address: /metrics and /status show which \
+                 endpoints are connected and from where; set metrics_allow_remote = true to serve \
+                 them there anyway"
+            );
+        }
+        warn!(
+            %addr,
+            "metrics and /status are served on a non-loopback address: anyone who reaches it \
+             sees which endpoints are connected and from where"
+        );
+    }
+    Ok(Some(addr))
+}
+
+/// The metrics listener's address configured in `path` (`None`: off), for
+/// `hotline-relay status`; reads nothing else (no certificates).
+pub(crate) fn load_metrics_addr(path: &Path) -> anyhow::Result<Option<SocketAddr>> {
+    let text = String::from_utf8(read_capped(path, MAX_CONFIG_BYTES)?)
+        .with_context(|| format!("{} is not UTF-8", path.display()))?;
+    let config: Config = toml::from_str(&text)
+        .map_err(|e| ConfigFileError::new(path, &text, e.span(), e.message()))?;
+    metrics_addr(config.metrics.as_deref(), config.metrics_allow_remote)
+        .with_context(|| path.display().to_string())
+}
+
 /// Reads `path` and turns it into a [`ServerConfig`]: parses, resolves relative paths against
 /// the file's directory, loads the CA, certificate, key and CRL, checks that the certificates
 /// are valid now and that the TLS configuration builds (the key matches the certificate).
@@ -314,6 +362,7 @@ impl Config {
             self.max_queued_bytes_in_memory,
             MAX_QUEUED_BYTES_IN_MEMORY_RANGE,
         )?;
+        let metrics = metrics_addr(self.metrics.as_deref(), self.metrics_allow_remote)?;
         let ttl = self.ttl.into_ttl()?;
         let handshake = self.handshake.into_limits()?;
         let identity = self.identity.into_limits()?;
@@ -386,7 +435,7 @@ impl Config {
             ttl,
             identity,
             handshake,
-            metrics: self.metrics,
+            metrics,
         };
         config.quic_config().map_err(one_line).with_context(|| {
             format!(

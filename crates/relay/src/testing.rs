@@ -37,9 +37,11 @@ use crate::ServerConfig;
 pub const RELAY_NAME: &str = "relay.test";
 
 /// A `relay.toml` for the hotline us–jp, using the files a [`TestPki`] writes; its data goes to
-/// `data/relay` beside it.
+/// `data/relay` beside it, its metrics listener on a free loopback port (read back from the
+/// `relay listening` line).
 pub const RELAY_TOML: &str = r#"
 listen = "127.0.0.1:0"
+metrics = "127.0.0.1:0"
 data_dir = "data/relay"
 ca = "ca.pem"
 cert = "relay.pem"

@@ -100,3 +100,115 @@ fn run_stops_cleanly_on_sigterm() {
     assert!(exit.success(), "{rest}");
     assert!(rest.contains("shutting down"), "{rest}");
 }
+
+/// `--log-format json` writes one JSON object per line; `status` (text and `--json`) lists the
+/// hotline's connected endpoints, fetched from the running relay's metrics listener.
+#[test]
+fn json_logs_and_status_of_a_running_relay() {
+    // `status` needs a fixed port in the file: take a free one.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = RELAY_TOML.replace(
+        "metrics = \"127.0.0.1:0\"",
+        &format!("metrics = \"127.0.0.1:{port}\""),
+    );
+    let dir = setup(&config);
+    let relay_toml = dir.path().join("relay.toml");
+    let mut child = Command::new(BIN)
+        .args(["--log-format", "json", "--config"])
+        .arg(&relay_toml)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let listening = loop {
+        line.clear();
+        assert_ne!(
+            stderr.read_line(&mut line).unwrap(),
+            0,
+            "relay exited early"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string() && v["timestamp"].is_string(), "{v}");
+        if v["fields"]["message"] == "relay listening" {
+            break v;
+        }
+    };
+    assert_eq!(
+        listening["fields"]["metrics"],
+        format!("127.0.0.1:{port}"),
+        "{listening}"
+    );
+    let addr: std::net::SocketAddr = listening["fields"]["addr"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (_us, _jp) = runtime.block_on(async {
+        let connect = |name| {
+            hotline_relay::testing::TestNode::connect(addr, dir.path(), dir.path(), name, None)
+        };
+        (connect("us").await.unwrap(), connect("jp").await.unwrap())
+    });
+    let status = |args: &[&str]| {
+        let o = Command::new(BIN)
+            .arg("status")
+            .args(args)
+            .arg("--config")
+            .arg(&relay_toml)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    // The relay registers a node just after its hello: wait for both to show.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = status(&[]);
+        if text.matches("connected from 127.0.0.1:").count() == 2 || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(lines[0].contains("relay.redb"), "{text}");
+    assert!(
+        lines[1].starts_with("hotline us:jp: queued us→jp 0 B"),
+        "{text}"
+    );
+    assert!(lines[2].trim_start().starts_with("us "), "{text}");
+    assert!(lines[3].trim_start().starts_with("jp "), "{text}");
+    for l in &lines[2..] {
+        assert!(l.contains("connected from 127.0.0.1:"), "{text}");
+        assert!(l.contains("queued control"), "{text}");
+    }
+    let json: hotline_relay::status::Status = serde_json::from_str(&status(&["--json"])).unwrap();
+    assert!(
+        json.hotlines[0]
+            .endpoints
+            .iter()
+            .all(|e| e.connection.is_some())
+    );
+
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // With the relay gone, status says so in one line.
+    let o = Command::new(BIN)
+        .args(["status", "--config"])
+        .arg(&relay_toml)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: GET http://127.0.0.1:"), "{err}");
+}

@@ -397,7 +397,7 @@ async fn a_relay_restarted_after_kill_9_resets_its_old_connections() {
     let addr = relay.addr;
     let us = relay.connect(pki.path(), "us").await;
     // The restarted relay listens where the old one did, with the same persisted reset key.
-    pki.write_config(&RELAY_TOML.replace("127.0.0.1:0", &addr.to_string()));
+    pki.write_config(&RELAY_TOML.replacen("127.0.0.1:0", &addr.to_string(), 1));
     relay.kill9().await;
     let restarted = Relay::start(pki.path(), None).await;
     assert_eq!(restarted.addr, addr);

@@ -17,7 +17,11 @@ fn load_text(dir: &Path, text: &str) -> anyhow::Result<ServerConfig> {
 #[test]
 fn minimal_file_gets_defaults_and_resolved_paths() {
     let dir = pki_dir();
-    let c = load_text(dir.path(), MINIMAL).unwrap();
+    let c = load_text(
+        dir.path(),
+        &MINIMAL.replace("metrics = \"127.0.0.1:0\"\n", ""),
+    )
+    .unwrap();
     assert_eq!(c.data_dir, dir.path().join("data/relay"));
     assert_eq!(c.timeouts, Timeouts::default());
     assert_eq!(c.max_queue_bytes_per_endpoint, 256 * 1024 * 1024);
@@ -25,7 +29,7 @@ fn minimal_file_gets_defaults_and_resolved_paths() {
     assert_eq!(c.max_queued_bytes_in_memory, 64 * 1024 * 1024);
     assert_eq!(c.ttl, Ttl::default());
     assert_eq!(c.ttl.routine, Some(Duration::from_secs(86_400)));
-    assert_eq!(c.metrics, None);
+    assert_eq!(c.metrics, Some(DEFAULT_METRICS.parse().unwrap()));
     assert!(c.crls.is_empty());
     assert_eq!(c.hotlines.len(), 1);
 }
@@ -87,7 +91,7 @@ fn errors_are_one_line_naming_the_problem() {
     assert!(e.contains("us:us"), "{e}");
 
     let e = err(&MINIMAL.replace("b = \"jp\"", "b = \"JP\""));
-    assert!(e.contains("line 9"), "{e}");
+    assert!(e.contains("line 10"), "{e}");
 
     let e = err(&MINIMAL.replace("relay.key", "us.key"));
     assert!(e.contains("relay.pem") && e.contains("us.key"), "{e}");
@@ -196,4 +200,33 @@ fn dev_zero_as_ca_crl_or_config_is_refused_naming_the_path() {
         "{e}"
     );
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn metrics_is_an_address_or_off_and_loopback_unless_allowed() {
+    let dir = pki_dir();
+    let with = |line: &str| MINIMAL.replace("metrics = \"127.0.0.1:0\"", line);
+    let c = load_text(dir.path(), &with("metrics = \"off\"")).unwrap();
+    assert_eq!(c.metrics, None);
+    let c = load_text(dir.path(), &with("metrics = \"[::1]:9000\"")).unwrap();
+    assert_eq!(c.metrics, Some("[::1]:9000".parse().unwrap()));
+    for (line, expect) in [
+        ("metrics = \"on\"", "expected an IP address with a port"),
+        (
+            "metrics = \"localhost:9464\"",
+            "expected an IP address with a port",
+        ),
+        ("metrics = \"0.0.0.0:9464\"", "metrics_allow_remote = true"),
+        ("metrics = 9464", "metrics"),
+    ] {
+        let e = format!("{:#}", load_text(dir.path(), &with(line)).unwrap_err());
+        assert!(e.contains(expect), "{line}: {e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
+    let allowed = with("metrics = \"0.0.0.0:9464\"\nmetrics_allow_remote = true");
+    let c = load_text(dir.path(), &allowed).unwrap();
+    assert_eq!(c.metrics, Some("0.0.0.0:9464".parse().unwrap()));
+    let path = dir.path().join("relay.toml");
+    std::fs::write(&path, with("metrics = \"off\"")).unwrap();
+    assert_eq!(load_metrics_addr(&path).unwrap(), None);
 }

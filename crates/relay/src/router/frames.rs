@@ -12,7 +12,7 @@
 use bytes::Bytes;
 use hotline_proto::envelope::{EscalationNotice, LinkTest, Receipt, ReceiptKind, Signed};
 use hotline_proto::wire::{Accepted, EnvelopeFrame, Frame, Presence, Refusal, RefusalCode};
-use hotline_proto::{EndpointId, Lane, MessageId, Time};
+use hotline_proto::{EndpointId, Lane, MessageId, Precedence, Time};
 use tracing::{debug, info, trace, warn};
 
 use super::budget::{self, OverBudget};
@@ -135,10 +135,12 @@ impl Router {
                     "{recipient} has {queued} bytes queued from {from}; {transport} is refused above {bound}"
                 );
                 self.refuse(conn, from, Some(id), RefusalCode::Overloaded, detail);
+                self.envelope_refused(from, &recipient, transport, RefusalCode::Overloaded);
             }
             Outcome::OverBudget(over) => {
                 let detail = over.to_string();
                 self.refuse(conn, from, Some(id), RefusalCode::Overloaded, detail);
+                self.envelope_refused(from, &recipient, transport, RefusalCode::Overloaded);
             }
             Outcome::Queued | Outcome::Duplicate => {
                 if let (Outcome::Queued, Some(dest_conn)) = (&outcome, dest_conn) {
@@ -430,6 +432,23 @@ impl Router {
         self.outputs.push_back(Output::Refused {
             conn: None,
             code: RefusalCode::Expired,
+        });
+        self.envelope_refused(&key.sender, destination, item.lane, RefusalCode::Expired);
+    }
+
+    /// Counts a refused envelope of a configured hotline (see [`Output::EnvelopeRefused`]).
+    fn envelope_refused(
+        &mut self,
+        sender: &EndpointId,
+        recipient: &EndpointId,
+        transport: Precedence,
+        code: RefusalCode,
+    ) {
+        self.outputs.push_back(Output::EnvelopeRefused {
+            sender: sender.clone(),
+            recipient: recipient.clone(),
+            transport,
+            code,
         });
     }
 

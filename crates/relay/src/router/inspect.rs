@@ -24,7 +24,38 @@ pub struct QueuedEnvelope {
     pub expires_at: Option<Time>,
 }
 
+/// What is queued for one endpoint, for a status view.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EndpointQueues {
+    /// Frames queued per stream, by [`Lane::index`] (control counts the one being written).
+    pub frames: [u64; Lane::COUNT],
+    /// Bytes queued per stream, by [`Lane::index`].
+    pub bytes: [u64; Lane::COUNT],
+}
+
 impl Router {
+    /// What is queued for `endpoint`, per stream; `None` if it is not configured.
+    pub fn endpoint_queues(&self, endpoint: &EndpointId) -> Option<EndpointQueues> {
+        let ep = self.endpoints.get(endpoint)?;
+        let mut q = EndpointQueues::default();
+        for p in Precedence::ALL {
+            let lane = Lane::Precedence(p).index();
+            q.frames[lane] = ep.lane_frames[p.index()];
+            q.bytes[lane] = ep.lane_bytes[p.index()];
+        }
+        let control = Lane::Control.index();
+        q.frames[control] = ep.control_len() as u64 + u64::from(ep.control_in_flight.is_some());
+        q.bytes[control] = ep.control_bytes;
+        Some(q)
+    }
+
+    /// Envelope bytes queued for `destination` from `sender` (the per-hotline queue depth).
+    pub fn queued_bytes_between(&self, sender: &EndpointId, destination: &EndpointId) -> u64 {
+        self.endpoints
+            .get(destination)
+            .map_or(0, |ep| ep.queued_from(sender))
+    }
+
     /// The last write reported committed.
     pub fn committed(&self) -> CommitId {
         self.commits.committed()

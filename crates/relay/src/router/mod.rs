@@ -14,8 +14,8 @@
 //! - Outputs: [`Router::poll_transmit`] (the next frame for one stream of one connection; the
 //!   shell's one writer per stream pulls it only when it can write), [`Router::poll_output`]
 //!   ([`Output::Persist`] a batch of store operations, [`Output::Wake`] a writer,
-//!   [`Output::Close`] a connection displaced by another with its identity, [`Output::Refused`]
-//!   and [`Output::WrongStream`] for metrics) and [`Router::poll_timeout`] (when to call
+//!   [`Output::Close`] a connection displaced by another with its identity, [`Output::Refused`],
+//!   [`Output::EnvelopeRefused`] and [`Output::WrongStream`] for metrics) and [`Router::poll_timeout`] (when to call
 //!   [`Router::handle_timeout`]).
 //!
 //! Contract, as in quinn-proto: after any `handle_*` call drain [`Router::poll_output`] in order,
@@ -110,7 +110,7 @@ mod restore;
 mod transmit;
 
 pub use decode::Decoded;
-pub use inspect::QueuedEnvelope;
+pub use inspect::{EndpointQueues, QueuedEnvelope};
 pub use transmit::Transmit;
 
 pub use commit::WriteClass;
@@ -221,6 +221,20 @@ pub enum Output {
         lane: Precedence,
         /// Its row key (arrival order).
         order: u64,
+    },
+    /// An envelope on a configured hotline was refused (`Overloaded`, or `Expired` after it was
+    /// queued), emitted besides its [`Output::Refused`]; for the per-hotline metrics. Refusals
+    /// of envelopes that name no partner of their sender are not: their labels would come from
+    /// the network.
+    EnvelopeRefused {
+        /// Its sender.
+        sender: EndpointId,
+        /// Its recipient, a partner of `sender`.
+        recipient: EndpointId,
+        /// The lane it travelled on.
+        transport: Precedence,
+        /// Why.
+        code: RefusalCode,
     },
     /// A frame arrived on a stream other than its own and was refused (already logged and
     /// answered with `Refused{Malformed}`, also counted as [`Output::Refused`]; for metrics).

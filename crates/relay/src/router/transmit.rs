@@ -14,7 +14,7 @@
 //! envelope) also empties the slots.
 
 use bytes::Bytes;
-use hotline_proto::{EndpointId, Lane, Precedence};
+use hotline_proto::{EndpointId, Lane, Precedence, Time};
 use tracing::error;
 
 use super::queue::ItemKey;
@@ -28,12 +28,22 @@ pub struct Transmit {
     pub bytes: Bytes,
     stream: Lane,
     item: Option<(ItemKey, u64)>,
+    /// For an envelope, when it first arrived at the relay (wall clock).
+    queued_at: Option<Time>,
 }
 
 impl Transmit {
     /// The stream it goes to.
     pub fn stream(&self) -> Lane {
         self.stream
+    }
+
+    /// For an envelope: its sender and when it first arrived at the relay (wall clock; an
+    /// envelope written again after a reconnection keeps its first arrival). `None` for a
+    /// control frame.
+    pub fn envelope(&self) -> Option<(&EndpointId, Time)> {
+        let (key, _) = self.item.as_ref()?;
+        Some((&key.sender, self.queued_at?))
     }
 }
 
@@ -56,6 +66,7 @@ impl Router {
                     bytes,
                     stream,
                     item: None,
+                    queued_at: None,
                 })
             }
             Lane::Precedence(lane) => {
@@ -73,10 +84,12 @@ impl Router {
                                 ep.loading[slot] = Some((order, key));
                                 return None;
                             };
+                            let queued_at = Some(item.queued_at);
                             return Some(Transmit {
                                 bytes,
                                 stream,
                                 item: Some((key, order)),
+                                queued_at,
                             });
                         }
                         // Delivered, expired or moved meanwhile: take the next one.
@@ -104,6 +117,7 @@ impl Router {
                         bytes,
                         stream,
                         item: Some((key, order)),
+                        queued_at: Some(item.queued_at),
                     });
                 }
             }

@@ -32,6 +32,8 @@
 //! is unregistered however the actor ends, abort included.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use hotline_net::framed::{self, LaneTag, ReadError};
@@ -62,6 +64,10 @@ pub(super) struct ConnHandle {
     pub(super) wake: [Notify; Lane::COUNT],
     /// Signalled after each control-stream write, for readers waiting on the backlog.
     drained: Notify,
+    /// When it registered (for the status view).
+    pub(super) since: SystemTime,
+    /// When its last frame arrived, milliseconds since the Unix epoch; 0 before the first.
+    pub(super) last_frame_ms: AtomicU64,
 }
 
 impl ConnHandle {
@@ -70,6 +76,8 @@ impl ConnHandle {
             connection,
             wake: Default::default(),
             drained: Notify::new(),
+            since: SystemTime::now(),
+            last_frame_ms: AtomicU64::new(0),
         }
     }
 
@@ -272,7 +280,7 @@ async fn serve(
     agent: String,
 ) -> Result<quinn::ConnectionError, ServeError> {
     let handle = Arc::new(ConnHandle::new(connection.clone()));
-    shared.register(conn, peer, handle.clone())?;
+    shared.register(conn, peer.clone(), handle.clone())?;
     let _registered = Registered {
         shared: shared.clone(),
         conn,
@@ -284,7 +292,7 @@ async fn serve(
         write_stream(
             shared.clone(),
             handle.clone(),
-            conn,
+            (conn, peer.clone()),
             Lane::Control,
             control_send,
         )
@@ -298,7 +306,7 @@ async fn serve(
             write_stream(
                 shared.clone(),
                 handle.clone(),
-                conn,
+                (conn, peer.clone()),
                 Lane::Precedence(lane),
                 send,
             )
@@ -324,7 +332,7 @@ async fn serve(
 async fn write_stream(
     shared: Arc<Shared>,
     handle: Arc<ConnHandle>,
-    conn: ConnId,
+    (conn, peer): (ConnId, EndpointId),
     stream: Lane,
     mut send: quinn::SendStream,
 ) {
@@ -347,6 +355,12 @@ async fn write_stream(
             return;
         }
         shared.metrics.forwarded(stream);
+        if let (Lane::Precedence(lane), Some((sender, queued_at))) = (stream, transmit.envelope()) {
+            let latency = wall_clock().since(queued_at);
+            shared
+                .metrics
+                .envelope_forwarded(sender, &peer, lane, latency);
+        }
         shared.run(|r| r.handle_written(conn, transmit));
         if stream == Lane::Control {
             handle.drained.notify_waiters();
@@ -394,6 +408,9 @@ async fn read_stream(
                 // Decoded before taking the shared lock: no other connection waits for it.
                 let decoded = Decoded::new(Bytes::from(frame));
                 let now = wall_clock();
+                handle
+                    .last_frame_ms
+                    .store(crate::status::unix_ms(SystemTime::now()), Ordering::Relaxed);
                 shared.run(|r| r.handle_decoded(now, conn, stream, decoded));
             }
             Ok(None) => {

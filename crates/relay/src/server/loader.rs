@@ -13,7 +13,7 @@
 //!
 //! Invariant: every request is answered (with the frame, or `None` when the row is gone or
 //! cannot be read, which is logged), so no writer waits forever; the thread ends when
-//! [`Shared`] (which holds the sending side) is dropped, and [`Loader::join`] waits for that.
+//! [`Shared`] (which holds the sending side) is dropped or when [`Loader::join`] stops it.
 
 use std::sync::{Weak, mpsc};
 
@@ -36,7 +36,12 @@ pub(super) struct Load {
 #[derive(Debug)]
 pub(super) struct Loader {
     thread: std::thread::JoinHandle<()>,
+    /// Set by [`Loader::join`]: the thread ends even while [`Shared`] lives on.
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// How often the thread, idle, looks at its stop flag.
+const STOP_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl Loader {
     /// Starts the thread that answers `loads` from `reader`.
@@ -45,10 +50,20 @@ impl Loader {
         loads: mpsc::Receiver<Load>,
         shared: Weak<Shared>,
     ) -> Result<Self, SpawnError> {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
         let thread = std::thread::Builder::new()
             .name("relay-loader".into())
             .spawn(move || {
-                while let Ok(load) = loads.recv() {
+                loop {
+                    if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                        return;
+                    }
+                    let load = match loads.recv_timeout(STOP_POLL) {
+                        Ok(load) => load,
+                        Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                    };
                     let bytes = reader.envelope(load.order).unwrap_or_else(|e| {
                         error!(
                             error = %e,
@@ -67,13 +82,14 @@ impl Loader {
                 }
             })
             .map_err(SpawnError::LoaderThread)?;
-        Ok(Self { thread })
+        Ok(Self { thread, stop })
     }
 
-    /// Waits, at most `grace`, for the thread to end, which it does once [`Shared`] is gone: it
-    /// holds the store open, so a relay restarted in the same process after
+    /// Stops the thread and waits, at most `grace`, for it to end: it holds the store open, so
+    /// a relay restarted in the same process after
     /// [`Server::shutdown`](super::Server::shutdown) would otherwise find the store locked.
     pub(super) async fn join(self, grace: std::time::Duration) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let thread = self.thread;
         let _ =
             tokio::time::timeout(grace, tokio::task::spawn_blocking(move || thread.join())).await;

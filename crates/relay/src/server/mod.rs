@@ -62,15 +62,17 @@ use tokio::task::JoinSet;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::failpoint;
-use crate::metrics;
+use crate::http;
 use crate::router::{
     ConnId, IdentityLimits, Limits, Router, RouterConfigError, SnapshotError, Ttl,
 };
+use crate::status::Status;
 use crate::store::{self, Store, StoreError};
 
 mod client;
 pub(crate) mod handshake;
 mod loader;
+mod observe;
 mod shared;
 mod store_writer;
 mod timer;
@@ -289,6 +291,7 @@ pub struct Server {
     writer: StoreWriter,
     /// Taken by [`Server::shutdown`] to wait for the reader thread to let go of the store.
     loader: Option<Loader>,
+    shared: Arc<Shared>,
 }
 
 impl Server {
@@ -336,6 +339,8 @@ impl Server {
             requests.clone(),
             loads,
             Gate::new(config.handshake),
+            config.hotlines.clone(),
+            config.data_dir.join(store::FILE_NAME),
         ));
         shared.metrics.set_crl_next_update(config.crl_next_update);
         let loader = Loader::spawn(store.reader(), loads_rx, Arc::downgrade(&shared))?;
@@ -346,18 +351,19 @@ impl Server {
                 let metrics_bind = |error| SpawnError::MetricsBind { addr, error };
                 let listener = TcpListener::bind(addr).await.map_err(metrics_bind)?;
                 let bound = listener.local_addr().map_err(metrics_bind)?;
-                let shared = shared.clone();
-                let render = Arc::new(move || shared.render_metrics());
+                let source: Arc<dyn http::Source> = shared.clone();
                 tasks.spawn(
-                    metrics::serve(listener, render)
-                        .instrument(info_span!("metrics", addr = %bound)),
+                    http::serve(listener, source).instrument(info_span!("metrics", addr = %bound)),
                 );
                 Some(bound)
             }
             None => None,
         };
         tasks.spawn(timer::run(shared.clone()).instrument(info_span!("timer")));
-        tasks.spawn(accept_loop(endpoint.clone(), shared));
+        tasks.spawn(accept_loop(endpoint.clone(), shared.clone()));
+        shared
+            .listening
+            .store(true, std::sync::atomic::Ordering::Release);
         info!(
             addr = %local_addr,
             hotlines = config.hotlines.len(),
@@ -376,7 +382,20 @@ impl Server {
             tasks,
             writer,
             loader: Some(loader),
+            shared,
         })
+    }
+
+    /// The relay's status now: each hotline's endpoints (connection, queues) and the store's
+    /// size (also served as JSON at `GET /status` on the metrics listener).
+    pub fn status(&self) -> Status {
+        self.shared.status()
+    }
+
+    /// `Ok` when the relay is ready to relay (QUIC endpoint bound, store writer running);
+    /// otherwise why not, one line (also served at `GET /readyz`).
+    pub fn ready(&self) -> Result<(), String> {
+        self.shared.readiness()
     }
 
     /// The UDP address the relay listens on.

@@ -14,6 +14,8 @@
 //! every router output is carried out before the lock is released.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU8};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
 
 use hotline_proto::{EndpointId, Lane, Time};
@@ -53,12 +55,27 @@ pub(super) struct Shared {
     pub(super) timer: Notify,
     /// Signalled after each commit, for stream readers waiting on the store backlog.
     committed: Notify,
+    /// The configured hotlines, in configuration order (for the status view).
+    pub(super) hotlines: Vec<(EndpointId, EndpointId)>,
+    /// The store file, for its size in the status view.
+    pub(super) store_path: PathBuf,
+    /// Set once the QUIC endpoint is bound and every task started.
+    pub(super) listening: AtomicBool,
+    /// The store writer: [`STORE_RUNNING`], [`STORE_FAILED`] or [`STORE_STOPPED`].
+    pub(super) store_state: AtomicU8,
 }
+
+/// [`Shared::store_state`]: the writer thread runs.
+pub(super) const STORE_RUNNING: u8 = 0;
+/// [`Shared::store_state`]: the writer thread stopped on an error.
+pub(super) const STORE_FAILED: u8 = 1;
+/// [`Shared::store_state`]: the writer thread stopped (shutdown).
+pub(super) const STORE_STOPPED: u8 = 2;
 
 #[derive(Debug)]
 pub(super) struct State {
     pub(super) router: Router,
-    conns: HashMap<ConnId, Arc<ConnHandle>>,
+    pub(super) conns: HashMap<ConnId, Arc<ConnHandle>>,
     /// The deadline the timer task was last told about.
     armed: Option<Time>,
 }
@@ -69,6 +86,8 @@ impl Shared {
         store: mpsc::Sender<Request>,
         loads: mpsc::Sender<Load>,
         gate: Arc<Gate>,
+        hotlines: Vec<(EndpointId, EndpointId)>,
+        store_path: PathBuf,
     ) -> Self {
         Self {
             state: Mutex::new(State {
@@ -76,12 +95,16 @@ impl Shared {
                 conns: HashMap::new(),
                 armed: None,
             }),
-            metrics: Metrics::new(),
+            metrics: Metrics::new(&hotlines),
             gate,
             store,
             loads,
             timer: Notify::new(),
             committed: Notify::new(),
+            hotlines,
+            store_path,
+            listening: AtomicBool::new(false),
+            store_state: AtomicU8::new(STORE_RUNNING),
         }
     }
 
@@ -154,6 +177,14 @@ impl Shared {
                     });
                 }
                 Output::WrongStream { arrived, .. } => self.metrics.wrong_stream(arrived),
+                Output::EnvelopeRefused {
+                    sender,
+                    recipient,
+                    transport,
+                    code,
+                } => self
+                    .metrics
+                    .envelope_refused(&sender, &recipient, transport, code),
             }
         }
         let deadline = state.router.poll_timeout();
@@ -218,7 +249,11 @@ impl Shared {
     }
 
     pub(super) fn render_metrics(&self) -> String {
-        let stats = self.lock().router.stats();
+        let stats = {
+            let state = self.lock();
+            self.metrics.set_hotline_queues(&state.router);
+            state.router.stats()
+        };
         self.metrics.render(&stats, self.gate.in_progress())
     }
 }

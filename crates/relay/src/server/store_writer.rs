@@ -15,6 +15,7 @@
 //! dropping the server is not delayed by it; [`Request::Stop`] makes it commit what it was
 //! given, close the store (releasing its lock) and end.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Weak, mpsc};
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, error, warn};
 
 use super::SpawnError;
-use super::shared::Shared;
+use super::shared::{STORE_FAILED, STORE_STOPPED, Shared};
 use crate::store::{self, Request, Store, StoreError};
 
 /// How long [`StoreWriter::stop`] waits for the store's last commit.
@@ -57,6 +58,14 @@ impl StoreWriter {
                 });
                 if let Err(e) = &result {
                     error!(error = %e, "store failed; nothing more will be acknowledged");
+                }
+                if let Some(shared) = shared.upgrade() {
+                    let state = if result.is_err() {
+                        STORE_FAILED
+                    } else {
+                        STORE_STOPPED
+                    };
+                    shared.store_state.store(state, Ordering::Release);
                 }
                 drop(store);
                 let _ = done_tx.send(result);
