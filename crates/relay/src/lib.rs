@@ -16,6 +16,9 @@
 //!   stops everything. Inside (`server/`): the handle and accept loop, one actor per connection
 //!   (`client.rs`), the state they share (`shared.rs`), the group-commit store writer
 //!   (`store_writer.rs`) and the time-to-live timer (`timer.rs`).
+//! - [`admin`]: the local admin socket (`<data_dir>/admin.sock`) through which
+//!   `hotline-relay reload` and `status` reach a running relay; [`Server::reload`] applies a
+//!   new configuration without dropping unaffected connections (`server/reload.rs`).
 //! - [`failpoint`]: crash points for recovery tests (`HOTLINE_FAILPOINT`).
 //! - `testing` (feature `test-utils`): exercise PKI, a loopback [`ServerConfig`] and a raw
 //!   wire-speaking node, shared by the relay's tests and its users'.
@@ -29,6 +32,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admin;
 pub mod failpoint;
 mod metrics;
 pub mod router;
@@ -41,6 +45,7 @@ pub use hotline_net::quic::Timeouts;
 pub use hotline_net::tls::Credentials;
 pub use router::{IdentityLimits, Limits, Ttl};
 pub use server::{
-    AGENT, CloseReason, HandshakeLimits, RESET_KEY_FILE, Server, ServerConfig, SpawnError,
+    AGENT, CloseReason, ConnectedEndpoint, HandshakeLimits, RESET_KEY_FILE, RelayStatus,
+    ReloadError, ReloadReport, Server, ServerConfig, SpawnError,
 };
 pub use store::StoreError;

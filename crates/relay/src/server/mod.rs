@@ -71,6 +71,7 @@ use crate::store::{self, Store, StoreError};
 mod client;
 pub(crate) mod handshake;
 mod loader;
+mod reload;
 mod shared;
 mod store_writer;
 mod timer;
@@ -78,6 +79,7 @@ mod timer;
 pub use handshake::HandshakeLimits;
 use handshake::{Gate, Outcome, RetryBucket};
 use loader::Loader;
+pub use reload::{ConnectedEndpoint, RelayStatus, ReloadError, ReloadReport};
 use shared::Shared;
 use store_writer::StoreWriter;
 
@@ -255,6 +257,10 @@ pub struct Server {
     endpoint: quinn::Endpoint,
     tasks: JoinSet<()>,
     writer: StoreWriter,
+    /// The router and connections, for [`Server::reload`] and [`Server::status`].
+    shared: Arc<Shared>,
+    /// What a reload may not change.
+    fixed: reload::Fixed,
 }
 
 impl Server {
@@ -322,7 +328,7 @@ impl Server {
             None => None,
         };
         tasks.spawn(timer::run(shared.clone()).instrument(info_span!("timer")));
-        tasks.spawn(accept_loop(endpoint.clone(), shared));
+        tasks.spawn(accept_loop(endpoint.clone(), shared.clone()));
         info!(
             addr = %local_addr,
             hotlines = config.hotlines.len(),
@@ -340,6 +346,8 @@ impl Server {
             endpoint,
             tasks,
             writer,
+            shared,
+            fixed: reload::Fixed::of(&config),
         })
     }
 
