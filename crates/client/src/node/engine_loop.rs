@@ -99,6 +99,8 @@ pub(super) struct Inputs {
     pub(super) urgent: mpsc::UnboundedReceiver<Command>,
     pub(super) normal: mpsc::UnboundedReceiver<Command>,
     pub(super) link: mpsc::UnboundedReceiver<LinkEvent>,
+    /// A reloaded configuration's engine settings: its deadlines are taken.
+    pub(super) reconfigure: mpsc::UnboundedReceiver<hotline_proto::engine::EngineConfig>,
     pub(super) stop: oneshot::Receiver<()>,
 }
 
@@ -185,6 +187,7 @@ impl EngineLoop {
             mut urgent,
             mut normal,
             mut link,
+            mut reconfigure,
             mut stop,
         } = inputs;
         let [
@@ -211,6 +214,7 @@ impl EngineLoop {
                 Some(f) = priority.recv() => self.frame(&f),
                 Some(f) = routine.recv() => self.frame(&f),
                 Some(ev) = link.recv() => self.link(ev),
+                Some(cfg) = reconfigure.recv() => self.engine.set_deadlines(&cfg),
                 () = tokio::time::sleep(sleep_for) => {}
                 _ = &mut stop => {
                     info!("shutting down");

@@ -116,6 +116,16 @@ impl From<std::io::Error> for SpawnError {
     }
 }
 
+/// Why a reloaded configuration was refused; the node keeps running on the old one.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{key} cannot change on reload; restart the node (it keeps running on the old configuration)"
+)]
+pub struct ReloadRefused {
+    /// The setting, as in the node's configuration file.
+    pub key: &'static str,
+}
+
 /// Why a running node stopped on its own.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -196,6 +206,10 @@ pub struct Node {
     control_socket: PathBuf,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), NodeError>>>,
+    /// Reloaded engine settings for the engine loop.
+    reconfigure: mpsc::UnboundedSender<hotline_proto::engine::EngineConfig>,
+    /// The configuration in force, for [`Node::reload`].
+    running: NodeConfig,
 }
 
 impl Node {
@@ -274,7 +288,9 @@ impl Node {
         }
         drop((net_tx, link_tx));
         let (stop_tx, stop_rx) = oneshot::channel();
+        let (reconfigure_tx, reconfigure_rx) = mpsc::unbounded_channel();
         let inputs = Inputs {
+            reconfigure: reconfigure_rx,
             persisted: persisted_rx,
             net: net_rx,
             urgent: urgent_rx,
@@ -311,11 +327,62 @@ impl Node {
             .instrument(span),
         );
         Ok(Self {
-            endpoint: cfg.local,
+            endpoint: cfg.local.clone(),
             control_socket,
             stop: Some(stop_tx),
             task: Some(task),
+            reconfigure: reconfigure_tx,
+            running: cfg,
         })
+    }
+
+    /// Applies a re-read configuration (SIGHUP): the deadlines are taken for messages sent
+    /// from now on. Refused whole, naming the key, if the identity, partner or data directory
+    /// changed (a restart is needed). A changed relay list or other setting is not applied
+    /// live: it is named in the summary, to take effect at the next restart.
+    pub fn reload(&mut self, cfg: NodeConfig) -> Result<String, ReloadRefused> {
+        let fixed = |key| Err(ReloadRefused { key });
+        if cfg.local != self.running.local {
+            return fixed("local (the identity)");
+        }
+        if cfg.partner.id != self.running.partner.id || cfg.partner.key != self.running.partner.key
+        {
+            return fixed("partner");
+        }
+        if cfg.data_dir != self.running.data_dir {
+            return fixed("data_dir");
+        }
+        let mut applied = Vec::new();
+        let mut pending = Vec::new();
+        if !cfg.engine.same_deadlines(&self.running.engine) {
+            let _ = self.reconfigure.send(cfg.engine.clone());
+            applied.push("deadlines");
+        }
+        if cfg.relays != self.running.relays {
+            pending.push("relays");
+        }
+        let taken = self.running.engine.with_deadlines_of(&cfg.engine);
+        if taken != cfg.engine {
+            pending.push("engine settings other than deadlines");
+        }
+        self.running.engine = taken;
+        if cfg.timeouts != self.running.timeouts || cfg.ca != self.running.ca {
+            pending.push("timeouts or certificates");
+        }
+        let summary = format!(
+            "applied: {}; needs a restart: {}",
+            if applied.is_empty() {
+                "nothing".to_owned()
+            } else {
+                applied.join(", ")
+            },
+            if pending.is_empty() {
+                "nothing".to_owned()
+            } else {
+                pending.join(", ")
+            },
+        );
+        Ok(summary)
     }
 
     /// This node's endpoint id.
