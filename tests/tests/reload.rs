@@ -2,11 +2,9 @@
 //! node` processes: SIGHUP never kills either; a relay reload that removes a hotline closes its
 //! endpoints with a typed reason their node shows, while the other pair's connections stay up
 //! (the node's `relays[0].since` does not move); a node reload applies new deadlines and
-//! refuses a changed data directory in one line, and keeps running.
-#![expect(
-    clippy::unwrap_used,
-    reason = "a failed step is the test failing"
-)]
+//! refuses a changed data directory in one line, and keeps running; a node reload adds and
+//! removes relays while the link to an unchanged relay stays up.
+#![expect(clippy::unwrap_used, reason = "a failed step is the test failing")]
 
 use std::process::Command;
 
@@ -124,4 +122,63 @@ async fn node_sighup_reloads_deadlines_refuses_a_new_data_dir_and_never_kills_it
         s.relays[0].since, since,
         "the link stayed up through both reloads"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_sighup_applies_a_changed_relay_list_and_keeps_the_unchanged_link() {
+    let ex = Exercise::new(&["us", "jp"], &[]);
+    let [_relay, mut us, _jp] = ex.start_linked("us", "jp").await;
+    let since = ex.status("us").await.relays[0].since.clone();
+    let live = ex.relay_addr().to_string();
+    // Nothing listens there (a UDP port bound and held by this test, never answered).
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dead = silent.local_addr().unwrap().to_string();
+    let set_relays = |addrs: &[&str]| {
+        ex.edit_config("us", |t| {
+            t.remove("relay");
+            let list: Vec<toml::Value> = addrs
+                .iter()
+                .map(|a| {
+                    let mut r = toml::Table::new();
+                    r.insert("addr".into(), (*a).into());
+                    r.into()
+                })
+                .collect();
+            t.insert("relays".into(), list.into());
+        });
+    };
+
+    // Add a second relay: the first link stays up, the second is dialled.
+    set_relays(&[&live, &dead]);
+    us.signal(Signal::SIGHUP);
+    let line = us.wait_log("reloaded", PATIENCE).unwrap();
+    assert!(line.contains("applied: relays"), "{line}");
+    let s = ex
+        .wait_status("us", "two relays", |s| s.relays.len() == 2)
+        .await;
+    assert!(s.relays[0].connected, "{s:?}");
+    assert_eq!(
+        s.relays[0].since, since,
+        "the unchanged relay's link stayed up"
+    );
+    assert_eq!(s.relays[1].addr, dead);
+    assert!(!s.relays[1].connected);
+
+    // Remove the live relay: the node disconnects from it, and keeps running.
+    set_relays(&[&dead]);
+    us.signal(Signal::SIGHUP);
+    us.wait_log("reloaded", PATIENCE).unwrap();
+    let s = ex
+        .wait_status("us", "only the dead relay", |s| {
+            s.relays.len() == 1 && !s.connected
+        })
+        .await;
+    assert_eq!(s.relays[0].addr, dead, "{s:?}");
+
+    // And back: the node reconnects to it.
+    set_relays(&[&live]);
+    us.signal(Signal::SIGHUP);
+    us.wait_log("reloaded", PATIENCE).unwrap();
+    ex.wait_links_up(&["us"]).await;
+    assert!(us.running());
 }

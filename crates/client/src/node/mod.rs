@@ -50,7 +50,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 use tracing::{Instrument, info, info_span};
 
 use crate::config::{CredentialsError, NodeConfig};
@@ -59,7 +59,7 @@ use crate::time::wall_now;
 use control_server::Commands;
 use engine_loop::{EngineLoop, Inputs};
 use inbox::InboxIndex;
-use relay_link::RelayTarget;
+use relays::{LinkSpawner, Reconfigure};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -207,7 +207,7 @@ pub struct Node {
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), NodeError>>>,
     /// Reloaded engine settings for the engine loop.
-    reconfigure: mpsc::UnboundedSender<hotline_proto::engine::EngineConfig>,
+    reconfigure: mpsc::UnboundedSender<Reconfigure>,
     /// The configuration in force, for [`Node::reload`].
     running: NodeConfig,
 }
@@ -270,23 +270,19 @@ impl Node {
         );
         let (net_tx, net_rx) = relay_link::lane_channels();
         let (link_tx, link_rx) = mpsc::unbounded_channel();
-        let mut links = JoinSet::new();
-        for (index, address) in cfg.relays.iter().enumerate() {
-            let span = info_span!(parent: &span, "conn", relay = %address.addr);
-            links.spawn(
-                relay_link::run(
-                    RelayTarget {
-                        index,
-                        address: address.clone(),
-                        client_config: client_config.clone(),
-                    },
-                    net_tx.clone(),
-                    link_tx.clone(),
-                )
-                .instrument(span),
-            );
-        }
-        drop((net_tx, link_tx));
+        // Kept by the engine loop, so that a reload can add relays.
+        let spawner = LinkSpawner {
+            net: net_tx,
+            events: link_tx,
+            client_config,
+            span: span.clone(),
+        };
+        let links: Vec<_> = cfg
+            .relays
+            .iter()
+            .enumerate()
+            .map(|(index, address)| spawner.spawn(index, address))
+            .collect();
         let (stop_tx, stop_rx) = oneshot::channel();
         let (reconfigure_tx, reconfigure_rx) = mpsc::unbounded_channel();
         let inputs = Inputs {
@@ -308,12 +304,16 @@ impl Node {
             &cfg.relays,
         )
         .with_alarm_book(alarm_book);
+        for (relay, task) in engine_loop.relays.iter_mut().zip(links) {
+            relay.task = Some(task);
+        }
+        engine_loop.spawner = Some(spawner);
         let socket = control_socket.clone();
         let task = tokio::spawn(
             async move {
                 let result = engine_loop.run(inputs).await;
                 control.abort();
-                links.abort_all();
+                // Dropping the engine loop (below) stops the relay links.
                 // Closing the write queue ends the store thread once it has committed what it
                 // holds; the store (and its file lock) is released when it returns.
                 drop(engine_loop);
@@ -337,9 +337,11 @@ impl Node {
     }
 
     /// Applies a re-read configuration (SIGHUP): the deadlines are taken for messages sent
-    /// from now on. Refused whole, naming the key, if the identity, partner or data directory
-    /// changed (a restart is needed). A changed relay list or other setting is not applied
-    /// live: it is named in the summary, to take effect at the next restart.
+    /// from now on; relays no longer listed are disconnected and new ones dialled, the links
+    /// to the others untouched. Refused whole, naming the key, if the identity, partner or data
+    /// directory changed (a restart is needed). Other changed settings (timeouts, certificates,
+    /// link-test interval, key rotation) are not applied live: the summary names them, to take
+    /// effect at the next restart.
     pub fn reload(&mut self, cfg: NodeConfig) -> Result<String, ReloadRefused> {
         let fixed = |key| Err(ReloadRefused { key });
         if cfg.local != self.running.local {
@@ -355,17 +357,23 @@ impl Node {
         let mut applied = Vec::new();
         let mut pending = Vec::new();
         if !cfg.engine.same_deadlines(&self.running.engine) {
-            let _ = self.reconfigure.send(cfg.engine.clone());
             applied.push("deadlines");
         }
         if cfg.relays != self.running.relays {
-            pending.push("relays");
+            applied.push("relays");
         }
         let taken = self.running.engine.with_deadlines_of(&cfg.engine);
         if taken != cfg.engine {
             pending.push("engine settings other than deadlines");
         }
+        if !applied.is_empty() {
+            let _ = self.reconfigure.send(Reconfigure {
+                engine: taken.clone(),
+                relays: cfg.relays.clone(),
+            });
+        }
         self.running.engine = taken;
+        self.running.relays = cfg.relays.clone();
         if cfg.timeouts != self.running.timeouts || cfg.ca != self.running.ca {
             pending.push("timeouts or certificates");
         }
