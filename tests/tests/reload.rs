@@ -3,7 +3,8 @@
 //! endpoints with a typed reason their node shows, while the other pair's connections stay up
 //! (the node's `relays[0].since` does not move); a node reload applies new deadlines and
 //! refuses a changed data directory in one line, and keeps running; a node reload adds and
-//! removes relays while the link to an unchanged relay stays up.
+//! removes relays while the link to an unchanged relay stays up; `hotline certs revoke` then
+//! `hotline-relay reload` closes the revoked node as revoked while its partner stays up.
 #![expect(clippy::unwrap_used, reason = "a failed step is the test failing")]
 
 use std::process::Command;
@@ -181,4 +182,39 @@ async fn node_sighup_applies_a_changed_relay_list_and_keeps_the_unchanged_link()
     us.wait_log("reloaded", PATIENCE).unwrap();
     ex.wait_links_up(&["us"]).await;
     assert!(us.running());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certs_revoke_then_relay_reload_closes_the_revoked_node_and_keeps_its_partner() {
+    let ex = Exercise::new(&["us", "jp"], &[]);
+    let [_relay, mut us, _jp] = ex.start_linked("us", "jp").await;
+    let jp_since = ex.status("jp").await.relays[0].since.clone();
+    let dir = ex.dir.path().to_str().unwrap().to_owned();
+    let out = hotline_e2e::hotline(&["certs", "revoke", "--ca", &dir, "us"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = relay_reload(&ex);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("closed revoked: us"), "{stdout}");
+    // us's node says why, with the relay's typed reason.
+    let line = us.wait_log("was revoked", PATIENCE).unwrap();
+    assert!(line.contains("closed by relay"), "{line}");
+    ex.wait_status("us", "us refused as revoked", |s| {
+        !s.connected
+            && s.last_error
+                .as_deref()
+                .is_some_and(|e| e.to_lowercase().contains("revoked"))
+    })
+    .await;
+    let jp = ex.status("jp").await;
+    assert!(jp.relays[0].connected, "{jp:?}");
+    assert_eq!(jp.relays[0].since, jp_since, "jp kept its connection");
 }
