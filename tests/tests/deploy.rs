@@ -64,14 +64,15 @@ fn systemd_units_pass_systemd_analyze_verify() {
 }
 
 #[test]
-fn units_send_no_sighup_until_reload_exists() {
-    // SIGHUP still terminates both processes: a unit with ExecReload= would turn
-    // `systemctl reload` into a restart. Remove this test when SIGHUP reload lands.
+fn units_reload_with_sighup() {
+    // Both processes reload on SIGHUP (tests/tests/reload.rs, crates/relay/tests/reload.rs), so
+    // `systemctl reload` sends it.
     for unit in UNITS {
         let text = std::fs::read_to_string(deploy_dir().join(unit)).unwrap();
-        let reload = text
+        let reload: Vec<&str> = text
             .lines()
-            .any(|line| line.trim_start().starts_with("ExecReload="));
-        assert!(!reload, "{unit} has ExecReload=, but SIGHUP kills today");
+            .filter(|line| line.trim_start().starts_with("ExecReload="))
+            .collect();
+        assert_eq!(reload, ["ExecReload=/bin/kill -HUP $MAINPID"], "{unit}");
     }
 }

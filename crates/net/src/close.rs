@@ -32,10 +32,15 @@ pub enum CloseReason {
     /// Refused: too many connections with this identity are between their TLS handshake and
     /// their `Hello`. A node that says hello promptly never sees it; retry later.
     TooManyPending = 8,
+    /// A configuration reload left this endpoint in no hotline: the relay no longer serves it.
+    /// Its queued envelopes stay in the relay's store.
+    Unpaired = 9,
+    /// A configuration reload applied a CRL that revokes this connection's certificate.
+    Revoked = 10,
 }
 
 impl CloseReason {
-    const ALL: [Self; 9] = [
+    const ALL: [Self; 11] = [
         Self::Shutdown,
         Self::NotConfigured,
         Self::Replaced,
@@ -45,6 +50,8 @@ impl CloseReason {
         Self::IdentityConflict,
         Self::IdentityInUse,
         Self::TooManyPending,
+        Self::Unpaired,
+        Self::Revoked,
     ];
 
     /// The QUIC application error code.
@@ -66,6 +73,8 @@ impl CloseReason {
             Self::TooManyPending => {
                 "too many connections of this identity await hello; retry later"
             }
+            Self::Unpaired => "the relay's configuration no longer pairs this endpoint",
+            Self::Revoked => "this endpoint's certificate was revoked",
         }
     }
 
@@ -114,5 +123,7 @@ mod tests {
         assert_eq!(CloseReason::IdentityConflict.code().into_inner(), 6);
         assert_eq!(CloseReason::IdentityInUse.code().into_inner(), 7);
         assert_eq!(CloseReason::TooManyPending.code().into_inner(), 8);
+        assert_eq!(CloseReason::Unpaired.code().into_inner(), 9);
+        assert_eq!(CloseReason::Revoked.code().into_inner(), 10);
     }
 }

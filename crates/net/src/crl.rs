@@ -82,6 +82,18 @@ pub fn serial(cert: &CertificateDer<'_>) -> Result<Vec<u8>, CrlError> {
     Ok(parsed.raw_serial().to_vec())
 }
 
+/// The serial numbers `crl` revokes, big-endian bytes as encoded (compare with [`serial`]).
+pub fn revoked_serials(
+    crl: &CertificateRevocationListDer<'_>,
+) -> Result<std::collections::BTreeSet<Vec<u8>>, CrlError> {
+    let (_, parsed) =
+        x509_parser::parse_x509_crl(crl).map_err(|e| CrlError::Parse(e.to_string()))?;
+    Ok(parsed
+        .iter_revoked_certificates()
+        .map(|r| r.raw_serial().to_vec())
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -116,6 +128,8 @@ mod tests {
         let crl = der(&ca.crl(&revoked, 1, 7).unwrap());
         let info = verify(&crl, &[cert(&issued.cert_pem)]).unwrap();
         assert_eq!(info.revoked, 1);
+        let listed = revoked_serials(&crl).unwrap();
+        assert!(listed.contains(&super::serial(&cert(&us.issued.cert_pem)).unwrap()));
         assert!(!info.expired_at(SystemTime::now()));
         assert!(info.expired_at(SystemTime::now() + Duration::from_secs(8 * 86_400)));
         let e = verify(&crl, &[cert(&other.cert_pem)]).unwrap_err();

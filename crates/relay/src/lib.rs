@@ -16,6 +16,9 @@
 //!   stops everything. Inside (`server/`): the handle and accept loop, one actor per connection
 //!   (`client.rs`), the state they share (`shared.rs`), the group-commit store writer
 //!   (`store_writer.rs`) and the time-to-live timer (`timer.rs`).
+//! - [`admin`]: the local admin socket (`<data_dir>/admin.sock`) through which
+//!   `hotline-relay reload` and `status` reach a running relay; [`Server::reload`] applies a
+//!   new configuration without dropping unaffected connections (`server/reload.rs`).
 //! - [`failpoint`]: crash points for recovery tests (`HOTLINE_FAILPOINT`).
 //! - [`status`]: the operator's snapshot of a running relay ([`Server::status`], `GET /status`
 //!   on the metrics listener, `hotline-relay status`); the listener itself (`/metrics`,
@@ -32,6 +35,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admin;
 pub mod failpoint;
 mod http;
 mod metrics;
@@ -46,6 +50,7 @@ pub use hotline_net::quic::Timeouts;
 pub use hotline_net::tls::Credentials;
 pub use router::{IdentityLimits, Limits, Ttl};
 pub use server::{
-    AGENT, CloseReason, HandshakeLimits, RESET_KEY_FILE, Server, ServerConfig, SpawnError,
+    AGENT, CloseReason, ConnectedEndpoint, HandshakeLimits, RESET_KEY_FILE, RelayStatus,
+    ReloadError, ReloadReport, Server, ServerConfig, SpawnError,
 };
 pub use store::StoreError;

@@ -14,6 +14,7 @@ use hotline_relay::Server;
 use tracing::info;
 
 mod relay_file;
+mod reloading;
 
 use relay_file::load;
 
@@ -23,6 +24,7 @@ Examples:
   hotline-relay check --config relay.toml    validate config and certificates, then exit
   hotline-relay status --config relay.toml   hotlines, connected endpoints, queues, store size
   hotline-relay --log-format json --config relay.toml   one JSON object per log line
+  hotline-relay reload --config relay.toml   make the running relay re-read its config (as SIGHUP)
   RUST_LOG=hotline_relay=debug hotline-relay --config relay.toml
 
 The configuration format is documented in deploy/relay.example.toml; `hotline certs init`
@@ -55,6 +57,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make the running relay re-read its configuration, certificates and CRL (as SIGHUP does),
+    /// through its admin socket `<data_dir>/admin.sock`; prints one `reloaded:` line, or
+    /// `error:` and exit 1 if the new configuration was refused (the old one stays in force).
+    Reload,
 }
 
 /// `--log-format`.
@@ -77,6 +83,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Check) => check(&config),
         Some(Command::Status { json }) => status(&config, json),
+        Some(Command::Reload) => reload(&config),
         None => run(&config, cli.log_format),
     };
     match result {
@@ -131,6 +138,25 @@ fn status(path: &Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[expect(
+    clippy::print_stdout,
+    reason = "`reload` reports its outcome on stdout"
+)]
+fn reload(path: &Path) -> anyhow::Result<()> {
+    let data_dir = relay_file::data_dir(path)?;
+    let socket = hotline_relay::admin::socket_path(&data_dir);
+    match hotline_relay::admin::request(&socket, hotline_relay::admin::AdminRequest::Reload)
+        .context("is the relay running?")?
+    {
+        hotline_relay::admin::AdminReply::Reloaded { summary } => {
+            println!("reloaded: {summary}");
+            Ok(())
+        }
+        hotline_relay::admin::AdminReply::Error { error } => anyhow::bail!("{error}"),
+        other => anyhow::bail!("unexpected reply {other:?}"),
+    }
+}
+
 fn run(path: &Path, format: LogFormat) -> anyhow::Result<()> {
     let subscriber = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -153,16 +179,32 @@ fn run(path: &Path, format: LogFormat) -> anyhow::Result<()> {
             signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let mut terminate =
             signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        // SIGHUP reloads; it never kills the relay.
+        let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        let socket = hotline_relay::admin::socket_path(&config.data_dir);
         let mut server = Server::spawn(config).await.context("starting the relay")?;
-        let signal = tokio::select! {
-            _ = interrupt.recv() => "SIGINT",
-            _ = terminate.recv() => "SIGTERM",
-            e = server.store_failure() => {
-                server.shutdown().await;
-                return Err(anyhow::Error::new(e).context("the relay's store failed"));
+        let (jobs, mut admin) = tokio::sync::mpsc::channel(1);
+        let listener = hotline_relay::admin::bind(&socket)?;
+        let admin_task = tokio::spawn(hotline_relay::admin::serve(listener, jobs));
+        let signal = loop {
+            tokio::select! {
+                _ = interrupt.recv() => break "SIGINT",
+                _ = terminate.recv() => break "SIGTERM",
+                _ = hangup.recv() => reloading::reload_logged(&mut server, path),
+                Some((request, reply)) = admin.recv() => {
+                    let _ = reply.send(reloading::answer(&mut server, path, request));
+                }
+                e = server.store_failure() => {
+                    admin_task.abort();
+                    let _ = std::fs::remove_file(&socket);
+                    server.shutdown().await;
+                    return Err(anyhow::Error::new(e).context("the relay's store failed"));
+                }
             }
         };
         info!(signal, "shutting down");
+        admin_task.abort();
+        let _ = std::fs::remove_file(&socket);
         server.shutdown().await;
         Ok(())
     })

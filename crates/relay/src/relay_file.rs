@@ -333,6 +333,26 @@ pub(crate) fn load(path: &Path) -> anyhow::Result<ServerConfig> {
         .with_context(|| path.display().to_string())
 }
 
+/// The data directory `path` names (resolved against its directory), without loading or
+/// checking anything else: for `hotline-relay reload`, which only needs the admin socket.
+pub(crate) fn data_dir(path: &Path) -> anyhow::Result<PathBuf> {
+    let text = String::from_utf8(read_capped(path, MAX_CONFIG_BYTES)?)
+        .with_context(|| format!("{} is not UTF-8", path.display()))?;
+    /// Only the key needed: the rest may be what the running relay is about to refuse.
+    #[derive(Deserialize)]
+    struct DataDirOnly {
+        data_dir: PathBuf,
+    }
+    let config: DataDirOnly = toml::from_str(&text)
+        .map_err(|e| ConfigFileError::new(path, &text, e.span(), e.message()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    Ok(if config.data_dir.is_absolute() {
+        config.data_dir
+    } else {
+        base.join(config.data_dir)
+    })
+}
+
 impl Config {
     fn into_server_config(self, base: &Path) -> anyhow::Result<ServerConfig> {
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };

@@ -319,7 +319,7 @@ impl Cluster {
                 let node = hotline_client::node::Node::spawn(cfg)
                     .await
                     .with_context(|| format!("starting in-process node {}", ep.id))?;
-                RunningNode::InProcess(node)
+                RunningNode::InProcess(Box::new(node))
             }
             _ => RunningNode::Process(launcher(&self.opts)?.start_node(
                 &ep.id,
@@ -564,7 +564,7 @@ impl Drop for Cluster {
 #[derive(Debug)]
 enum RunningNode {
     Process(Process),
-    InProcess(hotline_client::node::Node),
+    InProcess(Box<hotline_client::node::Node>),
 }
 
 /// A launcher for the binaries in `--bin-dir`, logging at `--log`.

@@ -31,7 +31,7 @@ use tracing::{debug, error, info, warn};
 use super::alarm_desk::{AlarmDesk, Clearing};
 use super::inbox::InboxIndex;
 use super::relay_link::{LaneReceivers, LinkEvent, LinkEventKind, RelayFrame};
-use super::relays::{MAX_HELD_IDS, RelayState};
+use super::relays::{LinkSpawner, MAX_HELD_IDS, Reconfigure, RelayState};
 use super::store_thread::{Persisted, StoreMsg};
 use super::{AuditSource, NodeError, RequestError};
 use crate::alarms::{AlarmBook, ClearTarget};
@@ -99,6 +99,8 @@ pub(super) struct Inputs {
     pub(super) urgent: mpsc::UnboundedReceiver<Command>,
     pub(super) normal: mpsc::UnboundedReceiver<Command>,
     pub(super) link: mpsc::UnboundedReceiver<LinkEvent>,
+    /// A reloaded configuration's engine settings: its deadlines are taken.
+    pub(super) reconfigure: mpsc::UnboundedReceiver<Reconfigure>,
     pub(super) stop: oneshot::Receiver<()>,
 }
 
@@ -126,7 +128,9 @@ pub(super) struct EngineLoop {
     pub(super) writes: mpsc::UnboundedSender<StoreMsg>,
     pub(super) inbox: InboxIndex,
     /// Every configured relay, in configuration order.
-    relays: Vec<RelayState>,
+    pub(super) relays: Vec<RelayState>,
+    /// Starts links to relays a reload adds.
+    pub(super) spawner: Option<LinkSpawner>,
     /// The partner's newest fresh link test, as the first relay brought it: an identical copy
     /// from another relay shows that relay carries link tests too.
     newest_link_test: Vec<u8>,
@@ -160,6 +164,7 @@ impl EngineLoop {
             writes,
             inbox,
             relays: relays.iter().map(|r| RelayState::new(r, now)).collect(),
+            spawner: None,
             newest_link_test: Vec::new(),
             followers: Vec::new(),
             subscribers: BTreeMap::new(),
@@ -185,6 +190,7 @@ impl EngineLoop {
             mut urgent,
             mut normal,
             mut link,
+            mut reconfigure,
             mut stop,
         } = inputs;
         let [
@@ -211,6 +217,7 @@ impl EngineLoop {
                 Some(f) = priority.recv() => self.frame(&f),
                 Some(f) = routine.recv() => self.frame(&f),
                 Some(ev) = link.recv() => self.link(ev),
+                Some(r) = reconfigure.recv() => self.reconfigure(r),
                 () = tokio::time::sleep(sleep_for) => {}
                 _ = &mut stop => {
                     info!("shutting down");
@@ -323,7 +330,7 @@ impl EngineLoop {
 
     fn link(&mut self, ev: LinkEvent) {
         let now = wall_now();
-        let Some(relay) = self.relays.get_mut(ev.relay) else {
+        let Some(relay) = self.relays.get_mut(ev.relay).filter(|r| !r.removed) else {
             return;
         };
         match ev.kind {
@@ -573,11 +580,13 @@ impl EngineLoop {
                 relays: self
                     .relays
                     .iter()
+                    .filter(|r| !r.removed)
                     .map(|r| r.view(now, fresh_within))
                     .collect(),
                 redundancy_lost_at: self
                     .relays
                     .iter()
+                    .filter(|r| !r.removed)
                     .filter_map(|r| r.stopped_carrying(now, fresh_within))
                     .max(),
                 alarms: self.alarms.open_views(),

@@ -50,7 +50,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 use tracing::{Instrument, info, info_span};
 
 use crate::config::{CredentialsError, NodeConfig};
@@ -59,7 +59,7 @@ use crate::time::wall_now;
 use control_server::Commands;
 use engine_loop::{EngineLoop, Inputs};
 use inbox::InboxIndex;
-use relay_link::RelayTarget;
+use relays::{LinkSpawner, Reconfigure};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +114,16 @@ impl From<std::io::Error> for SpawnError {
     fn from(e: std::io::Error) -> Self {
         Self::Thread(e)
     }
+}
+
+/// Why a reloaded configuration was refused; the node keeps running on the old one.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{key} cannot change on reload; restart the node (it keeps running on the old configuration)"
+)]
+pub struct ReloadRefused {
+    /// The setting, as in the node's configuration file.
+    pub key: &'static str,
 }
 
 /// Why a running node stopped on its own.
@@ -196,6 +206,10 @@ pub struct Node {
     control_socket: PathBuf,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), NodeError>>>,
+    /// Reloaded engine settings for the engine loop.
+    reconfigure: mpsc::UnboundedSender<Reconfigure>,
+    /// The configuration in force, for [`Node::reload`].
+    running: NodeConfig,
 }
 
 impl Node {
@@ -257,25 +271,23 @@ impl Node {
         );
         let (net_tx, net_rx) = relay_link::lane_channels();
         let (link_tx, link_rx) = mpsc::unbounded_channel();
-        let mut links = JoinSet::new();
-        for (index, address) in cfg.relays.iter().enumerate() {
-            let span = info_span!(parent: &span, "conn", relay = %address.addr);
-            links.spawn(
-                relay_link::run(
-                    RelayTarget {
-                        index,
-                        address: address.clone(),
-                        client_config: client_config.clone(),
-                    },
-                    net_tx.clone(),
-                    link_tx.clone(),
-                )
-                .instrument(span),
-            );
-        }
-        drop((net_tx, link_tx));
+        // Kept by the engine loop, so that a reload can add relays.
+        let spawner = LinkSpawner {
+            net: net_tx,
+            events: link_tx,
+            client_config,
+            span: span.clone(),
+        };
+        let links: Vec<_> = cfg
+            .relays
+            .iter()
+            .enumerate()
+            .map(|(index, address)| spawner.spawn(index, address))
+            .collect();
         let (stop_tx, stop_rx) = oneshot::channel();
+        let (reconfigure_tx, reconfigure_rx) = mpsc::unbounded_channel();
         let inputs = Inputs {
+            reconfigure: reconfigure_rx,
             persisted: persisted_rx,
             net: net_rx,
             urgent: urgent_rx,
@@ -293,12 +305,16 @@ impl Node {
             &cfg.relays,
         )
         .with_alarm_book(alarm_book);
+        for (relay, task) in engine_loop.relays.iter_mut().zip(links) {
+            relay.task = Some(task);
+        }
+        engine_loop.spawner = Some(spawner);
         let socket = control_socket.clone();
         let task = tokio::spawn(
             async move {
                 let result = engine_loop.run(inputs).await;
                 control.abort();
-                links.abort_all();
+                // Dropping the engine loop (below) stops the relay links.
                 // Closing the write queue ends the store thread once it has committed what it
                 // holds; the store (and its file lock) is released when it returns.
                 drop(engine_loop);
@@ -312,11 +328,70 @@ impl Node {
             .instrument(span),
         );
         Ok(Self {
-            endpoint: cfg.local,
+            endpoint: cfg.local.clone(),
             control_socket,
             stop: Some(stop_tx),
             task: Some(task),
+            reconfigure: reconfigure_tx,
+            running: cfg,
         })
+    }
+
+    /// Applies a re-read configuration (SIGHUP): the deadlines are taken for messages sent
+    /// from now on; relays no longer listed are disconnected and new ones dialled, the links
+    /// to the others untouched. Refused whole, naming the key, if the identity, partner or data
+    /// directory changed (a restart is needed). Other changed settings (timeouts, certificates,
+    /// link-test interval, key rotation) are not applied live: the summary names them, to take
+    /// effect at the next restart.
+    pub fn reload(&mut self, cfg: NodeConfig) -> Result<String, ReloadRefused> {
+        let fixed = |key| Err(ReloadRefused { key });
+        if cfg.local != self.running.local {
+            return fixed("local (the identity)");
+        }
+        if cfg.partner.id != self.running.partner.id || cfg.partner.key != self.running.partner.key
+        {
+            return fixed("partner");
+        }
+        if cfg.data_dir != self.running.data_dir {
+            return fixed("data_dir");
+        }
+        let mut applied = Vec::new();
+        let mut pending = Vec::new();
+        if !cfg.engine.same_deadlines(&self.running.engine) {
+            applied.push("deadlines");
+        }
+        if cfg.relays != self.running.relays {
+            applied.push("relays");
+        }
+        let taken = self.running.engine.with_deadlines_of(&cfg.engine);
+        if taken != cfg.engine {
+            pending.push("engine settings other than deadlines");
+        }
+        if !applied.is_empty() {
+            let _ = self.reconfigure.send(Reconfigure {
+                engine: taken.clone(),
+                relays: cfg.relays.clone(),
+            });
+        }
+        self.running.engine = taken;
+        self.running.relays = cfg.relays.clone();
+        if cfg.timeouts != self.running.timeouts || cfg.ca != self.running.ca {
+            pending.push("timeouts or certificates");
+        }
+        let summary = format!(
+            "applied: {}; needs a restart: {}",
+            if applied.is_empty() {
+                "nothing".to_owned()
+            } else {
+                applied.join(", ")
+            },
+            if pending.is_empty() {
+                "nothing".to_owned()
+            } else {
+                pending.join(", ")
+            },
+        );
+        Ok(summary)
     }
 
     /// This node's endpoint id.

@@ -147,8 +147,12 @@ pub(super) async fn run(
                         );
                         LinkEventKind::IdentityConflict(close)
                     }
-                    _ => {
+                    close => {
                         backoff = MIN_BACKOFF;
+                        // The relay's typed reason (unpaired or revoked by a reload, shutdown)
+                        // rather than whichever stream noticed the close first.
+                        let reason =
+                            close.map_or(reason, |c| format!("closed by relay: {}", c.reason()));
                         warn!(reason = %reason, "relay connection lost");
                         LinkEventKind::Disconnected(reason)
                     }

@@ -7,10 +7,16 @@ use std::time::Duration;
 
 use hotline_proto::{MessageId, Time};
 
-use super::relay_link::Writers;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{Instrument, info, info_span};
+
+use super::engine_loop::EngineLoop;
+use super::relay_link::{self, LaneSenders, LinkEvent, RelayTarget, Writers};
 use crate::config::RelayAddress;
 use crate::control::RelayView;
 use crate::time::format_time;
+use crate::time::wall_now;
 
 /// At most this many message ids are kept per relay for `status` (what it holds); beyond it
 /// the count stops growing rather than memory.
@@ -33,6 +39,11 @@ pub(super) struct RelayState {
     /// Our messages it accepted that are not yet delivered (as far as we know: a restarted
     /// relay may still hold what its last connection accepted).
     pub(super) holds: BTreeSet<MessageId>,
+    /// Removed from the configuration by a reload: its link is stopped, it is not shown and
+    /// not counted. Its index is never reused.
+    pub(super) removed: bool,
+    /// Its link task, stopped when this is dropped or replaced.
+    pub(super) task: Option<LinkTask>,
 }
 
 impl RelayState {
@@ -45,6 +56,8 @@ impl RelayState {
             partner_online: None,
             link_test_at: None,
             holds: BTreeSet::new(),
+            removed: false,
+            task: None,
         }
     }
 
@@ -101,6 +114,89 @@ impl RelayState {
             since: format_time(self.since),
             last_error: self.last_error.clone(),
             partner_online: self.partner_online,
+        }
+    }
+}
+
+/// A relay link's task; dropping it stops the link.
+#[derive(Debug)]
+pub(super) struct LinkTask(JoinHandle<()>);
+
+impl Drop for LinkTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What a new relay link needs, kept so that a reload can add relays to a running node.
+#[derive(Debug)]
+pub(super) struct LinkSpawner {
+    pub(super) net: LaneSenders,
+    pub(super) events: mpsc::UnboundedSender<LinkEvent>,
+    pub(super) client_config: quinn::ClientConfig,
+    /// The node's span; each link runs in a child `conn{relay}`.
+    pub(super) span: tracing::Span,
+}
+
+impl LinkSpawner {
+    /// Starts the link to relay number `index` at `address`.
+    pub(super) fn spawn(&self, index: usize, address: &RelayAddress) -> LinkTask {
+        let span = info_span!(parent: &self.span, "conn", relay = %address.addr);
+        LinkTask(tokio::spawn(
+            relay_link::run(
+                RelayTarget {
+                    index,
+                    address: address.clone(),
+                    client_config: self.client_config.clone(),
+                },
+                self.net.clone(),
+                self.events.clone(),
+            )
+            .instrument(span),
+        ))
+    }
+}
+
+/// A reloaded configuration, for the engine loop: the deadlines and the relay list.
+#[derive(Debug)]
+pub(super) struct Reconfigure {
+    pub(super) engine: hotline_proto::engine::EngineConfig,
+    pub(super) relays: Vec<RelayAddress>,
+}
+
+impl EngineLoop {
+    /// Applies a reload: new deadlines, and the relay list: links to relays no longer listed
+    /// are stopped (as if they went down), new relays are dialled; the others are untouched.
+    pub(super) fn reconfigure(&mut self, r: Reconfigure) {
+        self.engine.set_deadlines(&r.engine);
+        let now = wall_now();
+        let mut went_down = false;
+        for relay in self.relays.iter_mut().filter(|x| !x.removed) {
+            if !r.relays.contains(&relay.address) {
+                info!(relay = %relay.address.addr, "relay removed by reload");
+                relay.task = None;
+                relay.removed = true;
+                went_down |= relay.down("removed from the configuration".into(), now);
+            }
+        }
+        if went_down && !self.relays.iter().any(|x| x.writers.is_some()) {
+            self.engine.handle_disconnected(now);
+        }
+        for address in &r.relays {
+            if self
+                .relays
+                .iter()
+                .any(|x| !x.removed && x.address == *address)
+            {
+                continue;
+            }
+            let index = self.relays.len();
+            let mut state = RelayState::new(address, now);
+            if let Some(spawner) = &self.spawner {
+                info!(relay = %address.addr, "relay added by reload");
+                state.task = Some(spawner.spawn(index, address));
+            }
+            self.relays.push(state);
         }
     }
 }

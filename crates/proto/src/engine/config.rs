@@ -174,6 +174,26 @@ impl EngineConfig {
         Ok(self)
     }
 
+    /// Copies the `delivered` and `acknowledged` deadlines of `from`, nothing else.
+    pub(crate) fn take_deadlines(&mut self, from: &Self) {
+        self.delivered_deadline = from.delivered_deadline;
+        self.acknowledged_deadline = from.acknowledged_deadline;
+    }
+
+    /// This configuration with the deadlines of `from`.
+    #[must_use]
+    pub fn with_deadlines_of(&self, from: &Self) -> Self {
+        let mut out = self.clone();
+        out.take_deadlines(from);
+        out
+    }
+
+    /// Whether `other` has the same deadlines.
+    pub fn same_deadlines(&self, other: &Self) -> bool {
+        self.delivered_deadline == other.delivered_deadline
+            && self.acknowledged_deadline == other.acknowledged_deadline
+    }
+
     /// Sets the `delivered` deadline of one precedence (100 ms ..= 7 days).
     pub fn set_delivered_deadline(
         &mut self,

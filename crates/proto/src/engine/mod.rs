@@ -418,6 +418,13 @@ impl<R: CryptoRng> Engine<R> {
         &self.cfg
     }
 
+    /// Takes the `delivered` and `acknowledged` deadlines of `from` (a configuration reload)
+    /// and nothing else. They apply to deadlines set from now on (a new message, an
+    /// escalation); the deadlines of messages already in flight stay as they were set.
+    pub fn set_deadlines(&mut self, from: &EngineConfig) {
+        self.cfg.take_deadlines(from);
+    }
+
     /// A snapshot for status displays.
     pub fn status(&self) -> Status {
         let mut lanes = [LaneDepth::default(); 4];

@@ -87,13 +87,13 @@ impl fmt::Display for OverBudget {
 pub(super) fn admit<'a>(
     limits: &Limits,
     usage: &Usage,
-    endpoints: impl ExactSizeIterator<Item = &'a EndpointId>,
+    endpoints: impl Iterator<Item = &'a EndpointId> + Clone,
     sender: &EndpointId,
     transport: Precedence,
     size: u64,
 ) -> Result<(), OverBudget> {
     let budget = limits.max_queued_bytes_total;
-    let quota = quota(budget, endpoints.len());
+    let quota = quota(budget, endpoints.clone().count());
     let used = usage.of(sender);
     let total = usage.total;
     let after = used.saturating_add(size);

@@ -97,7 +97,7 @@ impl Router {
             } else if let Err(over) = budget::admit(
                 &limits,
                 &self.usage,
-                self.endpoints.keys(),
+                self.configured(),
                 from,
                 transport,
                 size,

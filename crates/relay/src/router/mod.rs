@@ -106,6 +106,7 @@ mod inspect;
 mod limits;
 mod persist;
 mod queue;
+mod reconfigure;
 mod restore;
 mod transmit;
 
@@ -124,6 +125,7 @@ pub use persist::{
 };
 pub use queue::ItemState;
 use queue::{ControlFrame, Endpoint, ItemKey, Usage};
+pub use reconfigure::Reconfigured;
 
 /// Identifies one QUIC connection for its lifetime; never reused by a shell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -339,12 +341,23 @@ impl Router {
 
     /// Whether `endpoint` is in some configured hotline.
     pub fn is_configured(&self, endpoint: &EndpointId) -> bool {
-        self.endpoints.contains_key(endpoint)
+        self.endpoints
+            .get(endpoint)
+            .is_some_and(|e| !e.partners.is_empty())
     }
 
-    /// Number of configured endpoints.
+    /// Number of configured endpoints (in some hotline; not those a reload left dormant).
     pub fn endpoint_count(&self) -> usize {
-        self.endpoints.len()
+        self.configured().count()
+    }
+
+    /// The endpoints in some hotline. One a reload removed from every hotline stays in
+    /// `endpoints`, dormant, with what is queued for it (see `reconfigure`).
+    fn configured(&self) -> impl Iterator<Item = &EndpointId> + Clone {
+        self.endpoints
+            .iter()
+            .filter(|(_, e)| !e.partners.is_empty())
+            .map(|(id, _)| id)
     }
 
     /// Whether `a` and `b` share a configured hotline.
@@ -378,7 +391,11 @@ impl Router {
         if self.conns.contains_key(&conn) {
             return Err(ConnectError::DuplicateConn(conn));
         }
-        let Some(ep) = self.endpoints.get_mut(&endpoint) else {
+        let Some(ep) = self
+            .endpoints
+            .get_mut(&endpoint)
+            .filter(|e| !e.partners.is_empty())
+        else {
             return Err(ConnectError::NotConfigured(endpoint));
         };
         if let Some(old) = ep.conn {

@@ -73,6 +73,7 @@ mod client;
 pub(crate) mod handshake;
 mod loader;
 mod observe;
+mod reload;
 mod shared;
 mod store_writer;
 mod timer;
@@ -80,6 +81,7 @@ mod timer;
 pub use handshake::HandshakeLimits;
 use handshake::{Gate, Outcome, RetryBucket};
 use loader::Loader;
+pub use reload::{ConnectedEndpoint, RelayStatus, ReloadError, ReloadReport};
 use shared::Shared;
 use store_writer::StoreWriter;
 
@@ -291,7 +293,10 @@ pub struct Server {
     writer: StoreWriter,
     /// Taken by [`Server::shutdown`] to wait for the reader thread to let go of the store.
     loader: Option<Loader>,
+    /// The router and connections, for [`Server::reload`] and [`Server::status`].
     shared: Arc<Shared>,
+    /// What a reload may not change.
+    fixed: reload::Fixed,
 }
 
 impl Server {
@@ -383,6 +388,7 @@ impl Server {
             writer,
             loader: Some(loader),
             shared,
+            fixed: reload::Fixed::of(&config),
         })
     }
 

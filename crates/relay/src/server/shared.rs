@@ -13,7 +13,7 @@
 //! Invariant: `State::conns` holds a connection exactly while the router has it registered, and
 //! every router output is carried out before the lock is released.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU8};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
@@ -26,9 +26,12 @@ use super::CloseReason;
 use super::client::ConnHandle;
 use super::handshake::Gate;
 use super::loader::Load;
+use super::reload::{Closed, peer_serial};
 use super::timer::wall_clock;
 use crate::metrics::Metrics;
-use crate::router::{ConnId, ConnectError, Output, Router};
+use crate::router::{
+    ConnId, ConnectError, Limits, Output, Reconfigured, Router, RouterConfigError,
+};
 use crate::store::{Committed, Request};
 
 /// Reading one stream of one connection pauses while the frames read from it put this many
@@ -232,6 +235,41 @@ impl Shared {
         state.conns.remove(&conn);
         state.router.handle_disconnected(conn);
         self.apply_outputs(&mut state);
+    }
+
+    /// Applies a reload to the router (see `reload.rs`), closes the connections of endpoints
+    /// left in no hotline and of certificates whose serial is in `revoked`, and returns what
+    /// the router reported and what was closed. Nothing changes if the router refuses.
+    pub(super) fn reconfigure(
+        &self,
+        hotlines: &[(EndpointId, EndpointId)],
+        limits: Limits,
+        revoked: &BTreeSet<Vec<u8>>,
+    ) -> Result<(Reconfigured, Vec<Closed>), RouterConfigError> {
+        let mut state = self.lock();
+        let report = state.router.reconfigure(hotlines, limits)?;
+        let mut closed = Vec::new();
+        for (conn, endpoint) in &report.unpaired {
+            if let Some(handle) = state.conns.remove(conn) {
+                CloseReason::Unpaired.close(&handle.connection);
+            }
+            closed.push((*conn, endpoint.clone(), CloseReason::Unpaired));
+        }
+        let revoked_conns: Vec<(ConnId, EndpointId)> = state
+            .conns
+            .iter()
+            .filter(|(_, h)| peer_serial(&h.connection).is_some_and(|s| revoked.contains(&s)))
+            .filter_map(|(c, _)| Some((*c, state.router.endpoint_of(*c)?.clone())))
+            .collect();
+        for (conn, endpoint) in revoked_conns {
+            state.router.handle_disconnected(conn);
+            if let Some(handle) = state.conns.remove(&conn) {
+                CloseReason::Revoked.close(&handle.connection);
+            }
+            closed.push((conn, endpoint, CloseReason::Revoked));
+        }
+        self.apply_outputs(&mut state);
+        Ok((report, closed))
     }
 
     /// Waits until what `conn` sent on `stream` and the store has not committed is small enough

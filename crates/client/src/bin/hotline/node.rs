@@ -1,4 +1,7 @@
-//! `hotline node`: run one or more endpoint nodes until a signal.
+//! `hotline node`: run one or more endpoint nodes until SIGINT or SIGTERM. SIGHUP re-reads
+//! each node's configuration file and applies what can change live (see [`Node::reload`]); it
+//! never stops the node. A file that does not load, or changes what needs a restart, is
+//! refused with one warning line and the node keeps running on the configuration it has.
 
 use std::path::PathBuf;
 
@@ -6,6 +9,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use hotline_client::config::NodeConfig;
 use hotline_client::node::Node;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
 
 #[derive(Debug, Args)]
 pub(crate) struct NodeArgs {
@@ -31,13 +36,19 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
     // Runs until a signal, or until one node stops on its own (a store failure).
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
-    for mut node in nodes {
+    let mut reloads = Vec::with_capacity(nodes.len());
+    for (mut node, path) in nodes.into_iter().zip(args.config.clone()) {
         let mut stop = stop_rx.clone();
+        let (reload_tx, mut reload_rx) = mpsc::unbounded_channel::<()>();
+        reloads.push(reload_tx);
         tasks.spawn(async move {
             let endpoint = node.endpoint().clone();
-            let by_itself = tokio::select! {
-                r = node.stopped() => Some(r),
-                _ = stop.wait_for(|s| *s) => None,
+            let by_itself = loop {
+                tokio::select! {
+                    r = node.stopped() => break Some(r),
+                    _ = stop.wait_for(|s| *s) => break None,
+                    Some(()) = reload_rx.recv() => reload(&mut node, &path),
+                }
             };
             let result = match by_itself {
                 Some(r) => r,
@@ -47,9 +58,24 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
         });
     }
     let mut result = Ok(());
-    tokio::select! {
-        () = shutdown_signal() => {}
-        Some(done) = tasks.join_next() => result = done.context("node task")?,
+    // Installed before waiting, so a SIGHUP never takes the default action (exit).
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(done) = tasks.join_next() => {
+                result = done.context("node task")?;
+                break;
+            }
+            _ = hangup.recv() => {
+                for reload in &reloads {
+                    let _ = reload.send(());
+                }
+            }
+        }
     }
     let _ = stop.send(true);
     while let Some(done) = tasks.join_next().await {
@@ -58,6 +84,21 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
         }
     }
     result
+}
+
+/// Re-reads `path` and applies it to `node`; one log line either way.
+fn reload(node: &mut Node, path: &std::path::Path) {
+    let endpoint = node.endpoint().clone();
+    let result = NodeConfig::load(path).and_then(|cfg| Ok(node.reload(cfg)?));
+    match result {
+        Ok(summary) => info!(%endpoint, config = %path.display(), %summary, "reloaded"),
+        Err(e) => warn!(
+            %endpoint,
+            config = %path.display(),
+            error = %format!("{e:#}"),
+            "reload refused; the node keeps its configuration"
+        ),
+    }
 }
 
 async fn shutdown_signal() {

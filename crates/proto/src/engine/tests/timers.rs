@@ -394,3 +394,40 @@ fn refused_message_is_retried_after_its_backoff() {
     pair.drive_for(secs(120));
     assert_eq!(pair.envelopes_sent(Side::A, &m), 2);
 }
+
+#[test]
+fn set_deadlines_applies_to_new_messages_and_leaves_armed_ones_alone() {
+    let mut cfg = EngineConfig::default();
+    cfg.set_delivered_deadline(Immediate, secs(5)).unwrap();
+    let mut pair = Pair::new(cfg, 36);
+    let t0 = pair.now;
+    pair.disconnect(Side::B);
+    let old = pair.send(Side::A, Immediate, "before the reload");
+    // A reload lengthens immediate's delivered deadline to 60 s; nothing else changes.
+    let mut reloaded = EngineConfig::default();
+    reloaded
+        .set_delivered_deadline(Immediate, secs(60))
+        .unwrap();
+    reloaded.set_link_test_interval(secs(30)).unwrap();
+    let link_test_interval = pair.a.engine.config().link_test_interval();
+    pair.a.engine.set_deadlines(&reloaded);
+    assert_eq!(
+        pair.a.engine.config().delivered_deadline(Immediate),
+        secs(60)
+    );
+    assert!(pair.a.engine.config().same_deadlines(&reloaded));
+    assert_eq!(
+        pair.a.engine.config().link_test_interval(),
+        link_test_interval,
+        "only deadlines are taken"
+    );
+    let new = pair.send(Side::A, Immediate, "after the reload");
+    pair.drive_until(at(t0, 5_100));
+    // The message sent before keeps the 5 s deadline it was given; the new one waits 60 s.
+    assert_eq!(pair.a.escalations.len(), 1, "{:?}", pair.a.escalations);
+    assert_eq!(pair.a.escalations[0].id, old);
+    pair.drive_until(at(t0, 59_000));
+    assert!(pair.a.escalations.iter().all(|e| e.id != new));
+    pair.drive_until(at(t0, 60_200));
+    assert!(pair.a.escalations.iter().any(|e| e.id == new));
+}
