@@ -460,20 +460,7 @@ impl<R: CryptoRng> Engine<R> {
     /// Outgoing messages still tracked (not yet both delivered and, where expected,
     /// acknowledged), in id order.
     pub fn outbox(&self) -> impl Iterator<Item = OutboxEntry> + '_ {
-        self.outbox.msgs.iter().map(|(id, m)| OutboxEntry {
-            id: id.clone(),
-            sent_at: m.sent_at,
-            transport: m.transport,
-            escalations: m.escalations,
-            accepted: m.accepted,
-            delivered: m.delivered,
-            acknowledged: m.acknowledged,
-            next_deadline: match (m.delivered, m.acknowledged, m.ack_deadline) {
-                (None, _, _) => Some((DeadlineKind::Delivered, m.delivered_deadline)),
-                (Some(_), None, Some(at)) => Some((DeadlineKind::Acknowledged, at)),
-                _ => None,
-            },
-        })
+        self.outbox.msgs.iter().map(|(id, m)| m.entry(id))
     }
 
     /// Our current signed sealing-key announcement.

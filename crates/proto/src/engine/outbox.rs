@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use super::timer::TimerTable;
 use super::{
-    AckLevel, Action, DurabilityGate, EngineConfig, Keys, LaneDepth, Local, Partner, Report,
-    WriteId, gate::ALREADY_DURABLE, keys::SendSessionState,
+    AckLevel, Action, DeadlineKind, DurabilityGate, EngineConfig, Keys, LaneDepth, Local,
+    OutboxEntry, Partner, Report, WriteId, gate::ALREADY_DURABLE, keys::SendSessionState,
 };
 use crate::crypto::Digest;
 use crate::envelope::{
@@ -102,6 +102,24 @@ impl OutMsg {
                 .acknowledged_deadline(precedence)
                 .map(|d| sent_at.plus(d)),
             rto: cfg.retransmit_initial(),
+        }
+    }
+
+    /// What [`super::Engine::outbox`] shows of it.
+    pub(super) fn entry(&self, id: &MessageId) -> OutboxEntry {
+        OutboxEntry {
+            id: id.clone(),
+            sent_at: self.sent_at,
+            transport: self.transport,
+            escalations: self.escalations,
+            accepted: self.accepted,
+            delivered: self.delivered,
+            acknowledged: self.acknowledged,
+            next_deadline: match (self.delivered, self.acknowledged, self.ack_deadline) {
+                (None, _, _) => Some((DeadlineKind::Delivered, self.delivered_deadline)),
+                (Some(_), None, Some(at)) => Some((DeadlineKind::Acknowledged, at)),
+                _ => None,
+            },
         }
     }
 

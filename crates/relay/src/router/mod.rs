@@ -346,20 +346,6 @@ impl Router {
             .is_some_and(|e| !e.partners.is_empty())
     }
 
-    /// Number of configured endpoints (in some hotline; not those a reload left dormant).
-    pub fn endpoint_count(&self) -> usize {
-        self.configured().count()
-    }
-
-    /// The endpoints in some hotline. One a reload removed from every hotline stays in
-    /// `endpoints`, dormant, with what is queued for it (see `reconfigure`).
-    fn configured(&self) -> impl Iterator<Item = &EndpointId> + Clone {
-        self.endpoints
-            .iter()
-            .filter(|(_, e)| !e.partners.is_empty())
-            .map(|(id, _)| id)
-    }
-
     /// Whether `a` and `b` share a configured hotline.
     pub fn is_paired(&self, a: &EndpointId, b: &EndpointId) -> bool {
         self.endpoints

@@ -60,6 +60,20 @@ fn pairs(hotlines: &[(EndpointId, EndpointId)]) -> BTreeSet<(EndpointId, Endpoin
 }
 
 impl Router {
+    /// Number of configured endpoints (in some hotline; not those a reload left dormant).
+    pub fn endpoint_count(&self) -> usize {
+        self.configured().count()
+    }
+
+    /// The endpoints in some hotline. One a reload removed from every hotline stays in
+    /// `endpoints`, dormant, with what is queued for it (see `reconfigure`).
+    pub(super) fn configured(&self) -> impl Iterator<Item = &EndpointId> + Clone {
+        self.endpoints
+            .iter()
+            .filter(|(_, e)| !e.partners.is_empty())
+            .map(|(id, _)| id)
+    }
+
     /// The configured hotlines, each as `(a, b)` with `a < b`.
     pub fn hotlines(&self) -> Vec<(EndpointId, EndpointId)> {
         let mut out = Vec::new();
