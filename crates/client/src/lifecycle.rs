@@ -146,6 +146,7 @@ pub fn sign(ca_dir: &Path, csr: &Path, days: u32, out: Option<&Path>) -> Result<
         .sign_csr(&text, days)
         .with_context(|| csr.display().to_string())?;
     let id = signed.id.clone();
+    refuse_if_issued(ca_dir, &id)?;
     write(ca_dir, &format!("{id}.pem"), &signed.cert_pem)?;
     let out = out
         .map(Path::to_owned)
@@ -162,6 +163,34 @@ pub fn sign(ca_dir: &Path, csr: &Path, days: u32, out: Option<&Path>) -> Result<
         id,
         identity: signed.identity,
     })
+}
+
+/// `<ca>/<id>.pem` is the CA's only record of the certificate it issued to `id`, and what
+/// `certs revoke` revokes: signing again for `id` (a re-key, or a CSR that claims a team's
+/// name) must not overwrite a certificate that is still valid, or it could never be revoked.
+/// A revoked one (in the ledger) may be replaced.
+fn refuse_if_issued(ca_dir: &Path, id: &EndpointId) -> Result<()> {
+    let cert_path = ca_dir.join(format!("{id}.pem"));
+    if !cert_path.exists() {
+        return Ok(());
+    }
+    let cert = tls::load_certs(&cert_path)?;
+    let serial = hex::encode(crl::serial(&cert[0])?);
+    let ledger_path = ca_dir.join(REVOKED_FILE);
+    let ledger: Ledger = if ledger_path.exists() {
+        read_toml(&ledger_path)?
+    } else {
+        Ledger::default()
+    };
+    if ledger.revoked.iter().any(|e| e.serial == serial) {
+        return Ok(());
+    }
+    bail!(
+        "{id} already holds a certificate from this CA ({}, serial {serial}): revoke it first \
+         (hotline certs revoke --ca {} {id}), then sign the new request",
+        cert_path.display(),
+        ca_dir.display()
+    )
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

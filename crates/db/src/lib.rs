@@ -173,10 +173,15 @@ pub enum DbError {
     /// The transaction could not be committed.
     #[error("committing a store transaction: {error}")]
     Commit {
-        /// redb's error.
-        #[from]
+        /// redb's error (in the message only, so it is printed once).
         error: redb::CommitError,
     },
+}
+
+impl From<redb::CommitError> for DbError {
+    fn from(error: redb::CommitError) -> Self {
+        Self::Commit { error }
+    }
 }
 
 /// Names the table a redb table or storage error happened in, turning it into a [`DbError`].

@@ -120,15 +120,20 @@ pub fn reset_key(path: &Path) -> Result<ring::hmac::Key, EndpointError> {
     Ok(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &bytes))
 }
 
-/// Writes a file readable only by its owner.
+/// Writes a file readable only by its owner. The temporary file beside it is made fresh
+/// (`create_new`: a leftover is removed first, and a symlink planted there is not followed),
+/// so it cannot carry looser permissions or point elsewhere.
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&tmp)?;
     f.write_all(bytes)?;
@@ -191,4 +196,31 @@ pub fn client(
     })?;
     ep.set_default_client_config(config);
     Ok(ep)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::write_private;
+
+    #[test]
+    fn a_private_file_is_0600_even_over_a_loose_leftover_or_a_planted_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("us.key");
+        let tmp = dir.path().join("us.tmp");
+        std::fs::write(&tmp, b"old").unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_private(&key, b"secret").unwrap();
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(std::fs::read(&key).unwrap(), b"secret");
+
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, b"untouched").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &tmp).unwrap();
+        write_private(&key, b"again").unwrap();
+        assert_eq!(std::fs::read(&elsewhere).unwrap(), b"untouched");
+        assert_eq!(std::fs::read(&key).unwrap(), b"again");
+    }
 }

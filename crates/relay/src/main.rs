@@ -170,10 +170,10 @@ fn run(path: &Path, format: LogFormat) -> anyhow::Result<()> {
             .init(),
         LogFormat::Json => subscriber.json().with_current_span(true).init(),
     }
-    let config = load(path)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
-        // Handlers first: a signal that arrives while the relay starts must not kill it.
+        // Handlers first: a signal that arrives while the relay starts (a `systemctl reload`
+        // right after `start`) must not kill it; a SIGHUP then reloads once it runs.
         use tokio::signal::unix::{SignalKind, signal};
         let mut interrupt =
             signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -181,6 +181,7 @@ fn run(path: &Path, format: LogFormat) -> anyhow::Result<()> {
             signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         // SIGHUP reloads; it never kills the relay.
         let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        let config = load(path)?;
         let socket = hotline_relay::admin::socket_path(&config.data_dir);
         let mut server = Server::spawn(config).await.context("starting the relay")?;
         let (jobs, mut admin) = tokio::sync::mpsc::channel(1);

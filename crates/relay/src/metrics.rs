@@ -144,8 +144,8 @@ pub(crate) struct Metrics {
     /// The CRL's next update, seconds since the epoch; 0 without a CRL.
     crl_next_update: AtomicI64,
     /// The `hotline` label of each ordered pair of partners (both orders), from the
-    /// configuration.
-    hotline_names: BTreeMap<(EndpointId, EndpointId), String>,
+    /// configuration; replaced by [`Metrics::set_hotlines`] on a reload.
+    hotline_names: std::sync::RwLock<BTreeMap<(EndpointId, EndpointId), String>>,
     hotline_queued: Family<HotlineTo, Gauge>,
     hotline_forwarded: Family<HotlinePrecedence, Counter>,
     hotline_refused: Family<HotlineRefusal, Counter>,
@@ -283,28 +283,6 @@ impl Metrics {
             "From an envelope's first arrival to its write to the recipient, per lane",
             latency.clone(),
         );
-        let mut hotline_names = BTreeMap::new();
-        for (a, b) in hotlines {
-            let name = format!("{a}:{b}");
-            hotline_names
-                .entry((a.clone(), b.clone()))
-                .or_insert_with(|| name.clone());
-            hotline_names
-                .entry((b.clone(), a.clone()))
-                .or_insert_with(|| name.clone());
-        }
-        for ((_, to), name) in &hotline_names {
-            let _ = hotline_queued.get_or_create(&HotlineTo {
-                hotline: name.clone(),
-                to: to.to_string(),
-            });
-            for p in Precedence::ALL {
-                let _ = hotline_forwarded.get_or_create(&HotlinePrecedence {
-                    hotline: name.clone(),
-                    precedence: p.as_str(),
-                });
-            }
-        }
         for p in Precedence::ALL {
             let _ = latency.get_or_create(&PrecedenceLabel {
                 precedence: p.as_str(),
@@ -328,7 +306,7 @@ impl Metrics {
                 outcome: outcome.as_str(),
             });
         }
-        Self {
+        let metrics = Self {
             registry,
             connections,
             queued_frames,
@@ -346,12 +324,68 @@ impl Metrics {
             store_reads,
             crl_expired,
             crl_next_update: AtomicI64::new(0),
-            hotline_names,
+            hotline_names: std::sync::RwLock::default(),
             hotline_queued,
             hotline_forwarded,
             hotline_refused,
             latency,
+        };
+        metrics.set_hotlines(hotlines);
+        metrics
+    }
+
+    /// The configured hotlines (at start and after each reload): their label names, and every
+    /// series of a new one created at zero; a removed one's series are dropped.
+    pub(crate) fn set_hotlines(&self, hotlines: &[(EndpointId, EndpointId)]) {
+        let mut names = BTreeMap::new();
+        for (a, b) in hotlines {
+            let name = format!("{a}:{b}");
+            names
+                .entry((a.clone(), b.clone()))
+                .or_insert_with(|| name.clone());
+            names
+                .entry((b.clone(), a.clone()))
+                .or_insert_with(|| name.clone());
         }
+        let mut current = self
+            .hotline_names
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for ((_, to), name) in current.iter() {
+            if !names.values().any(|n| n == name) {
+                self.hotline_queued.remove(&HotlineTo {
+                    hotline: name.clone(),
+                    to: to.to_string(),
+                });
+                for p in Precedence::ALL {
+                    self.hotline_forwarded.remove(&HotlinePrecedence {
+                        hotline: name.clone(),
+                        precedence: p.as_str(),
+                    });
+                }
+            }
+        }
+        for ((_, to), name) in &names {
+            let _ = self.hotline_queued.get_or_create(&HotlineTo {
+                hotline: name.clone(),
+                to: to.to_string(),
+            });
+            for p in Precedence::ALL {
+                let _ = self.hotline_forwarded.get_or_create(&HotlinePrecedence {
+                    hotline: name.clone(),
+                    precedence: p.as_str(),
+                });
+            }
+        }
+        *current = names;
+    }
+
+    fn hotline_name(&self, from: &EndpointId, to: &EndpointId) -> Option<String> {
+        self.hotline_names
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&(from.clone(), to.clone()))
+            .cloned()
     }
 
     /// An envelope from `sender` was written to `recipient` on lane `lane`, `latency` after it
@@ -364,10 +398,10 @@ impl Metrics {
         latency: Duration,
     ) {
         let precedence = lane.as_str();
-        if let Some(name) = self.hotline_names.get(&(sender.clone(), recipient.clone())) {
+        if let Some(name) = self.hotline_name(sender, recipient) {
             self.hotline_forwarded
                 .get_or_create(&HotlinePrecedence {
-                    hotline: name.clone(),
+                    hotline: name,
                     precedence,
                 })
                 .inc();
@@ -385,10 +419,10 @@ impl Metrics {
         lane: Precedence,
         code: RefusalCode,
     ) {
-        if let Some(name) = self.hotline_names.get(&(sender.clone(), recipient.clone())) {
+        if let Some(name) = self.hotline_name(sender, recipient) {
             self.hotline_refused
                 .get_or_create(&HotlineRefusal {
-                    hotline: name.clone(),
+                    hotline: name,
                     precedence: lane.as_str(),
                     code: code_name(code),
                 })
@@ -398,7 +432,11 @@ impl Metrics {
 
     /// Sets the per-hotline queue gauges from `router`.
     pub(crate) fn set_hotline_queues(&self, router: &Router) {
-        for ((from, to), name) in &self.hotline_names {
+        let names = self
+            .hotline_names
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for ((from, to), name) in names.iter() {
             let bytes = router.queued_bytes_between(from, to);
             self.hotline_queued
                 .get_or_create(&HotlineTo {

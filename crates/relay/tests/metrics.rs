@@ -324,3 +324,29 @@ async fn status_lists_hotlines_connected_endpoints_and_the_store() {
     assert_eq!(text.lines().count(), 1 + 2 * 3, "{text}");
     assert!(text.contains("connected from 127.0.0.1:"), "{text}");
 }
+
+/// A reload's hotlines reach `/status` and the per-hotline series: an added hotline appears,
+/// a removed one goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_updates_the_status_and_the_per_hotline_series() {
+    let mut fx = fixture_with(|_| {}).await;
+    let mut config = fx.dir.server_config(&[("us", "jp"), ("fr", "uk")]);
+    config.metrics = Some("127.0.0.1:0".parse().unwrap());
+    // Same hotlines, written the other way round: nothing changes.
+    fx.server.reload(&config).unwrap();
+    let mut config = fx.dir.server_config(&[("us", "uk")]);
+    config.metrics = Some("127.0.0.1:0".parse().unwrap());
+    fx.server.reload(&config).unwrap();
+    let names: Vec<String> = fx
+        .server
+        .status()
+        .hotlines
+        .iter()
+        .map(|h| h.name.clone())
+        .collect();
+    assert_eq!(names, ["us:uk"]);
+    let text = fx.scrape().await;
+    assert!(text.contains("hotline=\"us:uk\""), "{text}");
+    assert!(!text.contains("hotline=\"us:jp\""), "{text}");
+    assert!(!text.contains("hotline=\"uk:fr\""), "{text}");
+}

@@ -80,8 +80,16 @@ pub async fn run(
                         r = r.and(register(&mut writer, inbox_request(), Pending::Inbox));
                         r = r.and(register(&mut writer, alarms_request(), Pending::Alarms));
                     }
-                    r = r.and(register(&mut writer, Request::Status, Pending::Status));
-                    r = r.and(register(&mut writer, Request::Sent, Pending::Sent(Vec::new())));
+                    // One poll at a time: a node that answers slowly is not sent more.
+                    let polling = pending
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .values()
+                        .any(|p| matches!(p, Pending::Status | Pending::Sent(_)));
+                    if !polling {
+                        r = r.and(register(&mut writer, Request::Status, Pending::Status));
+                        r = r.and(register(&mut writer, Request::Sent, Pending::Sent(Vec::new())));
+                    }
                     if let Err(e) = r.and(writer.flush().await) {
                         break Err(e);
                     }

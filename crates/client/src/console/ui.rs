@@ -406,7 +406,7 @@ fn focused(block: Block<'_>, on: bool) -> Block<'_> {
 
 /// A box of `width` percent and `height` rows, centred in `area`.
 fn popup(area: Rect, width: u16, height: u16) -> Rect {
-    let w = area.width * width / 100;
+    let w = u16::try_from(u32::from(area.width) * u32::from(width) / 100).unwrap_or(area.width);
     let h = height.min(area.height);
     Rect {
         x: area.x + (area.width - w) / 2,

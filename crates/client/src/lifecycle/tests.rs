@@ -32,6 +32,19 @@ fn keys_born_at_the_endpoint_sign_pin_and_load() {
     assert_eq!(signed.identity, us.identity);
     sign(&org, &jp.csr, 365, None).unwrap();
     assert!(org.join("us.pem").exists() && !org.join("us.key").exists());
+    // A second request for us (a re-key, or a CSR claiming us's name) does not overwrite the
+    // CA's record of a certificate still valid: it could never be revoked.
+    let e = format!("{:#}", sign(&org, &us.csr, 365, None).unwrap_err());
+    assert!(
+        e.contains("us already holds a certificate") && e.contains("revoke it first"),
+        "{e}"
+    );
+    let first = std::fs::read(org.join("us.pem")).unwrap();
+    revoke(&org, "us", 30).unwrap();
+    sign(&org, &us.csr, 365, None).unwrap();
+    assert_ne!(std::fs::read(org.join("us.pem")).unwrap(), first);
+    let ledger = std::fs::read_to_string(org.join(REVOKED_FILE)).unwrap();
+    assert_eq!(ledger.matches("endpoint = \"us\"").count(), 1, "{ledger}");
     let e = format!("{:#}", NodeConfig::load(&us.config).unwrap_err());
     assert!(e.contains("hotline pin"), "{e}");
     assert_eq!(

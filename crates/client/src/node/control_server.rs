@@ -20,7 +20,7 @@ use hotline_proto::wire::MAX_BODY_LEN;
 use hotline_proto::{MessageId, Precedence};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::warn;
 
 use super::RequestError;
@@ -58,14 +58,23 @@ pub(super) async fn serve(listener: UnixListener, cmds: Commands) {
     }
 }
 
-/// Where a request's answers go: its tag and the connection's writer.
+/// Where a request's answers go: its tag and the connection's writer, and whether the client
+/// has gone (its side of the socket reached end of file).
 #[derive(Clone, Debug)]
 struct Replies {
     tag: u64,
     out: mpsc::UnboundedSender<ResponseLine>,
+    gone: watch::Receiver<bool>,
 }
 
 impl Replies {
+    /// Returns once the client has closed the connection. A follow stream waits on this: the
+    /// writer only notices a closed socket when it writes, and a quiet stream never writes.
+    async fn client_gone(&self) {
+        let mut gone = self.gone.clone();
+        let _ = gone.wait_for(|g| *g).await;
+    }
+
     fn emit(&self, event: Event) {
         let _ = self.out.send(ResponseLine {
             tag: self.tag,
@@ -90,6 +99,7 @@ impl Replies {
 async fn serve_connection(stream: UnixStream, cmds: Commands) {
     let (r, mut w) = stream.into_split();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<ResponseLine>();
+    let (gone_tx, gone_rx) = watch::channel(false);
     let writer = tokio::spawn(async move {
         let mut bytes = Vec::new();
         while let Some(line) = out_rx.recv().await {
@@ -141,6 +151,7 @@ async fn serve_connection(stream: UnixStream, cmds: Commands) {
         let replies = Replies {
             tag: req.tag,
             out: out_tx.clone(),
+            gone: gone_rx.clone(),
         };
         match req.request {
             Request::Send {
@@ -181,6 +192,7 @@ async fn serve_connection(stream: UnixStream, cmds: Commands) {
             }
         }
     }
+    let _ = gone_tx.send(true);
     drop(out_tx);
     let _ = writer.await;
 }
@@ -253,14 +265,17 @@ async fn handle_query(request: Request, cmds: mpsc::UnboundedSender<Command>, re
                 updates,
                 entries: tx,
             }) {
-                Ok(()) => {
-                    while let Some(e) = rx.recv().await {
-                        if wanted(&e) {
-                            replies.emit(Event::Message(e));
-                        }
+                Ok(()) => loop {
+                    tokio::select! {
+                        e = rx.recv() => match e {
+                            Some(e) if wanted(&e) => replies.emit(Event::Message(e)),
+                            Some(_) => {}
+                            None => break Ok(()),
+                        },
+                        // Dropping `rx` lets the engine loop forget this follower.
+                        () = replies.client_gone() => break Ok(()),
                     }
-                    Ok(())
-                }
+                },
                 Err(_) => Err(RequestError::Stopping),
             }
         }
@@ -315,8 +330,9 @@ async fn alarms(
                 Some(view) => replies.emit(Event::Alarm(view)),
                 None => return Ok(()),
             },
-            // The connection's writer ended: nobody is listening any more.
+            // The connection's writer ended, or the client closed: nobody is listening.
             () = replies.out.closed() => return Ok(()),
+            () = replies.client_gone() => return Ok(()),
         }
     }
 }

@@ -159,7 +159,7 @@ pub enum RequestError {
     Ack(#[from] AckError),
     /// The audit log could not be read.
     #[error("reading the audit log: {0}")]
-    Audit(#[from] StoreError),
+    Audit(StoreError),
     /// An empty message body.
     #[error("empty message refused: a message needs some text")]
     EmptyBody,
@@ -189,6 +189,13 @@ pub enum RequestError {
     /// The node is shutting down.
     #[error("node is stopping")]
     Stopping,
+}
+
+// The store's error is in the message, not a `source()`: anyhow's `{:#}` would print it twice.
+impl From<StoreError> for RequestError {
+    fn from(e: StoreError) -> Self {
+        Self::Audit(e)
+    }
 }
 
 /// What `audit verify/export` needs while the node runs.

@@ -21,6 +21,8 @@ impl Shared {
         let hotlines = {
             let state = self.lock();
             self.hotlines
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .iter()
                 .map(|(a, b)| HotlineStatus {
                     name: format!("{a}:{b}"),

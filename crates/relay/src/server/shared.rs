@@ -58,8 +58,9 @@ pub(super) struct Shared {
     pub(super) timer: Notify,
     /// Signalled after each commit, for stream readers waiting on the store backlog.
     committed: Notify,
-    /// The configured hotlines, in configuration order (for the status view).
-    pub(super) hotlines: Vec<(EndpointId, EndpointId)>,
+    /// The configured hotlines, in configuration order (for the status view); replaced on a
+    /// reload.
+    pub(super) hotlines: std::sync::RwLock<Vec<(EndpointId, EndpointId)>>,
     /// The store file, for its size in the status view.
     pub(super) store_path: PathBuf,
     /// Set once the QUIC endpoint is bound and every task started.
@@ -104,7 +105,7 @@ impl Shared {
             loads,
             timer: Notify::new(),
             committed: Notify::new(),
-            hotlines,
+            hotlines: std::sync::RwLock::new(hotlines),
             store_path,
             listening: AtomicBool::new(false),
             store_state: AtomicU8::new(STORE_RUNNING),
@@ -248,6 +249,11 @@ impl Shared {
     ) -> Result<(Reconfigured, Vec<Closed>), RouterConfigError> {
         let mut state = self.lock();
         let report = state.router.reconfigure(hotlines, limits)?;
+        *self
+            .hotlines
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = hotlines.to_vec();
+        self.metrics.set_hotlines(hotlines);
         let mut closed = Vec::new();
         for (conn, endpoint) in &report.unpaired {
             if let Some(handle) = state.conns.remove(conn) {

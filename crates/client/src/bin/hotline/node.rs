@@ -20,6 +20,11 @@ pub(crate) struct NodeArgs {
 }
 
 pub(crate) async fn run(args: NodeArgs) -> Result<()> {
+    // Installed before anything is loaded, so a SIGHUP while the node starts (a `systemctl
+    // reload` right after `start`) never takes the default action (exit); it reloads once the
+    // node runs.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
     let configs = args
         .config
         .iter()
@@ -58,9 +63,6 @@ pub(crate) async fn run(args: NodeArgs) -> Result<()> {
         });
     }
     let mut result = Ok(());
-    // Installed before waiting, so a SIGHUP never takes the default action (exit).
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("installing the SIGHUP handler")?;
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
