@@ -7,7 +7,8 @@
 //! - `GET /status`: the [`Status`](crate::status::Status) snapshot as JSON.
 //!
 //! Anything else is `404` (`405` for another method). It reads at most [`MAX_REQUEST_BYTES`]
-//! of a request head within [`REQUEST_TIMEOUT`], never reads a body, and closes every
+//! of a request head, never reads a body, gives a request (read and answer) at most
+//! [`REQUEST_TIMEOUT`], serves at most [`MAX_CONCURRENT_REQUESTS`] at once, and closes every
 //! connection after one answer. It listens on loopback by default: `/status` names the
 //! connected endpoints and their addresses.
 
@@ -21,7 +22,11 @@ use tracing::debug;
 
 /// Largest HTTP request head the listener reads.
 pub(crate) const MAX_REQUEST_BYTES: usize = 8 * 1024;
+/// The longest one request may take, read and answer together: a client that never reads its
+/// answer does not hold a task and a socket for ever.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Requests served at once; a connection beyond them is closed unanswered.
+const MAX_CONCURRENT_REQUESTS: usize = 32;
 
 /// What the listener serves.
 pub(crate) trait Source: Send + Sync + 'static {
@@ -41,14 +46,17 @@ pub(crate) async fn serve(listener: TcpListener, source: Arc<dyn Source>) {
             // Reap finished requests first so the set stays small.
             Some(_) = requests.join_next(), if !requests.is_empty() => {}
             accepted = listener.accept() => match accepted {
-                Ok((socket, peer)) => {
+                Ok((socket, peer)) if requests.len() < MAX_CONCURRENT_REQUESTS => {
                     let source = source.clone();
                     requests.spawn(async move {
-                        if let Err(e) = answer(socket, &*source).await {
-                            debug!(%peer, error = %e, "metrics request failed");
+                        match tokio::time::timeout(REQUEST_TIMEOUT, answer(socket, &*source)).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => debug!(%peer, error = %e, "metrics request failed"),
+                            Err(_) => debug!(%peer, "metrics request timed out"),
                         }
                     });
                 }
+                Ok((_, peer)) => debug!(%peer, "metrics listener busy: connection closed"),
                 Err(e) => {
                     debug!(error = %e, "metrics accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -92,21 +100,13 @@ fn route(line: &[u8], source: &dyn Source) -> (&'static str, &'static str, Strin
 
 async fn answer(mut socket: TcpStream, source: &dyn Source) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(1024);
-    let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
-        let mut buf = [0u8; 1024];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST_BYTES {
-            let n = socket.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            head.extend_from_slice(&buf[..n]);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST_BYTES {
+        let n = socket.read(&mut buf).await?;
+        if n == 0 {
+            break;
         }
-        Ok::<_, std::io::Error>(())
-    })
-    .await;
-    match read {
-        Ok(r) => r?,
-        Err(_) => return Ok(()),
+        head.extend_from_slice(&buf[..n]);
     }
     let line = head.split(|b| *b == b'\r').next().unwrap_or_default();
     let (status, content_type, body) = route(line, source);

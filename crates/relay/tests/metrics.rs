@@ -350,3 +350,48 @@ async fn a_reload_updates_the_status_and_the_per_hotline_series() {
     assert!(!text.contains("hotline=\"us:jp\""), "{text}");
     assert!(!text.contains("hotline=\"uk:fr\""), "{text}");
 }
+
+/// Clients that connect and never finish a request hold at most 32 slots, each for at most
+/// 5 s: beyond them a connection is closed unanswered, and once they time out the listener
+/// answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_clients_cannot_hold_the_metrics_listener() {
+    let fx = fixture_with(|_| {}).await;
+    let addr = fx.server.metrics_addr().unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..32 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // The kernel hands connections to `accept` in order: the idle ones hold every slot when
+    // this one is accepted, well within their 5 s.
+    let response = try_get(addr, "/healthz").await;
+    assert!(!response.contains("200"), "answered while busy: {response}");
+    // The idle ones time out (5 s); then requests are answered again.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if try_get(addr, "/healthz").await.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never answered again"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    drop(idle);
+}
+
+/// `GET path`, or what there is when the listener closes the connection (possibly nothing).
+async fn try_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return String::new();
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n");
+    if s.write_all(request.as_bytes()).await.is_err() {
+        return String::new();
+    }
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
