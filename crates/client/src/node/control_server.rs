@@ -65,6 +65,8 @@ struct Replies {
     tag: u64,
     out: mpsc::UnboundedSender<ResponseLine>,
     gone: watch::Receiver<bool>,
+    /// The connecting process's uid, from the socket (not from what it says).
+    peer_uid: Option<u32>,
 }
 
 impl Replies {
@@ -97,6 +99,7 @@ impl Replies {
 }
 
 async fn serve_connection(stream: UnixStream, cmds: Commands) {
+    let peer_uid = stream.peer_cred().ok().map(|c| c.uid());
     let (r, mut w) = stream.into_split();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<ResponseLine>();
     let (gone_tx, gone_rx) = watch::channel(false);
@@ -152,6 +155,7 @@ async fn serve_connection(stream: UnixStream, cmds: Commands) {
             tag: req.tag,
             out: out_tx.clone(),
             gone: gone_rx.clone(),
+            peer_uid,
         };
         match req.request {
             Request::Send {
@@ -304,9 +308,22 @@ async fn handle_query(request: Request, cmds: mpsc::UnboundedSender<Command>, re
             .await
             .map(|epoch| replies.emit(Event::Rekeyed { epoch })),
         Request::Alarms { follow, all } => alarms(&cmds, follow, all, &replies).await,
-        Request::ClearAlarm { id, all, by } => clear_alarm(&cmds, id, all, by, &replies).await,
+        Request::ClearAlarm { id, all, by } => {
+            let by = cleared_by(&by, replies.peer_uid);
+            clear_alarm(&cmds, id, all, by, &replies).await
+        }
     };
     replies.done(result);
+}
+
+/// Who cleared an alarm, for the audit log: the name the client gives (at most 64 characters)
+/// and the uid the socket reports, which the client cannot choose.
+fn cleared_by(claimed: &str, uid: Option<u32>) -> String {
+    let name: String = claimed.chars().take(64).collect();
+    match uid {
+        Some(uid) => format!("{name} (uid {uid})"),
+        None => name,
+    }
 }
 
 /// `alarms`: the book's entries, then (with `follow`) every change until the client goes away
