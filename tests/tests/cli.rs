@@ -422,3 +422,23 @@ fn a_closed_stdout_ends_the_cli_quietly() {
     assert!(!err.contains("panicked"), "{err}");
     assert!(o.status.success(), "exit {:?}: {err}", o.status);
 }
+
+/// A body on stdin past the limit is "too long", also when the cut at the limit falls inside a
+/// character (it used to read as "not UTF-8").
+#[test]
+fn an_oversized_multibyte_body_on_stdin_is_too_long_not_bad_utf8() {
+    let mut child = Command::new(bin_dir().join("hotline"))
+        .args(["send", "--config", "/nonexistent/us.toml", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let body = "é".repeat(200_000);
+    // The CLI stops reading at the limit; a broken pipe here is expected.
+    let _ = child.stdin.take().unwrap().write_all(body.as_bytes());
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert!(!o.status.success());
+    assert!(err.contains("longer than the 262144-byte limit"), "{err}");
+}

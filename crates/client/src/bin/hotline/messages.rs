@@ -135,17 +135,24 @@ fn waiting_line(id: &str, level: WaitLevel, timeout: Option<f64>) -> String {
 fn read_stdin_body() -> Result<String> {
     // Read one byte past the limit (plus the newline that is dropped), so an oversized message
     // is refused here without reading all of it into memory.
+    // The length is checked on the bytes, before decoding: the cut at the limit may fall inside
+    // a character, which must not turn "too long" into "not UTF-8".
     let limit = hotline_proto::wire::MAX_BODY_LEN;
-    let mut s = String::new();
+    let mut bytes = Vec::new();
     std::io::stdin()
         .take(limit as u64 + 3)
-        .read_to_string(&mut s)
+        .read_to_end(&mut bytes)
         .context("reading the message from stdin")?;
-    let body = drop_one_trailing_newline(s);
-    if body.len() > limit {
+    let trailing = match bytes.as_slice() {
+        [.., b'\r', b'\n'] => 2,
+        [.., b'\n'] => 1,
+        _ => 0,
+    };
+    if bytes.len() - trailing > limit {
         bail!("the message on stdin is longer than the {limit}-byte limit");
     }
-    Ok(body)
+    let text = String::from_utf8(bytes).context("the message on stdin is not UTF-8 text")?;
+    Ok(drop_one_trailing_newline(text))
 }
 
 /// `text` without one trailing `\n` (or `\r\n`).
