@@ -386,7 +386,11 @@ pub async fn run(params: &FloorParams, ticker: &Arc<Ticker>) -> Result<FloorRun>
     }
     tick(name, &clock, &rec, &intended, &mut series, &mut last_acked);
     drop(out);
-    let b_stats = b_stats_rx.await.ok().flatten();
+    let b_stats = tokio::time::timeout(Duration::from_secs(1), b_stats_rx)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
     b_task.abort();
     a_acks.abort();
     conn_a.close(0u32.into(), b"done");
