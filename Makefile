@@ -22,8 +22,8 @@ test: lint
 bench:
 	$(CARGO) build --release --workspace --bins --locked
 	$(CARGO) bench -p hotline-proto --bench engine --locked
-	./target/release/hotline-bench baseline --rate 1000 --duration 15 --floor --json target/bench-baseline-1k.json
-	./target/release/hotline-bench baseline --rate 10000 --duration 15 --floor --json target/bench-baseline-10k.json
+	./target/release/hotline-bench baseline --rate 1000 --duration 15 --floor both --json target/bench-baseline-1k.json
+	./target/release/hotline-bench baseline --rate 10000 --duration 15 --floor both --json target/bench-baseline-10k.json
 	./target/release/hotline-bench flood --duration 10 --json target/bench-flood.json
 	./target/release/hotline-bench scale --rate 1000 --duration 6 --max-pairs 1000 --json target/bench-scale.json
 

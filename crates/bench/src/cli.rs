@@ -15,12 +15,14 @@ const EXAMPLES: &str = "\
 Examples:
   hotline-bench baseline --rate 1000 --duration 15 --json base.json --plot base.svg
   hotline-bench baseline --rate 10000 --mix routine=90,flash=10 --auto-ack --floor
+  hotline-bench baseline --rate 1000 --duration 15 --floor both --floor-dir /var/tmp
   hotline-bench flood --duration 10 --flash-rate 150 --json flood.json
   hotline-bench scale --rate 1000 --duration 5 --max-pairs 1000
   hotline-bench neighbours --quiet-pairs 8 --duration 10 --json neighbours.json
   hotline-bench neighbours --quiet-pairs 8 --duration 10 --flood-wrong-streams
   hotline-bench soak --rate 2000 --duration 3600 --interval 60 --json soak.json
   hotline-bench floor --rate 10000 --duration 10
+  hotline-bench floor --durable --rate 1000 --duration 10
   hotline-bench failover --rate 500 --duration 20 --json failover.json
   hotline-bench failover --rate 200 --duration 40 --partition 20 --impair loss=2%,delay=40ms
   hotline-bench baseline --rate 1000 --duration 15 --relays 2
@@ -152,10 +154,23 @@ pub enum Scenario {
     ///
     /// Example: hotline-bench baseline --rate 1000 --duration 15 --floor
     Baseline {
-        /// Also run the bare-QUIC floor at the same rate and size, and report the overhead
-        /// ratio of the round-trip p99. Example: --floor
-        #[arg(long)]
-        floor: bool,
+        /// Also run the floor at the same rate and size after Hotline, and report Hotline's
+        /// round-trip percentiles as ratios to each floor: bare (the two-hop QUIC forwarder),
+        /// durable (the same, both ends fdatasync every message before passing it on) or both.
+        /// --floor alone means both. Example: --floor durable
+        #[arg(
+            long,
+            value_enum,
+            num_args = 0..=1,
+            default_missing_value = "both",
+            value_name = "KIND"
+        )]
+        floor: Option<FloorChoice>,
+        /// Where the durable floor's logs go: a temporary directory inside DIR, which must not
+        /// be on tmpfs (default: the system temporary directory, where the bench's own run
+        /// directories are). Example: --floor-dir /var/tmp
+        #[arg(long, value_name = "DIR", requires = "floor")]
+        floor_dir: Option<PathBuf>,
     },
     /// FLASH latency while routine traffic saturates the link.
     ///
@@ -246,8 +261,23 @@ pub enum Scenario {
     /// The physical floor: the same payloads and pacing through a bare two-hop QUIC forwarder
     /// with Hotline's TLS settings, no Hotline logic.
     ///
+    /// With --durable (or --kind durable) both ends append every message to a file and
+    /// fdatasync it (group commit, one sync per batch) before passing it on: the least a
+    /// system that acknowledges only what is on disk must do. --kind both runs the two in turn.
+    ///
     /// Example: hotline-bench floor --rate 10000 --duration 10
-    Floor,
+    Floor {
+        /// Which floor: bare, durable or both. Example: --kind both
+        #[arg(long, value_enum, default_value = "bare", value_name = "KIND")]
+        kind: FloorChoice,
+        /// The durable floor (--kind durable). Example: --durable
+        #[arg(long, conflicts_with = "kind")]
+        durable: bool,
+        /// Where the durable floor's logs go: a temporary directory inside DIR, which must not
+        /// be on tmpfs (default: the system temporary directory). Example: --floor-dir /var/tmp
+        #[arg(long, value_name = "DIR")]
+        floor_dir: Option<PathBuf>,
+    },
     /// A relay killed under load: two relays (or --relays), steady load, `kill -9` of the first
     /// relay at --kill-at. Reports the round trip per second around the kill against the
     /// steady state before it (goal: failover p99 < steady p99 + 1 s, max < 1.5 s) and the
@@ -277,9 +307,33 @@ impl Scenario {
             Self::Scale { .. } => "scale",
             Self::Neighbours { .. } => "neighbours",
             Self::Soak { .. } => "soak",
-            Self::Floor => "floor",
+            Self::Floor { .. } => "floor",
             Self::Failover { .. } => "failover",
         }
+    }
+}
+
+/// Which floor(s) a run measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FloorChoice {
+    /// The bare two-hop QUIC forwarder.
+    Bare,
+    /// The same, with both ends logging and fdatasyncing every message first.
+    Durable,
+    /// Bare, then durable.
+    Both,
+}
+
+impl FloorChoice {
+    /// Includes the bare floor.
+    pub fn bare(self) -> bool {
+        matches!(self, Self::Bare | Self::Both)
+    }
+
+    /// Includes the durable floor.
+    pub fn durable(self) -> bool {
+        matches!(self, Self::Durable | Self::Both)
     }
 }
 
@@ -504,6 +558,55 @@ mod tests {
         assert!(parse(&["--pairs", "0"]).contains("--pairs"));
         assert!(parse(&["--size", "999999999"]).contains("--size"));
         assert!(parse(&["--mix", "routine=x"]).contains("--mix"));
+    }
+
+    #[test]
+    fn floor_takes_a_kind_and_alone_means_both() {
+        let floor = |args: &[&str]| {
+            let mut v = vec!["hotline-bench", "baseline"];
+            v.extend_from_slice(args);
+            match Cli::try_parse_from(v).map(|c| c.scenario) {
+                Ok(Scenario::Baseline { floor, floor_dir }) => Ok((floor, floor_dir)),
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => Err(e),
+            }
+        };
+        assert_eq!(floor(&[]).unwrap(), (None, None));
+        assert_eq!(floor(&["--floor"]).unwrap().0, Some(FloorChoice::Both));
+        assert_eq!(
+            floor(&["--floor", "--rate", "5"]).unwrap().0,
+            Some(FloorChoice::Both)
+        );
+        assert_eq!(
+            floor(&["--floor", "bare"]).unwrap().0,
+            Some(FloorChoice::Bare)
+        );
+        assert_eq!(
+            floor(&["--floor", "durable", "--floor-dir", "/var/tmp"]).unwrap(),
+            (Some(FloorChoice::Durable), Some(PathBuf::from("/var/tmp")))
+        );
+        assert!(floor(&["--floor", "wet"]).is_err());
+        assert!(
+            floor(&["--floor-dir", "/var/tmp"]).is_err(),
+            "needs --floor"
+        );
+
+        let kind = |args: &[&str]| {
+            let mut v = vec!["hotline-bench", "floor"];
+            v.extend_from_slice(args);
+            match Cli::try_parse_from(v).map(|c| c.scenario) {
+                Ok(Scenario::Floor { kind, durable, .. }) => Ok((kind, durable)),
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => Err(e),
+            }
+        };
+        assert_eq!(kind(&[]).unwrap(), (FloorChoice::Bare, false));
+        assert_eq!(kind(&["--durable"]).unwrap(), (FloorChoice::Bare, true));
+        assert_eq!(
+            kind(&["--kind", "both"]).unwrap(),
+            (FloorChoice::Both, false)
+        );
+        assert!(kind(&["--durable", "--kind", "bare"]).is_err());
     }
 
     #[test]

@@ -12,9 +12,18 @@
 //! Frames A → B carry `index: u64` and padding to `--size` bytes; B answers each with
 //! `index: u64` and 8 zero bytes. The round trip is measured at A from the intended send time,
 //! exactly as for Hotline, and recorded as `round_trip`.
+//!
+//! The durable floor ([`FloorParams::durable_dir`]) is the same code with one difference on each
+//! side: A appends every message (its payload, length-prefixed) to a log file and `fdatasync`s
+//! it before sending, B does the same with every message it receives before sending its ack.
+//! Both use a [`GroupCommit`] thread: whatever is pending when a sync ends goes into the next
+//! batch, one `fdatasync` per batch. That is the least any system that acknowledges only what
+//! is on disk at both ends must do; Hotline's goal is to be within 1.5× of it. The files go in a
+//! temporary directory on the filesystem of the chosen directory, which must not be tmpfs.
 
 use std::collections::HashMap;
 use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -24,18 +33,24 @@ use hotline_net::pki::ExercisePki;
 use hotline_net::quic::{self, Timeouts};
 use hotline_net::tls::{self, Credentials};
 use hotline_proto::{EndpointId, Precedence};
+use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 
 use crate::check;
 use crate::clock::{Clock, Ticker};
 use crate::cluster::{CpuTimes, cpu_of};
 use crate::driver::{Counts, PhaseResult, Point, Queues};
-use crate::report::round2;
+use crate::durable::{CommitStats, CommitSummary, GroupCommit, check_real_disk};
+use crate::report::{phase_json, round2};
 use crate::schedule::{Mix, Pacer, Schedule, latency_us};
 use crate::stats::{self, Group, LatencyStats, Level, Summary};
 
 /// Bytes of the ack payload.
 pub const ACK_BYTES: usize = 16;
+
+/// The most messages one `fdatasync` of the durable floor covers.
+pub const MAX_BATCH: usize = 1024;
 
 /// What the floor run does.
 #[derive(Clone, Debug)]
@@ -50,14 +65,157 @@ pub struct FloorParams {
     pub size: usize,
     /// Longest wait for the last acks.
     pub drain: Duration,
+    /// The durable floor: both ends log and `fdatasync` every message, in a temporary
+    /// directory made inside this one. `None`: the bare floor.
+    pub durable_dir: Option<PathBuf>,
+}
+
+/// One floor run: its figures and, for the durable floor, what each end's log writer did.
+#[derive(Debug)]
+pub struct FloorRun {
+    /// The figures, as a phase named `floor` (bare) or `durable_floor`.
+    pub phase: PhaseResult,
+    /// A's log (durable floor only).
+    pub sender_log: Option<CommitSummary>,
+    /// B's log (durable floor only).
+    pub receiver_log: Option<CommitSummary>,
+}
+
+impl FloorRun {
+    /// True for the durable floor.
+    pub fn durable(&self) -> bool {
+        self.sender_log.is_some()
+    }
+
+    /// The phase's JSON, with `group_commit` for the durable floor.
+    pub fn json(&self) -> Value {
+        let mut v = phase_json(&self.phase);
+        if let (Some(obj), Some(a), Some(b)) =
+            (v.as_object_mut(), &self.sender_log, &self.receiver_log)
+        {
+            obj.insert(
+                "group_commit".into(),
+                serde_json::json!({"sender": a, "receiver": b}),
+            );
+        }
+        v
+    }
+}
+
+/// Where a side's frames go: straight onto its stream (bare), or through a group-commit log
+/// whose release task writes them once they are synced (durable).
+enum Outbox {
+    Direct(quinn::SendStream),
+    Logged {
+        log: GroupCommit<Vec<u8>>,
+        stats: Arc<Mutex<CommitStats>>,
+        release: JoinHandle<Result<quinn::SendStream>>,
+    },
+}
+
+impl Outbox {
+    fn new(stream: quinn::SendStream, log: Option<&Path>) -> Result<Self> {
+        let Some(path) = log else {
+            return Ok(Self::Direct(stream));
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Vec<u8>>>();
+        let log = GroupCommit::start(path, MAX_BATCH, tx)
+            .with_context(|| format!("creating {}", path.display()))?;
+        let stats = log.stats();
+        let release = tokio::spawn(async move {
+            let mut stream = stream;
+            while let Some(batch) = rx.recv().await {
+                framed::write_frame(&mut stream, &batch.concat()).await?;
+            }
+            anyhow::Ok(stream)
+        });
+        Ok(Self::Logged {
+            log,
+            stats,
+            release,
+        })
+    }
+
+    /// The log writer's figures (durable only).
+    fn stats(&self) -> Option<Arc<Mutex<CommitStats>>> {
+        match self {
+            Self::Direct(_) => None,
+            Self::Logged { stats, .. } => Some(stats.clone()),
+        }
+    }
+
+    /// Sends each `(record, frame)`'s frame; durable: after `record` is appended and synced.
+    async fn send(&mut self, msgs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
+        match self {
+            Self::Direct(stream) => {
+                let bytes: Vec<u8> = msgs.into_iter().flat_map(|(_, frame)| frame).collect();
+                framed::write_frame(stream, &bytes).await?;
+            }
+            Self::Logged { log, stats, .. } => {
+                for (record, frame) in msgs {
+                    if !log.submit(record, frame) {
+                        let e = lock(stats).error.clone();
+                        bail!(e.unwrap_or_else(|| "the floor log writer stopped".into()));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        if let Self::Logged { release, .. } = self {
+            release.abort();
+        }
+    }
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Direct(_) => "Outbox::Direct",
+            Self::Logged { .. } => "Outbox::Logged",
+        })
+    }
+}
+
+/// The figures of a log writer, failing on the error that stopped it.
+fn log_summary(stats: Option<&Arc<Mutex<CommitStats>>>) -> Result<Option<CommitSummary>> {
+    let Some(stats) = stats else { return Ok(None) };
+    let s = lock(stats);
+    if let Some(e) = &s.error {
+        bail!("{e}");
+    }
+    Ok(Some(s.summary()))
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Runs the floor and returns its figures as a phase named `floor`.
-pub async fn run(params: &FloorParams, ticker: &Arc<Ticker>) -> Result<PhaseResult> {
+/// Runs the floor (bare or durable) and returns its figures.
+pub async fn run(params: &FloorParams, ticker: &Arc<Ticker>) -> Result<FloorRun> {
+    let name = if params.durable_dir.is_some() {
+        "durable_floor"
+    } else {
+        "floor"
+    };
+    let logs = match &params.durable_dir {
+        None => None,
+        Some(parent) => {
+            check_real_disk(parent)?;
+            Some(
+                tempfile::Builder::new()
+                    .prefix("hotline-bench-durable-")
+                    .tempdir_in(parent)
+                    .with_context(|| format!("making a directory in {}", parent.display()))?,
+            )
+        }
+    };
+    let a_log = logs.as_ref().map(|d| d.path().join("a.log"));
+    let b_log = logs.as_ref().map(|d| d.path().join("b.log"));
     let dir = tempfile::Builder::new()
         .prefix("hotline-bench-floor-")
         .tempdir()?;
@@ -104,13 +262,15 @@ pub async fn run(params: &FloorParams, ticker: &Arc<Ticker>) -> Result<PhaseResu
         &Mix::only(Precedence::Routine),
     );
 
-    // B: read frames in order, answer each with an ack.
+    // B: read frames in order, answer each with an ack (durable: once the frame is synced).
     let received: Arc<Mutex<Vec<check::Msg>>> = Arc::default();
+    let (b_stats_tx, b_stats_rx) = oneshot::channel();
     let b_task = {
         let received = received.clone();
         let conn = conn_b.clone();
         tokio::spawn(async move {
-            let mut acks = conn.open_uni().await?;
+            let mut acks = Outbox::new(conn.open_uni().await?, b_log.as_deref())?;
+            let _ = b_stats_tx.send(acks.stats());
             let mut incoming = conn.accept_uni().await?;
             while let Some(frame) = framed::read_frame(&mut incoming).await? {
                 let index = read_index(&frame)?;
@@ -118,7 +278,8 @@ pub async fn run(params: &FloorParams, ticker: &Arc<Ticker>) -> Result<PhaseResu
                     index,
                     precedence: Precedence::Routine,
                 });
-                framed::write_frame(&mut acks, &ack_frame(index)).await?;
+                let record = frame.get(4..).unwrap_or_default().to_vec();
+                acks.send(vec![(record, ack_frame(index))]).await?;
             }
             anyhow::Ok(())
         })
@@ -158,14 +319,14 @@ pub async fn run(params: &FloorParams, ticker: &Arc<Ticker>) -> Result<PhaseResu
         })
     };
 
-    // A: paced sends.
+    // A: paced sends (durable: each released once it is synced).
+    let mut out = Outbox::new(conn_a.open_uni().await?, a_log.as_deref())?;
+    let a_stats = out.stats();
     let a_send = {
         let intended = intended.clone();
-        let conn = conn_a.clone();
         let ticker = ticker.clone();
         let size = params.size;
         tokio::spawn(async move {
-            let mut out = conn.open_uni().await?;
             loop {
                 let now = clock.elapsed();
                 let mut batch = Vec::new();
@@ -182,15 +343,21 @@ pub async fn run(params: &FloorParams, ticker: &Arc<Ticker>) -> Result<PhaseResu
                         }
                     }
                 }
-                let mut bytes = Vec::with_capacity(batch.len() * (size + 4));
+                let mut msgs = Vec::with_capacity(batch.len());
                 {
                     let mut i = lock(&intended);
                     for at in batch {
-                        bytes.extend_from_slice(&data_frame(i.len() as u64, size));
+                        let frame = data_frame(i.len() as u64, size);
+                        let record = if matches!(out, Outbox::Direct(_)) {
+                            Vec::new()
+                        } else {
+                            frame[4..].to_vec()
+                        };
+                        msgs.push((record, frame));
                         i.push(at);
                     }
                 }
-                framed::write_frame(&mut out, &bytes).await?;
+                out.send(msgs).await?;
             }
             anyhow::Ok(out)
         })
@@ -204,7 +371,7 @@ pub async fn run(params: &FloorParams, ticker: &Arc<Ticker>) -> Result<PhaseResu
     let out = loop {
         tokio::select! {
             r = &mut a_send => break r.context("floor sender")??,
-            _ = progress.tick() => tick(&clock, &rec, &intended, &mut series, &mut last_acked),
+            _ = progress.tick() => tick(name, &clock, &rec, &intended, &mut series, &mut last_acked),
         }
     };
     let deadline = tokio::time::Instant::now() + params.drain;
@@ -217,8 +384,13 @@ pub async fn run(params: &FloorParams, ticker: &Arc<Ticker>) -> Result<PhaseResu
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    tick(&clock, &rec, &intended, &mut series, &mut last_acked);
+    tick(name, &clock, &rec, &intended, &mut series, &mut last_acked);
     drop(out);
+    let b_stats = tokio::time::timeout(Duration::from_secs(1), b_stats_rx)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
     b_task.abort();
     a_acks.abort();
     conn_a.close(0u32.into(), b"done");
@@ -232,6 +404,8 @@ pub async fn run(params: &FloorParams, ticker: &Arc<Ticker>) -> Result<PhaseResu
         })
         .collect();
     let verdict = check::check(&sent_msgs, &lock(&received));
+    let sender_log = log_summary(a_stats.as_ref())?;
+    let receiver_log = log_summary(b_stats.as_ref())?;
     let r = lock(&rec);
     let window = end.saturating_sub(start + params.warmup);
     let acked = r.acked.len() as u64;
@@ -245,8 +419,8 @@ pub async fn run(params: &FloorParams, ticker: &Arc<Ticker>) -> Result<PhaseResu
         unconfirmed: verdict.delivered.saturating_sub(acked),
         ..Counts::default()
     };
-    Ok(PhaseResult {
-        name: "floor".into(),
+    let phase = PhaseResult {
+        name: name.into(),
         stats: r.stats.clone(),
         throughput: if window.is_zero() {
             0.0
@@ -271,6 +445,11 @@ pub async fn run(params: &FloorParams, ticker: &Arc<Ticker>) -> Result<PhaseResu
                 .zip(cpu0)
                 .map(|(b, a)| round2((b - a) / wall0.elapsed().as_secs_f64())),
         },
+    };
+    Ok(FloorRun {
+        phase,
+        sender_log,
+        receiver_log,
     })
 }
 
@@ -296,6 +475,7 @@ impl Default for FloorRec {
 }
 
 fn tick(
+    name: &str,
     clock: &Clock,
     rec: &Mutex<FloorRec>,
     intended: &Mutex<Vec<Duration>>,
@@ -317,7 +497,7 @@ fn tick(
     r.tick.reset();
     let so_far = r.stats.summary(Level::RoundTrip, Group::All);
     eprintln!(
-        "[floor {:>6.1}s] sent {sent}  acked {acked} ({}/s)  in flight {}  round-trip p99 so far {}",
+        "[{name} {:>6.1}s] sent {sent}  acked {acked} ({}/s)  in flight {}  round-trip p99 so far {}",
         point.t_s,
         point.delivered,
         point.in_flight,
@@ -512,25 +692,72 @@ mod tests {
         assert_eq!(data_frame(1, 0).len(), 12);
     }
 
+    fn params(durable_dir: Option<PathBuf>) -> FloorParams {
+        FloorParams {
+            rate: 200.0,
+            duration: Duration::from_millis(500),
+            warmup: Duration::ZERO,
+            size: 256,
+            drain: Duration::from_secs(10),
+            durable_dir,
+        }
+    }
+
     #[tokio::test]
     async fn floor_round_trips_are_measured_and_correct() {
         let ticker = Arc::new(Ticker::start().unwrap());
-        let r = run(
-            &FloorParams {
-                rate: 200.0,
-                duration: Duration::from_millis(500),
-                warmup: Duration::ZERO,
-                size: 256,
-                drain: Duration::from_secs(10),
-            },
-            &ticker,
-        )
-        .await
-        .unwrap();
+        let run = run(&params(None), &ticker).await.unwrap();
+        assert!(!run.durable());
+        let r = run.phase;
+        assert_eq!(r.name, "floor");
         assert!(r.drained);
         assert_eq!(r.counts.sent, 100);
         assert_eq!(r.counts.delivered, 100);
         assert!(r.counts.correct(), "{:?}", r.counts);
         assert_eq!(r.stats.summary(Level::RoundTrip, Group::All).count, 100);
+    }
+
+    #[tokio::test]
+    async fn the_durable_floor_logs_every_message_at_both_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        if crate::durable::fs_type(dir.path()).ok() == Some(crate::durable::TMPFS_MAGIC) {
+            eprintln!("skipped: the temporary directory is on tmpfs");
+            return;
+        }
+        let ticker = Arc::new(Ticker::start().unwrap());
+        let run = run(&params(Some(dir.path().to_path_buf())), &ticker)
+            .await
+            .unwrap();
+        assert!(run.durable());
+        let r = &run.phase;
+        assert_eq!(r.name, "durable_floor");
+        assert!(r.drained);
+        assert_eq!(r.counts.delivered, 100);
+        assert!(r.counts.correct(), "{:?}", r.counts);
+        for log in [&run.sender_log, &run.receiver_log] {
+            let log = log.as_ref().unwrap();
+            assert_eq!(log.records, 100);
+            assert!(log.syncs >= 1 && log.max_batch <= MAX_BATCH);
+            assert_eq!(log.fdatasync_us.count, log.syncs);
+        }
+        let v = run.json();
+        assert_eq!(v["group_commit"]["receiver"]["records"], 100);
+        // The logs went in a temporary directory that is gone after the run.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_durable_floor_refuses_tmpfs() {
+        let shm = PathBuf::from("/dev/shm");
+        if crate::durable::fs_type(&shm).ok() != Some(crate::durable::TMPFS_MAGIC) {
+            eprintln!("skipped: /dev/shm is not tmpfs here");
+            return;
+        }
+        let ticker = Arc::new(Ticker::start().unwrap());
+        let e = run(&params(Some(shm)), &ticker).await.unwrap_err();
+        assert_eq!(
+            format!("{e:#}"),
+            "the durable floor needs a real disk: /dev/shm is on tmpfs, where fsync is free"
+        );
     }
 }

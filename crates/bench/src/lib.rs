@@ -12,7 +12,9 @@
 //! - [`scenario`]: `baseline`, `flood`, `scale`, `neighbours`, `soak`, `floor`.
 //! - [`driver`]: one load phase against running nodes.
 //! - [`cluster`]: starting (or finding) the relay and the nodes; relay memory.
-//! - [`floor`]: the bare two-hop QUIC forwarder Hotline's overhead is quoted against.
+//! - [`floor`]: the bare two-hop QUIC forwarder Hotline's overhead is quoted against, bare or
+//!   durable (both ends `fdatasync` every message before passing it on).
+//! - [`durable`]: the durable floor's group-commit log writer and its refusal of tmpfs.
 //! - [`rogue`]: a client with an endpoint's own credentials that floods on the wrong streams.
 //! - [`schedule`], [`clock`]: intended send times, precedence mixes, precise sleeping.
 //! - [`stats`], [`check`]: histograms and percentiles; lost / duplicated / out-of-order.
@@ -26,6 +28,7 @@ pub mod cli;
 pub mod clock;
 pub mod cluster;
 pub mod driver;
+pub mod durable;
 pub mod floor;
 pub mod plot;
 pub mod report;

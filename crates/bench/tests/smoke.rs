@@ -133,6 +133,18 @@ fn baseline_with_auto_ack_and_floor() {
             > 0
     );
     assert!(r["overhead_round_trip_p99_ratio"].is_number());
+    // `--floor` alone runs both floors; the round trip is quoted against each.
+    assert!(
+        r["durable_floor"]["latency_us"]["round_trip"]["all"]["count"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    for floor in ["bare", "durable"] {
+        for p in ["p50", "p99", "p999"] {
+            assert!(r["floor_ratios"][floor][p].is_number(), "{floor} {p}: {r}");
+        }
+    }
 }
 
 #[test]
@@ -227,4 +239,68 @@ fn floor() {
     ]);
     assert!(r["relay_rss_bytes"].is_null());
     assert_eq!(r["counts"]["delivered"], 300);
+}
+
+#[test]
+fn durable_floor() {
+    let r = run(&[
+        "floor",
+        "--durable",
+        "--rate",
+        "200",
+        "--duration",
+        "1.5",
+        "--warmup",
+        "0.5",
+    ]);
+    assert_eq!(r["counts"]["delivered"], 300);
+    let d = &r["durable_floor"];
+    assert_eq!(d["name"], "durable_floor");
+    assert_eq!(d["latency_us"]["round_trip"]["all"]["count"], 200);
+    for side in ["sender", "receiver"] {
+        assert_eq!(d["group_commit"][side]["records"], 300, "{side}");
+        assert!(
+            d["group_commit"][side]["fdatasync_us"]["count"]
+                .as_u64()
+                .unwrap()
+                > 0
+        );
+    }
+}
+
+#[test]
+fn durable_floor_refuses_tmpfs() {
+    let shm = std::path::Path::new("/dev/shm");
+    let on_tmpfs = std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            l.split_whitespace()
+                .take(3)
+                .eq(["tmpfs", "/dev/shm", "tmpfs"])
+        });
+    if !shm.is_dir() || !on_tmpfs {
+        eprintln!("skipped: /dev/shm is not tmpfs here");
+        return;
+    }
+    let out = Command::new(bench())
+        .args([
+            "floor",
+            "--durable",
+            "--floor-dir",
+            "/dev/shm",
+            "--duration",
+            "2",
+        ])
+        .output()
+        .expect("running hotline-bench");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "the durable floor needs a real disk: /dev/shm is on tmpfs, where fsync is free"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
 }

@@ -28,7 +28,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde_json::Value;
 
-use crate::cli::{Cli, Options, Scenario, scale_steps};
+use crate::cli::{Cli, FloorChoice, Options, Scenario, scale_steps};
 use crate::clock::Ticker;
 use crate::cluster::{Cluster, ClusterOptions, NodeMode};
 use crate::driver::{Flow, Phase, PhaseResult, run_phase};
@@ -52,8 +52,11 @@ pub async fn run(cli: &Cli) -> Result<Report> {
         report::command_line()
     );
     let report = match &cli.scenario {
-        Scenario::Baseline { floor } => {
-            baseline::baseline(opts, *floor, params, &date, &ticker).await?
+        Scenario::Baseline { floor, floor_dir } => {
+            let floors = floor
+                .map(|choice| baseline::Floors::new(choice, floor_dir.as_deref()))
+                .transpose()?;
+            baseline::baseline(opts, floors.as_ref(), params, &date, &ticker).await?
         }
         Scenario::Flood {
             flash_rate,
@@ -107,7 +110,24 @@ pub async fn run(cli: &Cli) -> Result<Report> {
             let i = interval.unwrap_or(opts.duration / 10.0).max(1.0);
             soak::soak(opts, Duration::from_secs_f64(i), params, &date, &ticker).await?
         }
-        Scenario::Floor => baseline::floor_only(opts, params, &date, &ticker).await?,
+        Scenario::Floor {
+            kind,
+            durable,
+            floor_dir,
+        } => {
+            let choice = if *durable {
+                FloorChoice::Durable
+            } else {
+                *kind
+            };
+            if floor_dir.is_some() && !choice.durable() {
+                anyhow::bail!(
+                    "--floor-dir is for the durable floor (--durable or --kind durable|both)"
+                );
+            }
+            let floors = baseline::Floors::new(choice, floor_dir.as_deref())?;
+            baseline::floor_only(opts, &floors, params, &date, &ticker).await?
+        }
         Scenario::Failover { kill_at, partition } => {
             failover::failover(opts, *kill_at, *partition, params, &date, &ticker).await?
         }
@@ -257,8 +277,9 @@ fn plot_phase(
     Ok(())
 }
 
-fn floor_params(opts: &Options) -> FloorParams {
+fn floor_params(opts: &Options, durable_dir: Option<PathBuf>) -> FloorParams {
     FloorParams {
+        durable_dir,
         rate: opts.rate,
         duration: opts.duration(),
         warmup: opts.warmup(),
