@@ -16,15 +16,15 @@
 //! The durable floor ([`FloorParams::durable_dir`]) is the same code with one difference on each
 //! side: A appends every message (its payload, length-prefixed) to a log file and `fdatasync`s
 //! it before sending, B does the same with every message it receives before sending its ack.
-//! Both use a [`GroupCommit`] thread: whatever is pending when a sync ends goes into the next
+//! Both use a [`GroupCommit`](crate::durable::GroupCommit) thread: whatever is pending when a sync ends goes into the next
 //! batch, one `fdatasync` per batch. That is the least any system that acknowledges only what
 //! is on disk at both ends must do; Hotline's goal is to be within 1.5× of it. The files go in a
 //! temporary directory on the filesystem of the chosen directory, which must not be tmpfs.
 
 use std::collections::HashMap;
 use std::net::UdpSocket;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -35,16 +35,16 @@ use hotline_net::tls::{self, Credentials};
 use hotline_proto::{EndpointId, Precedence};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 
 use crate::check;
 use crate::clock::{Clock, Ticker};
 use crate::cluster::{CpuTimes, cpu_of};
 use crate::driver::{Counts, PhaseResult, Point, Queues};
-use crate::durable::{CommitStats, CommitSummary, GroupCommit, check_real_disk};
+use crate::durable::{CommitSummary, check_real_disk};
 use crate::report::{phase_json, round2};
 use crate::schedule::{Mix, Pacer, Schedule, latency_us};
 use crate::stats::{self, Group, LatencyStats, Level, Summary};
+use outbox::{Outbox, lock, log_summary};
 
 /// Bytes of the ack payload.
 pub const ACK_BYTES: usize = 16;
@@ -100,99 +100,6 @@ impl FloorRun {
         }
         v
     }
-}
-
-/// Where a side's frames go: straight onto its stream (bare), or through a group-commit log
-/// whose release task writes them once they are synced (durable).
-enum Outbox {
-    Direct(quinn::SendStream),
-    Logged {
-        log: GroupCommit<Vec<u8>>,
-        stats: Arc<Mutex<CommitStats>>,
-        release: JoinHandle<Result<quinn::SendStream>>,
-    },
-}
-
-impl Outbox {
-    fn new(stream: quinn::SendStream, log: Option<&Path>) -> Result<Self> {
-        let Some(path) = log else {
-            return Ok(Self::Direct(stream));
-        };
-        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Vec<u8>>>();
-        let log = GroupCommit::start(path, MAX_BATCH, tx)
-            .with_context(|| format!("creating {}", path.display()))?;
-        let stats = log.stats();
-        let release = tokio::spawn(async move {
-            let mut stream = stream;
-            while let Some(batch) = rx.recv().await {
-                framed::write_frame(&mut stream, &batch.concat()).await?;
-            }
-            anyhow::Ok(stream)
-        });
-        Ok(Self::Logged {
-            log,
-            stats,
-            release,
-        })
-    }
-
-    /// The log writer's figures (durable only).
-    fn stats(&self) -> Option<Arc<Mutex<CommitStats>>> {
-        match self {
-            Self::Direct(_) => None,
-            Self::Logged { stats, .. } => Some(stats.clone()),
-        }
-    }
-
-    /// Sends each `(record, frame)`'s frame; durable: after `record` is appended and synced.
-    async fn send(&mut self, msgs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
-        match self {
-            Self::Direct(stream) => {
-                let bytes: Vec<u8> = msgs.into_iter().flat_map(|(_, frame)| frame).collect();
-                framed::write_frame(stream, &bytes).await?;
-            }
-            Self::Logged { log, stats, .. } => {
-                for (record, frame) in msgs {
-                    if !log.submit(record, frame) {
-                        let e = lock(stats).error.clone();
-                        bail!(e.unwrap_or_else(|| "the floor log writer stopped".into()));
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Outbox {
-    fn drop(&mut self) {
-        if let Self::Logged { release, .. } = self {
-            release.abort();
-        }
-    }
-}
-
-impl std::fmt::Debug for Outbox {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Direct(_) => "Outbox::Direct",
-            Self::Logged { .. } => "Outbox::Logged",
-        })
-    }
-}
-
-/// The figures of a log writer, failing on the error that stopped it.
-fn log_summary(stats: Option<&Arc<Mutex<CommitStats>>>) -> Result<Option<CommitSummary>> {
-    let Some(stats) = stats else { return Ok(None) };
-    let s = lock(stats);
-    if let Some(e) = &s.error {
-        bail!("{e}");
-    }
-    Ok(Some(s.summary()))
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Runs the floor (bare or durable) and returns its figures.
@@ -674,90 +581,6 @@ async fn serve(
     Ok(())
 }
 
+mod outbox;
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn frames_carry_the_index_and_their_size() {
-        let f = data_frame(42, 256);
-        assert_eq!(f.len(), 4 + 256);
-        assert_eq!(u32::from_be_bytes(f[..4].try_into().unwrap()), 256);
-        assert_eq!(read_index(&f).unwrap(), 42);
-        let a = ack_frame(7);
-        assert_eq!(a.len(), 4 + ACK_BYTES);
-        assert_eq!(read_index(&a).unwrap(), 7);
-        assert!(read_index(&[0, 0, 0, 2, 1]).is_err());
-        // Tiny sizes still carry the index.
-        assert_eq!(data_frame(1, 0).len(), 12);
-    }
-
-    fn params(durable_dir: Option<PathBuf>) -> FloorParams {
-        FloorParams {
-            rate: 200.0,
-            duration: Duration::from_millis(500),
-            warmup: Duration::ZERO,
-            size: 256,
-            drain: Duration::from_secs(10),
-            durable_dir,
-        }
-    }
-
-    #[tokio::test]
-    async fn floor_round_trips_are_measured_and_correct() {
-        let ticker = Arc::new(Ticker::start().unwrap());
-        let run = run(&params(None), &ticker).await.unwrap();
-        assert!(!run.durable());
-        let r = run.phase;
-        assert_eq!(r.name, "floor");
-        assert!(r.drained);
-        assert_eq!(r.counts.sent, 100);
-        assert_eq!(r.counts.delivered, 100);
-        assert!(r.counts.correct(), "{:?}", r.counts);
-        assert_eq!(r.stats.summary(Level::RoundTrip, Group::All).count, 100);
-    }
-
-    #[tokio::test]
-    async fn the_durable_floor_logs_every_message_at_both_ends() {
-        let dir = tempfile::tempdir().unwrap();
-        if crate::durable::fs_type(dir.path()).ok() == Some(crate::durable::TMPFS_MAGIC) {
-            eprintln!("skipped: the temporary directory is on tmpfs");
-            return;
-        }
-        let ticker = Arc::new(Ticker::start().unwrap());
-        let run = run(&params(Some(dir.path().to_path_buf())), &ticker)
-            .await
-            .unwrap();
-        assert!(run.durable());
-        let r = &run.phase;
-        assert_eq!(r.name, "durable_floor");
-        assert!(r.drained);
-        assert_eq!(r.counts.delivered, 100);
-        assert!(r.counts.correct(), "{:?}", r.counts);
-        for log in [&run.sender_log, &run.receiver_log] {
-            let log = log.as_ref().unwrap();
-            assert_eq!(log.records, 100);
-            assert!(log.syncs >= 1 && log.max_batch <= MAX_BATCH);
-            assert_eq!(log.fdatasync_us.count, log.syncs);
-        }
-        let v = run.json();
-        assert_eq!(v["group_commit"]["receiver"]["records"], 100);
-        // The logs went in a temporary directory that is gone after the run.
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-    }
-
-    #[tokio::test]
-    async fn the_durable_floor_refuses_tmpfs() {
-        let shm = PathBuf::from("/dev/shm");
-        if crate::durable::fs_type(&shm).ok() != Some(crate::durable::TMPFS_MAGIC) {
-            eprintln!("skipped: /dev/shm is not tmpfs here");
-            return;
-        }
-        let ticker = Arc::new(Ticker::start().unwrap());
-        let e = run(&params(Some(shm)), &ticker).await.unwrap_err();
-        assert_eq!(
-            format!("{e:#}"),
-            "the durable floor needs a real disk: /dev/shm is on tmpfs, where fsync is free"
-        );
-    }
-}
+mod tests;
