@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use hotline_client::certs::{self, DeadlineOverrides, InitRequest, RelaySpec};
 use hotline_client::lifecycle;
 use hotline_net::ca::{self, Validity};
@@ -18,36 +18,7 @@ pub(crate) enum CertsCmd {
     /// Two relays, used at once by both nodes: hotline certs init --out ex --relay r1
     /// --relay-addr 127.0.0.1:4433 --relay r2 --relay-addr 127.0.0.1:4434 --endpoint us
     /// --endpoint jp
-    Init {
-        /// Output directory.
-        #[arg(long)]
-        out: PathBuf,
-        /// Relay DNS name (repeat for several relays; the certificate also covers localhost,
-        /// 127.0.0.1 and ::1).
-        #[arg(long = "relay", required = true)]
-        relays: Vec<String>,
-        /// An endpoint id (repeat).
-        #[arg(long = "endpoint", required = true)]
-        endpoints: Vec<String>,
-        /// A hotline a:b (repeat); two endpoints are paired by default.
-        #[arg(long = "pair")]
-        pairs: Vec<String>,
-        /// Relay address the nodes dial, IP:PORT or HOST:PORT (repeat, paired with --relay by
-        /// position). Default 127.0.0.1:4433 with one relay; required for each of several.
-        #[arg(long = "relay-addr")]
-        relay_addrs: Vec<String>,
-        /// Overwrite an existing PKI in --out (refused while --out/data exists, unless
-        /// --wipe-data).
-        #[arg(long)]
-        force: bool,
-        /// With --force, delete --out/data (the stores of an earlier run).
-        #[arg(long, requires = "force")]
-        wipe_data: bool,
-        /// Validity of the endpoint certificates in days (the relay's too; the CA's is five
-        /// years).
-        #[arg(long, default_value_t = ca::DEFAULT_ENDPOINT_DAYS)]
-        days: u32,
-    },
+    Init(InitArgs),
     /// The organiser's side without endpoint keys: CA, relay certificate and relay.toml for the
     /// hotlines given; endpoints make their own keys (`hotline keys init`) and send CSRs.
     ///
@@ -88,7 +59,7 @@ pub(crate) enum CertsCmd {
         out: Option<PathBuf>,
     },
     /// Revoke an endpoint's certificate: writes crl.pem (every revocation so far, with a next
-    /// update) and points relay.toml at it; restart the relay to apply it.
+    /// update) and points relay.toml at it; `hotline-relay reload` (or SIGHUP) applies it.
     ///
     /// Example: hotline certs revoke --ca org us
     Revoke {
@@ -102,7 +73,7 @@ pub(crate) enum CertsCmd {
         days: u32,
     },
     /// Add endpoints to an existing exercise (development: keys made here) and their hotlines
-    /// to relay.toml (restart the relay to apply).
+    /// to relay.toml (`hotline-relay reload` applies it).
     ///
     /// Example: hotline certs add-endpoint --ca ex --endpoint fr --endpoint uk --pair fr:uk
     AddEndpoint {
@@ -121,34 +92,49 @@ pub(crate) enum CertsCmd {
     },
 }
 
+/// `certs init`'s arguments.
+#[derive(Debug, Args)]
+pub(crate) struct InitArgs {
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Relay DNS name (repeat for several relays; the certificate also covers localhost,
+    /// 127.0.0.1 and ::1).
+    #[arg(long = "relay", required = true)]
+    relays: Vec<String>,
+    /// An endpoint id (repeat).
+    #[arg(long = "endpoint", required = true)]
+    endpoints: Vec<String>,
+    /// A hotline a:b (repeat); two endpoints are paired by default.
+    #[arg(long = "pair")]
+    pairs: Vec<String>,
+    /// Relay address the nodes dial, IP:PORT or HOST:PORT (repeat, paired with --relay by
+    /// position). Default 127.0.0.1:4433 with one relay; required for each of several.
+    #[arg(long = "relay-addr")]
+    relay_addrs: Vec<String>,
+    /// Overwrite an existing PKI in --out (refused while --out/data exists, unless
+    /// --wipe-data).
+    #[arg(long)]
+    force: bool,
+    /// With --force, delete --out/data (the stores of an earlier run).
+    #[arg(long, requires = "force")]
+    wipe_data: bool,
+    /// Validity of the endpoint certificates in days (the relay's too; the CA's is five
+    /// years).
+    #[arg(long, default_value_t = ca::DEFAULT_ENDPOINT_DAYS)]
+    days: u32,
+}
+
 pub(crate) fn run(cmd: CertsCmd) -> Result<()> {
-    let (out, relays, endpoints, pairs, relay_addrs, force, wipe_data, days) = match cmd {
-        CertsCmd::Init {
-            out,
-            relays,
-            endpoints,
-            pairs,
-            relay_addrs,
-            force,
-            wipe_data,
-            days,
-        } => (
-            out,
-            relays,
-            endpoints,
-            pairs,
-            relay_addrs,
-            force,
-            wipe_data,
-            days,
-        ),
+    match cmd {
+        CertsCmd::Init(args) => init(args),
         CertsCmd::Ca {
             out,
             relay,
             relay_addr,
             pairs,
             days,
-        } => return organiser(&out, RelaySpec::new(relay, relay_addr), pairs, days),
+        } => organiser(&out, RelaySpec::new(relay, relay_addr), pairs, days),
         CertsCmd::Sign { ca, csr, days, out } => {
             let s = lifecycle::sign(&ca, &csr, days, out.as_deref())?;
             say!(
@@ -158,7 +144,7 @@ pub(crate) fn run(cmd: CertsCmd) -> Result<()> {
                 s.ca.display()
             );
             say!("fingerprint of {}: {}", s.id, ca::fingerprint(&s.identity));
-            return Ok(());
+            Ok(())
         }
         CertsCmd::Revoke { ca, endpoint, days } => {
             let r = lifecycle::revoke(&ca, &endpoint, days)?;
@@ -167,13 +153,8 @@ pub(crate) fn run(cmd: CertsCmd) -> Result<()> {
                 r.crl.display(),
                 r.count
             );
-            for c in r.relay_configs {
-                say!(
-                    "  restart the relay to apply: hotline-relay --config {}",
-                    c.display()
-                );
-            }
-            return Ok(());
+            say_apply(&r.relay_configs);
+            Ok(())
         }
         CertsCmd::AddEndpoint {
             ca,
@@ -189,15 +170,34 @@ pub(crate) fn run(cmd: CertsCmd) -> Result<()> {
                     ca::fingerprint(&key)
                 );
             }
-            for c in added.relay_configs {
-                say!(
-                    "  restart the relay to apply: hotline-relay --config {}",
-                    c.display()
-                );
-            }
-            return Ok(());
+            say_apply(&added.relay_configs);
+            Ok(())
         }
-    };
+    }
+}
+
+/// How to make a running relay take a changed relay.toml.
+fn say_apply(relay_configs: &[PathBuf]) {
+    for c in relay_configs {
+        say!(
+            "  apply to a running relay: hotline-relay reload --config {} (or SIGHUP)",
+            c.display()
+        );
+    }
+}
+
+/// `certs init`: the whole exercise PKI and every config, keys made here.
+fn init(args: InitArgs) -> Result<()> {
+    let InitArgs {
+        out,
+        relays,
+        endpoints,
+        pairs,
+        relay_addrs,
+        force,
+        wipe_data,
+        days,
+    } = args;
     let relays = match (relays.len(), relay_addrs.len()) {
         (1, 0) => vec![RelaySpec::new(relays[0].clone(), "127.0.0.1:4433")],
         (n, m) if n == m => relays
