@@ -352,6 +352,7 @@ pub async fn run(params: &FloorParams, ticker: &Arc<Ticker>) -> Result<FloorRun>
                 .zip(cpu0)
                 .map(|(b, a)| round2((b - a) / wall0.elapsed().as_secs_f64())),
         },
+        hops: Default::default(),
     };
     Ok(FloorRun {
         phase,

@@ -92,6 +92,7 @@ pub fn phase_json(p: &PhaseResult) -> Value {
         "sent_rate_msgs_per_s": round2(p.sent_rate),
         "drained": p.drained,
         "latency_us": p.stats.to_json(),
+        "hops_us": p.hops.to_json(),
         "relay_rss_bytes": p.relay_rss_bytes,
         "cpu_cores": p.cpu_cores,
         "queues": p.queues,
@@ -214,6 +215,7 @@ mod tests {
             drained: true,
             relay_rss_bytes: Some(4096),
             cpu_cores: Default::default(),
+            hops: Default::default(),
         }
     }
 

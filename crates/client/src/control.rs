@@ -204,6 +204,9 @@ pub enum Event {
         id: String,
         /// When.
         at: String,
+        /// The same, microseconds since the Unix epoch, for tools.
+        #[serde(default)]
+        at_us: u64,
     },
     /// The message reached an ack level.
     Level {
@@ -215,6 +218,10 @@ pub enum Event {
         at: String,
         /// Microseconds since the Unix epoch, for tools.
         at_us: u64,
+        /// When this node learned of it (microseconds since the Unix epoch, its clock): with
+        /// `at`, where a receipt's time went (`hotline-bench`'s per-hop breakdown).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seen_us: Option<u64>,
     },
     /// An inbox entry.
     Message(InboxEntry),

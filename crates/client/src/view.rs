@@ -421,6 +421,7 @@ pub fn inbox_entry(d: &Delivery) -> InboxEntry {
         acknowledged: None,
         // The relay's unsigned claim (see `Delivery::relay_transport`).
         escalated_to: (d.relay_transport > d.id.precedence).then(|| d.relay_transport.to_string()),
+        durable_us: None,
     }
 }
 
@@ -456,6 +457,7 @@ mod tests {
             received_at: "2026-11-26T01:48:33Z".into(),
             acknowledged: None,
             escalated_to: Some("flash\x1b]0;x\x07".into()),
+            durable_us: None,
         }
     }
 

@@ -33,6 +33,7 @@ pub mod failpoint;
 pub mod framed;
 pub mod pki;
 pub mod quic;
+pub mod runtime;
 pub mod tls;
 
 /// The ALPN protocol id of Hotline over QUIC.

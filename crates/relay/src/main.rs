@@ -170,7 +170,7 @@ fn run(path: &Path, format: LogFormat) -> anyhow::Result<()> {
             .init(),
         LogFormat::Json => subscriber.json().with_current_span(true).init(),
     }
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let runtime = hotline_net::runtime::build()?;
     runtime.block_on(async {
         // Handlers first: a signal that arrives while the relay starts (a `systemctl reload`
         // right after `start`) must not kill it; a SIGHUP then reloads once it runs.

@@ -336,21 +336,21 @@ async fn kill_9_keeps_everything_accepted_in_order_and_nothing_delivered() {
     assert_eq!(by_lane[0], (1..=30).collect::<Vec<_>>());
     assert_eq!(by_lane[1], (1..=10).collect::<Vec<_>>());
 
-    // jp reports routine up to 20 and all flash delivered; once us has seen both receipts, the
-    // deletions are durable.
+    // jp reports routine up to 20 and all flash delivered. The relay forwards each receipt while
+    // its write (with the deletions) commits; the `accepted` for a later envelope comes only
+    // once every earlier write has committed, so then the deletions are durable.
     for (p, upto) in [(R, 20), (F, 10)] {
         jp.send_control(&delivered("jp", "us", p, upto)).await;
         us.recv_where(|f| matches!(f, Frame::Receipt(r) if r.body.precedence == p))
             .await;
     }
+    us.send_lane(R, &envelope("us", "jp", R, 31)).await;
+    accepted(&mut us, R, 31).await;
     relay.kill9().await;
     drop((us, jp));
 
     let relay = Relay::start(dir.path(), None).await;
-    assert_eq!(relay.queued, 10);
-    let mut us = relay.connect(dir.path(), "us").await;
-    us.send_lane(R, &envelope("us", "jp", R, 31)).await;
-    accepted(&mut us, R, 31).await;
+    assert_eq!(relay.queued, 11, "routine 21..=31");
     let mut jp = relay.connect(dir.path(), "jp").await;
     assert_eq!(
         routine_seqs_until(&mut jp, 31).await,

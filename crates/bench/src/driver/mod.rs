@@ -36,11 +36,13 @@ use hotline_proto::Precedence;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
+mod hops;
 mod progress;
 mod receiver;
 mod results;
 mod sender;
 
+pub use hops::{HOPS, HopStats};
 pub use results::{Counts, Interval, PhaseResult, Point, Queues};
 
 use progress::{next_snapshot, sample_queues, snapshot, tick};
@@ -100,6 +102,8 @@ struct MsgState {
     precedence: Precedence,
     measured: bool,
     flags: u8,
+    /// Per-hop stamps ([`hops`]).
+    stamps: hops::Stamps,
 }
 
 #[derive(Debug, Default)]
@@ -403,6 +407,12 @@ pub async fn run_phase(
             .count() as u64;
         verdict.merge(&v);
     }
+    let mut hop_stats = HopStats::default();
+    for s in &states {
+        for m in lock(s).msgs.iter().filter(|m| m.measured) {
+            hop_stats.record(m.precedence, &m.stamps);
+        }
+    }
     let rec = lock(&ctx.rec);
     let mut counts = rec.counts.clone();
     counts.lost = verdict.lost;
@@ -441,6 +451,7 @@ pub async fn run_phase(
         drained,
         relay_rss_bytes: relay_rss,
         cpu_cores,
+        hops: hop_stats,
     })
 }
 

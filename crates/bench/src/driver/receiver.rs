@@ -12,8 +12,9 @@ use hotline_client::control::{ControlReader, ControlWriter, Event, Request};
 use hotline_proto::{MessageId, Precedence};
 use tokio::sync::mpsc;
 
-use super::{Ctx, PairState, lock, parse_body};
+use super::{Ctx, PairState, hops, lock, parse_body};
 use crate::check;
+use crate::schedule::latency_us;
 
 pub(super) async fn follow_loop(
     ctx: Arc<Ctx>,
@@ -40,7 +41,14 @@ pub(super) async fn follow_loop(
         let Ok(precedence) = m.precedence.parse::<Precedence>() else {
             continue;
         };
-        lock(&state).received.push(check::Msg { index, precedence });
+        {
+            let mut s = lock(&state);
+            s.received.push(check::Msg { index, precedence });
+            if let (Some(durable), Some(msg)) = (m.durable_us, s.msgs.get_mut(index as usize)) {
+                let at = ctx.clock.from_unix_us(durable);
+                msg.stamps.set(hops::DURABLE, latency_us(msg.intended, at));
+            }
+        }
         if let Some(tx) = &acks {
             if let Ok(id) = m.id.parse() {
                 let _ = tx.send(id);

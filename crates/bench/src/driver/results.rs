@@ -146,6 +146,8 @@ pub struct PhaseResult {
     pub relay_rss_bytes: Option<u64>,
     /// Cores used during sending and drain, per process kind.
     pub cpu_cores: CpuTimes,
+    /// Where measured messages' round trips went, per precedence and hop.
+    pub hops: super::HopStats,
 }
 
 #[cfg(test)]

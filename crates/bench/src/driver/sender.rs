@@ -14,7 +14,7 @@ use hotline_proto::Precedence;
 use tokio::sync::Semaphore;
 
 use super::{
-    ACCEPTED, ACKED, Ctx, DELIVERED, DONE, MsgState, PairState, REFUSED, STORED, body, lock,
+    ACCEPTED, ACKED, Ctx, DELIVERED, DONE, MsgState, PairState, REFUSED, STORED, body, hops, lock,
 };
 use crate::schedule::{Mix, Schedule, latency_us};
 use crate::stats::{self, Level};
@@ -89,6 +89,7 @@ pub(super) async fn write_loop(
                     precedence,
                     measured: intended >= warmup_end,
                     flags: 0,
+                    stamps: hops::Stamps::default(),
                 });
             }
         }
@@ -117,8 +118,17 @@ pub(super) async fn read_loop(
         let mut samples: [Option<(Level, u64)>; 2] = [None, None];
         let mut error = None;
         match line.event {
-            Event::Stored { .. } => m.flags |= STORED,
-            Event::Level { level, at_us, .. } => {
+            Event::Stored { at_us, .. } => {
+                m.flags |= STORED;
+                let at = ctx.clock.from_unix_us(at_us);
+                m.stamps.set(hops::STORED, latency_us(intended, at));
+            }
+            Event::Level {
+                level,
+                at_us,
+                seen_us,
+                ..
+            } => {
                 if level.starts_with("accepted") {
                     if before & ACCEPTED == 0 {
                         m.flags |= ACCEPTED;
@@ -131,6 +141,12 @@ pub(super) async fn read_loop(
                         let at = ctx.clock.from_unix_us(at_us);
                         samples[0] = Some((Level::Delivered, latency_us(intended, at)));
                         samples[1] = Some((Level::RoundTrip, latency_us(intended, now)));
+                        m.stamps.set(hops::AT_RECEIVER, latency_us(intended, at));
+                        if let Some(seen) = seen_us {
+                            let seen = ctx.clock.from_unix_us(seen);
+                            m.stamps.set(hops::SEEN, latency_us(intended, seen));
+                        }
+                        m.stamps.set(hops::BENCH, latency_us(intended, now));
                     }
                 } else if level == "acknowledged" {
                     if before & ACKED == 0 {

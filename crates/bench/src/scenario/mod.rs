@@ -255,6 +255,9 @@ fn print_phase(title: &str, p: &PhaseResult) {
         println!("first failed request: {e}");
     }
     print!("{}", latency_table(&p.stats));
+    if !p.hops.is_empty() {
+        print!("{}", p.hops.table());
+    }
 }
 
 fn plot_phase(

@@ -47,6 +47,7 @@ fn message(precedence: &str, seq: u64, received: &str, body: &str) -> InboxEntry
         received_at: t(received),
         acknowledged: None,
         escalated_to: None,
+        durable_us: None,
     }
 }
 

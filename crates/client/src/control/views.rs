@@ -29,6 +29,10 @@ pub struct InboxEntry {
     pub acknowledged: Option<String>,
     /// Raised transport precedence, if it escalated, as the relay claims it (unsigned).
     pub escalated_to: Option<String>,
+    /// On a live delivery to `inbox --follow`: when the message became durable in our store
+    /// (microseconds since the Unix epoch), for `hotline-bench`'s per-hop breakdown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durable_us: Option<u64>,
 }
 
 /// One of our messages that awaits the partner, as `Request::Sent` lists it.

@@ -27,7 +27,7 @@ use super::RequestError;
 use super::engine_loop::Command;
 use crate::alarms::ClearTarget;
 use crate::control::{Event, InboxEntry, Request, RequestLine, ResponseLine, WaitLevel};
-use crate::time::format_time;
+use crate::time::{format_time, wall_now};
 
 /// How long a `send --wait` that reached its level keeps listening for a late `accepted`. The
 /// relay answers `accepted` once its store commit is done, normally milliseconds after it
@@ -442,12 +442,14 @@ async fn await_levels(
                 });
             }
         };
+        let seen_us = Some(wall_now().0);
         let at = format_time(report.at);
         let level = |text: String| Event::Level {
             id: id.to_string(),
             level: text,
             at: at.clone(),
             at_us: report.at.0,
+            seen_us,
         };
         let reached = match report.level {
             AckLevel::Stored => {
@@ -455,6 +457,7 @@ async fn await_levels(
                 replies.emit(Event::Stored {
                     id: id.to_string(),
                     at: at.clone(),
+                    at_us: report.at.0,
                 });
                 None
             }

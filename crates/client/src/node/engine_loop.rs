@@ -514,7 +514,9 @@ impl EngineLoop {
 
     fn deliver(&mut self, d: &Delivery) {
         info!(id = %d.id, relay_transport = %d.relay_transport, "delivered to inbox");
-        let entry = self.inbox.push(d);
+        let mut entry = self.inbox.push(d);
+        // Deliveries leave the engine only once their write is durable: now.
+        entry.durable_us = Some(wall_now().0);
         self.followers
             .retain(|f| f.entries.send(entry.clone()).is_ok());
     }

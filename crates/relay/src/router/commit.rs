@@ -27,7 +27,8 @@
 //! Invariant: a deferred frame is released only once the write it waits on has committed;
 //! `uncommitted` lists exactly the writes issued and not reported committed; the per-source
 //! byte counts equal the sums over those writes; `rows` names, for each envelope row an
-//! uncommitted write touched, the latest such write.
+//! uncommitted write touched, the latest such write; `control_rows` names the stored control
+//! frames whose put has not committed.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -49,6 +50,10 @@ pub(super) enum Deferred {
     },
     /// A stored receipt, notice or refusal for its addressee.
     Control { to: EndpointId, frame: ControlFrame },
+    /// The deletion of a stored control frame that was written to its addressee before the
+    /// write putting it had committed: staged only once that write has, so the store never
+    /// applies the deletion before the put.
+    DeleteControl { key: u64 },
 }
 
 /// Which of the store's two commit queues a write goes to (see the module docs).
@@ -89,6 +94,8 @@ pub(super) enum After {
     Staged,
     /// Whichever uncommitted write last touched this envelope row, if any.
     Row(u64),
+    /// The uncommitted write that put this stored control frame, if any.
+    ControlRow(u64),
 }
 
 /// One write issued and not yet committed.
@@ -98,6 +105,8 @@ struct Pending {
     source: Option<(ConnId, Lane, u64)>,
     /// The envelope rows it puts or deletes.
     rows: Vec<u64>,
+    /// The stored control frames it puts.
+    controls: Vec<u64>,
 }
 
 /// Issued and committed write ids, the frames waiting for them, and the bytes of the writes not
@@ -113,6 +122,8 @@ pub(super) struct CommitGate {
     deferred: BTreeMap<u64, Vec<Deferred>>,
     /// Per envelope row touched by an uncommitted write: the latest such write and its class.
     rows: HashMap<u64, (u64, WriteClass)>,
+    /// Per stored control frame whose put has not committed: the write that puts it.
+    control_rows: HashMap<u64, u64>,
     /// Bytes put by uncommitted writes, per source connection and stream (zero entries go).
     by_source: HashMap<(ConnId, Lane), u64>,
 }
@@ -134,6 +145,7 @@ impl CommitGate {
         let id = self.issued;
         let mut class = WriteClass::Urgent;
         let mut rows = Vec::new();
+        let mut controls = Vec::new();
         let mut bytes = 0;
         for op in ops {
             let row = match op {
@@ -147,6 +159,7 @@ impl CommitGate {
                 StoreOp::DeleteEnvelope { order } => *order,
                 StoreOp::PutControl(c) => {
                     bytes += len(&c.bytes);
+                    controls.push(c.key);
                     continue;
                 }
                 StoreOp::PutAnnouncement(a) => {
@@ -163,13 +176,23 @@ impl CommitGate {
         for row in &rows {
             self.rows.insert(*row, (id, class));
         }
+        for key in &controls {
+            self.control_rows.insert(*key, id);
+        }
         let source = source.map(|(conn, lane)| {
             if bytes > 0 {
                 *self.by_source.entry((conn, lane)).or_default() += bytes;
             }
             (conn, lane, bytes)
         });
-        self.uncommitted.insert(id, Pending { source, rows });
+        self.uncommitted.insert(
+            id,
+            Pending {
+                source,
+                rows,
+                controls,
+            },
+        );
         (CommitId(id), class)
     }
 
@@ -186,6 +209,7 @@ impl CommitGate {
             After::Staged if staging => Some(self.issued + 1),
             After::Staged => None,
             After::Row(row) => self.rows.get(&row).map(|(w, _)| *w),
+            After::ControlRow(key) => self.control_rows.get(&key).copied(),
         };
         match write {
             Some(write) => {
@@ -228,6 +252,9 @@ impl CommitGate {
                         self.by_source.remove(&(conn, lane));
                     }
                 }
+            }
+            for key in pending.controls {
+                self.control_rows.remove(&key);
             }
             for row in pending.rows {
                 if self.rows.get(&row).is_some_and(|(w, _)| *w == write) {

@@ -21,6 +21,15 @@ use super::persist::{StoreOp, StoredAnnouncement, StoredControl, StoredEnvelope}
 use super::queue::{AnnouncementOrder, ControlFrame, Item, ItemKey};
 use super::{ConnId, Output, Router, encode, len};
 
+/// When a stored control frame may be written to its addressee.
+#[derive(Clone, Copy, Debug)]
+enum Forward {
+    /// At once, while its write commits.
+    Now,
+    /// Once the write that stores it has committed.
+    AfterCommit,
+}
+
 impl Router {
     pub(super) fn handle_envelope(
         &mut self,
@@ -364,11 +373,18 @@ impl Router {
             self.refuse(conn, from, id, RefusalCode::Overloaded, detail);
             return;
         }
-        self.store_control(to.clone(), bytes);
+        // Queued at once, not after the write: the receipt or notice is the partner's signed
+        // word, not the relay's promise, so it need not wait for the relay's fsync (that would
+        // put a third fsync on every message's round trip; issue 12). The write still holds it
+        // for an addressee that goes away before it is written, and the envelopes it deletes.
+        // If the relay crashes before the write commits, those envelopes come back and are
+        // offered again: the receiver answers each duplicate with its stored receipt, silently.
+        self.store_control(to.clone(), bytes, Forward::Now);
     }
 
-    /// Stores a frame for `to` (online or not) and queues it to `to` once that write commits.
-    fn store_control(&mut self, to: EndpointId, bytes: Bytes) {
+    /// Stores a frame for `to` (online or not) and queues it to `to`, at once or once that
+    /// write commits.
+    fn store_control(&mut self, to: EndpointId, bytes: Bytes, when: Forward) {
         let key = self.next_control;
         self.next_control += 1;
         self.staged.push(StoreOp::PutControl(StoredControl {
@@ -376,17 +392,17 @@ impl Router {
             addressee: to.clone(),
             bytes: bytes.clone(),
         }));
-        self.after_commit(
-            After::Staged,
-            Deferred::Control {
-                to,
-                frame: ControlFrame {
-                    bytes,
-                    keep_offline: true,
-                    stored: Some(key),
-                },
-            },
-        );
+        let frame = ControlFrame {
+            bytes,
+            keep_offline: true,
+            stored: Some(key),
+        };
+        match when {
+            Forward::Now => self.push_control(&to, frame),
+            Forward::AfterCommit => {
+                self.after_commit(After::Staged, Deferred::Control { to, frame });
+            }
+        }
     }
 
     /// A queued envelope's time-to-live ran out: free it, tell its sender.
@@ -428,7 +444,8 @@ impl Router {
         }));
         // Always queued, whatever the sender's backlog: a refusal that frees an envelope must
         // not itself be refused.
-        self.store_control(key.sender.clone(), frame);
+        // The relay's own word that it dropped the envelope: only once that is durable.
+        self.store_control(key.sender.clone(), frame, Forward::AfterCommit);
         self.outputs.push_back(Output::Refused {
             conn: None,
             code: RefusalCode::Expired,

@@ -53,9 +53,11 @@
 //! - Durability: every change to what is queued is emitted as an [`Output::Persist`]. The sender
 //!   gets [`Frame::Accepted`] with `durable: true` only once the write that holds the envelope
 //!   (and every write before it) has committed; a duplicate's `Accepted` waits for every write
-//!   issued so far. Receipts, escalation notices and `Expired` refusals are stored before they
-//!   are forwarded, so a sender that sees a `Delivered` receipt knows the covered envelopes are
-//!   durably gone from the relay.
+//!   issued so far. Receipts and escalation notices are stored (with the deletions a receipt
+//!   causes) and forwarded at once, while that write commits: they are the partner's signed
+//!   word, and a crash before the commit only brings back envelopes the receiver answers as
+//!   duplicates. `Expired` refusals, the relay's own word, are forwarded only once stored. A
+//!   stored control frame's deletion is staged only after its put has committed.
 //! - A queued envelope is deleted only when a `Delivered` receipt covering it passes through, or
 //!   when its time-to-live ([`Ttl`], per transport lane, counted from its first arrival) runs
 //!   out: then its sender is told `Refused{Expired}` (and keeps the message).
@@ -540,6 +542,8 @@ impl Router {
                 self.cool(&destination, &key, row);
             }
         }
+        // Deletions of control frames written before their put committed.
+        self.flush();
     }
 
     /// When [`Router::handle_timeout`] has something to do: the earliest expiry of a queued
@@ -580,6 +584,7 @@ impl Router {
         match frame {
             Deferred::Reply { conn, to, bytes } => self.reply(conn, &to, bytes),
             Deferred::Control { to, frame } => self.push_control(&to, frame),
+            Deferred::DeleteControl { key } => self.staged.push(StoreOp::DeleteControl { key }),
         }
     }
 

@@ -1086,7 +1086,7 @@ fn a_refused_envelope_writes_nothing_and_is_answered_at_once() {
 }
 
 #[test]
-fn delivered_receipt_is_stored_with_its_deletions_and_forwarded_after_the_commit() {
+fn delivered_receipt_is_stored_with_its_deletions_and_forwarded_before_the_commit() {
     let mut r = both_connected();
     r.receive(T0, US, envelope("us", "jp", R, 1));
     r.receive(T0, US, envelope("us", "jp", R, 2));
@@ -1110,20 +1110,44 @@ fn delivered_receipt_is_stored_with_its_deletions_and_forwarded_after_the_commit
             StoreOp::PutControl(c),
         ] if c.addressee == id("us") && c.bytes == receipt
     ));
-    assert!(
-        pending_control(&mut r, US).is_empty(),
-        "not before the commit"
-    );
-    r.handle_persisted(*write);
-    let t = r.poll_transmit(US, Lane::Control).unwrap();
-    assert_eq!(t.bytes, receipt);
-    r.handle_written(US, t);
-    // Written: its row goes.
-    let writes = take_writes(&mut r);
     let StoreOp::PutControl(c) = &ops[2] else {
         unreachable!()
     };
+    // Forwarded while its write commits (the partner's signed word needs no relay fsync).
+    let t = r.poll_transmit(US, Lane::Control).unwrap();
+    assert_eq!(t.bytes, receipt);
+    r.handle_written(US, t);
+    assert!(
+        take_writes(&mut r).is_empty(),
+        "its row is not deleted before the put commits"
+    );
+    r.handle_persisted(*write);
+    // The put committed: now its row goes.
+    let writes = take_writes(&mut r);
+    assert_eq!(writes.len(), 1);
     assert_eq!(writes[0].1, [StoreOp::DeleteControl { key: c.key }]);
+}
+
+#[test]
+fn a_receipt_written_after_its_commit_deletes_its_row_at_once() {
+    let mut r = both_connected();
+    r.receive(T0, US, envelope("us", "jp", R, 1));
+    let _ = drain(&mut r, US, Lane::Control);
+    let _ = drain(&mut r, JP, Lane::Precedence(R));
+    let receipt = delivered("jp", "us", R, 1);
+    r.receive(T0, JP, receipt.clone());
+    let writes = take_writes(&mut r);
+    let Some(StoreOp::PutControl(c)) = writes[0].1.last() else {
+        panic!("the receipt is stored: {:?}", writes[0].1)
+    };
+    let key = c.key;
+    r.handle_persisted(writes[0].0);
+    let t = r.poll_transmit(US, Lane::Control).unwrap();
+    assert_eq!(t.bytes, receipt);
+    r.handle_written(US, t);
+    let writes = take_writes(&mut r);
+    assert_eq!(writes.len(), 1);
+    assert_eq!(writes[0].1, [StoreOp::DeleteControl { key }]);
 }
 
 #[test]

@@ -17,8 +17,9 @@ use bytes::Bytes;
 use hotline_proto::{EndpointId, Lane, Precedence, Time};
 use tracing::error;
 
+use super::commit::{After, Deferred};
 use super::queue::ItemKey;
-use super::{ConnId, ItemState, Output, Router, StoreOp, len};
+use super::{ConnId, ItemState, Output, Router, len};
 
 /// One frame for one stream, from [`Router::poll_transmit`]. Hand it back to
 /// [`Router::handle_written`] once written.
@@ -177,17 +178,20 @@ impl Router {
         };
         match transmit.item {
             None => {
+                let mut stored = None;
                 if let Some(frame) = ep.control_in_flight.take() {
                     ep.control_bytes -= len(&frame.bytes);
-                    if let Some(key) = frame.stored {
-                        self.staged.push(StoreOp::DeleteControl { key });
-                    }
+                    stored = frame.stored;
                 }
                 if ep.control_len() > 0 {
                     self.outputs.push_back(Output::Wake {
                         conn,
                         stream: Lane::Control,
                     });
+                }
+                if let Some(key) = stored {
+                    // Its put may still be committing (receipts leave at once).
+                    self.after_commit(After::ControlRow(key), Deferred::DeleteControl { key });
                 }
             }
             Some((key, order)) => {

@@ -168,10 +168,10 @@ fn main() {
             .init(),
         LogFormat::Json => subscriber.json().with_current_span(true).init(),
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match hotline_net::runtime::build() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: starting the async runtime: {e}");
+            eprintln!("error: {e}");
             std::process::exit(1);
         }
     };
