@@ -44,6 +44,9 @@ pub(super) struct Commands {
 }
 
 /// Accepts connections until the task is aborted.
+/// Answers are gathered into one write up to this many bytes.
+const WRITE_BATCH: usize = 64 * 1024;
+
 pub(super) async fn serve(listener: UnixListener, cmds: Commands) {
     loop {
         match listener.accept().await {
@@ -104,19 +107,30 @@ async fn serve_connection(stream: UnixStream, cmds: Commands) {
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<ResponseLine>();
     let (gone_tx, gone_rx) = watch::channel(false);
     let writer = tokio::spawn(async move {
+        // Every answer already waiting goes out in one write (up to WRITE_BATCH bytes): under
+        // load a connection carries thousands of events a second, and a write per event was a
+        // system call and a wake-up each.
         let mut bytes = Vec::new();
         while let Some(line) = out_rx.recv().await {
             bytes.clear();
-            if serde_json::to_writer(&mut bytes, &line).is_err() {
-                continue;
+            let mut next = Some(line);
+            while let Some(line) = next.take() {
+                let start = bytes.len();
+                if serde_json::to_writer(&mut bytes, &line).is_err() {
+                    bytes.truncate(start);
+                } else {
+                    bytes.push(b'\n');
+                }
+                if bytes.len() < WRITE_BATCH {
+                    next = out_rx.try_recv().ok();
+                }
             }
-            bytes.push(b'\n');
             if w.write_all(&bytes).await.is_err() {
                 return;
             }
         }
     });
-    let mut reader = BufReader::new(r);
+    let mut reader = BufReader::with_capacity(64 * 1024, r);
     let mut buf = Vec::new();
     loop {
         let line = match read_request_line(&mut reader, &mut buf).await {

@@ -9,7 +9,7 @@
 use rand_core::CryptoRng;
 
 use super::outbox::{OutState, TimerKind};
-use super::{Action, DeadlineKind, Engine, Escalation, Record, send_control};
+use super::{Action, DeadlineKind, Engine, Escalation, Record, WriteId, send_control};
 use crate::envelope::{EscalationNotice, Signed};
 use crate::types::{MessageId, Precedence};
 use crate::wire::Frame;
@@ -23,7 +23,7 @@ impl<R: CryptoRng> Engine<R> {
         match kind {
             TimerKind::Retransmit => {
                 if !m.relay_holds && m.delivered.is_none() && self.link.connected {
-                    self.outbox.send_queue.insert(id.clone());
+                    self.outbox.send_queue.insert(id.clone(), m.write);
                 }
             }
             TimerKind::Delivered => {
@@ -46,7 +46,8 @@ impl<R: CryptoRng> Engine<R> {
                     .set((TimerKind::Delivered, id.clone()), next);
                 self.escalate(id, DeadlineKind::Delivered, to, count);
                 if session.is_some() {
-                    self.outbox.send_queue.insert(id.clone());
+                    let write = self.outbox.msgs.get(id).map_or(WriteId(0), |m| m.write);
+                    self.outbox.send_queue.insert(id.clone(), write);
                 }
             }
             TimerKind::Acknowledged => {

@@ -59,6 +59,11 @@ impl DurabilityGate {
         write
     }
 
+    /// The last write such that it and every earlier one are durable.
+    pub(super) fn persisted(&self) -> WriteId {
+        WriteId(self.persisted)
+    }
+
     /// Whether `write` is durable.
     pub(super) fn is_durable(&self, write: WriteId) -> bool {
         write.0 <= self.persisted

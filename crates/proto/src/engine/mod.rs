@@ -58,6 +58,7 @@ mod link;
 mod outbox;
 mod records;
 mod restore;
+mod send_queue;
 mod timer;
 mod types;
 
@@ -209,7 +210,7 @@ impl<R: CryptoRng> Engine<R> {
             }),
         );
         if is_sealed {
-            self.outbox.send_queue.insert(id.clone());
+            self.outbox.send_queue.insert(id.clone(), write);
         }
         self.finish();
         Ok(id)
@@ -521,7 +522,7 @@ impl<R: CryptoRng> Engine<R> {
             if let Some(m) = self.outbox.msgs.get_mut(&id) {
                 m.write = write;
             }
-            self.outbox.send_queue.insert(id);
+            self.outbox.send_queue.insert(id, write);
         }
     }
 

@@ -16,6 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use super::send_queue::SendQueue;
 use super::timer::TimerTable;
 use super::{
     AckLevel, Action, DeadlineKind, DurabilityGate, EngineConfig, Keys, LaneDepth, Local,
@@ -153,8 +154,8 @@ pub(super) struct Outbox {
     pub(super) msgs: BTreeMap<MessageId, OutMsg>,
     /// Messages waiting for the partner's key, in submission order.
     pub(super) awaiting_key: BTreeSet<(Time, MessageId)>,
-    /// Sealed messages to frame at the next flush.
-    pub(super) send_queue: BTreeSet<MessageId>,
+    /// Sealed messages to frame at the next flush once their write is durable.
+    pub(super) send_queue: SendQueue,
     pub(super) timers: TimerTable<(TimerKind, MessageId)>,
     /// Finished messages whose `accepted` reply has not arrived yet (a partner's receipt can
     /// overtake it), so the level is still reported once when it comes.
@@ -172,7 +173,7 @@ impl Outbox {
             lanes: BTreeMap::new(),
             msgs: BTreeMap::new(),
             awaiting_key: BTreeSet::new(),
-            send_queue: BTreeSet::new(),
+            send_queue: SendQueue::default(),
             timers: TimerTable::new(),
             late_accepted: BTreeSet::new(),
             unexpected_acks: BTreeSet::new(),
@@ -297,17 +298,12 @@ impl Outbox {
         if self.send_queue.is_empty() {
             return;
         }
-        let mut ready: Vec<MessageId> = self
-            .send_queue
-            .iter()
-            .filter(|id| self.msgs.get(*id).is_some_and(|m| gate.is_durable(m.write)))
-            .cloned()
-            .collect();
+        let mut ready = self.send_queue.take_durable(gate.persisted());
+        ready.retain(|id| self.msgs.contains_key(id));
         ready.sort_by(|a, b| b.precedence.cmp(&a.precedence).then(a.cmp(b)));
         // Sealed bytes framed in the current lane since its last signed head.
         let mut unsigned_bytes = 0usize;
         for (i, id) in ready.iter().enumerate() {
-            self.send_queue.remove(id);
             let last_in_lane = ready
                 .get(i + 1)
                 .is_none_or(|n| n.channel != id.channel || n.precedence != id.precedence);
@@ -355,7 +351,7 @@ impl Outbox {
             if m.delivered.is_none() && matches!(m.state, OutState::Sealed { .. }) {
                 m.rto = cfg.retransmit_initial();
                 m.relay_holds = false;
-                self.send_queue.insert(id.clone());
+                self.send_queue.insert(id.clone(), m.write);
             }
         }
     }
