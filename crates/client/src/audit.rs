@@ -185,6 +185,14 @@ impl SignedHead {
 
 /// The audit events a record implies.
 pub fn events_of(record: &Record) -> Vec<AuditEvent> {
+    events_of_hashed(record, None)
+}
+
+/// [`events_of`], taking the envelope's chain hash as the engine computed it
+/// ([`hotline_proto::engine::Action::Persist`]'s `envelope_hash`) instead of hashing the
+/// envelope again; `None` computes it.
+pub fn events_of_hashed(record: &Record, envelope_hash: Option<Digest>) -> Vec<AuditEvent> {
+    let hash_of = |e: &hotline_proto::envelope::Envelope| envelope_hash.unwrap_or_else(|| e.hash());
     match record {
         Record::Outgoing {
             id,
@@ -194,14 +202,14 @@ pub fn events_of(record: &Record) -> Vec<AuditEvent> {
         | Record::Sealed { id, envelope: e } => {
             vec![AuditEvent::EnvelopeSent {
                 id: id.to_string(),
-                hash: e.hash().to_hex(),
+                hash: hash_of(e).to_hex(),
             }]
         }
         Record::Received {
             delivery, envelope, ..
         } => vec![AuditEvent::EnvelopeReceived {
             id: delivery.id.to_string(),
-            hash: envelope.hash().to_hex(),
+            hash: hash_of(envelope).to_hex(),
             transport: delivery.relay_transport.to_string(),
         }],
         Record::ReceiptReceived(r) => {

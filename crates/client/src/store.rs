@@ -33,7 +33,7 @@ use redb::{
 use serde::de::DeserializeOwned;
 
 use crate::alarms::{AlarmBook, AlarmEntry, BookWrite};
-use crate::audit::{AuditData, AuditEntry, AuditEvent, SignedHead, StoredEntry, events_of};
+use crate::audit::{AuditData, AuditEntry, AuditEvent, SignedHead, StoredEntry, events_of_hashed};
 use crate::failpoint;
 
 /// Every table of this store: a row key, and the postcard encoding of one of our types.
@@ -55,6 +55,9 @@ pub const SIGN_HEAD_EVERY: Duration = Duration::from_secs(1);
 pub struct Batch {
     /// Engine records, in order.
     pub records: Vec<Record>,
+    /// The chain hash of the envelope each record holds, as the engine computed it, by
+    /// position in `records` (the audit entry reuses it); a record without one here is hashed.
+    pub envelope_hashes: Vec<Option<Digest>>,
     /// Audit events that are not records (link changes, alarms).
     pub events: Vec<AuditEvent>,
     /// Partner link tests carrying new audit heads.
@@ -203,12 +206,13 @@ impl Store {
                 head = hash;
                 Ok(())
             };
-            for r in &batch.records {
+            for (i, r) in batch.records.iter().enumerate() {
                 table
                     .insert(key, encode_value(r).as_slice())
                     .in_table(RECORDS)?;
                 key += 1;
-                for event in events_of(r) {
+                let hash = batch.envelope_hashes.get(i).copied().flatten();
+                for event in events_of_hashed(r, hash) {
                     append_event(event)?;
                 }
             }

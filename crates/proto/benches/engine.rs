@@ -124,7 +124,7 @@ fn drain(e: &mut Eng, out: &mut Out) -> Option<WriteId> {
     while let Some(action) = e.poll_action() {
         match action {
             Action::Send { frame, .. } => out.sends.push(frame),
-            Action::Persist { id, record } => {
+            Action::Persist { id, record, .. } => {
                 black_box(record);
                 last = Some(id);
             }

@@ -306,7 +306,17 @@ fn sent_received_and_escalated_messages_enter_the_log_with_their_hashes() {
         id: id.clone(),
         envelope: out,
     };
-    assert_eq!(events_of(&sealed), [sent]);
+    assert_eq!(events_of(&sealed), std::slice::from_ref(&sent));
+    // The engine's own hash is taken as given, not computed again.
+    let given = Digest::of(Domain::EnvelopeHash, &[b"given"]);
+    assert_eq!(
+        events_of_hashed(&sealed, Some(given)),
+        [AuditEvent::EnvelopeSent {
+            id: "us:main:immediate:1".into(),
+            hash: given.to_hex(),
+        }]
+    );
+    assert_eq!(events_of_hashed(&sealed, None), [sent]);
 
     let inbound = envelope(&jp(), 2);
     let received = Record::Received {

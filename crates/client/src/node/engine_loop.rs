@@ -477,7 +477,11 @@ impl EngineLoop {
                         first.send(lane, frame);
                     }
                 }
-                Action::Persist { id, record } => self.write(StoreMsg::Record(id, record)),
+                Action::Persist {
+                    id,
+                    record,
+                    envelope_hash,
+                } => self.write(StoreMsg::Record(id, record, envelope_hash)),
                 Action::Deliver(d) => self.deliver(&d),
                 Action::Report(r) => self.report(r),
                 Action::Escalate(e) => {

@@ -31,8 +31,9 @@ use crate::time::wall_now;
     reason = "moved once into the store thread's batch; boxing would allocate per record"
 )]
 pub(super) enum StoreMsg {
-    /// An engine record with its confirmation handle.
-    Record(WriteId, Record),
+    /// An engine record with its confirmation handle and its envelope's hash, if the engine
+    /// gave one.
+    Record(WriteId, Record, Option<Digest>),
     /// An audit entry the engine loop adds (alarms, link changes).
     Event(AuditEvent),
     /// The partner's signed audit head, carried by a link test.
@@ -107,9 +108,10 @@ fn batch_of(
     let mut waiting = Vec::new();
     for m in msgs {
         match m {
-            StoreMsg::Record(id, r) => {
+            StoreMsg::Record(id, r, hash) => {
                 last = Some(id);
                 batch.records.push(r);
+                batch.envelope_hashes.push(hash);
             }
             StoreMsg::Event(e) => batch.events.push(e),
             StoreMsg::PartnerHead(t) => batch.partner_heads.push(t),

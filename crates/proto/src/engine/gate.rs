@@ -13,6 +13,7 @@
 use std::collections::VecDeque;
 
 use super::{Action, Record, WriteId};
+use crate::crypto::Digest;
 
 /// Used by restored state for writes that are durable by construction (they were read back).
 pub(super) const ALREADY_DURABLE: WriteId = WriteId(0);
@@ -36,9 +37,22 @@ impl DurabilityGate {
 
     /// Emits `record` as the next write and returns its id.
     pub(super) fn persist(&mut self, record: Record) -> WriteId {
+        self.persist_envelope(record, None)
+    }
+
+    /// [`Self::persist`] for a record holding an envelope whose chain hash is known.
+    pub(super) fn persist_envelope(
+        &mut self,
+        record: Record,
+        envelope_hash: Option<Digest>,
+    ) -> WriteId {
         self.latest += 1;
         let id = WriteId(self.latest);
-        self.queue.push_back(Action::Persist { id, record });
+        self.queue.push_back(Action::Persist {
+            id,
+            record,
+            envelope_hash,
+        });
         id
     }
 

@@ -429,11 +429,14 @@ impl Inbound {
         };
         self.inbox.insert(id, InMsg::new(pending.hash, p, cx.cfg));
         cx.keys.vouch(pending.envelope.header.session, cx.gate);
-        let write = cx.gate.persist(Record::Received {
-            delivery: delivery.clone(),
-            envelope: pending.envelope,
-            head: pending.signature,
-        });
+        let write = cx.gate.persist_envelope(
+            Record::Received {
+                delivery: delivery.clone(),
+                envelope: pending.envelope,
+                head: pending.signature,
+            },
+            Some(pending.hash),
+        );
         cx.gate.after(write, Action::Deliver(delivery));
     }
 

@@ -191,13 +191,17 @@ impl<R: CryptoRng> Engine<R> {
                 (Some(body), None)
             }
         };
-        let write = self.gate.persist(Record::Outgoing {
-            id: id.clone(),
-            after,
-            sent_at,
-            body,
-            envelope,
-        });
+        let envelope_hash = self.outbox.sealed_hash(&id);
+        let write = self.gate.persist_envelope(
+            Record::Outgoing {
+                id: id.clone(),
+                after,
+                sent_at,
+                body,
+                envelope,
+            },
+            envelope_hash,
+        );
         if let Some(m) = self.outbox.msgs.get_mut(&id) {
             m.write = write;
         }
@@ -515,10 +519,14 @@ impl<R: CryptoRng> Engine<R> {
                 return;
             };
             self.outbox.awaiting_key.remove(&(at, id.clone()));
-            let write = self.gate.persist(Record::Sealed {
-                id: id.clone(),
-                envelope,
-            });
+            let envelope_hash = self.outbox.sealed_hash(&id);
+            let write = self.gate.persist_envelope(
+                Record::Sealed {
+                    id: id.clone(),
+                    envelope,
+                },
+                envelope_hash,
+            );
             if let Some(m) = self.outbox.msgs.get_mut(&id) {
                 m.write = write;
             }

@@ -233,6 +233,14 @@ impl Outbox {
     }
 
     /// Seals message `id` in `session`, chaining it to its lane; returns the envelope.
+    /// The chain hash of `id`'s envelope, once sealed.
+    pub(super) fn sealed_hash(&self, id: &MessageId) -> Option<Digest> {
+        match self.msgs.get(id).map(|m| &m.state) {
+            Some(OutState::Sealed { hash, .. }) => Some(*hash),
+            _ => None,
+        }
+    }
+
     pub(super) fn seal(
         &mut self,
         id: &MessageId,

@@ -38,6 +38,10 @@ pub enum Action {
         id: WriteId,
         /// What to store.
         record: Record,
+        /// The chain hash of the envelope `record` holds (sent or received), as the engine
+        /// computed it: an audit entry for the record can reuse it rather than hash the
+        /// envelope again.
+        envelope_hash: Option<Digest>,
     },
     /// Hand a message to the operator (it is already durable).
     Deliver(Delivery),

@@ -475,7 +475,14 @@ impl Pair {
                             }
                             sends.push(frame);
                         }
-                        Action::Persist { id, record } => node.pending.push((id, record)),
+                        Action::Persist {
+                            id,
+                            record,
+                            envelope_hash,
+                        } => {
+                            assert_envelope_hash(&record, envelope_hash);
+                            node.pending.push((id, record));
+                        }
                         Action::Deliver(d) => node.delivered.push(d),
                         Action::Report(r) => node.reports.push(r),
                         Action::Escalate(e) => node.escalations.push(e),
@@ -623,4 +630,22 @@ impl Pair {
             }
         }
     }
+}
+
+/// The hash the engine hands out with a record is its envelope's, and every record holding an
+/// envelope that a store would audit comes with it.
+fn assert_envelope_hash(record: &Record, given: Option<Digest>) {
+    let envelope = match record {
+        Record::Outgoing {
+            envelope: Some(e), ..
+        }
+        | Record::Sealed { envelope: e, .. }
+        | Record::Received { envelope: e, .. } => Some(e),
+        _ => None,
+    };
+    assert_eq!(
+        given,
+        envelope.map(crate::envelope::Envelope::hash),
+        "{record:?}"
+    );
 }
