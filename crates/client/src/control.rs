@@ -207,6 +207,10 @@ pub enum Event {
         /// The same, microseconds since the Unix epoch, for tools.
         #[serde(default)]
         at_us: u64,
+        /// When this node knew it durable (microseconds since the Unix epoch): `at` is the
+        /// submission time, this the commit's (`hotline-bench`'s per-hop breakdown).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seen_us: Option<u64>,
     },
     /// The message reached an ack level.
     Level {

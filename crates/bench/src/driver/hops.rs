@@ -1,7 +1,8 @@
 //! Where a round trip goes: each measured message's time split at the hops its stamps mark.
 //!
 //! The stamps, all on the machine's one clock (every process is on loopback):
-//! - `stored`: the sender node's time its outbox write committed (`stored` event `at_us`);
+//! - `stored`: the sender node's control server heard the outbox write committed (`stored`
+//!   event `seen_us`; its `at` is the submission time);
 //! - `at receiver`: the receiving node's engine took the envelope (the signed `delivered`
 //!   receipt's time);
 //! - `durable`: the receiving node's inbox write committed (`durable_us` of the live

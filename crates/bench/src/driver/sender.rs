@@ -118,10 +118,13 @@ pub(super) async fn read_loop(
         let mut samples: [Option<(Level, u64)>; 2] = [None, None];
         let mut error = None;
         match line.event {
-            Event::Stored { at_us, .. } => {
+            Event::Stored { seen_us, .. } => {
                 m.flags |= STORED;
-                let at = ctx.clock.from_unix_us(at_us);
-                m.stamps.set(hops::STORED, latency_us(intended, at));
+                // `at` is the submission time; `seen_us` when the sender knew it durable.
+                if let Some(seen) = seen_us {
+                    let at = ctx.clock.from_unix_us(seen);
+                    m.stamps.set(hops::STORED, latency_us(intended, at));
+                }
             }
             Event::Level {
                 level,

@@ -472,6 +472,7 @@ async fn await_levels(
                     id: id.to_string(),
                     at: at.clone(),
                     at_us: report.at.0,
+                    seen_us,
                 });
                 None
             }
