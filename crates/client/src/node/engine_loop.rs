@@ -406,18 +406,20 @@ impl EngineLoop {
                 updates,
                 entries,
             } => {
-                for e in self.inbox.entries() {
-                    if entries.send(e.clone()).is_err() {
-                        return;
-                    }
-                }
-                if follow {
-                    self.followers.push(InboxFollower { entries, updates });
-                }
+                // Read from the store off the loop; what happens meanwhile waits on `live`.
+                let live = follow.then(|| {
+                    let (live, rx) = mpsc::unbounded_channel();
+                    self.followers.push(InboxFollower {
+                        entries: live,
+                        updates,
+                    });
+                    rx
+                });
+                self.inbox.stream(self.audit.db.clone(), entries, live);
             }
             Command::Ack { id, reply } => match self.engine.acknowledge(now, &id) {
                 Ok(write) => {
-                    let changed = self.inbox.acknowledged(&id, now).cloned();
+                    let changed = self.inbox.acknowledged(&id, now);
                     self.changed(changed);
                     // Answered only once the acknowledgement is durable.
                     self.ack_waiters.push(AckWaiter { write, reply });
@@ -477,7 +479,10 @@ impl EngineLoop {
                         first.send(lane, frame);
                     }
                 }
-                Action::Persist { id, record } => self.write(StoreMsg::Record(id, record)),
+                Action::Persist { id, record } => {
+                    self.inbox.persisting(&record);
+                    self.write(StoreMsg::Record(id, record));
+                }
                 Action::Deliver(d) => self.deliver(&d),
                 Action::Report(r) => self.report(r),
                 Action::Escalate(e) => {
@@ -485,7 +490,7 @@ impl EngineLoop {
                 }
                 Action::Realert(n) => {
                     warn!(id = %n.message, level = %n.level, count = n.count, "RE-ALERT from partner: acknowledge this message");
-                    let changed = self.inbox.realerted(&n.message, n.level).cloned();
+                    let changed = self.inbox.realerted(&n.message, n.level);
                     self.changed(changed);
                 }
                 Action::Alarm(a) => {
@@ -514,16 +519,27 @@ impl EngineLoop {
 
     fn deliver(&mut self, d: &Delivery) {
         info!(id = %d.id, relay_transport = %d.relay_transport, "delivered to inbox");
-        let entry = self.inbox.push(d);
-        self.followers
-            .retain(|f| f.entries.send(entry.clone()).is_ok());
+        self.inbox.push(d);
+        if !self.followers.is_empty() {
+            let entry = view::inbox_entry(d);
+            self.followers
+                .retain(|f| f.entries.send(entry.clone()).is_ok());
+        }
     }
 
-    /// Streams a changed inbox line to the followers that asked for updates.
-    fn changed(&mut self, entry: Option<InboxEntry>) {
-        if let Some(entry) = entry {
-            self.followers
-                .retain(|f| !f.updates || f.entries.send(entry.clone()).is_ok());
+    /// Streams a changed inbox line (the message at store row `row`) to the followers that
+    /// asked for updates, reading it back from the store.
+    fn changed(&mut self, row: Option<u64>) {
+        let Some(row) = row else { return };
+        if !self.followers.iter().any(|f| f.updates) {
+            return;
+        }
+        match self.inbox.line(&self.audit.db, row) {
+            Ok(Some(entry)) => self
+                .followers
+                .retain(|f| !f.updates || f.entries.send(entry.clone()).is_ok()),
+            Ok(None) => warn!(row, "changed inbox line not in the store"),
+            Err(error) => warn!(error = %error, "reading a changed inbox line failed"),
         }
     }
 
