@@ -21,7 +21,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hotline_proto::Time;
-use hotline_proto::engine::{AckLevel, Action, Delivery, Engine, Outgoing, Report, WriteId};
+use hotline_proto::engine::{
+    AckError, AckLevel, Action, Delivery, Engine, Outgoing, Report, WriteId,
+};
 use hotline_proto::wire::{self, Frame, Presence};
 use hotline_proto::{EndpointId, MessageId};
 use rand_chacha::ChaCha20Rng;
@@ -417,7 +419,7 @@ impl EngineLoop {
                 });
                 self.inbox.stream(self.audit.db.clone(), entries, live);
             }
-            Command::Ack { id, reply } => match self.engine.acknowledge(now, &id) {
+            Command::Ack { id, reply } => match self.acknowledge(now, &id) {
                 Ok(write) => {
                     let changed = self.inbox.acknowledged(&id, now);
                     self.changed(changed);
@@ -425,7 +427,7 @@ impl EngineLoop {
                     self.ack_waiters.push(AckWaiter { write, reply });
                 }
                 Err(e) => {
-                    let _ = reply.send(Err(e.into()));
+                    let _ = reply.send(Err(e));
                 }
             },
             Command::Status { reply } => {
@@ -463,6 +465,26 @@ impl EngineLoop {
                     }
                 }
             }
+        }
+    }
+
+    /// The engine's acknowledgement of `id`. A message whose engine state was compacted away
+    /// is acknowledged from its stored envelope; whether it was acknowledged already is then
+    /// the inbox's word.
+    fn acknowledge(&mut self, now: Time, id: &MessageId) -> Result<WriteId, RequestError> {
+        match self.engine.acknowledge(now, id) {
+            Err(AckError::Forgotten(id)) => {
+                if self.inbox.is_acknowledged(&id) {
+                    return Err(AckError::AlreadyAcknowledged(id).into());
+                }
+                let envelope = match self.inbox.stored_envelope(&self.audit.db, &id) {
+                    Ok(Some(envelope)) => envelope,
+                    Ok(None) => return Err(AckError::Unknown(id).into()),
+                    Err(error) => return Err(RequestError::Inbox(error)),
+                };
+                Ok(self.engine.acknowledge_stored(now, &envelope)?)
+            }
+            other => Ok(other?),
         }
     }
 

@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use hotline_proto::engine::{Delivery, Record};
+use hotline_proto::envelope::Envelope;
 use hotline_proto::types::{Channel, Seq, Time};
 use hotline_proto::{EndpointId, MessageId, Precedence};
 use tokio::sync::mpsc;
@@ -127,6 +128,30 @@ impl InboxIndex {
     /// How many messages.
     pub(super) fn len(&self) -> usize {
         self.len
+    }
+
+    /// Whether our operator acknowledged `id` (false for a message not in the inbox).
+    pub(super) fn is_acknowledged(&self, id: &MessageId) -> bool {
+        self.row_of(id)
+            .is_some_and(|row| self.acknowledged.contains_key(&row))
+    }
+
+    /// The envelope of `id`'s `Received` record, read from the store; `None` if `id` is not in
+    /// the inbox.
+    pub(super) fn stored_envelope(
+        &self,
+        db: &redb::Database,
+        id: &MessageId,
+    ) -> Result<Option<Envelope>, StoreError> {
+        let Some(row) = self.row_of(id) else {
+            return Ok(None);
+        };
+        Ok(match Store::read_record(db, row)? {
+            Some(Record::Received { envelope, .. }) if envelope.header.message_id() == *id => {
+                Some(envelope)
+            }
+            _ => None,
+        })
     }
 
     /// The line `inbox` shows for the message at `row`, read from the store.

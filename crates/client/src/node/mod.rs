@@ -160,6 +160,9 @@ pub enum RequestError {
     /// The audit log could not be read.
     #[error("reading the audit log: {0}")]
     Audit(StoreError),
+    /// A delivered message's record could not be read back (to acknowledge it).
+    #[error("reading the delivered message from the store: {0}")]
+    Inbox(StoreError),
     /// An empty message body.
     #[error("empty message refused: a message needs some text")]
     EmptyBody,
