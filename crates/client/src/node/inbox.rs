@@ -1,11 +1,13 @@
 //! The operator's inbox in delivery order, rebuilt from the store's records at start-up and kept
 //! current by the engine loop (deliveries, acknowledgements, partner re-alerts).
 //!
-//! It keeps per message only where its `Received` record is in the store (the row key) and, for
-//! the few that have them, our acknowledgement time and the partner's re-alert level: memory
-//! stays flat however long the node runs. What `inbox` prints (body, names, times) is read back
-//! from the store when asked ([`InboxIndex::stream`], [`InboxIndex::line`]); the engine keeps
-//! its own per-message state for receipts.
+//! It keeps per message only where its `Received` record is in the store (the row key, as runs:
+//! consecutive messages of a lane in consecutive rows share one entry) and, for the messages
+//! that have them, our acknowledgement time and the partner's re-alert level: a node that only
+//! receives keeps one entry per lane; traffic both ways costs at worst one 24-byte entry per
+//! message. What `inbox` prints (body, names, times) is read back from the store when asked
+//! ([`InboxIndex::stream`], [`InboxIndex::line`]); the engine keeps its own per-message state
+//! for receipts.
 //!
 //! Rows: every engine record the loop hands to the store thread becomes the next row of the
 //! `records` table, in order, and the store thread writes each exactly once or stops the node
@@ -37,11 +39,27 @@ const READ_CHUNK: usize = 1024;
 /// One lane of the partner's messages: (sender, channel, precedence).
 type LaneKey = (EndpointId, Channel, Precedence);
 
+/// Consecutive messages of a lane whose records are in consecutive rows: `len` messages from
+/// sequence `seq` at row `row`. A node that only receives stores one run per lane; traffic both
+/// ways breaks runs, down to one per message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Run {
+    seq: u64,
+    row: u64,
+    len: u64,
+}
+
+impl Run {
+    fn end(&self) -> u64 {
+        self.seq + self.len
+    }
+}
+
 /// Delivered messages: where each one's record is, and the state `inbox` shows beside it.
 #[derive(Debug, Default)]
 pub(super) struct InboxIndex {
-    /// Per lane, (sequence, row) in sequence order: how an id finds its record.
-    lanes: BTreeMap<LaneKey, Vec<(Seq, u64)>>,
+    /// Per lane, disjoint runs in sequence order: how an id finds its record.
+    lanes: BTreeMap<LaneKey, Vec<Run>>,
     /// Rows of the oldest and newest delivered message.
     rows: Option<(u64, u64)>,
     len: usize,
@@ -99,14 +117,11 @@ impl InboxIndex {
             warn!(id = %d.id, "delivery without a stored record; not listed in the inbox");
             return;
         };
-        let lane = self.lanes.entry(lane_key(&d.id)).or_default();
-        match lane.last() {
-            Some((last, _)) if *last >= d.id.seq => {
-                let at = lane.partition_point(|(s, _)| *s < d.id.seq);
-                lane.insert(at, (d.id.seq, row));
-            }
-            _ => lane.push((d.id.seq, row)),
-        }
+        add_to_lane(
+            self.lanes.entry(lane_key(&d.id)).or_default(),
+            d.id.seq,
+            row,
+        );
         self.rows = Some(self.rows.map_or((row, row), |(first, _)| (first, row)));
         self.len += 1;
     }
@@ -210,10 +225,32 @@ impl InboxIndex {
     }
 
     fn row_of(&self, id: &MessageId) -> Option<u64> {
-        let lane = self.lanes.get(&lane_key(id))?;
-        let at = lane.binary_search_by_key(&id.seq, |(s, _)| *s).ok()?;
-        Some(lane[at].1)
+        row_in_lane(self.lanes.get(&lane_key(id))?, id.seq)
     }
+}
+
+/// Records that sequence `seq` of a lane is at `row`: extends the last run when both follow
+/// on, else starts a run in sequence order. A sequence already recorded keeps its row.
+fn add_to_lane(lane: &mut Vec<Run>, seq: Seq, row: u64) {
+    let seq = seq.0;
+    if let Some(last) = lane.last_mut() {
+        if last.end() == seq && last.row + last.len == row {
+            last.len += 1;
+            return;
+        }
+    }
+    let at = lane.partition_point(|r| r.end() <= seq);
+    if lane.get(at).is_some_and(|r| r.seq <= seq) {
+        return;
+    }
+    lane.insert(at, Run { seq, row, len: 1 });
+}
+
+/// The row of sequence `seq` in a lane's runs.
+fn row_in_lane(lane: &[Run], seq: Seq) -> Option<u64> {
+    let seq = seq.0;
+    let run = lane.get(lane.partition_point(|r| r.end() <= seq))?;
+    (run.seq <= seq).then(|| run.row + (seq - run.seq))
 }
 
 impl Snapshot {

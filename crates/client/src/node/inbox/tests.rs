@@ -287,3 +287,34 @@ async fn stream_sends_the_listing_then_what_arrived_live_meanwhile() {
     assert_eq!(got, ids);
     assert_eq!(index.len(), 6);
 }
+
+#[test]
+fn lane_runs_find_every_row_in_any_delivery_pattern() {
+    // (seq, row) as delivered: a run, a gap in rows, a jump in sequence (a new partner
+    // incarnation), then an older sequence arriving late.
+    let delivered = [
+        (1, 10),
+        (2, 11),
+        (3, 12),
+        (4, 20),
+        (5, 21),
+        (100, 22),
+        (101, 23),
+        (50, 30),
+    ];
+    let mut lane = Vec::new();
+    for (seq, row) in delivered {
+        add_to_lane(&mut lane, Seq(seq), row);
+    }
+    // Consecutive rows and sequences share a run.
+    assert_eq!(lane.len(), 4, "{lane:?}");
+    for (seq, row) in delivered {
+        assert_eq!(row_in_lane(&lane, Seq(seq)), Some(row), "seq {seq}");
+    }
+    for missing in [0, 6, 49, 51, 99, 102] {
+        assert_eq!(row_in_lane(&lane, Seq(missing)), None, "seq {missing}");
+    }
+    // A sequence already recorded keeps its row.
+    add_to_lane(&mut lane, Seq(2), 99);
+    assert_eq!(row_in_lane(&lane, Seq(2)), Some(11));
+}
