@@ -271,6 +271,36 @@ impl Store {
         })
     }
 
+    /// The record stored at `key`, if any; a reader beside the store thread (the inbox reads
+    /// delivered messages back this way instead of keeping them in memory).
+    pub fn read_record(db: &Database, key: u64) -> Result<Option<Record>, StoreError> {
+        let txn = db.begin_read().map_err(DbError::from)?;
+        let rows = txn.open_table(RECORDS).in_table(RECORDS)?;
+        let Some(v) = rows.get(key).in_table(RECORDS)? else {
+            return Ok(None);
+        };
+        decode(RECORDS, key, v.value()).map(Some)
+    }
+
+    /// Up to `max` records from key `from` up to `to` (inclusive), in order, with their keys,
+    /// read in one transaction.
+    pub fn read_records(
+        db: &Database,
+        from: u64,
+        to: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, Record)>, StoreError> {
+        let txn = db.begin_read().map_err(DbError::from)?;
+        let rows = txn.open_table(RECORDS).in_table(RECORDS)?;
+        let rows = rows.range(from..=to).in_table(RECORDS)?;
+        rows.take(max)
+            .map(|row| {
+                let (k, v) = row.in_table(RECORDS)?;
+                Ok((k.value(), decode(RECORDS, k.value(), v.value())?))
+            })
+            .collect()
+    }
+
     /// The stored alarm book: its entries, and the next id to hand out.
     pub fn read_alarm_book(&self) -> Result<AlarmBook, StoreError> {
         let txn = self.db.begin_read().map_err(DbError::from)?;
@@ -369,6 +399,21 @@ mod tests {
             id: format!("us:main:flash:{i}").parse().unwrap(),
             level: Precedence::Flash,
         }
+    }
+
+    #[test]
+    fn records_read_back_by_key_and_by_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = Store::open(dir.path()).unwrap();
+        store.append(&[rec(1), rec(2), rec(3), rec(4)]).unwrap();
+        let db = store.database();
+        assert_eq!(Store::read_record(&db, 2).unwrap(), Some(rec(3)));
+        assert_eq!(Store::read_record(&db, 4).unwrap(), None);
+        let keys = |v: Vec<(u64, Record)>| v.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        assert_eq!(keys(Store::read_records(&db, 1, 3, 10).unwrap()), [1, 2, 3]);
+        assert_eq!(keys(Store::read_records(&db, 1, 3, 2).unwrap()), [1, 2]);
+        assert_eq!(keys(Store::read_records(&db, 3, 9, 10).unwrap()), [3]);
+        assert_eq!(Store::read_records(&db, 1, 3, 10).unwrap()[0].1, rec(2));
     }
 
     #[test]

@@ -114,6 +114,67 @@ async fn send_deliver_acknowledge_reports_every_level_once() {
     jp.shutdown().await.unwrap();
 }
 
+/// With a settled history of one message, the engine forgets older delivered messages: `ack`
+/// still works once (from the stored envelope), and `inbox` shows the acknowledgement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_engine_forgot_is_acknowledged_from_the_store() {
+    let hotline = Hotline::start(&DeadlineOverrides::new()).await.unwrap();
+    let us = hotline.node("us").await.unwrap();
+    let mut cfg = hotline.node_config("jp").unwrap();
+    cfg.engine.set_settled_history(1).unwrap();
+    let jp = Node::spawn(cfg).await.unwrap();
+    for n in [&us, &jp] {
+        wait_link_up(n, WITHIN).await.unwrap();
+    }
+    let mut sender = ControlClient::connect(us.control_socket()).await.unwrap();
+    for body in ["one", "two", "three"] {
+        sender
+            .call(send(Precedence::Routine, body, Some(WaitLevel::Delivered)))
+            .await
+            .unwrap();
+    }
+    let got = inbox(&jp, 3).await;
+    assert_eq!(got[0].1, "one");
+    let first: MessageId = got[0].0.parse().unwrap();
+    let mut receiver = ControlClient::connect(jp.control_socket()).await.unwrap();
+    receiver
+        .call(Request::Ack { id: first.clone() })
+        .await
+        .unwrap();
+    let again = receiver.call(Request::Ack { id: first.clone() }).await;
+    assert!(
+        again
+            .unwrap_err()
+            .to_string()
+            .contains("already acknowledged"),
+        "second ack refused"
+    );
+    let listed = receiver
+        .call(Request::Inbox {
+            follow: false,
+            unacked: false,
+            channel: None,
+            updates: false,
+        })
+        .await
+        .unwrap();
+    let lines: Vec<_> = listed
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Message(m) => Some(m),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        lines.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(),
+        ["one", "two", "three"]
+    );
+    assert!(lines[0].acknowledged.is_some(), "{:?}", lines[0]);
+    assert!(lines[1].acknowledged.is_none());
+    us.shutdown().await.unwrap();
+    jp.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_keeps_its_inbox_and_receives_what_waited() {
     let (hotline, us, jp) = pair().await;

@@ -68,10 +68,12 @@ pub(super) fn snapshot(ctx: &Ctx, cluster: &Cluster, t: Duration) -> Interval {
     let mut rec = lock(&ctx.rec);
     let round_trip = Summary::of(&rec.interval);
     rec.interval.reset();
+    let delivered_total = rec.counts.delivered;
     drop(rec);
     let i = Interval {
         t_s: t.as_secs_f64(),
         round_trip,
+        delivered_total,
         relay_rss_bytes: cluster.relay_rss(),
         nodes_rss_bytes: cluster.nodes_rss(),
     };

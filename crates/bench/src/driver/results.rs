@@ -90,6 +90,9 @@ pub struct Interval {
     pub t_s: f64,
     /// Round trips completed in the interval.
     pub round_trip: Summary,
+    /// `delivered` receipts reaching the bench since the phase started (warm-up included), for
+    /// memory growth per message.
+    pub delivered_total: u64,
     /// Relay memory at the end of the interval.
     pub relay_rss_bytes: Option<u64>,
     /// Node memory (processes, or the bench with in-process nodes).

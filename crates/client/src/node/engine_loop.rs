@@ -21,7 +21,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hotline_proto::Time;
-use hotline_proto::engine::{AckLevel, Action, Delivery, Engine, Outgoing, Report, WriteId};
+use hotline_proto::engine::{
+    AckError, AckLevel, Action, Delivery, Engine, Outgoing, Report, WriteId,
+};
 use hotline_proto::wire::{self, Frame, Presence};
 use hotline_proto::{EndpointId, MessageId};
 use rand_chacha::ChaCha20Rng;
@@ -406,24 +408,26 @@ impl EngineLoop {
                 updates,
                 entries,
             } => {
-                for e in self.inbox.entries() {
-                    if entries.send(e.clone()).is_err() {
-                        return;
-                    }
-                }
-                if follow {
-                    self.followers.push(InboxFollower { entries, updates });
-                }
+                // Read from the store off the loop; what happens meanwhile waits on `live`.
+                let live = follow.then(|| {
+                    let (live, rx) = mpsc::unbounded_channel();
+                    self.followers.push(InboxFollower {
+                        entries: live,
+                        updates,
+                    });
+                    rx
+                });
+                self.inbox.stream(self.audit.db.clone(), entries, live);
             }
-            Command::Ack { id, reply } => match self.engine.acknowledge(now, &id) {
+            Command::Ack { id, reply } => match self.acknowledge(now, &id) {
                 Ok(write) => {
-                    let changed = self.inbox.acknowledged(&id, now).cloned();
+                    let changed = self.inbox.acknowledged(&id, now);
                     self.changed(changed);
                     // Answered only once the acknowledgement is durable.
                     self.ack_waiters.push(AckWaiter { write, reply });
                 }
                 Err(e) => {
-                    let _ = reply.send(Err(e.into()));
+                    let _ = reply.send(Err(e));
                 }
             },
             Command::Status { reply } => {
@@ -464,6 +468,26 @@ impl EngineLoop {
         }
     }
 
+    /// The engine's acknowledgement of `id`. A message whose engine state was compacted away
+    /// is acknowledged from its stored envelope; whether it was acknowledged already is then
+    /// the inbox's word.
+    fn acknowledge(&mut self, now: Time, id: &MessageId) -> Result<WriteId, RequestError> {
+        match self.engine.acknowledge(now, id) {
+            Err(AckError::Forgotten(id)) => {
+                if self.inbox.is_acknowledged(&id) {
+                    return Err(AckError::AlreadyAcknowledged(id).into());
+                }
+                let envelope = match self.inbox.stored_envelope(&self.audit.db, &id) {
+                    Ok(Some(envelope)) => envelope,
+                    Ok(None) => return Err(AckError::Unknown(id).into()),
+                    Err(error) => return Err(RequestError::Inbox(error)),
+                };
+                Ok(self.engine.acknowledge_stored(now, &envelope)?)
+            }
+            other => Ok(other?),
+        }
+    }
+
     fn drain(&mut self) {
         while let Some(action) = self.engine.poll_action() {
             match action {
@@ -481,7 +505,10 @@ impl EngineLoop {
                     id,
                     record,
                     envelope_hash,
-                } => self.write(StoreMsg::Record(id, record, envelope_hash)),
+                } => {
+                    self.inbox.persisting(&record);
+                    self.write(StoreMsg::Record(id, record, envelope_hash));
+                }
                 Action::Deliver(d) => self.deliver(&d),
                 Action::Report(r) => self.report(r),
                 Action::Escalate(e) => {
@@ -489,7 +516,7 @@ impl EngineLoop {
                 }
                 Action::Realert(n) => {
                     warn!(id = %n.message, level = %n.level, count = n.count, "RE-ALERT from partner: acknowledge this message");
-                    let changed = self.inbox.realerted(&n.message, n.level).cloned();
+                    let changed = self.inbox.realerted(&n.message, n.level);
                     self.changed(changed);
                 }
                 Action::Alarm(a) => {
@@ -518,18 +545,29 @@ impl EngineLoop {
 
     fn deliver(&mut self, d: &Delivery) {
         info!(id = %d.id, relay_transport = %d.relay_transport, "delivered to inbox");
-        let mut entry = self.inbox.push(d);
-        // Deliveries leave the engine only once their write is durable: now.
-        entry.durable_us = Some(wall_now().0);
-        self.followers
-            .retain(|f| f.entries.send(entry.clone()).is_ok());
+        self.inbox.push(d);
+        if !self.followers.is_empty() {
+            let mut entry = view::inbox_entry(d);
+            // Deliveries leave the engine only once their write is durable: now.
+            entry.durable_us = Some(wall_now().0);
+            self.followers
+                .retain(|f| f.entries.send(entry.clone()).is_ok());
+        }
     }
 
-    /// Streams a changed inbox line to the followers that asked for updates.
-    fn changed(&mut self, entry: Option<InboxEntry>) {
-        if let Some(entry) = entry {
-            self.followers
-                .retain(|f| !f.updates || f.entries.send(entry.clone()).is_ok());
+    /// Streams a changed inbox line (the message at store row `row`) to the followers that
+    /// asked for updates, reading it back from the store.
+    fn changed(&mut self, row: Option<u64>) {
+        let Some(row) = row else { return };
+        if !self.followers.iter().any(|f| f.updates) {
+            return;
+        }
+        match self.inbox.line(&self.audit.db, row) {
+            Ok(Some(entry)) => self
+                .followers
+                .retain(|f| !f.updates || f.entries.send(entry.clone()).is_ok()),
+            Ok(None) => warn!(row, "changed inbox line not in the store"),
+            Err(error) => warn!(error = %error, "reading a changed inbox line failed"),
         }
     }
 

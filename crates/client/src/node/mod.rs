@@ -13,7 +13,7 @@
 //!   and one stream per lane, and feeds frames from it into per-lane channels (every relay is
 //!   used at once: every frame goes out on every live link, the first copy in wins);
 //! - the **control server** (`control_server`) serves the CLI on a Unix socket (mode 0600);
-//! - the **inbox index** (`inbox`) keeps what `inbox` shows, rebuilt from the store;
+//! - the **inbox index** (`inbox`) finds what `inbox` shows in the store (row keys, ack state);
 //! - what the engine loop knows of each relay link (`relays`) is what `status` shows per relay;
 //! - the **alarm desk** (`alarm_desk`) keeps the operator's alarm book ([`crate::alarms`]),
 //!   restored from the store at start.
@@ -160,6 +160,9 @@ pub enum RequestError {
     /// The audit log could not be read.
     #[error("reading the audit log: {0}")]
     Audit(StoreError),
+    /// A delivered message's record could not be read back (to acknowledge it).
+    #[error("reading the delivered message from the store: {0}")]
+    Inbox(StoreError),
     /// An empty message body.
     #[error("empty message refused: a message needs some text")]
     EmptyBody,

@@ -46,7 +46,8 @@ pub enum ConfigError {
 /// | routine    | 10 min    | none         |
 ///
 /// Retransmission until `accepted`: 1 s, doubling to 30 s. Link tests every 2 s; the link is
-/// degraded after 3 missed intervals. Receive window: 65,536 messages per lane. A new sealing
+/// degraded after 3 missed intervals. Receive window: 65,536 messages per lane. Settled history:
+/// 4,096 messages per lane (see [`EngineConfig::settled_history`]). A new sealing
 /// key every 24 hours. Clock-skew tolerance: 10 minutes (see
 /// [`EngineConfig::clock_skew_tolerance`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,6 +58,7 @@ pub struct EngineConfig {
     retransmit_max: Duration,
     link_test_interval: Duration,
     receive_window: u64,
+    settled_history: u64,
     key_rotation: Duration,
     max_outbox: usize,
     clock_skew_tolerance: Duration,
@@ -72,6 +74,7 @@ impl Default for EngineConfig {
             retransmit_max: s(30),
             link_test_interval: s(2),
             receive_window: 65_536,
+            settled_history: 4096,
             key_rotation: s(24 * 3600),
             max_outbox: 1_000_000,
             clock_skew_tolerance: s(600),
@@ -260,6 +263,28 @@ impl EngineConfig {
         Ok(self)
     }
 
+    /// Settled received messages (acknowledged, or expecting no acknowledgement) whose
+    /// per-message state the engine keeps, per lane; older ones are forgotten so that memory
+    /// stays flat. A forgotten message is still acknowledged through
+    /// [`Engine::acknowledge_stored`](super::Engine::acknowledge_stored).
+    pub fn settled_history(&self) -> u64 {
+        self.settled_history
+    }
+
+    /// Sets [`Self::settled_history`] (1 to 2^20).
+    pub fn set_settled_history(&mut self, n: u64) -> Result<&mut Self, ConfigError> {
+        if !(1..=1 << 20).contains(&n) {
+            return Err(ConfigError::CountOutOfRange {
+                name: "settled history",
+                value: n,
+                min: 1,
+                max: 1 << 20,
+            });
+        }
+        self.settled_history = n;
+        Ok(self)
+    }
+
     /// Sets the per-lane receive window (16 ..= 1,048,576 messages).
     pub fn set_receive_window(&mut self, n: u64) -> Result<&mut Self, ConfigError> {
         if !(16..=1 << 20).contains(&n) {
@@ -299,6 +324,10 @@ mod tests {
                 .is_err()
         );
         assert!(c.set_receive_window(1).is_err());
+        assert_eq!(c.settled_history(), 4096);
+        assert!(c.set_settled_history(0).is_err());
+        assert!(c.set_settled_history((1 << 20) + 1).is_err());
+        assert_eq!(c.set_settled_history(3).unwrap().settled_history(), 3);
         assert!(c.set_key_rotation(Duration::from_secs(59)).is_err());
         assert!(
             c.set_key_rotation(Duration::from_secs(91 * 24 * 3600))

@@ -10,6 +10,11 @@
 //!
 //! Main types: [`Inbound`], [`InLane`], [`InMsg`] (one delivered message).
 //!
+//! Per-message state is bounded too (`acks`): a delivered message's [`InMsg`] stays while it
+//! awaits our operator's acknowledgement, and among the newest
+//! [`EngineConfig::settled_history`] settled ones of its lane; older settled messages are
+//! forgotten (the store keeps them) and acknowledged through [`Inbound::acknowledge_stored`].
+//!
 //! Memory against a hostile partner or relay is bounded: a lane is created only for an envelope
 //! that verified (its chain-head signature, or an AEAD open under a session), at most
 //! [`MAX_INBOUND_LANES`] of them; the buffer counts each entry's real size ([`Pending::size`]).
@@ -18,6 +23,7 @@
 //! ahead of a higher-precedence message they depend on; the buffer holds at most
 //! [`MAX_BUFFERED_BYTES`] and only messages beyond the last delivered one.
 
+mod acks;
 mod bounds;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -26,8 +32,8 @@ use std::mem::size_of;
 use super::clock::{Claim, plausible};
 use super::gate::ALREADY_DURABLE;
 use super::{
-    AckError, Action, Delivery, DurabilityGate, EngineConfig, Keys, LaneDepth, Local, Partner,
-    Record, WriteId, send_control,
+    Action, Delivery, DurabilityGate, EngineConfig, Keys, LaneDepth, Local, Partner, Record,
+    WriteId, send_control,
 };
 use crate::crypto::{Digest, Signature};
 use crate::envelope::{
@@ -53,7 +59,7 @@ pub(super) const LANE_LIMIT: &str = "inbound lane limit reached";
 /// allocator's headers for its four heap blocks (a generous estimate).
 const ENTRY_OVERHEAD: usize = 128;
 /// Acknowledgement receipts resent on every reconnect.
-const RECENT_ACKS: usize = 256;
+pub(super) const RECENT_ACKS: usize = 256;
 
 /// What the receive side borrows from the rest of the engine for one input.
 pub(super) struct Cx<'a> {
@@ -178,6 +184,8 @@ pub(super) struct Inbound {
     /// Messages delivered with an implausible partner time since the facade last looked:
     /// (id, claimed time), for the clock-skew alarm.
     skewed: Vec<(MessageId, Time)>,
+    /// Settled messages still held in `inbox`, per lane, oldest first.
+    settled: acks::Settled,
 }
 
 impl Inbound {
@@ -427,7 +435,12 @@ impl Inbound {
             relay_transport: pending.relay_transport,
             body: pending.plaintext.body,
         };
-        self.inbox.insert(id, InMsg::new(pending.hash, p, cx.cfg));
+        let msg = InMsg::new(pending.hash, p, cx.cfg);
+        let settled = !msg.expects_ack;
+        self.inbox.insert(id.clone(), msg);
+        if settled {
+            self.settle(&id, cx.cfg);
+        }
         cx.keys.vouch(pending.envelope.header.session, cx.gate);
         let write = cx.gate.persist_envelope(
             Record::Received {
@@ -438,68 +451,6 @@ impl Inbound {
             Some(pending.hash),
         );
         cx.gate.after(write, Action::Deliver(delivery));
-    }
-
-    /// Our operator acknowledged `id`: persists and, once durable, sends the signed receipt.
-    pub(super) fn acknowledge(
-        &mut self,
-        id: &MessageId,
-        cx: &mut Cx<'_>,
-    ) -> Result<WriteId, AckError> {
-        let Some(msg) = self.inbox.get_mut(id) else {
-            return Err(AckError::Unknown(id.clone()));
-        };
-        if msg.acknowledged.is_some() {
-            return Err(AckError::AlreadyAcknowledged(id.clone()));
-        }
-        let receipt = Signed::sign(
-            Receipt {
-                from: cx.local.id.clone(),
-                to: cx.partner.id.clone(),
-                channel: id.channel.clone(),
-                precedence: id.precedence,
-                kind: ReceiptKind::Acknowledged {
-                    seq: id.seq,
-                    hash: msg.hash,
-                },
-                at: cx.now,
-            },
-            &cx.local.key,
-        );
-        let write = cx.gate.persist(Record::OperatorAck {
-            id: id.clone(),
-            receipt: receipt.clone(),
-        });
-        msg.acknowledged = Some(cx.now);
-        msg.ack_receipt = Some((write, receipt.clone()));
-        self.remember_ack(write, receipt.clone());
-        cx.gate.after(write, send_control(&Frame::Receipt(receipt)));
-        Ok(write)
-    }
-
-    fn remember_ack(&mut self, write: WriteId, receipt: Signed<Receipt>) {
-        if self.recent_acks.len() == RECENT_ACKS {
-            self.recent_acks.pop_front();
-        }
-        self.recent_acks.push_back((write, receipt));
-    }
-
-    /// Records the partner's escalation notice number `count` about `id`; false if one with
-    /// that count or a later one was already taken (a replay).
-    pub(super) fn note_notice(&mut self, id: &MessageId, count: u32) -> bool {
-        match self.inbox.get_mut(id) {
-            Some(m) if m.notices >= count => false,
-            Some(m) => {
-                m.notices = count;
-                true
-            }
-            None => true,
-        }
-    }
-
-    /// Our acknowledgement receipt for `id`, if the operator acknowledged it.
-    pub(super) fn ack_receipt(&self, id: &MessageId) -> Option<(WriteId, Signed<Receipt>)> {
-        self.inbox.get(id).and_then(|m| m.ack_receipt.clone())
     }
 
     /// A new relay connection: resends our latest delivered receipt per lane and recent
@@ -539,21 +490,12 @@ impl Inbound {
             delivery.received_at,
         );
         lane.last_receipt = Some((ALREADY_DURABLE, receipt));
-        self.inbox
-            .insert(id.clone(), InMsg::new(hash, id.precedence, cx.cfg));
-        Ok(())
-    }
-
-    /// Replays an `OperatorAck` record.
-    pub(super) fn restore_ack(
-        &mut self,
-        id: &MessageId,
-        receipt: Signed<Receipt>,
-    ) -> Result<(), &'static str> {
-        let m = self.inbox.get_mut(id).ok_or("ack for unknown message")?;
-        m.acknowledged = Some(receipt.body.at);
-        m.ack_receipt = Some((ALREADY_DURABLE, receipt.clone()));
-        self.remember_ack(ALREADY_DURABLE, receipt);
+        let msg = InMsg::new(hash, id.precedence, cx.cfg);
+        let settled = !msg.expects_ack;
+        self.inbox.insert(id.clone(), msg);
+        if settled {
+            self.settle(id, cx.cfg);
+        }
         Ok(())
     }
 

@@ -159,8 +159,16 @@ impl<R: CryptoRng> Engine<R> {
                     .map_err(inconsistent)?;
             }
             Record::OperatorAck { id, receipt } => {
+                let cx = Cx {
+                    now: self.now,
+                    cfg: &self.cfg,
+                    local: &self.local,
+                    partner: &self.partner,
+                    keys: &mut self.keys,
+                    gate: &mut self.gate,
+                };
                 self.inbound
-                    .restore_ack(&id, receipt)
+                    .restore_ack(&id, receipt, &cx)
                     .map_err(inconsistent)?;
             }
             Record::PartnerEscalated { .. } => {}

@@ -238,6 +238,12 @@ pub enum AckError {
     /// Already acknowledged.
     #[error("message {0} is already acknowledged")]
     AlreadyAcknowledged(MessageId),
+    /// Delivered, but the engine forgot its state (see
+    /// [`EngineConfig::settled_history`](super::EngineConfig::settled_history)):
+    /// acknowledge it with its stored envelope through
+    /// [`Engine::acknowledge_stored`](super::Engine::acknowledge_stored).
+    #[error("message {0} is no longer held in memory; acknowledge it from the store")]
+    Forgotten(MessageId),
     /// A store write failed earlier.
     #[error("engine stopped after a store failure")]
     Stopped,

@@ -5,6 +5,7 @@ mod hostile;
 mod keys;
 mod link;
 mod model;
+mod settled;
 mod timers;
 mod util;
 
