@@ -61,9 +61,13 @@ mod tests {
 
     #[test]
     fn unset_means_one_thread_and_a_number_means_that_many_workers() {
+        use tokio::runtime::RuntimeFlavor;
         let rt = build_with(None).unwrap();
-        assert_eq!(rt.metrics().num_workers(), 1);
+        assert_eq!(rt.handle().runtime_flavor(), RuntimeFlavor::CurrentThread);
+        let rt = build_with(Some("1")).unwrap();
+        assert_eq!(rt.handle().runtime_flavor(), RuntimeFlavor::MultiThread);
         let rt = build_with(Some("3")).unwrap();
+        assert_eq!(rt.handle().runtime_flavor(), RuntimeFlavor::MultiThread);
         assert_eq!(rt.metrics().num_workers(), 3);
     }
 

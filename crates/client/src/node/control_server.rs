@@ -43,10 +43,10 @@ pub(super) struct Commands {
     pub(super) urgent: mpsc::UnboundedSender<Command>,
 }
 
-/// Accepts connections until the task is aborted.
 /// Answers are gathered into one write up to this many bytes.
 const WRITE_BATCH: usize = 64 * 1024;
 
+/// Accepts connections until the task is aborted.
 pub(super) async fn serve(listener: UnixListener, cmds: Commands) {
     loop {
         match listener.accept().await {
@@ -273,6 +273,7 @@ async fn handle_query(request: Request, cmds: mpsc::UnboundedSender<Command>, re
             updates,
         } => {
             let (tx, mut rx) = mpsc::unbounded_channel();
+            let (failed, mut failure) = oneshot::channel();
             let channel = channel.map(|c| c.to_string());
             let wanted = |e: &InboxEntry| {
                 !(unacked && e.acknowledged.is_some())
@@ -282,13 +283,18 @@ async fn handle_query(request: Request, cmds: mpsc::UnboundedSender<Command>, re
                 follow,
                 updates,
                 entries: tx,
+                failed,
             }) {
                 Ok(()) => loop {
                     tokio::select! {
                         e = rx.recv() => match e {
                             Some(e) if wanted(&e) => replies.emit(Event::Message(e)),
                             Some(_) => {}
-                            None => break Ok(()),
+                            // The lister says why before it closes the stream.
+                            None => match failure.try_recv() {
+                                Ok(error) => break Err(RequestError::InboxListing(error)),
+                                Err(_) => break Ok(()),
+                            },
                         },
                         // Dropping `rx` lets the engine loop forget this follower.
                         () = replies.client_gone() => break Ok(()),

@@ -58,6 +58,8 @@ pub(super) enum Command {
         follow: bool,
         updates: bool,
         entries: mpsc::UnboundedSender<InboxEntry>,
+        /// Why the listing stopped part-way, if it did.
+        failed: oneshot::Sender<String>,
     },
     /// Acknowledge; answered once the acknowledgement is durable.
     Ack {
@@ -407,6 +409,7 @@ impl EngineLoop {
                 follow,
                 updates,
                 entries,
+                failed,
             } => {
                 // Read from the store off the loop; what happens meanwhile waits on `live`.
                 let live = follow.then(|| {
@@ -417,7 +420,8 @@ impl EngineLoop {
                     });
                     rx
                 });
-                self.inbox.stream(self.audit.db.clone(), entries, live);
+                self.inbox
+                    .stream(self.audit.db.clone(), entries, live, failed);
             }
             Command::Ack { id, reply } => match self.acknowledge(now, &id) {
                 Ok(write) => {
@@ -471,6 +475,22 @@ impl EngineLoop {
     /// The engine's acknowledgement of `id`. A message whose engine state was compacted away
     /// is acknowledged from its stored envelope; whether it was acknowledged already is then
     /// the inbox's word.
+    /// Signs and sends our acknowledgement of `id` again, from its stored envelope (the partner
+    /// escalated a message our operator acknowledged after the engine forgot it).
+    fn resend_ack(&mut self, id: &MessageId) {
+        let envelope = match self.inbox.stored_envelope(&self.audit.db, id) {
+            Ok(Some(envelope)) => envelope,
+            Ok(None) => return warn!(%id, "acknowledged message not in the store"),
+            Err(error) => return warn!(%id, %error, "reading an acknowledged message failed"),
+        };
+        match self.engine.acknowledge_stored(wall_now(), &envelope) {
+            Ok(_) => {
+                info!(%id, "partner escalated a message acknowledged here: receipt sent again")
+            }
+            Err(error) => warn!(%id, %error, "could not send our acknowledgement again"),
+        }
+    }
+
     fn acknowledge(&mut self, now: Time, id: &MessageId) -> Result<WriteId, RequestError> {
         match self.engine.acknowledge(now, id) {
             Err(AckError::Forgotten(id)) => {
@@ -515,6 +535,14 @@ impl EngineLoop {
                     warn!(id = %e.id, kind = ?e.kind, escalated_to = %e.escalated_to, count = e.count, "ESCALATION: deadline missed");
                 }
                 Action::Realert(n) => {
+                    if self.inbox.is_acknowledged(&n.message) {
+                        // Our operator did acknowledge it, but the receipt did not reach the
+                        // partner and the engine no longer holds it (the message settled out
+                        // of its history): sign it again from the stored envelope rather than
+                        // re-alert an operator who cannot acknowledge twice.
+                        self.resend_ack(&n.message);
+                        continue;
+                    }
                     warn!(id = %n.message, level = %n.level, count = n.count, "RE-ALERT from partner: acknowledge this message");
                     let changed = self.inbox.realerted(&n.message, n.level);
                     self.changed(changed);

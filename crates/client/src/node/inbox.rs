@@ -3,9 +3,12 @@
 //!
 //! It keeps per message only where its `Received` record is in the store (the row key, as runs:
 //! consecutive messages of a lane in consecutive rows share one entry) and, for the messages
-//! that have them, our acknowledgement time and the partner's re-alert level: a node that only
-//! receives keeps one entry per lane; traffic both ways costs at worst one 24-byte entry per
-//! message. What `inbox` prints (body, names, times) is read back from the store when asked
+//! that have them, our acknowledgement time and the partner's re-alert level. A node that only
+//! receives, on one lane, without acknowledging, keeps one entry in all; any other record
+//! between two rows of a lane (another lane's message, an acknowledgement, an outgoing
+//! message) starts a new run, so mixed traffic costs up to one 24-byte entry per message, and
+//! every acknowledgement keeps one more small entry (its time) for as long as the node runs:
+//! flat for a receive-only soak, tens of bytes per message otherwise. What `inbox` prints (body, names, times) is read back from the store when asked
 //! ([`InboxIndex::stream`], [`InboxIndex::line`]); the engine keeps its own per-message state
 //! for receipts.
 //!
@@ -24,7 +27,7 @@ use hotline_proto::engine::{Delivery, Record};
 use hotline_proto::envelope::Envelope;
 use hotline_proto::types::{Channel, Seq, Time};
 use hotline_proto::{EndpointId, MessageId, Precedence};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
 use crate::control::InboxEntry;
@@ -182,11 +185,13 @@ impl InboxIndex {
     /// Streams every line, oldest first, to `entries`, read from the store by a blocking task
     /// so a long inbox never holds up the engine loop; then, if `live` is given, forwards what
     /// arrives there (new deliveries and changes queued meanwhile) until either side closes.
+    /// A listing that stops part-way says why on `failed` before it closes `entries`.
     pub(super) fn stream(
         &self,
         db: Arc<redb::Database>,
         entries: mpsc::UnboundedSender<InboxEntry>,
         live: Option<mpsc::UnboundedReceiver<InboxEntry>>,
+        failed: oneshot::Sender<String>,
     ) {
         let snapshot = self.snapshot();
         tokio::spawn(async move {
@@ -199,10 +204,12 @@ impl InboxIndex {
                 Ok(Ok(false)) => return,
                 Ok(Err(error)) => {
                     warn!(error = %error, "reading the inbox from the store failed");
+                    let _ = failed.send(error.to_string());
                     return;
                 }
                 Err(error) => {
                     warn!(error = %error, "inbox reader task failed");
+                    let _ = failed.send(error.to_string());
                     return;
                 }
             }

@@ -163,6 +163,9 @@ pub enum RequestError {
     /// A delivered message's record could not be read back (to acknowledge it).
     #[error("reading the delivered message from the store: {0}")]
     Inbox(StoreError),
+    /// The inbox listing stopped part-way: a line could not be read back from the store.
+    #[error("reading the inbox from the store: {0} (the listing above is incomplete)")]
+    InboxListing(String),
     /// An empty message body.
     #[error("empty message refused: a message needs some text")]
     EmptyBody,

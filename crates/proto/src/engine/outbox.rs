@@ -232,7 +232,6 @@ impl Outbox {
         std::mem::take(&mut self.msgs).into_keys().collect()
     }
 
-    /// Seals message `id` in `session`, chaining it to its lane; returns the envelope.
     /// The chain hash of `id`'s envelope, once sealed.
     pub(super) fn sealed_hash(&self, id: &MessageId) -> Option<Digest> {
         match self.msgs.get(id).map(|m| &m.state) {
@@ -241,6 +240,7 @@ impl Outbox {
         }
     }
 
+    /// Seals message `id` in `session`, chaining it to its lane; returns the envelope.
     pub(super) fn seal(
         &mut self,
         id: &MessageId,

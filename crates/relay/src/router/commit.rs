@@ -4,9 +4,10 @@
 //! The router numbers each write it emits ([`CommitId`], issued in order, the first is 1) and
 //! the shell reports writes committed ([`Router::handle_persisted`](super::Router::handle_persisted)
 //! for "everything up to", [`Router::handle_persisted_writes`](super::Router::handle_persisted_writes)
-//! for an exact set). A frame that promises durability (an `Accepted` reply, a stored receipt,
-//! notice or refusal) is held here as a [`Deferred`] until the write it depends on has
-//! committed, then handed back to the router.
+//! for an exact set). A frame that promises the relay's own durability (an `Accepted` reply, an
+//! `Expired` refusal) is held here as a [`Deferred`] until the write it depends on has
+//! committed, then handed back to the router; so is the deletion of a stored receipt or notice
+//! written before its put committed (receipts and notices leave at once).
 //!
 //! Each write has a [`WriteClass`], so the store can commit a flash envelope without waiting for
 //! a routine batch (issue 12, "flash is never behind a batch"). A write is
@@ -48,7 +49,7 @@ pub(super) enum Deferred {
         to: EndpointId,
         bytes: Bytes,
     },
-    /// A stored receipt, notice or refusal for its addressee.
+    /// A stored frame for its addressee that waits for its write (an `Expired` refusal).
     Control { to: EndpointId, frame: ControlFrame },
     /// The deletion of a stored control frame that was written to its addressee before the
     /// write putting it had committed: staged only once that write has, so the store never
@@ -311,6 +312,17 @@ impl CommitGate {
             drift.push(format!(
                 "uncommitted bytes: counted {:?}, uncommitted writes hold {sums:?}",
                 self.by_source
+            ));
+        }
+        let controls: HashMap<u64, u64> = self
+            .uncommitted
+            .iter()
+            .flat_map(|(w, p)| p.controls.iter().map(move |k| (*k, *w)))
+            .collect();
+        if controls != self.control_rows {
+            drift.push(format!(
+                "uncommitted control rows: indexed {:?}, uncommitted writes put {controls:?}",
+                self.control_rows
             ));
         }
         let indexed: HashMap<u64, u64> = self.rows.iter().map(|(r, (w, _))| (*r, *w)).collect();

@@ -221,8 +221,9 @@ impl Router {
                 }
             }
         }
-        // Stored in the same write as the deletions, and forwarded only once it commits: a
-        // sender that sees the receipt will not see the envelopes come back after a crash.
+        // Stored in the same write as the deletions and forwarded at once (see
+        // `forward_durable`): after a crash before that write commits, the envelopes come back
+        // and the receiver answers them as duplicates.
         self.forward_durable(conn, from, &r.to, id, bytes, "receipt");
     }
 

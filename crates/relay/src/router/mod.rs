@@ -518,7 +518,8 @@ impl Router {
     }
 
     /// Writes up to and including `write` are durable: releases the frames that waited for them
-    /// (`Accepted` replies, receipts, notices, `Expired` refusals), by write, in order.
+    /// (`Accepted` replies, `Expired` refusals, deletions of control frames already written), by
+    /// write, in order.
     pub fn handle_persisted(&mut self, write: CommitId) {
         let released = self.commits.handle_persisted(write);
         self.after_persisted(released);

@@ -1,9 +1,10 @@
 //! What the router asks the shell to keep on disk, and what it gets back at startup.
 //!
 //! The router never writes: it emits [`Output::Persist`](super::Output::Persist) with a
-//! [`CommitId`] and a list of [`StoreOp`]s, and holds back every reply that promises durability
-//! (`Accepted`, forwarded receipts and notices, `Expired` refusals) until the shell reports that
-//! write, or a later one, committed with [`Router::handle_persisted`](super::Router::handle_persisted).
+//! [`CommitId`] and a list of [`StoreOp`]s, and holds back every reply that promises the relay's
+//! durability (`Accepted`, `Expired` refusals) until the shell reports that write, or a later
+//! one, committed with [`Router::handle_persisted`](super::Router::handle_persisted). Receipts
+//! and notices, the partner's signed word, are stored but forwarded at once.
 //! Writes must be committed in the order they were issued; a commit may cover several.
 //!
 //! At startup the shell reads a [`Snapshot`] back and hands it to

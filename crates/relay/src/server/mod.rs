@@ -27,7 +27,8 @@
 //! [`Output::Persist`](crate::router::Output::Persist) writes go to it in order, each batch is
 //! committed (fsync) and only then is the router told
 //! ([`Router::handle_persisted_writes`](crate::router::Router::handle_persisted_writes)), which
-//! releases the `Accepted` replies, receipts and notices that waited for it. Urgent writes
+//! releases the `Accepted` replies and `Expired` refusals that waited for it (receipts and
+//! notices are forwarded while their write commits). Urgent writes
 //! (flash, immediate, control) go ahead of routine batches that have not started, and a routine
 //! batch is bounded ([`store::BULK_BATCH_BYTES`]). A store error stops the writer, so nothing
 //! more is acknowledged; [`Server::store_failure`] reports it and the binary exits. Each stream

@@ -268,12 +268,14 @@ async fn stream_sends_the_listing_then_what_arrived_live_meanwhile() {
     };
     index.push(delivery);
     live_tx.send(view::inbox_entry(delivery)).unwrap();
-    InboxIndex::from_records(&records).stream(store.database(), tx, Some(live_rx));
+    let (failed, mut failure) = oneshot::channel();
+    InboxIndex::from_records(&records).stream(store.database(), tx, Some(live_rx), failed);
     drop(live_tx);
     let mut got = Vec::new();
     while let Some(e) = rx.recv().await {
         got.push(e.id);
     }
+    assert!(failure.try_recv().is_err(), "no failure reported");
     let ids: Vec<String> = [
         "jp:main:routine:1",
         "jp:main:flash:1",
@@ -317,4 +319,35 @@ fn lane_runs_find_every_row_in_any_delivery_pattern() {
     // A sequence already recorded keeps its row.
     add_to_lane(&mut lane, Seq(2), 99);
     assert_eq!(row_in_lane(&lane, Seq(2)), Some(11));
+}
+
+#[tokio::test]
+async fn a_listing_that_cannot_read_a_row_says_so_before_it_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = Store::open(dir.path()).unwrap();
+    let records = history();
+    store.append(&records).unwrap();
+    let index = InboxIndex::from_records(&records);
+    // Damage the row of the second delivered message.
+    let db = store.database();
+    let txn = db.begin_write().unwrap();
+    {
+        let rows: redb::TableDefinition<'_, u64, &[u8]> = redb::TableDefinition::new("records");
+        let mut table = txn.open_table(rows).unwrap();
+        let flash: MessageId = "jp:main:flash:1".parse().unwrap();
+        let second = index.row_of(&flash).unwrap();
+        table.insert(second, [0xff_u8; 3].as_slice()).unwrap();
+    }
+    txn.commit().unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (failed, mut failure) = oneshot::channel();
+    index.stream(db, tx, None, failed);
+    let mut got = 0;
+    while rx.recv().await.is_some() {
+        got += 1;
+    }
+    // Lines are read a chunk at a time, so none or some of the earlier ones may have gone.
+    assert!(got < 5, "an incomplete listing, got {got} lines");
+    let error = failure.try_recv().expect("the failure is reported");
+    assert!(error.contains("does not decode"), "{error}");
 }
