@@ -410,3 +410,39 @@ async fn a_relay_restarted_after_kill_9_resets_its_old_connections() {
         "the old connection ended with {why:?}, not a stateless reset"
     );
 }
+
+#[tokio::test]
+async fn a_crash_before_a_forwarded_receipt_commits_brings_its_envelopes_back() {
+    // Routine 1..=3 each committed and accepted (three commits); the fourth commit is jp's
+    // receipt with its deletions, and the relay dies before it. The receipt itself leaves at
+    // once (the partner's signed word), so us may have it; what the relay promised is kept:
+    // the envelopes it still holds come back and jp gets them again, to answer as duplicates.
+    let dir = setup();
+    let mut relay = Relay::start(dir.path(), Some((failpoint::BEFORE_COMMIT, 3))).await;
+    let mut us = relay.connect(dir.path(), "us").await;
+    for seq in 1..=3 {
+        us.send_lane(R, &envelope("us", "jp", R, seq)).await;
+        accepted(&mut us, R, seq).await;
+    }
+    let mut jp = relay.connect(dir.path(), "jp").await;
+    assert_eq!(routine_seqs_until(&mut jp, 3).await, vec![1, 2, 3]);
+    jp.send_control(&delivered("jp", "us", R, 3)).await;
+    let status = relay.exited().await;
+    assert_eq!(status.signal(), Some(6), "{status}\n{}", relay.log());
+    drop((us, jp));
+
+    let mut relay = Relay::start(dir.path(), None).await;
+    assert_eq!(relay.queued, 3, "the deletions never committed");
+    let mut jp = relay.connect(dir.path(), "jp").await;
+    assert_eq!(routine_seqs_until(&mut jp, 3).await, vec![1, 2, 3]);
+    // jp answers the duplicates with its receipt again; this time it commits.
+    let mut us = relay.connect(dir.path(), "us").await;
+    jp.send_control(&delivered("jp", "us", R, 3)).await;
+    us.recv_where(|f| matches!(f, Frame::Receipt(_))).await;
+    us.send_lane(R, &envelope("us", "jp", R, 4)).await;
+    accepted(&mut us, R, 4).await;
+    relay.kill9().await;
+    drop((us, jp));
+    let relay = Relay::start(dir.path(), None).await;
+    assert_eq!(relay.queued, 1, "only routine 4 is left");
+}

@@ -326,7 +326,13 @@ async fn serve_connection(
             Some(done) = tasks.join_next() => {
                 if let Ok(reason) = done {
                     if !reason.is_empty() {
-                        conn.close(1u32.into(), b"stream error");
+                        // A stream that failed on a live connection: close it. One the relay
+                        // already closed keeps the relay's reason; closing it again would
+                        // replace that with our own (quinn records the last close), and the
+                        // operator would see "connection lost" instead of, say, "revoked".
+                        if conn.close_reason().is_none() {
+                            conn.close(1u32.into(), b"stream error");
+                        }
                         tasks.abort_all();
                         return reason;
                     }
