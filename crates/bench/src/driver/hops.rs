@@ -16,6 +16,11 @@
 //! writer, relay, receiving engine's queue), `receiver store` (its fsync), `receipt back`
 //! (receiving engine, relay, sending engine) and `report` (the sender's control socket).
 //! Only messages with every stamp count.
+//!
+//! Caveats: `at receiver` is the cumulative `delivered` receipt's time, so a receipt that covers
+//! several messages gives them all the time of its last; and `seen` is taken by the sender's
+//! control server, after its engine loop, so on a busy node it can fall after `at receiver`
+//! (that hop then counts as zero and the next one holds the difference).
 
 use std::collections::BTreeMap;
 
