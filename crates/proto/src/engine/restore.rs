@@ -146,27 +146,13 @@ impl<R: CryptoRng> Engine<R> {
                 envelope,
                 head: _,
             } => {
-                let cx = Cx {
-                    now: self.now,
-                    cfg: &self.cfg,
-                    local: &self.local,
-                    partner: &self.partner,
-                    keys: &mut self.keys,
-                    gate: &mut self.gate,
-                };
+                let cx = cx!(self);
                 self.inbound
                     .restore_received(&delivery, &envelope, &cx)
                     .map_err(inconsistent)?;
             }
             Record::OperatorAck { id, receipt } => {
-                let cx = Cx {
-                    now: self.now,
-                    cfg: &self.cfg,
-                    local: &self.local,
-                    partner: &self.partner,
-                    keys: &mut self.keys,
-                    gate: &mut self.gate,
-                };
+                let cx = cx!(self);
                 self.inbound
                     .restore_ack(&id, receipt, &cx)
                     .map_err(inconsistent)?;
