@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::warn;
 
 use super::RequestError;
-use super::engine_loop::Command;
+use super::commands::Command;
 use crate::alarms::ClearTarget;
 use crate::control::{Event, InboxEntry, Request, RequestLine, ResponseLine, WaitLevel};
 use crate::time::{format_time, wall_now};

@@ -21,94 +21,27 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hotline_proto::Time;
-use hotline_proto::engine::{
-    AckError, AckLevel, Action, Delivery, Engine, Outgoing, Report, WriteId,
-};
+use hotline_proto::engine::{AckError, AckLevel, Action, Delivery, Engine, Report, WriteId};
 use hotline_proto::wire::{self, Frame, Presence};
 use hotline_proto::{EndpointId, MessageId};
 use rand_chacha::ChaCha20Rng;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
-use super::alarm_desk::{AlarmDesk, Clearing};
+use super::alarm_desk::AlarmDesk;
+use super::commands::{Command, Inputs};
 use super::inbox::InboxIndex;
-use super::relay_link::{LaneReceivers, LinkEvent, LinkEventKind, RelayFrame};
-use super::relays::{LinkSpawner, MAX_HELD_IDS, Reconfigure, RelayState};
+use super::relay_link::{LinkEvent, LinkEventKind, RelayFrame};
+use super::relays::{LinkSpawner, MAX_HELD_IDS, RelayState};
 use super::store_thread::{Persisted, StoreMsg};
 use super::{AuditSource, NodeError, RequestError};
-use crate::alarms::{AlarmBook, ClearTarget};
+use crate::alarms::AlarmBook;
 use crate::audit::{self, AuditEvent};
 use crate::config::RelayAddress;
-use crate::control::{AlarmView, InboxEntry, SentView, StatusView};
+use crate::control::{InboxEntry, StatusView};
 use crate::time::{format_time, wall_now};
 use crate::view;
 
-/// An operator command from the control server.
-#[derive(Debug)]
-pub(super) enum Command {
-    /// Queue a message; progress goes to `events`.
-    Send {
-        out: Outgoing,
-        to: Option<EndpointId>,
-        events: mpsc::UnboundedSender<Report>,
-        submitted: oneshot::Sender<Result<MessageId, RequestError>>,
-    },
-    /// Stream the inbox (and, with `follow`, new deliveries).
-    Inbox {
-        follow: bool,
-        updates: bool,
-        entries: mpsc::UnboundedSender<InboxEntry>,
-        /// Why the listing stopped part-way, if it did.
-        failed: oneshot::Sender<String>,
-    },
-    /// Acknowledge; answered once the acknowledgement is durable.
-    Ack {
-        id: MessageId,
-        reply: oneshot::Sender<Result<(), RequestError>>,
-    },
-    /// A status snapshot.
-    Status { reply: oneshot::Sender<StatusView> },
-    /// Our messages that await the partner (delivery or acknowledgement).
-    Sent {
-        reply: oneshot::Sender<Vec<SentView>>,
-    },
-    /// Replace the sealing key now; answered with the new epoch.
-    Rekey { reply: oneshot::Sender<u32> },
-    /// Verify or export the audit log.
-    Audit {
-        export: bool,
-        reply: oneshot::Sender<Result<Vec<serde_json::Value>, RequestError>>,
-    },
-    /// Stream the alarm book (uncleared only unless `all`; with `follow`, every change too).
-    Alarms {
-        follow: bool,
-        all: bool,
-        entries: mpsc::UnboundedSender<AlarmView>,
-    },
-    /// Clear alarms; answered with what was cleared and a handle that hears once it is
-    /// durable.
-    ClearAlarm {
-        target: ClearTarget,
-        by: String,
-        reply: oneshot::Sender<Result<Clearing, RequestError>>,
-    },
-}
-
-/// Everything the loop listens to.
-#[derive(Debug)]
-pub(super) struct Inputs {
-    pub(super) persisted: mpsc::UnboundedReceiver<Persisted>,
-    pub(super) net: LaneReceivers,
-    /// Flash sends and queries, served before other sends.
-    pub(super) urgent: mpsc::UnboundedReceiver<Command>,
-    pub(super) normal: mpsc::UnboundedReceiver<Command>,
-    pub(super) link: mpsc::UnboundedReceiver<LinkEvent>,
-    /// A reloaded configuration's engine settings: its deadlines are taken.
-    pub(super) reconfigure: mpsc::UnboundedReceiver<Reconfigure>,
-    pub(super) stop: oneshot::Receiver<()>,
-}
-
-/// An operator acknowledgement waiting for the write that makes it durable.
 /// An `inbox --follow` stream: new deliveries, and with `updates` each changed line again.
 #[derive(Debug)]
 struct InboxFollower {
@@ -116,6 +49,7 @@ struct InboxFollower {
     updates: bool,
 }
 
+/// An operator acknowledgement waiting for the write that makes it durable.
 #[derive(Debug)]
 struct AckWaiter {
     write: WriteId,

@@ -6,7 +6,8 @@
 //! the same data directory can be opened again at once; dropping a [`Node`] stops it too.
 //!
 //! Tasks, each with one job (one module each):
-//! - the **engine loop** (`engine_loop`) owns the [`Engine`] and the operator-facing state;
+//! - the **engine loop** (`engine_loop`) owns the [`Engine`] and the operator-facing state; what
+//!   it takes in (operator commands, the channels it listens to) is in `commands`;
 //! - the **store thread** (`store_thread`) group-commits the engine's writes to redb and
 //!   confirms them in order;
 //! - one **relay link** (`relay_link`) per configured relay dials it, opens the control stream
@@ -31,6 +32,7 @@
 //! ```
 
 mod alarm_desk;
+mod commands;
 mod control_server;
 mod engine_loop;
 mod inbox;
@@ -56,8 +58,9 @@ use tracing::{Instrument, info, info_span};
 use crate::config::{CredentialsError, NodeConfig};
 use crate::store::{Store, StoreError};
 use crate::time::wall_now;
+use commands::Inputs;
 use control_server::Commands;
-use engine_loop::{EngineLoop, Inputs};
+use engine_loop::EngineLoop;
 use inbox::InboxIndex;
 use relays::{LinkSpawner, Reconfigure};
 

@@ -49,6 +49,7 @@ macro_rules! cx {
     };
 }
 
+mod accept_time;
 mod alarms;
 mod clock;
 mod config;
