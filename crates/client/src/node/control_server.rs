@@ -46,6 +46,9 @@ pub(super) struct Commands {
 /// Answers are gathered into one write up to this many bytes.
 const WRITE_BATCH: usize = 64 * 1024;
 
+/// Requests are read from the socket in reads of up to this many bytes.
+const READ_BUFFER: usize = 64 * 1024;
+
 /// Accepts connections until the task is aborted.
 pub(super) async fn serve(listener: UnixListener, cmds: Commands) {
     loop {
@@ -130,7 +133,7 @@ async fn serve_connection(stream: UnixStream, cmds: Commands) {
             }
         }
     });
-    let mut reader = BufReader::with_capacity(64 * 1024, r);
+    let mut reader = BufReader::with_capacity(READ_BUFFER, r);
     let mut buf = Vec::new();
     loop {
         let line = match read_request_line(&mut reader, &mut buf).await {

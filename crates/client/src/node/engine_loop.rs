@@ -16,6 +16,9 @@
 //! [`view::identity_conflict_line`] as the last error and an `identity conflict` alarm is
 //! raised), go through the alarm desk (`alarm_desk`): logged, counted into the operator's alarm
 //! book, and written with their audit record.
+//!
+//! One job, a little past 600 lines: every input kind has its short handler here, so the order
+//! in which the loop takes them reads in one place; what it takes in is in `commands`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -406,18 +409,10 @@ impl EngineLoop {
         }
     }
 
-    /// The engine's acknowledgement of `id`. A message whose engine state was compacted away
-    /// is acknowledged from its stored envelope; whether it was acknowledged already is then
-    /// the inbox's word.
     /// Signs and sends our acknowledgement of `id` again, from its stored envelope (the partner
     /// escalated a message our operator acknowledged after the engine forgot it).
     fn resend_ack(&mut self, id: &MessageId) {
-        let envelope = match self.inbox.stored_envelope(&self.audit.db, id) {
-            Ok(Some(envelope)) => envelope,
-            Ok(None) => return warn!(%id, "acknowledged message not in the store"),
-            Err(error) => return warn!(%id, %error, "reading an acknowledged message failed"),
-        };
-        match self.engine.acknowledge_stored(wall_now(), &envelope) {
+        match self.acknowledge_from_store(wall_now(), id.clone()) {
             Ok(_) => {
                 info!(%id, "partner escalated a message acknowledged here: receipt sent again")
             }
@@ -425,21 +420,33 @@ impl EngineLoop {
         }
     }
 
+    /// The engine's acknowledgement of `id`. A message whose engine state was compacted away
+    /// is acknowledged from its stored envelope; whether it was acknowledged already is then
+    /// the inbox's word.
     fn acknowledge(&mut self, now: Time, id: &MessageId) -> Result<WriteId, RequestError> {
         match self.engine.acknowledge(now, id) {
             Err(AckError::Forgotten(id)) => {
                 if self.inbox.is_acknowledged(&id) {
                     return Err(AckError::AlreadyAcknowledged(id).into());
                 }
-                let envelope = match self.inbox.stored_envelope(&self.audit.db, &id) {
-                    Ok(Some(envelope)) => envelope,
-                    Ok(None) => return Err(AckError::Unknown(id).into()),
-                    Err(error) => return Err(RequestError::Inbox(error)),
-                };
-                Ok(self.engine.acknowledge_stored(now, &envelope)?)
+                self.acknowledge_from_store(now, id)
             }
             other => Ok(other?),
         }
+    }
+
+    /// Signs our acknowledgement of a message the engine forgot, from its stored envelope.
+    fn acknowledge_from_store(
+        &mut self,
+        now: Time,
+        id: MessageId,
+    ) -> Result<WriteId, RequestError> {
+        let envelope = match self.inbox.stored_envelope(&self.audit.db, &id) {
+            Ok(Some(envelope)) => envelope,
+            Ok(None) => return Err(AckError::Unknown(id).into()),
+            Err(error) => return Err(RequestError::Inbox(error)),
+        };
+        Ok(self.engine.acknowledge_stored(now, &envelope)?)
     }
 
     fn drain(&mut self) {

@@ -7,7 +7,9 @@
 //! delivered and, where expected, acknowledged. It does not verify receipts' signatures or decide
 //! about escalation alarms: the facade does that and calls in with verified facts.
 //!
-//! Main types: [`Outbox`], [`OutMsg`] (one message), [`TimerKind`].
+//! Main types: [`Outbox`], [`OutMsg`] (one message), [`TimerKind`]. The send queue
+//! (`send_queue`) and the retransmission floor (`accept_time`) are their own modules; the rest
+//! is the one job of the send side, a little past 600 lines with its invariant checks.
 //!
 //! Invariant: within a lane, sequence numbers are dense and each sealed envelope's `prev` is the
 //! hash of the one before; a message in the send queue is framed at most once per flush, and
