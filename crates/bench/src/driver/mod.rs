@@ -1,11 +1,11 @@
 //! One load phase against running nodes: pace sends, follow every answer, check the inbox.
 //!
 //! Per pair, over the nodes' control sockets:
-//! - a **writer** submits `send` requests on one connection at their intended times
-//!   ([`crate::schedule`]), or, for a closed-loop throughput probe, whenever fewer than a
-//!   window of messages are unfinished. Every message's body is
+//! - a **writer** per open-loop flow submits `send` requests on its own connection at their
+//!   intended times ([`crate::schedule`]), or, for a closed-loop throughput probe, one writer
+//!   submits whenever fewer than a window of messages are unfinished. Every message's body is
 //!   `hb <run> <pair> <index> ` padded to `--size`, so the receiving inbox can be matched back;
-//! - a **reader** on the same connection turns `stored` / `accepted` / `delivered` /
+//! - a **reader** on each writer's connection turns `stored` / `accepted` / `delivered` /
 //!   `acknowledged` / `refused` / `done` events into counts and latencies;
 //! - a **follower** streams the receiver's inbox (`inbox --follow`) in delivery order and, with
 //!   auto-ack, hands each id to an **acker**, which acknowledges it on a third connection.
@@ -47,7 +47,7 @@ pub use results::{Counts, Interval, PhaseResult, Point, Queues};
 
 use progress::{next_snapshot, sample_queues, snapshot, tick};
 use receiver::{ack_loop, drain_replies, follow_loop};
-use sender::{read_loop, write_loop};
+use sender::{SendingConn, read_loop, write_loop};
 
 use crate::check::{self, Verdict};
 use crate::clock::{Clock, Ticker};
@@ -69,7 +69,7 @@ pub struct Flow {
 pub struct Phase {
     /// Name in progress lines.
     pub name: String,
-    /// Open-loop flows (merged per pair in intended-time order).
+    /// Open-loop flows, each on its own connection per pair (merged into one in a closed loop).
     pub flows: Vec<Flow>,
     /// How long messages are sent, warm-up included.
     pub duration: Duration,
@@ -108,12 +108,29 @@ struct MsgState {
 
 #[derive(Debug, Default)]
 struct PairState {
-    /// By tag − 1 (the writer's connection carries only sends).
+    /// In submission order over all of the pair's sending connections.
     msgs: Vec<MsgState>,
-    writer_done: bool,
+    /// Per sending connection (one per flow, see [`run_phase`]).
+    conns: Vec<SendConn>,
     done: u64,
     stored: u64,
     received: Vec<check::Msg>,
+}
+
+/// One sending connection of a pair: it carries only sends, so a tag names a message.
+#[derive(Debug, Default)]
+struct SendConn {
+    /// Index into [`PairState::msgs`], by tag − 1.
+    msgs: Vec<usize>,
+    writer_done: bool,
+    /// Of its messages, how many are done.
+    done: u64,
+}
+
+impl SendConn {
+    fn finished(&self) -> bool {
+        self.writer_done && self.done == self.msgs.len() as u64
+    }
 }
 
 #[derive(Debug)]
@@ -217,12 +234,25 @@ pub async fn run_phase(
     });
 
     // Connect everything first, so the schedule does not start with connection set-up.
+    // Each open-loop flow submits on its own connection, as separate submitters (a bulk
+    // tool and an operator's console) would: a node takes a connection's lines in order, so a
+    // flash written behind a routine flood on the same connection waits for the flood's lines.
+    let flow_groups: Vec<Vec<&Flow>> = if phase.closed_window.is_some() {
+        vec![phase.flows.iter().collect()]
+    } else {
+        phase.flows.iter().map(|f| vec![f]).collect()
+    };
     let mut conns = Vec::with_capacity(pairs.len());
     for pair in pairs {
-        let sender = ControlClient::connect(&pair.sender.socket)
-            .await
-            .map(ControlClient::split)
-            .with_context(|| format!("sender {}", pair.sender.id))?;
+        let mut sender = Vec::with_capacity(flow_groups.len());
+        for _ in &flow_groups {
+            sender.push(
+                ControlClient::connect(&pair.sender.socket)
+                    .await
+                    .map(ControlClient::split)
+                    .with_context(|| format!("sender {}", pair.sender.id))?,
+            );
+        }
         let follow = ControlClient::connect(&pair.receiver.socket)
             .await
             .map(ControlClient::split)
@@ -239,7 +269,10 @@ pub async fn run_phase(
     let mut senders = Vec::with_capacity(pairs.len());
     let mut aux = JoinSet::new();
     for (pair, (sender, (fw, fr), ack)) in pairs.iter().zip(conns) {
-        let state = Arc::new(Mutex::new(PairState::default()));
+        let state = Arc::new(Mutex::new(PairState {
+            conns: sender.iter().map(|_| SendConn::default()).collect(),
+            ..PairState::default()
+        }));
         let ack_tx = ack.map(|(w, r)| {
             let (tx, rx) = mpsc::unbounded_channel();
             aux.spawn(ack_loop(w, rx));
@@ -263,32 +296,43 @@ pub async fn run_phase(
     lock(&ctx.rec).window = (start + phase.warmup, end);
     let mut writers = JoinSet::new();
     let mut readers = JoinSet::new();
-    for ((pair, (w, r)), state) in pairs.iter().zip(senders).zip(&states) {
+    for ((pair, sender), state) in pairs.iter().zip(senders).zip(&states) {
         let permits = phase.closed_window.map(|w| Arc::new(Semaphore::new(w)));
-        let mut sched = Schedule::default();
-        for f in &phase.flows {
-            // Pairs are staggered within one interval so their sends interleave evenly.
-            let per_pair = f.rate / n;
-            let offset = Duration::from_secs_f64(pair.index as f64 / f.rate.max(f64::MIN_POSITIVE));
-            sched.add(
-                Pacer::new(per_pair, start + offset.min(phase.duration), end),
-                &f.mix,
-            );
+        for (conn, ((w, r), flows)) in sender.into_iter().zip(&flow_groups).enumerate() {
+            let mut sched = Schedule::default();
+            for f in flows {
+                // Pairs are staggered within one interval so their sends interleave evenly.
+                let per_pair = f.rate / n;
+                let offset =
+                    Duration::from_secs_f64(pair.index as f64 / f.rate.max(f64::MIN_POSITIVE));
+                sched.add(
+                    Pacer::new(per_pair, start + offset.min(phase.duration), end),
+                    &f.mix,
+                );
+            }
+            let mix = flows
+                .first()
+                .map_or(Mix::only(Precedence::Routine), |f| f.mix);
+            writers.spawn(write_loop(
+                ctx.clone(),
+                SendingConn {
+                    pair: pair.index,
+                    conn,
+                },
+                w,
+                state.clone(),
+                sched,
+                permits.clone().map(|p| (p, mix, start, end)),
+                start + phase.warmup,
+            ));
+            readers.spawn(read_loop(
+                ctx.clone(),
+                conn,
+                r,
+                state.clone(),
+                permits.clone(),
+            ));
         }
-        let mix = phase
-            .flows
-            .first()
-            .map_or(Mix::only(Precedence::Routine), |f| f.mix);
-        writers.spawn(write_loop(
-            ctx.clone(),
-            pair.index,
-            w,
-            state.clone(),
-            sched,
-            permits.clone().map(|p| (p, mix, start, end)),
-            start + phase.warmup,
-        ));
-        readers.spawn(read_loop(ctx.clone(), r, state.clone(), permits));
     }
 
     let cpu_start = (cluster.cpu(), ctx.clock.elapsed());
@@ -456,7 +500,9 @@ pub async fn run_phase(
 }
 
 fn finished(s: &PairState) -> bool {
-    s.writer_done && s.done == s.msgs.len() as u64 && s.received.len() as u64 >= s.stored
+    s.conns.iter().all(SendConn::finished)
+        && s.done == s.msgs.len() as u64
+        && s.received.len() as u64 >= s.stored
 }
 
 #[cfg(test)]

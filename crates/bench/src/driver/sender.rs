@@ -21,9 +21,16 @@ use crate::stats::{self, Level};
 
 pub(super) type ClosedLoop = (Arc<Semaphore>, Mix, Duration, Duration);
 
+/// Which pair a sending connection belongs to, and its number among the pair's connections.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct SendingConn {
+    pub(super) pair: usize,
+    pub(super) conn: usize,
+}
+
 pub(super) async fn write_loop(
     ctx: Arc<Ctx>,
-    pair: usize,
+    SendingConn { pair, conn }: SendingConn,
     mut w: ControlWriter,
     state: Arc<Mutex<PairState>>,
     mut sched: Schedule,
@@ -75,6 +82,9 @@ pub(super) async fn write_loop(
             let mut s = lock(&state);
             for &(intended, precedence) in &batch {
                 let index = s.msgs.len() as u64;
+                let conn_state = &mut s.conns[conn];
+                conn_state.msgs.push(index as usize);
+                let expected_tag = conn_state.msgs.len() as u64;
                 let tag = w.push(&Request::Send {
                     to: None,
                     channel: None,
@@ -83,7 +93,7 @@ pub(super) async fn write_loop(
                     wait: Some(ctx.wait),
                     timeout_ms: Some(ctx.timeout_ms),
                 })?;
-                debug_assert_eq!(tag, index + 1);
+                debug_assert_eq!(tag, expected_tag);
                 s.msgs.push(MsgState {
                     intended,
                     precedence,
@@ -96,20 +106,24 @@ pub(super) async fn write_loop(
         lock(&ctx.rec).counts.sent += batch.len() as u64;
         w.flush().await?;
     }
-    lock(&state).writer_done = true;
+    lock(&state).conns[conn].writer_done = true;
     Ok(())
 }
 
 pub(super) async fn read_loop(
     ctx: Arc<Ctx>,
+    conn: usize,
     mut r: ControlReader,
     state: Arc<Mutex<PairState>>,
     permits: Option<Arc<Semaphore>>,
 ) -> Result<()> {
     while let Some(line) = r.next().await? {
         let now = ctx.clock.elapsed();
-        let i = line.tag.wrapping_sub(1) as usize;
         let mut s = lock(&state);
+        let i = line.tag.wrapping_sub(1) as usize;
+        let Some(&i) = s.conns[conn].msgs.get(i) else {
+            continue;
+        };
         let Some(m) = s.msgs.get_mut(i) else {
             continue;
         };
@@ -179,6 +193,7 @@ pub(super) async fn read_loop(
         }
         if newly & DONE != 0 {
             s.done += 1;
+            s.conns[conn].done += 1;
         }
         drop(s);
         if newly == 0 {
@@ -228,8 +243,7 @@ pub(super) async fn read_loop(
             }
         }
     }
-    let s = lock(&state);
-    if !(s.writer_done && s.done == s.msgs.len() as u64) {
+    if !lock(&state).conns[conn].finished() {
         bail!("a sender node closed its control connection mid-run");
     }
     Ok(())

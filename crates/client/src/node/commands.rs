@@ -2,10 +2,12 @@
 //! channels it listens to, kept apart from the loop itself so the loop's file holds only its
 //! logic.
 
+use std::sync::Arc;
+
 use hotline_proto::EndpointId;
 use hotline_proto::MessageId;
 use hotline_proto::engine::{Outgoing, Report};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::RequestError;
 use super::alarm_desk::Clearing;
@@ -14,6 +16,11 @@ use super::relays::Reconfigure;
 use super::store_thread::Persisted;
 use crate::alarms::ClearTarget;
 use crate::control::{AlarmView, InboxEntry, SentView, StatusView};
+
+/// Non-flash sends the control server may queue for the engine loop. When it is full, a
+/// connection's reader waits (and stops reading its socket): that is the back-pressure a flood
+/// of routine sends meets while the engine loop holds back intake (see [`Inputs::drained`]).
+pub(super) const NORMAL_QUEUE: usize = 1024;
 
 /// An operator command from the control server.
 #[derive(Debug)]
@@ -73,7 +80,11 @@ pub(super) struct Inputs {
     pub(super) net: LaneReceivers,
     /// Flash sends and queries, served before other sends.
     pub(super) urgent: mpsc::UnboundedReceiver<Command>,
-    pub(super) normal: mpsc::UnboundedReceiver<Command>,
+    /// Routine, priority and immediate sends: taken only while the relay links keep up (a
+    /// live link's writers hold fewer than `EGRESS_PAUSE_FRAMES`).
+    pub(super) normal: mpsc::Receiver<Command>,
+    /// Hears when a link's writers drain, to take `normal` again.
+    pub(super) drained: Arc<Notify>,
     pub(super) link: mpsc::UnboundedReceiver<LinkEvent>,
     /// A reloaded configuration's engine settings: its deadlines are taken.
     pub(super) reconfigure: mpsc::UnboundedReceiver<Reconfigure>,

@@ -37,8 +37,9 @@ const LATE_ACCEPTED_GRACE: Duration = Duration::from_secs(5);
 /// The engine loop's two command queues.
 #[derive(Clone, Debug)]
 pub(super) struct Commands {
-    /// Served in order after urgent ones.
-    pub(super) normal: mpsc::UnboundedSender<Command>,
+    /// Non-flash sends, served in order after urgent ones; bounded, so a connection that
+    /// submits faster than the node sends waits here.
+    pub(super) normal: mpsc::Sender<Command>,
     /// Flash sends and queries, served first.
     pub(super) urgent: mpsc::UnboundedSender<Command>,
 }
@@ -188,17 +189,20 @@ async fn serve_connection(stream: UnixStream, cmds: Commands) {
                     continue;
                 }
                 let precedence = precedence.unwrap_or(Precedence::Routine);
-                let queue = if precedence == Precedence::Flash {
-                    &cmds.urgent
-                } else {
-                    &cmds.normal
-                };
                 let out = Outgoing {
                     channel: channel.unwrap_or_default(),
                     precedence,
                     body: body.into_bytes(),
                 };
-                match submit(queue, out, to) {
+                let (command, pending) = send_command(out, to);
+                let queued = if precedence == Precedence::Flash {
+                    cmds.urgent.send(command).is_ok()
+                } else {
+                    // Back-pressure: this connection's next line waits until the engine loop
+                    // takes sends again.
+                    cmds.normal.send(command).await.is_ok()
+                };
+                match queued.then_some(pending).ok_or(RequestError::Stopping) {
                     Ok(pending) => {
                         tokio::spawn(async move {
                             let result = await_levels(pending, wait, timeout_ms, &replies).await;
@@ -416,21 +420,17 @@ struct PendingSend {
     submitted: oneshot::Receiver<Result<MessageId, RequestError>>,
 }
 
-fn submit(
-    cmds: &mpsc::UnboundedSender<Command>,
-    out: Outgoing,
-    to: Option<hotline_proto::EndpointId>,
-) -> Result<PendingSend, RequestError> {
+/// A send command, and the ends on which its id and ack levels come back.
+fn send_command(out: Outgoing, to: Option<hotline_proto::EndpointId>) -> (Command, PendingSend) {
     let (events_tx, events) = mpsc::unbounded_channel();
     let (sub_tx, submitted) = oneshot::channel();
-    cmds.send(Command::Send {
+    let command = Command::Send {
         out,
         to,
         events: events_tx,
         submitted: sub_tx,
-    })
-    .map_err(|_| RequestError::Stopping)?;
-    Ok(PendingSend { events, submitted })
+    };
+    (command, PendingSend { events, submitted })
 }
 
 /// Emits `stored` and every ack level as it is reached; returns once `wait` is reached (or,

@@ -3,7 +3,9 @@
 //! A biased `select!` takes, in order: store confirmations (they release receipts and
 //! deliveries), control frames, flash frames, urgent operator commands (flash sends and
 //! queries), other commands, the lower lanes by precedence, link events, the engine's timer, and
-//! the stop signal. After each input it drains [`Engine::poll_action`] and re-arms its timer from
+//! the stop signal. Other commands wait while the relay links fall behind ([`EngineLoop::takes_sends`]):
+//! taking in sends faster than they leave only moves the node's one thread from delivering to
+//! queueing. After each input it drains [`Engine::poll_action`] and re-arms its timer from
 //! [`Engine::poll_timeout`], checking the clock rather than trusting the sleep (as quinn's
 //! `ConnectionDriver` does).
 //!
@@ -34,7 +36,7 @@ use tracing::{debug, error, info, warn};
 use super::alarm_desk::AlarmDesk;
 use super::commands::{Command, Inputs};
 use super::inbox::InboxIndex;
-use super::relay_link::{LinkEvent, LinkEventKind, RelayFrame};
+use super::relay_link::{EGRESS_PAUSE_FRAMES, LinkEvent, LinkEventKind, RelayFrame, Writers};
 use super::relays::{LinkSpawner, MAX_HELD_IDS, RelayState};
 use super::store_thread::{Persisted, StoreMsg};
 use super::{AuditSource, NodeError, RequestError};
@@ -131,6 +133,7 @@ impl EngineLoop {
             mut urgent,
             mut normal,
             mut link,
+            drained,
             mut reconfigure,
             mut stop,
         } = inputs;
@@ -153,7 +156,8 @@ impl EngineLoop {
                 Some(f) = flash.recv() => self.frame(&f),
                 // Flash sends and operator queries never wait behind queued routine sends.
                 Some(c) = urgent.recv() => self.command(c),
-                Some(c) = normal.recv() => self.command(c),
+                Some(c) = normal.recv(), if self.takes_sends() => self.command(c),
+                () = drained.notified(), if !self.takes_sends() => {}
                 Some(f) = immediate.recv() => self.frame(&f),
                 Some(f) = priority.recv() => self.frame(&f),
                 Some(f) = routine.recv() => self.frame(&f),
@@ -176,20 +180,42 @@ impl EngineLoop {
         }
     }
 
+    /// Answers the operator acknowledgements whose writes are now durable.
+    fn answer_acks(&mut self, durable: impl Fn(WriteId) -> bool) {
+        let (done, waiting) = std::mem::take(&mut self.ack_waiters)
+            .into_iter()
+            .partition(|w| durable(w.write));
+        self.ack_waiters = waiting;
+        for w in done {
+            let _ = w.reply.send(Ok(()));
+        }
+    }
+
+    /// Whether non-flash sends are taken now: no relay is connected (they are stored to go
+    /// later), or a connected one's writers hold fewer than [`EGRESS_PAUSE_FRAMES`]. Flash
+    /// sends and queries are always taken.
+    fn takes_sends(&self) -> bool {
+        self.relays
+            .iter()
+            .filter_map(|r| r.writers.as_ref())
+            .map(Writers::backlog)
+            .min()
+            .is_none_or(|b| b < EGRESS_PAUSE_FRAMES)
+    }
+
     fn persisted(&mut self, p: Persisted) {
         match p {
             Persisted::Ok { last, head } => {
                 self.engine.set_audit_head(head.0, head.1);
                 if let Some(id) = last {
                     self.engine.handle_persisted(wall_now(), id);
-                    let (done, waiting) = std::mem::take(&mut self.ack_waiters)
-                        .into_iter()
-                        .partition(|w| w.write <= id);
-                    self.ack_waiters = waiting;
-                    for w in done {
-                        let _ = w.reply.send(Ok(()));
-                    }
+                    self.answer_acks(|w| w <= id);
                 }
+            }
+            Persisted::Ahead { writes, head } => {
+                self.engine.set_audit_head(head.0, head.1);
+                self.engine.handle_persisted_ahead(wall_now(), &writes);
+                self.answer_acks(|w| writes.contains(&w));
             }
             Persisted::Failed { last, error } => {
                 error!(error = %error, "store write failed; stopping");
@@ -467,8 +493,13 @@ impl EngineLoop {
                     record,
                     envelope_hash,
                 } => {
-                    self.inbox.persisting(&record);
-                    self.write(StoreMsg::Record(id, record, envelope_hash));
+                    let key = self.inbox.persisting(&record);
+                    self.write(StoreMsg::Record {
+                        key,
+                        id,
+                        record,
+                        hash: envelope_hash,
+                    });
                 }
                 Action::Deliver(d) => self.deliver(&d),
                 Action::Report(r) => self.report(r),

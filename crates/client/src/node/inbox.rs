@@ -63,7 +63,7 @@ impl Run {
 pub(super) struct InboxIndex {
     /// Per lane, disjoint runs in sequence order: how an id finds its record.
     lanes: BTreeMap<LaneKey, Vec<Run>>,
-    /// Rows of the oldest and newest delivered message.
+    /// The lowest and highest rows of delivered messages.
     rows: Option<(u64, u64)>,
     len: usize,
     /// Our acknowledgement time, by row (only acknowledged messages).
@@ -105,12 +105,15 @@ impl InboxIndex {
         index
     }
 
-    /// The engine loop hands `record` to the store thread: it takes the next row.
-    pub(super) fn persisting(&mut self, record: &Record) {
+    /// The engine loop hands `record` to the store thread: it takes the next row, returned as
+    /// its store key.
+    pub(super) fn persisting(&mut self, record: &Record) -> u64 {
+        let row = self.next_row;
         if let Record::Received { delivery, .. } = record {
-            self.writing.insert(delivery.id.clone(), self.next_row);
+            self.writing.insert(delivery.id.clone(), row);
         }
         self.next_row += 1;
+        row
     }
 
     /// Adds a delivered message (its record was handed over by [`Self::persisting`]).
@@ -125,7 +128,11 @@ impl InboxIndex {
             d.id.seq,
             row,
         );
-        self.rows = Some(self.rows.map_or((row, row), |(first, _)| (first, row)));
+        // A flash's record may be committed, and delivered, ahead of rows before it.
+        self.rows = Some(
+            self.rows
+                .map_or((row, row), |(first, last)| (first.min(row), last.max(row))),
+        );
         self.len += 1;
     }
 

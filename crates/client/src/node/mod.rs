@@ -51,7 +51,7 @@ use hotline_proto::{EndpointId, MessageId};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use tokio::net::UnixListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, info, info_span};
 
@@ -273,7 +273,7 @@ impl Node {
         let (writes_tx, writes_rx) = mpsc::unbounded_channel();
         let (persisted_tx, persisted_rx) = mpsc::unbounded_channel();
         let store_thread = store_thread::spawn(store, writes_rx, persisted_tx)?;
-        let (normal_tx, normal_rx) = mpsc::unbounded_channel();
+        let (normal_tx, normal_rx) = mpsc::channel(commands::NORMAL_QUEUE);
         let (urgent_tx, urgent_rx) = mpsc::unbounded_channel();
         let control = tokio::spawn(
             control_server::serve(
@@ -288,10 +288,12 @@ impl Node {
         let (net_tx, net_rx) = relay_link::lane_channels();
         let (link_tx, link_rx) = mpsc::unbounded_channel();
         // Kept by the engine loop, so that a reload can add relays.
+        let drained = Arc::new(Notify::new());
         let spawner = LinkSpawner {
             net: net_tx,
             events: link_tx,
             client_config,
+            drained: drained.clone(),
             span: span.clone(),
         };
         let links: Vec<_> = cfg
@@ -309,6 +311,7 @@ impl Node {
             urgent: urgent_rx,
             normal: normal_rx,
             link: link_rx,
+            drained,
             stop: stop_rx,
         };
         let mut engine_loop = EngineLoop::new(

@@ -20,6 +20,8 @@
 //! but such a close does not reset the backoff, so a refused node retries every
 //! [`MAX_BACKOFF`] rather than hammering the relay.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
@@ -27,7 +29,7 @@ use hotline_net::close::CloseReason;
 use hotline_net::framed::{self, LaneTag};
 use hotline_proto::Lane;
 use hotline_proto::wire::{self, Frame, Hello};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tracing::{debug, info, warn};
 
 use crate::config::RelayAddress;
@@ -43,15 +45,37 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How long the relay has to answer our hello with its own.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Senders feeding the per-stream writer tasks of the current connection, by [`Lane::index`].
+/// Frames queued on a connection's writers at or above which the engine loop stops taking
+/// routine, priority and immediate sends (see [`Writers::backlog`]).
+pub(super) const EGRESS_PAUSE_FRAMES: usize = 2048;
+/// A paused engine loop is woken when a connection's queue falls to this many frames.
+const EGRESS_RESUME_FRAMES: usize = EGRESS_PAUSE_FRAMES / 2;
+
+/// Senders feeding the per-stream writer tasks of the current connection, by [`Lane::index`],
+/// and how many frames they hold that are not yet written.
 #[derive(Debug)]
-pub(super) struct Writers([mpsc::UnboundedSender<Vec<u8>>; Lane::COUNT]);
+pub(super) struct Writers {
+    lanes: [mpsc::UnboundedSender<Vec<u8>>; Lane::COUNT],
+    queued: Arc<AtomicUsize>,
+}
 
 impl Writers {
     /// Queues `frame` on `lane`'s stream; dropped if the connection just went away (the engine
     /// re-offers everything unconfirmed on the next connection).
     pub(super) fn send(&self, lane: Lane, frame: Vec<u8>) {
-        let _ = self.0[lane.index()].send(frame);
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        if self.lanes[lane.index()].send(frame).is_err() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Frames handed to this connection and not yet written to QUIC. When the relay or the
+    /// path takes frames more slowly than operators submit them, the backlog shows here: the
+    /// engine loop then stops taking new non-flash sends, so the node's one thread goes to
+    /// moving what it already holds rather than to taking in more (issue 12: under a flood
+    /// at 1.2× capacity, intake took the thread and delivery fell to a fifth of the maximum).
+    pub(super) fn backlog(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
     }
 }
 
@@ -112,6 +136,8 @@ pub(super) struct RelayTarget {
     pub(super) index: usize,
     pub(super) address: RelayAddress,
     pub(super) client_config: quinn::ClientConfig,
+    /// Told when a connection's writers drain (see [`Writers::backlog`]).
+    pub(super) drained: Arc<Notify>,
 }
 
 /// Dials one relay, serves each connection until it ends, and redials with backoff; runs until
@@ -221,7 +247,7 @@ async fn connect_once(
         .context("connecting")?
         .await
         .with_context(|| format!("handshake with relay {addr} as {name:?}"))?;
-    match set_up(&conn).await {
+    match set_up(&conn, &target.drained).await {
         Ok((writers, control)) => Ok((conn, writers, control)),
         // A close by the relay explains whatever step it interrupted.
         Err(e) => match relay_close(&conn) {
@@ -235,7 +261,10 @@ async fn connect_once(
 }
 
 /// Hello exchange and streams of a new connection.
-async fn set_up(conn: &quinn::Connection) -> Result<(Writers, quinn::RecvStream)> {
+async fn set_up(
+    conn: &quinn::Connection,
+    drained: &Arc<Notify>,
+) -> Result<(Writers, quinn::RecvStream)> {
     let (mut control, mut control_recv) = conn.open_bi().await.context("opening control stream")?;
     control.set_priority(Lane::Control.priority()).ok();
     let hello = wire::encode_frame(&Frame::Hello(Hello {
@@ -247,6 +276,8 @@ async fn set_up(conn: &quinn::Connection) -> Result<(Writers, quinn::RecvStream)
         .context("sending hello")?;
     let agent = relay_hello(&mut control_recv).await?;
     info!(%agent, "relay hello");
+    let queued = Arc::new(AtomicUsize::new(0));
+    let spawn_writer = |stream| spawn_writer(stream, queued.clone(), drained.clone());
     let mut writers = Vec::with_capacity(Lane::COUNT);
     writers.push(spawn_writer(control));
     for lane in Lane::ALL {
@@ -256,10 +287,10 @@ async fn set_up(conn: &quinn::Connection) -> Result<(Writers, quinn::RecvStream)
         LaneTag(p).write(&mut s).await.context("writing lane tag")?;
         writers.push(spawn_writer(s));
     }
-    let writers = writers
+    let lanes = writers
         .try_into()
         .map_err(|_| anyhow!("one writer per lane expected"))?;
-    Ok((Writers(writers), control_recv))
+    Ok((Writers { lanes, queued }, control_recv))
 }
 
 /// Reads and checks the relay's hello, the first frame on the control stream; returns the
@@ -280,12 +311,22 @@ pub async fn relay_hello(control: &mut quinn::RecvStream) -> Result<String> {
     }
 }
 
-/// A task writing whole frames to `stream` in order, until its sender is dropped.
-fn spawn_writer(mut stream: quinn::SendStream) -> mpsc::UnboundedSender<Vec<u8>> {
+/// A task writing whole frames to `stream` in order, until its sender is dropped. Each frame
+/// written leaves the connection's `queued` count; `drained` hears when it falls to
+/// [`EGRESS_RESUME_FRAMES`].
+fn spawn_writer(
+    mut stream: quinn::SendStream,
+    queued: Arc<AtomicUsize>,
+    drained: Arc<Notify>,
+) -> mpsc::UnboundedSender<Vec<u8>> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
     tokio::spawn(async move {
         while let Some(frame) = rx.recv().await {
-            if framed::write_frame(&mut stream, &frame).await.is_err() {
+            let written = framed::write_frame(&mut stream, &frame).await;
+            if queued.fetch_sub(1, Ordering::Relaxed) == EGRESS_RESUME_FRAMES + 1 {
+                drained.notify_one();
+            }
+            if written.is_err() {
                 return;
             }
         }

@@ -3,11 +3,12 @@
 //! our messages it holds. The engine sees one link; this is what `status` shows per relay.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hotline_proto::{MessageId, Time};
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, info, info_span};
 
@@ -134,6 +135,9 @@ pub(super) struct LinkSpawner {
     pub(super) net: LaneSenders,
     pub(super) events: mpsc::UnboundedSender<LinkEvent>,
     pub(super) client_config: quinn::ClientConfig,
+    /// Told when a connection's writers drain; the engine loop waits on it while it holds
+    /// back sends.
+    pub(super) drained: Arc<Notify>,
     /// The node's span; each link runs in a child `conn{relay}`.
     pub(super) span: tracing::Span,
 }
@@ -148,6 +152,7 @@ impl LinkSpawner {
                     index,
                     address: address.clone(),
                     client_config: self.client_config.clone(),
+                    drained: self.drained.clone(),
                 },
                 self.net.clone(),
                 self.events.clone(),

@@ -1,9 +1,16 @@
-//! The store thread: group-commits the engine loop's writes to redb and confirms them in order.
+//! The store thread: group-commits the engine loop's writes to redb and confirms them.
 //!
 //! Everything queued while the previous commit ran goes into the next one (one transaction, one
-//! fsync), so under load many engine records and audit entries share a sync. Confirmations
-//! ([`Persisted`]) go back in write order; the first failure is reported and ends the thread,
-//! so nothing after a failed write is ever confirmed.
+//! fsync), so under load many engine records and audit entries share a sync. Batches are
+//! bounded ([`MAX_BATCH_RECORDS`]), so no commit grows with a backlog.
+//!
+//! A flash never waits for a routine batch that was queued when it arrived: when the queue holds
+//! a flash message's records ([`CommitOrder::Ahead`]) with no key or session record before them
+//! ([`CommitOrder::Barrier`]), they are committed first in a small transaction of their own and
+//! confirmed as [`Persisted::Ahead`]; the rest follows. Every record keeps the key the engine's
+//! order gives it, so the store reads back in that order whatever the commit order was.
+//! Other confirmations ([`Persisted::Ok`]) say "every write up to this one"; the first failure
+//! is reported and ends the thread, so nothing after a failed write is ever confirmed.
 //!
 //! Alarm-book changes ride with the audit entries that record them ([`StoreMsg::Alarms`]), so
 //! both are in the same transaction.
@@ -14,7 +21,9 @@
 use std::thread::JoinHandle;
 
 use hotline_proto::crypto::Digest;
-use hotline_proto::engine::{Record, WriteId};
+use std::collections::VecDeque;
+
+use hotline_proto::engine::{CommitOrder, Record, WriteId};
 use hotline_proto::envelope::{LinkTest, Signed};
 use tokio::sync::{mpsc, oneshot};
 
@@ -31,9 +40,15 @@ use crate::time::wall_now;
     reason = "moved once into the store thread's batch; boxing would allocate per record"
 )]
 pub(super) enum StoreMsg {
-    /// An engine record with its confirmation handle and its envelope's hash, if the engine
-    /// gave one.
-    Record(WriteId, Record, Option<Digest>),
+    /// An engine record with its store key (its place in the engine's order, as the inbox
+    /// index counts it), its confirmation handle and its envelope's hash, if the engine gave
+    /// one.
+    Record {
+        key: u64,
+        id: WriteId,
+        record: Record,
+        hash: Option<Digest>,
+    },
     /// An audit entry the engine loop adds (alarms, link changes).
     Event(AuditEvent),
     /// The partner's signed audit head, carried by a link test.
@@ -47,6 +62,10 @@ pub(super) enum StoreMsg {
     },
 }
 
+/// Records in one transaction at most: a commit that a flash queued behind must wait for stays
+/// short however long the queue is.
+const MAX_BATCH_RECORDS: usize = 512;
+
 /// What the store thread reports back, in commit order.
 #[derive(Debug)]
 pub(super) enum Persisted {
@@ -54,6 +73,11 @@ pub(super) enum Persisted {
     /// log now has `head` (length, hash).
     Ok {
         last: Option<WriteId>,
+        head: (u64, Digest),
+    },
+    /// Flash records committed ahead of earlier writes: these writes alone are durable.
+    Ahead {
+        writes: Vec<WriteId>,
         head: (u64, Digest),
     },
     /// The batch holding `last` failed; nothing more will be written.
@@ -69,13 +93,25 @@ pub(super) fn spawn(
     std::thread::Builder::new()
         .name("store".into())
         .spawn(move || {
-            let mut msgs = Vec::new();
-            while let Some(first) = writes.blocking_recv() {
-                msgs.push(first);
-                while let Ok(more) = writes.try_recv() {
-                    msgs.push(more);
+            let mut queue = VecDeque::new();
+            loop {
+                if queue.is_empty() {
+                    match writes.blocking_recv() {
+                        Some(first) => queue.push_back(first),
+                        None => break,
+                    }
                 }
-                let (batch, last, durable) = batch_of(msgs.drain(..));
+                while let Ok(more) = writes.try_recv() {
+                    queue.push_back(more);
+                }
+                let ahead = take_ahead(&mut queue);
+                let is_ahead = !ahead.is_empty();
+                let batch = if is_ahead {
+                    ahead
+                } else {
+                    take_in_turn(&mut queue)
+                };
+                let (batch, ids, durable) = batch_of(batch);
                 let result = store.commit(&batch, wall_now());
                 if result.is_ok() {
                     hit_failpoints(&batch);
@@ -84,9 +120,13 @@ pub(super) fn spawn(
                     }
                 }
                 let msg = match result {
-                    Ok(head) => Persisted::Ok { last, head },
+                    Ok(head) if is_ahead => Persisted::Ahead { writes: ids, head },
+                    Ok(head) => Persisted::Ok {
+                        last: ids.last().copied(),
+                        head,
+                    },
                     Err(error) => Persisted::Failed {
-                        last: last.unwrap_or(WriteId(0)),
+                        last: ids.first().copied().unwrap_or(WriteId(0)),
                         error,
                     },
                 };
@@ -98,19 +138,72 @@ pub(super) fn spawn(
         })
 }
 
-/// One transaction's worth of writes, the last engine write among them, and who waits for the
-/// commit.
-fn batch_of(
-    msgs: impl Iterator<Item = StoreMsg>,
-) -> (Batch, Option<WriteId>, Vec<oneshot::Sender<()>>) {
+/// Takes the flash records that may be committed ahead: those before the first barrier, when
+/// anything else is queued (alone, the in-turn batch is the same transaction).
+fn take_ahead(queue: &mut VecDeque<StoreMsg>) -> Vec<StoreMsg> {
+    let order = |q: &StoreMsg| match q {
+        StoreMsg::Record { record, .. } => Some(record.commit_order()),
+        _ => None,
+    };
+    let before_barrier = queue
+        .iter()
+        .position(|q| order(q) == Some(CommitOrder::Barrier))
+        .unwrap_or(queue.len());
+    let is_ahead = |q: &StoreMsg| order(q) == Some(CommitOrder::Ahead);
+    let ahead = queue
+        .iter()
+        .take(before_barrier)
+        .filter(|q| is_ahead(q))
+        .count();
+    if ahead == 0 || ahead == queue.len() {
+        return Vec::new();
+    }
+    let mut taken = Vec::with_capacity(ahead);
+    let mut kept = VecDeque::with_capacity(queue.len() - ahead);
+    for (i, q) in queue.drain(..).enumerate() {
+        if i < before_barrier && is_ahead(&q) {
+            taken.push(q);
+        } else {
+            kept.push_back(q);
+        }
+    }
+    *queue = kept;
+    taken
+}
+
+/// Takes the queue's front, up to [`MAX_BATCH_RECORDS`] records.
+fn take_in_turn(queue: &mut VecDeque<StoreMsg>) -> Vec<StoreMsg> {
+    let mut records = 0;
+    let mut end = 0;
+    for q in queue.iter() {
+        if matches!(q, StoreMsg::Record { .. }) {
+            if records == MAX_BATCH_RECORDS {
+                break;
+            }
+            records += 1;
+        }
+        end += 1;
+    }
+    queue.drain(..end).collect()
+}
+
+/// One transaction's worth of writes, the engine writes among them in order, and who waits for
+/// the commit.
+fn batch_of(msgs: Vec<StoreMsg>) -> (Batch, Vec<WriteId>, Vec<oneshot::Sender<()>>) {
     let mut batch = Batch::default();
-    let mut last = None;
+    let mut ids = Vec::new();
     let mut waiting = Vec::new();
     for m in msgs {
         match m {
-            StoreMsg::Record(id, r, hash) => {
-                last = Some(id);
-                batch.records.push(r);
+            StoreMsg::Record {
+                key,
+                id,
+                record,
+                hash,
+            } => {
+                ids.push(id);
+                batch.keys.push(key);
+                batch.records.push(record);
                 batch.envelope_hashes.push(hash);
             }
             StoreMsg::Event(e) => batch.events.push(e),
@@ -126,7 +219,7 @@ fn batch_of(
             }
         }
     }
-    (batch, last, waiting)
+    (batch, ids, waiting)
 }
 
 /// Crash points for the recovery tests, right after the commit that makes each kind durable.
@@ -140,5 +233,136 @@ fn hit_failpoints(batch: &Batch) {
     }
     if has(|r| matches!(r, Record::OperatorAck { .. })) {
         failpoint::hit(failpoint::AFTER_ACK_COMMIT);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hotline_proto::Precedence;
+    use hotline_proto::types::Time;
+
+    fn outgoing(precedence: Precedence, seq: u64) -> Record {
+        Record::Outgoing {
+            id: format!("us:main:{precedence}:{seq}").parse().unwrap(),
+            after: [0; 4],
+            sent_at: Time(0),
+            body: Some(b"body".to_vec()),
+            envelope: None,
+        }
+    }
+
+    fn barrier() -> Record {
+        Record::SealingKey {
+            epoch: 1,
+            secret: Vec::new().into(),
+            expires_at: Time(0),
+        }
+    }
+
+    fn msg(key: u64, record: Record) -> StoreMsg {
+        StoreMsg::Record {
+            key,
+            id: WriteId(key + 1),
+            record,
+            hash: None,
+        }
+    }
+
+    /// Runs the thread over `msgs`, all queued before it starts; returns what it confirmed
+    /// and the records as the store reads them back.
+    fn run(msgs: Vec<StoreMsg>) -> (Vec<String>, Vec<Record>) {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        for m in msgs {
+            tx.send(m).unwrap();
+        }
+        drop(tx);
+        let (persisted_tx, mut persisted) = mpsc::unbounded_channel();
+        spawn(store, rx, persisted_tx).unwrap().join().unwrap();
+        let mut confirmed = Vec::new();
+        while let Ok(p) = persisted.try_recv() {
+            confirmed.push(match p {
+                Persisted::Ok { last, .. } => format!("up to {:?}", last.map(|w| w.0)),
+                Persisted::Ahead { writes, .. } => {
+                    format!("ahead {:?}", writes.iter().map(|w| w.0).collect::<Vec<_>>())
+                }
+                Persisted::Failed { error, .. } => format!("failed: {error}"),
+            });
+        }
+        let (_, records) = Store::open(dir.path()).unwrap();
+        (confirmed, records)
+    }
+
+    #[test]
+    fn flash_records_commit_ahead_of_the_routine_batch_queued_before_them() {
+        let (r1, f1, r2, f2) = (
+            outgoing(Precedence::Routine, 1),
+            outgoing(Precedence::Flash, 1),
+            outgoing(Precedence::Routine, 2),
+            outgoing(Precedence::Flash, 2),
+        );
+        let (confirmed, records) = run(vec![
+            msg(0, r1.clone()),
+            msg(1, f1.clone()),
+            msg(2, r2.clone()),
+            msg(3, f2.clone()),
+        ]);
+        assert_eq!(confirmed, ["ahead [2, 4]", "up to Some(3)"]);
+        assert_eq!(records, [r1, f1, r2, f2], "read back in the engine's order");
+    }
+
+    #[test]
+    fn a_flash_record_never_overtakes_a_barrier() {
+        let f = outgoing(Precedence::Flash, 1);
+        let (confirmed, _) = run(vec![
+            msg(0, outgoing(Precedence::Routine, 1)),
+            msg(1, barrier()),
+            msg(2, f.clone()),
+        ]);
+        assert_eq!(confirmed, ["up to Some(3)"]);
+        let (confirmed, _) = run(vec![
+            msg(0, f),
+            msg(1, outgoing(Precedence::Routine, 1)),
+            msg(2, barrier()),
+            msg(3, outgoing(Precedence::Flash, 2)),
+        ]);
+        assert_eq!(confirmed, ["ahead [1]", "up to Some(4)"]);
+    }
+
+    #[test]
+    fn in_turn_batches_are_bounded() {
+        let mut queue: VecDeque<StoreMsg> = (0..MAX_BATCH_RECORDS as u64 + 10)
+            .map(|k| msg(k, outgoing(Precedence::Routine, k + 1)))
+            .collect();
+        queue.push_front(StoreMsg::Event(AuditEvent::LinkState {
+            state: "up".into(),
+        }));
+        assert_eq!(take_in_turn(&mut queue).len(), MAX_BATCH_RECORDS + 1);
+        assert_eq!(queue.len(), 10);
+        assert!(take_ahead(&mut queue).is_empty(), "no flash queued");
+    }
+
+    #[test]
+    fn a_crash_between_a_flash_commit_and_its_batch_leaves_no_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = Store::open(dir.path()).unwrap();
+        let f = outgoing(Precedence::Flash, 1);
+        let batch = Batch {
+            records: vec![f.clone()],
+            keys: vec![1],
+            ..Batch::default()
+        };
+        store.commit(&batch, Time(0)).unwrap();
+        drop(store);
+        let (mut store, records) = Store::open(dir.path()).unwrap();
+        assert_eq!(records, std::slice::from_ref(&f));
+        assert_eq!(store.len(), 1, "the key of record 0 was never written");
+        let r = outgoing(Precedence::Routine, 1);
+        store.append(std::slice::from_ref(&r)).unwrap();
+        let db = store.database();
+        assert_eq!(Store::read_record(&db, 0).unwrap(), Some(f));
+        assert_eq!(Store::read_record(&db, 1).unwrap(), Some(r));
     }
 }

@@ -9,8 +9,14 @@
 //!
 //! Invariant: an action is in the output queue only once every write numbered up to the one it
 //! waits for is confirmed, and held actions leave in the order they were held.
+//!
+//! The exception is a flash message's own records ([`super::CommitOrder::Ahead`]), which the
+//! store commits ahead of a routine batch: an action held with [`DurabilityGate::after_ahead`]
+//! waits only for its own write, confirmed alone by [`DurabilityGate::confirm_ahead`], and may
+//! leave before actions held earlier. What one confirmation releases still leaves in the order
+//! it was held, so a delivery that depends on a flash never goes out before the flash's.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
 use super::{Action, Record, WriteId};
 use crate::crypto::Digest;
@@ -26,7 +32,13 @@ pub(super) struct DurabilityGate {
     /// Every write up to this one is durable.
     persisted: u64,
     queue: VecDeque<Action>,
-    held: VecDeque<(WriteId, Action)>,
+    /// Actions held so far, numbering them in the order they were held.
+    holds: u64,
+    held: VecDeque<(u64, WriteId, Action)>,
+    /// Writes beyond `persisted` confirmed ahead of earlier ones.
+    ahead: BTreeSet<u64>,
+    /// Actions that wait only for their own write.
+    held_ahead: Vec<(u64, WriteId, Action)>,
 }
 
 impl DurabilityGate {
@@ -61,7 +73,19 @@ impl DurabilityGate {
         if self.is_durable(write) {
             self.queue.push_back(action);
         } else {
-            self.held.push_back((write, action));
+            self.holds += 1;
+            self.held.push_back((self.holds, write, action));
+        }
+    }
+
+    /// Emits `action` once `write` alone is durable, even while earlier writes are not:
+    /// for actions that depend on nothing but a flash record (see the module header).
+    pub(super) fn after_ahead(&mut self, write: WriteId, action: Action) {
+        if self.is_durable(write) || self.ahead.contains(&write.0) {
+            self.queue.push_back(action);
+        } else {
+            self.holds += 1;
+            self.held_ahead.push((self.holds, write, action));
         }
     }
 
@@ -83,23 +107,61 @@ impl DurabilityGate {
         write.0 <= self.persisted
     }
 
-    /// Write `id` and every earlier one are durable: releases what waited on them, in order.
-    pub(super) fn confirm(&mut self, id: WriteId) {
-        self.persisted = self.persisted.max(id.0);
+    /// Writes confirmed ahead of earlier ones and not yet covered by [`Self::persisted`].
+    pub(super) fn ahead(&self) -> impl Iterator<Item = WriteId> + '_ {
+        self.ahead.iter().map(|w| WriteId(*w))
+    }
+
+    /// These writes are durable, though earlier ones may not be: releases what waited on them
+    /// alone.
+    pub(super) fn confirm_ahead(&mut self, ids: &[WriteId]) {
+        self.ahead
+            .extend(ids.iter().map(|w| w.0).filter(|w| *w > self.persisted));
+        self.release();
+    }
+
+    /// Releases the held actions whose writes are now durable, in the order they were held.
+    fn release(&mut self) {
+        let durable = |w: WriteId, persisted: u64, ahead: &BTreeSet<u64>| {
+            w.0 <= persisted || ahead.contains(&w.0)
+        };
+        let mut released = Vec::new();
         while self
             .held
             .front()
-            .is_some_and(|(w, _)| w.0 <= self.persisted)
+            .is_some_and(|(_, w, _)| w.0 <= self.persisted)
         {
-            if let Some((_, action)) = self.held.pop_front() {
-                self.queue.push_back(action);
-            }
+            released.extend(self.held.pop_front());
         }
+        if !self.held_ahead.is_empty() {
+            let (persisted, ahead) = (self.persisted, &self.ahead);
+            let (out, kept) = std::mem::take(&mut self.held_ahead)
+                .into_iter()
+                .partition(|(_, w, _)| durable(*w, persisted, ahead));
+            self.held_ahead = kept;
+            released.extend::<Vec<_>>(out);
+            released.sort_by_key(|(order, _, _)| *order);
+        }
+        self.queue
+            .extend(released.into_iter().map(|(_, _, action)| action));
+    }
+
+    /// Write `id` and every earlier one are durable (and so is every write confirmed ahead
+    /// that follows them without a gap): releases what waited on them, in order.
+    pub(super) fn confirm(&mut self, id: WriteId) {
+        self.persisted = self.persisted.max(id.0);
+        // Writes confirmed ahead that now follow the prefix join it.
+        while self.ahead.remove(&(self.persisted + 1)) {
+            self.persisted += 1;
+        }
+        self.ahead = self.ahead.split_off(&(self.persisted + 1));
+        self.release();
     }
 
     /// A write failed: nothing held will ever be released.
     pub(super) fn drop_held(&mut self) {
         self.held.clear();
+        self.held_ahead.clear();
     }
 
     /// The next action for the caller.
@@ -152,6 +214,36 @@ mod tests {
         // Everything so far is durable: no wait.
         gate.after_latest_write(link(2));
         assert_eq!(drain(&mut gate), ["link 2"]);
+    }
+
+    #[test]
+    fn a_write_confirmed_ahead_releases_only_what_waits_on_it_alone() {
+        let mut gate = DurabilityGate::default();
+        let w1 = gate.persist(record());
+        gate.after(w1, link(1));
+        let w2 = gate.persist(record());
+        gate.after(w2, link(2));
+        gate.after_ahead(w2, link(3));
+        let w3 = gate.persist(record());
+        gate.after_ahead(w3, link(4));
+        assert_eq!(drain(&mut gate), ["persist 1", "persist 2", "persist 3"]);
+        gate.confirm_ahead(&[w2]);
+        assert_eq!(
+            drain(&mut gate),
+            ["link 3"],
+            "an ordinary action on w2 still waits for w1"
+        );
+        assert_eq!(gate.ahead().collect::<Vec<_>>(), [w2]);
+        gate.after(w2, link(5));
+        gate.after_ahead(w2, link(6));
+        assert_eq!(drain(&mut gate), ["link 6"]);
+        gate.confirm(w1);
+        assert_eq!(drain(&mut gate), ["link 1", "link 2", "link 5"]);
+        assert!(gate.ahead().next().is_none(), "covered by the prefix now");
+        gate.confirm(w3);
+        assert_eq!(drain(&mut gate), ["link 4"]);
+        gate.confirm_ahead(&[w1]);
+        assert!(gate.ahead().next().is_none(), "already durable: not kept");
     }
 
     #[test]

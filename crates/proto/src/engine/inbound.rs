@@ -26,7 +26,7 @@
 mod acks;
 mod bounds;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::mem::size_of;
 
 use super::clock::{Claim, plausible};
@@ -332,7 +332,8 @@ impl Inbound {
         channel: &Channel,
         cx: &mut Cx<'_>,
     ) -> Result<(), VerifyError> {
-        let mut advanced: BTreeSet<Precedence> = BTreeSet::new();
+        // Per lane advanced, the write of its last delivery.
+        let mut advanced: BTreeMap<Precedence, WriteId> = BTreeMap::new();
         let mut error = Ok(());
         loop {
             let mut progressed = false;
@@ -361,8 +362,9 @@ impl Inbound {
                     if !deps_met {
                         break;
                     }
-                    self.deliver(channel, p, next, cx);
-                    advanced.insert(p);
+                    if let Some(write) = self.deliver(channel, p, next, cx) {
+                        advanced.insert(p, write);
+                    }
                     progressed = true;
                 }
             }
@@ -370,15 +372,20 @@ impl Inbound {
                 break;
             }
         }
-        for p in advanced {
+        for (p, last_delivery) in advanced {
             let Some(lane) = self.lanes.get_mut(&(channel.clone(), p)) else {
                 continue;
             };
             let receipt = delivered_receipt(cx, channel, p, lane.delivered, lane.last_hash, cx.now);
-            // Sent once the deliveries it covers are durable.
-            let write = cx
-                .gate
-                .after_latest_write(send_control(&Frame::Receipt(receipt.clone())));
+            let frame = send_control(&Frame::Receipt(receipt.clone()));
+            // Sent once the deliveries it covers are durable: a flash lane's are flash records,
+            // which the store may commit ahead of the rest.
+            let write = if p == Precedence::Flash {
+                cx.gate.after_ahead(last_delivery, frame);
+                last_delivery
+            } else {
+                cx.gate.after_latest_write(frame)
+            };
             lane.last_receipt = Some((write, receipt));
         }
         error
@@ -410,13 +417,16 @@ impl Inbound {
         Ok(())
     }
 
-    fn deliver(&mut self, channel: &Channel, p: Precedence, seq: Seq, cx: &mut Cx<'_>) {
-        let Some(lane) = self.lanes.get_mut(&(channel.clone(), p)) else {
-            return;
-        };
-        let Some(pending) = lane.buffer.remove(&seq) else {
-            return;
-        };
+    /// Delivers the buffered `seq` of a lane; returns the write of its `Received` record.
+    fn deliver(
+        &mut self,
+        channel: &Channel,
+        p: Precedence,
+        seq: Seq,
+        cx: &mut Cx<'_>,
+    ) -> Option<WriteId> {
+        let lane = self.lanes.get_mut(&(channel.clone(), p))?;
+        let pending = lane.buffer.remove(&seq)?;
         self.buffered_bytes -= pending.size();
         lane.mark_delivered(seq, pending.hash);
         let id = pending.envelope.header.message_id();
@@ -450,7 +460,12 @@ impl Inbound {
             },
             Some(pending.hash),
         );
-        cx.gate.after(write, Action::Deliver(delivery));
+        if p == Precedence::Flash {
+            cx.gate.after_ahead(write, Action::Deliver(delivery));
+        } else {
+            cx.gate.after(write, Action::Deliver(delivery));
+        }
+        Some(write)
     }
 
     /// A new relay connection: resends our latest delivered receipt per lane and recent

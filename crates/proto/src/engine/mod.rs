@@ -72,7 +72,7 @@ use std::collections::VecDeque;
 use rand_core::CryptoRng;
 
 pub use config::{ConfigError, EngineConfig};
-pub use records::Record;
+pub use records::{CommitOrder, Record};
 pub use types::{
     AckError, AckLevel, Action, Alarm, AlarmKind, DeadlineKind, Delivery, Escalation, LaneDepth,
     LinkState, Local, MAX_ALARM_DETAIL, OutboxEntry, Outgoing, Partner, Report, RestoreError,
@@ -81,7 +81,7 @@ pub use types::{
 
 use crate::crypto::{Digest, SealingKey};
 use crate::envelope::{Announcement, Envelope, Signed, VerifyError};
-use crate::types::{Lane, MessageId, Time};
+use crate::types::{Lane, MessageId, Precedence, Time};
 use crate::wire::{self, Frame, MAX_BODY_LEN};
 use alarms::Alarms;
 use gate::DurabilityGate;
@@ -210,14 +210,16 @@ impl<R: CryptoRng> Engine<R> {
         if let Some(m) = self.outbox.msgs.get_mut(&id) {
             m.write = write;
         }
-        self.gate.after(
-            write,
-            Action::Report(Report {
-                id: id.clone(),
-                level: AckLevel::Stored,
-                at: sent_at,
-            }),
-        );
+        let stored = Action::Report(Report {
+            id: id.clone(),
+            level: AckLevel::Stored,
+            at: sent_at,
+        });
+        if id.precedence == Precedence::Flash {
+            self.gate.after_ahead(write, stored);
+        } else {
+            self.gate.after(write, stored);
+        }
         if is_sealed {
             self.outbox.send_queue.insert(id.clone(), write);
         }
@@ -366,6 +368,15 @@ impl<R: CryptoRng> Engine<R> {
     pub fn handle_persisted(&mut self, now: Time, id: WriteId) {
         self.tick(now);
         self.gate.confirm(id);
+        self.finish();
+    }
+
+    /// Confirms that these writes, all [`CommitOrder::Ahead`] records, are durable although
+    /// earlier writes may not be yet: releases what waits on them alone (a flash message's
+    /// envelope, delivery, receipt and `stored` report).
+    pub fn handle_persisted_ahead(&mut self, now: Time, ids: &[WriteId]) {
+        self.tick(now);
+        self.gate.confirm_ahead(ids);
         self.finish();
     }
 

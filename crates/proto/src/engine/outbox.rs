@@ -319,6 +319,9 @@ impl Outbox {
         }
         let floor = self.accept_time.retransmit_floor();
         let mut ready = self.send_queue.take_durable(gate.persisted());
+        for write in gate.ahead() {
+            ready.extend(self.send_queue.take_write(write));
+        }
         ready.retain(|id| self.msgs.contains_key(id));
         ready.sort_by(|a, b| b.precedence.cmp(&a.precedence).then(a.cmp(b)));
         // Sealed bytes framed in the current lane since its last signed head.

@@ -109,3 +109,45 @@ pub enum Record {
         peer: u64,
     },
 }
+
+/// Where the store may commit a record among the records handed to it before, so that a flash
+/// never waits for a routine batch (issue 12): the node's store commits [`CommitOrder::Ahead`]
+/// records first, in their own order, but never ahead of a [`CommitOrder::Barrier`] handed to
+/// it earlier. The engine confirms them with [`super::Engine::handle_persisted_ahead`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitOrder {
+    /// A flash message's own record (sent, received, or acknowledged by our operator). It
+    /// depends only on earlier flash records and on barriers: a message depends on no lane
+    /// lower than its own, and a receipt only on the lane it covers.
+    Ahead,
+    /// Any other message record: nothing committed ahead of it depends on it.
+    InTurn,
+    /// Keys, sessions, announcements, incarnations: messages after them may depend on them.
+    Barrier,
+}
+
+impl Record {
+    /// How the store may order this record (see [`CommitOrder`]).
+    pub fn commit_order(&self) -> CommitOrder {
+        let flash = |p: Precedence| {
+            if p == Precedence::Flash {
+                CommitOrder::Ahead
+            } else {
+                CommitOrder::InTurn
+            }
+        };
+        match self {
+            Self::Outgoing { id, .. } | Self::OperatorAck { id, .. } => flash(id.precedence),
+            Self::Received { delivery, .. } => flash(delivery.id.precedence),
+            Self::Sealed { .. }
+            | Self::Escalated { .. }
+            | Self::ReceiptReceived(_)
+            | Self::PartnerEscalated { .. } => CommitOrder::InTurn,
+            Self::SealingKey { .. }
+            | Self::PartnerAnnouncement(_)
+            | Self::SendSession { .. }
+            | Self::RecvSession { .. }
+            | Self::Incarnation { .. } => CommitOrder::Barrier,
+        }
+    }
+}

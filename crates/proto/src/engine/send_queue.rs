@@ -63,6 +63,15 @@ impl SendQueue {
         ids
     }
 
+    /// Takes the messages waiting for exactly `write` (one confirmed ahead of earlier ones).
+    pub(super) fn take_write(&mut self, write: WriteId) -> impl Iterator<Item = MessageId> + '_ {
+        let ids = self.by_write.remove(&write).unwrap_or_default();
+        for id in &ids {
+            self.write_of.remove(id);
+        }
+        ids.into_iter()
+    }
+
     fn take_all(&mut self) -> Vec<MessageId> {
         self.by_write.clear();
         std::mem::take(&mut self.write_of).into_keys().collect()

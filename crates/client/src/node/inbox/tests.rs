@@ -5,6 +5,7 @@ use hotline_proto::envelope::{Envelope, Header, Receipt, ReceiptKind, Signed};
 use hotline_proto::{Channel, EndpointId, MessageId, Precedence, Seq};
 
 use super::*;
+use crate::store::Batch;
 
 const T: Time = Time(1_700_000_000_000_000);
 
@@ -350,4 +351,33 @@ async fn a_listing_that_cannot_read_a_row_says_so_before_it_ends() {
     assert!(got < 5, "an incomplete listing, got {got} lines");
     let error = failure.try_recv().expect("the failure is reported");
     assert!(error.contains("does not decode"), "{error}");
+}
+
+#[test]
+fn a_flash_delivered_ahead_of_an_earlier_row_leaves_that_row_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = Store::open(dir.path()).unwrap();
+    let (r, f) = (Precedence::Routine, Precedence::Flash);
+    let records = [received(r, 1, r), received(f, 1, f)];
+    let mut index = InboxIndex::default();
+    let keys: Vec<u64> = records.iter().map(|rec| index.persisting(rec)).collect();
+    // The store thread commits the flash first, under its own key, and the engine delivers it
+    // before the routine message whose record comes first.
+    for i in [1, 0] {
+        let batch = Batch {
+            records: vec![records[i].clone()],
+            keys: vec![keys[i]],
+            ..Batch::default()
+        };
+        store.commit(&batch, T).unwrap();
+        let Record::Received { delivery, .. } = &records[i] else {
+            unreachable!()
+        };
+        index.push(delivery);
+    }
+    let listed: Vec<String> = listing(&index, &store.database())
+        .into_iter()
+        .map(|l| l.id)
+        .collect();
+    assert_eq!(listed, [id(r, 1).to_string(), id(f, 1).to_string()]);
 }

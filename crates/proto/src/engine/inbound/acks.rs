@@ -93,8 +93,13 @@ impl Inbound {
             receipt: receipt.clone(),
         });
         self.remember_ack(write, receipt.clone());
-        cx.gate
-            .after(write, send_control(&Frame::Receipt(receipt.clone())));
+        let frame = send_control(&Frame::Receipt(receipt.clone()));
+        if id.precedence == Precedence::Flash {
+            // The acknowledgement of a flash is a flash record (see `CommitOrder::Ahead`).
+            cx.gate.after_ahead(write, frame);
+        } else {
+            cx.gate.after(write, frame);
+        }
         (write, receipt)
     }
 

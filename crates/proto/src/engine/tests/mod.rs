@@ -1,5 +1,6 @@
 //! Engine behaviour on virtual time: named cases, tamper cases and the reference-model proptest.
 
+mod ahead;
 mod forgery;
 mod hostile;
 mod keys;

@@ -41,12 +41,18 @@ pub(crate) struct Peer {
     seed: u8,
     partner: Partner,
     cfg: EngineConfig,
+    /// Durable records in commit order, and beside them their store keys (the engine's
+    /// order, which a restore reads back).
     pub(crate) durable: Vec<Record>,
-    pending: Vec<(WriteId, Record)>,
+    durable_keys: Vec<u64>,
+    pending: Vec<(WriteId, u64, Record)>,
+    next_key: u64,
     /// When false, writes stay pending until `confirm` (to test the durability gate).
     pub(crate) auto_persist: bool,
     pub(crate) delivered: Vec<Delivery>,
     pub(crate) reports: Vec<Report>,
+    /// Every message submitted through [`Pair::send`], in submission order.
+    pub(crate) submitted: Vec<MessageId>,
     pub(crate) escalations: Vec<Escalation>,
     pub(crate) realerts: Vec<EscalationNotice>,
     pub(crate) alarms: Vec<Alarm>,
@@ -103,10 +109,13 @@ impl Peer {
             partner,
             cfg,
             durable: Vec::new(),
+            durable_keys: Vec::new(),
             pending: Vec::new(),
+            next_key: 0,
             auto_persist: true,
             delivered: Vec::new(),
             reports: Vec::new(),
+            submitted: Vec::new(),
             escalations: Vec::new(),
             realerts: Vec::new(),
             alarms: Vec::new(),
@@ -121,11 +130,44 @@ impl Peer {
 
     /// Makes pending writes durable and tells the engine.
     pub(crate) fn confirm(&mut self, now: Time) {
-        if let Some((last, _)) = self.pending.last() {
+        if let Some((last, _, _)) = self.pending.last() {
             let last = *last;
-            self.durable.extend(self.pending.drain(..).map(|(_, r)| r));
+            for (_, key, r) in self.pending.drain(..) {
+                self.durable.push(r);
+                self.durable_keys.push(key);
+            }
             self.engine.handle_persisted(now, last);
         }
+    }
+
+    /// Makes durable, as the node's store thread does first, the pending flash records that
+    /// no pending barrier precedes ([`crate::engine::CommitOrder`]); the rest stays pending.
+    pub(crate) fn confirm_ahead(&mut self, now: Time) {
+        use crate::engine::CommitOrder;
+        let barrier = self
+            .pending
+            .iter()
+            .position(|(_, _, r)| r.commit_order() == CommitOrder::Barrier)
+            .unwrap_or(self.pending.len());
+        let mut ahead = Vec::new();
+        let mut i = 0;
+        self.pending.retain(|(w, key, r)| {
+            let take = i < barrier && r.commit_order() == CommitOrder::Ahead;
+            i += 1;
+            if take {
+                ahead.push((*w, *key, r.clone()));
+            }
+            !take
+        });
+        if ahead.is_empty() {
+            return;
+        }
+        let writes: Vec<WriteId> = ahead.iter().map(|(w, _, _)| *w).collect();
+        for (_, key, r) in ahead {
+            self.durable.push(r);
+            self.durable_keys.push(key);
+        }
+        self.engine.handle_persisted_ahead(now, &writes);
     }
 
     /// Frames this engine accepted that `kind` matches, oldest first.
@@ -154,9 +196,21 @@ impl Peer {
             self.partner.clone(),
             rng,
             now,
-            self.durable.clone(),
+            self.records_by_key(),
         )
         .expect("restore from durable records");
+    }
+
+    /// The durable records as the store reads them back: by key.
+    fn records_by_key(&self) -> Vec<Record> {
+        let mut rows: Vec<(u64, &Record)> = self
+            .durable_keys
+            .iter()
+            .copied()
+            .zip(&self.durable)
+            .collect();
+        rows.sort_by_key(|(key, _)| *key);
+        rows.into_iter().map(|(_, r)| r.clone()).collect()
     }
 
     /// Loses the store: a brand-new engine (a new incarnation, made at `now`) and nothing of
@@ -362,7 +416,8 @@ impl Pair {
 
     pub(crate) fn send(&mut self, side: Side, precedence: Precedence, body: &str) -> MessageId {
         let now = self.now;
-        self.peer(side)
+        let node = self.peer(side);
+        let id = node
             .engine
             .submit(
                 now,
@@ -372,7 +427,9 @@ impl Pair {
                     body: body.as_bytes().to_vec(),
                 },
             )
-            .expect("submit")
+            .expect("submit");
+        node.submitted.push(id.clone());
+        id
     }
 
     fn chance(&mut self, p: f64) -> bool {
@@ -481,7 +538,8 @@ impl Pair {
                             envelope_hash,
                         } => {
                             assert_envelope_hash(&record, envelope_hash);
-                            node.pending.push((id, record));
+                            node.pending.push((id, node.next_key, record));
+                            node.next_key += 1;
                         }
                         Action::Deliver(d) => node.delivered.push(d),
                         Action::Report(r) => node.reports.push(r),
