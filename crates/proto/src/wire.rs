@@ -193,6 +193,24 @@ pub fn encode_frame(frame: &Frame) -> Vec<u8> {
     out
 }
 
+/// Whether an encoded frame is the partner's word about a flash: a receipt for a flash message
+/// or an escalation notice at flash. A node takes these ahead of the relay's other control
+/// frames (under a flood those are thousands of `Accepted` replies). Only receipts and notices
+/// are decoded (their variant is the first payload byte); anything else, or anything that does
+/// not decode, is not.
+pub fn is_flash_word(frame: &[u8]) -> bool {
+    const RECEIPT: u8 = 3;
+    const ESCALATION: u8 = 6;
+    if !matches!(frame.get(LEN_PREFIX + 2), Some(&(RECEIPT | ESCALATION))) {
+        return false;
+    }
+    match decode_frame(frame) {
+        Ok((Frame::Receipt(r), _)) => r.body.precedence == Precedence::Flash,
+        Ok((Frame::Escalation(e), _)) => e.body.level == Precedence::Flash,
+        _ => false,
+    }
+}
+
 /// The postcard encoding of one of our own wire or record types.
 ///
 /// Every value we sign, hash, store or send goes through here (or [`encode_value_into`]), so an

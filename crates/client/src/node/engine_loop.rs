@@ -1,7 +1,8 @@
 //! The engine loop: the one task that owns the [`Engine`] and the operator-facing state.
 //!
 //! A biased `select!` takes, in order: store confirmations (they release receipts and
-//! deliveries), control frames, flash frames, urgent operator commands (flash sends and
+//! deliveries), flash frames (with the partner's receipts and notices about a flash, which the
+//! relay link routes there), control frames, urgent operator commands (flash sends and
 //! queries), other commands, the lower lanes by precedence, link events, the engine's timer, and
 //! the stop signal. Other commands wait while the relay links fall behind ([`EngineLoop::takes_sends`]):
 //! taking in sends faster than they leave only moves the node's one thread from delivering to
@@ -152,8 +153,10 @@ impl EngineLoop {
                 biased;
                 // Confirmations first: they release receipts and deliveries.
                 Some(p) = persisted.recv() => self.persisted(p),
-                Some(f) = control.recv() => self.control_frame(&f),
+                // Flash envelopes, and the partner's receipts and notices about a flash, before
+                // the relay's other control frames (thousands of replies under a flood).
                 Some(f) = flash.recv() => self.frame(&f),
+                Some(f) = control.recv() => self.control_frame(&f),
                 // Flash sends and operator queries never wait behind queued routine sends.
                 Some(c) = urgent.recv() => self.command(c),
                 Some(c) = normal.recv(), if self.takes_sends() => self.command(c),

@@ -968,3 +968,42 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn flash_receipts_and_notices_are_told_apart_from_other_control_frames() {
+    let flash_receipt = receipt_with("jp", "main");
+    let mut routine_receipt = flash_receipt.clone();
+    if let Frame::Receipt(r) = &mut routine_receipt {
+        r.body.precedence = Precedence::Routine;
+    }
+    let notice = |level| {
+        Frame::Escalation(Signed {
+            body: EscalationNotice {
+                from: ep("jp"),
+                to: ep("us"),
+                message: mid("jp", "main", Precedence::Routine, 3),
+                level,
+                count: 1,
+                at: Time(7),
+            },
+            signature: Signature([8; 64]),
+        })
+    };
+    let accepted = Frame::Accepted(Accepted {
+        id: mid("us", "main", Precedence::Flash, 1),
+        durable: true,
+    });
+    let told = |f: &Frame| is_flash_word(&encode_frame(f));
+    assert!(told(&flash_receipt));
+    assert!(told(&notice(Precedence::Flash)));
+    assert!(!told(&routine_receipt));
+    assert!(!told(&notice(Precedence::Immediate)));
+    assert!(
+        !told(&accepted),
+        "the relay's reply about a flash is not the partner's word"
+    );
+    let mut cut = encode_frame(&flash_receipt);
+    cut.truncate(cut.len() - 1);
+    assert!(!is_flash_word(&cut));
+    assert!(!is_flash_word(&[]));
+}
