@@ -346,7 +346,7 @@ async fn serve_connection(
     let control_tx = net[Lane::Control.index()].clone();
     let flash_tx = net[Lane::Precedence(Precedence::Flash).index()].clone();
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(async move { read_control(&mut control, control_tx, flash_tx, relay).await });
+    tasks.spawn(async move { read_into(&mut control, control_tx, Some(flash_tx), relay).await });
     loop {
         tokio::select! {
             uni = conn.accept_uni() => match uni {
@@ -357,7 +357,7 @@ async fn serve_connection(
                             Ok(LaneTag(p)) => Lane::Precedence(p),
                             Err(e) => return format!("bad lane stream: {e}"),
                         };
-                        read_into(&mut stream, net[lane.index()].clone(), relay).await
+                        read_into(&mut stream, net[lane.index()].clone(), None, relay).await
                     });
                 }
                 Err(e) => {
@@ -384,43 +384,23 @@ async fn serve_connection(
     }
 }
 
-/// Forwards whole frames from `stream` to `tx`; an empty string when the stream finished.
-/// [`read_into`] for the control stream, except that the partner's word about a flash (its
-/// receipt, its escalation notice: [`wire::is_flash_word`]) goes to the flash channel: the
-/// engine loop takes that ahead of the control channel, where under a flood thousands of the
-/// relay's `Accepted` replies wait.
-async fn read_control(
-    stream: &mut quinn::RecvStream,
-    control: mpsc::Sender<RelayFrame>,
-    flash: mpsc::Sender<RelayFrame>,
-    relay: usize,
-) -> String {
-    loop {
-        match framed::read_frame(stream).await {
-            Ok(Some(bytes)) => {
-                let tx = if wire::is_flash_word(&bytes) {
-                    &flash
-                } else {
-                    &control
-                };
-                if tx.send(RelayFrame { relay, bytes }).await.is_err() {
-                    return "node stopping".into();
-                }
-            }
-            Ok(None) => return String::new(),
-            Err(e) => return e.to_string(),
-        }
-    }
-}
-
+/// Reads whole frames from `stream` into `tx` until it ends. On the control stream (`flash`
+/// given), the partner's word about a flash (its receipt, its escalation notice:
+/// [`wire::is_flash_word`]) goes to the flash channel instead: the engine loop takes that ahead
+/// of the control channel, where under a flood thousands of the relay's `Accepted` replies wait.
 async fn read_into(
     stream: &mut quinn::RecvStream,
     tx: mpsc::Sender<RelayFrame>,
+    flash: Option<mpsc::Sender<RelayFrame>>,
     relay: usize,
 ) -> String {
     loop {
         match framed::read_frame(stream).await {
             Ok(Some(bytes)) => {
+                let tx = match &flash {
+                    Some(flash) if wire::is_flash_word(&bytes) => flash,
+                    _ => &tx,
+                };
                 if tx.send(RelayFrame { relay, bytes }).await.is_err() {
                     return "node stopping".into();
                 }

@@ -247,6 +247,20 @@ mod tests {
     }
 
     #[test]
+    fn one_confirmation_releases_both_kinds_in_the_order_held() {
+        let mut gate = DurabilityGate::default();
+        let w1 = gate.persist(record());
+        gate.after_ahead(w1, link(1));
+        let w2 = gate.persist(record());
+        gate.after(w2, link(2));
+        gate.after_ahead(w2, link(3));
+        assert_eq!(drain(&mut gate), ["persist 1", "persist 2"]);
+        // A delivery that depends on a flash (held after it) never leaves before it.
+        gate.confirm(w2);
+        assert_eq!(drain(&mut gate), ["link 1", "link 2", "link 3"]);
+    }
+
+    #[test]
     fn released_in_order_and_cumulatively() {
         let mut gate = DurabilityGate::default();
         let w1 = gate.persist(record());
