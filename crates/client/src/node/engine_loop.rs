@@ -4,24 +4,26 @@
 //! deliveries), flash frames (with the partner's receipts and notices about a flash, which the
 //! relay link routes there), control frames, urgent operator commands (flash sends and
 //! queries), other commands, the lower lanes by precedence, link events, the engine's timer, and
-//! the stop signal. Other commands wait while the relay links fall behind ([`EngineLoop::takes_sends`]):
-//! taking in sends faster than they leave only moves the node's one thread from delivering to
-//! queueing. After each input it drains [`Engine::poll_action`] and re-arms its timer from
-//! [`Engine::poll_timeout`], checking the clock rather than trusting the sleep (as quinn's
-//! `ConnectionDriver` does).
+//! the stop signal. Other commands wait while the relay links fall behind
+//! ([`EngineLoop::takes_sends`]): taking in sends faster than they leave only moves the node's
+//! one thread from delivering to queueing. After each input it drains [`Engine::poll_action`]
+//! and re-arms its timer from [`Engine::poll_timeout`], checking the clock rather than trusting
+//! the sleep (as quinn's `ConnectionDriver` does).
 //!
 //! It never blocks: writes go to the store thread, frames to the relay link's writers, answers
 //! to the control server's channels. A failed store write stops the loop with
 //! [`NodeError::StoreFailed`]; nothing after it is acknowledged.
 //!
 //! Alarms, the engine's and the shell's own (when the relay closes our connection because
-//! another connection uses our identity, [`LinkEventKind::IdentityConflict`], status shows
-//! [`view::identity_conflict_line`] as the last error and an `identity conflict` alarm is
-//! raised), go through the alarm desk (`alarm_desk`): logged, counted into the operator's alarm
-//! book, and written with their audit record.
+//! another connection uses our identity,
+//! [`LinkEventKind::IdentityConflict`](super::relay_link::LinkEventKind::IdentityConflict),
+//! status shows [`view::identity_conflict_line`] as the last error and an `identity conflict`
+//! alarm is raised), go through the alarm desk (`alarm_desk`): logged, counted into the
+//! operator's alarm book, and written with their audit record.
 //!
-//! One job, a little past 600 lines: every input kind has its short handler here, so the order
-//! in which the loop takes them reads in one place; what it takes in is in `commands`.
+//! Every input kind has its short handler here, so the order in which the loop takes them reads
+//! in one place; what it takes in is in `commands`, and the handlers of relay link events are
+//! with the relays' state in `relays`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -37,7 +39,7 @@ use tracing::{debug, error, info, warn};
 use super::alarm_desk::AlarmDesk;
 use super::commands::{Command, Inputs};
 use super::inbox::InboxIndex;
-use super::relay_link::{EGRESS_PAUSE_FRAMES, LinkEvent, LinkEventKind, RelayFrame, Writers};
+use super::relay_link::RelayFrame;
 use super::relays::{LinkSpawner, MAX_HELD_IDS, RelayState};
 use super::store_thread::{Persisted, StoreMsg};
 use super::{AuditSource, NodeError, RequestError};
@@ -80,7 +82,7 @@ pub(super) struct EngineLoop {
     newest_link_test: Vec<u8>,
     followers: Vec<InboxFollower>,
     subscribers: BTreeMap<MessageId, Vec<mpsc::UnboundedSender<Report>>>,
-    last_error: Option<String>,
+    pub(super) last_error: Option<String>,
     /// The operator's alarm book and its followers.
     alarms: AlarmDesk,
     fatal: Option<NodeError>,
@@ -194,18 +196,6 @@ impl EngineLoop {
         }
     }
 
-    /// Whether non-flash sends are taken now: no relay is connected (they are stored to go
-    /// later), or a connected one's writers hold fewer than [`EGRESS_PAUSE_FRAMES`]. Flash
-    /// sends and queries are always taken.
-    fn takes_sends(&self) -> bool {
-        self.relays
-            .iter()
-            .filter_map(|r| r.writers.as_ref())
-            .map(Writers::backlog)
-            .min()
-            .is_none_or(|b| b < EGRESS_PAUSE_FRAMES)
-    }
-
     fn persisted(&mut self, p: Persisted) {
         match p {
             Persisted::Ok { last, head } => {
@@ -284,65 +274,8 @@ impl EngineLoop {
         }
     }
 
-    /// The partner's presence as the live relays report it: online if any says so.
-    fn partner_online(&self) -> Option<bool> {
-        let said = self
-            .relays
-            .iter()
-            .filter(|r| r.writers.is_some())
-            .filter_map(|r| r.partner_online);
-        said.reduce(|a, b| a || b)
-    }
-
-    fn connected_relays(&self) -> usize {
-        self.relays.iter().filter(|r| r.writers.is_some()).count()
-    }
-
-    fn link(&mut self, ev: LinkEvent) {
-        let now = wall_now();
-        let Some(relay) = self.relays.get_mut(ev.relay).filter(|r| !r.removed) else {
-            return;
-        };
-        match ev.kind {
-            LinkEventKind::Connected(w) => {
-                relay.up(w, now);
-                self.last_error = None;
-                // Every unconfirmed message is offered again, to every live relay: the new one
-                // must get it, and the others drop what they already hold.
-                self.engine.handle_connected(now);
-            }
-            LinkEventKind::Disconnected(reason) => {
-                let was_up = relay.down(reason.clone(), now);
-                self.last_error = Some(format!("relay {}: {reason}", relay.address.addr));
-                self.after_relay_down(was_up, now);
-            }
-            LinkEventKind::Failed(reason) => {
-                relay.failed(reason.clone(), now);
-                self.last_error = Some(format!("relay {}: {reason}", relay.address.addr));
-            }
-            LinkEventKind::IdentityConflict(close) => {
-                let line = view::identity_conflict_line(close);
-                let was_up = relay.down(line.clone(), now);
-                self.after_relay_down(was_up, now);
-                self.identity_alarm(&line);
-                self.last_error = Some(line);
-            }
-        }
-    }
-
-    /// A relay that carried traffic went away: the engine is told it is disconnected only when
-    /// no relay is left; otherwise it may only hear that the partner's presence changed.
-    fn after_relay_down(&mut self, was_up: bool, now: Time) {
-        if !was_up {
-            return;
-        }
-        if self.connected_relays() == 0 {
-            self.engine.handle_disconnected(now);
-        }
-    }
-
     /// Raises the `identity conflict` alarm, unless one was raised recently: then counts.
-    fn identity_alarm(&mut self, line: &str) {
+    pub(super) fn identity_alarm(&mut self, line: &str) {
         if let Some(msg) = self.alarms.identity_conflict(line, wall_now()) {
             self.write(msg);
         }

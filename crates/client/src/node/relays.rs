@@ -1,6 +1,8 @@
 //! What the engine loop knows of each relay link: whether it is connected and since when, why
 //! not, its word on the partner, whether it carries the partner's fresh link tests, and which of
 //! our messages it holds. The engine sees one link; this is what `status` shows per relay.
+//! The engine loop's handlers of link events are here too, and its back-pressure check
+//! ([`EngineLoop::takes_sends`]): both read and change only this state and the engine's link.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -13,11 +15,14 @@ use tokio::task::JoinHandle;
 use tracing::{Instrument, info, info_span};
 
 use super::engine_loop::EngineLoop;
-use super::relay_link::{self, LaneSenders, LinkEvent, RelayTarget, Writers};
+use super::relay_link::{
+    self, EGRESS_PAUSE_FRAMES, LaneSenders, LinkEvent, LinkEventKind, RelayTarget, Writers,
+};
 use crate::config::RelayAddress;
 use crate::control::RelayView;
 use crate::time::format_time;
 use crate::time::wall_now;
+use crate::view;
 
 /// At most this many message ids are kept per relay for `status` (what it holds); beyond it
 /// the count stops growing rather than memory.
@@ -170,6 +175,75 @@ pub(super) struct Reconfigure {
 }
 
 impl EngineLoop {
+    /// Whether non-flash sends are taken now: no relay is connected (they are stored to go
+    /// later), or a connected one's writers hold fewer than [`EGRESS_PAUSE_FRAMES`]. Flash
+    /// sends and queries are always taken.
+    pub(super) fn takes_sends(&self) -> bool {
+        self.relays
+            .iter()
+            .filter_map(|r| r.writers.as_ref())
+            .map(Writers::backlog)
+            .min()
+            .is_none_or(|b| b < EGRESS_PAUSE_FRAMES)
+    }
+
+    /// The partner's presence as the live relays report it: online if any says so.
+    pub(super) fn partner_online(&self) -> Option<bool> {
+        let said = self
+            .relays
+            .iter()
+            .filter(|r| r.writers.is_some())
+            .filter_map(|r| r.partner_online);
+        said.reduce(|a, b| a || b)
+    }
+
+    pub(super) fn connected_relays(&self) -> usize {
+        self.relays.iter().filter(|r| r.writers.is_some()).count()
+    }
+
+    pub(super) fn link(&mut self, ev: LinkEvent) {
+        let now = wall_now();
+        let Some(relay) = self.relays.get_mut(ev.relay).filter(|r| !r.removed) else {
+            return;
+        };
+        match ev.kind {
+            LinkEventKind::Connected(w) => {
+                relay.up(w, now);
+                self.last_error = None;
+                // Every unconfirmed message is offered again, to every live relay: the new one
+                // must get it, and the others drop what they already hold.
+                self.engine.handle_connected(now);
+            }
+            LinkEventKind::Disconnected(reason) => {
+                let was_up = relay.down(reason.clone(), now);
+                self.last_error = Some(format!("relay {}: {reason}", relay.address.addr));
+                self.after_relay_down(was_up, now);
+            }
+            LinkEventKind::Failed(reason) => {
+                relay.failed(reason.clone(), now);
+                self.last_error = Some(format!("relay {}: {reason}", relay.address.addr));
+            }
+            LinkEventKind::IdentityConflict(close) => {
+                let line = view::identity_conflict_line(close);
+                let was_up = relay.down(line.clone(), now);
+                self.after_relay_down(was_up, now);
+                self.identity_alarm(&line);
+                self.last_error = Some(line);
+            }
+        }
+    }
+
+    /// A relay that carried traffic went away: the engine is told it is disconnected only when
+    /// no relay is left; otherwise it may only hear that the partner's presence changed.
+    fn after_relay_down(&mut self, was_up: bool, now: Time) {
+        if !was_up {
+            return;
+        }
+        if self.connected_relays() == 0 {
+            self.engine.handle_disconnected(now);
+        }
+    }
+
     /// Applies a reload: new deadlines, and the relay list: links to relays no longer listed
     /// are stopped (as if they went down), new relays are dialled; the others are untouched.
     pub(super) fn reconfigure(&mut self, r: Reconfigure) {
