@@ -2,16 +2,20 @@
 //!
 //! Each connection is read line by line; a line is parsed into a typed [`Request`] once, here,
 //! and refused with its tag if it does not parse. Sends are submitted in line order, so one
-//! connection's messages enter the outbox in the order the client wrote them; waiting for their
-//! ack levels, and every other request, runs in its own task, so requests on one connection are
-//! served concurrently and their answers interleave by tag.
+//! connection's messages enter the outbox in the order the client wrote them. Waiting for their
+//! ack levels runs concurrently in one task per connection ([`drive_sends`]), every other
+//! request in its own task, so requests on one connection are served concurrently and their
+//! answers interleave by tag.
 //!
 //! `alarms --follow` streams until the client's connection is gone: a write to a closed Unix
 //! socket fails at once, so a client that went away is noticed at the next change (the
 //! connection's writer ends).
 //!
 //! Flash sends and queries go to the engine loop's urgent queue; other sends to the normal one.
-//! A flash overtakes lower precedences anyway, so the ordering rule is unaffected.
+//! A flash overtakes lower precedences anyway, so the ordering rule is unaffected. The normal
+//! queue is bounded and the engine loop stops taking from it while the relay links fall behind:
+//! a connection whose send finds it full waits, and reads no further line, until there is room
+//! (back-pressure; the CLI's `send` is one such wait).
 
 use std::future::Future;
 use std::pin::Pin;

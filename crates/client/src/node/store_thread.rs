@@ -18,11 +18,10 @@
 //! It does not decide what is durable-first: the engine's gate holds receipts and deliveries
 //! until the write that justifies them is confirmed here.
 
+use std::collections::VecDeque;
 use std::thread::JoinHandle;
 
 use hotline_proto::crypto::Digest;
-use std::collections::VecDeque;
-
 use hotline_proto::engine::{CommitOrder, Record, WriteId};
 use hotline_proto::envelope::{LinkTest, Signed};
 use tokio::sync::{mpsc, oneshot};
