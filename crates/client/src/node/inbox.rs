@@ -8,15 +8,19 @@
 //! between two rows of a lane (another lane's message, an acknowledgement, an outgoing
 //! message) starts a new run, so mixed traffic costs up to one 24-byte entry per message, and
 //! every acknowledgement keeps one more small entry (its time) for as long as the node runs:
-//! flat for a receive-only soak, tens of bytes per message otherwise. What `inbox` prints (body, names, times) is read back from the store when asked
+//! flat for a receive-only soak, tens of bytes per message otherwise. What `inbox` prints
+//! (body, names, times) is read back from the store when asked
 //! ([`InboxIndex::stream`], [`InboxIndex::line`]); the engine keeps its own per-message state
 //! for receipts.
 //!
 //! Rows: every engine record the loop hands to the store thread becomes the next row of the
-//! `records` table, in order, and the store thread writes each exactly once or stops the node
-//! ([`super::store_thread`]). So the index learns a `Received` record's row by counting
-//! ([`InboxIndex::persisting`]) and needs no answer from the store thread. Deliveries happen in
-//! the order their records were written, so delivery order is row order.
+//! `records` table, in order, and the store thread writes each exactly once (under that key,
+//! whatever order it commits in) or stops the node ([`super::store_thread`]). So the index
+//! learns a `Received` record's row by counting ([`InboxIndex::persisting`]) and needs no answer
+//! from the store thread. Deliveries happen in the order their records were written, so a
+//! listing in row order is in delivery order, except that a flash, whose record may be
+//! committed ahead, can be delivered before rows below it: a listing skips rows not delivered
+//! yet.
 //!
 //! Main type: [`InboxIndex`].
 
@@ -81,6 +85,8 @@ pub(super) struct InboxIndex {
 #[derive(Clone, Debug)]
 struct Snapshot {
     rows: (u64, u64),
+    /// Rows in that range handed to the store and not delivered yet.
+    undelivered: std::collections::BTreeSet<u64>,
     acknowledged: BTreeMap<u64, Time>,
     realerted: BTreeMap<u64, Precedence>,
 }
@@ -233,6 +239,9 @@ impl InboxIndex {
         Snapshot {
             // An empty range when nothing was delivered: the reader finds no row.
             rows: self.rows.unwrap_or((1, 0)),
+            // A flash delivered ahead widens the range over rows that may be committed but not
+            // delivered yet: those are not listed (they follow live once delivered).
+            undelivered: self.writing.values().copied().collect(),
             acknowledged: self.acknowledged.clone(),
             realerted: self.realerted.clone(),
         }
@@ -284,6 +293,9 @@ impl Snapshot {
             };
             from = last + 1;
             for (row, record) in &chunk {
+                if self.undelivered.contains(row) {
+                    continue;
+                }
                 if let Some(e) = entry(*row, record, &self.acknowledged, &self.realerted) {
                     if tx.send(e).is_err() {
                         return Ok(false);

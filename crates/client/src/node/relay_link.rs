@@ -327,6 +327,15 @@ fn spawn_writer(
                 drained.notify_one();
             }
             if written.is_err() {
+                // What waits here will never be written: it leaves the count (later sends to
+                // this closed writer take themselves off, `Writers::send`).
+                rx.close();
+                let mut left = 0;
+                while rx.try_recv().is_ok() {
+                    left += 1;
+                }
+                queued.fetch_sub(left, Ordering::Relaxed);
+                drained.notify_one();
                 return;
             }
         }

@@ -7,7 +7,8 @@
 //! A flash never waits for a routine batch that was queued when it arrived: when the queue holds
 //! a flash message's records ([`CommitOrder::Ahead`]) with no key or session record before them
 //! ([`CommitOrder::Barrier`]), they are committed first in a small transaction of their own and
-//! confirmed as [`Persisted::Ahead`]; the rest follows. Every record keeps the key the engine's
+//! confirmed as [`Persisted::Ahead`]; the rest follows (after at most [`MAX_AHEAD_IN_A_ROW`]
+//! such commits, so that a stream of flash records cannot hold routine writes back for long). Every record keeps the key the engine's
 //! order gives it, so the store reads back in that order whatever the commit order was.
 //! Other confirmations ([`Persisted::Ok`]) say "every write up to this one"; the first failure
 //! is reported and ends the thread, so nothing after a failed write is ever confirmed.
@@ -65,6 +66,10 @@ pub(super) enum StoreMsg {
 /// short however long the queue is.
 const MAX_BATCH_RECORDS: usize = 512;
 
+/// Commits ahead in a row at most, before a waiting in-turn batch gets its turn: flash records
+/// arriving at every fsync would otherwise hold routine writes back for as long as they came.
+const MAX_AHEAD_IN_A_ROW: usize = 4;
+
 /// What the store thread reports back, in commit order.
 #[derive(Debug)]
 pub(super) enum Persisted {
@@ -93,6 +98,7 @@ pub(super) fn spawn(
         .name("store".into())
         .spawn(move || {
             let mut queue = VecDeque::new();
+            let mut ahead_in_a_row = 0;
             loop {
                 if queue.is_empty() {
                     match writes.blocking_recv() {
@@ -103,8 +109,13 @@ pub(super) fn spawn(
                 while let Ok(more) = writes.try_recv() {
                     queue.push_back(more);
                 }
-                let ahead = take_ahead(&mut queue);
+                let ahead = if ahead_in_a_row < MAX_AHEAD_IN_A_ROW {
+                    take_ahead(&mut queue)
+                } else {
+                    Vec::new()
+                };
                 let is_ahead = !ahead.is_empty();
+                ahead_in_a_row = if is_ahead { ahead_in_a_row + 1 } else { 0 };
                 let batch = if is_ahead {
                     ahead
                 } else {

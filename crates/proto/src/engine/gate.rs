@@ -117,6 +117,7 @@ impl DurabilityGate {
     pub(super) fn confirm_ahead(&mut self, ids: &[WriteId]) {
         self.ahead
             .extend(ids.iter().map(|w| w.0).filter(|w| *w > self.persisted));
+        self.absorb_ahead();
         self.release();
     }
 
@@ -150,12 +151,16 @@ impl DurabilityGate {
     /// that follows them without a gap): releases what waited on them, in order.
     pub(super) fn confirm(&mut self, id: WriteId) {
         self.persisted = self.persisted.max(id.0);
-        // Writes confirmed ahead that now follow the prefix join it.
+        self.absorb_ahead();
+        self.release();
+    }
+
+    /// Writes confirmed ahead that follow the prefix without a gap join it.
+    fn absorb_ahead(&mut self) {
         while self.ahead.remove(&(self.persisted + 1)) {
             self.persisted += 1;
         }
         self.ahead = self.ahead.split_off(&(self.persisted + 1));
-        self.release();
     }
 
     /// A write failed: nothing held will ever be released.
@@ -244,6 +249,17 @@ mod tests {
         assert_eq!(drain(&mut gate), ["link 4"]);
         gate.confirm_ahead(&[w1]);
         assert!(gate.ahead().next().is_none(), "already durable: not kept");
+    }
+
+    #[test]
+    fn a_write_confirmed_ahead_right_after_the_prefix_joins_it() {
+        let mut gate = DurabilityGate::default();
+        let w1 = gate.persist(record());
+        gate.after(w1, link(1));
+        assert_eq!(drain(&mut gate), ["persist 1"]);
+        gate.confirm_ahead(&[w1]);
+        assert_eq!(gate.persisted(), w1);
+        assert_eq!(drain(&mut gate), ["link 1"]);
     }
 
     #[test]

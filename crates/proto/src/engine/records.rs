@@ -116,9 +116,10 @@ pub enum Record {
 /// it earlier. The engine confirms them with [`super::Engine::handle_persisted_ahead`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CommitOrder {
-    /// A flash message's own record (sent, received, or acknowledged by our operator). It
-    /// depends only on earlier flash records and on barriers: a message depends on no lane
-    /// lower than its own, and a receipt only on the lane it covers.
+    /// A flash message's own record (sent, sealed once the partner's key came, received, or
+    /// acknowledged by our operator). It depends only on earlier flash records (a flash's
+    /// envelope names the one before it) and on barriers: a message depends on no lane lower
+    /// than its own, and a receipt only on the lane it covers.
     Ahead,
     /// Any other message record: nothing committed ahead of it depends on it.
     InTurn,
@@ -137,12 +138,13 @@ impl Record {
             }
         };
         match self {
-            Self::Outgoing { id, .. } | Self::OperatorAck { id, .. } => flash(id.precedence),
+            Self::Outgoing { id, .. } | Self::Sealed { id, .. } | Self::OperatorAck { id, .. } => {
+                flash(id.precedence)
+            }
             Self::Received { delivery, .. } => flash(delivery.id.precedence),
-            Self::Sealed { .. }
-            | Self::Escalated { .. }
-            | Self::ReceiptReceived(_)
-            | Self::PartnerEscalated { .. } => CommitOrder::InTurn,
+            Self::Escalated { .. } | Self::ReceiptReceived(_) | Self::PartnerEscalated { .. } => {
+                CommitOrder::InTurn
+            }
             Self::SealingKey { .. }
             | Self::PartnerAnnouncement(_)
             | Self::SendSession { .. }

@@ -34,6 +34,8 @@ fn warmed_up() -> Pair {
 #[test]
 fn a_flash_confirmed_ahead_is_sent_delivered_and_receipted_before_the_routine_write_before_it() {
     let mut pair = warmed_up();
+    // The receiver holds a routine write of its own, queued before the flash's record.
+    let theirs = pair.send(Side::B, Precedence::Routine, "theirs");
     let routine = pair.send(Side::A, Precedence::Routine, "routine");
     let flash = pair.send(Side::A, Precedence::Flash, "flash");
     pair.settle(Duration::from_millis(100));
@@ -57,8 +59,6 @@ fn a_flash_confirmed_ahead_is_sent_delivered_and_receipted_before_the_routine_wr
         "the receiver's record is not durable yet: no delivery"
     );
 
-    // The receiver holds a routine write of its own queued before the flash's record.
-    let theirs = pair.send(Side::B, Precedence::Routine, "theirs");
     let now = pair.now;
     pair.peer(Side::B).confirm_ahead(now);
     pair.settle(Duration::from_millis(100));
